@@ -1,0 +1,250 @@
+"""Azure Blob Storage, through azure-storage-blob.
+
+Credentials, first match wins: a connection string; an account name with an account key; an
+account name with a SAS token; an account name with azure-identity's
+``DefaultAzureCredential`` (environment, managed identity, CLI login). The SDK's retry policy
+is disabled (``retry_total=0``) so :mod:`providers.retry` is the only retry loop.
+
+List Blobs pages with an opaque marker and filters by prefix only, so ``start_after`` is
+applied by skipping keys client-side (still one page in memory at a time) and ``end_before``
+stops the listing early. Results come in key order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import azure.core.exceptions as aexc
+from azure.storage.blob import (
+    BlobSasPermissions,
+    BlobServiceClient,
+    ContentSettings,
+    generate_blob_sas,
+)
+
+from providers import errors
+from providers.base import Driver, ObjectInfo
+from providers.retry import NO_RETRY, RetryPolicy, Translate, call
+
+_CODE_MAP: dict[str, type[errors.StorageError]] = {
+    "ContainerNotFound": errors.BucketNotFound,
+    "BlobNotFound": errors.NotFound,
+    "ResourceNotFound": errors.NotFound,
+    "AuthenticationFailed": errors.Unauthenticated,
+    # Azurite answers a wrong shared key with AuthorizationFailure
+    "AuthorizationFailure": errors.Unauthenticated,
+    "InvalidAuthenticationInfo": errors.Unauthenticated,
+    "NoAuthenticationInformation": errors.Unauthenticated,
+    "AuthorizationPermissionMismatch": errors.PermissionDenied,
+    "InsufficientAccountPermissions": errors.PermissionDenied,
+    "ServerBusy": errors.Throttled,
+    "OperationTimedOut": errors.TransientError,
+    "InternalError": errors.TransientError,
+    "InvalidResourceName": errors.InvalidRequest,
+    "OutOfRangeInput": errors.InvalidRequest,
+}
+
+
+class AzureBlobDriver(Driver):
+    provider = "azure"
+
+    def __init__(
+        self,
+        container: str,
+        *,
+        account_name: str | None = None,
+        connection_string: str | None = None,
+        account_key: str | None = None,
+        sas_token: str | None = None,
+        endpoint: str | None = None,
+        storage_class: str | None = None,
+        page_size: int = 5000,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        super().__init__(container, page_size=min(page_size, 5000))
+        self.retry = retry or RetryPolicy.from_env()
+        self.storage_class = storage_class
+        opts: dict[str, Any] = {"retry_total": 0}
+        try:
+            if connection_string:
+                self._service = BlobServiceClient.from_connection_string(connection_string, **opts)
+            else:
+                if not account_name:
+                    raise errors.Unauthenticated(
+                        self.provider,
+                        container,
+                        "no storage account given",
+                        hint="set AZURE_STORAGE_CONNECTION_STRING or AZURE_STORAGE_ACCOUNT",
+                    )
+                url = endpoint or f"https://{account_name}.blob.core.windows.net"
+                credential: Any
+                if account_key:
+                    credential = {"account_name": account_name, "account_key": account_key}
+                elif sas_token:
+                    credential = sas_token
+                else:
+                    from azure.identity import DefaultAzureCredential
+
+                    credential = DefaultAzureCredential()
+                self._service = BlobServiceClient(url, credential=credential, **opts)
+        except ValueError as exc:
+            # from_connection_string echoes nothing of the string in its message, but be sure
+            raise errors.Unauthenticated(
+                self.provider, container, "malformed connection string or account URL"
+            ) from exc
+        self.account = self._service.account_name or account_name or ""
+        self._container = self._service.get_container_client(container)
+
+    def _translate(self, key: str | None = None) -> Translate:
+        def translate(exc: BaseException) -> errors.StorageError:
+            if isinstance(exc, aexc.HttpResponseError):
+                raw = exc.error_code or ""
+                code = str(getattr(raw, "value", raw))  # may be a StorageErrorCode enum
+                status = exc.status_code or 0
+                cls = _CODE_MAP.get(code)
+                if cls is None:
+                    if isinstance(exc, aexc.ClientAuthenticationError) or status == 401:
+                        cls = errors.Unauthenticated
+                    elif status == 403:
+                        cls = errors.PermissionDenied
+                    elif status == 404:
+                        cls = errors.NotFound if key is not None else errors.BucketNotFound
+                    elif status in (429, 503):
+                        cls = errors.Throttled
+                    elif status >= 500:
+                        cls = errors.TransientError
+                    else:
+                        cls = errors.ProviderError
+                # the SDK message spans lines and echoes request headers: use only the code
+                cause = f"HTTP {status} {code or type(exc).__name__}"
+                return cls(self.provider, self.bucket, cause, key=key)
+            if isinstance(
+                exc,
+                aexc.ServiceRequestError
+                | aexc.ServiceResponseError
+                | ConnectionError
+                | TimeoutError,
+            ):
+                return errors.TransientError(
+                    self.provider, self.bucket, f"connection failed ({type(exc).__name__})", key=key
+                )
+            if isinstance(exc, aexc.ClientAuthenticationError):
+                return errors.Unauthenticated(
+                    self.provider, self.bucket, type(exc).__name__, key=key
+                )
+            return errors.ProviderError(self.provider, self.bucket, type(exc).__name__, key=key)
+
+        return translate
+
+    def _info(self, props: Any) -> ObjectInfo:
+        settings = props.content_settings
+        return ObjectInfo(
+            key=props.name,
+            size=int(props.size),
+            etag=str(props.etag).strip('"'),
+            last_modified=props.last_modified.astimezone(UTC),
+            content_type=settings.content_type if settings else None,
+            version=props.version_id,
+        )
+
+    async def list(
+        self, prefix: str = "", start_after: str | None = None, end_before: str | None = None
+    ) -> AsyncIterator[list[ObjectInfo]]:
+        translate = self._translate()
+
+        def fetch(token: str | None) -> tuple[list[ObjectInfo], str | None]:
+            pages = self._container.list_blobs(
+                name_starts_with=prefix or None, results_per_page=self.page_size
+            ).by_page(continuation_token=token)
+            page = next(pages, None)
+            items = [self._info(b) for b in page] if page is not None else []
+            return items, pages.continuation_token
+
+        token: str | None = None
+        while True:
+            items, token = await call(lambda t=token: fetch(t), translate, self.retry)
+            page: list[ObjectInfo] = []
+            for obj in items:
+                if end_before is not None and obj.key >= end_before:
+                    if page:
+                        yield page
+                    return
+                if start_after is None or obj.key > start_after:
+                    page.append(obj)
+            if page:
+                yield page
+            if not token:
+                return
+
+    async def head(self, key: str) -> ObjectInfo:
+        client = self._container.get_blob_client(key)
+        props = await call(client.get_blob_properties, self._translate(key), self.retry)
+        return self._info(props)
+
+    async def get(self, key: str) -> AsyncIterator[bytes]:
+        translate = self._translate(key)
+        client = self._container.get_blob_client(key)
+        downloader = await call(client.download_blob, translate, self.retry)
+        chunks = downloader.chunks()
+        while chunk := await call(lambda: next(chunks, b""), translate, NO_RETRY):
+            yield chunk
+
+    async def put(self, key: str, data: bytes, content_type: str | None = None) -> ObjectInfo:
+        client = self._container.get_blob_client(key)
+        settings = ContentSettings(content_type=content_type or "application/octet-stream")
+        await call(
+            lambda: client.upload_blob(
+                data,
+                overwrite=True,
+                content_settings=settings,
+                standard_blob_tier=self.storage_class,
+            ),
+            self._translate(key),
+            self.retry,
+        )
+        return await self.head(key)
+
+    async def delete(self, key: str) -> None:
+        client = self._container.get_blob_client(key)
+        with contextlib.suppress(errors.NotFound):
+            await call(client.delete_blob, self._translate(key), self.retry)
+
+    async def presign(self, key: str, ttl: int = 3600) -> str:
+        client = self._container.get_blob_client(key)
+        expiry = datetime.now(UTC) + timedelta(seconds=ttl)
+        credential = self._service.credential
+        account_key = getattr(credential, "account_key", None)
+        if account_key:
+            sas = generate_blob_sas(
+                self.account,
+                self.bucket,
+                key,
+                account_key=account_key,
+                permission=BlobSasPermissions(read=True),
+                expiry=expiry,
+            )
+        else:
+            start = datetime.now(UTC) - timedelta(minutes=5)
+            udk = await call(
+                lambda: self._service.get_user_delegation_key(start, expiry),
+                self._translate(key),
+                self.retry,
+            )
+            sas = generate_blob_sas(
+                self.account,
+                self.bucket,
+                key,
+                user_delegation_key=udk,
+                permission=BlobSasPermissions(read=True),
+                expiry=expiry,
+            )
+        return f"{client.url}?{sas}"
+
+    def uri(self, key: str) -> str:
+        return f"az://{self.account}/{self.bucket}/{key}"
+
+    async def close(self) -> None:
+        self._service.close()

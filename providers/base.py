@@ -1,0 +1,123 @@
+"""The one object record and the one driver interface every storage backend implements.
+
+Contracts shared by all drivers (the conformance suite in ``tests/test_conformance.py`` checks
+each of them against every backend):
+
+* Keys are full object keys inside the bucket/container, ``/``-separated, never starting with
+  ``/``. Listing order is Python ``str`` order, which equals UTF-8 byte order and SQLite's
+  BINARY collation: the reconciler merges a listing with the catalog on that order.
+* ``list`` yields *pages* (lists of at most ``page_size`` records) and never holds more than
+  one page; keys are strictly increasing across the whole iteration.
+* A missing key raises :class:`providers.errors.NotFound` (also a ``FileNotFoundError``); a
+  missing bucket raises :class:`providers.errors.BucketNotFound`. Every other SDK failure is
+  mapped once per driver into :mod:`providers.errors`, with the SDK error kept as ``__cause__``.
+* ``put`` overwrites; ``delete`` of a missing key is not an error (idempotent, like S3).
+
+The SDKs are synchronous; drivers run each blocking call in a worker thread through
+:func:`providers.retry.call`, so the event loop never blocks and retries live in one place.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime
+
+DEFAULT_PAGE_SIZE = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectInfo:
+    """What a listing or HEAD says about one object.
+
+    ``etag`` is the provider's entity tag without surrounding quotes. ``version`` is the
+    provider's version marker where it has one: the S3 version id (HEAD only, on versioned
+    buckets), ``"<generation>.<metageneration>"`` on GCS, the Azure version id when blob
+    versioning is on; ``None`` otherwise. ``last_modified`` is timezone-aware UTC.
+    """
+
+    key: str
+    size: int
+    etag: str
+    last_modified: datetime
+    content_type: str | None = None
+    version: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.last_modified.tzinfo is None:
+            raise ValueError(f"last_modified for {self.key!r} must be timezone-aware")
+
+
+def in_range(key: str, start_after: str | None, end_before: str | None) -> bool:
+    """True when ``start_after < key < end_before`` (either bound may be absent)."""
+    if start_after is not None and key <= start_after:
+        return False
+    return not (end_before is not None and key >= end_before)
+
+
+class Driver(abc.ABC):
+    """One bucket (or container, or folder) of one provider.
+
+    Subclasses implement the abstract methods; everything else is shared.
+    """
+
+    #: short provider name used in errors and URIs: "s3", "gcs", "azure", "local"
+    provider: str = ""
+
+    def __init__(self, bucket: str, *, page_size: int = DEFAULT_PAGE_SIZE) -> None:
+        if page_size < 1:
+            raise ValueError("page_size must be positive")
+        self.bucket = bucket
+        self.page_size = page_size
+
+    @abc.abstractmethod
+    def list(
+        self,
+        prefix: str = "",
+        start_after: str | None = None,
+        end_before: str | None = None,
+    ) -> AsyncIterator[list[ObjectInfo]]:
+        """Yield pages of objects whose key starts with ``prefix`` and lies strictly between
+        ``start_after`` and ``end_before``, in key order.
+
+        ``prefix`` is a plain string prefix: ``"data/"`` does not match ``"data2/x"``.
+        Raises ``BucketNotFound`` when the bucket does not exist.
+        """
+
+    @abc.abstractmethod
+    async def head(self, key: str) -> ObjectInfo:
+        """Return the object's record; raise ``NotFound`` if it does not exist."""
+
+    @abc.abstractmethod
+    def get(self, key: str) -> AsyncIterator[bytes]:
+        """Stream the object's bytes in chunks; raise ``NotFound`` if it does not exist."""
+
+    @abc.abstractmethod
+    async def put(self, key: str, data: bytes, content_type: str | None = None) -> ObjectInfo:
+        """Create or overwrite the object and return its new record."""
+
+    @abc.abstractmethod
+    async def delete(self, key: str) -> None:
+        """Delete the object; deleting a missing key succeeds."""
+
+    @abc.abstractmethod
+    async def presign(self, key: str, ttl: int = 3600) -> str:
+        """Return a URL that reads the object for ``ttl`` seconds (local: a ``file://`` URL)."""
+
+    @abc.abstractmethod
+    def uri(self, key: str) -> str:
+        """The object's canonical URI, e.g. ``s3://bucket/key``."""
+
+    async def read(self, key: str) -> bytes:
+        """Convenience: the whole object in memory (for small objects and tests)."""
+        return b"".join([chunk async for chunk in self.get(key)])
+
+    async def close(self) -> None:  # noqa: B027 - optional hook, most SDK clients need nothing
+        """Release network resources."""
+
+    async def __aenter__(self) -> Driver:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

@@ -1,0 +1,213 @@
+"""Google Cloud Storage, through google-cloud-storage.
+
+Credentials: a service-account JSON file named by the integration's ``credentials_file``, else
+application default credentials. When ``STORAGE_EMULATOR_HOST`` (or the driver's ``endpoint``)
+points at an emulator and no file is given, requests are anonymous, as emulators expect.
+The library's own retries are disabled (``retry=None``) so :mod:`providers.retry` is the only
+retry loop.
+
+``objects.list`` pages by token and takes ``startOffset`` (inclusive) / ``endOffset``
+(exclusive); ``start_after`` is exclusive, so the one key equal to it is dropped. The version
+marker is ``"<generation>.<metageneration>"``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import AsyncIterator
+from datetime import UTC, timedelta
+from typing import Any
+from urllib.parse import quote
+
+import google.api_core.exceptions as gexc
+import google.auth.exceptions
+import requests
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import storage
+
+from providers import errors
+from providers.base import Driver, ObjectInfo
+from providers.retry import NO_RETRY, RetryPolicy, Translate, call
+
+CHUNK = 1024 * 1024
+TIMEOUT = (10, 60)
+
+_STATUS_MAP: dict[type[Exception], type[errors.StorageError]] = {
+    gexc.NotFound: errors.NotFound,
+    gexc.Unauthorized: errors.Unauthenticated,
+    gexc.Forbidden: errors.PermissionDenied,
+    gexc.TooManyRequests: errors.Throttled,
+    gexc.ServiceUnavailable: errors.Throttled,
+    gexc.InternalServerError: errors.TransientError,
+    gexc.BadGateway: errors.TransientError,
+    gexc.GatewayTimeout: errors.TransientError,
+    gexc.BadRequest: errors.InvalidRequest,
+}
+
+
+class GCSDriver(Driver):
+    provider = "gcs"
+
+    def __init__(
+        self,
+        bucket: str,
+        *,
+        endpoint: str | None = None,
+        credentials_file: str | None = None,
+        project: str | None = None,
+        storage_class: str | None = None,
+        page_size: int = 1000,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        super().__init__(bucket, page_size=min(page_size, 1000))
+        self.retry = retry or RetryPolicy.from_env()
+        self.storage_class = storage_class
+        self.endpoint = endpoint or os.environ.get("STORAGE_EMULATOR_HOST")
+        options = {"api_endpoint": endpoint} if endpoint else None
+        try:
+            if credentials_file:
+                self._client = storage.Client.from_service_account_json(
+                    credentials_file, project=project, client_options=options
+                )
+            elif self.endpoint:
+                self._client = storage.Client(
+                    project=project or "syncd",
+                    credentials=AnonymousCredentials(),
+                    client_options=options,
+                )
+            else:
+                self._client = storage.Client(project=project, client_options=options)
+        except (google.auth.exceptions.GoogleAuthError, OSError, ValueError) as exc:
+            raise errors.Unauthenticated(
+                self.provider, bucket, f"cannot load credentials ({type(exc).__name__})"
+            ) from exc
+        self._bucket = self._client.bucket(bucket)
+
+    def _translate(self, key: str | None = None) -> Translate:
+        def translate(exc: BaseException) -> errors.StorageError:
+            if isinstance(exc, gexc.GoogleAPICallError):
+                cls = next((v for k, v in _STATUS_MAP.items() if isinstance(exc, k)), None)
+                code = exc.code or 0
+                if cls is None:
+                    cls = errors.TransientError if code >= 500 else errors.ProviderError
+                reason = getattr(exc, "reason", None) or type(exc).__name__
+                cause = f"HTTP {code} {reason}"
+                if cls is errors.NotFound and key is None:
+                    cls, cause = errors.BucketNotFound, f"HTTP {code} (bucket not found)"
+                return cls(self.provider, self.bucket, cause, key=key)
+            if isinstance(exc, google.auth.exceptions.GoogleAuthError):
+                return errors.Unauthenticated(
+                    self.provider, self.bucket, type(exc).__name__, key=key
+                )
+            if isinstance(
+                exc, requests.ConnectionError | requests.Timeout | ConnectionError | TimeoutError
+            ):
+                return errors.TransientError(
+                    self.provider, self.bucket, f"connection failed ({type(exc).__name__})", key=key
+                )
+            return errors.ProviderError(self.provider, self.bucket, type(exc).__name__, key=key)
+
+        return translate
+
+    def _info(self, blob: Any) -> ObjectInfo:
+        return ObjectInfo(
+            key=blob.name,
+            size=int(blob.size or 0),
+            etag=blob.etag or blob.md5_hash or "",
+            last_modified=blob.updated.astimezone(UTC),
+            content_type=blob.content_type,
+            version=f"{blob.generation}.{blob.metageneration}",
+        )
+
+    async def list(
+        self, prefix: str = "", start_after: str | None = None, end_before: str | None = None
+    ) -> AsyncIterator[list[ObjectInfo]]:
+        token: str | None = None
+        translate = self._translate()
+
+        def fetch(page_token: str | None) -> tuple[list[ObjectInfo], str | None]:
+            it = self._client.list_blobs(
+                self.bucket,
+                prefix=prefix or None,
+                start_offset=start_after,
+                end_offset=end_before,
+                page_size=self.page_size,
+                page_token=page_token,
+                retry=None,
+                timeout=TIMEOUT,
+            )
+            page = next(it.pages, None)
+            items = [self._info(b) for b in page] if page is not None else []
+            return items, it.next_page_token
+
+        while True:
+            items, token = await call(lambda t=token: fetch(t), translate, self.retry)
+            page = [o for o in items if start_after is None or o.key > start_after]
+            if page:
+                yield page
+            if not token:
+                return
+
+    async def head(self, key: str) -> ObjectInfo:
+        blob = self._bucket.blob(key)
+        await call(
+            lambda: blob.reload(retry=None, timeout=TIMEOUT), self._translate(key), self.retry
+        )
+        return self._info(blob)
+
+    async def get(self, key: str) -> AsyncIterator[bytes]:
+        translate = self._translate(key)
+        blob = self._bucket.blob(key)
+        reader = await call(
+            lambda: blob.open("rb", chunk_size=CHUNK, retry=None, timeout=TIMEOUT),
+            translate,
+            self.retry,
+        )
+        try:
+            while chunk := await call(lambda: reader.read(CHUNK), translate, NO_RETRY):
+                yield chunk
+        finally:
+            reader.close()
+
+    async def put(self, key: str, data: bytes, content_type: str | None = None) -> ObjectInfo:
+        blob = self._bucket.blob(key)
+        if self.storage_class:
+            blob.storage_class = self.storage_class
+        await call(
+            lambda: blob.upload_from_string(
+                data,
+                content_type=content_type or "application/octet-stream",
+                retry=None,
+                timeout=TIMEOUT,
+            ),
+            self._translate(key),
+            self.retry,
+        )
+        return self._info(blob)
+
+    async def delete(self, key: str) -> None:
+        with contextlib.suppress(errors.NotFound):
+            await call(
+                lambda: self._bucket.blob(key).delete(retry=None, timeout=TIMEOUT),
+                self._translate(key),
+                self.retry,
+            )
+
+    async def presign(self, key: str, ttl: int = 3600) -> str:
+        if self.endpoint:
+            # emulators cannot verify signatures; their media URL needs none
+            base = self.endpoint.rstrip("/")
+            return f"{base}/download/storage/v1/b/{self.bucket}/o/{quote(key, safe='')}?alt=media"
+        blob = self._bucket.blob(key)
+        return await call(
+            lambda: blob.generate_signed_url(version="v4", expiration=timedelta(seconds=ttl)),
+            self._translate(key),
+            self.retry,
+        )
+
+    def uri(self, key: str) -> str:
+        return f"gs://{self.bucket}/{key}"
+
+    async def close(self) -> None:
+        self._client.close()

@@ -1,0 +1,75 @@
+"""Turn a :class:`DriverConfig` into a live driver.
+
+SDK modules are imported only for the provider asked for, so a cloud function that syncs S3
+never imports the Azure or Google SDKs. Secrets are resolved here, at open time, and handed
+straight to the SDK client; they are not kept on the config.
+"""
+
+from __future__ import annotations
+
+import os
+
+from providers.base import Driver
+from providers.config import ConfigError, DriverConfig
+
+
+def open_driver(cfg: DriverConfig) -> Driver:
+    """Open the driver described by ``cfg``. Raises ``ConfigError`` for unusable settings."""
+    creds = cfg.integration.resolve() if cfg.integration else {}
+    if cfg.type == "local":
+        from providers.local import LocalDriver
+
+        if not os.path.isabs(cfg.bucket):
+            raise ConfigError(f"local driver needs an absolute folder path, got {cfg.bucket!r}")
+        return LocalDriver(cfg.bucket, page_size=cfg.page_size)
+    if cfg.type == "s3":
+        from providers.s3 import S3Driver
+
+        return S3Driver(
+            cfg.bucket,
+            endpoint=cfg.endpoint,
+            region=cfg.region,
+            access_key_id=creds.get("access_key_id"),
+            secret_access_key=creds.get("secret_access_key"),
+            session_token=creds.get("session_token"),
+            profile=creds.get("profile"),
+            storage_class=cfg.storage_class,
+            page_size=cfg.page_size,
+        )
+    if cfg.type == "gcs":
+        from providers.gcs import GCSDriver
+
+        return GCSDriver(
+            cfg.bucket,
+            endpoint=cfg.endpoint,
+            credentials_file=creds.get("credentials_file"),
+            project=creds.get("project"),
+            storage_class=cfg.storage_class,
+            page_size=cfg.page_size,
+        )
+    if cfg.type == "azure":
+        from providers.azure import AzureBlobDriver
+
+        if not creds:
+            # no integration: the variables the Azure CLI and SDK samples use
+            creds = {
+                k: v
+                for k, v in {
+                    "connection_string": os.environ.get("AZURE_STORAGE_CONNECTION_STRING"),
+                    "account_name": os.environ.get("AZURE_STORAGE_ACCOUNT"),
+                    "account_key": os.environ.get("AZURE_STORAGE_KEY"),
+                    "sas_token": os.environ.get("AZURE_STORAGE_SAS_TOKEN"),
+                }.items()
+                if v
+            }
+        return AzureBlobDriver(
+            cfg.bucket,
+            account_name=creds.get("account_name") or cfg.account,
+            connection_string=creds.get("connection_string"),
+            account_key=creds.get("account_key"),
+            sas_token=creds.get("sas_token"),
+            endpoint=cfg.endpoint,
+            storage_class=cfg.storage_class,
+            page_size=cfg.page_size,
+        )
+    raise ConfigError(f"unknown driver type {cfg.type!r}")

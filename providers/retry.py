@@ -1,0 +1,81 @@
+"""Retries, in one place, for every driver.
+
+Drivers switch their SDK's own retry loops off and route each blocking SDK call through
+:func:`call`, which runs it in a worker thread, maps any SDK exception with the driver's
+``translate`` function, and retries only :class:`~providers.errors.TransientError` (throttling,
+connection resets, timeouts, 5xx) with exponential backoff and full jitter. Authentication,
+permission and not-found errors are never retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_random_exponential,
+)
+
+from providers.errors import StorageError, TransientError
+
+log = logging.getLogger("syncd.providers")
+T = TypeVar("T")
+Translate = Callable[[BaseException], StorageError]
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How hard to try: ``attempts`` in all, waits drawn from [0, initial * 2**n] capped."""
+
+    attempts: int = 5
+    initial: float = 0.2
+    maximum: float = 10.0
+
+    @classmethod
+    def from_env(cls) -> RetryPolicy:
+        """``SYNCD_RETRY_ATTEMPTS`` overrides the attempt count (1 disables retries)."""
+        raw = os.environ.get("SYNCD_RETRY_ATTEMPTS")
+        if not raw:
+            return cls()
+        try:
+            attempts = int(raw)
+        except ValueError:
+            raise ValueError(f"SYNCD_RETRY_ATTEMPTS must be a whole number, got {raw!r}") from None
+        return cls(attempts=max(1, attempts))
+
+
+NO_RETRY = RetryPolicy(attempts=1)
+
+
+def _log_retry(state: RetryCallState) -> None:
+    exc = state.outcome.exception() if state.outcome else None
+    wait = state.next_action.sleep if state.next_action else 0.0
+    log.warning("retrying in %.2fs after attempt %d: %s", wait, state.attempt_number, exc)
+
+
+async def call(fn: Callable[[], T], translate: Translate, policy: RetryPolicy) -> T:
+    """Run the blocking ``fn`` in a thread; map its errors; retry transient ones."""
+    retrying = AsyncRetrying(
+        retry=retry_if_exception_type(TransientError),
+        stop=stop_after_attempt(policy.attempts),
+        wait=wait_random_exponential(multiplier=policy.initial, max=policy.maximum),
+        before_sleep=_log_retry,
+        reraise=True,
+    )
+    async for attempt in retrying:
+        with attempt:
+            try:
+                return await asyncio.to_thread(fn)
+            except StorageError:
+                raise
+            except Exception as exc:
+                raise translate(exc) from exc
+    raise AssertionError("unreachable: tenacity either returns or re-raises")

@@ -1,0 +1,228 @@
+"""Amazon S3 and S3-compatible stores (MinIO, R2, moto), through boto3.
+
+Credentials: explicit key/secret/session token from an integration, else a named profile,
+else boto3's standard chain (environment, shared files, instance/role). The endpoint is the
+driver's ``endpoint``, else boto3's own ``AWS_ENDPOINT_URL`` handling. boto3's retry loop is
+switched off (one attempt) so that :mod:`providers.retry` is the only one.
+
+``ListObjectsV2`` returns keys in UTF-8 binary order and takes ``StartAfter`` for resuming; it
+does not return content types or version ids, so those come only from ``head``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import boto3
+import botocore.exceptions
+from botocore.config import Config
+
+from providers import errors
+from providers.base import Driver, ObjectInfo
+from providers.retry import NO_RETRY, RetryPolicy, Translate, call
+
+CHUNK = 1024 * 1024
+
+_CODE_MAP: dict[str, type[errors.StorageError]] = {
+    "NoSuchBucket": errors.BucketNotFound,
+    "NoSuchKey": errors.NotFound,
+    "404": errors.NotFound,
+    "NotFound": errors.NotFound,
+    "InvalidAccessKeyId": errors.Unauthenticated,
+    "SignatureDoesNotMatch": errors.Unauthenticated,
+    "ExpiredToken": errors.Unauthenticated,
+    "InvalidToken": errors.Unauthenticated,
+    "AuthorizationHeaderMalformed": errors.Unauthenticated,
+    "AccessDenied": errors.PermissionDenied,
+    "403": errors.PermissionDenied,
+    "AllAccessDisabled": errors.PermissionDenied,
+    "SlowDown": errors.Throttled,
+    "Throttling": errors.Throttled,
+    "RequestLimitExceeded": errors.Throttled,
+    "ServiceUnavailable": errors.Throttled,
+    "503": errors.Throttled,
+    "InternalError": errors.TransientError,
+    "500": errors.TransientError,
+    "RequestTimeout": errors.TransientError,
+    "InvalidBucketName": errors.InvalidRequest,
+    "KeyTooLongError": errors.InvalidRequest,
+}
+
+
+def _utc(value: datetime) -> datetime:
+    return value.astimezone(UTC)
+
+
+class S3Driver(Driver):
+    provider = "s3"
+
+    def __init__(
+        self,
+        bucket: str,
+        *,
+        endpoint: str | None = None,
+        region: str | None = None,
+        access_key_id: str | None = None,
+        secret_access_key: str | None = None,
+        session_token: str | None = None,
+        profile: str | None = None,
+        storage_class: str | None = None,
+        page_size: int = 1000,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        super().__init__(bucket, page_size=min(page_size, 1000))
+        self.retry = retry or RetryPolicy.from_env()
+        self.storage_class = storage_class
+        session = boto3.session.Session(
+            aws_access_key_id=access_key_id,
+            aws_secret_access_key=secret_access_key,
+            aws_session_token=session_token,
+            profile_name=profile,
+            region_name=region,
+        )
+        self._client: Any = session.client(
+            "s3",
+            endpoint_url=endpoint,
+            config=Config(retries={"total_max_attempts": 1}, max_pool_connections=32),
+        )
+
+    def _translate(self, key: str | None = None) -> Translate:
+        def translate(exc: BaseException) -> errors.StorageError:
+            if isinstance(exc, botocore.exceptions.ClientError):
+                err = exc.response.get("Error", {})
+                code = str(err.get("Code", ""))
+                status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+                cls = _CODE_MAP.get(code) or _CODE_MAP.get(str(status))
+                if cls is None:
+                    cls = errors.TransientError if status >= 500 else errors.ProviderError
+                cause = f"{code or status}" + (f" ({err['Message']})" if err.get("Message") else "")
+                if cls is errors.NotFound and key is None:
+                    cls, cause = errors.BucketNotFound, f"{code or status} (bucket not found)"
+                return cls(self.provider, self.bucket, cause, key=key)
+            if isinstance(
+                exc,
+                botocore.exceptions.NoCredentialsError
+                | botocore.exceptions.PartialCredentialsError,
+            ):
+                return errors.Unauthenticated(self.provider, self.bucket, "no credentials found")
+            if isinstance(exc, botocore.exceptions.ProfileNotFound):
+                return errors.Unauthenticated(self.provider, self.bucket, "profile not found")
+            if isinstance(
+                exc,
+                botocore.exceptions.EndpointConnectionError
+                | botocore.exceptions.ConnectionClosedError
+                | botocore.exceptions.ReadTimeoutError
+                | botocore.exceptions.ConnectTimeoutError
+                | ConnectionError
+                | TimeoutError,
+            ):
+                return errors.TransientError(
+                    self.provider, self.bucket, f"connection failed ({type(exc).__name__})", key=key
+                )
+            return errors.ProviderError(self.provider, self.bucket, type(exc).__name__, key=key)
+
+        return translate
+
+    @staticmethod
+    def _etag(raw: str) -> str:
+        return raw.strip('"')
+
+    async def list(
+        self, prefix: str = "", start_after: str | None = None, end_before: str | None = None
+    ) -> AsyncIterator[list[ObjectInfo]]:
+        params: dict[str, Any] = {
+            "Bucket": self.bucket,
+            "Prefix": prefix,
+            "MaxKeys": self.page_size,
+        }
+        if start_after is not None:
+            params["StartAfter"] = start_after
+        translate = self._translate()
+        while True:
+            resp = await call(
+                lambda p=dict(params): self._client.list_objects_v2(**p), translate, self.retry
+            )
+            page = []
+            for obj in resp.get("Contents", []):
+                if end_before is not None and obj["Key"] >= end_before:
+                    if page:
+                        yield page
+                    return
+                page.append(
+                    ObjectInfo(
+                        key=obj["Key"],
+                        size=int(obj["Size"]),
+                        etag=self._etag(obj["ETag"]),
+                        last_modified=_utc(obj["LastModified"]),
+                    )
+                )
+            if page:
+                yield page
+            token = resp.get("NextContinuationToken")
+            if not resp.get("IsTruncated") or not token:
+                return
+            params["ContinuationToken"] = token
+
+    async def head(self, key: str) -> ObjectInfo:
+        resp = await call(
+            lambda: self._client.head_object(Bucket=self.bucket, Key=key),
+            self._translate(key),
+            self.retry,
+        )
+        return self._head_info(key, resp)
+
+    def _head_info(self, key: str, resp: dict[str, Any]) -> ObjectInfo:
+        version = resp.get("VersionId")
+        return ObjectInfo(
+            key=key,
+            size=int(resp["ContentLength"]),
+            etag=self._etag(resp["ETag"]),
+            last_modified=_utc(resp["LastModified"]),
+            content_type=resp.get("ContentType"),
+            version=None if version in (None, "null") else version,
+        )
+
+    async def get(self, key: str) -> AsyncIterator[bytes]:
+        translate = self._translate(key)
+        resp = await call(
+            lambda: self._client.get_object(Bucket=self.bucket, Key=key), translate, self.retry
+        )
+        body = resp["Body"]
+        try:
+            while chunk := await call(lambda: body.read(CHUNK), translate, NO_RETRY):
+                yield chunk
+        finally:
+            body.close()
+
+    async def put(self, key: str, data: bytes, content_type: str | None = None) -> ObjectInfo:
+        params: dict[str, Any] = {"Bucket": self.bucket, "Key": key, "Body": data}
+        if content_type:
+            params["ContentType"] = content_type
+        if self.storage_class:
+            params["StorageClass"] = self.storage_class
+        await call(lambda: self._client.put_object(**params), self._translate(key), self.retry)
+        return await self.head(key)
+
+    async def delete(self, key: str) -> None:
+        await call(
+            lambda: self._client.delete_object(Bucket=self.bucket, Key=key),
+            self._translate(key),
+            self.retry,
+        )
+
+    async def presign(self, key: str, ttl: int = 3600) -> str:
+        return await call(
+            lambda: self._client.generate_presigned_url(
+                "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=ttl
+            ),
+            self._translate(key),
+            self.retry,
+        )
+
+    def uri(self, key: str) -> str:
+        return f"s3://{self.bucket}/{key}"
+
+    async def close(self) -> None:
+        self._client.close()

@@ -1,0 +1,195 @@
+"""Session fixtures: the emulators, and one :class:`Backend` per provider for the shared suites.
+
+With ``CI`` set, an emulator that cannot start fails the run; elsewhere its tests are skipped
+with the reason (so a laptop without Node can still run the S3/GCS/local tests).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from providers.config import DriverConfig, Integration
+from tests import emulators
+
+# moto accepts any key pair; boto3 just needs one to sign with. Never real credentials.
+os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+os.environ.pop("AWS_PROFILE", None)
+
+PROVIDERS = ["local", "s3", "gcs", "azure"]
+_counter = itertools.count()
+
+
+def _start(starter, *args, **kwargs) -> emulators.Emulator:
+    try:
+        return starter(*args, **kwargs)
+    except emulators.EmulatorUnavailable as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"emulator required in CI but unavailable: {exc}", pytrace=False)
+        pytest.skip(f"emulator unavailable: {exc}")
+
+
+@pytest.fixture(scope="session")
+def emu_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("emulators")
+
+
+@pytest.fixture(scope="session")
+def moto(emu_dir: Path) -> Iterator[emulators.Emulator]:
+    emu = _start(emulators.start_moto, emu_dir)
+    yield emu
+    emu.stop()
+
+
+@pytest.fixture(scope="session")
+def moto_auth(emu_dir: Path) -> Iterator[emulators.Emulator]:
+    emu = _start(emulators.start_moto, emu_dir, enforce_auth=True)
+    yield emu
+    emu.stop()
+
+
+@pytest.fixture(scope="session")
+def fake_gcs(emu_dir: Path) -> Iterator[emulators.Emulator]:
+    emu = _start(emulators.start_fake_gcs, emu_dir)
+    yield emu
+    emu.stop()
+
+
+@pytest.fixture(scope="session")
+def azurite(emu_dir: Path) -> Iterator[emulators.Emulator]:
+    emu = _start(emulators.start_azurite, emu_dir)
+    yield emu
+    emu.stop()
+
+
+def unique_bucket(stem: str = "syncd") -> str:
+    """A fresh, valid bucket/container name (3-63 chars, lowercase, digits, dashes)."""
+    return f"{stem}-{next(_counter)}-{uuid.uuid4().hex[:8]}"
+
+
+@dataclass
+class Backend:
+    """How the shared suites reach one provider: make buckets, configs and CLI environments."""
+
+    name: str
+    emulator: emulators.Emulator | None
+    tmp: Path
+    env: dict[str, str] = field(default_factory=dict)
+    auth_emulator: emulators.Emulator | None = None
+
+    # -- buckets ------------------------------------------------------------------------
+
+    def new_bucket(self) -> str:
+        name = unique_bucket()
+        if self.name == "local":
+            path = self.tmp / name
+            path.mkdir()
+            return str(path)
+        if self.name == "s3":
+            import boto3
+
+            boto3.client("s3", endpoint_url=self.emulator.url).create_bucket(Bucket=name)
+        elif self.name == "gcs":
+            self._gcs_client().create_bucket(name)
+        elif self.name == "azure":
+            from azure.storage.blob import BlobServiceClient
+
+            conn = self.emulator.extra["connection_string"]
+            BlobServiceClient.from_connection_string(conn).create_container(name)
+        return name
+
+    def missing_bucket(self) -> str:
+        return str(self.tmp / "no-such-folder") if self.name == "local" else unique_bucket("missing")
+
+    def _gcs_client(self):
+        from google.auth.credentials import AnonymousCredentials
+        from google.cloud import storage
+
+        return storage.Client(
+            project="test",
+            credentials=AnonymousCredentials(),
+            client_options={"api_endpoint": self.emulator.url},
+        )
+
+    # -- configs ------------------------------------------------------------------------
+
+    def config(self, bucket: str, *, page_size: int = 1000, path: str = "") -> DriverConfig:
+        if self.name == "local":
+            return DriverConfig(type="local", bucket=bucket, page_size=page_size, path=path)
+        if self.name == "azure":
+            integ = Integration("azurite", "azure", {"connection_string": "env:SYNCD_TEST_AZURE_CONN"})
+            return DriverConfig(
+                type="azure", bucket=bucket, integration=integ, page_size=page_size, path=path
+            )
+        return DriverConfig(
+            type=self.name, bucket=bucket, endpoint=self.emulator.url, page_size=page_size, path=path
+        )
+
+    def bad_credentials_config(self, bucket: str) -> DriverConfig | None:
+        """A config whose credentials the emulator rejects; None where it checks none."""
+        if self.name == "s3":
+            integ = Integration(
+                "wrong",
+                "s3",
+                {"access_key_id": "env:SYNCD_TEST_BAD_KEY", "secret_access_key": "env:SYNCD_TEST_BAD_SECRET"},
+            )
+            return DriverConfig(type="s3", bucket=bucket, endpoint=self.auth_emulator.url, integration=integ)
+        if self.name == "azure":
+            integ = Integration("wrong", "azure", {"connection_string": "env:SYNCD_TEST_BAD_AZURE_CONN"})
+            return DriverConfig(type="azure", bucket=bucket, integration=integ)
+        return None
+
+    # -- CLI ----------------------------------------------------------------------------
+
+    def source(self, bucket: str, prefix: str = "") -> str:
+        """The ``syncd sync`` SOURCE argument for this bucket and prefix."""
+        scheme = {"s3": "s3", "gcs": "gs", "azure": "az"}.get(self.name)
+        if scheme is None:
+            return str(Path(bucket) / prefix) if prefix else bucket
+        return f"{scheme}://{bucket}/{prefix}" if prefix else f"{scheme}://{bucket}"
+
+
+BAD_SECRET = "wrong-secret-d0-not-print-me"
+
+
+@pytest.fixture(scope="session", params=PROVIDERS)
+def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
+    """Each provider in turn; tests using it run once per provider."""
+    name = request.param
+    tmp = tmp_path_factory.mktemp(f"local-{name}")
+    if name == "local":
+        yield Backend(name, None, tmp)
+        return
+    if name == "s3":
+        emu = request.getfixturevalue("moto")
+        auth = request.getfixturevalue("moto_auth")
+        os.environ["SYNCD_TEST_BAD_KEY"] = "AKIAWRONGWRONGWRONG1"
+        os.environ["SYNCD_TEST_BAD_SECRET"] = BAD_SECRET
+        env = {
+            "AWS_ENDPOINT_URL": emu.url,
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+        yield Backend(name, emu, tmp, env, auth_emulator=auth)
+    elif name == "gcs":
+        emu = request.getfixturevalue("fake_gcs")
+        yield Backend(name, emu, tmp, {"STORAGE_EMULATOR_HOST": emu.url})
+    else:
+        emu = request.getfixturevalue("azurite")
+        conn = emu.extra["connection_string"]
+        os.environ["SYNCD_TEST_AZURE_CONN"] = conn
+        os.environ["SYNCD_TEST_BAD_AZURE_CONN"] = conn.replace(emulators.AZURITE_KEY, BAD_SECRET_B64)
+        yield Backend(name, emu, tmp, {"AZURE_STORAGE_CONNECTION_STRING": conn})
+
+
+# a well-formed (base64) account key that is not Azurite's
+BAD_SECRET_B64 = "d3Jvbmcta2V5LWQwLW5vdC1wcmludC1tZS13cm9uZy1rZXktZDAtbm90LXByaW50LW1lLXdyb25nLWtleQ=="
