@@ -170,7 +170,9 @@ class LocalDriver(Driver):
         except (IsADirectoryError, NotADirectoryError, FileExistsError):
             # a folder cannot hold both a file "a" and a file "a/b", unlike a bucket
             raise errors.InvalidRequest(
-                self.provider, self.bucket, "key collides with a folder or file of the same name",
+                self.provider,
+                self.bucket,
+                "key collides with a folder or file of the same name",
                 key=key,
             ) from None
         return await self.head(key)

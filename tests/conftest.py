@@ -107,7 +107,9 @@ class Backend:
         return name
 
     def missing_bucket(self) -> str:
-        return str(self.tmp / "no-such-folder") if self.name == "local" else unique_bucket("missing")
+        return (
+            str(self.tmp / "no-such-folder") if self.name == "local" else unique_bucket("missing")
+        )
 
     def _gcs_client(self):
         from google.auth.credentials import AnonymousCredentials
@@ -125,12 +127,18 @@ class Backend:
         if self.name == "local":
             return DriverConfig(type="local", bucket=bucket, page_size=page_size, path=path)
         if self.name == "azure":
-            integ = Integration("azurite", "azure", {"connection_string": "env:SYNCD_TEST_AZURE_CONN"})
+            integ = Integration(
+                "azurite", "azure", {"connection_string": "env:SYNCD_TEST_AZURE_CONN"}
+            )
             return DriverConfig(
                 type="azure", bucket=bucket, integration=integ, page_size=page_size, path=path
             )
         return DriverConfig(
-            type=self.name, bucket=bucket, endpoint=self.emulator.url, page_size=page_size, path=path
+            type=self.name,
+            bucket=bucket,
+            endpoint=self.emulator.url,
+            page_size=page_size,
+            path=path,
         )
 
     def bad_credentials_config(self, bucket: str) -> DriverConfig | None:
@@ -139,11 +147,18 @@ class Backend:
             integ = Integration(
                 "wrong",
                 "s3",
-                {"access_key_id": "env:SYNCD_TEST_BAD_KEY", "secret_access_key": "env:SYNCD_TEST_BAD_SECRET"},
+                {
+                    "access_key_id": "env:SYNCD_TEST_BAD_KEY",
+                    "secret_access_key": "env:SYNCD_TEST_BAD_SECRET",
+                },
             )
-            return DriverConfig(type="s3", bucket=bucket, endpoint=self.auth_emulator.url, integration=integ)
+            return DriverConfig(
+                type="s3", bucket=bucket, endpoint=self.auth_emulator.url, integration=integ
+            )
         if self.name == "azure":
-            integ = Integration("wrong", "azure", {"connection_string": "env:SYNCD_TEST_BAD_AZURE_CONN"})
+            integ = Integration(
+                "wrong", "azure", {"connection_string": "env:SYNCD_TEST_BAD_AZURE_CONN"}
+            )
             return DriverConfig(type="azure", bucket=bucket, integration=integ)
         return None
 
@@ -161,7 +176,9 @@ BAD_SECRET = "wrong-secret-d0-not-print-me"
 
 
 @pytest.fixture(scope="session", params=PROVIDERS)
-def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
+def backend(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Backend]:
     """Each provider in turn; tests using it run once per provider."""
     name = request.param
     tmp = tmp_path_factory.mktemp(f"local-{name}")
@@ -187,9 +204,13 @@ def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
         emu = request.getfixturevalue("azurite")
         conn = emu.extra["connection_string"]
         os.environ["SYNCD_TEST_AZURE_CONN"] = conn
-        os.environ["SYNCD_TEST_BAD_AZURE_CONN"] = conn.replace(emulators.AZURITE_KEY, BAD_SECRET_B64)
+        os.environ["SYNCD_TEST_BAD_AZURE_CONN"] = conn.replace(
+            emulators.AZURITE_KEY, BAD_SECRET_B64
+        )
         yield Backend(name, emu, tmp, {"AZURE_STORAGE_CONNECTION_STRING": conn})
 
 
 # a well-formed (base64) account key that is not Azurite's
-BAD_SECRET_B64 = "d3Jvbmcta2V5LWQwLW5vdC1wcmludC1tZS13cm9uZy1rZXktZDAtbm90LXByaW50LW1lLXdyb25nLWtleQ=="
+BAD_SECRET_B64 = (
+    "d3Jvbmcta2V5LWQwLW5vdC1wcmludC1tZS13cm9uZy1rZXktZDAtbm90LXByaW50LW1lLXdyb25nLWtleQ=="
+)

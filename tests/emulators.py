@@ -60,7 +60,9 @@ class Emulator:
                 self.process.wait()
 
 
-def _wait_http(name: str, url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
+def _wait_http(
+    name: str, url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -77,12 +79,22 @@ def _wait_http(name: str, url: str, proc: subprocess.Popen[bytes], log: Path, ti
     raise EmulatorUnavailable(f"{name} did not answer on {url} within {timeout:.0f}s")
 
 
-def _start(name: str, argv: list[str], workdir: Path, probe_path: str, port: int,
-           env: dict[str, str] | None = None, timeout: float = 60) -> Emulator:
+def _start(
+    name: str,
+    argv: list[str],
+    workdir: Path,
+    probe_path: str,
+    port: int,
+    env: dict[str, str] | None = None,
+    timeout: float = 60,
+) -> Emulator:
     log = workdir / f"{name}.log"
     handle = log.open("wb")
     proc = subprocess.Popen(
-        argv, stdout=handle, stderr=subprocess.STDOUT, cwd=workdir,
+        argv,
+        stdout=handle,
+        stderr=subprocess.STDOUT,
+        cwd=workdir,
         env={**os.environ, **(env or {})},
     )
     url = f"http://127.0.0.1:{port}"
@@ -97,9 +109,13 @@ def start_moto(workdir: Path, *, enforce_auth: bool = False) -> Emulator:
     env = {"INITIAL_NO_AUTH_ACTION_COUNT": "0"} if enforce_auth else {}
     name = "moto-auth" if enforce_auth else "moto"
     try:
-        return _start(name, [*argv, "-H", "127.0.0.1", "-p", str(port)], workdir, "/moto-api/", port, env)
+        return _start(
+            name, [*argv, "-H", "127.0.0.1", "-p", str(port)], workdir, "/moto-api/", port, env
+        )
     except FileNotFoundError as exc:
-        raise EmulatorUnavailable("moto server is not installed: pip install 'moto[server]'") from exc
+        raise EmulatorUnavailable(
+            "moto server is not installed: pip install 'moto[server]'"
+        ) from exc
 
 
 def _fake_gcs_binary() -> Path:
@@ -123,8 +139,19 @@ def _fake_gcs_binary() -> Path:
 
 def start_fake_gcs(workdir: Path) -> Emulator:
     port = free_port()
-    argv = [str(_fake_gcs_binary()), "-scheme", "http", "-backend", "memory",
-            "-host", "127.0.0.1", "-port", str(port), "-public-host", f"127.0.0.1:{port}"]
+    argv = [
+        str(_fake_gcs_binary()),
+        "-scheme",
+        "http",
+        "-backend",
+        "memory",
+        "-host",
+        "127.0.0.1",
+        "-port",
+        str(port),
+        "-public-host",
+        f"127.0.0.1:{port}",
+    ]
     return _start("fake-gcs-server", argv, workdir, "/storage/v1/b", port)
 
 
@@ -142,8 +169,17 @@ def start_azurite(workdir: Path) -> Emulator:
     port = free_port()
     data = workdir / "azurite"
     data.mkdir(exist_ok=True)
-    argv = [_azurite_binary(), "--blobHost", "127.0.0.1", "--blobPort", str(port),
-            "--location", str(data), "--skipApiVersionCheck", "--silent"]
+    argv = [
+        _azurite_binary(),
+        "--blobHost",
+        "127.0.0.1",
+        "--blobPort",
+        str(port),
+        "--location",
+        str(data),
+        "--skipApiVersionCheck",
+        "--silent",
+    ]
     emu = _start("azurite", argv, workdir, "/", port)
     blob_endpoint = f"{emu.url}/{AZURITE_ACCOUNT}"
     emu.extra["connection_string"] = (
