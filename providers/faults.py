@@ -1,0 +1,63 @@
+"""Fault injection: a driver wrapper that fails on purpose, for crash and resume tests.
+
+``SYNCD_FAULT_LIST_FAIL_AFTER=N`` (read by :func:`from_env`) makes ``list`` raise a
+``TransientError`` once N objects have been yielded, as a network failure part-way through a
+listing would. Everything else is passed through to the wrapped driver untouched.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+
+from providers import errors
+from providers.base import Driver, ObjectInfo
+
+
+class FaultyDriver(Driver):
+    def __init__(self, inner: Driver, *, list_fail_after: int) -> None:
+        super().__init__(inner.bucket, page_size=inner.page_size)
+        self.inner = inner
+        self.provider = inner.provider
+        self.list_fail_after = list_fail_after
+
+    async def list(
+        self, prefix: str = "", start_after: str | None = None, end_before: str | None = None
+    ) -> AsyncIterator[list[ObjectInfo]]:
+        budget = self.list_fail_after
+        async for page in self.inner.list(prefix, start_after, end_before):
+            if len(page) > budget:
+                if budget:
+                    yield page[:budget]
+                raise errors.TransientError(self.provider, self.bucket, "injected listing fault")
+            budget -= len(page)
+            yield page
+
+    async def head(self, key: str) -> ObjectInfo:
+        return await self.inner.head(key)
+
+    def get(self, key: str) -> AsyncIterator[bytes]:
+        return self.inner.get(key)
+
+    async def put(self, key: str, data: bytes, content_type: str | None = None) -> ObjectInfo:
+        return await self.inner.put(key, data, content_type)
+
+    async def delete(self, key: str) -> None:
+        await self.inner.delete(key)
+
+    async def presign(self, key: str, ttl: int = 3600) -> str:
+        return await self.inner.presign(key, ttl)
+
+    def uri(self, key: str) -> str:
+        return self.inner.uri(key)
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+def from_env(driver: Driver) -> Driver:
+    """Wrap ``driver`` if a fault is requested in the environment, else return it as is."""
+    raw = os.environ.get("SYNCD_FAULT_LIST_FAIL_AFTER")
+    if not raw:
+        return driver
+    return FaultyDriver(driver, list_fail_after=int(raw))

@@ -1,0 +1,280 @@
+"""The catalog: integrations, drivers, datasets and their items, in one sqlite file.
+
+An item is an *external reference* to one object: ``filename`` is ``/`` + the key relative to
+the driver path (like a platform's ``external://`` item), ``uri`` the object's canonical URI.
+The items of a dataset double as the per-key checkpoint (what was last seen for each key):
+they are written in the same transaction as the run's progress, so the two cannot disagree.
+
+No secret is ever stored: integrations are kept by name and type only; their credential
+references live in the user's config file and are resolved when a driver opens.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import sqlite_utils
+
+from providers.config import DriverConfig, Integration
+from syncd.db import now, open_db, transaction
+from syncd.errors import UsageError
+from syncd.filters import Filters
+
+ITEM_FIELDS = (
+    "filename",
+    "key",
+    "uri",
+    "size",
+    "etag",
+    "content_type",
+    "mtime",
+    "version",
+    "created_at",
+    "updated_at",
+    "metadata",
+)
+
+
+@dataclass(frozen=True)
+class Item:
+    """One row of ``items``: what the dataset knows about one object."""
+
+    key: str
+    filename: str
+    uri: str
+    size: int
+    etag: str
+    content_type: str | None
+    mtime: str
+    version: str | None
+    created_at: str
+    updated_at: str
+    metadata: str = "{}"
+
+    def public(self) -> dict[str, Any]:
+        """The item as printed by ``syncd items ls --json``."""
+        out = {f: getattr(self, f) for f in ITEM_FIELDS}
+        out["metadata"] = json.loads(self.metadata)
+        return out
+
+
+@dataclass(frozen=True)
+class Dataset:
+    id: int
+    name: str
+    source: str
+    driver: DriverConfig
+    filters: Filters
+    created_at: str
+
+
+class Catalog:
+    """Library API over the catalog database. Not thread-safe: one per task/thread."""
+
+    def __init__(self, db: sqlite_utils.Database) -> None:
+        self.db = db
+
+    @classmethod
+    def open(cls, path: str, *, create: bool = True) -> Catalog:
+        return cls(open_db(path, create=create))
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- integrations and drivers -----------------------------------------------------
+
+    def _ensure_integration(self, integ: Integration) -> None:
+        row = self.db.execute(
+            "SELECT type FROM integrations WHERE name = ?", [integ.name]
+        ).fetchone()
+        if row is None:
+            self.db.execute(
+                "INSERT INTO integrations (name, type, created_at) VALUES (?, ?, ?)",
+                [integ.name, integ.type, now()],
+            )
+        elif row[0] != integ.type:
+            raise UsageError(
+                f"integration {integ.name!r} is recorded as type {row[0]}, not {integ.type}"
+            )
+
+    def _ensure_driver(self, name: str, cfg: DriverConfig) -> int:
+        """Insert or update the driver row called ``name``; return its id."""
+        if cfg.integration is not None:
+            self._ensure_integration(cfg.integration)
+        values = cfg.public()
+        values["allow_external_delete"] = int(values["allow_external_delete"])
+        row = self.db.execute("SELECT id FROM drivers WHERE name = ?", [name]).fetchone()
+        if row is None:
+            cur = self.db.execute(
+                "INSERT INTO drivers (name, type, bucket, path, region, endpoint, storage_class,"
+                " account, allow_external_delete, integration, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [name, *(values[k] for k in _DRIVER_COLUMNS), now()],
+            )
+            return int(cur.lastrowid)
+        sets = ", ".join(f"{k} = ?" for k in _DRIVER_COLUMNS)
+        self.db.execute(
+            f"UPDATE drivers SET {sets} WHERE id = ?",
+            [*(values[k] for k in _DRIVER_COLUMNS), row[0]],
+        )
+        return int(row[0])
+
+    # -- datasets ----------------------------------------------------------------------
+
+    def create_dataset(
+        self, name: str, source: str, driver: DriverConfig, filters: Filters
+    ) -> Dataset:
+        """Create dataset ``name`` bound to ``driver``. Raises ``UsageError`` if it exists."""
+        if not name or name != name.strip():
+            raise UsageError("a dataset name must be non-empty with no surrounding spaces")
+        if self.find_dataset(name) is not None:
+            raise UsageError(f"dataset {name!r} already exists")
+        with transaction(self.db):
+            driver_id = self._ensure_driver(driver.name or f"{name}-driver", driver)
+            self.db.execute(
+                "INSERT INTO datasets (name, driver_id, source, filters, created_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                [name, driver_id, source, filters.to_json(), now()],
+            )
+        return self.get_dataset(name)
+
+    def update_dataset(self, dataset: Dataset, driver: DriverConfig, filters: Filters) -> Dataset:
+        """Record a changed driver setting or filter set (declared in a config file)."""
+        with transaction(self.db):
+            driver_id = self._ensure_driver(driver.name or f"{dataset.name}-driver", driver)
+            self.db.execute(
+                "UPDATE datasets SET driver_id = ?, filters = ? WHERE id = ?",
+                [driver_id, filters.to_json(), dataset.id],
+            )
+        return self.get_dataset(dataset.name)
+
+    def drop_dataset(self, dataset: Dataset) -> None:
+        """Remove a dataset with its items and runs (and its driver if nothing else uses it)."""
+        with transaction(self.db):
+            self.db.execute(
+                "DELETE FROM pending_deletes WHERE run_id IN (SELECT id FROM runs WHERE dataset_id = ?)",
+                [dataset.id],
+            )
+            for table in ("runs", "items"):
+                self.db.execute(f"DELETE FROM {table} WHERE dataset_id = ?", [dataset.id])
+            driver_id = self.db.execute(
+                "SELECT driver_id FROM datasets WHERE id = ?", [dataset.id]
+            ).fetchone()[0]
+            self.db.execute("DELETE FROM datasets WHERE id = ?", [dataset.id])
+            self.db.execute(
+                "DELETE FROM drivers WHERE id = ? AND id NOT IN (SELECT driver_id FROM datasets)",
+                [driver_id],
+            )
+
+    def find_dataset(self, name: str) -> Dataset | None:
+        row = self.db.execute(_DATASET_SELECT + " WHERE ds.name = ?", [name]).fetchone()
+        return _dataset_from_row(row) if row else None
+
+    def get_dataset(self, name: str) -> Dataset:
+        """The dataset called ``name``; ``UsageError`` naming the known ones if there is none."""
+        found = self.find_dataset(name)
+        if found is None:
+            names = [d.name for d in self.list_datasets()]
+            known = (
+                f"; known datasets: {', '.join(names)}" if names else "; the catalog has none yet"
+            )
+            raise UsageError(f"unknown dataset {name!r}{known}")
+        return found
+
+    def list_datasets(self) -> list[Dataset]:
+        rows = self.db.execute(_DATASET_SELECT + " ORDER BY ds.name").fetchall()
+        return [_dataset_from_row(r) for r in rows]
+
+    def count_items(self, dataset_id: int) -> int:
+        return int(
+            self.db.execute(
+                "SELECT count(*) FROM items WHERE dataset_id = ?", [dataset_id]
+            ).fetchone()[0]
+        )
+
+    # -- items ---------------------------------------------------------------------------
+
+    def iter_items(
+        self, dataset_id: int, *, after: str | None = None, prefix: str = "", page: int = 1000
+    ) -> Iterator[Item]:
+        """Items in key order, read in pages by key so memory stays bounded.
+
+        Each page is a fresh query starting after the last key returned, so rows written
+        behind the cursor (the reconciler writes only keys it has already passed) are never
+        returned twice and never skipped.
+        """
+        cursor = after
+        cols = ", ".join(Item.__dataclass_fields__)
+        while True:
+            sql = f"SELECT {cols} FROM items WHERE dataset_id = ?"
+            args: list[Any] = [dataset_id]
+            if cursor is not None:
+                sql += " AND key > ?"
+                args.append(cursor)
+            if prefix:
+                # range scan instead of LIKE: LIKE would treat % and _ in keys as wildcards
+                sql += " AND key >= ? AND key < ?"
+                args += [prefix, prefix + "\U0010ffff"]
+            sql += " ORDER BY key LIMIT ?"
+            args.append(page)
+            rows = self.db.execute(sql, args).fetchall()
+            for row in rows:
+                yield Item(*row)
+            if len(rows) < page:
+                return
+            cursor = rows[-1][0]
+
+    def write_items(self, dataset_id: int, items: Iterable[Item]) -> None:
+        """Upsert items. The caller holds the transaction."""
+        cols = ("dataset_id", *Item.__dataclass_fields__)
+        updates = ", ".join(
+            f"{c} = excluded.{c}" for c in cols if c not in ("dataset_id", "key", "created_at")
+        )
+        self.db.conn.executemany(
+            f"INSERT INTO items ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
+            f" ON CONFLICT (dataset_id, key) DO UPDATE SET {updates}",
+            [(dataset_id, *(getattr(i, f) for f in Item.__dataclass_fields__)) for i in items],
+        )
+
+    def delete_items(self, dataset_id: int, keys: Iterable[str]) -> int:
+        """Delete items by key; return how many existed. The caller holds the transaction."""
+        before = self.db.conn.total_changes
+        self.db.conn.executemany(
+            "DELETE FROM items WHERE dataset_id = ? AND key = ?", [(dataset_id, k) for k in keys]
+        )
+        return self.db.conn.total_changes - before
+
+
+_DRIVER_COLUMNS = (
+    "type",
+    "bucket",
+    "path",
+    "region",
+    "endpoint",
+    "storage_class",
+    "account",
+    "allow_external_delete",
+    "integration",
+)
+
+_DATASET_SELECT = (
+    "SELECT ds.id, ds.name, ds.source, ds.filters, ds.created_at, d.name, "
+    + ", ".join(f"d.{c}" for c in _DRIVER_COLUMNS)
+    + ", i.type FROM datasets ds JOIN drivers d ON d.id = ds.driver_id"
+    " LEFT JOIN integrations i ON i.name = d.integration"
+)
+
+
+def _dataset_from_row(row: tuple[Any, ...]) -> Dataset:
+    ds_id, name, source, filters, created_at, driver_name, *driver_values, integ_type = row
+    values = dict(zip(_DRIVER_COLUMNS, driver_values, strict=True))
+    integ_name = values.pop("integration")
+    values["allow_external_delete"] = bool(values["allow_external_delete"])
+    # the integration's credential references are not stored: only its name comes back,
+    # and syncing such a dataset needs the config file that declares it (see syncd.sync)
+    integration = Integration(integ_name, integ_type) if integ_name else None
+    driver = DriverConfig(**values, integration=integration, name=driver_name)
+    return Dataset(ds_id, name, source, driver, Filters.from_json(filters), created_at)

@@ -1,0 +1,333 @@
+"""The ``syncd`` command: a thin layer over :mod:`syncd.api`.
+
+Exit codes: 0 success, 1 the sync (or a provider) failed, 2 bad usage or configuration.
+Errors print as one line on stderr; ``--debug`` adds the traceback and debug logging.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+import time
+import traceback
+from typing import Any
+
+import click
+
+from providers.config import ConfigError
+from providers.errors import StorageError
+from syncd import api
+from syncd.catalog import Catalog
+from syncd.checkpoint import Checkpoint
+from syncd.config import load_config
+from syncd.db import default_db_path
+from syncd.errors import SyncdError, UsageError
+from syncd.filters import Filters
+from syncd.reconcile import Action, Change
+from syncd.sync import SyncOptions, SyncResult
+
+DB_HELP = "catalog file [default: $SYNCD_DB, else ./syncd.db]"
+SYMBOL = {Action.CREATE: "+", Action.UPDATE: "~", Action.DELETE: "-"}
+
+
+def _db_option(f: Any) -> Any:
+    return click.option("--db", "db_path", metavar="PATH", help=DB_HELP)(f)
+
+
+def _json_option(f: Any) -> Any:
+    return click.option("--json", "as_json", is_flag=True, help="print one JSON object per line")(f)
+
+
+def _emit(obj: dict[str, Any]) -> None:
+    click.echo(json.dumps(obj, ensure_ascii=False, sort_keys=True))
+
+
+class Progress:
+    """A one-line live display on a terminal (stderr); silent elsewhere."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.started = time.monotonic()
+        self.last = 0.0
+
+    def __call__(self, counts: dict[str, int]) -> None:
+        t = time.monotonic()
+        if not self.enabled or t - self.last < 0.2:
+            return
+        self.last = t
+        rate = counts["listed"] / max(t - self.started, 1e-6)
+        click.echo(
+            f"\rlisted {counts['listed']:,} ({rate:,.0f}/s)  +{counts['created']:,} "
+            f"~{counts['updated']:,} -{counts['deleted']:,} ={counts['unchanged']:,}",
+            nl=False,
+            err=True,
+        )
+
+    def done(self) -> None:
+        if self.enabled and self.last:
+            click.echo("\r\033[K", nl=False, err=True)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="show tracebacks and debug logging")
+@click.version_option(package_name="syncd")
+def cli(debug: bool) -> None:
+    """Mirror cloud buckets and folders into datasets of external items."""
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.WARNING,
+        format="syncd: %(levelname)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if not debug:
+        # SDK loggers can echo request headers at debug level; keep them quiet by default
+        for name in ("botocore", "boto3", "urllib3", "azure", "google"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
+@cli.command()
+@click.argument("source", required=False)
+@click.option("--dataset", "dataset_name", metavar="NAME", help="dataset to sync into")
+@_db_option
+@click.option("--config", "config_path", metavar="FILE", help="syncd.toml declaring datasets")
+@click.option("--include", multiple=True, metavar="GLOB", help="only keys matching (repeatable)")
+@click.option(
+    "--exclude", multiple=True, metavar="GLOB", help="leave out keys matching (repeatable)"
+)
+@click.option(
+    "--max-size", type=click.IntRange(min=0), metavar="BYTES", help="leave out larger objects"
+)
+@click.option("--dry-run", is_flag=True, help="print the plan, change nothing")
+@click.option("--restart", is_flag=True, help="ignore an interrupted run and list from the start")
+@_json_option
+def sync(
+    source: str | None,
+    dataset_name: str | None,
+    db_path: str | None,
+    config_path: str | None,
+    include: tuple[str, ...],
+    exclude: tuple[str, ...],
+    max_size: int | None,
+    dry_run: bool,
+    restart: bool,
+    as_json: bool,
+) -> None:
+    """Make a dataset equal to SOURCE (or to its bound source, or to --config's datasets).
+
+    SOURCE is s3://bucket[/prefix], gs://bucket[/prefix], az://container[/prefix],
+    file:///dir or a folder path.
+    """
+    if config_path and source:
+        raise UsageError("give either SOURCE or --config, not both")
+    if config_path and (include or exclude or max_size is not None):
+        raise UsageError("with --config, declare include/exclude/max_size in the file")
+    if not config_path and not dataset_name:
+        raise UsageError("--dataset NAME is required (or pass --config FILE)")
+    specs = load_config(config_path) if config_path else None
+    if specs is not None and dataset_name is not None and dataset_name not in specs:
+        raise UsageError(
+            f"unknown dataset {dataset_name!r}: {config_path} declares {', '.join(sorted(specs))}"
+        )
+    filters = (
+        Filters(include, exclude, max_size)
+        if (include or exclude or max_size is not None)
+        else None
+    )
+    catalog = Catalog.open(db_path or default_db_path())
+    try:
+        names = [dataset_name] if dataset_name else sorted(specs or {})
+        failures = 0
+        for name in names:
+            new = catalog.find_dataset(name) is None
+            dataset = api.bind_dataset(
+                catalog, name, source=source, spec=specs[name] if specs else None, filters=filters
+            )
+            progress = Progress(sys.stderr.isatty() and not as_json and not dry_run)
+            options = SyncOptions(
+                dry_run=dry_run,
+                restart=restart,
+                on_plan=(lambda c: _print_plan(c, as_json)) if dry_run else None,
+                on_progress=progress,
+            )
+            try:
+                result = asyncio.run(api.run_sync(catalog, dataset, options, new=new))
+            except (SyncdError, StorageError) as exc:
+                progress.done()
+                if len(names) == 1:
+                    raise
+                failures += 1
+                click.echo(f"syncd: error: {exc}", err=True)
+                continue
+            progress.done()
+            _print_summary(result, dataset.source, as_json)
+        if failures:
+            sys.exit(1)
+    finally:
+        catalog.close()
+
+
+def _print_plan(change: Change, as_json: bool) -> None:
+    if as_json:
+        _emit({"action": str(change.action), "key": change.key})
+    else:
+        click.echo(f"{SYMBOL[change.action]} {change.key}")
+
+
+def _print_summary(result: SyncResult, source: str, as_json: bool) -> None:
+    if as_json:
+        _emit({"summary": result.as_dict() | {"source": source}})
+        return
+    c = result.counts
+    verb = "planned" if result.dry_run else "synced"
+    resumed = f" (resumed after {result.resumed_after!r})" if result.resumed_after else ""
+    click.echo(
+        f"{verb} dataset {result.dataset!r} from {source}{resumed}: {c['listed']:,} listed, "
+        f"{c['created']:,} created, {c['updated']:,} updated, {c['deleted']:,} deleted, "
+        f"{c['unchanged']:,} unchanged in {result.seconds:.2f}s"
+    )
+
+
+@cli.group()
+def datasets() -> None:
+    """Datasets in the catalog."""
+
+
+@datasets.command("ls")
+@_db_option
+@_json_option
+def datasets_ls(db_path: str | None, as_json: bool) -> None:
+    """List datasets with their source, item count and last run."""
+    catalog = Catalog.open(db_path or default_db_path(), create=False)
+    try:
+        checkpoint = Checkpoint(catalog.db)
+        for ds in catalog.list_datasets():
+            count = catalog.count_items(ds.id)
+            last = next(iter(checkpoint.history(ds.id, limit=1)), None)
+            if as_json:
+                _emit(
+                    {
+                        "name": ds.name,
+                        "source": ds.source,
+                        "driver": ds.driver.public(),
+                        "filters": json.loads(ds.filters.to_json()),
+                        "items": count,
+                        "created_at": ds.created_at,
+                        "last_run": None
+                        if last is None
+                        else {
+                            "status": last.status,
+                            "started_at": last.started_at,
+                            "ended_at": last.ended_at,
+                            **last.counts,
+                            "error": last.error,
+                        },
+                    }
+                )
+            else:
+                status = (
+                    f"{last.status} {last.ended_at or last.started_at}" if last else "never synced"
+                )
+                click.echo(f"{ds.name}\t{ds.source}\t{count} items\t{status}")
+    finally:
+        catalog.close()
+
+
+@cli.group()
+def items() -> None:
+    """Items of a dataset."""
+
+
+@items.command("ls")
+@click.option("--dataset", "dataset_name", required=True, metavar="NAME")
+@_db_option
+@click.option("--prefix", default="", metavar="P", help="only items whose key starts with P")
+@_json_option
+def items_ls(dataset_name: str, db_path: str | None, prefix: str, as_json: bool) -> None:
+    """List a dataset's items in key order (streamed)."""
+    catalog = Catalog.open(db_path or default_db_path(), create=False)
+    try:
+        ds = catalog.get_dataset(dataset_name)
+        for item in catalog.iter_items(ds.id, prefix=prefix):
+            if as_json:
+                _emit(item.public())
+            else:
+                click.echo(f"{item.filename}\t{item.size}\t{item.etag}\t{item.uri}")
+    finally:
+        catalog.close()
+
+
+@cli.group()
+def runs() -> None:
+    """Sync run history."""
+
+
+@runs.command("ls")
+@click.option("--dataset", "dataset_name", required=True, metavar="NAME")
+@_db_option
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(min=1))
+@_json_option
+def runs_ls(dataset_name: str, db_path: str | None, limit: int, as_json: bool) -> None:
+    """List a dataset's latest runs, newest first."""
+    catalog = Catalog.open(db_path or default_db_path(), create=False)
+    try:
+        ds = catalog.get_dataset(dataset_name)
+        for run in Checkpoint(catalog.db).history(ds.id, limit=limit):
+            row = {
+                "id": run.id,
+                "status": run.status,
+                "started_at": run.started_at,
+                "ended_at": run.ended_at,
+                "attempts": run.attempts,
+                **run.counts,
+                "error": run.error,
+            }
+            if as_json:
+                _emit(row)
+            else:
+                err = f"\t{run.error}" if run.error else ""
+                click.echo(
+                    f"{run.id}\t{run.status}\t{run.started_at}\t+{run.counts['created']} "
+                    f"~{run.counts['updated']} -{run.counts['deleted']}{err}"
+                )
+    finally:
+        catalog.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the CLI and turn every known failure into one line + exit code."""
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args
+    try:
+        cli.main(args=args, prog_name="syncd", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("syncd: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except (SyncdError, StorageError, ConfigError) as exc:
+        if debug:
+            traceback.print_exc()
+        code = (
+            exc.exit_code
+            if isinstance(exc, SyncdError)
+            else (2 if isinstance(exc, ConfigError) else 1)
+        )
+        click.echo(f"syncd: error: {exc}", err=True)
+        sys.exit(code)
+    except KeyboardInterrupt:
+        click.echo("syncd: interrupted; the next sync resumes where this one stopped", err=True)
+        sys.exit(130)
+    except Exception as exc:
+        if debug:
+            traceback.print_exc()
+        click.echo(
+            f"syncd: internal error: {type(exc).__name__}: {exc} (run with --debug for details)",
+            err=True,
+        )
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

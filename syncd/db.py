@@ -1,0 +1,168 @@
+"""Opening the embedded sqlite database and applying named, transactional migrations.
+
+Each migration is a name and a list of SQL statements. :func:`migrate` applies, in order, those
+not yet recorded in ``_syncd_migrations``; each one runs in its own transaction together with
+the row that records it, so a crash leaves a migration either fully applied or not at all.
+Migrations are append-only: never edit one that has shipped, add a new one.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+import sqlite_utils
+
+from syncd.errors import UsageError
+
+MIGRATIONS: list[tuple[str, list[str]]] = [
+    (
+        "0001_catalog",
+        [
+            """CREATE TABLE integrations (
+                name TEXT PRIMARY KEY,
+                type TEXT NOT NULL,
+                created_at TEXT NOT NULL
+            )""",
+            """CREATE TABLE drivers (
+                id INTEGER PRIMARY KEY,
+                name TEXT NOT NULL UNIQUE,
+                type TEXT NOT NULL,
+                bucket TEXT NOT NULL,
+                path TEXT NOT NULL DEFAULT '',
+                region TEXT,
+                endpoint TEXT,
+                storage_class TEXT,
+                account TEXT,
+                allow_external_delete INTEGER NOT NULL DEFAULT 0,
+                integration TEXT REFERENCES integrations(name),
+                created_at TEXT NOT NULL
+            )""",
+            """CREATE TABLE datasets (
+                id INTEGER PRIMARY KEY,
+                name TEXT NOT NULL UNIQUE,
+                driver_id INTEGER NOT NULL REFERENCES drivers(id),
+                source TEXT NOT NULL,
+                filters TEXT NOT NULL DEFAULT '{}',
+                created_at TEXT NOT NULL
+            )""",
+            # WITHOUT ROWID: the (dataset, key) primary key *is* the storage order, so the
+            # reconciler's ordered scan of a dataset is one sequential b-tree walk
+            """CREATE TABLE items (
+                dataset_id INTEGER NOT NULL REFERENCES datasets(id),
+                key TEXT NOT NULL,
+                filename TEXT NOT NULL,
+                uri TEXT NOT NULL,
+                size INTEGER NOT NULL,
+                etag TEXT NOT NULL,
+                content_type TEXT,
+                mtime TEXT NOT NULL,
+                version TEXT,
+                created_at TEXT NOT NULL,
+                updated_at TEXT NOT NULL,
+                metadata TEXT NOT NULL DEFAULT '{}',
+                PRIMARY KEY (dataset_id, key)
+            ) WITHOUT ROWID""",
+        ],
+    ),
+    (
+        "0002_checkpoint",
+        [
+            """CREATE TABLE runs (
+                id INTEGER PRIMARY KEY,
+                dataset_id INTEGER NOT NULL REFERENCES datasets(id),
+                fingerprint TEXT NOT NULL,
+                status TEXT NOT NULL,
+                started_at TEXT NOT NULL,
+                ended_at TEXT,
+                attempts INTEGER NOT NULL DEFAULT 1,
+                resume_key TEXT,
+                listed INTEGER NOT NULL DEFAULT 0,
+                created INTEGER NOT NULL DEFAULT 0,
+                updated INTEGER NOT NULL DEFAULT 0,
+                deleted INTEGER NOT NULL DEFAULT 0,
+                unchanged INTEGER NOT NULL DEFAULT 0,
+                error TEXT
+            )""",
+            "CREATE INDEX runs_dataset ON runs (dataset_id, id)",
+            """CREATE TABLE pending_deletes (
+                run_id INTEGER NOT NULL REFERENCES runs(id),
+                key TEXT NOT NULL,
+                PRIMARY KEY (run_id, key)
+            ) WITHOUT ROWID""",
+        ],
+    ),
+]
+
+
+@contextmanager
+def transaction(db: sqlite_utils.Database) -> Iterator[None]:
+    """One explicit write transaction: all of the block's statements land, or none do.
+
+    ``BEGIN IMMEDIATE`` takes the write lock up front (DDL included, which Python's sqlite3
+    would otherwise run outside any transaction), so a second writer waits instead of failing
+    half-way through.
+    """
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+
+
+def now() -> str:
+    """Current time as ISO-8601 UTC with a ``Z`` suffix, the format of every stored time."""
+    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def default_db_path() -> str:
+    """``$SYNCD_DB`` if set, else ``./syncd.db``."""
+    return os.environ.get("SYNCD_DB") or "syncd.db"
+
+
+def open_db(path: str | os.PathLike[str], *, create: bool = True) -> sqlite_utils.Database:
+    """Open (and if needed create and migrate) the catalog at ``path`` in WAL mode."""
+    p = Path(path)
+    if not create and not p.exists():
+        raise UsageError(f"catalog {str(p)!r} does not exist; run `syncd sync` first or pass --db")
+    if p.parent and not p.parent.exists():
+        raise UsageError(
+            f"cannot create catalog {str(p)!r}: folder {str(p.parent)!r} does not exist"
+        )
+    try:
+        # autocommit mode: transactions are explicit, see transaction()
+        conn = sqlite3.connect(p, timeout=30, isolation_level=None)
+        db = sqlite_utils.Database(conn)
+        db.execute("PRAGMA foreign_keys = ON")
+        db.enable_wal()
+        db.execute("PRAGMA synchronous = NORMAL")  # durable at each WAL checkpoint, safe on crash
+        migrate(db)
+    except sqlite3.DatabaseError as exc:
+        raise UsageError(f"cannot open catalog {str(p)!r}: {exc}") from exc
+    return db
+
+
+def migrate(db: sqlite_utils.Database) -> list[str]:
+    """Apply pending migrations in order; return the names applied."""
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS _syncd_migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)"
+    )
+    done = {row[0] for row in db.execute("SELECT name FROM _syncd_migrations").fetchall()}
+    applied = []
+    for name, statements in MIGRATIONS:
+        if name in done:
+            continue
+        with transaction(db):
+            for statement in statements:
+                db.execute(statement)
+            db.execute(
+                "INSERT INTO _syncd_migrations (name, applied_at) VALUES (?, ?)", [name, now()]
+            )
+        applied.append(name)
+    return applied

@@ -1,0 +1,260 @@
+"""One sync of one dataset: list the bucket, march it against the items, apply in batches.
+
+The pipeline, with bounded memory at every stage::
+
+    driver.list() pages --(queue of 2 pages)--> filter --> march(listing, items) --> batches
+                                                                                   |
+            items + run progress, one transaction per batch  <---------------------+
+
+Guarantees:
+
+* Creates and updates are written batch by batch, each batch in one transaction together with
+  the run's ``resume_key``, so a crash loses at most the batch in flight and the next run
+  continues after the last key written.
+* Deletes are only *parked* while listing. They are applied, in one transaction that also
+  closes the run, only after the listing went through to the end without error. A listing
+  that fails part-way deletes nothing.
+* A run with nothing to change writes no item rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from providers.base import Driver, ObjectInfo
+from providers.errors import StorageError
+from syncd.catalog import Catalog, Dataset, Item
+from syncd.checkpoint import COUNTERS, Checkpoint, Run
+from syncd.db import now, transaction
+from syncd.errors import SyncdError, SyncFailed
+from syncd.reconcile import Action, Change, march
+
+BATCH_SIZE = 500
+#: save progress at least this often (in listed keys) even when nothing changes
+PROGRESS_EVERY = 5000
+PREFETCH_PAGES = 2
+_COUNTER = {
+    Action.CREATE: "created",
+    Action.UPDATE: "updated",
+    Action.DELETE: "deleted",
+    Action.UNCHANGED: "unchanged",
+}
+
+
+@dataclass
+class SyncResult:
+    """What one invocation did. ``counts`` are for the whole run (all attempts)."""
+
+    dataset: str
+    status: str
+    counts: dict[str, int]
+    seconds: float
+    dry_run: bool = False
+    run_id: int | None = None
+    resumed_after: str | None = None
+    error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "dataset": self.dataset,
+            "status": self.status,
+            **self.counts,
+            "seconds": round(self.seconds, 3),
+            "dry_run": self.dry_run,
+            "run_id": self.run_id,
+            "resumed_after": self.resumed_after,
+            "error": self.error,
+        }
+
+
+@dataclass
+class SyncOptions:
+    dry_run: bool = False
+    restart: bool = False
+    batch_size: int = BATCH_SIZE
+    #: called with each non-UNCHANGED change of a dry run, in key order
+    on_plan: Callable[[Change], None] | None = None
+    #: called after every listing page with the running counters
+    on_progress: Callable[[dict[str, int]], None] | None = None
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTERS, 0))
+
+
+def fingerprint(dataset: Dataset) -> str:
+    """Identifies what a run compares: the driver location and the filters."""
+    raw = json.dumps(
+        {"driver": dataset.driver.public(), "filters": dataset.filters.to_json()}, sort_keys=True
+    )
+    return hashlib.sha256(raw.encode()).hexdigest()[:16]
+
+
+async def prefetch(
+    pages: AsyncIterator[list[ObjectInfo]], depth: int = PREFETCH_PAGES
+) -> AsyncIterator[list[ObjectInfo]]:
+    """Fetch up to ``depth`` pages ahead in a task, so listing overlaps with applying."""
+    queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=depth)
+    end = object()
+
+    async def produce() -> None:
+        try:
+            async for page in pages:
+                await queue.put(page)
+        except Exception as exc:  # handed to the consumer, which re-raises it
+            await queue.put(exc)
+            return
+        await queue.put(end)
+
+    task = asyncio.create_task(produce())
+    try:
+        while (page := await queue.get()) is not end:
+            if isinstance(page, Exception):
+                raise page
+            yield page
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+class _Applier:
+    """Collects changes and writes them batch by batch with the run's progress."""
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        checkpoint: Checkpoint,
+        dataset: Dataset,
+        driver: Driver,
+        run: Run,
+        batch_size: int,
+    ) -> None:
+        self.catalog, self.checkpoint, self.dataset, self.driver, self.run = (
+            catalog,
+            checkpoint,
+            dataset,
+            driver,
+            run,
+        )
+        self.batch_size = batch_size
+        self.writes: list[Item] = []
+        self.deletes: list[str] = []
+        self.since_save = 0
+        self.path = dataset.driver.path
+
+    def item(self, obj: ObjectInfo, created_at: str | None) -> Item:
+        stamp = now()
+        return Item(
+            key=obj.key,
+            filename="/" + obj.key[len(self.path) :],
+            uri=self.driver.uri(obj.key),
+            size=obj.size,
+            etag=obj.etag,
+            content_type=obj.content_type,
+            mtime=obj.last_modified.isoformat().replace("+00:00", "Z"),
+            version=obj.version,
+            created_at=created_at or stamp,
+            updated_at=stamp,
+        )
+
+    def add(self, change: Change) -> None:
+        if change.action is Action.DELETE:
+            self.deletes.append(change.key)
+            return
+        if change.action is not Action.UNCHANGED:
+            assert change.obj is not None
+            self.writes.append(self.item(change.obj, None))
+        self.run.resume_key = change.key
+        self.since_save += 1
+        if (
+            len(self.writes) + len(self.deletes) >= self.batch_size
+            or self.since_save >= PROGRESS_EVERY
+        ):
+            self.flush()
+
+    def flush(self) -> None:
+        with transaction(self.catalog.db):
+            if self.writes:
+                self.catalog.write_items(self.dataset.id, self.writes)
+            if self.deletes:
+                self.checkpoint.park_deletes(self.run, self.deletes)
+            self.checkpoint.save_progress(self.run)
+        self.writes, self.deletes, self.since_save = [], [], 0
+
+
+async def sync_dataset(
+    catalog: Catalog, dataset: Dataset, driver: Driver, options: SyncOptions | None = None
+) -> SyncResult:
+    """Make ``dataset`` equal to what ``driver`` lists under the dataset's path and filters."""
+    options = options or SyncOptions()
+    started = time.monotonic()
+    checkpoint = Checkpoint(catalog.db)
+    run: Run | None = None
+    start_after: str | None = None
+    counts = options.counts
+    if not options.dry_run:
+        with transaction(catalog.db):
+            run = checkpoint.begin(dataset.id, fingerprint(dataset), restart=options.restart)
+        counts = run.counts
+        start_after = run.resume_key
+    resumed_after = start_after
+
+    prefix = dataset.driver.path
+    filters = dataset.filters
+
+    async def listing() -> AsyncIterator[ObjectInfo]:
+        async for page in prefetch(driver.list(prefix, start_after=start_after)):
+            for obj in page:
+                counts["listed"] += 1
+                if filters.accepts(obj.key[len(prefix) :], obj.size):
+                    yield obj
+            if options.on_progress:
+                options.on_progress(counts)
+
+    known = catalog.iter_items(dataset.id, after=start_after)
+    applier = (
+        _Applier(catalog, checkpoint, dataset, driver, run, options.batch_size) if run else None
+    )
+    try:
+        async for change in march(listing(), known):
+            counts[_COUNTER[change.action]] += 1
+            if applier:
+                applier.add(change)
+            elif change.action is not Action.UNCHANGED and options.on_plan:
+                options.on_plan(change)
+    except (StorageError, SyncdError, OSError) as exc:
+        error = str(exc)
+        if run is not None and applier is not None:
+            # keep everything decided so far (writes, parked deletes, resume_key): the next
+            # run continues from here; the parked deletes still wait for a complete listing
+            applier.flush()
+            with transaction(catalog.db):
+                checkpoint.finish(run, "failed", error)
+        raise SyncFailed(
+            f"sync of dataset {dataset.name!r} failed, nothing was deleted: {error}"
+        ) from exc
+
+    if run is not None and applier is not None:
+        applier.flush()
+        # the listing is complete: apply parked deletes and close the run, all at once
+        with transaction(catalog.db):
+            deleted = 0
+            for keys in checkpoint.parked(run):
+                deleted += catalog.delete_items(dataset.id, keys)
+            checkpoint.clear_parked(run)
+            counts["deleted"] = deleted
+            checkpoint.finish(run, "completed")
+    if options.on_progress:
+        options.on_progress(counts)
+    return SyncResult(
+        dataset=dataset.name,
+        status="completed" if run else "planned",
+        counts=dict(counts),
+        seconds=time.monotonic() - started,
+        dry_run=options.dry_run,
+        run_id=run.id if run else None,
+        resumed_after=resumed_after,
+    )
