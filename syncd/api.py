@@ -100,11 +100,14 @@ async def run_sync(
 ) -> SyncResult:
     """Sync ``dataset``. If it was ``new`` (created for this sync) and the first sync fails
     before writing any item, the dataset is removed again, so a typo in a bucket name or bad
-    credentials leave nothing half-made behind."""
+    credentials leave nothing half-made behind; a dry run of a new dataset is removed too."""
     try:
         async with open_dataset_driver(dataset) as driver:
-            return await sync_dataset(catalog, dataset, driver, options)
+            result = await sync_dataset(catalog, dataset, driver, options)
     except BaseException:
         if new and catalog.count_items(dataset.id) == 0:
             catalog.drop_dataset(dataset)
         raise
+    if new and options.dry_run:
+        catalog.drop_dataset(dataset)  # a dry run leaves the catalog as it found it
+    return result
