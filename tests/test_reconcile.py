@@ -70,7 +70,9 @@ async def test_empty_sides() -> None:
 
 
 keys = st.text(alphabet="ab/é\U0001f600 +%", min_size=1, max_size=4)
-state = st.dictionaries(keys, st.tuples(st.integers(0, 3), st.sampled_from(["e1", "e2"])), max_size=25)
+state = st.dictionaries(
+    keys, st.tuples(st.integers(0, 3), st.sampled_from(["e1", "e2"])), max_size=25
+)
 
 
 @settings(max_examples=300, deadline=None)

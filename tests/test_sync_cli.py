@@ -81,7 +81,9 @@ async def test_sync_create_update_delete_and_idle(backend: Backend, tmp_path: Pa
     async with open_driver(backend.config(bucket)) as driver:
         await populate(driver, INSIDE + OUTSIDE)
 
-        first = summary(syncd("sync", source, "--dataset", "ds", "--db", str(db), "--json", env=backend.env))
+        first = summary(
+            syncd("sync", source, "--dataset", "ds", "--db", str(db), "--json", env=backend.env)
+        )
         assert counts(first) == (len(INSIDE), 0, 0)
         await assert_dataset_equals_bucket(driver, db, "ds", backend.env)
 
@@ -92,32 +94,47 @@ async def test_sync_create_update_delete_and_idle(backend: Backend, tmp_path: Pa
         await driver.put("data2/also-not-me.jpg", b"outside the prefix")
 
         # a later sync may name the same source, or none
-        second = summary(syncd("sync", "--dataset", "ds", "--db", str(db), "--json", env=backend.env))
+        second = summary(
+            syncd("sync", "--dataset", "ds", "--db", str(db), "--json", env=backend.env)
+        )
         assert counts(second) == (1, 1, 2)
         before = await assert_dataset_equals_bucket(driver, db, "ds", backend.env)
 
-        third = summary(syncd("sync", source, "--dataset", "ds", "--db", str(db), "--json", env=backend.env))
+        third = summary(
+            syncd("sync", source, "--dataset", "ds", "--db", str(db), "--json", env=backend.env)
+        )
         assert counts(third) == (0, 0, 0)
         assert third["unchanged"] == len(INSIDE) - 2 + 1
         # nothing written: every row, timestamps included, is exactly as before
         assert items(db, "ds", backend.env) == before
 
 
-async def test_listing_failure_deletes_nothing_and_next_run_resumes(backend: Backend, tmp_path: Path) -> None:
+async def test_listing_failure_deletes_nothing_and_next_run_resumes(
+    backend: Backend, tmp_path: Path
+) -> None:
     bucket = backend.new_bucket()
     db = tmp_path / "catalog.db"
     source = backend.source(bucket, PREFIX)
     keys = [f"data/k{i:02d}" for i in range(30)]
     async with open_driver(backend.config(bucket)) as driver:
         await populate(driver, keys)
-        assert counts(summary(syncd("sync", source, "--dataset", "ds", "--db", str(db), "--json", env=backend.env))) == (30, 0, 0)
+        assert counts(
+            summary(
+                syncd("sync", source, "--dataset", "ds", "--db", str(db), "--json", env=backend.env)
+            )
+        ) == (30, 0, 0)
 
         for key in keys[:3] + keys[-3:]:
             await driver.delete(key)
         await populate(driver, ["data/k05a", "data/k20a", "data/zz"])
 
         failed = syncd(
-            "sync", "--dataset", "ds", "--db", str(db), "--json",
+            "sync",
+            "--dataset",
+            "ds",
+            "--db",
+            str(db),
+            "--json",
             env={**backend.env, "SYNCD_FAULT_LIST_FAIL_AFTER": "10", "SYNCD_RETRY_ATTEMPTS": "1"},
         )
         assert failed.returncode == 1
@@ -128,7 +145,9 @@ async def test_listing_failure_deletes_nothing_and_next_run_resumes(backend: Bac
         assert set(keys) <= after_failure  # nothing deleted
         assert "data/k05a" in after_failure  # creates before the fault were kept
 
-        resumed = summary(syncd("sync", "--dataset", "ds", "--db", str(db), "--json", env=backend.env))
+        resumed = summary(
+            syncd("sync", "--dataset", "ds", "--db", str(db), "--json", env=backend.env)
+        )
         assert resumed["resumed_after"] is not None
         assert strip + resumed["resumed_after"] >= "data/k05a"
         assert resumed["deleted"] == 6
@@ -142,8 +161,23 @@ async def test_filters_and_dry_run(backend: Backend, tmp_path: Path) -> None:
     async with open_driver(backend.config(bucket)) as driver:
         await populate(driver, ["data/a.jpg", "data/b.png", "data/tmp/c.jpg", "data/big.jpg"])
         await driver.put("data/big.jpg", b"x" * 5000)
-        plan = syncd("sync", source, "--dataset", "f", "--db", str(db), "--include", "*.jpg",
-                     "--exclude", "tmp/*", "--max-size", "1000", "--dry-run", "--json", env=backend.env)
+        plan = syncd(
+            "sync",
+            source,
+            "--dataset",
+            "f",
+            "--db",
+            str(db),
+            "--include",
+            "*.jpg",
+            "--exclude",
+            "tmp/*",
+            "--max-size",
+            "1000",
+            "--dry-run",
+            "--json",
+            env=backend.env,
+        )
         assert plan.returncode == 0, plan.stderr
         lines = [json.loads(line) for line in plan.stdout.splitlines()]
         strip = PREFIX if backend.name == "local" else ""
@@ -152,13 +186,31 @@ async def test_filters_and_dry_run(backend: Backend, tmp_path: Path) -> None:
         # the dry run left no dataset behind
         ls = syncd("datasets", "ls", "--db", str(db), "--json", env=backend.env)
         assert ls.stdout.strip() == ""
-        done = summary(syncd("sync", source, "--dataset", "f", "--db", str(db), "--include", "*.jpg",
-                             "--exclude", "tmp/*", "--max-size", "1000", "--json", env=backend.env))
+        done = summary(
+            syncd(
+                "sync",
+                source,
+                "--dataset",
+                "f",
+                "--db",
+                str(db),
+                "--include",
+                "*.jpg",
+                "--exclude",
+                "tmp/*",
+                "--max-size",
+                "1000",
+                "--json",
+                env=backend.env,
+            )
+        )
         assert counts(done) == (1, 0, 0)
         assert [strip + k for k in items(db, "f", backend.env)] == ["data/a.jpg"]
 
 
-async def test_missing_bucket_is_one_line_and_leaves_nothing(backend: Backend, tmp_path: Path) -> None:
+async def test_missing_bucket_is_one_line_and_leaves_nothing(
+    backend: Backend, tmp_path: Path
+) -> None:
     db = tmp_path / "catalog.db"
     name = backend.missing_bucket()
     proc = syncd("sync", backend.source(name), "--dataset", "m", "--db", str(db), env=backend.env)
@@ -171,7 +223,9 @@ async def test_missing_bucket_is_one_line_and_leaves_nothing(backend: Backend, t
         assert conn.execute("SELECT count(*) FROM datasets").fetchone()[0] == 0
 
 
-async def test_wrong_credentials_are_one_line_and_never_printed(backend: Backend, tmp_path: Path) -> None:
+async def test_wrong_credentials_are_one_line_and_never_printed(
+    backend: Backend, tmp_path: Path
+) -> None:
     if backend.name == "local":
         pytest.xfail("local folders have no credentials to get wrong")
     if backend.name == "gcs":
@@ -179,10 +233,17 @@ async def test_wrong_credentials_are_one_line_and_never_printed(backend: Backend
     bucket = backend.new_bucket()
     db = tmp_path / "catalog.db"
     if backend.name == "s3":
-        env = {**backend.env, "AWS_ENDPOINT_URL": backend.auth_emulator.url,
-               "AWS_ACCESS_KEY_ID": "AKIAWRONGWRONGWRONG1", "AWS_SECRET_ACCESS_KEY": BAD_SECRET}
+        env = {
+            **backend.env,
+            "AWS_ENDPOINT_URL": backend.auth_emulator.url,
+            "AWS_ACCESS_KEY_ID": "AKIAWRONGWRONGWRONG1",
+            "AWS_SECRET_ACCESS_KEY": BAD_SECRET,
+        }
     else:
-        env = {**backend.env, "AZURE_STORAGE_CONNECTION_STRING": os.environ["SYNCD_TEST_BAD_AZURE_CONN"]}
+        env = {
+            **backend.env,
+            "AZURE_STORAGE_CONNECTION_STRING": os.environ["SYNCD_TEST_BAD_AZURE_CONN"],
+        }
     proc = syncd("sync", backend.source(bucket), "--dataset", "w", "--db", str(db), env=env)
     assert proc.returncode == 1
     err = proc.stderr.strip()
