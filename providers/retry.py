@@ -58,7 +58,12 @@ NO_RETRY = RetryPolicy(attempts=1)
 def _log_retry(state: RetryCallState) -> None:
     exc = state.outcome.exception() if state.outcome else None
     wait = state.next_action.sleep if state.next_action else 0.0
-    log.warning("retrying in %.2fs after attempt %d: %s", wait, state.attempt_number, exc)
+    cause = (
+        f"{exc.provider}: bucket {exc.bucket!r}: {exc.cause}"
+        if isinstance(exc, StorageError)
+        else exc
+    )
+    log.warning("retrying in %.2fs after attempt %d: %s", wait, state.attempt_number, cause)
 
 
 async def call(fn: Callable[[], T], translate: Translate, policy: RetryPolicy) -> T:
