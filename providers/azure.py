@@ -26,7 +26,7 @@ from azure.storage.blob import (
 )
 
 from providers import errors
-from providers.base import Driver, ObjectInfo
+from providers.base import Driver, ObjectInfo, object_uri
 from providers.retry import NO_RETRY, RetryPolicy, Translate, call
 
 _CODE_MAP: dict[str, type[errors.StorageError]] = {
@@ -244,7 +244,7 @@ class AzureBlobDriver(Driver):
         return f"{client.url}?{sas}"
 
     def uri(self, key: str) -> str:
-        return f"az://{self.account}/{self.bucket}/{key}"
+        return object_uri(self.provider, self.bucket, key, self.account)
 
     async def close(self) -> None:
         self._service.close()

@@ -49,6 +49,17 @@ class ObjectInfo:
             raise ValueError(f"last_modified for {self.key!r} must be timezone-aware")
 
 
+def object_uri(provider: str, bucket: str, key: str, account: str | None = None) -> str:
+    """Canonical URI of a cloud object: ``s3://b/k``, ``gs://b/k``, ``az://account/container/k``."""
+    if provider == "s3":
+        return f"s3://{bucket}/{key}"
+    if provider == "gcs":
+        return f"gs://{bucket}/{key}"
+    if provider == "azure":
+        return f"az://{account or ''}/{bucket}/{key}"
+    raise ValueError(f"no URI scheme for provider {provider!r}")
+
+
 def in_range(key: str, start_after: str | None, end_before: str | None) -> bool:
     """True when ``start_after < key < end_before`` (either bound may be absent)."""
     if start_after is not None and key <= start_after:

@@ -27,7 +27,7 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 
 from providers import errors
-from providers.base import Driver, ObjectInfo
+from providers.base import Driver, ObjectInfo, object_uri
 from providers.retry import NO_RETRY, RetryPolicy, Translate, call
 
 CHUNK = 1024 * 1024
@@ -207,7 +207,7 @@ class GCSDriver(Driver):
         )
 
     def uri(self, key: str) -> str:
-        return f"gs://{self.bucket}/{key}"
+        return object_uri(self.provider, self.bucket, key)
 
     async def close(self) -> None:
         self._client.close()

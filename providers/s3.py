@@ -20,7 +20,7 @@ import botocore.exceptions
 from botocore.config import Config
 
 from providers import errors
-from providers.base import Driver, ObjectInfo
+from providers.base import Driver, ObjectInfo, object_uri
 from providers.retry import NO_RETRY, RetryPolicy, Translate, call
 
 CHUNK = 1024 * 1024
@@ -222,7 +222,7 @@ class S3Driver(Driver):
         )
 
     def uri(self, key: str) -> str:
-        return f"s3://{self.bucket}/{key}"
+        return object_uri(self.provider, self.bucket, key)
 
     async def close(self) -> None:
         self._client.close()

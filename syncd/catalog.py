@@ -158,7 +158,7 @@ class Catalog:
                 "DELETE FROM pending_deletes WHERE run_id IN (SELECT id FROM runs WHERE dataset_id = ?)",
                 [dataset.id],
             )
-            for table in ("runs", "items"):
+            for table in ("runs", "items", "key_markers"):
                 self.db.execute(f"DELETE FROM {table} WHERE dataset_id = ?", [dataset.id])
             driver_id = self.db.execute(
                 "SELECT driver_id FROM datasets WHERE id = ?", [dataset.id]

@@ -96,6 +96,21 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
             ) WITHOUT ROWID""",
         ],
     ),
+    (
+        "0003_event_markers",
+        [
+            # the newest ordering marker applied per key, deletes included (tombstones), so a
+            # late or duplicate bucket event can be recognised and ignored
+            """CREATE TABLE key_markers (
+                dataset_id INTEGER NOT NULL REFERENCES datasets(id),
+                key TEXT NOT NULL,
+                marker TEXT NOT NULL,
+                deleted INTEGER NOT NULL,
+                updated_at TEXT NOT NULL,
+                PRIMARY KEY (dataset_id, key)
+            ) WITHOUT ROWID""",
+        ],
+    ),
 ]
 
 

@@ -1,0 +1,452 @@
+"""One model for bucket events, and parsers for every provider format we accept.
+
+:func:`parse` auto-detects the format of a decoded JSON payload and returns normalized
+:class:`ObjectEvent` records plus what it skipped and why:
+
+* S3 notifications (``Records[]``), also inside SQS (``body``) and SNS (``Message``), and
+  ``s3:TestEvent`` (skipped); S3 via EventBridge (``detail-type`` Object Created/Deleted).
+* GCS CloudEvents (``google.cloud.storage.object.v1.*``), legacy background events
+  (``{"context": ..., "data": ...}``), and Pub/Sub notifications (push envelope or bare message,
+  attributes + ``JSON_API_V1`` payload).
+* Azure Event Grid, in the Event Grid schema and the CloudEvents schema; subscription
+  validation events are recognised and their code returned.
+
+Keys are decoded per format: S3 notification keys are form-encoded (``+`` is a space);
+EventBridge and GCS keys are plain; Azure keys come from ``subject`` (plain) or else the
+URL-encoded ``data.url``.
+
+Each event carries an *ordering marker*: a string that, for one key, sorts older events before
+newer ones. S3 and Azure sequencers are right-padded with zeros to a fixed width (so string
+order is their documented order); GCS uses zero-padded ``generation`` then ``metageneration``.
+Markers compare only between events for the same key. Emulators that send no sequencer
+(moto) give ``marker=None``.
+
+Unknown event types are skipped with a reason (and a log line); a payload that claims a known
+format but lacks what that format requires raises :class:`EventFormatError`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import enum
+import json
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import unquote, unquote_plus, urlsplit
+
+log = logging.getLogger("syncd.events")
+
+SEQUENCER_WIDTH = 64
+
+
+class EventFormatError(ValueError):
+    """The payload is not a well-formed event of any format we know."""
+
+
+class EventKind(enum.StrEnum):
+    CREATED = "created"
+    DELETED = "deleted"
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectEvent:
+    """A normalized "object created/deleted" event."""
+
+    kind: EventKind
+    provider: str  # "s3" | "gcs" | "azure"
+    bucket: str  # bucket, or Azure container
+    key: str
+    marker: str | None = None
+    size: int | None = None
+    etag: str | None = None
+    content_type: str | None = None
+    event_time: datetime | None = None
+    version: str | None = None  # as the listing driver reports it (GCS "gen.metagen")
+    account: str | None = None  # Azure storage account
+    event_id: str | None = None
+
+
+@dataclass
+class Parsed:
+    events: list[ObjectEvent] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    validation_code: str | None = None
+
+    def extend(self, other: Parsed) -> None:
+        self.events += other.events
+        self.skipped += other.skipped
+        self.validation_code = self.validation_code or other.validation_code
+
+
+def pad_sequencer(seq: str) -> str:
+    """S3/Azure sequencers compare as strings after right-padding the shorter with zeros."""
+    seq = seq.strip().upper()
+    if not seq or any(c not in "0123456789ABCDEF" for c in seq) or len(seq) > SEQUENCER_WIDTH:
+        raise EventFormatError(f"malformed sequencer {seq!r}")
+    return seq.ljust(SEQUENCER_WIDTH, "0")
+
+
+def gcs_marker(generation: Any, metageneration: Any) -> str:
+    try:
+        return f"{int(generation):020d}.{int(metageneration or 1):020d}"
+    except (TypeError, ValueError):
+        raise EventFormatError(
+            f"malformed GCS generation {generation!r}/{metageneration!r}"
+        ) from None
+
+
+def _time(value: Any) -> datetime | None:
+    if not value:
+        return None
+    text = str(value).strip().replace("Z", "+00:00")
+    # Event Grid sends 7 fractional digits; fromisoformat takes at most 6
+    if "." in text:
+        head, _, rest = text.partition(".")
+        digits = "".join(c for c in rest if c.isdigit())
+        tail = rest[len(digits) :]
+        text = f"{head}.{digits[:6]}{tail}"
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        raise EventFormatError(f"malformed event time {value!r}") from None
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).astimezone(UTC)
+
+
+def _int(value: Any, what: str) -> int | None:
+    if value is None or value == "":
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise EventFormatError(f"malformed {what} {value!r}") from None
+
+
+def _need(obj: Any, *path: str) -> Any:
+    cur = obj
+    for part in path:
+        if not isinstance(cur, dict) or part not in cur:
+            raise EventFormatError(f"missing field {'.'.join(path)}")
+        cur = cur[part]
+    return cur
+
+
+def _json_text(text: Any, what: str) -> Any:
+    if not isinstance(text, str):
+        raise EventFormatError(f"{what} must be a JSON string")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise EventFormatError(f"{what} is not valid JSON: {exc.msg}") from None
+
+
+# -- AWS -----------------------------------------------------------------------------------
+
+
+def _s3_record(rec: dict[str, Any]) -> Parsed:
+    name = str(_need(rec, "eventName"))
+    obj = _need(rec, "s3", "object")
+    bucket = str(_need(rec, "s3", "bucket", "name"))
+    key = unquote_plus(str(_need(obj, "key")))
+    if name.startswith("ObjectCreated:"):
+        kind = EventKind.CREATED
+    elif name.startswith("ObjectRemoved:"):
+        kind = EventKind.DELETED
+    else:
+        return _skip(f"s3 event {name} for {key!r} is not a create or delete")
+    seq = obj.get("sequencer")
+    return Parsed(
+        events=[
+            ObjectEvent(
+                kind=kind,
+                provider="s3",
+                bucket=bucket,
+                key=key,
+                marker=pad_sequencer(seq) if seq else None,
+                size=_int(obj.get("size"), "size"),
+                etag=(obj.get("eTag") or obj.get("etag") or None),
+                event_time=_time(rec.get("eventTime")),
+                event_id=(rec.get("responseElements") or {}).get("x-amz-request-id"),
+            )
+        ]
+    )
+
+
+def _eventbridge(payload: dict[str, Any]) -> Parsed:
+    detail_type = payload.get("detail-type")
+    detail = _need(payload, "detail")
+    key = str(_need(detail, "object", "key"))  # not form-encoded in EventBridge
+    if detail_type == "Object Created":
+        kind = EventKind.CREATED
+    elif detail_type == "Object Deleted":
+        kind = EventKind.DELETED
+    else:
+        return _skip(f"EventBridge {detail_type!r} for {key!r} is not a create or delete")
+    obj = detail["object"]
+    seq = obj.get("sequencer")
+    return Parsed(
+        events=[
+            ObjectEvent(
+                kind=kind,
+                provider="s3",
+                bucket=str(_need(detail, "bucket", "name")),
+                key=key,
+                marker=pad_sequencer(seq) if seq else None,
+                size=_int(obj.get("size"), "size"),
+                etag=obj.get("etag"),
+                event_time=_time(payload.get("time")),
+                event_id=payload.get("id"),
+            )
+        ]
+    )
+
+
+# -- GCS -----------------------------------------------------------------------------------
+
+_GCS_CLOUDEVENT = {
+    "google.cloud.storage.object.v1.finalized": EventKind.CREATED,
+    "google.cloud.storage.object.v1.metadataUpdated": EventKind.CREATED,
+    "google.cloud.storage.object.v1.deleted": EventKind.DELETED,
+    # a live version became noncurrent: gone from the bucket's live listing
+    "google.cloud.storage.object.v1.archived": EventKind.DELETED,
+}
+_GCS_LEGACY = {
+    "google.storage.object.finalize": EventKind.CREATED,
+    "google.storage.object.metadataUpdate": EventKind.CREATED,
+    "google.storage.object.delete": EventKind.DELETED,
+    "google.storage.object.archive": EventKind.DELETED,
+}
+_GCS_PUBSUB = {
+    "OBJECT_FINALIZE": EventKind.CREATED,
+    "OBJECT_METADATA_UPDATE": EventKind.CREATED,
+    "OBJECT_DELETE": EventKind.DELETED,
+    "OBJECT_ARCHIVE": EventKind.DELETED,
+}
+
+
+def _gcs_object(kind: EventKind, data: dict[str, Any], event_id: Any, time: Any) -> ObjectEvent:
+    generation = _need(data, "generation")
+    metageneration = data.get("metageneration") or 1
+    return ObjectEvent(
+        kind=kind,
+        provider="gcs",
+        bucket=str(_need(data, "bucket")),
+        key=str(_need(data, "name")),
+        marker=gcs_marker(generation, metageneration),
+        size=_int(data.get("size"), "size"),
+        etag=data.get("etag") or data.get("md5Hash"),
+        content_type=data.get("contentType"),
+        event_time=_time(time or data.get("updated")),
+        version=f"{int(generation)}.{int(metageneration)}",
+        event_id=str(event_id) if event_id else None,
+    )
+
+
+def _gcs_cloudevent(payload: dict[str, Any]) -> Parsed:
+    kind = _GCS_CLOUDEVENT.get(payload["type"])
+    if kind is None:
+        return _skip(f"GCS event type {payload['type']} is not handled")
+    data = _need(payload, "data")
+    return Parsed(events=[_gcs_object(kind, data, payload.get("id"), payload.get("time"))])
+
+
+def _gcs_legacy(payload: dict[str, Any]) -> Parsed:
+    context = payload["context"]
+    event_type = context.get("eventType") or context.get("event_type")
+    kind = _GCS_LEGACY.get(event_type)
+    if kind is None:
+        return _skip(f"GCS background event type {event_type!r} is not handled")
+    data = _need(payload, "data")
+    return Parsed(
+        events=[_gcs_object(kind, data, context.get("eventId"), context.get("timestamp"))]
+    )
+
+
+def _gcs_pubsub(message: dict[str, Any]) -> Parsed:
+    attrs = _need(message, "attributes")
+    event_type = attrs.get("eventType")
+    kind = _GCS_PUBSUB.get(event_type)
+    if kind is None:
+        return _skip(f"GCS notification type {event_type!r} is not handled")
+    data: dict[str, Any] = {}
+    if message.get("data") and attrs.get("payloadFormat", "JSON_API_V1") == "JSON_API_V1":
+        try:
+            data = json.loads(base64.b64decode(message["data"], validate=True))
+        except (binascii.Error, ValueError):
+            raise EventFormatError("Pub/Sub message data is not base64-encoded JSON") from None
+    data.setdefault("bucket", attrs.get("bucketId"))
+    data.setdefault("name", attrs.get("objectId"))
+    data.setdefault("generation", attrs.get("objectGeneration"))
+    if data.get("bucket") is None or data.get("name") is None or data.get("generation") is None:
+        raise EventFormatError("GCS notification lacks bucketId/objectId/objectGeneration")
+    event_id = message.get("messageId") or message.get("message_id")
+    return Parsed(events=[_gcs_object(kind, data, event_id, attrs.get("eventTime"))])
+
+
+# -- Azure ---------------------------------------------------------------------------------
+
+_AZURE_TYPES = {
+    "Microsoft.Storage.BlobCreated": EventKind.CREATED,
+    "Microsoft.Storage.BlobDeleted": EventKind.DELETED,
+}
+VALIDATION_TYPE = "Microsoft.EventGrid.SubscriptionValidationEvent"
+
+
+def _azure_location(
+    subject: str | None, url: str | None, source: str | None
+) -> tuple[str | None, str, str]:
+    """(account, container, key) from the subject, else the blob URL."""
+    account = None
+    if source and "/storageAccounts/" in source:
+        account = source.rsplit("/storageAccounts/", 1)[1].split("/")[0]
+    if subject and "/containers/" in subject and "/blobs/" in subject:
+        rest = subject.split("/containers/", 1)[1]
+        container, _, key = rest.partition("/blobs/")
+        if container and key:
+            return account, container, key
+    if url:
+        parts = urlsplit(url)
+        host_account = parts.netloc.split(".")[0] or None
+        path = parts.path.lstrip("/")
+        if parts.netloc.startswith(("127.0.0.1", "localhost")):  # emulator: /account/container/key
+            host_account, _, path = path.partition("/")
+        container, _, key = path.partition("/")
+        if container and key:
+            return account or host_account, container, unquote(key)
+    raise EventFormatError("Azure event has neither a blob subject nor a blob URL")
+
+
+def _azure(event: dict[str, Any], *, cloudevents: bool) -> Parsed:
+    event_type = event.get("type" if cloudevents else "eventType")
+    if event_type == VALIDATION_TYPE:
+        code = _need(event, "data", "validationCode")
+        return Parsed(validation_code=str(code), skipped=["Event Grid subscription validation"])
+    kind = _AZURE_TYPES.get(str(event_type))
+    if kind is None:
+        return _skip(f"Azure event type {event_type!r} is not handled")
+    data = _need(event, "data")
+    source = event.get("source") if cloudevents else event.get("topic")
+    account, container, key = _azure_location(event.get("subject"), data.get("url"), source)
+    seq = data.get("sequencer")
+    etag = data.get("eTag") or data.get("etag")
+    return Parsed(
+        events=[
+            ObjectEvent(
+                kind=kind,
+                provider="azure",
+                bucket=container,
+                key=key,
+                marker=pad_sequencer(seq) if seq else None,
+                size=_int(data.get("contentLength"), "contentLength"),
+                etag=str(etag).strip('"') if etag else None,
+                content_type=data.get("contentType"),
+                event_time=_time(event.get("time" if cloudevents else "eventTime")),
+                account=account,
+                event_id=event.get("id"),
+            )
+        ]
+    )
+
+
+# -- detection -----------------------------------------------------------------------------
+
+
+def _skip(reason: str) -> Parsed:
+    log.info("skipping event: %s", reason)
+    return Parsed(skipped=[reason])
+
+
+def parse(payload: Any) -> Parsed:
+    """Parse one decoded payload (object or list) of any supported format."""
+    if isinstance(payload, list):
+        out = Parsed()
+        for item in payload:
+            out.extend(parse(item))
+        return out
+    if not isinstance(payload, dict):
+        raise EventFormatError(f"expected a JSON object or array, got {type(payload).__name__}")
+    try:
+        return _parse_object(payload)
+    except EventFormatError:
+        raise
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        raise EventFormatError(f"malformed event: {type(exc).__name__}: {exc}") from None
+
+
+def _parse_object(p: dict[str, Any]) -> Parsed:
+    if p.get("Event") == "s3:TestEvent":
+        return _skip("s3:TestEvent")
+    if "Records" in p:
+        records = p["Records"]
+        if not isinstance(records, list):
+            raise EventFormatError("Records must be a list")
+        out = Parsed()
+        for rec in records:
+            out.extend(parse_record(rec))
+        return out
+    if p.get("Type") == "Notification" and "Message" in p:  # SNS envelope (SQS raw delivery off)
+        return parse(_json_text(p["Message"], "SNS Message"))
+    if p.get("source") == "aws.s3" and "detail-type" in p:
+        return _eventbridge(p)
+    if "specversion" in p and isinstance(p.get("type"), str):
+        if p["type"].startswith("google.cloud.storage."):
+            return _gcs_cloudevent(p)
+        if p["type"].startswith("Microsoft."):
+            return _azure(p, cloudevents=True)
+        return _skip(f"CloudEvent type {p['type']} is not handled")
+    if "eventType" in p and ("subject" in p or "topic" in p):
+        return _azure(p, cloudevents=False)
+    if "message" in p and isinstance(p["message"], dict) and "attributes" in p["message"]:
+        return _gcs_pubsub(p["message"])  # Pub/Sub push envelope
+    if "attributes" in p and isinstance(p["attributes"], dict) and "eventType" in p["attributes"]:
+        return _gcs_pubsub(p)  # bare Pub/Sub message
+    if isinstance(p.get("context"), dict) and isinstance(p.get("data"), dict):
+        return _gcs_legacy(p)
+    raise EventFormatError(
+        "unrecognised event payload: expected S3/SQS/SNS/EventBridge, GCS CloudEvent/Pub/Sub, "
+        "or Azure Event Grid JSON"
+    )
+
+
+def parse_record(rec: Any) -> Parsed:
+    """One element of a ``Records`` list: an S3 record, an SQS message or an SNS record."""
+    if not isinstance(rec, dict):
+        raise EventFormatError("each record must be a JSON object")
+    if rec.get("eventSource") == "aws:s3" or "s3" in rec:
+        return _s3_record(rec)
+    if rec.get("eventSource") == "aws:sqs" or ("body" in rec and "messageId" in rec):
+        return parse(_json_text(rec.get("body"), "SQS body"))
+    if rec.get("EventSource") == "aws:sns" or "Sns" in rec:
+        return parse(_json_text(_need(rec, "Sns", "Message"), "SNS Message"))
+    raise EventFormatError("record is neither an S3 event, an SQS message nor an SNS record")
+
+
+def parse_text(text: str | bytes) -> Parsed:
+    """Parse raw JSON text: a single payload, or one payload per line (JSON lines)."""
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError:
+            raise EventFormatError("payload is not UTF-8 text") from None
+    try:
+        return parse(json.loads(text))
+    except json.JSONDecodeError as first:
+        lines = [line for line in text.splitlines() if line.strip()]
+        if len(lines) < 2:
+            raise EventFormatError(
+                f"payload is not valid JSON: {first.msg} at line {first.lineno}"
+            ) from None
+        out = Parsed()
+        for number, line in enumerate(lines, 1):
+            try:
+                out.extend(parse(json.loads(line)))
+            except json.JSONDecodeError as exc:
+                raise EventFormatError(f"line {number} is not valid JSON: {exc.msg}") from None
+        return out
+
+
+def iter_keys(parsed: Parsed) -> Iterator[str]:
+    return (e.key for e in parsed.events)
