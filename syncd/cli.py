@@ -294,6 +294,65 @@ def runs_ls(dataset_name: str, db_path: str | None, limit: int, as_json: bool) -
         catalog.close()
 
 
+@cli.group()
+def events() -> None:
+    """Bucket events (S3, GCS, Azure formats)."""
+
+
+@events.command("apply")
+@click.argument("file", type=click.File("rb"))
+@_db_option
+@_json_option
+def events_apply(file: Any, db_path: str | None, as_json: bool) -> None:
+    """Apply provider-format event payloads from FILE (or - for stdin), format auto-detected.
+
+    FILE holds one JSON payload (object or array) or JSON lines. Events go to every dataset
+    whose driver bucket and path contain the key; stale and duplicate events change nothing.
+    """
+    from syncd.apply_events import apply_events
+    from syncd.events import EventFormatError, parse_text
+
+    try:
+        parsed = parse_text(file.read())
+    except EventFormatError as exc:
+        raise UsageError(f"{file.name}: {exc}") from None
+    catalog = Catalog.open(db_path or default_db_path(), create=False)
+    try:
+        result = apply_events(catalog, parsed.events).as_dict()
+    finally:
+        catalog.close()
+    if as_json:
+        _emit({"applied": result, "skipped": parsed.skipped, "events": len(parsed.events)})
+    else:
+        counts = ", ".join(f"{v} {k}" for k, v in result.items())
+        click.echo(
+            f"applied {len(parsed.events)} event(s): {counts}; skipped {len(parsed.skipped)}"
+        )
+
+
+@cli.command()
+@_db_option
+@click.option("--host", default="127.0.0.1", show_default=True, help="address to bind")
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535))
+def serve(db_path: str | None, host: str, port: int) -> None:
+    """Run the HTTP API: POST /api/v1/events (bearer token from SYNCD_API_TOKEN), GET /healthz."""
+    import os
+
+    from syncd.server import serve as run_server
+
+    token = os.environ.get("SYNCD_API_TOKEN", "")
+    if len(token) < 16:
+        raise UsageError("set SYNCD_API_TOKEN to a secret of at least 16 characters before serving")
+    catalog = Catalog.open(db_path or default_db_path())
+    click.echo(
+        f"syncd: serving on http://{host}:{port} (catalog {db_path or default_db_path()})", err=True
+    )
+    try:
+        run_server(catalog, token, host, port)
+    finally:
+        catalog.close()
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI and turn every known failure into one line + exit code."""
     args = sys.argv[1:] if argv is None else argv
