@@ -6,10 +6,13 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
+# cfn-lint and checkov pin libraries the test dependencies also use: they get their own venv
+IAC    := .venv-iac
+IAC_STAMP := $(IAC)/.installed-stamp
 AZURITE := node_modules/.bin/azurite-blob
 DB     ?= syncd.db
 
-.PHONY: demo test lint install clean
+.PHONY: demo test install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,18 +24,25 @@ $(AZURITE): package.json
 	npm install --no-audit --no-fund --loglevel=error
 	touch $@
 
-install: $(STAMP) $(AZURITE)
+$(IAC_STAMP):
+	$(PYTHON) -m venv $(IAC)
+	$(IAC)/bin/python -m pip install --quiet --upgrade pip
+	$(IAC)/bin/python -m pip install --quiet 'cfn-lint>=1.20' 'checkov>=3.2'
+	touch $@
+
+install: $(STAMP) $(AZURITE) $(IAC_STAMP)
 
 ## syncs the bundled sample folder into $(DB) and lists the resulting items
 demo: $(STAMP)
 	$(BIN)/syncd sync examples/sample-bucket --dataset sample --db $(DB)
 	$(BIN)/syncd items ls --dataset sample --db $(DB)
 
-## ruff, then the whole pytest suite (starts moto, fake-gcs-server and Azurite itself)
-test: $(STAMP) $(AZURITE)
+## ruff, then the whole pytest suite (starts moto, fake-gcs-server and Azurite itself;
+## lints infra/ with cfn-lint and checkov from .venv-iac)
+test: $(STAMP) $(AZURITE) $(IAC_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q
 
 clean:
-	rm -rf $(VENV) node_modules .pytest_cache $(DB) $(DB)-wal $(DB)-shm
+	rm -rf $(VENV) $(IAC) node_modules .pytest_cache dist $(DB) $(DB)-wal $(DB)-shm

@@ -10,8 +10,10 @@ Deploy with handler ``functions.aws_lambda.handler``. It accepts:
 * a direct S3 notification (``Records[].eventSource == "aws:s3"``) or an EventBridge event: any
   failure raises, so Lambda's own retry applies.
 
-Environment: ``SYNCD_API_URL`` and ``SYNCD_API_TOKEN`` (deliver to ``syncd serve``), or
-``SYNCD_DB`` (apply into a catalog file). ``LOG_LEVEL`` (default INFO).
+Environment: ``SYNCD_API_URL`` and the API token (deliver to ``syncd serve``), or ``SYNCD_DB``
+(apply into a catalog file). The token is read at cold start from the Secrets Manager secret
+named by ``SYNCD_API_TOKEN_SECRET_ARN`` (what ``infra/aws/template.yaml`` sets up), so it never
+sits in the function's configuration; ``SYNCD_API_TOKEN`` itself also works. ``LOG_LEVEL``.
 """
 
 from __future__ import annotations
@@ -27,6 +29,17 @@ log = logging.getLogger("syncd.lambda")
 log.setLevel(os.environ.get("LOG_LEVEL", "INFO"))
 
 
+def _load_token() -> None:
+    """Fetch the API token from Secrets Manager once per cold start, if so configured."""
+    arn = os.environ.get("SYNCD_API_TOKEN_SECRET_ARN")
+    if not arn or os.environ.get("SYNCD_API_TOKEN"):
+        return
+    import boto3  # in the Lambda runtime; imported only when this path is configured
+
+    secret = boto3.client("secretsmanager").get_secret_value(SecretId=arn)["SecretString"]
+    os.environ["SYNCD_API_TOKEN"] = secret.strip()
+
+
 def _is_sqs_batch(event: Any) -> bool:
     records = event.get("Records") if isinstance(event, dict) else None
     return bool(records) and all(
@@ -35,6 +48,7 @@ def _is_sqs_batch(event: Any) -> bool:
 
 
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    _load_token()
     if not _is_sqs_batch(event):
         parsed = parse(event)  # raises on a malformed payload: Lambda retries, then its DLQ
         result = deliver(event, parsed)
