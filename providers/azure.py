@@ -217,30 +217,25 @@ class AzureBlobDriver(Driver):
         expiry = datetime.now(UTC) + timedelta(seconds=ttl)
         credential = self._service.credential
         account_key = getattr(credential, "account_key", None)
+        signing: dict[str, Any]
         if account_key:
-            sas = generate_blob_sas(
-                self.account,
-                self.bucket,
-                key,
-                account_key=account_key,
-                permission=BlobSasPermissions(read=True),
-                expiry=expiry,
-            )
-        else:
+            signing = {"account_key": account_key}
+        else:  # token credential: sign with a user delegation key instead
             start = datetime.now(UTC) - timedelta(minutes=5)
             udk = await call(
                 lambda: self._service.get_user_delegation_key(start, expiry),
                 self._translate(key),
                 self.retry,
             )
-            sas = generate_blob_sas(
-                self.account,
-                self.bucket,
-                key,
-                user_delegation_key=udk,
-                permission=BlobSasPermissions(read=True),
-                expiry=expiry,
-            )
+            signing = {"user_delegation_key": udk}
+        sas = generate_blob_sas(
+            self.account,
+            self.bucket,
+            key,
+            permission=BlobSasPermissions(read=True),
+            expiry=expiry,
+            **signing,
+        )
         return f"{client.url}?{sas}"
 
     def uri(self, key: str) -> str:

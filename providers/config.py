@@ -140,14 +140,20 @@ class DriverConfig:
 
     def public(self) -> dict[str, Any]:
         """What may be stored in the catalog or printed: everything but credentials."""
-        return {
-            "type": self.type,
-            "bucket": self.bucket,
-            "path": self.path,
-            "region": self.region,
-            "endpoint": self.endpoint,
-            "storage_class": self.storage_class,
-            "account": self.account,
-            "allow_external_delete": self.allow_external_delete,
-            "integration": self.integration.name if self.integration else None,
-        }
+        out = {name: getattr(self, name) for name in PUBLIC_FIELDS}
+        out["integration"] = self.integration.name if self.integration else None
+        return out
+
+
+#: the driver settings the catalog stores (``integration`` by name only)
+PUBLIC_FIELDS = (
+    "type",
+    "bucket",
+    "path",
+    "region",
+    "endpoint",
+    "storage_class",
+    "account",
+    "allow_external_delete",
+    "integration",
+)

@@ -18,7 +18,7 @@ from typing import Any
 
 import sqlite_utils
 
-from providers.config import DriverConfig, Integration
+from providers.config import PUBLIC_FIELDS, DriverConfig, Integration
 from syncd.db import now, open_db, transaction
 from syncd.errors import UsageError
 from syncd.filters import Filters
@@ -248,17 +248,7 @@ class Catalog:
         return self.db.conn.total_changes - before
 
 
-_DRIVER_COLUMNS = (
-    "type",
-    "bucket",
-    "path",
-    "region",
-    "endpoint",
-    "storage_class",
-    "account",
-    "allow_external_delete",
-    "integration",
-)
+_DRIVER_COLUMNS = PUBLIC_FIELDS
 
 _DATASET_SELECT = (
     "SELECT ds.id, ds.name, ds.source, ds.filters, ds.created_at, d.name, "

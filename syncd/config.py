@@ -30,22 +30,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from providers.config import ConfigError, DriverConfig, Integration
+from providers.config import PUBLIC_FIELDS, ConfigError, DriverConfig, Integration
 from syncd.errors import UsageError
 from syncd.filters import Filters
 
-_DRIVER_KEYS = {
-    "type",
-    "bucket",
-    "path",
-    "region",
-    "endpoint",
-    "storage_class",
-    "account",
-    "allow_external_delete",
-    "integration",
-    "page_size",
-}
+_DRIVER_KEYS = {*PUBLIC_FIELDS, "page_size"}
 _DATASET_KEYS = {"driver", "include", "exclude", "max_size"}
 
 

@@ -25,6 +25,7 @@ INSIDE = [
     "data/empty",
 ]
 OUTSIDE = ["data2/not-me.jpg", "other/x.jpg", "dat"]
+FILTERS = ("--include", "*.jpg", "--exclude", "tmp/*", "--max-size", "1000")
 
 
 def syncd(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -168,12 +169,7 @@ async def test_filters_and_dry_run(backend: Backend, tmp_path: Path) -> None:
             "f",
             "--db",
             str(db),
-            "--include",
-            "*.jpg",
-            "--exclude",
-            "tmp/*",
-            "--max-size",
-            "1000",
+            *FILTERS,
             "--dry-run",
             "--json",
             env=backend.env,
@@ -194,12 +190,7 @@ async def test_filters_and_dry_run(backend: Backend, tmp_path: Path) -> None:
                 "f",
                 "--db",
                 str(db),
-                "--include",
-                "*.jpg",
-                "--exclude",
-                "tmp/*",
-                "--max-size",
-                "1000",
+                *FILTERS,
                 "--json",
                 env=backend.env,
             )
