@@ -19,7 +19,7 @@ KEYS = ["raw/a.jpg", "raw/b c.jpg", "raw/ü+%.png", "other/x.jpg"]
 
 def catalog_with(tmp: Path, provider: str, bucket: str) -> Catalog:
     catalog = Catalog.open(str(tmp / f"c-{random.random()}.db"))
-    scheme = {"s3": "s3", "gcs": "gs"}[provider]
+    scheme = {"s3": "s3", "gcs": "gs", "azure": "az"}[provider]
     catalog.create_dataset(
         "ds",
         f"{scheme}://{bucket}/raw/",
@@ -42,14 +42,17 @@ histories = st.dictionaries(
 )
 
 
-def s3_events(history: dict[str, list[int | None]]) -> tuple[list[ObjectEvent], dict]:
+def sequenced_events(
+    history: dict[str, list[int | None]], provider: str = "s3"
+) -> tuple[list[ObjectEvent], dict]:
+    """S3 and Azure: every operation on a key carries a larger sequencer."""
     events, final, seq = [], {}, 0x1000
     for key, ops in history.items():
         for op in ops:
             seq += random.randint(1, 99)
-            marker = pad_sequencer(f"{seq:X}")
+            marker = pad_sequencer(f"{seq:012X}")
             if op is None:
-                events.append(ObjectEvent(EventKind.DELETED, "s3", "bkt", key, marker=marker))
+                events.append(ObjectEvent(EventKind.DELETED, provider, "bkt", key, marker=marker))
                 final.pop(key, None)
             else:
                 etag = f"etag-{seq}"
@@ -113,11 +116,13 @@ def deliver(catalog: Catalog, events: list[ObjectEvent], rnd: random.Random) -> 
 
 
 @settings(max_examples=150, deadline=None)
-@given(history=histories, seed=st.integers(0, 2**32 - 1))
-def test_s3_any_order_any_duplicates_converges(tmp_path_factory, history, seed) -> None:
+@given(history=histories, seed=st.integers(0, 2**32 - 1), provider=st.sampled_from(["s3", "azure"]))
+def test_sequencers_any_order_any_duplicates_converge(
+    tmp_path_factory, history, seed, provider
+) -> None:
     random.seed(seed)
-    events, final = s3_events(history)
-    catalog = catalog_with(tmp_path_factory.mktemp("s3"), "s3", "bkt")
+    events, final = sequenced_events(history, provider)
+    catalog = catalog_with(tmp_path_factory.mktemp(provider), provider, "bkt")
     deliver(catalog, events, random.Random(seed))
     assert items(catalog) == {k: v for k, v in final.items() if k.startswith("raw/")}
 

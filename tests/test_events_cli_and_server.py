@@ -155,3 +155,23 @@ def test_serve_refuses_to_start_without_a_token(db: str) -> None:
         timeout=30,
     )
     one_line_error(proc, 2, "SYNCD_API_TOKEN")
+
+
+def test_lambda_handler_delivers_over_http(
+    server: str, db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from functions.aws_lambda import handler
+
+    monkeypatch.delenv("SYNCD_DB", raising=False)
+    monkeypatch.setenv("SYNCD_API_URL", server)
+    batch = json.loads((SAMPLES / "sqs-batch.json").read_text())
+    good_id, bad_id = (r["messageId"] for r in batch["Records"])
+    monkeypatch.setenv("SYNCD_API_TOKEN", "not-the-right-token")
+    # a wrong token is a delivery failure: every message goes back to the queue
+    assert handler(batch, None) == {
+        "batchItemFailures": [{"itemIdentifier": bad_id}, {"itemIdentifier": good_id}]
+    }
+    assert keys(db, "s3raw") == []
+    monkeypatch.setenv("SYNCD_API_TOKEN", TOKEN)
+    assert handler(batch, None) == {"batchItemFailures": [{"itemIdentifier": bad_id}]}
+    assert keys(db, "s3raw") == ["raw/2026/red flower.jpg"]

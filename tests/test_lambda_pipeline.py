@@ -179,14 +179,33 @@ def test_direct_and_eventbridge_invocations(pipeline) -> None:
         handler({"not": "an event"}, None)
 
 
-def test_handler_imports_no_other_cloud_sdk() -> None:
+@pytest.mark.parametrize(
+    ("module", "path", "foreign"),
+    [
+        (
+            "functions.aws_lambda",
+            ".",
+            ("google.cloud.storage", "google.api_core", "azure.", "functions_framework"),
+        ),
+        ("main", "functions/gcp", ("boto3", "botocore", "azure.", "google.cloud.storage")),
+        (
+            "function_app",
+            "functions/azure",
+            ("boto3", "botocore", "google.cloud.storage", "google.api_core", "functions_framework"),
+        ),
+    ],
+)
+def test_each_handler_imports_only_its_own_cloud(
+    module: str, path: str, foreign: tuple[str, ...]
+) -> None:
+    root = Path(__file__).resolve().parent.parent
     code = (
-        "import sys, functions.aws_lambda\n"
-        # (bare 'google'/'google.cloud' namespaces are made at start-up by .pth files)
-        "bad = [m for m in sys.modules if m.startswith(('google.cloud.storage', 'google.api_core', 'azure.', 'functions_framework'))]\n"
+        f"import sys; import {module}\n"
+        f"bad = [m for m in sys.modules if m.startswith({foreign!r})]\n"
         "print(bad); sys.exit(1 if bad else 0)"
     )
+    env = {**os.environ, "PYTHONPATH": f"{root / path}{os.pathsep}{root}"}
     proc = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=os.environ.copy()
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=root / path
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
