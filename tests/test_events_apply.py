@@ -58,7 +58,7 @@ def sequenced_events(
                 etag = f"etag-{seq}"
                 events.append(
                     ObjectEvent(
-                        EventKind.CREATED, "s3", "bkt", key, marker=marker, size=op, etag=etag
+                        EventKind.CREATED, provider, "bkt", key, marker=marker, size=op, etag=etag
                     )
                 )
                 final[key] = (op, etag)
