@@ -1,12 +1,18 @@
 """Fault injection: a driver wrapper that fails on purpose, for crash and resume tests.
 
-``SYNCD_FAULT_LIST_FAIL_AFTER=N`` (read by :func:`from_env`) makes ``list`` raise a
-``TransientError`` once N objects have been yielded, as a network failure part-way through a
-listing would. Everything else is passed through to the wrapped driver untouched.
+Read by :func:`from_env`:
+
+* ``SYNCD_FAULT_LIST_FAIL_AFTER=N`` makes ``list`` raise a ``TransientError`` once N objects
+  have been yielded, as a network failure part-way through a listing would.
+* ``SYNCD_FAULT_LIST_HANG_AFTER=N`` makes ``list`` stop answering after N objects, so a test
+  can ``kill -9`` the process mid-sync.
+
+Everything else is passed through to the wrapped driver untouched.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator
 
@@ -15,11 +21,12 @@ from providers.base import Driver, ObjectInfo
 
 
 class FaultyDriver(Driver):
-    def __init__(self, inner: Driver, *, list_fail_after: int) -> None:
+    def __init__(self, inner: Driver, *, list_fail_after: int, hang: bool = False) -> None:
         super().__init__(inner.bucket, page_size=inner.page_size)
         self.inner = inner
         self.provider = inner.provider
         self.list_fail_after = list_fail_after
+        self.hang = hang
 
     async def list(
         self, prefix: str = "", start_after: str | None = None, end_before: str | None = None
@@ -29,6 +36,8 @@ class FaultyDriver(Driver):
             if len(page) > budget:
                 if budget:
                     yield page[:budget]
+                if self.hang:
+                    await asyncio.Event().wait()  # never set: wait to be killed
                 raise errors.TransientError(self.provider, self.bucket, "injected listing fault")
             budget -= len(page)
             yield page
@@ -57,7 +66,10 @@ class FaultyDriver(Driver):
 
 def from_env(driver: Driver) -> Driver:
     """Wrap ``driver`` if a fault is requested in the environment, else return it as is."""
-    raw = os.environ.get("SYNCD_FAULT_LIST_FAIL_AFTER")
-    if not raw:
-        return driver
-    return FaultyDriver(driver, list_fail_after=int(raw))
+    fail = os.environ.get("SYNCD_FAULT_LIST_FAIL_AFTER")
+    if fail:
+        return FaultyDriver(driver, list_fail_after=int(fail))
+    hang = os.environ.get("SYNCD_FAULT_LIST_HANG_AFTER")
+    if hang:
+        return FaultyDriver(driver, list_fail_after=int(hang), hang=True)
+    return driver

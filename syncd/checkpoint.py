@@ -7,19 +7,30 @@ removed from the dataset once a listing has gone all the way through without err
 
 If a run fails or the process dies, the next run of the same dataset with the same driver and
 filters (same *fingerprint*) picks the run up again: it lists from ``resume_key`` on and keeps
-the parked deletes. A different fingerprint, or ``restart``, abandons it.
+the parked deletes. A different fingerprint, ``restart``, or a run that started longer ago than
+``resume_within`` seconds abandons it: keys before the resume point were compared when the run
+started, so resuming a stale run would let changes made since then behind that point wait for
+the next run.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import sqlite_utils
 
 from syncd.db import now
 
 COUNTERS = ("listed", "created", "updated", "deleted", "unchanged")
+#: an interrupted run older than this (seconds) is started over rather than resumed
+DEFAULT_RESUME_WITHIN = 6 * 3600.0
+
+
+def _age_seconds(stamp: str) -> float:
+    started = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    return (datetime.now(UTC) - started).total_seconds()
 
 
 @dataclass
@@ -66,13 +77,21 @@ class Checkpoint:
             return None
         return _run_from_row(row)
 
-    def begin(self, dataset_id: int, fingerprint: str, *, restart: bool = False) -> Run:
+    def begin(
+        self,
+        dataset_id: int,
+        fingerprint: str,
+        *,
+        restart: bool = False,
+        resume_within: float = DEFAULT_RESUME_WITHIN,
+    ) -> Run:
         """Resume the unfinished run with this fingerprint, or start a new one.
 
         The caller holds the transaction.
         """
         previous = self.unfinished(dataset_id)
-        if previous is not None and previous.fingerprint == fingerprint and not restart:
+        fresh = previous is not None and _age_seconds(previous.started_at) <= resume_within
+        if previous is not None and previous.fingerprint == fingerprint and fresh and not restart:
             previous.attempts += 1
             previous.status = "running"
             previous.error = None

@@ -20,7 +20,7 @@ from providers.config import ConfigError
 from providers.errors import StorageError
 from syncd import api
 from syncd.catalog import Catalog
-from syncd.checkpoint import Checkpoint
+from syncd.checkpoint import DEFAULT_RESUME_WITHIN, Checkpoint
 from syncd.config import load_config
 from syncd.db import default_db_path
 from syncd.errors import SyncdError, UsageError
@@ -100,6 +100,14 @@ def cli(debug: bool) -> None:
 )
 @click.option("--dry-run", is_flag=True, help="print the plan, change nothing")
 @click.option("--restart", is_flag=True, help="ignore an interrupted run and list from the start")
+@click.option(
+    "--resume-within",
+    type=click.FloatRange(min=0),
+    default=DEFAULT_RESUME_WITHIN,
+    show_default=True,
+    metavar="SECONDS",
+    help="resume an interrupted run only if it started this recently",
+)
 @_json_option
 def sync(
     source: str | None,
@@ -111,6 +119,7 @@ def sync(
     max_size: int | None,
     dry_run: bool,
     restart: bool,
+    resume_within: float,
     as_json: bool,
 ) -> None:
     """Make a dataset equal to SOURCE (or to its bound source, or to --config's datasets).
@@ -147,6 +156,7 @@ def sync(
             options = SyncOptions(
                 dry_run=dry_run,
                 restart=restart,
+                resume_within=resume_within,
                 on_plan=(lambda c: _print_plan(c, as_json)) if dry_run else None,
                 on_progress=progress,
             )

@@ -30,7 +30,7 @@ from typing import Any
 from providers.base import Driver, ObjectInfo
 from providers.errors import StorageError
 from syncd.catalog import Catalog, Dataset, Item
-from syncd.checkpoint import COUNTERS, Checkpoint, Run
+from syncd.checkpoint import COUNTERS, DEFAULT_RESUME_WITHIN, Checkpoint, Run
 from syncd.db import now, transaction
 from syncd.errors import SyncdError, SyncFailed
 from syncd.reconcile import Action, Change, march
@@ -77,6 +77,8 @@ class SyncResult:
 class SyncOptions:
     dry_run: bool = False
     restart: bool = False
+    #: resume an interrupted run only if it started at most this many seconds ago
+    resume_within: float = DEFAULT_RESUME_WITHIN
     batch_size: int = BATCH_SIZE
     #: called with each non-UNCHANGED change of a dry run, in key order
     on_plan: Callable[[Change], None] | None = None
@@ -197,7 +199,12 @@ async def sync_dataset(
     counts = options.counts
     if not options.dry_run:
         with transaction(catalog.db):
-            run = checkpoint.begin(dataset.id, fingerprint(dataset), restart=options.restart)
+            run = checkpoint.begin(
+                dataset.id,
+                fingerprint(dataset),
+                restart=options.restart,
+                resume_within=options.resume_within,
+            )
         counts = run.counts
         start_after = run.resume_key
     resumed_after = start_after
