@@ -2,7 +2,8 @@
 
 Credentials: a service-account JSON file named by the integration's ``credentials_file``, else
 application default credentials. When ``STORAGE_EMULATOR_HOST`` (or the driver's ``endpoint``)
-points at an emulator and no file is given, requests are anonymous, as emulators expect.
+points at an emulator and neither a file nor ``GOOGLE_APPLICATION_CREDENTIALS`` is given,
+requests are anonymous, as emulators expect.
 The library's own retries are disabled (``retry=None``) so :mod:`providers.retry` is the only
 retry loop.
 
@@ -21,6 +22,7 @@ from typing import Any
 from urllib.parse import quote
 
 import google.api_core.exceptions as gexc
+import google.auth
 import google.auth.exceptions
 import requests
 from google.auth.credentials import AnonymousCredentials
@@ -32,6 +34,7 @@ from providers.retry import NO_RETRY, RetryPolicy, Translate, call
 
 CHUNK = 1024 * 1024
 TIMEOUT = (10, 60)
+SCOPES = ["https://www.googleapis.com/auth/devstorage.read_write"]
 
 _STATUS_MAP: dict[type[Exception], type[errors.StorageError]] = {
     gexc.NotFound: errors.NotFound,
@@ -44,6 +47,15 @@ _STATUS_MAP: dict[type[Exception], type[errors.StorageError]] = {
     gexc.GatewayTimeout: errors.TransientError,
     gexc.BadRequest: errors.InvalidRequest,
 }
+
+
+def _auth_cause(exc: BaseException) -> str:
+    """``RefreshError (invalid_grant)``: the OAuth error code, never the server's prose."""
+    first = str(exc.args[0]) if exc.args else ""
+    code = first.split(":", 1)[0].strip()
+    if code and code.replace("_", "").isalpha():
+        return f"{type(exc).__name__} ({code})"
+    return type(exc).__name__
 
 
 class GCSDriver(Driver):
@@ -70,14 +82,21 @@ class GCSDriver(Driver):
                 self._client = storage.Client.from_service_account_json(
                     credentials_file, project=project, client_options=options
                 )
-            elif self.endpoint:
+            elif self.endpoint and not os.environ.get("GOOGLE_APPLICATION_CREDENTIALS"):
                 self._client = storage.Client(
                     project=project or "syncd",
                     credentials=AnonymousCredentials(),
                     client_options=options,
                 )
             else:
-                self._client = storage.Client(project=project, client_options=options)
+                # explicit ADC: the library would go anonymous by itself whenever
+                # STORAGE_EMULATOR_HOST is set, and silently ignore the credentials asked for
+                credentials, default_project = google.auth.default(scopes=SCOPES)
+                self._client = storage.Client(
+                    project=project or default_project,
+                    credentials=credentials,
+                    client_options=options,
+                )
         except (google.auth.exceptions.GoogleAuthError, OSError, ValueError) as exc:
             raise errors.Unauthenticated(
                 self.provider, bucket, f"cannot load credentials ({type(exc).__name__})"
@@ -98,7 +117,7 @@ class GCSDriver(Driver):
                 return cls(self.provider, self.bucket, cause, key=key)
             if isinstance(exc, google.auth.exceptions.GoogleAuthError):
                 return errors.Unauthenticated(
-                    self.provider, self.bucket, type(exc).__name__, key=key
+                    self.provider, self.bucket, f"credentials rejected: {_auth_cause(exc)}", key=key
                 )
             if isinstance(
                 exc, requests.ConnectionError | requests.Timeout | ConnectionError | TimeoutError

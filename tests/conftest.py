@@ -7,10 +7,13 @@ with the reason (so a laptop without Node can still run the S3/GCS/local tests).
 from __future__ import annotations
 
 import itertools
+import json
 import os
+import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -68,6 +71,61 @@ def azurite(emu_dir: Path) -> Iterator[emulators.Emulator]:
     emu = _start(emulators.start_azurite, emu_dir)
     yield emu
     emu.stop()
+
+
+class RejectingTokenService(BaseHTTPRequestHandler):
+    """Answers every OAuth token request as Google does for a revoked or unknown key."""
+
+    requests = 0  # how many token requests it has refused (tests reset it)
+
+    def do_POST(self) -> None:
+        type(self).requests += 1
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        body = b'{"error": "invalid_grant", "error_description": "Invalid JWT Signature."}'
+        self.send_response(400)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="session")
+def rejected_service_account(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A well-formed service-account key file whose token exchange is refused."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), RejectingTokenService)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    path = tmp_path_factory.mktemp("gcs-sa") / "service-account.json"
+    path.write_text(
+        json.dumps(
+            {
+                "type": "service_account",
+                "project_id": "syncd-test",
+                "private_key_id": "test-key-1",
+                "private_key": pem,
+                "client_email": "syncd-test@syncd-test.iam.gserviceaccount.com",
+                "client_id": "1",
+                "token_uri": f"http://127.0.0.1:{server.server_address[1]}/token",
+            }
+        )
+    )
+    yield path
+    server.shutdown()
+
+
+def private_key_of(service_account: str) -> str:
+    """The base64 body of the key in a service-account file (what must never be printed)."""
+    pem = json.loads(Path(service_account).read_text())["private_key"]
+    return "".join(line for line in pem.splitlines() if not line.startswith("-----"))
 
 
 def unique_bucket(stem: str = "syncd") -> str:
@@ -142,7 +200,17 @@ class Backend:
         )
 
     def bad_credentials_config(self, bucket: str) -> DriverConfig | None:
-        """A config whose credentials the emulator rejects; None where it checks none."""
+        """A config whose credentials are rejected; None where there are none to reject.
+
+        GCS: fake-gcs-server checks no credentials, so the service-account key is rejected
+        where Google rejects one, at the OAuth token exchange (a loopback token service that
+        answers ``invalid_grant``).
+        """
+        if self.name == "gcs":
+            integ = Integration("wrong", "gcs", {"credentials_file": self.env["SYNCD_TEST_BAD_SA"]})
+            return DriverConfig(
+                type="gcs", bucket=bucket, endpoint=self.emulator.url, integration=integ
+            )
         if self.name == "s3":
             integ = Integration(
                 "wrong",
@@ -199,7 +267,10 @@ def backend(
         yield Backend(name, emu, tmp, env, auth_emulator=auth)
     elif name == "gcs":
         emu = request.getfixturevalue("fake_gcs")
-        yield Backend(name, emu, tmp, {"STORAGE_EMULATOR_HOST": emu.url})
+        bad_sa = str(request.getfixturevalue("rejected_service_account"))
+        yield Backend(
+            name, emu, tmp, {"STORAGE_EMULATOR_HOST": emu.url, "SYNCD_TEST_BAD_SA": bad_sa}
+        )
     else:
         emu = request.getfixturevalue("azurite")
         conn = emu.extra["connection_string"]

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from providers import Driver, open_driver
-from tests.conftest import BAD_SECRET, BAD_SECRET_B64, Backend
+from tests.conftest import BAD_SECRET, BAD_SECRET_B64, Backend, private_key_of
 from tests.test_conformance import populate
 
 PREFIX = "data/"
@@ -219,8 +219,6 @@ async def test_wrong_credentials_are_one_line_and_never_printed(
 ) -> None:
     if backend.name == "local":
         pytest.xfail("local folders have no credentials to get wrong")
-    if backend.name == "gcs":
-        pytest.xfail("fake-gcs-server accepts any credentials, so it cannot reject wrong ones")
     bucket = backend.new_bucket()
     db = tmp_path / "catalog.db"
     if backend.name == "s3":
@@ -230,6 +228,8 @@ async def test_wrong_credentials_are_one_line_and_never_printed(
             "AWS_ACCESS_KEY_ID": "AKIAWRONGWRONGWRONG1",
             "AWS_SECRET_ACCESS_KEY": BAD_SECRET,
         }
+    elif backend.name == "gcs":
+        env = {**backend.env, "GOOGLE_APPLICATION_CREDENTIALS": backend.env["SYNCD_TEST_BAD_SA"]}
     else:
         env = {
             **backend.env,
@@ -240,6 +240,9 @@ async def test_wrong_credentials_are_one_line_and_never_printed(
     err = proc.stderr.strip()
     assert len(err.splitlines()) == 1 and "Traceback" not in err
     assert backend.name in err and bucket in err and "credentials" in err
-    for secret in (BAD_SECRET, BAD_SECRET_B64):
+    secrets = [BAD_SECRET, BAD_SECRET_B64]
+    if backend.name == "gcs":
+        secrets.append(private_key_of(backend.env["SYNCD_TEST_BAD_SA"])[:64])
+    for secret in secrets:
         assert secret not in proc.stdout + proc.stderr
         assert secret.encode() not in b"".join(p.read_bytes() for p in tmp_path.glob("catalog.db*"))

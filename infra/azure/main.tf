@@ -145,7 +145,7 @@ resource "azurerm_linux_function_app" "this" {
     http2_enabled       = true
     minimum_tls_version = "1.2"
     application_stack {
-      python_version = "3.11"
+      python_version = "3.12"
     }
   }
 

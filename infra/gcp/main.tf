@@ -101,7 +101,7 @@ resource "google_cloudfunctions2_function" "handler" {
   description = "syncd: GCS ${each.key} events into datasets"
 
   build_config {
-    runtime     = "python311"
+    runtime     = "python313"
     entry_point = "on_object_event"
     source {
       storage_source {
