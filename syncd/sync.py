@@ -147,7 +147,9 @@ class _Applier:
         self.since_save = 0
         self.path = dataset.driver.path
 
-    def item(self, obj: ObjectInfo, created_at: str | None) -> Item:
+    def item(self, obj: ObjectInfo) -> Item:
+        """The item for a listed object. On an update the stored ``created_at`` is kept
+        (``Catalog.write_items`` never overwrites it)."""
         stamp = now()
         return Item(
             key=obj.key,
@@ -158,7 +160,7 @@ class _Applier:
             content_type=obj.content_type,
             mtime=obj.last_modified.isoformat().replace("+00:00", "Z"),
             version=obj.version,
-            created_at=created_at or stamp,
+            created_at=stamp,
             updated_at=stamp,
         )
 
@@ -168,7 +170,7 @@ class _Applier:
             return
         if change.action is not Action.UNCHANGED:
             assert change.obj is not None
-            self.writes.append(self.item(change.obj, None))
+            self.writes.append(self.item(change.obj))
         self.run.resume_key = change.key
         self.since_save += 1
         if (

@@ -86,7 +86,7 @@ async def test_sync_create_update_delete_and_idle(backend: Backend, tmp_path: Pa
             syncd("sync", source, "--dataset", "ds", "--db", str(db), "--json", env=backend.env)
         )
         assert counts(first) == (len(INSIDE), 0, 0)
-        await assert_dataset_equals_bucket(driver, db, "ds", backend.env)
+        initial = await assert_dataset_equals_bucket(driver, db, "ds", backend.env)
 
         await driver.put("data/a.jpg", b"overwritten with more bytes")
         await driver.delete("data/sub dir/b+c.png")
@@ -100,6 +100,10 @@ async def test_sync_create_update_delete_and_idle(backend: Backend, tmp_path: Pa
         )
         assert counts(second) == (1, 1, 2)
         before = await assert_dataset_equals_bucket(driver, db, "ds", backend.env)
+        # an update keeps the item's identity: created_at stays, updated_at moves
+        a_key = ("" if backend.name == "local" else PREFIX) + "a.jpg"
+        assert before[a_key]["created_at"] == initial[a_key]["created_at"]
+        assert before[a_key]["updated_at"] > initial[a_key]["updated_at"]
 
         third = summary(
             syncd("sync", source, "--dataset", "ds", "--db", str(db), "--json", env=backend.env)
