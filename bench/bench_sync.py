@@ -4,8 +4,10 @@
     python bench/bench_sync.py --objects 20000 --s3        # moto server on loopback
 
 For each size it runs an initial sync (all creates), an idle re-sync (all unchanged) and a
-re-sync after deleting 1% of the objects, and prints objects/s and the Python heap peak of
-each (tracemalloc). Constant memory shows as a peak that does not grow with ``--objects``.
+re-sync after deleting 1% of the objects, and prints objects/s and the process's peak RSS.
+With ``--trace-memory`` it also prints each sync's Python heap peak (tracemalloc, which slows
+Python down 2-4x, so throughput figures from such a run are not comparable). Constant memory
+shows as a peak that does not grow with ``--objects``.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import resource
 import sys
 import tempfile
 import time
@@ -59,19 +62,25 @@ async def make_s3(workdir: Path, n: int) -> tuple[DriverConfig, object]:
     return cfg, emu
 
 
-async def timed(label: str, catalog: Catalog, name: str, cfg: DriverConfig, n: int) -> None:
+async def timed(
+    label: str, catalog: Catalog, name: str, cfg: DriverConfig, n: int, trace: bool
+) -> None:
     dataset = catalog.get_dataset(name)
-    tracemalloc.start()
+    if trace:
+        tracemalloc.start()
     t0 = time.perf_counter()
     async with open_driver(cfg) as driver:
         result = await sync_dataset(catalog, dataset, driver, SyncOptions())
     seconds = time.perf_counter() - t0
-    _, peak = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
+    heap = ""
+    if trace:
+        heap = f"heap peak {tracemalloc.get_traced_memory()[1] / 2**20:6.1f} MiB  "
+        tracemalloc.stop()
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     c = result.counts
     print(
         f"{label:<22} {n:>9,} objects  {seconds:7.2f}s  {c['listed'] / seconds:>9,.0f} obj/s  "
-        f"heap peak {peak / 2**20:6.1f} MiB  +{c['created']} ~{c['updated']} -{c['deleted']}"
+        f"{heap}max RSS so far {rss:6.1f} MiB  +{c['created']} ~{c['updated']} -{c['deleted']}"
     )
 
 
@@ -82,6 +91,9 @@ async def main() -> None:
     parser.add_argument("--objects", type=int, default=50_000)
     parser.add_argument(
         "--s3", action="store_true", help="list from moto server instead of a folder"
+    )
+    parser.add_argument(
+        "--trace-memory", action="store_true", help="also print tracemalloc heap peaks"
     )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -97,12 +109,13 @@ async def main() -> None:
         catalog = Catalog.open(str(work / "bench.db"))
         catalog.create_dataset("bench", canonical(cfg), cfg, Filters())
         try:
-            await timed("initial sync", catalog, "bench", cfg, args.objects)
-            await timed("idle re-sync", catalog, "bench", cfg, args.objects)
+            trace = args.trace_memory
+            await timed("initial sync", catalog, "bench", cfg, args.objects, trace)
+            await timed("idle re-sync", catalog, "bench", cfg, args.objects, trace)
             async with open_driver(cfg) as driver:
                 for i in range(0, args.objects, 100):
                     await driver.delete(f"d{i // 1000:04d}/obj-{i:08d}.bin")
-            await timed("re-sync, 1% deleted", catalog, "bench", cfg, args.objects)
+            await timed("re-sync, 1% deleted", catalog, "bench", cfg, args.objects, trace)
         finally:
             catalog.close()
             if emu is not None:
