@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import re
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -148,3 +151,58 @@ def test_every_command_has_help_and_is_documented() -> None:
         assert re.search(rf"syncd {' '.join(path)}\b", readme), (
             f"README does not document syncd {' '.join(path)}"
         )
+
+
+def test_db_defaults_to_syncd_db_variable_then_cwd(tmp_path: Path, folder: Path) -> None:
+    env_db = tmp_path / "from-env.db"
+    assert (
+        syncd("sync", str(folder), "--dataset", "e", env={"SYNCD_DB": str(env_db)}).returncode == 0
+    )
+    assert env_db.exists()
+    work = tmp_path / "cwd"
+    work.mkdir()
+    proc = subprocess.run(
+        [sys.executable, "-m", "syncd.cli", "sync", str(folder), "--dataset", "c"],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        env={k: v for k, v in os.environ.items() if k != "SYNCD_DB"} | {"PYTHONPATH": str(ROOT)},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert (work / "syncd.db").exists()
+
+
+def test_progress_line_on_a_terminal(tmp_path: Path, folder: Path) -> None:
+    """stderr on a pty gets the live progress line; the summary still goes to stdout."""
+    import pty
+
+    pid, fd = pty.fork()
+    if pid == 0:  # child: stdout and stderr are the terminal
+        os.execv(
+            sys.executable,
+            [
+                sys.executable,
+                "-m",
+                "syncd.cli",
+                "sync",
+                str(folder),
+                "--dataset",
+                "p",
+                "--db",
+                str(tmp_path / "p.db"),
+            ],
+        )
+    out = b""
+    while True:
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        out += chunk
+    _, status = os.waitpid(pid, 0)
+    text = out.decode(errors="replace")
+    assert os.waitstatus_to_exitcode(status) == 0, text
+    assert "\rlisted 2 (" in text and "+2 ~0 -0" in text
+    assert "synced dataset 'p'" in text
