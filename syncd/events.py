@@ -32,7 +32,6 @@ import binascii
 import enum
 import json
 import logging
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -446,7 +445,3 @@ def parse_text(text: str | bytes) -> Parsed:
             except json.JSONDecodeError as exc:
                 raise EventFormatError(f"line {number} is not valid JSON: {exc.msg}") from None
         return out
-
-
-def iter_keys(parsed: Parsed) -> Iterator[str]:
-    return (e.key for e in parsed.events)

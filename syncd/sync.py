@@ -24,7 +24,7 @@ import hashlib
 import json
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from providers.base import Driver, ObjectInfo
@@ -84,7 +84,6 @@ class SyncOptions:
     on_plan: Callable[[Change], None] | None = None
     #: called after every listing page with the running counters
     on_progress: Callable[[dict[str, int]], None] | None = None
-    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTERS, 0))
 
 
 def fingerprint(dataset: Dataset) -> str:
@@ -198,7 +197,7 @@ async def sync_dataset(
     checkpoint = Checkpoint(catalog.db)
     run: Run | None = None
     start_after: str | None = None
-    counts = options.counts
+    counts = dict.fromkeys(COUNTERS, 0)  # a dry run's own tally; a real run uses the run's
     if not options.dry_run:
         with transaction(catalog.db):
             run = checkpoint.begin(
