@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from providers.config import DriverConfig, Integration
+from syncd.catalog import Catalog
 from tests import emulators
 
 # moto accepts any key pair; boto3 just needs one to sign with. Never real credentials.
@@ -126,6 +127,20 @@ def private_key_of(service_account: str) -> str:
     """The base64 body of the key in a service-account file (what must never be printed)."""
     pem = json.loads(Path(service_account).read_text())["private_key"]
     return "".join(line for line in pem.splitlines() if not line.startswith("-----"))
+
+
+def catalog_state(catalog: Catalog, dataset: str = "ds") -> dict[str, tuple[int, str]]:
+    """A dataset's items as {key: (size, etag)}: what "dataset equals bucket" compares."""
+    return {i.key: (i.size, i.etag) for i in catalog.iter_items(catalog.get_dataset(dataset).id)}
+
+
+def dataset_state(db: str, dataset: str = "ds") -> dict[str, tuple[int, str]]:
+    """:func:`catalog_state` of the catalog file ``db``."""
+    catalog = Catalog.open(db)
+    try:
+        return catalog_state(catalog, dataset)
+    finally:
+        catalog.close()
 
 
 def unique_bucket(stem: str = "syncd") -> str:

@@ -16,6 +16,7 @@ import pytest
 from providers.config import DriverConfig
 from syncd.catalog import Catalog
 from syncd.filters import Filters
+from tests.conftest import dataset_state
 from tests.emulators import free_port, start_process
 from tests.test_events_parse import SAMPLES
 
@@ -39,14 +40,6 @@ def catalog_file(tmp_path: Path) -> str:
     )
     catalog.close()
     return db
-
-
-def items(db: str, name: str) -> dict[str, tuple[int, str]]:
-    catalog = Catalog.open(db)
-    try:
-        return {i.key: (i.size, i.etag) for i in catalog.iter_items(catalog.get_dataset(name).id)}
-    finally:
-        catalog.close()
 
 
 @pytest.fixture
@@ -103,19 +96,19 @@ def test_gcp_handler_under_functions_framework(gcf) -> None:
     url, db = gcf
     finalized = json.loads((SAMPLES / "gcs-cloudevent-finalized.json").read_text())
     assert post_binary(url, finalized) == 200
-    assert items(db, "gcs") == {"raw/2026/cat 01.jpg": (4096, "CKih16GjycICEAE=")}
+    assert dataset_state(db, "gcs") == {"raw/2026/cat 01.jpg": (4096, "CKih16GjycICEAE=")}
     assert post_structured(url, finalized) == 200  # duplicate, other content mode: no change
-    assert items(db, "gcs") == {"raw/2026/cat 01.jpg": (4096, "CKih16GjycICEAE=")}
+    assert dataset_state(db, "gcs") == {"raw/2026/cat 01.jpg": (4096, "CKih16GjycICEAE=")}
     deleted = json.loads((SAMPLES / "gcs-cloudevent-deleted.json").read_text())
     assert post_binary(url, deleted) == 200
-    assert items(db, "gcs") == {}
+    assert dataset_state(db, "gcs") == {}
     # the finalize arriving again after the delete does not resurrect the object
     assert post_binary(url, finalized) == 200
-    assert items(db, "gcs") == {}
+    assert dataset_state(db, "gcs") == {}
     # a malformed event is acknowledged (retrying cannot fix it) and changes nothing
     broken = {**finalized, "id": "broken", "data": {"bucket": "acme-images-gcs", "name": "raw/x"}}
     assert post_binary(url, broken) == 200
-    assert items(db, "gcs") == {}
+    assert dataset_state(db, "gcs") == {}
 
 
 def load_function_app():
@@ -155,14 +148,14 @@ def test_azure_handler_with_event_grid_events(
     # out of order: the delete (newer sequencer) first, then the create: stays deleted
     fn(grid_event(deleted))
     fn(grid_event(created))
-    assert items(db, "az") == {}
+    assert dataset_state(db, "az") == {}
     newer = {
         **created,
         "data": {**created["data"], "sequencer": "00000000000004420000000000028999", "eTag": "0x2"},
     }
     fn(grid_event(newer))
-    assert items(db, "az") == {"raw/2026/bird one.png": (524288, "0x2")}
+    assert dataset_state(db, "az") == {"raw/2026/bird one.png": (524288, "0x2")}
     fn(
         grid_event({**created, "subject": "", "data": {"api": "PutBlob"}})
     )  # malformed: logged, no change
-    assert items(db, "az") == {"raw/2026/bird one.png": (524288, "0x2")}
+    assert dataset_state(db, "az") == {"raw/2026/bird one.png": (524288, "0x2")}

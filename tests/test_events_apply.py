@@ -13,6 +13,7 @@ from syncd.apply_events import apply_events
 from syncd.catalog import Catalog
 from syncd.events import EventKind, ObjectEvent, gcs_marker, pad_sequencer
 from syncd.filters import Filters
+from tests.conftest import catalog_state
 
 KEYS = ["raw/a.jpg", "raw/b c.jpg", "raw/ü+%.png", "other/x.jpg"]
 
@@ -27,11 +28,6 @@ def catalog_with(tmp: Path, provider: str, bucket: str) -> Catalog:
         Filters(),
     )
     return catalog
-
-
-def items(catalog: Catalog) -> dict[str, tuple[int, str]]:
-    ds = catalog.get_dataset("ds")
-    return {i.key: (i.size, i.etag) for i in catalog.iter_items(ds.id)}
 
 
 # a history is, per key, a list of operations: an int n = "put n bytes", None = "delete"
@@ -124,7 +120,7 @@ def test_sequencers_any_order_any_duplicates_converge(
     events, final = sequenced_events(history, provider)
     catalog = catalog_with(tmp_path_factory.mktemp(provider), provider, "bkt")
     deliver(catalog, events, random.Random(seed))
-    assert items(catalog) == {k: v for k, v in final.items() if k.startswith("raw/")}
+    assert catalog_state(catalog) == {k: v for k, v in final.items() if k.startswith("raw/")}
 
 
 @settings(max_examples=150, deadline=None)
@@ -134,7 +130,7 @@ def test_gcs_overwrite_deletes_never_remove_the_live_item(tmp_path_factory, hist
     events, final = gcs_events(history)
     catalog = catalog_with(tmp_path_factory.mktemp("gcs"), "gcs", "gbkt")
     deliver(catalog, events, random.Random(seed))
-    assert items(catalog) == {k: v for k, v in final.items() if k.startswith("raw/")}
+    assert catalog_state(catalog) == {k: v for k, v in final.items() if k.startswith("raw/")}
 
 
 def test_stale_duplicate_and_unrouted_are_counted(tmp_path: Path) -> None:
@@ -161,4 +157,4 @@ def test_stale_duplicate_and_unrouted_are_counted(tmp_path: Path) -> None:
         "unrouted": 1,
         "incomplete": 0,
     }
-    assert items(catalog) == {}
+    assert catalog_state(catalog) == {}

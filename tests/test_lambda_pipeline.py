@@ -17,6 +17,7 @@ from functions.aws_lambda import handler
 from providers.config import DriverConfig
 from syncd.catalog import Catalog
 from syncd.filters import Filters
+from tests.conftest import dataset_state
 from tests.emulators import Emulator
 from tests.test_events_parse import SAMPLES
 
@@ -83,15 +84,6 @@ def drain(sqs, queue_url: str, arn: str) -> tuple[int, list]:
         delivered += len(msgs)
 
 
-def dataset(db: str) -> dict[str, tuple[int, str]]:
-    catalog = Catalog.open(db)
-    try:
-        ds = catalog.get_dataset("ds")
-        return {i.key: (i.size, i.etag) for i in catalog.iter_items(ds.id)}
-    finally:
-        catalog.close()
-
-
 def bucket_state(s3, bucket: str) -> dict[str, tuple[int, str]]:
     out = {}
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="raw/"):
@@ -114,8 +106,8 @@ def test_bucket_notifications_keep_the_dataset_in_step(pipeline) -> None:
         s3.put_object(Bucket=bucket, Key=k, Body=k.encode())
     delivered, failures = drain(sqs, queue_url, arn)
     assert delivered >= len(keys) and failures == []
-    assert dataset(db) == bucket_state(s3, bucket)
-    assert len(dataset(db)) == 4
+    assert dataset_state(db) == bucket_state(s3, bucket)
+    assert len(dataset_state(db)) == 4
 
     s3.put_object(Bucket=bucket, Key="raw/a.jpg", Body=b"overwritten, longer")
     s3.delete_object(Bucket=bucket, Key="raw/sub dir/b+c.png")
@@ -123,8 +115,8 @@ def test_bucket_notifications_keep_the_dataset_in_step(pipeline) -> None:
     s3.put_object(Bucket=bucket, Key="raw/new.jpg", Body=b"n")
     delivered, failures = drain(sqs, queue_url, arn)
     assert delivered >= 4 and failures == []
-    assert dataset(db) == bucket_state(s3, bucket)
-    assert set(dataset(db)) == {"raw/a.jpg", "raw/ünï/日本.txt", "raw/new.jpg"}
+    assert dataset_state(db) == bucket_state(s3, bucket)
+    assert set(dataset_state(db)) == {"raw/a.jpg", "raw/ünï/日本.txt", "raw/new.jpg"}
 
 
 def test_one_bad_record_in_ten_fails_only_itself(pipeline) -> None:
@@ -140,7 +132,7 @@ def test_one_bad_record_in_ten_fails_only_itself(pipeline) -> None:
     records[6] = {**records[6], "body": "this is not json"}
     result = handler({"Records": records}, None)
     assert result == {"batchItemFailures": [{"itemIdentifier": "m6"}]}
-    assert sorted(dataset(db)) == sorted(f"raw/item {i}.jpg" for i in range(10) if i != 6)
+    assert sorted(dataset_state(db)) == sorted(f"raw/item {i}.jpg" for i in range(10) if i != 6)
 
 
 def test_delivery_failure_reports_every_message(pipeline, monkeypatch: pytest.MonkeyPatch) -> None:
