@@ -25,10 +25,11 @@ import json
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from providers.base import Driver, ObjectInfo
 from providers.errors import StorageError
+from syncd import lease
 from syncd.catalog import Catalog, Dataset, Item
 from syncd.checkpoint import COUNTERS, DEFAULT_RESUME_WITHIN, Checkpoint, Run
 from syncd.db import now, transaction
@@ -45,6 +46,31 @@ _COUNTER = {
     Action.DELETE: "deleted",
     Action.UNCHANGED: "unchanged",
 }
+
+
+class DeleteLimit(Protocol):
+    """How many deletes one run may apply, given how many items the dataset held."""
+
+    def limit(self, known_items: int) -> int: ...
+
+
+class DatasetBusy(SyncFailed):
+    """Another live process holds the dataset's lease."""
+
+    def __init__(self, dataset: str, holder: lease.Holder) -> None:
+        super().__init__(
+            f"dataset {dataset!r} is being synced by {holder.describe()}; wait for it to "
+            "finish, or pass --wait"
+        )
+        self.holder = holder
+
+
+class DeletesHeldBack(SyncFailed):
+    """A run would have deleted more than its limit allows; it deleted nothing."""
+
+
+class LeaseLost(SyncFailed):
+    """This process's lease expired and another process took the dataset over."""
 
 
 @dataclass
@@ -80,9 +106,12 @@ class SyncOptions:
     #: resume an interrupted run only if it started at most this many seconds ago
     resume_within: float = DEFAULT_RESUME_WITHIN
     batch_size: int = BATCH_SIZE
+    #: hold back every delete of a run that would delete more than this (rclone --max-delete)
+    max_delete: DeleteLimit | None = None
     #: called with each non-UNCHANGED change of a dry run, in key order
     on_plan: Callable[[Change], None] | None = None
-    #: called after every listing page with the running counters
+    #: called after every listing page with the running counters and ``to_delete``, the
+    #: number of keys parked for deletion so far
     on_progress: Callable[[dict[str, int]], None] | None = None
 
 
@@ -132,6 +161,7 @@ class _Applier:
         driver: Driver,
         run: Run,
         batch_size: int,
+        owner: str,
     ) -> None:
         self.catalog, self.checkpoint, self.dataset, self.driver, self.run = (
             catalog,
@@ -141,6 +171,8 @@ class _Applier:
             run,
         )
         self.batch_size = batch_size
+        self.owner = owner
+        self.parked = 0
         self.writes: list[Item] = []
         self.deletes: list[str] = []
         self.since_save = 0
@@ -166,6 +198,7 @@ class _Applier:
     def add(self, change: Change) -> None:
         if change.action is Action.DELETE:
             self.deletes.append(change.key)
+            self.parked += 1
             return
         if change.action is not Action.UNCHANGED:
             assert change.obj is not None
@@ -180,6 +213,13 @@ class _Applier:
 
     def flush(self) -> None:
         with transaction(self.catalog.db):
+            # checked in the same transaction as the writes: a process whose lease was taken
+            # over (it stalled past the expiry) never writes beside the new holder
+            if not lease.renew(self.catalog.db, self.dataset.id, self.owner):
+                raise LeaseLost(
+                    f"dataset {self.dataset.name!r} was taken over by another process while "
+                    "this sync stalled; it stopped without writing further"
+                )
             if self.writes:
                 self.catalog.write_items(self.dataset.id, self.writes)
             if self.deletes:
@@ -188,10 +228,30 @@ class _Applier:
         self.writes, self.deletes, self.since_save = [], [], 0
 
 
+async def _keep_lease(catalog: Catalog, dataset: Dataset, owner: str) -> None:
+    """Renew the lease while a listing page or a retry takes long (batches renew it too)."""
+    while True:
+        await asyncio.sleep(lease.DEFAULT_TTL / 4)
+        with transaction(catalog.db):
+            lease.renew(catalog.db, dataset.id, owner)
+
+
 async def sync_dataset(
-    catalog: Catalog, dataset: Dataset, driver: Driver, options: SyncOptions | None = None
+    catalog: Catalog,
+    dataset: Dataset,
+    driver: Driver,
+    options: SyncOptions | None = None,
+    *,
+    owner: str | None = None,
 ) -> SyncResult:
-    """Make ``dataset`` equal to what ``driver`` lists under the dataset's path and filters."""
+    """Make ``dataset`` equal to what ``driver`` lists under the dataset's path and filters.
+
+    A real run needs ``owner`` to hold the dataset's lease (:func:`syncd.api.run_sync` takes
+    it); a dry run writes nothing at all and needs no lease. Raises ``SyncFailed`` (nothing
+    deleted) when the listing fails part-way, ``DeletesHeldBack`` when more deletes are due
+    than ``options.max_delete`` allows (creates and updates are kept), ``LeaseLost`` if another
+    process took the dataset over.
+    """
     options = options or SyncOptions()
     started = time.monotonic()
     checkpoint = Checkpoint(catalog.db)
@@ -199,19 +259,32 @@ async def sync_dataset(
     start_after: str | None = None
     counts = dict.fromkeys(COUNTERS, 0)  # a dry run's own tally; a real run uses the run's
     if not options.dry_run:
+        if owner is None:
+            raise ValueError("a sync that writes needs the owner of the dataset's lease")
         with transaction(catalog.db):
+            if not lease.renew(catalog.db, dataset.id, owner):
+                raise ValueError(f"{owner} does not hold the lease of dataset {dataset.name!r}")
             run = checkpoint.begin(
                 dataset.id,
                 fingerprint(dataset),
+                owner,
                 restart=options.restart,
                 resume_within=options.resume_within,
             )
         counts = run.counts
         start_after = run.resume_key
     resumed_after = start_after
+    known_items = catalog.count_items(dataset.id) if dataset.id else 0
 
     prefix = dataset.driver.path
     filters = dataset.filters
+    skipped_before, skipped_base = driver.skipped, counts["skipped"]
+    parked = 0  # a dry run's planned deletes; a real run's applier counts its own
+
+    def report() -> None:
+        if options.on_progress:
+            to_delete = applier.parked if applier else parked
+            options.on_progress({**counts, "to_delete": to_delete})
 
     async def listing() -> AsyncIterator[ObjectInfo]:
         async for page in prefetch(driver.list(prefix, start_after=start_after)):
@@ -219,21 +292,33 @@ async def sync_dataset(
                 counts["listed"] += 1
                 if filters.accepts(obj.key[len(prefix) :], obj.size):
                     yield obj
-            if options.on_progress:
-                options.on_progress(counts)
+                else:
+                    counts["filtered"] += 1
+            counts["skipped"] = skipped_base + driver.skipped - skipped_before
+            report()
 
-    known = catalog.iter_items(dataset.id, after=start_after)
+    known = catalog.iter_items(dataset.id, after=start_after) if dataset.id else iter(())
     applier = (
-        _Applier(catalog, checkpoint, dataset, driver, run, options.batch_size) if run else None
+        _Applier(catalog, checkpoint, dataset, driver, run, options.batch_size, owner or "")
+        if run
+        else None
     )
+    keeper = asyncio.create_task(_keep_lease(catalog, dataset, owner)) if run and owner else None
     try:
         async for change in march(listing(), known):
-            counts[_COUNTER[change.action]] += 1
+            if change.action is not Action.DELETE:
+                counts[_COUNTER[change.action]] += 1
             if applier:
                 applier.add(change)
-            elif change.action is not Action.UNCHANGED and options.on_plan:
+                continue
+            if change.action is Action.DELETE:
+                parked += 1
+                counts["deleted"] += 1  # a dry run's plan: what would be deleted
+            if change.action is not Action.UNCHANGED and options.on_plan:
                 options.on_plan(change)
     except (StorageError, SyncdError, OSError) as exc:
+        if isinstance(exc, LeaseLost):
+            raise
         error = str(exc)
         if run is not None and applier is not None:
             # keep everything decided so far (writes, parked deletes, resume_key): the next
@@ -244,19 +329,39 @@ async def sync_dataset(
         raise SyncFailed(
             f"sync of dataset {dataset.name!r} failed, nothing was deleted: {error}"
         ) from exc
+    finally:
+        if keeper:
+            keeper.cancel()
+            await asyncio.gather(keeper, return_exceptions=True)
 
     if run is not None and applier is not None:
         applier.flush()
+        due = checkpoint.count_parked(run)
+        limit = options.max_delete.limit(known_items) if options.max_delete else None
+        if limit is not None and due > limit:
+            # a mass deletion is more often a mistake (an emptied folder, a wrong prefix) than
+            # intent: keep creates and updates, delete nothing, and never resume this run
+            # (a later run compares afresh)
+            message = (
+                f"sync of dataset {dataset.name!r} held back {due:,} deletes, more than the "
+                f"{limit:,} allowed by --max-delete / max_delete; nothing was deleted "
+                f"({counts['created']:,} created, {counts['updated']:,} updated). If the "
+                "deletions are intended, run again with a higher --max-delete"
+            )
+            with transaction(catalog.db):
+                run.held_deletes = due
+                checkpoint.clear_parked(run)
+                checkpoint.finish(run, "held", message)
+            raise DeletesHeldBack(message)
         # the listing is complete: apply parked deletes and close the run, all at once
         with transaction(catalog.db):
             deleted = 0
             for keys in checkpoint.parked(run):
                 deleted += catalog.delete_items(dataset.id, keys)
             checkpoint.clear_parked(run)
-            counts["deleted"] = deleted
+            counts["deleted"] += deleted
             checkpoint.finish(run, "completed")
-    if options.on_progress:
-        options.on_progress(counts)
+    report()
     return SyncResult(
         dataset=dataset.name,
         status="completed" if run else "planned",
