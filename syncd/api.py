@@ -90,7 +90,9 @@ def preview_dataset(
         assert src is not None and cfg is not None
         return Dataset(0, name, src, cfg, flt or Filters(), "")
     return dataclasses.replace(
-        existing, driver=cfg or existing.driver, filters=flt if flt is not None else existing.filters
+        existing,
+        driver=cfg or existing.driver,
+        filters=flt if flt is not None else existing.filters,
     )
 
 
@@ -175,7 +177,9 @@ async def take_lease(catalog: Catalog, dataset: Dataset, owner: str, *, wait: bo
         if not wait:
             raise DatasetBusy(dataset.name, holder)
         if not announced:
-            log.warning("dataset %r is being synced by %s; waiting", dataset.name, holder.describe())
+            log.warning(
+                "dataset %r is being synced by %s; waiting", dataset.name, holder.describe()
+            )
             announced = True
         await asyncio.sleep(WAIT_POLL_SECONDS)
 

@@ -116,9 +116,7 @@ def cli(debug: bool) -> None:
     metavar="N|P%",
     help="if more than N items (or P% of the dataset) would be deleted, delete none and exit 1",
 )
-@click.option(
-    "--wait", is_flag=True, help="if another process is syncing the dataset, wait for it"
-)
+@click.option("--wait", is_flag=True, help="if another process is syncing the dataset, wait for it")
 @_json_option
 def sync(
     source: str | None,
@@ -229,7 +227,9 @@ def _print_summary(result: SyncResult, source: str, as_json: bool) -> None:
     verb = "planned" if result.dry_run else "synced"
     resumed = f" (resumed after {result.resumed_after!r})" if result.resumed_after else ""
     # every listed object is created, updated, unchanged or filtered
-    extra = f", {c['filtered']:,} filtered" + (f", {c['skipped']:,} skipped" if c["skipped"] else "")
+    extra = f", {c['filtered']:,} filtered" + (
+        f", {c['skipped']:,} skipped" if c["skipped"] else ""
+    )
     click.echo(
         f"{verb} dataset {result.dataset!r} from {source}{resumed}: {c['listed']:,} listed, "
         f"{c['created']:,} created, {c['updated']:,} updated, {c['deleted']:,} deleted, "
@@ -289,7 +289,11 @@ def datasets_ls(db_path: str | None, as_json: bool) -> None:
                 _emit(row)
                 continue
             last = row["last_run"]
-            status = f"{last['status']} {last['ended_at'] or last['started_at']}" if last else "never synced"
+            status = (
+                f"{last['status']} {last['ended_at'] or last['started_at']}"
+                if last
+                else "never synced"
+            )
             click.echo(f"{ds.name}\t{ds.source}\t{row['items']}\t{status}")
     finally:
         catalog.close()
