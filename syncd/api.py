@@ -171,7 +171,7 @@ async def take_lease(catalog: Catalog, dataset: Dataset, owner: str, *, wait: bo
                     f"dataset {dataset.name!r} was removed while this sync waited for it "
                     "(the other sync was its first and failed); run the sync again"
                 )
-            holder = lease.acquire(catalog.db, dataset.id, owner)
+            holder = lease.acquire(catalog.db, lease.for_dataset(dataset.id), owner)
         if holder is None:
             return
         if not wait:
@@ -222,4 +222,4 @@ async def sync(
             raise
     finally:
         with transaction(catalog.db):
-            lease.release(catalog.db, dataset.id, owner)
+            lease.release(catalog.db, lease.for_dataset(dataset.id), owner)

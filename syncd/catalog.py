@@ -189,8 +189,9 @@ class Catalog:
                     " (SELECT id FROM runs WHERE dataset_id = ?)",
                     [dataset.id],
                 )
-            for table in ("runs", "items", "key_markers", "leases"):
+            for table in ("runs", "items", "key_markers"):
                 self.db.execute(f"DELETE FROM {table} WHERE dataset_id = ?", [dataset.id])
+            self.db.execute("DELETE FROM leases WHERE name = ?", [f"dataset:{dataset.id}"])
             driver_id = self.db.execute(
                 "SELECT driver_id FROM datasets WHERE id = ?", [dataset.id]
             ).fetchone()[0]

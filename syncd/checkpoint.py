@@ -251,7 +251,7 @@ class Checkpoint:
             [dataset_id, limit],
         ).fetchall()
         runs = [_run_from_row(r) for r in rows]
-        live = lease.live_owner(self.db, dataset_id) if runs else None
+        live = lease.live_owner(self.db, lease.for_dataset(dataset_id)) if runs else None
         for run in runs:
             if run.status == "running" and run.owner != live:
                 run.status = "interrupted"
@@ -264,7 +264,7 @@ class Checkpoint:
             f"SELECT {_ATTEMPT_COLUMNS} FROM run_attempts WHERE run_id = ? ORDER BY attempt",
             [run.id],
         ).fetchall()
-        live = lease.live_owner(self.db, run.dataset_id)
+        live = lease.live_owner(self.db, lease.for_dataset(run.dataset_id))
         out = []
         for row in rows:
             attempt = Attempt(*row)

@@ -358,7 +358,7 @@ def datasets_rm(name: str, db_path: str | None, yes: bool) -> None:
             )
         owner = lease.new_owner()
         with transaction(catalog.db):
-            holder = lease.acquire(catalog.db, ds.id, owner)
+            holder = lease.acquire(catalog.db, lease.for_dataset(ds.id), owner)
         if holder is not None:
             raise DatasetBusy(name, holder)
         catalog.drop_dataset(ds)

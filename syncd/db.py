@@ -118,10 +118,11 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
             # *references* (env:NAME / file:/path); Integration refuses literal secrets, so no
             # secret can reach this column. Resolved again on every run.
             "ALTER TABLE integrations ADD COLUMN fields TEXT NOT NULL DEFAULT '{}'",
-            # who runs a dataset's sync: one row per dataset while a run holds it. A holder is
-            # gone when its lease expired or (same host) its process no longer exists.
+            # who runs a dataset's sync ("dataset:<id>"), which daemon owns the catalog
+            # ("daemon"): one row per lease while it is held. A holder is gone when its lease
+            # expired or (same host) its process no longer exists.
             """CREATE TABLE leases (
-                dataset_id INTEGER PRIMARY KEY REFERENCES datasets(id),
+                name TEXT PRIMARY KEY,
                 owner TEXT NOT NULL,
                 host TEXT NOT NULL,
                 pid INTEGER NOT NULL,

@@ -1,4 +1,8 @@
-"""One sync of a dataset at a time: a lease row with an owner and an expiry.
+"""One sync of a dataset at a time, one daemon per catalog: named leases with an owner and an
+expiry.
+
+A lease is named: ``dataset:<id>`` for a dataset's sync (:func:`for_dataset`), ``daemon`` for
+the ``syncd run`` that owns a catalog.
 
 A process that wants to sync a dataset takes the dataset's lease; while it holds it, it renews
 the expiry (every batch, and from a background task while a listing page is slow); it releases
@@ -29,6 +33,13 @@ from syncd.db import now
 
 #: seconds a lease lives without renewal; a run renews it far more often than this
 DEFAULT_TTL = 60.0
+#: the lease of the one ``syncd run`` daemon that writes a catalog
+DAEMON = "daemon"
+
+
+def for_dataset(dataset_id: int) -> str:
+    """The name of a dataset's sync lease."""
+    return f"dataset:{dataset_id}"
 
 
 def _stamp(dt: datetime) -> str:
@@ -78,53 +89,53 @@ class Holder:
         return f"process {self.pid} on {self.host} (since {self.acquired_at})"
 
 
-def holder(db: sqlite_utils.Database, dataset_id: int) -> Holder | None:
-    """The dataset's current lease holder, alive or not; None if nobody holds it."""
+def holder(db: sqlite_utils.Database, name: str) -> Holder | None:
+    """The lease's current holder, alive or not; None if nobody holds it."""
     row = db.execute(
-        "SELECT owner, host, pid, acquired_at, expires_at FROM leases WHERE dataset_id = ?",
-        [dataset_id],
+        "SELECT owner, host, pid, acquired_at, expires_at FROM leases WHERE name = ?",
+        [name],
     ).fetchone()
     return Holder(*row) if row else None
 
 
-def live_owner(db: sqlite_utils.Database, dataset_id: int) -> str | None:
-    """The owner id of a live holder of the dataset's lease, else None."""
-    h = holder(db, dataset_id)
+def live_owner(db: sqlite_utils.Database, name: str) -> str | None:
+    """The owner id of a live holder of the lease, else None."""
+    h = holder(db, name)
     return h.owner if h is not None and h.alive() else None
 
 
 def acquire(
-    db: sqlite_utils.Database, dataset_id: int, owner: str, ttl: float = DEFAULT_TTL
+    db: sqlite_utils.Database, name: str, owner: str, ttl: float = DEFAULT_TTL
 ) -> Holder | None:
     """Take the lease for ``owner``. Returns None on success, else the live holder.
 
     A lease held by a gone holder is taken over. Taking a lease one already holds renews it.
     The caller holds the transaction.
     """
-    current = holder(db, dataset_id)
+    current = holder(db, name)
     if current is not None and current.owner != owner and current.alive():
         return current
     host, pid = socket.gethostname(), os.getpid()
     db.execute(
-        "INSERT INTO leases (dataset_id, owner, host, pid, acquired_at, expires_at)"
-        " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (dataset_id) DO UPDATE SET owner = excluded.owner,"
+        "INSERT INTO leases (name, owner, host, pid, acquired_at, expires_at)"
+        " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET owner = excluded.owner,"
         " host = excluded.host, pid = excluded.pid, acquired_at = excluded.acquired_at,"
         " expires_at = excluded.expires_at",
-        [dataset_id, owner, host, pid, now(), _stamp(datetime.now(UTC) + timedelta(seconds=ttl))],
+        [name, owner, host, pid, now(), _stamp(datetime.now(UTC) + timedelta(seconds=ttl))],
     )
     return None
 
 
-def renew(db: sqlite_utils.Database, dataset_id: int, owner: str, ttl: float = DEFAULT_TTL) -> bool:
+def renew(db: sqlite_utils.Database, name: str, owner: str, ttl: float = DEFAULT_TTL) -> bool:
     """Push the expiry of ``owner``'s lease forward. False if the lease is no longer ours
     (it expired and another process took it): the caller must stop writing."""
     cur = db.execute(
-        "UPDATE leases SET expires_at = ? WHERE dataset_id = ? AND owner = ?",
-        [_stamp(datetime.now(UTC) + timedelta(seconds=ttl)), dataset_id, owner],
+        "UPDATE leases SET expires_at = ? WHERE name = ? AND owner = ?",
+        [_stamp(datetime.now(UTC) + timedelta(seconds=ttl)), name, owner],
     )
     return cur.rowcount == 1
 
 
-def release(db: sqlite_utils.Database, dataset_id: int, owner: str) -> None:
+def release(db: sqlite_utils.Database, name: str, owner: str) -> None:
     """Give the lease up (a no-op if it is not ours any more)."""
-    db.execute("DELETE FROM leases WHERE dataset_id = ? AND owner = ?", [dataset_id, owner])
+    db.execute("DELETE FROM leases WHERE name = ? AND owner = ?", [name, owner])

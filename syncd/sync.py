@@ -215,7 +215,7 @@ class _Applier:
         with transaction(self.catalog.db):
             # checked in the same transaction as the writes: a process whose lease was taken
             # over (it stalled past the expiry) never writes beside the new holder
-            if not lease.renew(self.catalog.db, self.dataset.id, self.owner):
+            if not lease.renew(self.catalog.db, lease.for_dataset(self.dataset.id), self.owner):
                 raise LeaseLost(
                     f"dataset {self.dataset.name!r} was taken over by another process while "
                     "this sync stalled; it stopped without writing further"
@@ -233,7 +233,7 @@ async def _keep_lease(catalog: Catalog, dataset: Dataset, owner: str) -> None:
     while True:
         await asyncio.sleep(lease.DEFAULT_TTL / 4)
         with transaction(catalog.db):
-            lease.renew(catalog.db, dataset.id, owner)
+            lease.renew(catalog.db, lease.for_dataset(dataset.id), owner)
 
 
 async def sync_dataset(
@@ -262,7 +262,7 @@ async def sync_dataset(
         if owner is None:
             raise ValueError("a sync that writes needs the owner of the dataset's lease")
         with transaction(catalog.db):
-            if not lease.renew(catalog.db, dataset.id, owner):
+            if not lease.renew(catalog.db, lease.for_dataset(dataset.id), owner):
                 raise ValueError(f"{owner} does not hold the lease of dataset {dataset.name!r}")
             run = checkpoint.begin(
                 dataset.id,

@@ -201,7 +201,7 @@ async def test_wait_on_a_dataset_its_first_sync_removed_says_so(tmp_path: Path) 
         ds, created = api.ensure_dataset(catalog, "ds", source=str(src))
         assert created
         with transaction(catalog.db):
-            assert lease.acquire(catalog.db, ds.id, "other:1:x") is None
+            assert lease.acquire(catalog.db, lease.for_dataset(ds.id), "other:1:x") is None
         catalog.drop_dataset(ds)
         with pytest.raises(SyncFailed, match="was removed while this sync waited"):
             await api.take_lease(catalog, ds, lease.new_owner(), wait=True)
@@ -213,16 +213,16 @@ def test_lease_of_a_live_holder_is_refused_and_of_a_gone_one_taken(tmp_path: Pat
     catalog = Catalog.open(str(tmp_path / "c.db"))
     try:
         ds, _ = api.ensure_dataset(catalog, "ds", source=str(make_folder(tmp_path / "s", 1)))
-        db = catalog.db
+        db, name = catalog.db, lease.for_dataset(ds.id)
         with transaction(db):
-            assert lease.acquire(db, ds.id, "me:1:a") is None
+            assert lease.acquire(db, name, "me:1:a") is None
             # our own process is alive, whatever the owner id says
-            held = lease.acquire(db, ds.id, "me:1:b")
+            held = lease.acquire(db, name, "me:1:b")
         assert held is not None and held.owner == "me:1:a"
         with transaction(db):  # expired: anyone may take it
             db.execute("UPDATE leases SET expires_at = '2000-01-01T00:00:00Z'")
-            assert lease.acquire(db, ds.id, "me:1:b") is None
-            assert not lease.renew(db, ds.id, "me:1:a")  # the old owner lost it
-            assert lease.renew(db, ds.id, "me:1:b")
+            assert lease.acquire(db, name, "me:1:b") is None
+            assert not lease.renew(db, name, "me:1:a")  # the old owner lost it
+            assert lease.renew(db, name, "me:1:b")
     finally:
         catalog.close()
