@@ -278,16 +278,41 @@ class Catalog:
                 return
             cursor = rows[-1][0]
 
-    def write_items(self, dataset_id: int, items: Iterable[Item]) -> None:
-        """Upsert items. The caller holds the transaction."""
-        cols = ("dataset_id", *Item.__dataclass_fields__)
+    def write_items(
+        self, dataset_id: int, items: Iterable[Item], *, seen_seq: Iterable[int] | None = None
+    ) -> None:
+        """Upsert items. The caller holds the transaction.
+
+        With ``seen_seq`` (one value per item: the event sequence read before the listing
+        page that showed the item), an item is written only if no event touched its key since:
+        a listing that saw a key before an event changed it must not undo the event.
+        """
+        fields = Item.__dataclass_fields__
+        cols = ("dataset_id", *fields)
         updates = ", ".join(
             f"{c} = excluded.{c}" for c in cols if c not in ("dataset_id", "key", "created_at")
         )
+        rows = [(dataset_id, *(getattr(i, f) for f in fields)) for i in items]
+        if seen_seq is None:
+            self.db.conn.executemany(
+                f"INSERT INTO items ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
+                f" ON CONFLICT (dataset_id, key) DO UPDATE SET {updates}",
+                rows,
+            )
+            return
+        # INSERT ... SELECT ... WHERE: no row selected means neither insert nor update
         self.db.conn.executemany(
-            f"INSERT INTO items ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
+            f"INSERT INTO items ({', '.join(cols)}) SELECT {', '.join('?' * len(cols))}"
+            " WHERE NOT EXISTS (SELECT 1 FROM key_markers km"
+            " WHERE km.dataset_id = ? AND km.key = ? AND km.seq > ?)"
             f" ON CONFLICT (dataset_id, key) DO UPDATE SET {updates}",
-            [(dataset_id, *(getattr(i, f) for f in Item.__dataclass_fields__)) for i in items],
+            [(*row, dataset_id, row[1], seq) for row, seq in zip(rows, seen_seq, strict=True)],
+        )
+
+    def event_seq(self) -> int:
+        """The catalog-wide sequence of applied event batches (see :meth:`write_items`)."""
+        return int(
+            self.db.execute("SELECT value FROM counters WHERE name = 'event_seq'").fetchone()[0]
         )
 
     def delete_items(self, dataset_id: int, keys: Iterable[str]) -> int:

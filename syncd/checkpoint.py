@@ -20,7 +20,6 @@ the next run.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -198,12 +197,36 @@ class Checkpoint:
             [run.resume_key, run.held_deletes, *(run.counts[c] for c in COUNTERS), run.id],
         )
 
-    def park_deletes(self, run: Run, keys: list[str]) -> None:
-        """Remember keys to delete once the listing completes. The caller holds the transaction."""
+    def park_deletes(self, run: Run, keys: list[str], seen_seq: list[int]) -> None:
+        """Remember keys to delete once the listing completes, each with the event sequence
+        read before the listing page that showed it gone. The caller holds the transaction."""
         self.db.conn.executemany(
-            "INSERT OR IGNORE INTO pending_deletes (run_id, key) VALUES (?, ?)",
-            [(run.id, k) for k in keys],
+            "INSERT OR IGNORE INTO pending_deletes (run_id, key, seen_seq) VALUES (?, ?, ?)",
+            [(run.id, k, s) for k, s in zip(keys, seen_seq, strict=True)],
         )
+
+    def apply_parked(self, run: Run, dataset_id: int, page: int = 1000) -> int:
+        """Delete the parked keys' items, in pages, except keys an event touched after the
+        listing showed them gone (it re-created them); return how many were deleted. The
+        caller holds the transaction."""
+        deleted, cursor = 0, ""
+        while True:
+            rows = self.db.execute(
+                "SELECT key, seen_seq FROM pending_deletes WHERE run_id = ? AND key > ?"
+                " ORDER BY key LIMIT ?",
+                [run.id, cursor, page],
+            ).fetchall()
+            if not rows:
+                return deleted
+            before = self.db.conn.total_changes
+            self.db.conn.executemany(
+                "DELETE FROM items WHERE dataset_id = ? AND key = ? AND NOT EXISTS"
+                " (SELECT 1 FROM key_markers km WHERE km.dataset_id = ? AND km.key = ?"
+                " AND km.seq > ?)",
+                [(dataset_id, k, dataset_id, k, s) for k, s in rows],
+            )
+            deleted += self.db.conn.total_changes - before
+            cursor = rows[-1][0]
 
     def count_parked(self, run: Run) -> int:
         return int(
@@ -211,20 +234,6 @@ class Checkpoint:
                 "SELECT count(*) FROM pending_deletes WHERE run_id = ?", [run.id]
             ).fetchone()[0]
         )
-
-    def parked(self, run: Run, page: int = 1000) -> Iterator[list[str]]:
-        """Parked keys in pages, in key order."""
-        cursor = ""
-        while True:
-            rows = self.db.execute(
-                "SELECT key FROM pending_deletes WHERE run_id = ? AND key > ? ORDER BY key LIMIT ?",
-                [run.id, cursor, page],
-            ).fetchall()
-            if not rows:
-                return
-            keys = [r[0] for r in rows]
-            yield keys
-            cursor = keys[-1]
 
     def clear_parked(self, run: Run) -> None:
         self.db.execute("DELETE FROM pending_deletes WHERE run_id = ?", [run.id])

@@ -133,6 +133,14 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
             "ALTER TABLE runs ADD COLUMN filtered INTEGER NOT NULL DEFAULT 0",
             "ALTER TABLE runs ADD COLUMN skipped INTEGER NOT NULL DEFAULT 0",
             "ALTER TABLE runs ADD COLUMN held_deletes INTEGER NOT NULL DEFAULT 0",
+            # events never lose to a stale listing: every applied event batch takes the next
+            # value of a catalog-wide sequence and stamps the keys it touched with it; a sync
+            # reads the sequence before each listing page and writes (or deletes) a key only if
+            # no event touched it since (see syncd.sync and syncd.apply_events)
+            "CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)",
+            "INSERT INTO counters (name, value) VALUES ('event_seq', 0)",
+            "ALTER TABLE key_markers ADD COLUMN seq INTEGER NOT NULL DEFAULT 0",
+            "ALTER TABLE pending_deletes ADD COLUMN seen_seq INTEGER NOT NULL DEFAULT 0",
             # every attempt of a run (a resumed run has several): when, how far, what error
             """CREATE TABLE run_attempts (
                 run_id INTEGER NOT NULL REFERENCES runs(id),

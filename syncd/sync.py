@@ -124,27 +124,44 @@ def fingerprint(dataset: Dataset) -> str:
 
 
 async def prefetch(
-    pages: AsyncIterator[list[ObjectInfo]], depth: int = PREFETCH_PAGES
-) -> AsyncIterator[list[ObjectInfo]]:
-    """Fetch up to ``depth`` pages ahead in a task, so listing overlaps with applying."""
+    pages: AsyncIterator[list[ObjectInfo]],
+    depth: int = PREFETCH_PAGES,
+    before_page: Callable[[], int] = lambda: 0,
+) -> AsyncIterator[tuple[int, list[ObjectInfo]]]:
+    """Fetch up to ``depth`` pages ahead in a task, so listing overlaps with applying.
+
+    Yields ``(seen_seq, page)``: ``before_page()`` (the catalog's event sequence) is read just
+    before each page is requested, so every event applied after the provider answered has a
+    larger number. The last item is ``(seen_seq, [])``, read before the request that found
+    the listing's end.
+    """
     queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=depth)
     end = object()
 
     async def produce() -> None:
+        it = aiter(pages)
         try:
-            async for page in pages:
-                await queue.put(page)
+            while True:
+                seq = before_page()
+                try:
+                    page = await anext(it)
+                except StopAsyncIteration:
+                    await queue.put((seq, end))
+                    return
+                await queue.put((seq, page))
         except Exception as exc:  # handed to the consumer, which re-raises it
-            await queue.put(exc)
-            return
-        await queue.put(end)
+            await queue.put((0, exc))
 
     task = asyncio.create_task(produce())
     try:
-        while (page := await queue.get()) is not end:
+        while True:
+            seq, page = await queue.get()
             if isinstance(page, Exception):
                 raise page
-            yield page
+            if page is end:
+                yield seq, []
+                return
+            yield seq, page
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
@@ -174,7 +191,9 @@ class _Applier:
         self.owner = owner
         self.parked = 0
         self.writes: list[Item] = []
+        self.write_seqs: list[int] = []
         self.deletes: list[str] = []
+        self.delete_seqs: list[int] = []
         self.since_save = 0
         self.path = dataset.driver.path
 
@@ -195,14 +214,18 @@ class _Applier:
             updated_at=stamp,
         )
 
-    def add(self, change: Change) -> None:
+    def add(self, change: Change, seen_seq: int) -> None:
+        """Take one change; ``seen_seq`` is the event sequence read before the listing page
+        that decided it (an event applied later wins over it)."""
         if change.action is Action.DELETE:
             self.deletes.append(change.key)
+            self.delete_seqs.append(seen_seq)
             self.parked += 1
             return
         if change.action is not Action.UNCHANGED:
             assert change.obj is not None
             self.writes.append(self.item(change.obj))
+            self.write_seqs.append(seen_seq)
         self.run.resume_key = change.key
         self.since_save += 1
         if (
@@ -221,11 +244,12 @@ class _Applier:
                     "this sync stalled; it stopped without writing further"
                 )
             if self.writes:
-                self.catalog.write_items(self.dataset.id, self.writes)
+                self.catalog.write_items(self.dataset.id, self.writes, seen_seq=self.write_seqs)
             if self.deletes:
-                self.checkpoint.park_deletes(self.run, self.deletes)
+                self.checkpoint.park_deletes(self.run, self.deletes, self.delete_seqs)
             self.checkpoint.save_progress(self.run)
-        self.writes, self.deletes, self.since_save = [], [], 0
+        self.writes, self.write_seqs, self.since_save = [], [], 0
+        self.deletes, self.delete_seqs = [], []
 
 
 async def _keep_lease(catalog: Catalog, dataset: Dataset, owner: str) -> None:
@@ -286,8 +310,12 @@ async def sync_dataset(
             to_delete = applier.parked if applier else parked
             options.on_progress({**counts, "to_delete": to_delete})
 
+    seen = [0]  # the event sequence read before the page being merged
+
     async def listing() -> AsyncIterator[ObjectInfo]:
-        async for page in prefetch(driver.list(prefix, start_after=start_after)):
+        pages = driver.list(prefix, start_after=start_after)
+        async for seq, page in prefetch(pages, before_page=catalog.event_seq):
+            seen[0] = seq
             for obj in page:
                 counts["listed"] += 1
                 if filters.accepts(obj.key[len(prefix) :], obj.size):
@@ -309,7 +337,7 @@ async def sync_dataset(
             if change.action is not Action.DELETE:
                 counts[_COUNTER[change.action]] += 1
             if applier:
-                applier.add(change)
+                applier.add(change, seen[0])
                 continue
             if change.action is Action.DELETE:
                 parked += 1
@@ -355,9 +383,7 @@ async def sync_dataset(
             raise DeletesHeldBack(message)
         # the listing is complete: apply parked deletes and close the run, all at once
         with transaction(catalog.db):
-            deleted = 0
-            for keys in checkpoint.parked(run):
-                deleted += catalog.delete_items(dataset.id, keys)
+            deleted = checkpoint.apply_parked(run, dataset.id)
             checkpoint.clear_parked(run)
             counts["deleted"] += deleted
             checkpoint.finish(run, "completed")
