@@ -14,14 +14,14 @@ import os
 from providers import faults, open_driver
 from providers.base import Driver
 from providers.config import ConfigError, DriverConfig
-from syncd import lease
-from syncd.catalog import Catalog, Dataset
 from syncd.config import DatasetSpec
-from syncd.db import transaction
 from syncd.errors import SyncFailed, UsageError
-from syncd.filters import Filters
-from syncd.source import canonical, parse_source
-from syncd.sync import DatasetBusy, SyncOptions, SyncResult, sync_dataset
+from syncd.reconcile.filters import Filters
+from syncd.reconcile.source import canonical, parse_source
+from syncd.reconcile.sync import DatasetBusy, SyncOptions, SyncResult, sync_dataset
+from syncd.store import lease
+from syncd.store.catalog import Catalog, Dataset
+from syncd.store.db import transaction
 
 log = logging.getLogger("syncd")
 

@@ -18,16 +18,17 @@ import click
 
 from providers.config import ConfigError
 from providers.errors import StorageError
-from syncd import api, lease
-from syncd.catalog import Catalog, Dataset
-from syncd.checkpoint import DEFAULT_RESUME_WITHIN, Checkpoint, Run
+from syncd import api
 from syncd.config import load_config
-from syncd.db import default_db_path, transaction
 from syncd.errors import SyncdError, UsageError
-from syncd.filters import Filters
 from syncd.limits import MaxDelete, MaxDeleteType
-from syncd.reconcile import Action, Change
-from syncd.sync import DatasetBusy, SyncOptions, SyncResult
+from syncd.reconcile.filters import Filters
+from syncd.reconcile.march import Action, Change
+from syncd.reconcile.sync import DatasetBusy, SyncOptions, SyncResult
+from syncd.store import lease
+from syncd.store.catalog import Catalog, Dataset
+from syncd.store.checkpoint import DEFAULT_RESUME_WITHIN, Checkpoint, Run
+from syncd.store.db import default_db_path, transaction
 
 DB_HELP = "catalog file [default: $SYNCD_DB, else ./syncd.db]"
 SYMBOL = {Action.CREATE: "+", Action.UPDATE: "~", Action.DELETE: "-"}
@@ -458,8 +459,8 @@ def events_apply(file: Any, db_path: str | None, as_json: bool) -> None:
     FILE holds one JSON payload (object or array) or JSON lines. Events go to every dataset
     whose driver bucket and path contain the key; stale and duplicate events change nothing.
     """
-    from syncd.apply_events import apply_events
-    from syncd.events import EventFormatError, parse_text
+    from syncd.events.apply import apply_events
+    from syncd.events.parse import EventFormatError, parse_text
 
     try:
         parsed = parse_text(file.read())
@@ -487,7 +488,7 @@ def serve(db_path: str | None, host: str, port: int) -> None:
     """Run the HTTP API: POST /api/v1/events (bearer token from SYNCD_API_TOKEN), GET /healthz."""
     import os
 
-    from syncd.server import serve as run_server
+    from syncd.server.app import serve as run_server
 
     token = os.environ.get("SYNCD_API_TOKEN", "")
     if len(token) < 16:

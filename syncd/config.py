@@ -32,7 +32,7 @@ from typing import Any
 
 from providers.config import PUBLIC_FIELDS, ConfigError, DriverConfig, Integration
 from syncd.errors import UsageError
-from syncd.filters import Filters
+from syncd.reconcile.filters import Filters
 
 _DRIVER_KEYS = {*PUBLIC_FIELDS, "page_size"}
 _DATASET_KEYS = {"driver", "include", "exclude", "max_size"}

@@ -19,10 +19,11 @@ from pathlib import Path
 
 import pytest
 
-from syncd import api, lease
-from syncd.catalog import Catalog
-from syncd.db import transaction
+from syncd import api
 from syncd.errors import SyncFailed
+from syncd.store import lease
+from syncd.store.catalog import Catalog
+from syncd.store.db import transaction
 from tests.test_cli_errors import one_line_error
 from tests.test_sync_cli import summary, syncd
 

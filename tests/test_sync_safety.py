@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from syncd.catalog import prefix_upper_bound
+from syncd.store.catalog import prefix_upper_bound
 from tests.test_cli_errors import one_line_error
 from tests.test_sync_cli import summary, syncd
 

@@ -16,7 +16,7 @@ shared PostgreSQL catalog: the lease becomes one conditional ``UPDATE ... WHERE 
 OR expires_at < now()``; nothing here depends on sqlite beyond the SQL.
 
 Every function that writes expects to run inside the caller's transaction
-(:func:`syncd.db.transaction`), so "read the holder, then take it" is atomic.
+(:func:`syncd.store.db.transaction`), so "read the holder, then take it" is atomic.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from datetime import UTC, datetime, timedelta
 
 import sqlite_utils
 
-from syncd.db import now
+from syncd.store.db import now
 
 #: seconds a lease lives without renewal; a run renews it far more often than this
 DEFAULT_TTL = 60.0

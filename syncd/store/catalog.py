@@ -23,9 +23,9 @@ from typing import Any
 import sqlite_utils
 
 from providers.config import PUBLIC_FIELDS, DriverConfig, Integration
-from syncd.db import now, open_db, transaction
 from syncd.errors import UsageError
-from syncd.filters import Filters
+from syncd.reconcile.filters import Filters
+from syncd.store.db import now, open_db, transaction
 
 ITEM_FIELDS = (
     "filename",

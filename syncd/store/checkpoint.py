@@ -2,7 +2,7 @@
 
 A run moves ``running`` -> ``completed`` | ``failed`` | ``held`` (a mass deletion held back;
 never resumed) | ``abandoned`` (superseded by a fresh run). A ``running`` run whose owner no
-longer holds the dataset's lease (:mod:`syncd.lease`) is shown as ``interrupted``. Every attempt
+longer holds the dataset's lease (:mod:`syncd.store.lease`) is shown as ``interrupted``. Every attempt
 of a run (a resumed run has several) is kept in ``run_attempts``: when, from where, how far, and
 its error. While it runs, each applied batch records
 ``resume_key``, the last listed key whose consequences are all written, in the same transaction
@@ -25,8 +25,8 @@ from datetime import UTC, datetime
 
 import sqlite_utils
 
-from syncd import lease
-from syncd.db import now
+from syncd.store import lease
+from syncd.store.db import now
 
 #: per-run counters. ``deleted`` counts deletes applied, never keys merely parked; ``filtered``
 #: objects the filters left out; ``skipped`` objects the driver could not represent

@@ -136,7 +136,7 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
             # events never lose to a stale listing: every applied event batch takes the next
             # value of a catalog-wide sequence and stamps the keys it touched with it; a sync
             # reads the sequence before each listing page and writes (or deletes) a key only if
-            # no event touched it since (see syncd.sync and syncd.apply_events)
+            # no event touched it since (see syncd.reconcile.sync and syncd.events.apply)
             "CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)",
             "INSERT INTO counters (name, value) VALUES ('event_seq', 0)",
             "ALTER TABLE key_markers ADD COLUMN seq INTEGER NOT NULL DEFAULT 0",

@@ -29,12 +29,12 @@ from typing import Any, Protocol
 
 from providers.base import Driver, ObjectInfo
 from providers.errors import StorageError
-from syncd import lease
-from syncd.catalog import Catalog, Dataset, Item
-from syncd.checkpoint import COUNTERS, DEFAULT_RESUME_WITHIN, Checkpoint, Run
-from syncd.db import now, transaction
 from syncd.errors import SyncdError, SyncFailed
-from syncd.reconcile import Action, Change, march
+from syncd.reconcile.march import Action, Change, march
+from syncd.store import lease
+from syncd.store.catalog import Catalog, Dataset, Item
+from syncd.store.checkpoint import COUNTERS, DEFAULT_RESUME_WITHIN, Checkpoint, Run
+from syncd.store.db import now, transaction
 
 BATCH_SIZE = 500
 #: save progress at least this often (in listed keys) even when nothing changes
