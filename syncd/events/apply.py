@@ -1,17 +1,26 @@
 """Apply bucket events to datasets so that they converge whatever the delivery order.
 
-Every event source is at-least-once and unordered. For each (dataset, key) the catalog keeps
-in ``key_markers`` the newest ordering marker it has applied, deletes included (tombstones).
-An event is applied only if its marker is newer than the stored one; at an equal marker a
-delete beats a create (a GCS delete of a live generation carries that generation's own
-marker). So:
+Every event source is at-least-once and unordered, and a listing (a reconcile) can run at the
+same time. For each (dataset, key) the catalog keeps in ``key_markers`` the newest state an
+event applied, deletes included (tombstones): its ordering marker, the provider's event time,
+and the catalog-wide event sequence of the batch. The newer state wins:
 
-* duplicates are no-ops (same marker);
-* an old event arriving late neither resurrects a deleted object nor removes a newer one;
-* a GCS delete of an *overwritten* generation (older generation) never removes the live item.
+1. **Markers** (S3/Azure sequencers, GCS generation/metageneration) decide when the event and
+   the stored state both have one: applied only if newer; at an equal marker a delete beats a
+   create (a GCS delete of a live generation carries that generation's own marker).
+2. Otherwise **GCS generations** decide against an item that has one (a delete of an
+   overwritten generation never removes the live item), and else the **provider's times**: an
+   event older than the item's modification time (from a listing or an earlier event) or than
+   the last event applied to the key is stale. Equal times are not stale: such events apply
+   in arrival order, and the periodic reconcile is the backstop.
+3. Every batch stamps the keys it decided with the next value of the catalog's event
+   sequence; a reconcile whose listing saw a key *before* that writes or deletes nothing for it
+   (:meth:`syncd.store.catalog.Catalog.write_items`, parked deletes in
+   :mod:`syncd.store.checkpoint`). So neither order of "listing saw the key" and "event
+   applied" lets an older state win.
 
-Events without a marker (emulators such as moto send no sequencer) are applied in arrival
-order: last delivered wins, and the periodic ``syncd sync`` is the backstop.
+Consequently duplicates are no-ops; an old event arriving late neither resurrects a deleted
+object nor removes a newer one; a stale listing never undoes an event.
 
 Routing: an event goes to every dataset whose driver has the event's provider and bucket (and
 Azure account, when both are known) and whose path contains the key. A key outside every
@@ -27,6 +36,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 
 from providers.base import object_uri
 from syncd.events.parse import EventKind, ObjectEvent
@@ -49,14 +59,42 @@ def _rank(event: ObjectEvent) -> str | None:
     return f"{event.marker}/{1 if event.kind is EventKind.DELETED else 0}"
 
 
+def _uri(ds: Dataset, event: ObjectEvent) -> str:
+    if ds.driver.type == "local":
+        return Path(ds.driver.bucket, *event.key.split("/")).as_uri()
+    return object_uri(event.provider, event.bucket, event.key, ds.driver.account or event.account)
+
+
+def _stamp(t: datetime) -> str:
+    return t.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _generation(version: str | None) -> tuple[int, ...] | None:
+    """A GCS ``generation.metageneration`` as a comparable tuple; None for anything else."""
+    if not version:
+        return None
+    try:
+        return tuple(int(p) for p in version.split("."))
+    except ValueError:
+        return None
+
+
 class EventApplier:
     """Routes and applies events for one catalog. Cheap to build; reads the datasets once."""
 
-    def __init__(self, catalog: Catalog) -> None:
+    def __init__(self, catalog: Catalog, *, dataset: str | None = None) -> None:
         self.catalog = catalog
-        self.datasets = [d for d in catalog.list_datasets() if d.driver.type != "local"]
+        if dataset is not None:
+            # an explicit target (a folder watch): every event goes to that dataset
+            self.only: Dataset | None = catalog.get_dataset(dataset)
+            self.datasets = [self.only]
+        else:
+            self.only = None
+            self.datasets = [d for d in catalog.list_datasets() if d.driver.type != "local"]
 
     def routes(self, event: ObjectEvent) -> list[Dataset]:
+        if self.only is not None:
+            return [self.only] if event.key.startswith(self.only.driver.path) else []
         out = []
         for ds in self.datasets:
             cfg = ds.driver
@@ -71,39 +109,73 @@ class EventApplier:
     def apply(self, events: Iterable[ObjectEvent]) -> ApplyResult:
         result = ApplyResult()
         with transaction(self.catalog.db):
+            seq = self._next_seq()
             for event in events:
                 targets = self.routes(event)
                 if not targets:
                     result.counts["unrouted"] += 1
                 for ds in targets:
-                    result.counts[self._apply_one(ds, event)] += 1
+                    result.counts[self._apply_one(ds, event, seq)] += 1
         return result
 
-    def _apply_one(self, ds: Dataset, event: ObjectEvent) -> str:
+    def _next_seq(self) -> int:
+        db = self.catalog.db
+        db.execute("UPDATE counters SET value = value + 1 WHERE name = 'event_seq'")
+        return int(db.execute("SELECT value FROM counters WHERE name = 'event_seq'").fetchone()[0])
+
+    def _is_stale(
+        self,
+        event: ObjectEvent,
+        rank: str | None,
+        stored: tuple[str, int, str | None] | None,
+        existing: tuple[str, str, int, str, str | None] | None,
+    ) -> bool:
+        """Rules 1 and 2 of the module docstring."""
+        stored_marker = stored[0] if stored else ""
+        if rank is not None and stored_marker:
+            return rank <= stored_marker
+        if existing is not None:
+            event_gen, item_gen = _generation(event.version), _generation(existing[4])
+            if event.provider == "gcs" and event_gen is not None and item_gen is not None:
+                if event.kind is EventKind.DELETED:
+                    return event_gen[:1] < item_gen[:1]  # an older generation's delete
+                return event_gen < item_gen
+        if event.event_time is None:
+            return False
+        when = _stamp(event.event_time)
+        newest = [
+            t for t in (stored[2] if stored else None, existing[3] if existing else None) if t
+        ]
+        return any(when < t for t in newest)
+
+    def _apply_one(self, ds: Dataset, event: ObjectEvent, seq: int) -> str:
         db = self.catalog.db
         rank = _rank(event)
-        if rank is not None:
-            row = db.execute(
-                "SELECT marker FROM key_markers WHERE dataset_id = ? AND key = ?",
-                [ds.id, event.key],
-            ).fetchone()
-            if row is not None and rank <= row[0]:
-                return "stale"
-        existing = db.execute(
-            "SELECT created_at, etag, size FROM items WHERE dataset_id = ? AND key = ?",
+        stored = db.execute(
+            "SELECT marker, deleted, event_time FROM key_markers WHERE dataset_id = ? AND key = ?",
             [ds.id, event.key],
         ).fetchone()
+        existing = db.execute(
+            "SELECT created_at, etag, size, mtime, version FROM items"
+            " WHERE dataset_id = ? AND key = ?",
+            [ds.id, event.key],
+        ).fetchone()
+        if self._is_stale(event, rank, stored, existing):
+            return "stale"
         relative = event.key[len(ds.driver.path) :]
         keep = event.kind is EventKind.CREATED and ds.filters.accepts(relative, event.size or 0)
         if keep and (event.size is None or event.etag is None):
             return "incomplete"  # nothing to record; the next sync lists the object
-        if rank is not None:
-            db.execute(
-                "INSERT INTO key_markers (dataset_id, key, marker, deleted, updated_at)"
-                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (dataset_id, key) DO UPDATE SET"
-                " marker = excluded.marker, deleted = excluded.deleted, updated_at = excluded.updated_at",
-                [ds.id, event.key, rank, int(not keep), now()],
-            )
+        when = _stamp(event.event_time) if event.event_time else None
+        # the marker stays the newest one seen: an unmarked event does not erase it
+        db.execute(
+            "INSERT INTO key_markers (dataset_id, key, marker, deleted, updated_at, seq, event_time)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (dataset_id, key) DO UPDATE SET"
+            " marker = CASE WHEN excluded.marker = '' THEN marker ELSE excluded.marker END,"
+            " deleted = excluded.deleted, updated_at = excluded.updated_at, seq = excluded.seq,"
+            " event_time = coalesce(excluded.event_time, event_time)",
+            [ds.id, event.key, rank or "", int(not keep), now(), seq, when],
+        )
         if not keep:
             if existing is None:
                 return "unchanged"
@@ -113,17 +185,14 @@ class EventApplier:
         if existing is not None and (existing[1], existing[2]) == (event.etag, event.size):
             return "unchanged"
         stamp = now()
-        mtime = (event.event_time or datetime.now(UTC)).isoformat().replace("+00:00", "Z")
         item = Item(
             key=event.key,
             filename="/" + relative,
-            uri=object_uri(
-                event.provider, event.bucket, event.key, ds.driver.account or event.account
-            ),
+            uri=_uri(ds, event),
             size=event.size,
             etag=event.etag,
             content_type=event.content_type,
-            mtime=mtime,
+            mtime=when or _stamp(datetime.now(UTC)),
             version=event.version,
             created_at=existing[0] if existing else stamp,
             updated_at=stamp,
@@ -132,6 +201,9 @@ class EventApplier:
         return "updated" if existing else "created"
 
 
-def apply_events(catalog: Catalog, events: Iterable[ObjectEvent]) -> ApplyResult:
-    """Apply ``events`` to every dataset they belong to, in one transaction."""
-    return EventApplier(catalog).apply(events)
+def apply_events(
+    catalog: Catalog, events: Iterable[ObjectEvent], *, dataset: str | None = None
+) -> ApplyResult:
+    """Apply ``events`` in one transaction to every dataset they route to, or, with
+    ``dataset``, to that dataset only (a folder watch's events)."""
+    return EventApplier(catalog, dataset=dataset).apply(events)

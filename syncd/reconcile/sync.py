@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -73,6 +74,11 @@ class LeaseLost(SyncFailed):
     """This process's lease expired and another process took the dataset over."""
 
 
+class SyncStopped(SyncFailed):
+    """The sync was asked to stop (daemon shutdown); what it decided so far is kept and the
+    next run resumes from there."""
+
+
 @dataclass
 class SyncResult:
     """What one invocation did. ``counts`` are for the whole run (all attempts)."""
@@ -108,6 +114,9 @@ class SyncOptions:
     batch_size: int = BATCH_SIZE
     #: hold back every delete of a run that would delete more than this (rclone --max-delete)
     max_delete: DeleteLimit | None = None
+    #: set (from any thread) to stop the sync at the next listing page: the batch in flight is
+    #: written, the run is left resumable, ``SyncStopped`` is raised
+    stop: threading.Event | None = None
     #: called with each non-UNCHANGED change of a dry run, in key order
     on_plan: Callable[[Change], None] | None = None
     #: called after every listing page with the running counters and ``to_delete``, the
@@ -315,6 +324,8 @@ async def sync_dataset(
     async def listing() -> AsyncIterator[ObjectInfo]:
         pages = driver.list(prefix, start_after=start_after)
         async for seq, page in prefetch(pages, before_page=catalog.event_seq):
+            if options.stop is not None and options.stop.is_set():
+                raise SyncStopped("stopped before the listing completed (shutting down)")
             seen[0] = seq
             for obj in page:
                 counts["listed"] += 1
@@ -354,6 +365,8 @@ async def sync_dataset(
             applier.flush()
             with transaction(catalog.db):
                 checkpoint.finish(run, "failed", error)
+        if isinstance(exc, SyncStopped):
+            raise SyncStopped(f"sync of dataset {dataset.name!r} {error}") from None
         raise SyncFailed(
             f"sync of dataset {dataset.name!r} failed, nothing was deleted: {error}"
         ) from exc

@@ -140,6 +140,9 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
             "CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)",
             "INSERT INTO counters (name, value) VALUES ('event_seq', 0)",
             "ALTER TABLE key_markers ADD COLUMN seq INTEGER NOT NULL DEFAULT 0",
+            # the provider's time of the newest event applied per key (tombstones included):
+            # orders events that carry no marker (moto, local folder watches)
+            "ALTER TABLE key_markers ADD COLUMN event_time TEXT",
             "ALTER TABLE pending_deletes ADD COLUMN seen_seq INTEGER NOT NULL DEFAULT 0",
             # every attempt of a run (a resumed run has several): when, how far, what error
             """CREATE TABLE run_attempts (

@@ -1,0 +1,187 @@
+"""Scheduled reconciles: every dataset at start, then every ``interval`` seconds (with jitter).
+
+One task per dataset runs its reconciles one after another, so a dataset never has two runs
+at once in this daemon; the dataset's lease keeps a one-shot ``syncd sync`` (or, later, another
+worker) from running beside it. A reconcile runs in a thread of its own, with its own catalog
+connection and event loop, so neither its listing nor its sqlite writes block the daemon's
+loop. A failed reconcile is logged, counted and retried with exponential backoff (capped at
+the interval); it never stops the daemon. ``trigger(name)`` asks for a reconcile now (the API's
+``POST /datasets/{name}/sync``, a folder watch that lost events).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from providers.errors import StorageError
+from syncd import api
+from syncd.config import DatasetSpec
+from syncd.daemon.metrics import Metrics
+from syncd.errors import SyncdError
+from syncd.reconcile.sync import DatasetBusy, SyncOptions, SyncResult, SyncStopped
+from syncd.store.catalog import Catalog
+
+log = logging.getLogger("syncd.daemon")
+
+#: first retry delay after a failed reconcile (doubles each failure, capped at the interval)
+BACKOFF_BASE = 5.0
+#: a reconcile waits this long, then again, while a one-shot sync holds the dataset
+BUSY_RETRY = 10.0
+#: at most this many reconciles run at once (each lists one bucket and writes the catalog)
+MAX_CONCURRENT = 4
+JITTER = 0.1
+
+
+def jittered(seconds: float) -> float:
+    """``seconds`` +/- 10 %, so datasets with one interval do not all list at once."""
+    return seconds * random.uniform(1 - JITTER, 1 + JITTER)
+
+
+@dataclass
+class DatasetState:
+    """What the daemon knows of one dataset's schedule (read by the API and metrics)."""
+
+    name: str
+    interval: float
+    running: bool = False
+    last_result: dict[str, Any] | None = None
+    last_error: str | None = None
+    failures: int = 0
+    next_run_at: float | None = None  # time.time()
+    runs: int = 0
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "interval": self.interval,
+            "running": self.running,
+            "failures": self.failures,
+            "next_run_at": self.next_run_at,
+            "last_error": self.last_error,
+            "last_result": self.last_result,
+        }
+
+
+class Scheduler:
+    """Runs the reconciles of the configured datasets until ``stop`` is set."""
+
+    def __init__(
+        self,
+        db_path: str,
+        specs: dict[str, DatasetSpec],
+        intervals: dict[str, float],
+        metrics: Metrics,
+        stop: asyncio.Event,
+        *,
+        on_result: Callable[[str, SyncResult], None] | None = None,
+    ) -> None:
+        self.db_path = db_path
+        self.specs = specs
+        self.metrics = metrics
+        self.stop = stop
+        self.on_result = on_result
+        self.states = {name: DatasetState(name, intervals[name]) for name in specs}
+        self._limit = asyncio.Semaphore(MAX_CONCURRENT)
+        # set on shutdown: a reconcile in flight writes its batch and stops at the next page
+        self._halt = threading.Event()
+
+    def trigger(self, name: str) -> bool:
+        """Ask for a reconcile of ``name`` now; False if the daemon does not schedule it."""
+        state = self.states.get(name)
+        if state is None:
+            return False
+        state.wake.set()
+        return True
+
+    async def run(self) -> None:
+        """One task per dataset; returns when ``stop`` is set and every reconcile has stopped
+        (the one in flight writes its batch and is left resumable)."""
+        tasks = [asyncio.create_task(self._loop(state)) for state in self.states.values()]
+        await self.stop.wait()
+        self._halt.set()
+        for state in self.states.values():
+            state.wake.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _loop(self, state: DatasetState) -> None:
+        delay = 0.0  # every dataset is reconciled at start
+        while not self.stop.is_set():
+            state.next_run_at = time.time() + delay
+            if delay > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(state.wake.wait(), timeout=delay)
+            state.wake.clear()
+            if self.stop.is_set():
+                return
+            async with self._limit:
+                if self.stop.is_set():
+                    return
+                delay = await self._reconcile(state)
+
+    async def _reconcile(self, state: DatasetState) -> float:
+        """Run one reconcile; return the delay until the next one."""
+        state.running, state.next_run_at = True, None
+        started = time.monotonic()
+        try:
+            result = await asyncio.to_thread(self._sync_blocking, state.name)
+        except SyncStopped:
+            return 0.0
+        except DatasetBusy as exc:
+            log.warning("%s; trying again in %.0fs", exc, BUSY_RETRY)
+            self.metrics.sync_runs.labels(state.name, "busy").inc()
+            return jittered(BUSY_RETRY)
+        except (SyncdError, StorageError, OSError) as exc:
+            state.failures += 1
+            state.last_error = str(exc)
+            delay = min(state.interval, BACKOFF_BASE * 2 ** (state.failures - 1))
+            log.error("reconcile of %r failed (%s); retrying in %.0fs", state.name, exc, delay)
+            self.metrics.sync_runs.labels(state.name, "failed").inc()
+            return jittered(delay)
+        except Exception as exc:  # a bug must not stop the other datasets or the daemon
+            state.failures += 1
+            state.last_error = f"internal error: {type(exc).__name__}: {exc}"
+            log.exception("reconcile of %r failed with an internal error", state.name)
+            self.metrics.sync_runs.labels(state.name, "failed").inc()
+            return jittered(min(state.interval, BACKOFF_BASE * 2 ** (state.failures - 1)))
+        finally:
+            state.running = False
+            self.metrics.sync_duration.labels(state.name).observe(time.monotonic() - started)
+        state.failures, state.last_error, state.runs = 0, None, state.runs + 1
+        state.last_result = result.as_dict()
+        c = result.counts
+        log.info(
+            "reconciled %r: %d listed, %d created, %d updated, %d deleted, %d unchanged in %.2fs",
+            state.name,
+            c["listed"],
+            c["created"],
+            c["updated"],
+            c["deleted"],
+            c["unchanged"],
+            result.seconds,
+        )
+        self.metrics.sync_runs.labels(state.name, "completed").inc()
+        self.metrics.objects_listed.labels(state.name).inc(c["listed"])
+        for action in ("created", "updated", "deleted"):
+            self.metrics.items_changed.labels(state.name, action, "reconcile").inc(c[action])
+        self.metrics.last_success.labels(state.name).set(time.time())
+        if self.on_result:
+            self.on_result(state.name, result)
+        return jittered(state.interval)
+
+    def _sync_blocking(self, name: str) -> SyncResult:
+        """One reconcile, on a worker thread with its own connection and event loop."""
+        spec = self.specs[name]
+        options = SyncOptions(max_delete=spec.max_delete, stop=self._halt)
+        catalog = Catalog.open(self.db_path)
+        try:
+            return asyncio.run(api.sync(catalog, name, spec=spec, options=options))
+        finally:
+            catalog.close()

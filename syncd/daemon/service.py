@@ -1,0 +1,245 @@
+"""``syncd run``: one daemon keeps every configured dataset current.
+
+What runs, all on one asyncio loop (blocking work in threads):
+
+* the **scheduler** (:mod:`.scheduler`): every dataset at start, then every ``interval``;
+* one **queue consumer** per ``[queues.NAME]`` (:mod:`.queues`): the fast path from bucket
+  notifications; a message is acknowledged only after its events are committed;
+* one **folder watch** per local-folder dataset with ``watch = true`` (:mod:`.watch`);
+* the **HTTP API** if ``[server]`` is configured (:mod:`syncd.server`);
+* the **intake** (:mod:`.intake`) that every event source hands its events to, and the
+  **catalog thread** (:mod:`.catalog_thread`) that owns the daemon's catalog connection.
+
+One daemon per catalog: the daemon holds the catalog's ``daemon`` lease (:mod:`syncd.store.lease`)
+while it runs; a second one refuses with :class:`DaemonBusy`. On a shared PostgreSQL catalog
+the same lease becomes per-dataset work sharing.
+
+Shutdown (SIGTERM/SIGINT sets ``stop``): the server stops taking requests, consumers stop
+polling (messages received but not committed come back from the queue), watches stop, the
+reconcile in flight writes its batch and is left resumable; then the lease is released.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from providers.config import Integration
+from syncd import api
+from syncd.config import DatasetSpec
+from syncd.daemon.catalog_thread import CatalogThread
+from syncd.daemon.intake import Intake
+from syncd.daemon.metrics import Metrics
+from syncd.daemon.scheduler import Scheduler
+from syncd.errors import SyncdError
+from syncd.store import lease
+from syncd.store.catalog import Catalog
+from syncd.store.db import transaction
+
+log = logging.getLogger("syncd.daemon")
+
+#: the daemon renews its catalog lease this often (its ttl is lease.DEFAULT_TTL)
+LEASE_RENEW_SECONDS = lease.DEFAULT_TTL / 4
+
+
+class DaemonBusy(SyncdError):
+    """Another daemon holds the catalog."""
+
+    exit_code = 1
+
+
+@dataclass(frozen=True)
+class QueueSettings:
+    """One ``[queues.NAME]`` block."""
+
+    name: str
+    type: str
+    url: str | None = None
+    queue: str | None = None
+    account: str | None = None
+    subscription: str | None = None
+    integration: Integration | None = None
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+
+
+@dataclass(frozen=True)
+class DaemonSettings:
+    """Everything ``syncd run`` needs, from ``syncd.toml`` (see :mod:`syncd.config`)."""
+
+    datasets: dict[str, DatasetSpec]
+    interval: float = 3600.0
+    intervals: dict[str, float] = field(default_factory=dict)  # per-dataset overrides
+    watch: dict[str, bool] = field(default_factory=dict)  # local datasets: follow changes
+    queues: dict[str, QueueSettings] = field(default_factory=dict)
+    server: ServerSettings | None = None
+    #: seconds a queue consumer long-polls (shorter in tests makes shutdown quicker)
+    poll_seconds: int = 10
+
+
+def _take_catalog(catalog: Catalog, owner: str) -> lease.Holder | None:
+    with transaction(catalog.db):
+        return lease.acquire(catalog.db, lease.DAEMON, owner)
+
+
+def _renew(catalog: Catalog, owner: str) -> bool:
+    with transaction(catalog.db):
+        return lease.renew(catalog.db, lease.DAEMON, owner)
+
+
+def _release(catalog: Catalog, owner: str) -> None:
+    with transaction(catalog.db):
+        lease.release(catalog.db, lease.DAEMON, owner)
+
+
+class Daemon:
+    """The long-running service. ``await run()`` until ``stop`` is set."""
+
+    def __init__(
+        self,
+        settings: DaemonSettings,
+        db_path: str,
+        *,
+        stop: asyncio.Event | None = None,
+        api_token: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.db_path = db_path
+        self.stop = stop or asyncio.Event()
+        self.api_token = api_token
+        self.metrics = Metrics()
+        self.catalog = CatalogThread(db_path)
+        self.intake = Intake(self.catalog, settings.datasets, self.metrics)
+        intervals = {
+            name: float(settings.intervals.get(name, settings.interval))
+            for name in settings.datasets
+        }
+        self.scheduler = Scheduler(db_path, settings.datasets, intervals, self.metrics, self.stop)
+        self.owner = lease.new_owner()
+        self.consumer_stats: dict[str, Any] = {}
+        #: set once every component has started (the API answers, consumers poll)
+        self.ready = asyncio.Event()
+
+    async def run(self) -> None:
+        """Run until ``stop`` is set. Raises ``DaemonBusy`` if another daemon holds the
+        catalog, ``UsageError`` for a configuration that cannot start."""
+        await self.catalog.start()
+        try:
+            holder = await self.catalog.call(lambda c: _take_catalog(c, self.owner))
+            if holder is not None:
+                raise DaemonBusy(
+                    f"another syncd run ({holder.describe()}) is using catalog "
+                    f"{self.db_path!r}; stop it first, or pass another --db"
+                )
+            try:
+                await self._serve()
+            finally:
+                await self.catalog.call(lambda c: _release(c, self.owner))
+        finally:
+            await self.intake.close()
+            await self.catalog.close()
+
+    async def _ensure_datasets(self) -> None:
+        """Create configured datasets that do not exist yet, so events for them route from
+        the first second (their first reconcile fills them)."""
+
+        def ensure(catalog: Catalog) -> None:
+            for name, spec in self.settings.datasets.items():
+                api.ensure_dataset(catalog, name, spec=spec)
+
+        await self.catalog.call(ensure)
+
+    async def _serve(self) -> None:
+        await self._ensure_datasets()
+        tasks: list[asyncio.Task[Any]] = [
+            asyncio.create_task(self._keep_lease(), name="lease"),
+            asyncio.create_task(self.scheduler.run(), name="scheduler"),
+        ]
+        closers: list[Callable[[], Awaitable[None]]] = []
+        try:
+            for q in self.settings.queues.values():
+                tasks.append(asyncio.create_task(self._consume(q), name=f"queue:{q.name}"))
+            for name, spec in self.settings.datasets.items():
+                if spec.driver.type == "local" and self.settings.watch.get(name, True):
+                    closers.append(await self._watch(name, spec))
+            if self.settings.server is not None:
+                closers.append(await self._start_server(self.settings.server))
+            self.ready.set()
+            log.info(
+                "syncd run: %d dataset(s), %d queue(s), %d watch(es)%s",
+                len(self.settings.datasets),
+                len(self.settings.queues),
+                sum(1 for _ in closers) - (1 if self.settings.server else 0),
+                f", API on http://{self.settings.server.host}:{self.settings.server.port}"
+                if self.settings.server
+                else "",
+            )
+            await self.stop.wait()
+        finally:
+            self.stop.set()
+            for close in reversed(closers):
+                with contextlib.suppress(Exception):
+                    await close()
+            done = await asyncio.gather(*tasks, return_exceptions=True)
+            for task, outcome in zip(tasks, done, strict=True):
+                if isinstance(outcome, BaseException) and not isinstance(
+                    outcome, asyncio.CancelledError
+                ):
+                    log.error("%s stopped with an error: %s", task.get_name(), outcome)
+
+    async def _keep_lease(self) -> None:
+        while not self.stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop.wait(), LEASE_RENEW_SECONDS)
+            if self.stop.is_set():
+                return
+            if not await self.catalog.call(lambda c: _renew(c, self.owner)):
+                log.error("lost the catalog lease to another daemon; stopping")
+                self.stop.set()
+
+    async def _consume(self, q: QueueSettings) -> None:
+        from syncd.daemon.queues import open_consumer
+
+        consumer = open_consumer(
+            q.name,
+            q.type,
+            url=q.url,
+            queue=q.queue,
+            account=q.account,
+            subscription=q.subscription,
+            integration=q.integration,
+            wait_seconds=self.settings.poll_seconds,
+        )
+        self.consumer_stats[q.name] = getattr(consumer, "stats", None)
+
+        async def sink(events: list[Any], *, source: str) -> None:
+            await self.intake.deliver(events, source=source)
+
+        await consumer.run(sink, self.stop)
+
+    async def _watch(self, name: str, spec: DatasetSpec) -> Callable[[], Awaitable[None]]:
+        from syncd.daemon.watch import FolderWatch
+
+        async def sink(events: list[Any]) -> None:
+            await self.intake.deliver(events, source=f"watch:{name}", dataset=name)
+
+        async def overflow() -> None:
+            log.warning("folder watch of %r lost track of changes; reconciling", name)
+            self.scheduler.trigger(name)
+
+        watch = FolderWatch(spec.driver.bucket, sink, prefix=spec.driver.path, on_overflow=overflow)
+        await watch.start()
+        return watch.stop
+
+    async def _start_server(self, server: ServerSettings) -> Callable[[], Awaitable[None]]:
+        from syncd.server.app import start_daemon_api
+
+        return await start_daemon_api(self, server.host, server.port, self.api_token or "")
