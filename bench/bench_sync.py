@@ -25,10 +25,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from providers import DriverConfig, open_driver
-from syncd.catalog import Catalog
-from syncd.filters import Filters
-from syncd.source import canonical
-from syncd.sync import SyncOptions, sync_dataset
+from syncd.reconcile.filters import Filters
+from syncd.reconcile.source import canonical
+from syncd.reconcile.sync import SyncOptions, sync_dataset
+from syncd.store.catalog import Catalog
 
 
 def make_local(root: Path, n: int) -> DriverConfig:

@@ -1,5 +1,5 @@
 """Ready-to-deploy bucket-event handlers: AWS Lambda, Google Cloud Functions, Azure Functions.
 
 Each handler imports only its own cloud's function runtime and hands the provider payload to
-:mod:`syncd.delivery` (``SYNCD_API_URL`` + ``SYNCD_API_TOKEN``, or ``SYNCD_DB``).
+:mod:`syncd.events.delivery` (``SYNCD_API_URL`` + ``SYNCD_API_TOKEN``, or ``SYNCD_DB``).
 """

@@ -22,8 +22,8 @@ import logging
 import os
 from typing import Any
 
-from syncd.delivery import DeliveryError, deliver
-from syncd.events import EventFormatError, Parsed, parse, parse_record
+from syncd.events.delivery import DeliveryError, deliver
+from syncd.events.parse import EventFormatError, Parsed, parse, parse_record
 
 log = logging.getLogger("syncd.lambda")
 log.setLevel(os.environ.get("LOG_LEVEL", "INFO"))

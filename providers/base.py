@@ -20,11 +20,13 @@ The SDKs are synchronous; drivers run each blocking call in a worker thread thro
 from __future__ import annotations
 
 import abc
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
 
 DEFAULT_PAGE_SIZE = 1000
+log = logging.getLogger("providers")
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +83,15 @@ class Driver(abc.ABC):
             raise ValueError("page_size must be positive")
         self.bucket = bucket
         self.page_size = page_size
+        #: objects seen by ``list`` but not yielded because no key can represent them (a
+        #: symlink leaving a folder, a file name that is not UTF-8): counted and logged, so a
+        #: sync can report them instead of dropping them silently
+        self.skipped = 0
+
+    def skip(self, name: str, reason: str) -> None:
+        """Record an object ``list`` leaves out, with why (one warning line each)."""
+        self.skipped += 1
+        log.warning("skipped %r in %s: %s", name, self.bucket, reason)
 
     @abc.abstractmethod
     def list(

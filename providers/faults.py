@@ -42,6 +42,14 @@ class FaultyDriver(Driver):
             budget -= len(page)
             yield page
 
+    @property  # type: ignore[override]
+    def skipped(self) -> int:
+        return self.inner.skipped
+
+    @skipped.setter
+    def skipped(self, value: int) -> None:
+        pass  # Driver.__init__ sets it; the count lives on the wrapped driver
+
     async def head(self, key: str) -> ObjectInfo:
         return await self.inner.head(key)
 

@@ -95,16 +95,25 @@ class LocalDriver(Driver):
                 continue
             if key.endswith(TMP_SUFFIX):
                 continue  # a put() in progress
-            if entry.is_symlink() and (
-                not self._inside_root(entry.path) or os.path.isdir(entry.path)
-            ):
-                continue
+            if entry.is_symlink():
+                if not self._inside_root(entry.path):
+                    self.skip(key, "symlink to a path outside the folder")
+                    continue
+                if os.path.isdir(entry.path):
+                    self.skip(key, "symlink to a folder (never followed)")
+                    continue
             try:
                 st = entry.stat(follow_symlinks=True)
             except FileNotFoundError:
-                continue
+                continue  # removed (or a dangling link) while we walked
             if not os.path.isfile(entry.path):
-                continue  # sockets, fifos, devices
+                self.skip(key, "not a regular file")  # sockets, fifos, devices
+                continue
+            if not _utf8(key):
+                # os.scandir hands undecodable bytes back as lone surrogates; no catalog,
+                # URI or JSON can hold such a key
+                self.skip(key, "file name is not valid UTF-8")
+                continue
             yield self._info(key, st)
 
     # -- interface -----------------------------------------------------------------------
@@ -188,3 +197,11 @@ class LocalDriver(Driver):
 
     def uri(self, key: str) -> str:
         return Path(self._path(key)).as_uri()
+
+
+def _utf8(key: str) -> bool:
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

@@ -6,18 +6,24 @@ or :class:`~providers.errors.StorageError`; the CLI maps those to one line and a
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import logging
 import os
 
 from providers import faults, open_driver
 from providers.base import Driver
 from providers.config import ConfigError, DriverConfig
-from syncd.catalog import Catalog, Dataset
 from syncd.config import DatasetSpec
-from syncd.errors import UsageError
-from syncd.filters import Filters
-from syncd.source import canonical, parse_source
-from syncd.sync import SyncOptions, SyncResult, sync_dataset
+from syncd.errors import SyncFailed, UsageError
+from syncd.reconcile.filters import Filters
+from syncd.reconcile.source import canonical, parse_source
+from syncd.reconcile.sync import DatasetBusy, SyncOptions, SyncResult, sync_dataset
+from syncd.store import lease
+from syncd.store.catalog import Catalog, Dataset
+from syncd.store.db import transaction
+
+log = logging.getLogger("syncd")
 
 
 def _azure_account(cfg: DriverConfig) -> DriverConfig:
@@ -31,6 +37,87 @@ def _azure_account(cfg: DriverConfig) -> DriverConfig:
         if name.strip().lower() == "accountname" and value:
             account = value.strip()
     return dataclasses.replace(cfg, account=account) if account else cfg
+
+
+def _wanted(
+    catalog: Catalog,
+    name: str,
+    source: str | None,
+    spec: DatasetSpec | None,
+    filters: Filters | None,
+) -> tuple[Dataset | None, str | None, DriverConfig | None, Filters | None]:
+    """The existing dataset and what SOURCE / spec / filters ask it to be (not written).
+
+    Returns ``(existing, canonical source, driver config, filters)``; the last three are None
+    where nothing asks for a change. Raises ``UsageError`` for an unknown dataset with nothing
+    to create it from, or for a SOURCE that does not match the dataset's binding.
+    """
+    existing = catalog.find_dataset(name)
+    if spec is not None:
+        cfg = _azure_account(spec.driver)
+        wanted = (canonical(cfg), cfg, spec.filters)
+    elif source is not None:
+        cfg = _azure_account(parse_source(source))
+        wanted = (canonical(cfg), cfg, filters)
+    else:
+        if existing is None:
+            catalog.get_dataset(name)  # raises the "unknown dataset" error with the known names
+        wanted = (None, None, filters)
+    src, cfg, flt = wanted
+    if existing is not None and src is not None and existing.source != src:
+        raise UsageError(
+            f"dataset {name!r} is bound to {existing.source}, not {src}; "
+            "name the same source (or none), or use another dataset name"
+        )
+    if existing is not None and source is not None:
+        cfg = None  # a SOURCE only names the binding; the stored driver settings stay
+    return existing, src, cfg, flt
+
+
+def preview_dataset(
+    catalog: Catalog,
+    name: str,
+    *,
+    source: str | None = None,
+    spec: DatasetSpec | None = None,
+    filters: Filters | None = None,
+) -> Dataset:
+    """The dataset as :func:`bind_dataset` would make it, without writing anything (dry run).
+
+    A dataset that does not exist yet comes back with id 0 (no items)."""
+    existing, src, cfg, flt = _wanted(catalog, name, source, spec, filters)
+    if existing is None:
+        assert src is not None and cfg is not None
+        return Dataset(0, name, src, cfg, flt or Filters(), "")
+    return dataclasses.replace(
+        existing,
+        driver=cfg or existing.driver,
+        filters=flt if flt is not None else existing.filters,
+    )
+
+
+def ensure_dataset(
+    catalog: Catalog,
+    name: str,
+    *,
+    source: str | None = None,
+    spec: DatasetSpec | None = None,
+    filters: Filters | None = None,
+) -> tuple[Dataset, bool]:
+    """The dataset, created from SOURCE or spec if it does not exist; ``(dataset, created)``.
+
+    An existing dataset is not changed here (that waits for its lease, see :func:`sync`)."""
+    existing, src, cfg, flt = _wanted(catalog, name, source, spec, filters)
+    if existing is not None:
+        return existing, False
+    assert src is not None and cfg is not None
+    try:
+        return catalog.create_dataset(name, src, cfg, flt or Filters()), True
+    except UsageError:
+        found = catalog.find_dataset(name)  # another process created it first
+        if found is None:
+            raise
+        return found, False
 
 
 def bind_dataset(
@@ -47,44 +134,18 @@ def bind_dataset(
       filters; its location must not move.
     * With ``source``: the first sync creates the dataset bound to SOURCE; later syncs must name
       the same SOURCE. ``filters``, when given, replace the stored ones.
-    * With neither: the dataset must exist and not depend on a config-file integration.
+    * With neither: the dataset must exist; ``filters``, when given, replace the stored ones.
+      An integration's credential references are stored with it, so no config file is needed.
     """
-    existing = catalog.find_dataset(name)
-    if spec is not None:
-        cfg = _azure_account(spec.driver)
-        src = canonical(cfg)
-        if existing is None:
-            return catalog.create_dataset(name, src, cfg, spec.filters)
-        _check_binding(existing, src)
-        return catalog.update_dataset(existing, cfg, spec.filters)
-    if source is not None:
-        cfg = _azure_account(parse_source(source))
-        src = canonical(cfg)
-        if existing is None:
-            return catalog.create_dataset(name, src, cfg, filters or Filters())
-        _check_binding(existing, src)
-        if filters is not None and filters != existing.filters:
-            return catalog.update_dataset(existing, existing.driver, filters)
-        return existing
+    existing, src, cfg, flt = _wanted(catalog, name, source, spec, filters)
     if existing is None:
-        catalog.get_dataset(name)  # raises the "unknown dataset" error with the known names
-    assert existing is not None
-    if existing.driver.integration is not None:
-        raise UsageError(
-            f"dataset {name!r} uses integration {existing.driver.integration.name!r} from a "
-            "config file; pass --config with that file"
-        )
-    if filters is not None and filters != existing.filters:
-        return catalog.update_dataset(existing, existing.driver, filters)
+        assert src is not None and cfg is not None
+        return catalog.create_dataset(name, src, cfg, flt or Filters())
+    driver = cfg or existing.driver
+    new_filters = flt if flt is not None else existing.filters
+    if driver != existing.driver or new_filters != existing.filters:
+        return catalog.update_dataset(existing, driver, new_filters)
     return existing
-
-
-def _check_binding(dataset: Dataset, source: str) -> None:
-    if dataset.source != source:
-        raise UsageError(
-            f"dataset {dataset.name!r} is bound to {dataset.source}, not {source}; "
-            "name the same source (or none), or use another dataset name"
-        )
 
 
 def open_dataset_driver(dataset: Dataset) -> Driver:
@@ -95,19 +156,70 @@ def open_dataset_driver(dataset: Dataset) -> Driver:
         raise UsageError(str(exc)) from None
 
 
-async def run_sync(
-    catalog: Catalog, dataset: Dataset, options: SyncOptions, *, new: bool = False
+#: how often a sync started with ``wait=True`` asks again for a busy dataset's lease
+WAIT_POLL_SECONDS = 0.5
+
+
+async def take_lease(catalog: Catalog, dataset: Dataset, owner: str, *, wait: bool) -> None:
+    """Take ``dataset``'s lease for ``owner``; if another live process holds it, raise
+    ``DatasetBusy`` naming it, or with ``wait`` ask again until it is free."""
+    announced = False
+    while True:
+        with transaction(catalog.db):
+            if catalog.find_dataset(dataset.name) is None:
+                raise SyncFailed(
+                    f"dataset {dataset.name!r} was removed while this sync waited for it "
+                    "(the other sync was its first and failed); run the sync again"
+                )
+            holder = lease.acquire(catalog.db, lease.for_dataset(dataset.id), owner)
+        if holder is None:
+            return
+        if not wait:
+            raise DatasetBusy(dataset.name, holder)
+        if not announced:
+            log.warning(
+                "dataset %r is being synced by %s; waiting", dataset.name, holder.describe()
+            )
+            announced = True
+        await asyncio.sleep(WAIT_POLL_SECONDS)
+
+
+async def sync(
+    catalog: Catalog,
+    name: str,
+    *,
+    source: str | None = None,
+    spec: DatasetSpec | None = None,
+    filters: Filters | None = None,
+    options: SyncOptions | None = None,
+    wait: bool = False,
 ) -> SyncResult:
-    """Sync ``dataset``. If it was ``new`` (created for this sync) and the first sync fails
-    before writing any item, the dataset is removed again, so a typo in a bucket name or bad
-    credentials leave nothing half-made behind; a dry run of a new dataset is removed too."""
-    try:
+    """Sync dataset ``name`` (created from ``source`` or ``spec`` on first use); the library
+    call behind ``syncd sync``.
+
+    * A dry run writes nothing at all: no dataset, no filters, no run row.
+    * Otherwise the dataset's lease is taken first (``DatasetBusy`` if another process syncs
+      it, unless ``wait``), then the binding is updated and the sync runs under the lease.
+    * A dataset created by this call whose first sync fails before writing any item is
+      removed again, so a typo in a bucket name or bad credentials leave nothing half-made.
+    """
+    options = options or SyncOptions()
+    if options.dry_run:
+        dataset = preview_dataset(catalog, name, source=source, spec=spec, filters=filters)
         async with open_dataset_driver(dataset) as driver:
-            result = await sync_dataset(catalog, dataset, driver, options)
-    except BaseException:
-        if new and catalog.count_items(dataset.id) == 0:
-            catalog.drop_dataset(dataset)
-        raise
-    if new and options.dry_run:
-        catalog.drop_dataset(dataset)  # a dry run leaves the catalog as it found it
-    return result
+            return await sync_dataset(catalog, dataset, driver, options)
+    dataset, new = ensure_dataset(catalog, name, source=source, spec=spec, filters=filters)
+    owner = lease.new_owner()
+    await take_lease(catalog, dataset, owner, wait=wait)
+    try:
+        dataset = bind_dataset(catalog, name, source=source, spec=spec, filters=filters)
+        try:
+            async with open_dataset_driver(dataset) as driver:
+                return await sync_dataset(catalog, dataset, driver, options, owner=owner)
+        except BaseException:
+            if new and catalog.count_items(dataset.id) == 0:
+                catalog.drop_dataset(dataset)  # with its lease
+            raise
+    finally:
+        with transaction(catalog.db):
+            lease.release(catalog.db, lease.for_dataset(dataset.id), owner)

@@ -19,14 +19,16 @@ import click
 from providers.config import ConfigError
 from providers.errors import StorageError
 from syncd import api
-from syncd.catalog import Catalog
-from syncd.checkpoint import DEFAULT_RESUME_WITHIN, Checkpoint
 from syncd.config import find_config, load_config
-from syncd.db import default_db_path
 from syncd.errors import SyncdError, UsageError
-from syncd.filters import Filters
-from syncd.reconcile import Action, Change
-from syncd.sync import SyncOptions, SyncResult
+from syncd.limits import MaxDelete, MaxDeleteType
+from syncd.reconcile.filters import Filters
+from syncd.reconcile.march import Action, Change
+from syncd.reconcile.sync import DatasetBusy, SyncOptions, SyncResult
+from syncd.store import lease
+from syncd.store.catalog import Catalog, Dataset
+from syncd.store.checkpoint import DEFAULT_RESUME_WITHIN, Checkpoint, Run
+from syncd.store.db import default_db_path, transaction
 from syncd.units import UNITS_HELP, SizeType
 
 DB_HELP = "catalog file [default: $SYNCD_DB, else ./syncd.db]"
@@ -61,7 +63,8 @@ class Progress:
         rate = counts["listed"] / max(t - self.started, 1e-6)
         click.echo(
             f"\rlisted {counts['listed']:,} ({rate:,.0f}/s)  +{counts['created']:,} "
-            f"~{counts['updated']:,} -{counts['deleted']:,} ={counts['unchanged']:,}",
+            f"~{counts['updated']:,} -{counts.get('to_delete', counts['deleted']):,} "
+            f"={counts['unchanged']:,}",
             nl=False,
             err=True,
         )
@@ -108,7 +111,7 @@ def cli(debug: bool) -> None:
     metavar="SIZE",
     help=f"leave out objects larger than SIZE: bytes, or a number with a unit ({UNITS_HELP})",
 )
-@click.option("--dry-run", is_flag=True, help="print the plan, change nothing")
+@click.option("--dry-run", is_flag=True, help="print the plan, change nothing, write nothing")
 @click.option("--restart", is_flag=True, help="ignore an interrupted run and list from the start")
 @click.option(
     "--resume-within",
@@ -118,6 +121,13 @@ def cli(debug: bool) -> None:
     metavar="SECONDS",
     help="resume an interrupted run only if it started this recently",
 )
+@click.option(
+    "--max-delete",
+    type=MaxDeleteType(),
+    metavar="N|P%",
+    help="if more than N items (or P% of the dataset) would be deleted, delete none and exit 1",
+)
+@click.option("--wait", is_flag=True, help="if another process is syncing the dataset, wait for it")
 @_json_option
 def sync(
     source: str | None,
@@ -130,12 +140,15 @@ def sync(
     dry_run: bool,
     restart: bool,
     resume_within: float,
+    max_delete: MaxDelete | None,
+    wait: bool,
     as_json: bool,
 ) -> None:
     """Make a dataset equal to SOURCE (or to its bound source, or to --config's datasets).
 
     SOURCE is s3://bucket[/prefix], gs://bucket[/prefix], az://container[/prefix],
-    file:///dir or a folder path.
+    file:///dir or a folder path. Only one sync of a dataset runs at a time: another one
+    refuses (exit 1) or, with --wait, waits.
     """
     if config_path and source:
         raise UsageError("give either SOURCE or --config, not both")
@@ -157,25 +170,35 @@ def sync(
         if (include or exclude or max_size is not None)
         else None
     )
-    catalog = Catalog.open(db_path or default_db_path())
+    path = db_path or default_db_path()
+    # a dry run writes nothing, not even a new catalog file
+    catalog = Catalog.open_preview(path) if dry_run else Catalog.open(path)
     try:
         names = [dataset_name] if dataset_name else sorted(specs or {})
         failures = 0
         for name in names:
-            new = catalog.find_dataset(name) is None
-            dataset = api.bind_dataset(
-                catalog, name, source=source, spec=specs[name] if specs else None, filters=filters
-            )
+            spec = specs[name] if specs else None
             progress = Progress(sys.stderr.isatty() and not as_json and not dry_run)
             options = SyncOptions(
                 dry_run=dry_run,
                 restart=restart,
                 resume_within=resume_within,
+                max_delete=max_delete or _spec_max_delete(spec),
                 on_plan=(lambda c: _print_plan(c, as_json)) if dry_run else None,
                 on_progress=progress,
             )
             try:
-                result = asyncio.run(api.run_sync(catalog, dataset, options, new=new))
+                result = asyncio.run(
+                    api.sync(
+                        catalog,
+                        name,
+                        source=source,
+                        spec=spec,
+                        filters=filters,
+                        options=options,
+                        wait=wait,
+                    )
+                )
             except (SyncdError, StorageError) as exc:
                 progress.done()
                 if len(names) == 1:
@@ -184,11 +207,24 @@ def sync(
                 click.echo(f"syncd: error: {exc}", err=True)
                 continue
             progress.done()
-            _print_summary(result, dataset.source, as_json)
+            source_text = result_source(catalog, name, source, spec)
+            _print_summary(result, source_text, as_json)
         if failures:
             sys.exit(1)
     finally:
         catalog.close()
+
+
+def _spec_max_delete(spec: Any) -> MaxDelete | None:
+    return getattr(spec, "max_delete", None) if spec is not None else None
+
+
+def result_source(catalog: Catalog, name: str, source: str | None, spec: Any) -> str:
+    """The canonical SOURCE of the synced dataset, for the summary line."""
+    found = catalog.find_dataset(name)
+    if found is not None:
+        return found.source
+    return api.preview_dataset(catalog, name, source=source, spec=spec).source
 
 
 def _print_plan(change: Change, as_json: bool) -> None:
@@ -205,10 +241,14 @@ def _print_summary(result: SyncResult, source: str, as_json: bool) -> None:
     c = result.counts
     verb = "planned" if result.dry_run else "synced"
     resumed = f" (resumed after {result.resumed_after!r})" if result.resumed_after else ""
+    # every listed object is created, updated, unchanged or filtered
+    extra = f", {c['filtered']:,} filtered" + (
+        f", {c['skipped']:,} skipped" if c["skipped"] else ""
+    )
     click.echo(
         f"{verb} dataset {result.dataset!r} from {source}{resumed}: {c['listed']:,} listed, "
         f"{c['created']:,} created, {c['updated']:,} updated, {c['deleted']:,} deleted, "
-        f"{c['unchanged']:,} unchanged in {result.seconds:.2f}s"
+        f"{c['unchanged']:,} unchanged{extra} in {result.seconds:.2f}s"
     )
 
 
@@ -217,42 +257,127 @@ def datasets() -> None:
     """Datasets in the catalog."""
 
 
+def _run_public(run: Run, checkpoint: Checkpoint | None = None) -> dict[str, Any]:
+    """A run as printed by ``--json``; with ``checkpoint``, every attempt too."""
+    out: dict[str, Any] = {
+        "id": run.id,
+        "status": run.status,
+        "started_at": run.started_at,
+        "ended_at": run.ended_at,
+        "seconds": round(run.seconds, 3),
+        "attempts": run.attempts,
+        **run.counts,
+        "held_deletes": run.held_deletes,
+        "error": run.error,
+    }
+    if checkpoint is not None:
+        out["attempt_history"] = [a.public() for a in checkpoint.attempts(run)]
+    return out
+
+
+def _dataset_public(catalog: Catalog, ds: Dataset, checkpoint: Checkpoint) -> dict[str, Any]:
+    last = next(iter(checkpoint.history(ds.id, limit=1)), None)
+    return {
+        "name": ds.name,
+        "source": ds.source,
+        "driver": ds.driver.public(),
+        "filters": json.loads(ds.filters.to_json()),
+        "items": catalog.count_items(ds.id),
+        "created_at": ds.created_at,
+        "last_run": None if last is None else _run_public(last),
+    }
+
+
 @datasets.command("ls")
 @_db_option
 @_json_option
 def datasets_ls(db_path: str | None, as_json: bool) -> None:
     """List datasets with their source, item count and last run."""
-    catalog = Catalog.open(db_path or default_db_path(), create=False)
+    catalog = Catalog.open_reader(db_path or default_db_path())
     try:
         checkpoint = Checkpoint(catalog.db)
+        if not as_json:
+            click.echo("NAME\tSOURCE\tITEMS\tLAST RUN")
         for ds in catalog.list_datasets():
-            count = catalog.count_items(ds.id)
-            last = next(iter(checkpoint.history(ds.id, limit=1)), None)
+            row = _dataset_public(catalog, ds, checkpoint)
             if as_json:
-                _emit(
-                    {
-                        "name": ds.name,
-                        "source": ds.source,
-                        "driver": ds.driver.public(),
-                        "filters": json.loads(ds.filters.to_json()),
-                        "items": count,
-                        "created_at": ds.created_at,
-                        "last_run": None
-                        if last is None
-                        else {
-                            "status": last.status,
-                            "started_at": last.started_at,
-                            "ended_at": last.ended_at,
-                            **last.counts,
-                            "error": last.error,
-                        },
-                    }
+                _emit(row)
+                continue
+            last = row["last_run"]
+            status = (
+                f"{last['status']} {last['ended_at'] or last['started_at']}"
+                if last
+                else "never synced"
+            )
+            click.echo(f"{ds.name}\t{ds.source}\t{row['items']}\t{status}")
+    finally:
+        catalog.close()
+
+
+@datasets.command("show")
+@click.argument("name")
+@_db_option
+@_json_option
+def datasets_show(name: str, db_path: str | None, as_json: bool) -> None:
+    """Show one dataset: source, driver settings, filters, item count and last run."""
+    catalog = Catalog.open_reader(db_path or default_db_path())
+    try:
+        row = _dataset_public(catalog, catalog.get_dataset(name), Checkpoint(catalog.db))
+    finally:
+        catalog.close()
+    if as_json:
+        _emit(row)
+        return
+    driver = {k: v for k, v in row["driver"].items() if v not in (None, "", False)}
+    last = row["last_run"]
+    lines = [
+        ("name", row["name"]),
+        ("source", row["source"]),
+        ("driver", ", ".join(f"{k}={v}" for k, v in driver.items())),
+        ("filters", json.dumps(row["filters"], sort_keys=True)),
+        ("items", f"{row['items']:,}"),
+        ("created", row["created_at"]),
+        (
+            "last run",
+            "never synced"
+            if last is None
+            else f"#{last['id']} {last['status']} {last['started_at']} "
+            f"(+{last['created']} ~{last['updated']} -{last['deleted']}, "
+            f"{last['seconds']:.1f}s){' ' + last['error'] if last['error'] else ''}",
+        ),
+    ]
+    for label, value in lines:
+        click.echo(f"{label + ':':<10} {value}")
+
+
+@datasets.command("rm")
+@click.argument("name")
+@_db_option
+@click.option("--yes", is_flag=True, help="do not ask for confirmation")
+def datasets_rm(name: str, db_path: str | None, yes: bool) -> None:
+    """Remove a dataset with its items and run history (the bucket is not touched).
+
+    Refuses while a sync of the dataset is running."""
+    catalog = Catalog.open(db_path or default_db_path(), create=False)
+    try:
+        ds = catalog.get_dataset(name)
+        count = catalog.count_items(ds.id)
+        if not yes:
+            if not sys.stdin.isatty():
+                raise UsageError(
+                    f"removing dataset {name!r} ({count:,} items) needs confirmation; "
+                    "pass --yes when not on a terminal"
                 )
-            else:
-                status = (
-                    f"{last.status} {last.ended_at or last.started_at}" if last else "never synced"
-                )
-                click.echo(f"{ds.name}\t{ds.source}\t{count} items\t{status}")
+            click.confirm(
+                f"Remove dataset {name!r} and its {count:,} items from the catalog?", abort=True
+            )
+        owner = lease.new_owner()
+        with transaction(catalog.db):
+            holder = lease.acquire(catalog.db, lease.for_dataset(ds.id), owner)
+        if holder is not None:
+            raise DatasetBusy(name, holder)
+        catalog.drop_dataset(ds)
+        click.echo(f"removed dataset {name!r} ({count:,} items)")
     finally:
         catalog.close()
 
@@ -266,17 +391,36 @@ def items() -> None:
 @click.option("--dataset", "dataset_name", required=True, metavar="NAME")
 @_db_option
 @click.option("--prefix", default="", metavar="P", help="only items whose key starts with P")
+@click.option("--limit", type=click.IntRange(min=1), metavar="N", help="at most N items")
 @_json_option
-def items_ls(dataset_name: str, db_path: str | None, prefix: str, as_json: bool) -> None:
+def items_ls(
+    dataset_name: str, db_path: str | None, prefix: str, limit: int | None, as_json: bool
+) -> None:
     """List a dataset's items in key order (streamed)."""
-    catalog = Catalog.open(db_path or default_db_path(), create=False)
+    catalog = Catalog.open_reader(db_path or default_db_path())
     try:
         ds = catalog.get_dataset(dataset_name)
-        for item in catalog.iter_items(ds.id, prefix=prefix):
+        if not as_json:
+            click.echo("FILENAME\tSIZE\tETAG\tURI")
+        for item in catalog.iter_items(ds.id, prefix=prefix, limit=limit):
             if as_json:
                 _emit(item.public())
             else:
                 click.echo(f"{item.filename}\t{item.size}\t{item.etag}\t{item.uri}")
+    finally:
+        catalog.close()
+
+
+@items.command("count")
+@click.option("--dataset", "dataset_name", required=True, metavar="NAME")
+@_db_option
+@click.option("--prefix", default="", metavar="P", help="only items whose key starts with P")
+def items_count(dataset_name: str, db_path: str | None, prefix: str) -> None:
+    """Print how many items a dataset has (under a key prefix)."""
+    catalog = Catalog.open_reader(db_path or default_db_path())
+    try:
+        ds = catalog.get_dataset(dataset_name)
+        click.echo(catalog.count_items(ds.id, prefix=prefix))
     finally:
         catalog.close()
 
@@ -292,28 +436,24 @@ def runs() -> None:
 @click.option("--limit", default=20, show_default=True, type=click.IntRange(min=1))
 @_json_option
 def runs_ls(dataset_name: str, db_path: str | None, limit: int, as_json: bool) -> None:
-    """List a dataset's latest runs, newest first."""
-    catalog = Catalog.open(db_path or default_db_path(), create=False)
+    """List a dataset's latest runs, newest first, with every attempt's error in --json.
+
+    A run whose process is gone (killed, crashed, interrupted) shows as ``interrupted``."""
+    catalog = Catalog.open_reader(db_path or default_db_path())
     try:
         ds = catalog.get_dataset(dataset_name)
-        for run in Checkpoint(catalog.db).history(ds.id, limit=limit):
-            row = {
-                "id": run.id,
-                "status": run.status,
-                "started_at": run.started_at,
-                "ended_at": run.ended_at,
-                "attempts": run.attempts,
-                **run.counts,
-                "error": run.error,
-            }
+        checkpoint = Checkpoint(catalog.db)
+        if not as_json:
+            click.echo("ID\tSTATUS\tSTARTED\tDURATION\tATTEMPTS\tCHANGES\tERROR")
+        for run in checkpoint.history(ds.id, limit=limit):
             if as_json:
-                _emit(row)
-            else:
-                err = f"\t{run.error}" if run.error else ""
-                click.echo(
-                    f"{run.id}\t{run.status}\t{run.started_at}\t+{run.counts['created']} "
-                    f"~{run.counts['updated']} -{run.counts['deleted']}{err}"
-                )
+                _emit(_run_public(run, checkpoint))
+                continue
+            c = run.counts
+            click.echo(
+                f"{run.id}\t{run.status}\t{run.started_at}\t{run.seconds:.1f}s\t{run.attempts}"
+                f"\t+{c['created']} ~{c['updated']} -{c['deleted']}\t{run.error or ''}"
+            )
     finally:
         catalog.close()
 
@@ -333,8 +473,8 @@ def events_apply(file: Any, db_path: str | None, as_json: bool) -> None:
     FILE holds one JSON payload (object or array) or JSON lines. Events go to every dataset
     whose driver bucket and path contain the key; stale and duplicate events change nothing.
     """
-    from syncd.apply_events import apply_events
-    from syncd.events import EventFormatError, parse_text
+    from syncd.events.apply import apply_events
+    from syncd.events.parse import EventFormatError, parse_text
 
     try:
         parsed = parse_text(file.read())
@@ -362,7 +502,7 @@ def serve(db_path: str | None, host: str, port: int) -> None:
     """Run the HTTP API: POST /api/v1/events (bearer token from SYNCD_API_TOKEN), GET /healthz."""
     import os
 
-    from syncd.server import serve as run_server
+    from syncd.server.app import serve as run_server
 
     token = os.environ.get("SYNCD_API_TOKEN", "")
     if len(token) < 16:

@@ -52,6 +52,7 @@ import operator
 import os
 import re
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, time
 from pathlib import Path
@@ -68,7 +69,6 @@ from pydantic import (
     create_model,
     model_validator,
 )
-from pydantic_core import ErrorDetails
 
 from providers.config import (
     PLAIN_FIELDS,
@@ -79,8 +79,8 @@ from providers.config import (
     Integration,
 )
 from syncd.errors import UsageError
-from syncd.filters import Filters
 from syncd.limits import MaxDelete, parse_max_delete
+from syncd.reconcile.filters import Filters
 from syncd.units import parse_size
 
 #: environment variable naming the config file when ``--config`` is not given
@@ -398,7 +398,7 @@ def _file_location(loc: tuple[str | int, ...], raw: Any) -> tuple[str | int, ...
     return tuple(kept)
 
 
-def _why(error: ErrorDetails) -> str:
+def _why(error: Mapping[str, Any]) -> str:
     """Why the key is wrong, in the file's terms (TOML types, not Python's)."""
     kind, value, ctx = error["type"], error["input"], error.get("ctx", {})
     if kind in _EXPECTED:

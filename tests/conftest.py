@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from providers.config import DriverConfig, Integration
-from syncd.catalog import Catalog
+from syncd.store.catalog import Catalog
 from tests import emulators
 
 # moto accepts any key pair; boto3 just needs one to sign with. Never real credentials.

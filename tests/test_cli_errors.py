@@ -120,9 +120,9 @@ def test_config_file_syncs_declared_datasets(tmp_path: Path, folder: Path) -> No
     proc = syncd("sync", "--config", str(path), "--db", db, "--json")
     assert proc.returncode == 0, proc.stderr
     ls = syncd("items", "ls", "--dataset", "texts", "--db", db)
-    assert [line.split("\t")[0] for line in ls.stdout.splitlines()] == ["/sub/b.txt"]
+    assert [line.split("\t")[0] for line in ls.stdout.splitlines()[1:]] == ["/sub/b.txt"]
     ls = syncd("items", "ls", "--dataset", "all", "--db", db)
-    assert [line.split("\t")[0] for line in ls.stdout.splitlines()] == ["/a.txt", "/sub/b.txt"]
+    assert [line.split("\t")[0] for line in ls.stdout.splitlines()[1:]] == ["/a.txt", "/sub/b.txt"]
     one_line_error(
         syncd("sync", "--config", str(path), "--dataset", "other", "--db", db),
         2,

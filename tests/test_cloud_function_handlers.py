@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from providers.config import DriverConfig
-from syncd.catalog import Catalog
-from syncd.filters import Filters
+from syncd.reconcile.filters import Filters
+from syncd.store.catalog import Catalog
 from tests.conftest import dataset_state
 from tests.emulators import free_port, start_process
 from tests.test_events_parse import SAMPLES

@@ -9,10 +9,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from providers.config import DriverConfig
-from syncd.apply_events import apply_events
-from syncd.catalog import Catalog
-from syncd.events import EventKind, ObjectEvent, gcs_marker, pad_sequencer
-from syncd.filters import Filters
+from syncd.events.apply import apply_events
+from syncd.events.parse import EventKind, ObjectEvent, gcs_marker, pad_sequencer
+from syncd.reconcile.filters import Filters
+from syncd.store.catalog import Catalog
 from tests.conftest import catalog_state
 
 KEYS = ["raw/a.jpg", "raw/b c.jpg", "raw/ü+%.png", "other/x.jpg"]

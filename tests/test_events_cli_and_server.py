@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from providers.config import DriverConfig
-from syncd.catalog import Catalog
-from syncd.filters import Filters
+from syncd.reconcile.filters import Filters
+from syncd.store.catalog import Catalog
 from tests.emulators import free_port, start_process
 from tests.test_cli_errors import one_line_error
 from tests.test_events_parse import SAMPLES

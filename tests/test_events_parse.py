@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from syncd.events import (
+from syncd.events.parse import (
     EventFormatError,
     EventKind,
     gcs_marker,

@@ -52,8 +52,8 @@ def test_package_holds_only_what_the_cloud_needs(
     assert {
         entry,
         "requirements.txt",
-        "syncd/events.py",
-        "syncd/delivery.py",
+        "syncd/events/parse.py",
+        "syncd/events/delivery.py",
         "providers/base.py",
     } <= names
     assert not names & set(absent)

@@ -15,8 +15,8 @@ import pytest
 
 from functions.aws_lambda import handler
 from providers.config import DriverConfig
-from syncd.catalog import Catalog
-from syncd.filters import Filters
+from syncd.reconcile.filters import Filters
+from syncd.store.catalog import Catalog
 from tests.conftest import dataset_state
 from tests.emulators import Emulator
 from tests.test_events_parse import SAMPLES

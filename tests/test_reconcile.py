@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from providers.base import ObjectInfo
 from syncd.errors import ListingOrderError
-from syncd.reconcile import Action, march
+from syncd.reconcile.march import Action, march
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 

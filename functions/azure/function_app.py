@@ -18,8 +18,8 @@ from typing import Any
 
 import azure.functions as func
 
-from syncd.delivery import deliver
-from syncd.events import EventFormatError, parse
+from syncd.events.delivery import deliver
+from syncd.events.parse import EventFormatError, parse
 
 log = logging.getLogger("syncd.azfunc")
 log.setLevel(os.environ.get("LOG_LEVEL", "INFO"))

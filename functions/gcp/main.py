@@ -16,8 +16,8 @@ from typing import Any
 
 import functions_framework
 
-from syncd.delivery import deliver
-from syncd.events import EventFormatError, parse
+from syncd.events.delivery import deliver
+from syncd.events.parse import EventFormatError, parse
 
 log = logging.getLogger("syncd.gcf")
 log.setLevel(os.environ.get("LOG_LEVEL", "INFO"))

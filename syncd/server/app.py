@@ -1,6 +1,6 @@
 """``syncd serve``: the HTTP API that bucket-event handlers and webhooks deliver to.
 
-* ``POST /api/v1/events``: a provider payload (any format :mod:`syncd.events` reads, or JSON
+* ``POST /api/v1/events``: a provider payload (any format :mod:`syncd.events.parse` reads, or JSON
   lines). Needs ``Authorization: Bearer <SYNCD_API_TOKEN>``. Answers ``200`` with the counts
   applied, ``400`` with one error line for a malformed payload, ``401`` for a wrong token. An
   Event Grid subscription validation event is answered with ``{"validationResponse": code}``.
@@ -17,11 +17,11 @@ import logging
 
 from aiohttp import web
 
-from syncd.apply_events import apply_events
-from syncd.catalog import Catalog
-from syncd.events import EventFormatError, parse_text
+from syncd.events.apply import apply_events
+from syncd.events.parse import EventFormatError, parse_text
+from syncd.store.catalog import Catalog
 
-log = logging.getLogger("syncd.server")
+log = logging.getLogger("syncd.server.app")
 MAX_BODY = 10 * 1024 * 1024
 CATALOG = web.AppKey("catalog", Catalog)
 TOKEN = web.AppKey("token", str)

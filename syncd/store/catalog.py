@@ -5,13 +5,17 @@ the driver path (like a platform's ``external://`` item), ``uri`` the object's c
 The items of a dataset double as the per-key checkpoint (what was last seen for each key):
 they are written in the same transaction as the run's progress, so the two cannot disagree.
 
-No secret is ever stored: integrations are kept by name and type only; their credential
-references live in the user's config file and are resolved when a driver opens.
+No secret is ever stored: an integration is kept as its name, type and fields as written in
+the config, where every secret field is a *reference* (``env:NAME`` or ``file:/path``; literal
+secrets are refused by :class:`~providers.config.Integration`). The references are resolved
+each time a driver opens, so a dataset synced later without the config file still uses its own
+credentials, and a reference that cannot be resolved is an error, never a fallback.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -19,9 +23,9 @@ from typing import Any
 import sqlite_utils
 
 from providers.config import PUBLIC_FIELDS, DriverConfig, Integration
-from syncd.db import now, open_db, transaction
 from syncd.errors import UsageError
-from syncd.filters import Filters
+from syncd.reconcile.filters import Filters
+from syncd.store.db import now, open_db, transaction
 
 ITEM_FIELDS = (
     "filename",
@@ -79,7 +83,22 @@ class Catalog:
 
     @classmethod
     def open(cls, path: str, *, create: bool = True) -> Catalog:
+        """Open the catalog file at ``path`` for writing (creating it unless ``create`` is
+        False). ``UsageError`` if it is missing (with ``create=False``) or read-only."""
         return cls(open_db(path, create=create))
+
+    @classmethod
+    def open_reader(cls, path: str) -> Catalog:
+        """Open an existing catalog only to read it (a read-only file is fine)."""
+        return cls(open_db(path, create=False, write=False))
+
+    @classmethod
+    def open_preview(cls, path: str) -> Catalog:
+        """The catalog at ``path`` for a dry run, which must write nothing: the file itself if
+        it exists, else an empty catalog in memory (no file is created)."""
+        if os.path.exists(path):
+            return cls(open_db(path, create=False, write=False))
+        return cls(open_db(":memory:"))
 
     def close(self) -> None:
         self.db.close()
@@ -87,17 +106,23 @@ class Catalog:
     # -- integrations and drivers -----------------------------------------------------
 
     def _ensure_integration(self, integ: Integration) -> None:
+        """Record the integration (fields: references and plain values only)."""
+        fields = json.dumps(integ.fields, sort_keys=True)
         row = self.db.execute(
             "SELECT type FROM integrations WHERE name = ?", [integ.name]
         ).fetchone()
         if row is None:
             self.db.execute(
-                "INSERT INTO integrations (name, type, created_at) VALUES (?, ?, ?)",
-                [integ.name, integ.type, now()],
+                "INSERT INTO integrations (name, type, fields, created_at) VALUES (?, ?, ?, ?)",
+                [integ.name, integ.type, fields, now()],
             )
         elif row[0] != integ.type:
             raise UsageError(
                 f"integration {integ.name!r} is recorded as type {row[0]}, not {integ.type}"
+            )
+        else:
+            self.db.execute(
+                "UPDATE integrations SET fields = ? WHERE name = ?", [fields, integ.name]
             )
 
     def _ensure_driver(self, name: str, cfg: DriverConfig) -> int:
@@ -127,12 +152,16 @@ class Catalog:
     def create_dataset(
         self, name: str, source: str, driver: DriverConfig, filters: Filters
     ) -> Dataset:
-        """Create dataset ``name`` bound to ``driver``. Raises ``UsageError`` if it exists."""
+        """Create dataset ``name`` bound to ``driver``. Raises ``UsageError`` if it exists.
+
+        The existence check and the insert share one write transaction, so of two processes
+        creating the same dataset one succeeds and the other gets the ``UsageError``.
+        """
         if not name or name != name.strip():
             raise UsageError("a dataset name must be non-empty with no surrounding spaces")
-        if self.find_dataset(name) is not None:
-            raise UsageError(f"dataset {name!r} already exists")
         with transaction(self.db):
+            if self.find_dataset(name) is not None:
+                raise UsageError(f"dataset {name!r} already exists")
             driver_id = self._ensure_driver(driver.name or f"{name}-driver", driver)
             self.db.execute(
                 "INSERT INTO datasets (name, driver_id, source, filters, created_at)"
@@ -154,12 +183,15 @@ class Catalog:
     def drop_dataset(self, dataset: Dataset) -> None:
         """Remove a dataset with its items and runs (and its driver if nothing else uses it)."""
         with transaction(self.db):
-            self.db.execute(
-                "DELETE FROM pending_deletes WHERE run_id IN (SELECT id FROM runs WHERE dataset_id = ?)",
-                [dataset.id],
-            )
+            for table in ("pending_deletes", "run_attempts"):
+                self.db.execute(
+                    f"DELETE FROM {table} WHERE run_id IN"
+                    " (SELECT id FROM runs WHERE dataset_id = ?)",
+                    [dataset.id],
+                )
             for table in ("runs", "items", "key_markers"):
                 self.db.execute(f"DELETE FROM {table} WHERE dataset_id = ?", [dataset.id])
+            self.db.execute("DELETE FROM leases WHERE name = ?", [f"dataset:{dataset.id}"])
             driver_id = self.db.execute(
                 "SELECT driver_id FROM datasets WHERE id = ?", [dataset.id]
             ).fetchone()[0]
@@ -188,19 +220,30 @@ class Catalog:
         rows = self.db.execute(_DATASET_SELECT + " ORDER BY ds.name").fetchall()
         return [_dataset_from_row(r) for r in rows]
 
-    def count_items(self, dataset_id: int) -> int:
-        return int(
-            self.db.execute(
-                "SELECT count(*) FROM items WHERE dataset_id = ?", [dataset_id]
-            ).fetchone()[0]
-        )
+    def count_items(self, dataset_id: int, *, prefix: str = "") -> int:
+        """How many items the dataset has (whose key starts with ``prefix``)."""
+        sql, args = "SELECT count(*) FROM items WHERE dataset_id = ?", [dataset_id]
+        if prefix:
+            sql += " AND key >= ?"
+            args.append(prefix)
+            upper = prefix_upper_bound(prefix)
+            if upper is not None:
+                sql += " AND key < ?"
+                args.append(upper)
+        return int(self.db.execute(sql, args).fetchone()[0])
 
     # -- items ---------------------------------------------------------------------------
 
     def iter_items(
-        self, dataset_id: int, *, after: str | None = None, prefix: str = "", page: int = 1000
+        self,
+        dataset_id: int,
+        *,
+        after: str | None = None,
+        prefix: str = "",
+        page: int = 1000,
+        limit: int | None = None,
     ) -> Iterator[Item]:
-        """Items in key order, read in pages by key so memory stays bounded.
+        """Items in key order (at most ``limit``), read in pages so memory stays bounded.
 
         Each page is a fresh query starting after the last key returned, so rows written
         behind the cursor (the reconciler writes only keys it has already passed) are never
@@ -208,35 +251,68 @@ class Catalog:
         """
         cursor = after
         cols = ", ".join(Item.__dataclass_fields__)
-        while True:
+        upper = prefix_upper_bound(prefix) if prefix else None
+        left = limit
+        while left is None or left > 0:
+            size = page if left is None else min(page, left)
             sql = f"SELECT {cols} FROM items WHERE dataset_id = ?"
             args: list[Any] = [dataset_id]
             if cursor is not None:
                 sql += " AND key > ?"
                 args.append(cursor)
             if prefix:
-                # range scan instead of LIKE: LIKE would treat % and _ in keys as wildcards
-                sql += " AND key >= ? AND key < ?"
-                args += [prefix, prefix + "\U0010ffff"]
+                # a range scan instead of LIKE: LIKE would treat % and _ in keys as wildcards
+                sql += " AND key >= ?"
+                args.append(prefix)
+                if upper is not None:
+                    sql += " AND key < ?"
+                    args.append(upper)
             sql += " ORDER BY key LIMIT ?"
-            args.append(page)
+            args.append(size)
             rows = self.db.execute(sql, args).fetchall()
             for row in rows:
                 yield Item(*row)
-            if len(rows) < page:
+            if left is not None:
+                left -= len(rows)
+            if len(rows) < size:
                 return
             cursor = rows[-1][0]
 
-    def write_items(self, dataset_id: int, items: Iterable[Item]) -> None:
-        """Upsert items. The caller holds the transaction."""
-        cols = ("dataset_id", *Item.__dataclass_fields__)
+    def write_items(
+        self, dataset_id: int, items: Iterable[Item], *, seen_seq: Iterable[int] | None = None
+    ) -> None:
+        """Upsert items. The caller holds the transaction.
+
+        With ``seen_seq`` (one value per item: the event sequence read before the listing
+        page that showed the item), an item is written only if no event touched its key since:
+        a listing that saw a key before an event changed it must not undo the event.
+        """
+        fields = Item.__dataclass_fields__
+        cols = ("dataset_id", *fields)
         updates = ", ".join(
             f"{c} = excluded.{c}" for c in cols if c not in ("dataset_id", "key", "created_at")
         )
+        rows = [(dataset_id, *(getattr(i, f) for f in fields)) for i in items]
+        if seen_seq is None:
+            self.db.conn.executemany(
+                f"INSERT INTO items ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
+                f" ON CONFLICT (dataset_id, key) DO UPDATE SET {updates}",
+                rows,
+            )
+            return
+        # INSERT ... SELECT ... WHERE: no row selected means neither insert nor update
         self.db.conn.executemany(
-            f"INSERT INTO items ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
+            f"INSERT INTO items ({', '.join(cols)}) SELECT {', '.join('?' * len(cols))}"
+            " WHERE NOT EXISTS (SELECT 1 FROM key_markers km"
+            " WHERE km.dataset_id = ? AND km.key = ? AND km.seq > ?)"
             f" ON CONFLICT (dataset_id, key) DO UPDATE SET {updates}",
-            [(dataset_id, *(getattr(i, f) for f in Item.__dataclass_fields__)) for i in items],
+            [(*row, dataset_id, row[1], seq) for row, seq in zip(rows, seen_seq, strict=True)],
+        )
+
+    def event_seq(self) -> int:
+        """The catalog-wide sequence of applied event batches (see :meth:`write_items`)."""
+        return int(
+            self.db.execute("SELECT value FROM counters WHERE name = 'event_seq'").fetchone()[0]
         )
 
     def delete_items(self, dataset_id: int, keys: Iterable[str]) -> int:
@@ -248,23 +324,46 @@ class Catalog:
         return self.db.conn.total_changes - before
 
 
+def prefix_upper_bound(prefix: str) -> str | None:
+    """The smallest string greater than every string that starts with ``prefix`` (in code
+    point order, which is sqlite's BINARY order for UTF-8), or None if there is none.
+
+    ``prefix + "\U0010ffff"`` is *not* such a bound: a key continuing with U+10FFFF and more
+    sorts above it. Instead the last character that can be is incremented (skipping the
+    surrogate range, which UTF-8 cannot hold); trailing U+10FFFF characters are dropped.
+    """
+    chars = list(prefix)
+    while chars:
+        last = ord(chars.pop())
+        if last < 0x10FFFF:
+            nxt = last + 1
+            if 0xD800 <= nxt <= 0xDFFF:
+                nxt = 0xE000
+            return "".join(chars) + chr(nxt)
+    return None
+
+
 _DRIVER_COLUMNS = PUBLIC_FIELDS
 
 _DATASET_SELECT = (
     "SELECT ds.id, ds.name, ds.source, ds.filters, ds.created_at, d.name, "
     + ", ".join(f"d.{c}" for c in _DRIVER_COLUMNS)
-    + ", i.type FROM datasets ds JOIN drivers d ON d.id = ds.driver_id"
+    + ", i.type, i.fields FROM datasets ds JOIN drivers d ON d.id = ds.driver_id"
     " LEFT JOIN integrations i ON i.name = d.integration"
 )
 
 
 def _dataset_from_row(row: tuple[Any, ...]) -> Dataset:
-    ds_id, name, source, filters, created_at, driver_name, *driver_values, integ_type = row
+    ds_id, name, source, filters, created_at, driver_name, *driver_values = row
+    *driver_values, integ_type, integ_fields = driver_values
     values = dict(zip(_DRIVER_COLUMNS, driver_values, strict=True))
     integ_name = values.pop("integration")
     values["allow_external_delete"] = bool(values["allow_external_delete"])
-    # the integration's credential references are not stored: only its name comes back,
-    # and syncing such a dataset needs the config file that declares it (see syncd.sync)
-    integration = Integration(integ_name, integ_type) if integ_name else None
+    # references and plain values only: the secrets are read when the driver opens
+    integration = (
+        Integration(integ_name, integ_type, json.loads(integ_fields or "{}"))
+        if integ_name
+        else None
+    )
     driver = DriverConfig(**values, integration=integration, name=driver_name)
     return Dataset(ds_id, name, source, driver, Filters.from_json(filters), created_at)

@@ -29,9 +29,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from providers.base import object_uri
-from syncd.catalog import Catalog, Dataset, Item
-from syncd.db import now, transaction
-from syncd.events import EventKind, ObjectEvent
+from syncd.events.parse import EventKind, ObjectEvent
+from syncd.store.catalog import Catalog, Dataset, Item
+from syncd.store.db import now, transaction
 
 
 @dataclass

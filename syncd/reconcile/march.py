@@ -4,7 +4,7 @@
 key order, and says for every key whether it is new (``CREATE``), changed (``UPDATE``), the same
 (``UNCHANGED``) or gone (``DELETE``). It holds one record of each stream at a time, so memory
 does not grow with the bucket. It does no I/O of its own and decides nothing about *when* to
-apply a change: that is :mod:`syncd.sync`'s job (deletes wait for a complete listing).
+apply a change: that is :mod:`syncd.reconcile.sync`'s job (deletes wait for a complete listing).
 
 An out-of-order listing raises :class:`~syncd.errors.ListingOrderError` instead of producing a
 wrong plan.

@@ -37,7 +37,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote, unquote_plus, urlsplit
 
-log = logging.getLogger("syncd.events")
+log = logging.getLogger("syncd.events.parse")
 
 SEQUENCER_WIDTH = 64
 

@@ -19,7 +19,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from syncd.events import EventFormatError, Parsed, parse
+from syncd.events.parse import EventFormatError, Parsed, parse
 
 TIMEOUT = 30
 
@@ -37,8 +37,8 @@ def deliver(payload: Any, parsed: Parsed | None = None) -> dict[str, Any]:
         return _post(url, payload)
     db = os.environ.get("SYNCD_DB")
     if db:
-        from syncd.apply_events import apply_events
-        from syncd.catalog import Catalog
+        from syncd.events.apply import apply_events
+        from syncd.store.catalog import Catalog
 
         catalog = Catalog.open(db)
         try:

@@ -111,6 +111,51 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
             ) WITHOUT ROWID""",
         ],
     ),
+    (
+        "0004_runs_leases_integrations",
+        [
+            # an integration's fields as written in the config: plain values and secret
+            # *references* (env:NAME / file:/path); Integration refuses literal secrets, so no
+            # secret can reach this column. Resolved again on every run.
+            "ALTER TABLE integrations ADD COLUMN fields TEXT NOT NULL DEFAULT '{}'",
+            # who runs a dataset's sync ("dataset:<id>"), which daemon owns the catalog
+            # ("daemon"): one row per lease while it is held. A holder is gone when its lease
+            # expired or (same host) its process no longer exists.
+            """CREATE TABLE leases (
+                name TEXT PRIMARY KEY,
+                owner TEXT NOT NULL,
+                host TEXT NOT NULL,
+                pid INTEGER NOT NULL,
+                acquired_at TEXT NOT NULL,
+                expires_at TEXT NOT NULL
+            )""",
+            "ALTER TABLE runs ADD COLUMN owner TEXT",
+            "ALTER TABLE runs ADD COLUMN filtered INTEGER NOT NULL DEFAULT 0",
+            "ALTER TABLE runs ADD COLUMN skipped INTEGER NOT NULL DEFAULT 0",
+            "ALTER TABLE runs ADD COLUMN held_deletes INTEGER NOT NULL DEFAULT 0",
+            # events never lose to a stale listing: every applied event batch takes the next
+            # value of a catalog-wide sequence and stamps the keys it touched with it; a sync
+            # reads the sequence before each listing page and writes (or deletes) a key only if
+            # no event touched it since (see syncd.reconcile.sync and syncd.events.apply)
+            "CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)",
+            "INSERT INTO counters (name, value) VALUES ('event_seq', 0)",
+            "ALTER TABLE key_markers ADD COLUMN seq INTEGER NOT NULL DEFAULT 0",
+            "ALTER TABLE pending_deletes ADD COLUMN seen_seq INTEGER NOT NULL DEFAULT 0",
+            # every attempt of a run (a resumed run has several): when, how far, what error
+            """CREATE TABLE run_attempts (
+                run_id INTEGER NOT NULL REFERENCES runs(id),
+                attempt INTEGER NOT NULL,
+                owner TEXT NOT NULL,
+                started_at TEXT NOT NULL,
+                ended_at TEXT,
+                status TEXT NOT NULL,
+                resumed_after TEXT,
+                last_key TEXT,
+                error TEXT,
+                PRIMARY KEY (run_id, attempt)
+            ) WITHOUT ROWID""",
+        ],
+    ),
 ]
 
 
@@ -141,12 +186,21 @@ def default_db_path() -> str:
     return os.environ.get("SYNCD_DB") or "syncd.db"
 
 
-def open_db(path: str | os.PathLike[str], *, create: bool = True) -> sqlite_utils.Database:
-    """Open (and if needed create and migrate) the catalog at ``path`` in WAL mode."""
+def open_db(
+    path: str | os.PathLike[str], *, create: bool = True, write: bool = True
+) -> sqlite_utils.Database:
+    """Open (and if needed create and migrate) the catalog at ``path`` in WAL mode.
+
+    ``create=False``: a missing file is a ``UsageError`` (nothing is created). ``write=True``
+    checks up front that the file can be written, so a read-only catalog is one clear line
+    before any work starts rather than a failure half-way. ``":memory:"`` is an empty
+    in-memory catalog.
+    """
     p = Path(path)
-    if not create and not p.exists():
+    memory = str(path) == ":memory:"
+    if not memory and not create and not p.exists():
         raise UsageError(f"catalog {str(p)!r} does not exist; run `syncd sync` first or pass --db")
-    if p.parent and not p.parent.exists():
+    if not memory and p.parent and not p.parent.exists():
         raise UsageError(
             f"cannot create catalog {str(p)!r}: folder {str(p.parent)!r} does not exist"
         )
@@ -155,12 +209,37 @@ def open_db(path: str | os.PathLike[str], *, create: bool = True) -> sqlite_util
         conn = sqlite3.connect(p, timeout=30, isolation_level=None)
         db = sqlite_utils.Database(conn)
         db.execute("PRAGMA foreign_keys = ON")
-        db.enable_wal()
+        if memory:
+            migrate(db)
+            return db
+        if write:
+            db.enable_wal()
         db.execute("PRAGMA synchronous = NORMAL")  # durable at each WAL checkpoint, safe on crash
-        migrate(db)
+        if write or _pending(db):
+            migrate(db)
+        if write:
+            # a no-op write: sqlite opens a file it may not write (permissions, an immutable
+            # flag, a read-only mount) read-only without a word, and says so only at the
+            # first write, which could be half-way through a sync
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            db.execute(f"PRAGMA user_version = {int(version)}")
     except sqlite3.DatabaseError as exc:
+        if "readonly" in str(exc):
+            raise UsageError(
+                f"catalog {str(p)!r} is read-only ({exc}); make the file and its folder "
+                "writable, or pass --db with another catalog"
+            ) from None
         raise UsageError(f"cannot open catalog {str(p)!r}: {exc}") from exc
     return db
+
+
+def _pending(db: sqlite_utils.Database) -> bool:
+    """Whether any migration is not applied yet (a reader must migrate an old catalog)."""
+    try:
+        done = {r[0] for r in db.execute("SELECT name FROM _syncd_migrations").fetchall()}
+    except sqlite3.OperationalError:
+        return True  # a new, empty file
+    return any(name not in done for name, _ in MIGRATIONS)
 
 
 def migrate(db: sqlite_utils.Database) -> list[str]:

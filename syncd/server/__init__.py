@@ -1,0 +1,1 @@
+"""The HTTP API (aiohttp): ``syncd serve`` and the daemon's server."""

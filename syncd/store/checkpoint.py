@@ -1,0 +1,283 @@
+"""The checkpoint: progress of the current run and the history of past runs, per dataset.
+
+A run moves ``running`` -> ``completed`` | ``failed`` | ``held`` (a mass deletion held back;
+never resumed) | ``abandoned`` (superseded by a fresh run). A ``running`` run whose owner no
+longer holds the dataset's lease (:mod:`syncd.store.lease`) is shown as ``interrupted``. Every attempt
+of a run (a resumed run has several) is kept in ``run_attempts``: when, from where, how far, and
+its error. While it runs, each applied batch records
+``resume_key``, the last listed key whose consequences are all written, in the same transaction
+as the batch's items. Keys the listing no longer has are parked in ``pending_deletes`` and only
+removed from the dataset once a listing has gone all the way through without error.
+
+If a run fails or the process dies, the next run of the same dataset with the same driver and
+filters (same *fingerprint*) picks the run up again: it lists from ``resume_key`` on and keeps
+the parked deletes. A different fingerprint, ``restart``, or a run that started longer ago than
+``resume_within`` seconds abandons it: keys before the resume point were compared when the run
+started, so resuming a stale run would let changes made since then behind that point wait for
+the next run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import sqlite_utils
+
+from syncd.store import lease
+from syncd.store.db import now
+
+#: per-run counters. ``deleted`` counts deletes applied, never keys merely parked; ``filtered``
+#: objects the filters left out; ``skipped`` objects the driver could not represent
+COUNTERS = ("listed", "created", "updated", "deleted", "unchanged", "filtered", "skipped")
+#: statuses of a run that is over and is never resumed
+FINAL = ("completed", "abandoned", "held")
+#: an interrupted run older than this (seconds) is started over rather than resumed
+DEFAULT_RESUME_WITHIN = 6 * 3600.0
+
+
+def _age_seconds(stamp: str) -> float:
+    return (datetime.now(UTC) - _parse(stamp)).total_seconds()
+
+
+@dataclass
+class Run:
+    id: int
+    dataset_id: int
+    fingerprint: str
+    status: str
+    started_at: str
+    attempts: int = 1
+    resume_key: str | None = None
+    ended_at: str | None = None
+    error: str | None = None
+    owner: str | None = None
+    held_deletes: int = 0
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTERS, 0))
+
+    @property
+    def resumed(self) -> bool:
+        return self.attempts > 1
+
+    @property
+    def seconds(self) -> float:
+        """How long the run took (so far, while it runs)."""
+        end = _parse(self.ended_at) if self.ended_at else datetime.now(UTC)
+        return (end - _parse(self.started_at)).total_seconds()
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One attempt of a run: who, when, where it started and how far it got."""
+
+    run_id: int
+    attempt: int
+    owner: str
+    started_at: str
+    ended_at: str | None
+    status: str
+    resumed_after: str | None
+    last_key: str | None
+    error: str | None
+
+    def public(self) -> dict[str, object]:
+        return {
+            "attempt": self.attempt,
+            "status": self.status,
+            "started_at": self.started_at,
+            "ended_at": self.ended_at,
+            "resumed_after": self.resumed_after,
+            "last_key": self.last_key,
+            "error": self.error,
+        }
+
+
+_RUN_COLUMNS = (
+    "id, dataset_id, fingerprint, status, started_at, attempts, resume_key, ended_at, error, "
+    "owner, held_deletes, " + ", ".join(COUNTERS)
+)
+_ATTEMPT_COLUMNS = (
+    "run_id, attempt, owner, started_at, ended_at, status, resumed_after, last_key, error"
+)
+
+
+def _parse(stamp: str) -> datetime:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+
+
+def _run_from_row(row: tuple) -> Run:
+    return Run(*row[:11], counts=dict(zip(COUNTERS, row[11:], strict=True)))
+
+
+class Checkpoint:
+    """Run bookkeeping on the catalog database (same file, same transactions as items)."""
+
+    def __init__(self, db: sqlite_utils.Database) -> None:
+        self.db = db
+
+    def unfinished(self, dataset_id: int) -> Run | None:
+        """The dataset's latest run if it did not complete (crashed, interrupted or failed)."""
+        row = self.db.execute(
+            f"SELECT {_RUN_COLUMNS} FROM runs WHERE dataset_id = ? ORDER BY id DESC LIMIT 1",
+            [dataset_id],
+        ).fetchone()
+        if row is None or row[3] in FINAL:
+            return None
+        return _run_from_row(row)
+
+    def begin(
+        self,
+        dataset_id: int,
+        fingerprint: str,
+        owner: str,
+        *,
+        restart: bool = False,
+        resume_within: float = DEFAULT_RESUME_WITHIN,
+    ) -> Run:
+        """Resume the unfinished run with this fingerprint, or start a new one, for ``owner``.
+
+        The caller holds the dataset's lease (so an unfinished run's owner is gone) and the
+        transaction.
+        """
+        previous = self.unfinished(dataset_id)
+        if previous is not None:
+            # the attempt that was running when its owner vanished is over
+            self.db.execute(
+                "UPDATE run_attempts SET status = 'interrupted', ended_at = ?"
+                " WHERE run_id = ? AND status = 'running'",
+                [now(), previous.id],
+            )
+        fresh = previous is not None and _age_seconds(previous.started_at) <= resume_within
+        if previous is not None and previous.fingerprint == fingerprint and fresh and not restart:
+            previous.attempts += 1
+            previous.status, previous.error, previous.owner = "running", None, owner
+            self.db.execute(
+                "UPDATE runs SET status = 'running', attempts = ?, error = NULL, ended_at = NULL,"
+                " owner = ? WHERE id = ?",
+                [previous.attempts, owner, previous.id],
+            )
+            # keys parked beyond the resume point will be compared again by this attempt; an
+            # object re-created there meanwhile must not be deleted on the strength of a stale
+            # parking
+            self.db.execute(
+                "DELETE FROM pending_deletes WHERE run_id = ? AND key > ?",
+                [previous.id, previous.resume_key or ""],
+            )
+            self._begin_attempt(previous)
+            return previous
+        if previous is not None:
+            self.db.execute(
+                "UPDATE runs SET status = 'abandoned', ended_at = ? WHERE id = ?",
+                [now(), previous.id],
+            )
+            self.db.execute("DELETE FROM pending_deletes WHERE run_id = ?", [previous.id])
+        started = now()
+        cur = self.db.execute(
+            "INSERT INTO runs (dataset_id, fingerprint, status, started_at, owner)"
+            " VALUES (?, ?, 'running', ?, ?)",
+            [dataset_id, fingerprint, started, owner],
+        )
+        run = Run(int(cur.lastrowid), dataset_id, fingerprint, "running", started, owner=owner)
+        self._begin_attempt(run)
+        return run
+
+    def _begin_attempt(self, run: Run) -> None:
+        self.db.execute(
+            "INSERT INTO run_attempts (run_id, attempt, owner, started_at, status, resumed_after)"
+            " VALUES (?, ?, ?, ?, 'running', ?)",
+            [run.id, run.attempts, run.owner, now(), run.resume_key],
+        )
+
+    def save_progress(self, run: Run) -> None:
+        """Persist ``resume_key`` and counters. The caller holds the transaction."""
+        sets = ", ".join(f"{c} = ?" for c in COUNTERS)
+        self.db.execute(
+            f"UPDATE runs SET resume_key = ?, held_deletes = ?, {sets} WHERE id = ?",
+            [run.resume_key, run.held_deletes, *(run.counts[c] for c in COUNTERS), run.id],
+        )
+
+    def park_deletes(self, run: Run, keys: list[str], seen_seq: list[int]) -> None:
+        """Remember keys to delete once the listing completes, each with the event sequence
+        read before the listing page that showed it gone. The caller holds the transaction."""
+        self.db.conn.executemany(
+            "INSERT OR IGNORE INTO pending_deletes (run_id, key, seen_seq) VALUES (?, ?, ?)",
+            [(run.id, k, s) for k, s in zip(keys, seen_seq, strict=True)],
+        )
+
+    def apply_parked(self, run: Run, dataset_id: int, page: int = 1000) -> int:
+        """Delete the parked keys' items, in pages, except keys an event touched after the
+        listing showed them gone (it re-created them); return how many were deleted. The
+        caller holds the transaction."""
+        deleted, cursor = 0, ""
+        while True:
+            rows = self.db.execute(
+                "SELECT key, seen_seq FROM pending_deletes WHERE run_id = ? AND key > ?"
+                " ORDER BY key LIMIT ?",
+                [run.id, cursor, page],
+            ).fetchall()
+            if not rows:
+                return deleted
+            before = self.db.conn.total_changes
+            self.db.conn.executemany(
+                "DELETE FROM items WHERE dataset_id = ? AND key = ? AND NOT EXISTS"
+                " (SELECT 1 FROM key_markers km WHERE km.dataset_id = ? AND km.key = ?"
+                " AND km.seq > ?)",
+                [(dataset_id, k, dataset_id, k, s) for k, s in rows],
+            )
+            deleted += self.db.conn.total_changes - before
+            cursor = rows[-1][0]
+
+    def count_parked(self, run: Run) -> int:
+        return int(
+            self.db.execute(
+                "SELECT count(*) FROM pending_deletes WHERE run_id = ?", [run.id]
+            ).fetchone()[0]
+        )
+
+    def clear_parked(self, run: Run) -> None:
+        self.db.execute("DELETE FROM pending_deletes WHERE run_id = ?", [run.id])
+
+    def finish(self, run: Run, status: str, error: str | None = None) -> None:
+        """Close the run and its current attempt. The caller holds the transaction."""
+        run.status, run.error, run.ended_at = status, error, now()
+        self.save_progress(run)
+        self.db.execute(
+            "UPDATE runs SET status = ?, error = ?, ended_at = ? WHERE id = ?",
+            [status, error, run.ended_at, run.id],
+        )
+        self.db.execute(
+            "UPDATE run_attempts SET status = ?, error = ?, ended_at = ?, last_key = ?"
+            " WHERE run_id = ? AND attempt = ?",
+            [status, error, run.ended_at, run.resume_key, run.id, run.attempts],
+        )
+
+    def history(self, dataset_id: int, limit: int = 20) -> list[Run]:
+        """The dataset's latest runs, newest first; a ``running`` run whose owner is gone is
+        reported as ``interrupted``."""
+        rows = self.db.execute(
+            f"SELECT {_RUN_COLUMNS} FROM runs WHERE dataset_id = ? ORDER BY id DESC LIMIT ?",
+            [dataset_id, limit],
+        ).fetchall()
+        runs = [_run_from_row(r) for r in rows]
+        live = lease.live_owner(self.db, lease.for_dataset(dataset_id)) if runs else None
+        for run in runs:
+            if run.status == "running" and run.owner != live:
+                run.status = "interrupted"
+        return runs
+
+    def attempts(self, run: Run) -> list[Attempt]:
+        """Every attempt of ``run``, oldest first; a ``running`` attempt whose owner is gone
+        is reported as ``interrupted``."""
+        rows = self.db.execute(
+            f"SELECT {_ATTEMPT_COLUMNS} FROM run_attempts WHERE run_id = ? ORDER BY attempt",
+            [run.id],
+        ).fetchall()
+        live = lease.live_owner(self.db, lease.for_dataset(run.dataset_id))
+        out = []
+        for row in rows:
+            attempt = Attempt(*row)
+            if attempt.status == "running" and attempt.owner != live:
+                attempt = dataclasses.replace(attempt, status="interrupted")
+            out.append(attempt)
+        return out
