@@ -19,7 +19,7 @@ import click
 from providers.config import ConfigError
 from providers.errors import StorageError
 from syncd import api
-from syncd.config import load_config
+from syncd.config import find_config, load_config
 from syncd.errors import SyncdError, UsageError
 from syncd.limits import MaxDelete, MaxDeleteType
 from syncd.reconcile.filters import Filters
@@ -29,6 +29,7 @@ from syncd.store import lease
 from syncd.store.catalog import Catalog, Dataset
 from syncd.store.checkpoint import DEFAULT_RESUME_WITHIN, Checkpoint, Run
 from syncd.store.db import default_db_path, transaction
+from syncd.units import UNITS_HELP, SizeType
 
 DB_HELP = "catalog file [default: $SYNCD_DB, else ./syncd.db]"
 SYMBOL = {Action.CREATE: "+", Action.UPDATE: "~", Action.DELETE: "-"}
@@ -93,13 +94,22 @@ def cli(debug: bool) -> None:
 @click.argument("source", required=False)
 @click.option("--dataset", "dataset_name", metavar="NAME", help="dataset to sync into")
 @_db_option
-@click.option("--config", "config_path", metavar="FILE", help="syncd.toml declaring datasets")
+@click.option(
+    "--config",
+    "config_path",
+    metavar="FILE",
+    help="syncd.toml declaring datasets [default without SOURCE: $SYNCD_CONFIG, else ./syncd.toml"
+    " if present; a dataset it does not declare is synced from the catalog]",
+)
 @click.option("--include", multiple=True, metavar="GLOB", help="only keys matching (repeatable)")
 @click.option(
     "--exclude", multiple=True, metavar="GLOB", help="leave out keys matching (repeatable)"
 )
 @click.option(
-    "--max-size", type=click.IntRange(min=0), metavar="BYTES", help="leave out larger objects"
+    "--max-size",
+    type=SizeType(),
+    metavar="SIZE",
+    help=f"leave out objects larger than SIZE: bytes, or a number with a unit ({UNITS_HELP})",
 )
 @click.option("--dry-run", is_flag=True, help="print the plan, change nothing, write nothing")
 @click.option("--restart", is_flag=True, help="ignore an interrupted run and list from the start")
@@ -142,15 +152,19 @@ def sync(
     """
     if config_path and source:
         raise UsageError("give either SOURCE or --config, not both")
-    if config_path and (include or exclude or max_size is not None):
-        raise UsageError("with --config, declare include/exclude/max_size in the file")
-    if not config_path and not dataset_name:
-        raise UsageError("--dataset NAME is required (or pass --config FILE)")
-    specs = load_config(config_path) if config_path else None
+    found = None if source else find_config(config_path)
+    if not found and not dataset_name:
+        raise UsageError("--dataset NAME is required (or pass --config FILE or set SYNCD_CONFIG)")
+    specs = load_config(found) if found else None
     if specs is not None and dataset_name is not None and dataset_name not in specs:
-        raise UsageError(
-            f"unknown dataset {dataset_name!r}: {config_path} declares {', '.join(sorted(specs))}"
-        )
+        if not config_path:  # a file found by itself: NAME is a dataset of the catalog's
+            specs = None
+        else:
+            raise UsageError(
+                f"unknown dataset {dataset_name!r}: {found} declares {', '.join(sorted(specs))}"
+            )
+    if specs is not None and (include or exclude or max_size is not None):
+        raise UsageError(f"with a config file ({found}), declare include/exclude/max_size in it")
     filters = (
         Filters(include, exclude, max_size)
         if (include or exclude or max_size is not None)

@@ -1,4 +1,5 @@
-"""The ``syncd.toml`` configuration file: integrations, drivers and datasets.
+"""The ``syncd.toml`` configuration file: integrations, drivers, datasets, and the daemon's
+settings (``[daemon]``, ``[queues.NAME]``, ``[server]``).
 
 Example::
 
@@ -18,97 +19,515 @@ Example::
     driver = "images"
     include = ["*.jpg", "*.png"]
     exclude = ["tmp/*"]
-    max_size = 104857600
+    max_size = "100MB"                             # or a number of bytes
+    max_delete = "25%"                             # or a number of items
+    interval = 600                                 # daemon: seconds between syncs
+    watch = true                                   # daemon: apply queue events to it
 
-Unknown keys are errors (a typo must not silently change what is synced).
+    [daemon]
+    interval = 3600
+
+    [queues.images-events]
+    type = "sqs"
+    url = "https://sqs.eu-west-1.amazonaws.com/123456789012/images-events"
+    integration = "aws-prod"
+
+    [server]
+    host = "127.0.0.1"
+    port = 8080
+
+The whole file is checked against the pydantic models below before anything is used: wrong
+types, out-of-range values, unknown keys and sections (a typo must not silently change what is
+synced), references to undeclared integrations or drivers, and a file without datasets are
+all errors. A fault becomes one ``UsageError`` line naming the file, the key's location and
+why, e.g. ``config 'syncd.toml': drivers.images.page_size: must be at least 1 (got 0)``.
+Literal secrets are refused by :class:`providers.config.Integration`.
 """
 
 from __future__ import annotations
 
+import functools
+import json
+import operator
+import os
+import re
 import tomllib
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import date, datetime, time
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from providers.config import PUBLIC_FIELDS, ConfigError, DriverConfig, Integration
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    StrictStr,
+    ValidationError,
+    create_model,
+    model_validator,
+)
+
+from providers.config import (
+    PLAIN_FIELDS,
+    PROVIDERS,
+    SECRET_FIELDS,
+    ConfigError,
+    DriverConfig,
+    Integration,
+)
 from syncd.errors import UsageError
+from syncd.limits import MaxDelete, parse_max_delete
 from syncd.reconcile.filters import Filters
+from syncd.units import parse_size
 
-_DRIVER_KEYS = {*PUBLIC_FIELDS, "page_size"}
-_DATASET_KEYS = {"driver", "include", "exclude", "max_size"}
+#: environment variable naming the config file when ``--config`` is not given
+CONFIG_ENV = "SYNCD_CONFIG"
+#: the config file looked for in the working directory after ``$SYNCD_CONFIG``
+DEFAULT_CONFIG = "syncd.toml"
+#: seconds between two daemon syncs of a dataset, unless ``[daemon]`` or the dataset says
+DEFAULT_INTERVAL = 3600
+#: the integration type a queue of each type authenticates with
+QUEUE_PROVIDER = {"sqs": "s3", "azure-queue": "azure", "pubsub": "gcs"}
+
+
+# -- the parsed configuration -------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class DatasetSpec:
+    """A dataset as the file declares it.
+
+    ``max_delete`` is None when the file sets no limit. ``interval`` is the effective number of
+    seconds between daemon syncs (the dataset's own ``interval``, else ``[daemon] interval``);
+    ``watch`` says whether the daemon applies queue events to it.
+    """
+
     name: str
     driver: DriverConfig
     filters: Filters
+    max_delete: MaxDelete | None = None
+    interval: int = DEFAULT_INTERVAL
+    watch: bool = True
 
 
-def load_config(path: str) -> dict[str, DatasetSpec]:
-    """Parse and validate the file; return dataset specs by name. ``UsageError`` on any fault."""
+@dataclass(frozen=True)
+class DaemonSettings:
+    """The ``[daemon]`` table."""
+
+    interval: int = DEFAULT_INTERVAL
+
+
+@dataclass(frozen=True)
+class QueueConfig:
+    """One ``[queues.NAME]`` table. Exactly the fields of its ``type`` can be set:
+
+    * ``sqs``: ``url`` (the queue URL);
+    * ``azure-queue``: ``queue`` (the queue name) and optionally ``account`` (else from the
+      integration's connection string or the environment, as for Azure drivers);
+    * ``pubsub``: ``subscription``.
+
+    ``integration`` is the credential set to read the queue with (its type is ``s3``, ``azure``
+    or ``gcs`` respectively), or None for the provider's standard chain.
+    """
+
+    name: str
+    type: Literal["sqs", "azure-queue", "pubsub"]
+    url: str | None = None
+    queue: str | None = None
+    account: str | None = None
+    subscription: str | None = None
+    integration: Integration | None = None
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """The ``[server]`` table: where ``syncd serve`` / the daemon listen."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    """Everything a config file declares, as :func:`load_daemon_config` returns it."""
+
+    datasets: dict[str, DatasetSpec]
+    daemon: DaemonSettings = DaemonSettings()
+    queues: dict[str, QueueConfig] = field(default_factory=dict)
+    server: ServerConfig = ServerConfig()
+
+
+# -- the schema -----------------------------------------------------------------------------
+#
+# TOML values arrive typed (str, int, float, bool, list, dict, datetime), so every model is
+# strict: ``page_size = "10"`` or ``allow_external_delete = "yes"`` is an error, not a guess.
+
+
+class _Table(BaseModel):
+    """A TOML table: unknown keys are errors, values must already have the right type."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+ProviderType = Literal["s3", "gcs", "azure", "local"]  # == providers.config.PROVIDERS
+
+
+def _integration_model(kind: str) -> type[_Table]:
+    """The table of one integration type; its fields come from ``providers.config``."""
+    allowed = sorted(SECRET_FIELDS[kind] | PLAIN_FIELDS[kind])
+    fields: dict[str, Any] = {name: (StrictStr | None, None) for name in allowed}
+    return create_model(
+        f"{kind.capitalize()}IntegrationTable",
+        __base__=_Table,
+        type=(Literal[kind], ...),
+        **fields,
+    )
+
+
+#: one table per integration type, told apart by ``type``
+IntegrationTable = Annotated[
+    functools.reduce(operator.or_, (_integration_model(kind) for kind in PROVIDERS)),
+    Field(discriminator="type"),
+]
+
+
+class DriverTable(_Table):
+    type: ProviderType
+    bucket: str = Field(min_length=1)
+    path: str = ""
+    region: str | None = None
+    endpoint: str | None = None
+    storage_class: str | None = None
+    account: str | None = None
+    allow_external_delete: bool = False
+    integration: str | None = None
+    # the smallest maximum page size of the providers (S3 and GCS 1000; Azure takes 5000)
+    page_size: int = Field(1000, ge=1, le=1000)
+
+
+def _size(value: object) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 0:
+            raise ValueError(f"must not be negative (got {value})")
+        return value
+    if isinstance(value, str):
+        return parse_size(value)
+    raise ValueError(f'must be a number of bytes or a size like "10MB" (got {_toml_type(value)})')
+
+
+def _max_delete(value: object) -> MaxDelete:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return MaxDelete(count=value)
+    if isinstance(value, str):
+        return parse_max_delete(value)
+    raise ValueError(
+        f'must be a number of items or a percentage like "25%" (got {_toml_type(value)})'
+    )
+
+
+Size = Annotated[int, PlainValidator(_size)]
+MaxDeleteValue = Annotated[MaxDelete, PlainValidator(_max_delete)]
+Seconds = Annotated[int, Field(gt=0)]
+
+
+class DatasetTable(_Table):
+    driver: str
+    include: list[str] = []
+    exclude: list[str] = []
+    max_size: Size | None = None
+    max_delete: MaxDeleteValue | None = None
+    interval: Seconds | None = None
+    watch: bool = True
+
+
+class DaemonTable(_Table):
+    interval: Seconds = DEFAULT_INTERVAL
+
+
+def _http_url(value: str) -> str:
+    if not re.fullmatch(r"https?://\S+", value):
+        raise ValueError(
+            f"must be the queue's URL, like https://sqs.REGION.amazonaws.com/... (got {value!r})"
+        )
+    return value
+
+
+class SqsQueueTable(_Table):
+    type: Literal["sqs"]
+    url: Annotated[str, AfterValidator(_http_url)]
+    integration: str | None = None
+
+
+class AzureQueueTable(_Table):
+    type: Literal["azure-queue"]
+    queue: str = Field(min_length=1)
+    account: str | None = Field(None, min_length=1)
+    integration: str | None = None
+
+
+class PubsubQueueTable(_Table):
+    type: Literal["pubsub"]
+    subscription: str = Field(min_length=1)
+    integration: str | None = None
+
+
+QueueTable = Annotated[
+    SqsQueueTable | AzureQueueTable | PubsubQueueTable, Field(discriminator="type")
+]
+
+
+class ServerTable(_Table):
+    host: str = Field("127.0.0.1", min_length=1)
+    port: int = Field(8080, ge=1, le=65535)
+
+
+class FileTable(_Table):
+    """The whole file. Cross-references are checked once every table is well-typed."""
+
+    integrations: dict[str, IntegrationTable] = {}
+    drivers: dict[str, DriverTable] = {}
+    datasets: dict[str, DatasetTable] = {}
+    daemon: DaemonTable = Field(default_factory=DaemonTable)
+    queues: dict[str, QueueTable] = {}
+    server: ServerTable = Field(default_factory=ServerTable)
+
+    @model_validator(mode="after")
+    def _references(self) -> FileTable:
+        problems: list[str] = []
+        if not self.datasets:
+            problems.append("declares no [datasets.NAME]")
+
+        def check(loc: tuple[str, ...], what: str, name: str, declared: dict[str, Any]) -> bool:
+            if name in declared:
+                return True
+            known = ", ".join(sorted(declared)) or "none"
+            problems.append(f"{_render(loc)}: unknown {what} {name!r} (declared: {known})")
+            return False
+
+        def check_integration(loc: tuple[str, ...], name: str | None, kind: str) -> None:
+            if name is None or not check(loc, "integration", name, self.integrations):
+                return
+            actual = self.integrations[name].type  # type: ignore[attr-defined]
+            if actual != kind:
+                problems.append(
+                    f"{_render(loc)}: integration {name!r} is of type {actual}, not {kind}"
+                )
+
+        for name, driver in self.drivers.items():
+            check_integration(("drivers", name, "integration"), driver.integration, driver.type)
+        for name, dataset in self.datasets.items():
+            check(("datasets", name, "driver"), "driver", dataset.driver, self.drivers)
+        for name, queue in self.queues.items():
+            loc = ("queues", name, "integration")
+            check_integration(loc, queue.integration, QUEUE_PROVIDER[queue.type])
+        if problems:
+            raise ValueError(_first(problems))
+        return self
+
+
+# -- one line per fault ---------------------------------------------------------------------
+
+#: what a type error's key must be, by pydantic error type
+_EXPECTED = {
+    "string_type": "a string",
+    "int_type": "an integer",
+    "float_type": "a number",
+    "bool_type": "true or false",
+    "list_type": "an array",
+    "dict_type": "a table",
+    "model_type": "a table",
+    "model_attributes_type": "a table",
+}
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def _first(problems: list[str]) -> str:
+    more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
+    return problems[0] + more
+
+
+def _toml_type(value: object) -> str:
+    """The TOML name of a value's type. Type errors name this, never the value itself, which
+    could be a secret written under the wrong key."""
+    for kind, name in (
+        (bool, "a boolean"),  # before int: bool is an int
+        (int, "an integer"),
+        (float, "a float"),
+        (str, "a string"),
+        (list, "an array"),
+        (dict, "a table"),
+        ((datetime, date, time), "a date/time"),
+    ):
+        if isinstance(value, kind):
+            return name
+    return type(value).__name__
+
+
+def _render(loc: tuple[str | int, ...]) -> str:
+    """``("datasets", "a.b", "include", 1)`` -> ``datasets."a.b".include[1]`` (TOML's dotted keys)."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            key = part if _BARE_KEY.fullmatch(part) else json.dumps(part)
+            out += f".{key}" if out else key
+    return out
+
+
+def _file_location(loc: tuple[str | int, ...], raw: Any) -> tuple[str | int, ...]:
+    """``loc`` without the parts that are not keys of the file.
+
+    pydantic puts a tagged union's tag into the location (``queues.q.sqs.url`` for the ``url``
+    of a queue of type ``sqs``); walking the file's own tables alongside drops those. The
+    last part is kept as is: it names a missing key as well as a present one.
+    """
+    kept: list[str | int] = []
+    node = raw
+    for i, part in enumerate(loc):
+        try:
+            node = node[part]
+        except (KeyError, IndexError, TypeError):
+            if i < len(loc) - 1:
+                continue
+            node = None
+        kept.append(part)
+    return tuple(kept)
+
+
+def _why(error: Mapping[str, Any]) -> str:
+    """Why the key is wrong, in the file's terms (TOML types, not Python's)."""
+    kind, value, ctx = error["type"], error["input"], error.get("ctx", {})
+    if kind in _EXPECTED:
+        why = f"must be {_EXPECTED[kind]} (got {_toml_type(value)})"
+        if kind == "list_type" and isinstance(value, str):
+            why += f"; write [{json.dumps(value)}]"
+        return why
+    if kind in ("missing", "union_tag_not_found"):
+        return "required key is missing"
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "greater_than_equal":
+        return f"must be at least {ctx['ge']} (got {value!r})"
+    if kind == "less_than_equal":
+        return f"must be at most {ctx['le']} (got {value!r})"
+    if kind == "greater_than":
+        return f"must be greater than {ctx['gt']} (got {value!r})"
+    if kind == "literal_error":
+        return f"must be {ctx['expected']} (got {value!r})"
+    if kind == "union_tag_invalid":
+        return f"must be one of {ctx['expected_tags']} (got {value.get('type')!r})"
+    if kind in ("string_too_short", "too_short"):
+        return "must not be empty"
+    if kind == "value_error":
+        return str(ctx["error"])
+    return error["msg"]
+
+
+def describe_errors(exc: ValidationError, raw: Any) -> str:
+    """One line for a validation of ``raw`` (the parsed file): the first fault as
+    ``LOCATION: why`` (or just ``why`` for a fault of the whole file), then ``(+N more)``."""
+    problems = []
+    for error in exc.errors(include_url=False):
+        kind = error["type"]
+        loc = _file_location(error["loc"], raw)
+        if kind.startswith("union_tag_"):
+            loc = (*loc, "type")  # the table's type is what is missing or wrong
+        why = _why(error)
+        if kind == "extra_forbidden" and len(loc) == 1:
+            why = f"unknown section (expected {', '.join(FileTable.model_fields)})"
+        problems.append(f"{_render(loc)}: {why}" if loc else why)
+    return _first(problems)
+
+
+# -- loading ----------------------------------------------------------------------------------
+
+
+def _build(table: FileTable) -> DaemonConfig:
+    """The dataclasses for a validated file. ``ConfigError`` from the providers' own checks
+    (a literal secret in a secret field)."""
+    integrations = {
+        name: Integration(name, t.type, t.model_dump(exclude={"type"}, exclude_none=True))
+        for name, t in table.integrations.items()
+    }
+    drivers = {
+        name: DriverConfig(
+            **t.model_dump(exclude={"integration"}),
+            integration=integrations[t.integration] if t.integration else None,
+            name=name,
+        )
+        for name, t in table.drivers.items()
+    }
+    interval = table.daemon.interval
+    datasets = {
+        name: DatasetSpec(
+            name,
+            drivers[t.driver],
+            Filters(tuple(t.include), tuple(t.exclude), t.max_size),
+            max_delete=t.max_delete,
+            interval=t.interval or interval,
+            watch=t.watch,
+        )
+        for name, t in table.datasets.items()
+    }
+    queues = {
+        name: QueueConfig(
+            name=name,
+            **t.model_dump(exclude={"integration"}),
+            integration=integrations[t.integration] if t.integration else None,
+        )
+        for name, t in table.queues.items()
+    }
+    return DaemonConfig(
+        datasets=datasets,
+        daemon=DaemonSettings(interval=interval),
+        queues=queues,
+        server=ServerConfig(host=table.server.host, port=table.server.port),
+    )
+
+
+def load_daemon_config(path: str) -> DaemonConfig:
+    """Read, validate and parse the file at ``path``: datasets, daemon, queues and server.
+
+    Raises ``UsageError`` (one line naming the file) if it cannot be read, is not TOML, or
+    does not match the schema; nothing is resolved or opened (secrets are read later).
+    """
     try:
-        raw = tomllib.loads(Path(path).read_text())
+        raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
     except OSError as exc:
         raise UsageError(f"cannot read config {path!r}: {exc.strerror}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise UsageError(f"config {path!r} is not valid TOML: {exc}") from None
     try:
-        return _parse(raw)
-    except (ConfigError, ValueError, TypeError) as exc:
+        return _build(FileTable.model_validate(raw))
+    except ValidationError as exc:
+        raise UsageError(f"config {path!r}: {describe_errors(exc, raw)}") from None
+    except ConfigError as exc:
         raise UsageError(f"config {path!r}: {exc}") from None
 
 
-def _table(raw: dict[str, Any], name: str) -> dict[str, dict[str, Any]]:
-    value = raw.get(name, {})
-    if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
-        raise ConfigError(f"[{name}] must be a table of tables, like [{name}.NAME]")
-    return value
+def load_config(path: str) -> dict[str, DatasetSpec]:
+    """The datasets the file at ``path`` declares, by name (at least one), after validating the
+    whole file as :func:`load_daemon_config` does. ``UsageError`` on any fault."""
+    return load_daemon_config(path).datasets
 
 
-def _parse(raw: dict[str, Any]) -> dict[str, DatasetSpec]:
-    unknown = set(raw) - {"integrations", "drivers", "datasets"}
-    if unknown:
-        raise ConfigError(f"unknown section(s): {', '.join(sorted(unknown))}")
-    integrations = {}
-    for name, body in _table(raw, "integrations").items():
-        body = dict(body)
-        kind = body.pop("type", None)
-        if not kind:
-            raise ConfigError(f"integration {name!r} needs a type")
-        integrations[name] = Integration(name, kind, body)
-    drivers = {}
-    for name, body in _table(raw, "drivers").items():
-        extra = set(body) - _DRIVER_KEYS
-        if extra:
-            raise ConfigError(f"driver {name!r}: unknown key(s) {', '.join(sorted(extra))}")
-        body = dict(body)
-        integ_name = body.pop("integration", None)
-        integ = None
-        if integ_name is not None:
-            if integ_name not in integrations:
-                raise ConfigError(f"driver {name!r} names unknown integration {integ_name!r}")
-            integ = integrations[integ_name]
-        if "type" not in body or "bucket" not in body:
-            raise ConfigError(f"driver {name!r} needs a type and a bucket")
-        drivers[name] = DriverConfig(**body, integration=integ, name=name)
-    datasets = {}
-    for name, body in _table(raw, "datasets").items():
-        extra = set(body) - _DATASET_KEYS
-        if extra:
-            raise ConfigError(f"dataset {name!r}: unknown key(s) {', '.join(sorted(extra))}")
-        driver_name = body.get("driver")
-        if driver_name not in drivers:
-            raise ConfigError(f"dataset {name!r} names unknown driver {driver_name!r}")
-        for key in ("include", "exclude"):
-            value = body.get(key, [])
-            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                raise ConfigError(f"dataset {name!r}: {key} must be a list of glob strings")
-        max_size = body.get("max_size")
-        if max_size is not None and (not isinstance(max_size, int) or max_size < 0):
-            raise ConfigError(f"dataset {name!r}: max_size must be a whole number of bytes")
-        filters = Filters(tuple(body.get("include", [])), tuple(body.get("exclude", [])), max_size)
-        datasets[name] = DatasetSpec(name, drivers[driver_name], filters)
-    if not datasets:
-        raise ConfigError("declares no [datasets.NAME]")
-    return datasets
+def find_config(explicit: str | None) -> str | None:
+    """The config file ``syncd sync`` reads when it is given no SOURCE.
+
+    ``explicit`` (``--config``) if given, unchecked (loading it reports a missing file); else
+    ``$SYNCD_CONFIG`` if set and not empty, which must name an existing file (``UsageError``
+    otherwise: a setting that points nowhere is a mistake, not a request for no config); else
+    ``syncd.toml`` if the working directory has one; else None.
+    """
+    if explicit:
+        return explicit
+    from_env = os.environ.get(CONFIG_ENV)
+    if from_env:
+        if not Path(from_env).is_file():
+            raise UsageError(f"{CONFIG_ENV}={from_env!r}: no such config file")
+        return from_env
+    return DEFAULT_CONFIG if Path(DEFAULT_CONFIG).is_file() else None

@@ -85,7 +85,7 @@ def test_source_bound_to_dataset_cannot_change(tmp_path: Path, folder: Path) -> 
         ('[datasets.d]\ndriver = "nope"\n', "unknown driver 'nope'"),
         (
             '[drivers.x]\ntype = "s3"\nbucket = "b"\ncolour = "red"\n[datasets.d]\ndriver = "x"\n',
-            "unknown key(s) colour",
+            "drivers.x.colour: unknown key",
         ),
         (
             '[integrations.i]\ntype = "s3"\nsecret_access_key = "hunter2-literal"\n'
@@ -94,7 +94,7 @@ def test_source_bound_to_dataset_cannot_change(tmp_path: Path, folder: Path) -> 
         ),
         (
             '[drivers.x]\ntype = "ftp"\nbucket = "b"\n[datasets.d]\ndriver = "x"\n',
-            "unknown driver type 'ftp'",
+            "drivers.x.type: must be 's3', 'gcs', 'azure' or 'local' (got 'ftp')",
         ),
     ],
 )
