@@ -157,7 +157,8 @@ class DaemonConfig:
     datasets: dict[str, DatasetSpec]
     daemon: DaemonSettings = DaemonSettings()
     queues: dict[str, QueueConfig] = field(default_factory=dict)
-    server: ServerConfig = ServerConfig()
+    #: None when the file has no ``[server]`` table: the daemon then serves no HTTP API
+    server: ServerConfig | None = None
 
 
 # -- the schema -----------------------------------------------------------------------------
@@ -485,7 +486,9 @@ def _build(table: FileTable) -> DaemonConfig:
         datasets=datasets,
         daemon=DaemonSettings(interval=interval),
         queues=queues,
-        server=ServerConfig(host=table.server.host, port=table.server.port),
+        server=ServerConfig(host=table.server.host, port=table.server.port)
+        if "server" in table.model_fields_set
+        else None,
     )
 
 

@@ -274,12 +274,8 @@ def test_daemon_defaults(tmp_path: Path, folder: Path) -> None:
         True,
         None,
     )
-    assert (cfg.daemon.interval, cfg.queues, cfg.server.host, cfg.server.port) == (
-        3600,
-        {},
-        "127.0.0.1",
-        8080,
-    )
+    # no [server] table: the daemon serves no API
+    assert (cfg.daemon.interval, cfg.queues, cfg.server) == (3600, {}, None)
 
 
 @pytest.mark.parametrize(

@@ -25,12 +25,10 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
-from providers.config import Integration
 from syncd import api
-from syncd.config import DatasetSpec
+from syncd.config import DaemonConfig, DatasetSpec, QueueConfig, ServerConfig
 from syncd.daemon.catalog_thread import CatalogThread
 from syncd.daemon.intake import Intake
 from syncd.daemon.metrics import Metrics
@@ -50,39 +48,6 @@ class DaemonBusy(SyncdError):
     """Another daemon holds the catalog."""
 
     exit_code = 1
-
-
-@dataclass(frozen=True)
-class QueueSettings:
-    """One ``[queues.NAME]`` block."""
-
-    name: str
-    type: str
-    url: str | None = None
-    queue: str | None = None
-    account: str | None = None
-    subscription: str | None = None
-    integration: Integration | None = None
-
-
-@dataclass(frozen=True)
-class ServerSettings:
-    host: str = "127.0.0.1"
-    port: int = 8080
-
-
-@dataclass(frozen=True)
-class DaemonSettings:
-    """Everything ``syncd run`` needs, from ``syncd.toml`` (see :mod:`syncd.config`)."""
-
-    datasets: dict[str, DatasetSpec]
-    interval: float = 3600.0
-    intervals: dict[str, float] = field(default_factory=dict)  # per-dataset overrides
-    watch: dict[str, bool] = field(default_factory=dict)  # local datasets: follow changes
-    queues: dict[str, QueueSettings] = field(default_factory=dict)
-    server: ServerSettings | None = None
-    #: seconds a queue consumer long-polls (shorter in tests makes shutdown quicker)
-    poll_seconds: int = 10
 
 
 def _take_catalog(catalog: Catalog, owner: str) -> lease.Holder | None:
@@ -105,23 +70,22 @@ class Daemon:
 
     def __init__(
         self,
-        settings: DaemonSettings,
+        settings: DaemonConfig,
         db_path: str,
         *,
         stop: asyncio.Event | None = None,
         api_token: str | None = None,
+        poll_seconds: int = 10,
     ) -> None:
         self.settings = settings
+        self.poll_seconds = poll_seconds
         self.db_path = db_path
         self.stop = stop or asyncio.Event()
         self.api_token = api_token
         self.metrics = Metrics()
         self.catalog = CatalogThread(db_path)
         self.intake = Intake(self.catalog, settings.datasets, self.metrics)
-        intervals = {
-            name: float(settings.intervals.get(name, settings.interval))
-            for name in settings.datasets
-        }
+        intervals = {name: float(spec.interval) for name, spec in settings.datasets.items()}
         self.scheduler = Scheduler(db_path, settings.datasets, intervals, self.metrics, self.stop)
         self.owner = lease.new_owner()
         self.consumer_stats: dict[str, Any] = {}
@@ -164,12 +128,14 @@ class Daemon:
             asyncio.create_task(self.scheduler.run(), name="scheduler"),
         ]
         closers: list[Callable[[], Awaitable[None]]] = []
+        watches = 0
         try:
             for q in self.settings.queues.values():
                 tasks.append(asyncio.create_task(self._consume(q), name=f"queue:{q.name}"))
             for name, spec in self.settings.datasets.items():
-                if spec.driver.type == "local" and self.settings.watch.get(name, True):
+                if spec.driver.type == "local" and spec.watch:
                     closers.append(await self._watch(name, spec))
+                    watches += 1
             if self.settings.server is not None:
                 closers.append(await self._start_server(self.settings.server))
             self.ready.set()
@@ -177,7 +143,7 @@ class Daemon:
                 "syncd run: %d dataset(s), %d queue(s), %d watch(es)%s",
                 len(self.settings.datasets),
                 len(self.settings.queues),
-                sum(1 for _ in closers) - (1 if self.settings.server else 0),
+                watches,
                 f", API on http://{self.settings.server.host}:{self.settings.server.port}"
                 if self.settings.server
                 else "",
@@ -205,7 +171,7 @@ class Daemon:
                 log.error("lost the catalog lease to another daemon; stopping")
                 self.stop.set()
 
-    async def _consume(self, q: QueueSettings) -> None:
+    async def _consume(self, q: QueueConfig) -> None:
         from syncd.daemon.queues import open_consumer
 
         consumer = open_consumer(
@@ -216,7 +182,7 @@ class Daemon:
             account=q.account,
             subscription=q.subscription,
             integration=q.integration,
-            wait_seconds=self.settings.poll_seconds,
+            wait_seconds=self.poll_seconds,
         )
         self.consumer_stats[q.name] = getattr(consumer, "stats", None)
 
@@ -239,7 +205,7 @@ class Daemon:
         await watch.start()
         return watch.stop
 
-    async def _start_server(self, server: ServerSettings) -> Callable[[], Awaitable[None]]:
+    async def _start_server(self, server: ServerConfig) -> Callable[[], Awaitable[None]]:
         from syncd.server.app import start_daemon_api
 
         return await start_daemon_api(self, server.host, server.port, self.api_token or "")
