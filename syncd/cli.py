@@ -517,6 +517,52 @@ def serve(db_path: str | None, host: str, port: int) -> None:
         catalog.close()
 
 
+@cli.command()
+@click.option(
+    "--config",
+    "config_path",
+    metavar="FILE",
+    help="syncd.toml [default: $SYNCD_CONFIG, else ./syncd.toml]",
+)
+@_db_option
+def run(config_path: str | None, db_path: str | None) -> None:
+    """Run the daemon: keep every dataset of the config current until SIGTERM/SIGINT.
+
+    Reconciles every dataset at start and every `interval` seconds, applies bucket events from
+    the [queues.NAME] it declares and from folder watches, and serves the HTTP API if [server]
+    is set (bearer token from SYNCD_API_TOKEN). One daemon per catalog.
+    """
+    import os
+    import signal
+
+    from syncd.config import load_daemon_config
+    from syncd.daemon.service import Daemon
+
+    path = find_config(config_path)
+    if path is None:
+        raise UsageError(
+            "syncd run needs a config file: pass --config FILE, set SYNCD_CONFIG, "
+            "or put a syncd.toml in the working directory"
+        )
+    config = load_daemon_config(path)
+    token = os.environ.get("SYNCD_API_TOKEN", "")
+    if config.server is not None and len(token) < 16:
+        raise UsageError(
+            "the config has a [server] table: set SYNCD_API_TOKEN to a secret of at least 16 "
+            "characters before running"
+        )
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        daemon = Daemon(config, db_path or default_db_path(), stop=stop, api_token=token)
+        await daemon.run()
+
+    asyncio.run(main())
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI and turn every known failure into one line + exit code."""
     args = sys.argv[1:] if argv is None else argv

@@ -100,8 +100,8 @@ class Daemon:
             holder = await self.catalog.call(lambda c: _take_catalog(c, self.owner))
             if holder is not None:
                 raise DaemonBusy(
-                    f"another syncd run ({holder.describe()}) is using catalog "
-                    f"{self.db_path!r}; stop it first, or pass another --db"
+                    f"another syncd run is using catalog {self.db_path!r}: "
+                    f"{holder.describe()}; stop it first, or pass another --db"
                 )
             try:
                 await self._serve()
