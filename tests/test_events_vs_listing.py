@@ -1,0 +1,132 @@
+"""Events never lose to a stale listing (issue 9), in both interleavings, deterministically.
+
+A reconcile's listing is paused right after the provider answered its first page and before
+the sync uses it; while it waits, the bucket changes and the matching event is applied, as a
+queue consumer or a folder watch would. When the listing resumes it carries the *older* view.
+Whatever the sync decides about that key must not undo the event: afterwards the dataset
+equals the bucket. Without the event-sequence guard both tests fail (the stale listing wins).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+from providers.base import ObjectInfo
+from providers.local import LocalDriver
+from syncd import api
+from syncd.events.apply import apply_events
+from syncd.events.parse import EventKind, ObjectEvent
+from syncd.reconcile.sync import SyncOptions, sync_dataset
+from syncd.store import lease
+from syncd.store.catalog import Catalog
+from syncd.store.db import transaction
+from tests.conftest import catalog_state
+
+
+class PausingDriver(LocalDriver):
+    """The real local driver, whose listing stops after fetching its first page until the
+    test releases it (pages of two keys)."""
+
+    def __init__(self, root: str) -> None:
+        super().__init__(root, page_size=2)
+        self.first_page: asyncio.Queue[list[ObjectInfo]] = asyncio.Queue()
+        self.release = asyncio.Event()
+
+    async def list(
+        self, prefix: str = "", start_after: str | None = None, end_before: str | None = None
+    ) -> AsyncIterator[list[ObjectInfo]]:
+        first = True
+        async for page in super().list(prefix, start_after, end_before):
+            if first:
+                await self.first_page.put(page)  # the provider has answered: this is its view
+                await self.release.wait()
+                first = False
+            yield page
+
+
+def event_for(root: Path, key: str) -> ObjectEvent:
+    """The event a folder watch sends for ``key`` as it is now (the driver's own rules)."""
+    path = root / key
+    if not path.exists():
+        return ObjectEvent(EventKind.DELETED, "local", str(root), key, event_time=datetime.now(UTC))
+    info = LocalDriver(str(root))._info(key, path.stat())
+    return ObjectEvent(
+        EventKind.CREATED,
+        "local",
+        str(root),
+        key,
+        size=info.size,
+        etag=info.etag,
+        event_time=info.last_modified,
+    )
+
+
+async def bucket_state(root: Path) -> dict[str, tuple[int, str]]:
+    return {o.key: (o.size, o.etag) async for page in LocalDriver(str(root)).list() for o in page}
+
+
+async def interleave(
+    tmp_path: Path,
+    before: Callable[[Path], None],
+    in_the_gap: Callable[[Path, list[str]], str],
+) -> tuple[dict, dict]:
+    """First sync of a, b, c, d; ``before(root)`` changes the bucket; a second sync lists, and
+    between its first page and its use ``in_the_gap(root, page_keys)`` changes one key, whose
+    event is applied. Returns (dataset, bucket) afterwards."""
+    root = tmp_path / "bucket"
+    root.mkdir()
+    for name in ("a", "b", "c", "d"):
+        (root / name).write_text(f"first {name}")
+    catalog = Catalog.open(str(tmp_path / "c.db"))
+    try:
+        ds, _ = api.ensure_dataset(catalog, "ds", source=str(root))
+        owner = lease.new_owner()
+        with transaction(catalog.db):
+            lease.acquire(catalog.db, lease.for_dataset(ds.id), owner)
+        await sync_dataset(catalog, ds, LocalDriver(str(root)), owner=owner)
+        before(root)
+
+        driver = PausingDriver(str(root))
+        options = SyncOptions(batch_size=1)  # every change is written as soon as it is decided
+        task = asyncio.create_task(sync_dataset(catalog, ds, driver, options, owner=owner))
+        page = await driver.first_page.get()
+        key = in_the_gap(root, [o.key for o in page])
+        result = apply_events(catalog, [event_for(root, key)], dataset="ds")
+        assert result.counts["created"] + result.counts["updated"] == 1  # the event is news
+        driver.release.set()
+        await task
+        return catalog_state(catalog), await bucket_state(root)
+    finally:
+        catalog.close()
+
+
+async def test_a_listing_that_saw_the_old_version_does_not_undo_an_update(tmp_path: Path) -> None:
+    newer = "second version, longer than the first"
+
+    def overwrite_first_key(root: Path, keys: list[str]) -> str:
+        (root / keys[0]).write_text(newer)
+        return keys[0]
+
+    def change_a(root: Path) -> None:
+        # the listing will see this version, newer than the dataset's: an update to apply
+        (root / "a").write_text("middle version")
+
+    dataset, bucket = await interleave(tmp_path, change_a, overwrite_first_key)
+    assert dataset == bucket
+    assert dataset["a"][0] == len(newer)
+
+
+async def test_a_listing_that_missed_a_key_does_not_delete_it_after_a_create(
+    tmp_path: Path,
+) -> None:
+    def recreate_b(root: Path, keys: list[str]) -> str:
+        assert keys == ["a", "c"]  # the listing's view: b is gone, its delete will be parked
+        (root / "b").write_text("b is back")
+        return "b"
+
+    dataset, bucket = await interleave(tmp_path, lambda root: (root / "b").unlink(), recreate_b)
+    assert dataset == bucket
+    assert "b" in dataset
