@@ -130,3 +130,38 @@ async def test_a_listing_that_missed_a_key_does_not_delete_it_after_a_create(
     dataset, bucket = await interleave(tmp_path, lambda root: (root / "b").unlink(), recreate_b)
     assert dataset == bucket
     assert "b" in dataset
+
+
+async def test_a_late_event_older_than_the_listed_state_is_stale(tmp_path: Path) -> None:
+    """The other direction: a listing wrote the newer state; an older event arrives late."""
+    from datetime import timedelta
+
+    root = tmp_path / "bucket"
+    root.mkdir()
+    (root / "a").write_text("current")
+    catalog = Catalog.open(str(tmp_path / "c.db"))
+    try:
+        ds, _ = api.ensure_dataset(catalog, "ds", source=str(root))
+        owner = lease.new_owner()
+        with transaction(catalog.db):
+            lease.acquire(catalog.db, lease.for_dataset(ds.id), owner)
+        await sync_dataset(catalog, ds, LocalDriver(str(root)), owner=owner)
+        listed = catalog_state(catalog)
+        now = event_for(root, "a")
+        assert now.event_time is not None
+        old = now.event_time - timedelta(seconds=30)
+        late_create = ObjectEvent(
+            EventKind.CREATED, "local", str(root), "a", size=3, etag="old", event_time=old
+        )
+        late_delete = ObjectEvent(EventKind.DELETED, "local", str(root), "a", event_time=old)
+        result = apply_events(catalog, [late_create, late_delete], dataset="ds")
+        assert result.counts["stale"] == 2
+        assert catalog_state(catalog) == listed == await bucket_state(root)
+        # a delete newer than the listed state applies, and then the old create stays stale
+        gone = ObjectEvent(
+            EventKind.DELETED, "local", str(root), "a", event_time=now.event_time + timedelta(1)
+        )
+        assert apply_events(catalog, [gone, late_create], dataset="ds").counts["deleted"] == 1
+        assert "a" not in catalog_state(catalog)
+    finally:
+        catalog.close()
