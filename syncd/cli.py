@@ -499,22 +499,47 @@ def events_apply(file: Any, db_path: str | None, as_json: bool) -> None:
 @click.option("--host", default="127.0.0.1", show_default=True, help="address to bind")
 @click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535))
 def serve(db_path: str | None, host: str, port: int) -> None:
-    """Run the HTTP API: POST /api/v1/events (bearer token from SYNCD_API_TOKEN), GET /healthz."""
-    import os
+    """Run the HTTP API only (no schedule, no queues): POST /api/v1/events for handlers and
+    webhooks, the datasets/items/runs endpoints and /metrics (bearer token from
+    SYNCD_API_TOKEN), GET /healthz. The catalog must exist."""
+    from syncd.config import DaemonConfig, ServerConfig
 
-    from syncd.server.app import serve as run_server
+    config = DaemonConfig(datasets={}, server=ServerConfig(host=host, port=port))
+    _run_daemon(config, db_path or default_db_path(), create_catalog=False)
+
+
+def _run_daemon(config: Any, db: str, *, create_catalog: bool) -> None:
+    """Run a :class:`~syncd.daemon.service.Daemon` until SIGTERM/SIGINT; one line on stderr
+    once it is up."""
+    import os
+    import signal
+
+    from syncd.daemon.service import Daemon
 
     token = os.environ.get("SYNCD_API_TOKEN", "")
-    if len(token) < 16:
-        raise UsageError("set SYNCD_API_TOKEN to a secret of at least 16 characters before serving")
-    catalog = Catalog.open(db_path or default_db_path())
-    click.echo(
-        f"syncd: serving on http://{host}:{port} (catalog {db_path or default_db_path()})", err=True
-    )
-    try:
-        run_server(catalog, token, host, port)
-    finally:
-        catalog.close()
+    if config.server is not None and len(token) < 16:
+        raise UsageError(
+            "the HTTP API needs SYNCD_API_TOKEN set to a secret of at least 16 characters"
+        )
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        daemon = Daemon(
+            config,
+            db,
+            stop=stop,
+            api_token=token,
+            create_catalog=create_catalog,
+            on_ready=lambda summary: click.echo(
+                f"syncd: running on catalog {db}: {summary}", err=True
+            ),
+        )
+        await daemon.run()
+
+    asyncio.run(main())
 
 
 @cli.command()
@@ -532,11 +557,7 @@ def run(config_path: str | None, db_path: str | None) -> None:
     the [queues.NAME] it declares and from folder watches, and serves the HTTP API if [server]
     is set (bearer token from SYNCD_API_TOKEN). One daemon per catalog.
     """
-    import os
-    import signal
-
     from syncd.config import load_daemon_config
-    from syncd.daemon.service import Daemon
 
     path = find_config(config_path)
     if path is None:
@@ -544,23 +565,7 @@ def run(config_path: str | None, db_path: str | None) -> None:
             "syncd run needs a config file: pass --config FILE, set SYNCD_CONFIG, "
             "or put a syncd.toml in the working directory"
         )
-    config = load_daemon_config(path)
-    token = os.environ.get("SYNCD_API_TOKEN", "")
-    if config.server is not None and len(token) < 16:
-        raise UsageError(
-            "the config has a [server] table: set SYNCD_API_TOKEN to a secret of at least 16 "
-            "characters before running"
-        )
-
-    async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        daemon = Daemon(config, db_path or default_db_path(), stop=stop, api_token=token)
-        await daemon.run()
-
-    asyncio.run(main())
+    _run_daemon(load_daemon_config(path), db_path or default_db_path(), create_catalog=True)
 
 
 def main(argv: list[str] | None = None) -> None:

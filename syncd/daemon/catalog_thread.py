@@ -22,20 +22,22 @@ T = TypeVar("T")
 class CatalogThread:
     """One catalog connection on one thread; ``await call(fn)`` runs ``fn(catalog)`` there."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, create: bool = True) -> None:
         self.path = path
+        self.create = create
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="syncd-catalog")
         self._catalog: Catalog | None = None
 
     def _open(self) -> None:
-        self._catalog = Catalog.open(self.path)
+        self._catalog = Catalog.open(self.path, create=self.create)
 
     def _run(self, fn: Callable[[Catalog], T]) -> T:
         assert self._catalog is not None, "CatalogThread used before start()"
         return fn(self._catalog)
 
     async def start(self) -> None:
-        """Open (creating and migrating if needed) the catalog on the owning thread."""
+        """Open the catalog on the owning thread (creating it unless ``create`` is False:
+        then a missing file is a ``UsageError``, as for ``syncd serve``)."""
         await asyncio.get_running_loop().run_in_executor(self._pool, self._open)
 
     async def call(self, fn: Callable[[Catalog], T]) -> T:

@@ -101,6 +101,11 @@ class Scheduler:
         state.wake.set()
         return True
 
+    def state(self, name: str) -> dict[str, Any] | None:
+        """The schedule of ``name`` (None if this daemon does not schedule it)."""
+        found = self.states.get(name)
+        return found.public() if found is not None else None
+
     async def run(self) -> None:
         """One task per dataset; returns when ``stop`` is set and every reconcile has stopped
         (the one in flight writes its batch and is left resumable)."""

@@ -76,14 +76,19 @@ class Daemon:
         stop: asyncio.Event | None = None,
         api_token: str | None = None,
         poll_seconds: int = 10,
+        create_catalog: bool = True,
+        on_ready: Callable[[str], None] | None = None,
     ) -> None:
         self.settings = settings
         self.poll_seconds = poll_seconds
+        self.on_ready = on_ready
+        #: the port the API listens on, once started (0 in the config picks a free one)
+        self.port: int | None = None
         self.db_path = db_path
         self.stop = stop or asyncio.Event()
         self.api_token = api_token
         self.metrics = Metrics()
-        self.catalog = CatalogThread(db_path)
+        self.catalog = CatalogThread(db_path, create=create_catalog)
         self.intake = Intake(self.catalog, settings.datasets, self.metrics)
         intervals = {name: float(spec.interval) for name, spec in settings.datasets.items()}
         self.scheduler = Scheduler(db_path, settings.datasets, intervals, self.metrics, self.stop)
@@ -139,15 +144,16 @@ class Daemon:
             if self.settings.server is not None:
                 closers.append(await self._start_server(self.settings.server))
             self.ready.set()
-            log.info(
-                "syncd run: %d dataset(s), %d queue(s), %d watch(es)%s",
-                len(self.settings.datasets),
-                len(self.settings.queues),
-                watches,
-                f", API on http://{self.settings.server.host}:{self.settings.server.port}"
-                if self.settings.server
-                else "",
+            summary = (
+                f"{len(self.settings.datasets)} dataset(s), {len(self.settings.queues)} "
+                f"queue(s), {watches} folder watch(es)"
             )
+            if self.port is not None:
+                assert self.settings.server is not None
+                summary += f", API on http://{self.settings.server.host}:{self.port}"
+            log.info("running: %s", summary)
+            if self.on_ready:
+                self.on_ready(summary)
             await self.stop.wait()
         finally:
             self.stop.set()
@@ -206,6 +212,9 @@ class Daemon:
         return watch.stop
 
     async def _start_server(self, server: ServerConfig) -> Callable[[], Awaitable[None]]:
-        from syncd.server.app import start_daemon_api
+        from syncd.server.app import start
+        from syncd.server.routes import Context
 
-        return await start_daemon_api(self, server.host, server.port, self.api_token or "")
+        context = Context(self.catalog, self.intake, self.metrics, self.scheduler)
+        stop, self.port = await start(context, self.api_token or "", server.host, server.port)
+        return stop

@@ -1,62 +1,126 @@
-"""``syncd serve``: the HTTP API that bucket-event handlers and webhooks deliver to.
+"""The HTTP server of ``syncd run`` and ``syncd serve`` (its API-only mode): one aiohttp app.
 
-* ``POST /api/v1/events``: a provider payload (any format :mod:`syncd.events.parse` reads, or JSON
-  lines). Needs ``Authorization: Bearer <SYNCD_API_TOKEN>``. Answers ``200`` with the counts
-  applied, ``400`` with one error line for a malformed payload, ``401`` for a wrong token. An
-  Event Grid subscription validation event is answered with ``{"validationResponse": code}``.
-* ``GET /healthz``: ``200 {"status": "ok"}`` when the catalog answers.
+* Every path but ``GET /healthz`` needs ``Authorization: Bearer <SYNCD_API_TOKEN>``, compared
+  in constant time; a wrong or missing token is ``401``.
+* Request bodies are limited to ``MAX_BODY`` bytes (``413``).
+* Every error is JSON, ``{"error": "..."}``, aiohttp's own (404, 405, 413) included; an
+  unexpected exception is logged and answered ``500`` without details.
+* Each request is logged at INFO: method, path, status, duration (never a header or a body).
+* Binds to 127.0.0.1 unless told otherwise. The catalog is only reached through the daemon's
+  catalog thread, so the event loop never blocks on sqlite.
 
-Binds to 127.0.0.1 unless told otherwise. The catalog is written from the event loop: each
-request is one short sqlite transaction.
+The routes are in :mod:`syncd.server.routes`.
 """
 
 from __future__ import annotations
 
+import errno
 import hmac
 import logging
+import time
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from syncd.events.apply import apply_events
-from syncd.events.parse import EventFormatError, parse_text
-from syncd.store.catalog import Catalog
+from syncd.errors import UsageError
+from syncd.server.routes import CONTEXT, Context, add_routes
 
-log = logging.getLogger("syncd.server.app")
+log = logging.getLogger("syncd.server")
 MAX_BODY = 10 * 1024 * 1024
-CATALOG = web.AppKey("catalog", Catalog)
 TOKEN = web.AppKey("token", str)
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-async def events(request: web.Request) -> web.Response:
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """aiohttp's own errors (404, 405, 413, ...) as JSON, like every other error."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400 or exc.content_type == "application/json":
+            raise
+        reason = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else exc.reason
+        return web.json_response({"error": reason}, status=exc.status, headers=_keep(exc))
+    except Exception:
+        log.exception("%s %s failed", request.method, request.path)
+        return web.json_response({"error": "internal error (see the server log)"}, status=500)
+
+
+def _keep(exc: web.HTTPException) -> dict[str, str]:
+    return {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "location")}
+
+
+@web.middleware
+async def bearer_token(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.path == "/healthz":
+        return await handler(request)
     given = request.headers.get("Authorization", "")
     expected = f"Bearer {request.app[TOKEN]}"
     if not hmac.compare_digest(given.encode(), expected.encode()):
         return web.json_response({"error": "missing or wrong bearer token"}, status=401)
-    body = await request.read()
+    return await handler(request)
+
+
+@web.middleware
+async def access_log(request: web.Request, handler: Handler) -> web.StreamResponse:
+    started = time.monotonic()
+    status = 500
     try:
-        parsed = parse_text(body)
-    except EventFormatError as exc:
-        return web.json_response({"error": str(exc)}, status=400)
-    if parsed.validation_code is not None:
-        return web.json_response({"validationResponse": parsed.validation_code})
-    result = apply_events(request.app[CATALOG], parsed.events)
-    log.info("applied %s; skipped %d", result.as_dict(), len(parsed.skipped))
-    return web.json_response({"applied": result.as_dict(), "skipped": parsed.skipped})
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    finally:
+        log.info(
+            "%s %s %d %.1fms",
+            request.method,
+            request.path,
+            status,
+            (time.monotonic() - started) * 1000,
+        )
 
 
 async def healthz(request: web.Request) -> web.Response:
-    request.app[CATALOG].db.execute("SELECT 1").fetchone()
+    await request.app[CONTEXT].catalog.call(lambda c: c.db.execute("SELECT 1").fetchone())
     return web.json_response({"status": "ok"})
 
 
-def make_app(catalog: Catalog, token: str) -> web.Application:
-    app = web.Application(client_max_size=MAX_BODY)
-    app[CATALOG] = catalog
+def make_app(context: Context, token: str) -> web.Application:
+    """The API app. ``token`` must be non-empty (the CLI requires 16+ characters)."""
+    if not token:
+        raise ValueError("the API needs a bearer token")
+    # order: log everything, answer errors as JSON, then check the token
+    app = web.Application(
+        client_max_size=MAX_BODY, middlewares=[access_log, json_errors, bearer_token]
+    )
+    app[CONTEXT] = context
     app[TOKEN] = token
-    app.router.add_post("/api/v1/events", events)
     app.router.add_get("/healthz", healthz)
+    add_routes(app)
     return app
 
 
-def serve(catalog: Catalog, token: str, host: str, port: int) -> None:
-    web.run_app(make_app(catalog, token), host=host, port=port, print=None, access_log=None)
+async def start(
+    context: Context, token: str, host: str, port: int
+) -> tuple[Callable[[], Awaitable[None]], int]:
+    """Bind and start serving; returns (stop, the bound port). A busy port or an address that
+    cannot be bound is a ``UsageError`` (one line), raised before anything is served."""
+    runner = web.AppRunner(make_app(context, token), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        why = "address already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
+        raise UsageError(
+            f"cannot listen on {host}:{port}: {why}; pick another port or stop what uses it"
+        ) from None
+    bound = port
+    server = getattr(site, "_server", None)
+    if server is not None and server.sockets:
+        bound = server.sockets[0].getsockname()[1]
+    return runner.cleanup, bound

@@ -1,0 +1,345 @@
+"""The daemon's HTTP API: datasets, items, runs, reconcile triggers, events and metrics.
+
+Every handler reaches the catalog through the daemon's :class:`~syncd.daemon.catalog_thread.
+CatalogThread` (never on the event loop) and the same library functions the CLI calls. JSON in,
+JSON out; errors are ``{"error": "..."}`` with the status that says what is wrong.
+
+* ``GET  /api/v1/datasets``: every dataset: source, driver, filters, item count, last run, and
+  (in the daemon) its schedule.
+* ``GET  /api/v1/datasets/{name}``: one dataset.
+* ``GET  /api/v1/datasets/{name}/items?prefix=&limit=&cursor=``: items in key order, keyset
+  pagination: ``next_cursor`` is passed back as ``cursor`` (opaque; absent on the last page).
+* ``GET  /api/v1/datasets/{name}/items/{key}``: one item (the key URL-encoded, ``/`` allowed).
+* ``GET  /api/v1/datasets/{name}/items/{key}/url``: ``302`` to a presigned URL of the object.
+* ``POST /api/v1/datasets/{name}/sync``: reconcile now (``202``; ``409`` without a scheduler).
+* ``GET  /api/v1/datasets/{name}/runs?limit=``: runs, newest first, with every attempt.
+* ``POST /api/v1/events``: provider event payloads, SNS subscription confirmations, Event Grid
+  validation, Pub/Sub push envelopes.
+* ``GET  /metrics``: Prometheus text.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+from aiohttp import ClientSession, ClientTimeout, web
+
+from syncd.daemon.catalog_thread import CatalogThread
+from syncd.daemon.metrics import Metrics
+from syncd.errors import UsageError
+from syncd.events.apply import ApplyResult
+from syncd.events.parse import EventFormatError, ObjectEvent, Parsed, parse_text
+from syncd.store.catalog import Catalog, Dataset
+from syncd.store.checkpoint import Checkpoint
+
+log = logging.getLogger("syncd.server")
+
+DEFAULT_PAGE = 100
+MAX_PAGE = 1000
+MAX_RUNS = 100
+
+
+class Scheduling(Protocol):
+    """What the API needs of the daemon's scheduler."""
+
+    def trigger(self, name: str) -> bool: ...
+
+    def state(self, name: str) -> dict[str, Any] | None: ...
+
+
+class Delivering(Protocol):
+    async def deliver(
+        self, events: list[ObjectEvent], *, source: str, dataset: str | None = None
+    ) -> ApplyResult: ...
+
+
+@dataclass
+class Context:
+    """The daemon's parts the API uses; ``scheduler`` is None in ``syncd serve``."""
+
+    catalog: CatalogThread
+    intake: Delivering
+    metrics: Metrics
+    scheduler: Scheduling | None = None
+
+
+CONTEXT = web.AppKey("context", Context)
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+def _dataset_public(catalog: Catalog, ds: Dataset) -> dict[str, Any]:
+    checkpoint = Checkpoint(catalog.db)
+    last = next(iter(checkpoint.history(ds.id, limit=1)), None)
+    return {
+        "name": ds.name,
+        "source": ds.source,
+        "driver": ds.driver.public(),
+        "filters": json.loads(ds.filters.to_json()),
+        "items": catalog.count_items(ds.id),
+        "created_at": ds.created_at,
+        "last_run": None if last is None else _run_public(last, checkpoint, attempts=False),
+    }
+
+
+def _run_public(run: Any, checkpoint: Checkpoint, *, attempts: bool = True) -> dict[str, Any]:
+    out = {
+        "id": run.id,
+        "status": run.status,
+        "started_at": run.started_at,
+        "ended_at": run.ended_at,
+        "seconds": round(run.seconds, 3),
+        "attempts": run.attempts,
+        **run.counts,
+        "held_deletes": run.held_deletes,
+        "error": run.error,
+    }
+    if attempts:
+        out["attempt_history"] = [a.public() for a in checkpoint.attempts(run)]
+    return out
+
+
+async def _dataset_or_404(request: web.Request) -> Dataset:
+    ctx = request.app[CONTEXT]
+    name = request.match_info["name"]
+    found = await ctx.catalog.call(lambda c: c.find_dataset(name))
+    if found is None:
+        raise web.HTTPNotFound(
+            text=json.dumps({"error": f"unknown dataset {name!r}"}),
+            content_type="application/json",
+        )
+    return found
+
+
+# -- datasets ------------------------------------------------------------------------------
+
+
+async def list_datasets(request: web.Request) -> web.Response:
+    ctx = request.app[CONTEXT]
+    rows = await ctx.catalog.call(lambda c: [_dataset_public(c, ds) for ds in c.list_datasets()])
+    if ctx.scheduler is not None:
+        for row in rows:
+            row["schedule"] = ctx.scheduler.state(row["name"])
+    return web.json_response({"datasets": rows})
+
+
+async def get_dataset(request: web.Request) -> web.Response:
+    ctx = request.app[CONTEXT]
+    ds = await _dataset_or_404(request)
+    row = await ctx.catalog.call(lambda c: _dataset_public(c, ds))
+    if ctx.scheduler is not None:
+        row["schedule"] = ctx.scheduler.state(ds.name)
+    return web.json_response(row)
+
+
+def _int_param(request: web.Request, name: str, default: int, maximum: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise web.HTTPBadRequest(
+            text=json.dumps({"error": f"{name} must be a whole number"}),
+            content_type="application/json",
+        ) from None
+    if not 1 <= value <= maximum:
+        raise web.HTTPBadRequest(
+            text=json.dumps({"error": f"{name} must be between 1 and {maximum}"}),
+            content_type="application/json",
+        )
+    return value
+
+
+def encode_cursor(key: str) -> str:
+    return base64.urlsafe_b64encode(key.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> str:
+    try:
+        return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise web.HTTPBadRequest(
+            text=json.dumps({"error": "malformed cursor: pass back next_cursor unchanged"}),
+            content_type="application/json",
+        ) from None
+
+
+async def list_items(request: web.Request) -> web.Response:
+    ctx = request.app[CONTEXT]
+    ds = await _dataset_or_404(request)
+    limit = _int_param(request, "limit", DEFAULT_PAGE, MAX_PAGE)
+    prefix = request.query.get("prefix", "")
+    cursor = request.query.get("cursor")
+    after = decode_cursor(cursor) if cursor else None
+
+    def page(c: Catalog) -> list[dict[str, Any]]:
+        # one more than asked tells whether there is a next page
+        items = c.iter_items(ds.id, after=after, prefix=prefix, limit=limit + 1)
+        return [i.public() for i in items]
+
+    rows = await ctx.catalog.call(page)
+    more = len(rows) > limit
+    rows = rows[:limit]
+    body: dict[str, Any] = {"items": rows, "next_cursor": None}
+    if more:
+        body["next_cursor"] = encode_cursor(rows[-1]["key"])
+    return web.json_response(body)
+
+
+async def _item(ctx: Context, ds: Dataset, key: str) -> dict[str, Any] | None:
+    def one(c: Catalog) -> dict[str, Any] | None:
+        found = next(iter(c.iter_items(ds.id, after=None, prefix=key, limit=1)), None)
+        return found.public() if found is not None and found.key == key else None
+
+    return await ctx.catalog.call(one)
+
+
+async def get_item(request: web.Request) -> web.Response:
+    ctx = request.app[CONTEXT]
+    ds = await _dataset_or_404(request)
+    key = request.match_info["key"]
+    row = await _item(ctx, ds, key)
+    if row is None:
+        return _error(404, f"dataset {ds.name!r} has no item {key!r}")
+    return web.json_response(row)
+
+
+async def item_url(request: web.Request) -> web.Response:
+    """``302`` to a presigned URL. A key that itself ends in ``/url`` is served as an item
+    when it exists and the shorter key does not."""
+    from providers import open_driver
+
+    ctx = request.app[CONTEXT]
+    ds = await _dataset_or_404(request)
+    key = request.match_info["key"]
+    if await _item(ctx, ds, key) is None:
+        whole = await _item(ctx, ds, key + "/url")
+        if whole is not None:
+            return web.json_response(whole)
+        return _error(404, f"dataset {ds.name!r} has no item {key!r}")
+    ttl = _int_param(request, "ttl", 3600, 7 * 24 * 3600)
+    try:
+        async with open_driver(ds.driver) as driver:
+            url = await driver.presign(key, ttl=ttl)
+    except Exception as exc:  # a provider or config problem: say it, no 500
+        log.warning("presign of %r in %r failed: %s", key, ds.name, exc)
+        return _error(502, f"cannot presign {key!r}: {exc}")
+    raise web.HTTPFound(location=url)
+
+
+# -- runs and triggers ---------------------------------------------------------------------
+
+
+async def list_runs(request: web.Request) -> web.Response:
+    ctx = request.app[CONTEXT]
+    ds = await _dataset_or_404(request)
+    limit = _int_param(request, "limit", 20, MAX_RUNS)
+
+    def runs(c: Catalog) -> list[dict[str, Any]]:
+        checkpoint = Checkpoint(c.db)
+        return [_run_public(r, checkpoint) for r in checkpoint.history(ds.id, limit=limit)]
+
+    return web.json_response({"runs": await ctx.catalog.call(runs)})
+
+
+async def trigger_sync(request: web.Request) -> web.Response:
+    ctx = request.app[CONTEXT]
+    ds = await _dataset_or_404(request)
+    if ctx.scheduler is None:
+        return _error(409, "this server schedules no reconciles (syncd serve); use syncd run")
+    if not ctx.scheduler.trigger(ds.name):
+        return _error(409, f"dataset {ds.name!r} is not in this daemon's configuration")
+    return web.json_response({"dataset": ds.name, "triggered": True}, status=202)
+
+
+# -- events --------------------------------------------------------------------------------
+
+
+def _sns_confirmation(body: bytes) -> str | None:
+    """The SubscribeURL of an SNS subscription confirmation, else None."""
+    try:
+        payload = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    if isinstance(payload, dict) and payload.get("Type") == "SubscriptionConfirmation":
+        url = payload.get("SubscribeURL")
+        return url if isinstance(url, str) else ""
+    return None
+
+
+def _trusted_sns_url(url: str) -> bool:
+    """Only AWS's own SNS endpoints (or the configured AWS endpoint, for emulators) are
+    fetched: confirming must not let a caller make the server request any URL."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.scheme == "https" and host.startswith("sns.") and host.endswith(".amazonaws.com"):
+        return True
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_SNS") or os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        ep = urlsplit(endpoint)
+        return (parts.scheme, parts.hostname, parts.port) == (ep.scheme, ep.hostname, ep.port)
+    return False
+
+
+async def post_events(request: web.Request) -> web.Response:
+    ctx = request.app[CONTEXT]
+    body = await request.read()
+    subscribe = _sns_confirmation(body)
+    if subscribe is not None:
+        if not subscribe or not _trusted_sns_url(subscribe):
+            return _error(400, "SNS SubscribeURL is missing or not an AWS SNS endpoint")
+        async with (
+            ClientSession(timeout=ClientTimeout(total=30)) as session,
+            session.get(subscribe) as resp,
+        ):
+            if resp.status != 200:
+                return _error(502, f"SNS answered HTTP {resp.status} to the confirmation")
+        log.info("confirmed an SNS subscription")
+        return web.json_response({"confirmed": True})
+    try:
+        parsed: Parsed = parse_text(body)
+    except EventFormatError as exc:
+        ctx.metrics.events.labels("api", "rejected").inc()
+        return _error(400, str(exc))
+    if parsed.validation_code is not None:
+        return web.json_response({"validationResponse": parsed.validation_code})
+    try:
+        result = await ctx.intake.deliver(parsed.events, source="api")
+    except UsageError as exc:
+        return _error(400, str(exc))
+    return web.json_response({"applied": result.as_dict(), "skipped": parsed.skipped})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    ctx = request.app[CONTEXT]
+    return web.Response(
+        body=ctx.metrics.render(),
+        content_type="text/plain",
+        charset="utf-8",
+        headers={"X-Content-Type-Options": "nosniff"},
+    )
+
+
+def add_routes(app: web.Application) -> None:
+    """Register the API's routes (the auth, size and error middlewares are the app's)."""
+    r = app.router
+    r.add_get("/api/v1/datasets", list_datasets)
+    r.add_get("/api/v1/datasets/{name}", get_dataset)
+    r.add_get("/api/v1/datasets/{name}/items", list_items)
+    # the /url route first: it strips exactly one trailing "/url" from the key
+    r.add_get("/api/v1/datasets/{name}/items/{key:.+}/url", item_url)
+    r.add_get("/api/v1/datasets/{name}/items/{key:.+}", get_item)
+    r.add_get("/api/v1/datasets/{name}/runs", list_runs)
+    r.add_post("/api/v1/datasets/{name}/sync", trigger_sync)
+    r.add_post("/api/v1/events", post_events)
+    r.add_get("/metrics", metrics)
