@@ -424,7 +424,17 @@ def parse_record(rec: Any) -> Parsed:
 
 
 def parse_text(text: str | bytes) -> Parsed:
-    """Parse raw JSON text: a single payload, or one payload per line (JSON lines)."""
+    """Parse raw JSON text: a single payload, or one payload per line (JSON lines).
+
+    Raises ``EventFormatError`` for anything that is not a well-formed payload, a hostile one
+    nested too deeply to decode included."""
+    try:
+        return _parse_text(text)
+    except RecursionError:
+        raise EventFormatError("payload is nested too deeply to be an event") from None
+
+
+def _parse_text(text: str | bytes) -> Parsed:
     if isinstance(text, bytes):
         try:
             text = text.decode("utf-8")
