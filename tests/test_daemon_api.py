@@ -247,3 +247,32 @@ async def test_trigger_a_reconcile_and_read_runs_and_metrics(api: Api, tmp_path:
 def test_no_env_leak() -> None:
     # the SNS test sets AWS_ENDPOINT_URL_SNS only through monkeypatch
     assert "AWS_ENDPOINT_URL_SNS" not in os.environ
+
+
+def test_openapi_document_is_valid_and_matches_the_routes() -> None:
+    import yaml
+    from openapi_spec_validator import validate
+
+    from syncd.server import routes
+
+    spec = yaml.safe_load(
+        (Path(routes.__file__).parent / "openapi.yaml").read_text(encoding="utf-8")
+    )
+    validate(spec)
+    async def healthz(request: web.Request) -> web.Response:
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_get("/healthz", healthz)
+    routes.add_routes(app)
+    served = set()
+    for route in app.router.routes():
+        path = route.resource.canonical.replace("{key:.+}", "{key}")
+        served.add((route.method.lower(), path))
+    documented = {
+        (method, path)
+        for path, ops in spec["paths"].items()
+        for method in ops
+        if method != "parameters"
+    }
+    assert served - {("head", p) for _, p in served} == documented
