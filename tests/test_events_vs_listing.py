@@ -11,14 +11,19 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from providers.base import ObjectInfo
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from providers.base import Driver, ObjectInfo
+from providers.config import DriverConfig
 from providers.local import LocalDriver
 from syncd import api
 from syncd.events.apply import apply_events
-from syncd.events.parse import EventKind, ObjectEvent
+from syncd.events.parse import EventKind, ObjectEvent, pad_sequencer
+from syncd.reconcile.filters import Filters
 from syncd.reconcile.sync import SyncOptions, sync_dataset
 from syncd.store import lease
 from syncd.store.catalog import Catalog
@@ -134,7 +139,6 @@ async def test_a_listing_that_missed_a_key_does_not_delete_it_after_a_create(
 
 async def test_a_late_event_older_than_the_listed_state_is_stale(tmp_path: Path) -> None:
     """The other direction: a listing wrote the newer state; an older event arrives late."""
-    from datetime import timedelta
 
     root = tmp_path / "bucket"
     root.mkdir()
@@ -165,3 +169,134 @@ async def test_a_late_event_older_than_the_listed_state_is_stale(tmp_path: Path)
         assert "a" not in catalog_state(catalog)
     finally:
         catalog.close()
+
+
+# -- the convergence property, with a reconcile running among the events ---------------------
+
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+class SnapshotDriver(Driver):
+    """A bucket frozen at one moment, listed in one page, pausing after the provider's answer
+    until released (the storage interface over a dict; no SDK is involved)."""
+
+    provider = "s3"
+
+    def __init__(self, objects: dict[str, ObjectInfo], pause: bool) -> None:
+        super().__init__("bkt")
+        self.objects = objects
+        self.fetched = asyncio.Event()
+        self.release = asyncio.Event()
+        if not pause:
+            self.release.set()
+
+    async def list(self, prefix="", start_after=None, end_before=None):  # type: ignore[override]
+        page = [o for k, o in sorted(self.objects.items()) if k.startswith(prefix)]
+        self.fetched.set()
+        await self.release.wait()
+        if page:
+            yield page
+
+    async def head(self, key: str) -> ObjectInfo:
+        raise NotImplementedError
+
+    def get(self, key: str):  # type: ignore[override]
+        raise NotImplementedError
+
+    async def put(self, key: str, data: bytes, content_type: str | None = None) -> ObjectInfo:
+        raise NotImplementedError
+
+    async def delete(self, key: str) -> None:
+        raise NotImplementedError
+
+    async def presign(self, key: str, ttl: int = 3600) -> str:
+        raise NotImplementedError
+
+    def uri(self, key: str) -> str:
+        return f"s3://bkt/{key}"
+
+
+def play(ops: list[tuple[str, int | None]], upto: int) -> dict[str, ObjectInfo]:
+    """The bucket after the first ``upto`` operations (op i happens at T0 + i seconds)."""
+    state: dict[str, ObjectInfo] = {}
+    for i, (key, size) in enumerate(ops[:upto]):
+        if size is None:
+            state.pop(key, None)
+        else:
+            state[key] = ObjectInfo(key, size, f"etag-{i}", T0 + timedelta(seconds=i))
+    return state
+
+
+def event_of(i: int, key: str, size: int | None, marked: bool) -> ObjectEvent:
+    marker = pad_sequencer(f"{0x1000 + i:012X}") if marked else None
+    when = T0 + timedelta(seconds=i)
+    if size is None:
+        return ObjectEvent(EventKind.DELETED, "s3", "bkt", key, marker=marker, event_time=when)
+    return ObjectEvent(
+        EventKind.CREATED, "s3", "bkt", key, marker=marker, size=size, etag=f"etag-{i}",
+        event_time=when,
+    )  # fmt: skip
+
+
+operations = st.lists(
+    st.tuples(
+        st.sampled_from(["raw/a", "raw/b", "raw/c d", "raw/ü"]),
+        st.one_of(st.none(), st.integers(1, 9)),
+    ),
+    min_size=1,
+    max_size=12,
+)
+
+
+@settings(
+    max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(ops=operations, data=st.data(), marked=st.booleans())
+def test_events_and_a_concurrent_reconcile_converge(
+    tmp_path_factory, ops: list[tuple[str, int | None]], data: st.DataObject, marked: bool
+) -> None:
+    """Any history; the dataset was synced at t0; a reconcile lists the bucket as it was at
+    t >= t0 while every event is applied in a random order, duplicates included: those of
+    operations before t either before the listing or after it, those after t only after the
+    provider answered (they had not happened yet). Afterwards the dataset equals the bucket."""
+    n = len(ops)
+    t0 = data.draw(st.integers(0, n), label="t0")
+    t = data.draw(st.integers(t0, n), label="t")
+    events = [event_of(i, key, size, marked) for i, (key, size) in enumerate(ops)]
+    before, after = [], []
+    for i, event in enumerate(events):
+        copies = data.draw(st.integers(1, 2), label=f"copies {i}")
+        for _ in range(copies):
+            early = i < t and data.draw(st.booleans(), label=f"early {i}")
+            (before if early else after).append(event)
+    rnd = data.draw(st.randoms(use_true_random=False), label="order")
+    rnd.shuffle(before)
+    rnd.shuffle(after)
+
+    async def scenario() -> dict[str, tuple[int, str]]:
+        catalog = Catalog.open(str(tmp_path_factory.mktemp("p") / "c.db"))
+        try:
+            ds = catalog.create_dataset(
+                "ds", "s3://bkt/raw/", DriverConfig(type="s3", bucket="bkt", path="raw"), Filters()
+            )
+            owner = lease.new_owner()
+            with transaction(catalog.db):
+                lease.acquire(catalog.db, lease.for_dataset(ds.id), owner)
+            await sync_dataset(catalog, ds, SnapshotDriver(play(ops, t0), False), owner=owner)
+            apply_events(catalog, before)
+            driver = SnapshotDriver(play(ops, t), True)
+            task = asyncio.create_task(
+                sync_dataset(catalog, ds, driver, SyncOptions(batch_size=1), owner=owner)
+            )
+            await driver.fetched.wait()
+            # every later event lands while the reconcile holds its (older) view: the worst case
+            apply_events(catalog, after)
+            driver.release.set()
+            await task
+            return catalog_state(catalog)
+        finally:
+            catalog.close()
+
+    final = {k: (o.size, o.etag) for k, o in play(ops, n).items()}
+    assert asyncio.run(scenario()) == final

@@ -167,14 +167,29 @@ class EventApplier:
         if keep and (event.size is None or event.etag is None):
             return "incomplete"  # nothing to record; the next sync lists the object
         when = _stamp(event.event_time) if event.event_time else None
+        # a create that only confirms the item leaves the sequence alone: it must not keep a
+        # reconcile from writing a newer state its listing saw (rule 3 guards changes only);
+        # a delete always stamps, so a listing that saw the key alive cannot re-create it
+        unchanged_create = (
+            keep and existing is not None and (existing[1], existing[2]) == (event.etag, event.size)
+        )
         # the marker stays the newest one seen: an unmarked event does not erase it
         db.execute(
             "INSERT INTO key_markers (dataset_id, key, marker, deleted, updated_at, seq, event_time)"
             " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (dataset_id, key) DO UPDATE SET"
             " marker = CASE WHEN excluded.marker = '' THEN marker ELSE excluded.marker END,"
-            " deleted = excluded.deleted, updated_at = excluded.updated_at, seq = excluded.seq,"
+            " deleted = excluded.deleted, updated_at = excluded.updated_at,"
+            " seq = CASE WHEN excluded.seq = 0 THEN seq ELSE excluded.seq END,"
             " event_time = coalesce(excluded.event_time, event_time)",
-            [ds.id, event.key, rank or "", int(not keep), now(), seq, when],
+            [
+                ds.id,
+                event.key,
+                rank or "",
+                int(not keep),
+                now(),
+                0 if unchanged_create else seq,
+                when,
+            ],
         )
         if not keep:
             if existing is None:
