@@ -259,6 +259,7 @@ def test_openapi_document_is_valid_and_matches_the_routes() -> None:
         (Path(routes.__file__).parent / "openapi.yaml").read_text(encoding="utf-8")
     )
     validate(spec)
+
     async def healthz(request: web.Request) -> web.Response:
         return web.Response()
 

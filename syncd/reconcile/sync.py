@@ -141,22 +141,26 @@ async def prefetch(
 
     Yields ``(seen_seq, page)``: ``before_page()`` (the catalog's event sequence) is read just
     before each page is requested, so every event applied after the provider answered has a
-    larger number. The last item is ``(seen_seq, [])``, read before the request that found
-    the listing's end.
+    larger number. The last item is ``(seen_seq, [])`` with the last page's ``seen_seq`` (the
+    answer that ended the listing).
     """
     queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=depth)
     end = object()
 
     async def produce() -> None:
         it = aiter(pages)
+        last: int | None = None
         try:
             while True:
                 seq = before_page()
                 try:
                     page = await anext(it)
                 except StopAsyncIteration:
-                    await queue.put((seq, end))
+                    # keys missing at the end were judged missing by the last page's answer
+                    # (it said there was nothing more): keep that page's, older, sequence
+                    await queue.put((seq if last is None else last, end))
                     return
+                last = seq
                 await queue.put((seq, page))
         except Exception as exc:  # handed to the consumer, which re-raises it
             await queue.put((0, exc))
