@@ -96,9 +96,9 @@ def test_gcp_handler_under_functions_framework(gcf) -> None:
     url, db = gcf
     finalized = json.loads((SAMPLES / "gcs-cloudevent-finalized.json").read_text())
     assert post_binary(url, finalized) == 200
-    assert dataset_state(db, "gcs") == {"raw/2026/cat 01.jpg": (4096, "CKih16GjycICEAE=")}
+    assert dataset_state(db, "gcs") == {"raw/2026/cat 01.jpg": (4096, "CJCEsb/Ky5EDEAE=")}
     assert post_structured(url, finalized) == 200  # duplicate, other content mode: no change
-    assert dataset_state(db, "gcs") == {"raw/2026/cat 01.jpg": (4096, "CKih16GjycICEAE=")}
+    assert dataset_state(db, "gcs") == {"raw/2026/cat 01.jpg": (4096, "CJCEsb/Ky5EDEAE=")}
     deleted = json.loads((SAMPLES / "gcs-cloudevent-deleted.json").read_text())
     assert post_binary(url, deleted) == 200
     assert dataset_state(db, "gcs") == {}

@@ -277,3 +277,14 @@ def test_openapi_document_is_valid_and_matches_the_routes() -> None:
         if method != "parameters"
     }
     assert served - {("head", p) for _, p in served} == documented
+
+
+async def test_event_grid_cloudevents_handshake(api: Api) -> None:
+    async with api.session.options(
+        api.base + "/api/v1/events", headers={"WebHook-Request-Origin": "eventgrid.azure.net"}
+    ) as resp:
+        assert resp.status == 200
+        assert resp.headers["WebHook-Allowed-Origin"] == "eventgrid.azure.net"
+    # the handshake is the only unauthenticated way in besides /healthz
+    async with api.session.options(api.base + "/api/v1/datasets") as resp:
+        assert resp.status == 401

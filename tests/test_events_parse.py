@@ -18,8 +18,8 @@ from syncd.events.parse import (
     parse_text,
 )
 
-# the vendor-format samples live in the steering repo's shared/, checked out beside this one
-SAMPLES = Path(__file__).resolve().parent.parent.parent / "shared" / "reference" / "events"
+# payloads in each vendor's documented format, written for these tests
+SAMPLES = Path(__file__).resolve().parent / "fixtures" / "events"
 
 
 def sample(name: str):
@@ -267,3 +267,17 @@ def test_parse_text_accepts_json_lines() -> None:
     assert [e.key for e in parse_text(text).events] == ["a", "b"]
     with pytest.raises(EventFormatError, match="not valid JSON"):
         parse_text("{nope")
+
+
+@pytest.mark.parametrize(
+    ("name", "key", "size"),
+    [
+        ("sns-notification.json", "raw/2026/red flower.jpg", 1024),  # SNS raw delivery off
+        ("gcs-pubsub-pull-message.json", "raw/2026/fox.jpg", 777),  # a pulled message, bare
+        ("azure-cloudevent-created.json", "raw/2026/bird two.png", 1000),  # CloudEvents schema
+    ],
+)
+def test_wrapped_and_alternate_schema_samples(name: str, key: str, size: int) -> None:
+    event = one(sample(name))
+    assert (event.kind, event.key, event.size) == (EventKind.CREATED, key, size)
+    assert event.marker is not None

@@ -1,6 +1,6 @@
 """The HTTP server of ``syncd run`` and ``syncd serve`` (its API-only mode): one aiohttp app.
 
-* Every path but ``GET /healthz`` needs ``Authorization: Bearer <SYNCD_API_TOKEN>``, compared
+* Every path but ``GET /healthz`` (and Event Grid's ``OPTIONS`` handshake) needs ``Authorization: Bearer <SYNCD_API_TOKEN>``, compared
   in constant time; a wrong or missing token is ``401``.
 * Request bodies are limited to ``MAX_BODY`` bytes (``413``).
 * Every error is JSON, ``{"error": "..."}``, aiohttp's own (404, 405, 413) included; an
@@ -53,7 +53,11 @@ def _keep(exc: web.HTTPException) -> dict[str, str]:
 
 @web.middleware
 async def bearer_token(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if request.path == "/healthz":
+    # the liveness probe, and Event Grid's webhook handshake (it cannot send our token; the
+    # answer only echoes its own origin header and writes nothing)
+    if request.path == "/healthz" or (
+        request.method == "OPTIONS" and request.path == "/api/v1/events"
+    ):
         return await handler(request)
     given = request.headers.get("Authorization", "")
     expected = f"Bearer {request.app[TOKEN]}"

@@ -14,7 +14,7 @@ JSON out; errors are ``{"error": "..."}`` with the status that says what is wron
 * ``POST /api/v1/datasets/{name}/sync``: reconcile now (``202``; ``409`` without a scheduler).
 * ``GET  /api/v1/datasets/{name}/runs?limit=``: runs, newest first, with every attempt.
 * ``POST /api/v1/events``: provider event payloads, SNS subscription confirmations, Event Grid
-  validation, Pub/Sub push envelopes.
+  validation, Pub/Sub push envelopes; ``OPTIONS`` answers Event Grid's CloudEvents handshake.
 * ``GET  /metrics``: Prometheus text.
 """
 
@@ -321,6 +321,17 @@ async def post_events(request: web.Request) -> web.Response:
     return web.json_response({"applied": result.as_dict(), "skipped": parsed.skipped})
 
 
+async def events_handshake(request: web.Request) -> web.Response:
+    """Event Grid's CloudEvents-schema webhook validation: an ``OPTIONS`` request naming the
+    sender in ``WebHook-Request-Origin``; answering with it allows deliveries. Writes nothing."""
+    origin = request.headers.get("WebHook-Request-Origin")
+    if not origin:
+        return web.Response(status=200, headers={"Allow": "OPTIONS, POST"})
+    return web.Response(
+        status=200, headers={"WebHook-Allowed-Origin": origin, "WebHook-Allowed-Rate": "*"}
+    )
+
+
 async def metrics(request: web.Request) -> web.Response:
     ctx = request.app[CONTEXT]
     return web.Response(
@@ -343,4 +354,5 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/api/v1/datasets/{name}/runs", list_runs)
     r.add_post("/api/v1/datasets/{name}/sync", trigger_sync)
     r.add_post("/api/v1/events", post_events)
+    r.add_route("OPTIONS", "/api/v1/events", events_handshake)
     r.add_get("/metrics", metrics)
