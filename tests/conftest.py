@@ -78,9 +78,12 @@ class RejectingTokenService(BaseHTTPRequestHandler):
     """Answers every OAuth token request as Google does for a revoked or unknown key."""
 
     requests = 0  # how many token requests it has refused (tests reset it)
+    lock = threading.Lock()
 
     def do_POST(self) -> None:
-        type(self).requests += 1
+        # counted before the answer goes out: the client cannot see a refusal not yet counted
+        with type(self).lock:
+            type(self).requests += 1
         self.rfile.read(int(self.headers.get("Content-Length") or 0))
         body = b'{"error": "invalid_grant", "error_description": "Invalid JWT Signature."}'
         self.send_response(400)

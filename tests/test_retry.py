@@ -55,6 +55,10 @@ class FaultProxy:
         self.reply: tuple[int, dict[str, str], bytes] | None = None
         self.requests = 0
         self.log: list[str] = []
+        # requests are recorded under this lock before they are answered; ``busy`` counts
+        # those still being handled, so a test can wait until every one is finished
+        self.lock = threading.Condition()
+        self.busy = 0
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -64,12 +68,24 @@ class FaultProxy:
                 pass
 
             def _handle(self) -> None:
-                proxy.requests += 1
-                proxy.log.append(f"{self.command} {self.path}")
+                with proxy.lock:
+                    proxy.requests += 1
+                    proxy.busy += 1
+                    proxy.log.append(f"{self.command} {self.path}")
+                    failing = proxy.fail > 0
+                    if failing:
+                        proxy.fail -= 1
+                try:
+                    self._answer(failing)
+                finally:
+                    with proxy.lock:
+                        proxy.busy -= 1
+                        proxy.lock.notify_all()
+
+            def _answer(self, failing: bool) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else None
-                if proxy.fail > 0:
-                    proxy.fail -= 1
+                if failing:
                     if proxy.reply is None:
                         self.close_connection = True
                         self.connection.shutdown(2)  # a reset, as a flaky network gives
@@ -103,7 +119,14 @@ class FaultProxy:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def arm(self, fail: int, reply: tuple[int, dict[str, str], bytes] | None) -> None:
-        self.fail, self.reply, self.requests, self.log = fail, reply, 0, []
+        self.wait_idle()  # nothing from before may be counted after the reset
+        with self.lock:
+            self.fail, self.reply, self.requests, self.log = fail, reply, 0, []
+
+    def wait_idle(self, timeout: float = 60) -> None:
+        """Wait until no request is being handled (the counts are then final)."""
+        with self.lock:
+            assert self.lock.wait_for(lambda: self.busy == 0, timeout), "proxy never went idle"
 
     def close(self) -> None:
         self.server.shutdown()
@@ -137,9 +160,13 @@ LIST_MARK = {"s3": "list-type=2", "gcs": "/o?", "azure": "comp=list"}
 
 
 def list_calls(proxy: FaultProxy, provider: str) -> int:
-    """Listing requests the proxy saw. google-cloud-storage follows a failed listing with one
-    bucket GET of its own (a lookup for its error message, not a retry), so count by path."""
-    return sum(LIST_MARK[provider] in line for line in proxy.log)
+    """Listing requests the proxy saw, once it has finished handling every request (a client
+    may return before the server side is done). google-cloud-storage follows a failed listing
+    with one bucket GET of its own (a lookup for its error message, not a retry), so count by
+    path."""
+    proxy.wait_idle()
+    with proxy.lock:
+        return sum(LIST_MARK[provider] in line for line in proxy.log)
 
 
 async def listed(driver) -> list[str]:
