@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from providers.redact import register
+
 PROVIDERS = ("s3", "gcs", "azure", "local")
 
 #: which integration fields may hold secrets, per provider (values must be references)
@@ -49,9 +51,12 @@ def resolve_secret(ref: str, *, what: str) -> str:
         value = os.environ.get(target)
         if value is None:
             raise ConfigError(f"{what} refers to environment variable {target}, which is not set")
+        register(value)
         return value
     try:
-        return Path(target).expanduser().read_text().strip()
+        value = Path(target).expanduser().read_text().strip()
+        register(value)
+        return value
     except OSError as exc:
         raise ConfigError(
             f"{what} refers to {target}, which cannot be read: {exc.strerror}"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
+import os
 import sys
 import time
 import traceback
@@ -18,7 +18,8 @@ import click
 
 from providers.config import ConfigError
 from providers.errors import StorageError
-from syncd import api
+from providers.redact import redact
+from syncd import api, logs
 from syncd.config import find_config, load_config
 from syncd.errors import SyncdError, UsageError
 from syncd.limits import MaxDelete, MaxDeleteType
@@ -41,6 +42,28 @@ def _db_option(f: Any) -> Any:
 
 def _json_option(f: Any) -> Any:
     return click.option("--json", "as_json", is_flag=True, help="print one JSON object per line")(f)
+
+
+_ESCAPES = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def printable(text: str) -> str:
+    """``text`` safe for one line of a terminal or a tab-separated table: backslash, newline,
+    tab, other control characters (C0, DEL, C1) and the Unicode line separators are escaped
+    (``\\n``, ``\\x1b``, ``\\u2028``), so a hostile key can neither break a line nor drive
+    the terminal. JSON output keeps keys exact."""
+    out = []
+    for ch in text:
+        code = ord(ch)
+        if ch in _ESCAPES:
+            out.append(_ESCAPES[ch])
+        elif code < 0x20 or 0x7F <= code < 0xA0:
+            out.append(f"\\x{code:02x}")
+        elif code in (0x2028, 0x2029) or 0xD800 <= code <= 0xDFFF:
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(ch)
+    return "".join(out)
 
 
 def _emit(obj: dict[str, Any]) -> None:
@@ -75,19 +98,25 @@ class Progress:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--debug", is_flag=True, help="show tracebacks and debug logging")
+@click.option("--debug", is_flag=True, help="tracebacks, and debug logging as with -vv")
+@click.option("-v", "--verbose", count=True, help="-v: info lines; -vv: debug, SDKs included")
+@click.option("-q", "--quiet", is_flag=True, help="errors only")
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="log lines as text or one JSON object each",
+)
 @click.version_option(package_name="syncd")
-def cli(debug: bool) -> None:
-    """Mirror cloud buckets and folders into datasets of external items."""
-    logging.basicConfig(
-        level=logging.DEBUG if debug else logging.WARNING,
-        format="syncd: %(levelname)s: %(message)s",
-        stream=sys.stderr,
-    )
-    if not debug:
-        # SDK loggers can echo request headers at debug level; keep them quiet by default
-        for name in ("botocore", "boto3", "urllib3", "azure", "google"):
-            logging.getLogger(name).setLevel(logging.WARNING)
+@click.pass_context
+def cli(ctx: click.Context, debug: bool, verbose: int, quiet: bool, log_format: str) -> None:
+    """Mirror cloud buckets and folders into datasets of external items.
+
+    --debug, -v/-vv, -q and --log-format may also follow the command. Secrets are masked in
+    every log line, the SDKs' included."""
+    verbosity = -1 if quiet else (2 if debug else verbose)
+    logs.setup(verbosity, log_format, daemon=ctx.invoked_subcommand in ("run", "serve"))
 
 
 @cli.command()
@@ -231,7 +260,7 @@ def _print_plan(change: Change, as_json: bool) -> None:
     if as_json:
         _emit({"action": str(change.action), "key": change.key})
     else:
-        click.echo(f"{SYMBOL[change.action]} {change.key}")
+        click.echo(f"{SYMBOL[change.action]} {printable(change.key)}")
 
 
 def _print_summary(result: SyncResult, source: str, as_json: bool) -> None:
@@ -406,7 +435,10 @@ def items_ls(
             if as_json:
                 _emit(item.public())
             else:
-                click.echo(f"{item.filename}\t{item.size}\t{item.etag}\t{item.uri}")
+                click.echo(
+                    f"{printable(item.filename)}\t{item.size}\t{printable(item.etag)}"
+                    f"\t{printable(item.uri)}"
+                )
     finally:
         catalog.close()
 
@@ -568,36 +600,77 @@ def run(config_path: str | None, db_path: str | None) -> None:
     _run_daemon(load_daemon_config(path), db_path or default_db_path(), create_catalog=True)
 
 
+#: flags of the ``syncd`` group that users also put after the command
+_HOISTED = {"--debug", "-q", "--quiet", "-v", "-vv", "-vvv", "--verbose"}
+
+
+def hoist_global_flags(args: list[str]) -> list[str]:
+    """Move the group's logging flags (and ``--log-format X``) to the front, wherever they
+    were written, so ``syncd sync ... --debug`` works like ``syncd --debug sync ...``.
+    Nothing after a ``--`` is touched."""
+    front: list[str] = []
+    rest: list[str] = []
+    items = iter(enumerate(args))
+    for i, arg in items:
+        if arg == "--":
+            rest += args[i:]
+            break
+        if arg in _HOISTED:
+            front.append(arg)
+        elif arg == "--log-format":
+            front.append(arg)
+            nxt = next(items, None)
+            if nxt is not None:
+                front.append(nxt[1])
+        elif arg.startswith("--log-format="):
+            front.append(arg)
+        else:
+            rest.append(arg)
+    return front + rest
+
+
+def _quiet_exit_on_broken_pipe() -> None:
+    """The reader went away (``syncd ... | head``): stop quietly, as Unix tools do. stdout is
+    pointed at /dev/null so the interpreter's final flush cannot fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    sys.exit(141)  # 128 + SIGPIPE, what a shell reports for a killed writer
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI and turn every known failure into one line + exit code."""
-    args = sys.argv[1:] if argv is None else argv
+    args = hoist_global_flags(sys.argv[1:] if argv is None else list(argv))
     debug = "--debug" in args
     try:
         cli.main(args=args, prog_name="syncd", standalone_mode=False)
+    except BrokenPipeError:
+        _quiet_exit_on_broken_pipe()
     except click.exceptions.Abort:
         click.echo("syncd: aborted", err=True)
         sys.exit(130)
     except click.ClickException as exc:
-        exc.show()
+        # click's own usage errors: its one "Error: ..." line, a hint, exit 2
+        click.echo(f"syncd: error: {redact(exc.format_message())} (see syncd --help)", err=True)
         sys.exit(exc.exit_code)
     except (SyncdError, StorageError, ConfigError) as exc:
         if debug:
-            traceback.print_exc()
+            click.echo(redact(traceback.format_exc()), err=True, nl=False)
         code = (
             exc.exit_code
             if isinstance(exc, SyncdError)
             else (2 if isinstance(exc, ConfigError) else 1)
         )
-        click.echo(f"syncd: error: {exc}", err=True)
+        click.echo(f"syncd: error: {redact(str(exc))}", err=True)
         sys.exit(code)
     except KeyboardInterrupt:
         click.echo("syncd: interrupted; the next sync resumes where this one stopped", err=True)
         sys.exit(130)
     except Exception as exc:
         if debug:
-            traceback.print_exc()
+            click.echo(redact(traceback.format_exc()), err=True, nl=False)
         click.echo(
-            f"syncd: internal error: {type(exc).__name__}: {exc} (run with --debug for details)",
+            f"syncd: internal error: {type(exc).__name__}: {redact(str(exc))} "
+            "(run with --debug for details)",
             err=True,
         )
         sys.exit(1)

@@ -441,7 +441,8 @@ def test_max_size_flag_refuses(tmp_path: Path, folder: Path, value: str, needle:
     db = tmp_path / "c.db"
     proc = run("sync", str(folder), "--dataset", "d", "--db", str(db), "--max-size", value)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
-    [line] = [line for line in proc.stderr.splitlines() if line.startswith("Error:")]
+    [line] = proc.stderr.splitlines()  # one line, no usage block
+    assert line.startswith("syncd: error:"), line
     assert "'--max-size'" in line and needle in line, proc.stderr
     assert not db.exists()
 
