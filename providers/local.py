@@ -11,6 +11,8 @@
 * ETag is derived from size and modification time (``"<size hex>-<mtime_ns hex>"``), not from
   content: listing a million files must not read a million files. An in-place rewrite of the
   same size within the filesystem's timestamp resolution is therefore not seen as a change.
+* :func:`stat_object` holds these rules for one key; the listing and the daemon's folder watch
+  both use it, so they report the same size, ETag and skips.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ import asyncio
 import contextlib
 import mimetypes
 import os
+import stat
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -46,17 +50,10 @@ class LocalDriver(Driver):
         return os.path.join(self.root, *key.split("/"))
 
     def _inside_root(self, path: str) -> bool:
-        real = os.path.realpath(path)
-        return real == self.root or real.startswith(self.root + os.sep)
+        return _inside(self.root, path)
 
     def _info(self, key: str, st: os.stat_result) -> ObjectInfo:
-        return ObjectInfo(
-            key=key,
-            size=st.st_size,
-            etag=f"{st.st_size:x}-{st.st_mtime_ns:x}",
-            last_modified=datetime.fromtimestamp(st.st_mtime_ns / 1e9, tz=UTC),
-            content_type=mimetypes.guess_type(key)[0],
-        )
+        return _object_info(key, st)
 
     def _check_root(self) -> None:
         if not os.path.isdir(self.root):
@@ -93,28 +90,11 @@ class LocalDriver(Driver):
                 continue
             if not key.startswith(prefix) or not in_range(key, start_after, end_before):
                 continue
-            if key.endswith(TMP_SUFFIX):
-                continue  # a put() in progress
-            if entry.is_symlink():
-                if not self._inside_root(entry.path):
-                    self.skip(key, "symlink to a path outside the folder")
-                    continue
-                if os.path.isdir(entry.path):
-                    self.skip(key, "symlink to a folder (never followed)")
-                    continue
-            try:
-                st = entry.stat(follow_symlinks=True)
-            except FileNotFoundError:
-                continue  # removed (or a dangling link) while we walked
-            if not os.path.isfile(entry.path):
-                self.skip(key, "not a regular file")  # sockets, fifos, devices
-                continue
-            if not _utf8(key):
-                # os.scandir hands undecodable bytes back as lone surrogates; no catalog,
-                # URI or JSON can hold such a key
-                self.skip(key, "file name is not valid UTF-8")
-                continue
-            yield self._info(key, st)
+            found = stat_object(self.root, key, entry)
+            if isinstance(found, Skipped):
+                self.skip(key, found.reason)
+            elif found is not None:
+                yield found
 
     # -- interface -----------------------------------------------------------------------
 
@@ -199,9 +179,87 @@ class LocalDriver(Driver):
         return Path(self._path(key)).as_uri()
 
 
-def _utf8(key: str) -> bool:
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    """An entry a listing leaves out and reports (``Driver.skip``), with why."""
+
+    reason: str
+
+
+def stat_object(
+    root: str, key: str, entry: os.DirEntry[str] | None = None
+) -> ObjectInfo | Skipped | None:
+    """What a listing of the folder ``root`` reports for ``key``, from a fresh look at the disk.
+
+    The one place the folder's rules live, shared by :meth:`LocalDriver.list` and the daemon's
+    folder watch (``syncd.daemon.watch``), so the two cannot disagree on a key's size, ETag or
+    whether it is an object at all:
+
+    * :class:`ObjectInfo`: a regular file, or a symlink to one inside ``root``;
+    * :class:`Skipped`: an entry the listing leaves out *and reports*: a symlink leaving the
+      folder or pointing to a folder, a socket/fifo/device, a name that is not UTF-8;
+    * ``None``: nothing the listing would mention: no such entry (or it vanished while we
+      looked), a folder, a driver temp file (``TMP_SUFFIX``), or a path below a symlinked
+      folder (listings never descend those).
+
+    ``root`` must be a real path (``os.path.realpath``), as ``LocalDriver.root`` is. ``entry``
+    is the ``os.scandir`` entry of ``key`` when the caller is walking: its cached type saves
+    system calls, and a walk never descends a link, so the parent check is skipped. ``key``
+    must be a well-formed key (``/``-separated, no empty, ``.`` or ``..`` part): it is not
+    validated here. Blocking: call it from a worker thread in async code.
+    """
+    if key.endswith(TMP_SUFFIX):
+        return None  # a put() in progress
+    if entry is not None:
+        path = entry.path
+        is_link = entry.is_symlink()
+    else:
+        path = os.path.join(root, *key.split("/"))
+        parent = os.path.dirname(path)
+        # a key reached through a linked folder is not in any listing (which never follows
+        # one); checking the parent chain also stops a watcher's stale path from escaping
+        if parent != root and os.path.realpath(parent) != parent:
+            return None
+        try:
+            is_link = stat.S_ISLNK(os.lstat(path).st_mode)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+    if is_link and not _inside(root, path):
+        return Skipped("symlink to a path outside the folder")
     try:
-        key.encode("utf-8")
+        st = entry.stat(follow_symlinks=True) if entry is not None else os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None  # removed (or a dangling link) while we looked
+    if stat.S_ISDIR(st.st_mode):
+        return Skipped("symlink to a folder (never followed)") if is_link else None
+    if not stat.S_ISREG(st.st_mode):
+        return Skipped("not a regular file")  # sockets, fifos, devices
+    if not is_utf8(key):
+        # os.scandir and inotify hand undecodable bytes back as lone surrogates; no
+        # catalog, URI or JSON can hold such a key
+        return Skipped("file name is not valid UTF-8")
+    return _object_info(key, st)
+
+
+def is_utf8(name: str) -> bool:
+    """True when ``name`` encodes to UTF-8 (it holds no lone surrogates from bad bytes)."""
+    try:
+        name.encode("utf-8")
     except UnicodeEncodeError:
         return False
     return True
+
+
+def _inside(root: str, path: str) -> bool:
+    real = os.path.realpath(path)
+    return real == root or real.startswith(root + os.sep)
+
+
+def _object_info(key: str, st: os.stat_result) -> ObjectInfo:
+    return ObjectInfo(
+        key=key,
+        size=st.st_size,
+        etag=f"{st.st_size:x}-{st.st_mtime_ns:x}",
+        last_modified=datetime.fromtimestamp(st.st_mtime_ns / 1e9, tz=UTC),
+        content_type=mimetypes.guess_type(key)[0],
+    )

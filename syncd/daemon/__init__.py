@@ -1,0 +1,1 @@
+"""The long-running daemon (``syncd run``): event sources, folder watches, scheduling."""
