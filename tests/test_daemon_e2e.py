@@ -19,6 +19,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -107,8 +108,16 @@ class World:
             stderr=subprocess.PIPE,
             text=True,
         )
-        line = proc.stderr.readline() if proc.stderr else ""
-        assert "running on catalog" in line, line + (proc.stderr.read() if proc.poll() else "")
+        assert proc.stderr is not None
+        seen = []
+        for line in proc.stderr:  # log lines may come first; the ready line says it is up
+            seen.append(line)
+            if "running on catalog" in line:
+                break
+        else:
+            raise AssertionError("syncd run did not start:\n" + "".join(seen))
+        # keep draining stderr so a chatty daemon never blocks on a full pipe
+        threading.Thread(target=proc.stderr.read, daemon=True).start()
         return Daemon(proc, self.port)
 
     def s3_state(self) -> dict[str, tuple[int, str]]:

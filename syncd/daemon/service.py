@@ -151,9 +151,10 @@ class Daemon:
             if self.port is not None:
                 assert self.settings.server is not None
                 summary += f", API on http://{self.settings.server.host}:{self.port}"
-            log.info("running: %s", summary)
             if self.on_ready:
                 self.on_ready(summary)
+            else:
+                log.info("running: %s", summary)
             await self.stop.wait()
         finally:
             self.stop.set()
