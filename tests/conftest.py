@@ -303,3 +303,10 @@ def backend(
 BAD_SECRET_B64 = (
     "d3Jvbmcta2V5LWQwLW5vdC1wcmludC1tZS13cm9uZy1rZXktZDAtbm90LXByaW50LW1lLXdyb25nLWtleQ=="
 )
+
+
+@pytest.fixture(scope="session")
+def azurite_queue(emu_dir: Path) -> Iterator[emulators.Emulator]:
+    emu = _start(emulators.start_azurite_queue, emu_dir)
+    yield emu
+    emu.stop()

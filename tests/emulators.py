@@ -189,3 +189,28 @@ def start_azurite(workdir: Path) -> Emulator:
         f"AccountKey={AZURITE_KEY};BlobEndpoint={blob_endpoint};"
     )
     return emu
+
+
+def start_azurite_queue(workdir: Path) -> Emulator:
+    """Azurite's queue service (Storage Queues), on its own port and folder."""
+    port = free_port()
+    data = workdir / "azurite-queue"
+    data.mkdir(exist_ok=True)
+    binary = _azurite_binary().replace("azurite-blob", "azurite-queue")
+    argv = [
+        binary,
+        "--queueHost",
+        "127.0.0.1",
+        "--queuePort",
+        str(port),
+        "--location",
+        str(data),
+        "--skipApiVersionCheck",
+        "--silent",
+    ]
+    emu = start_process("azurite-queue", argv, workdir, "/", port)
+    emu.extra["connection_string"] = (
+        f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};"
+        f"AccountKey={AZURITE_KEY};QueueEndpoint={emu.url}/{AZURITE_ACCOUNT};"
+    )
+    return emu

@@ -1,0 +1,117 @@
+"""Queue consumers: the daemon's fast path from bucket notifications.
+
+One consumer per ``[queues.NAME]``: SQS (:mod:`.sqs`), Azure Storage Queue
+(:mod:`.azure_queue`), Google Pub/Sub pull (:mod:`.pubsub`). The contract every one keeps:
+
+* **at least once**: a message is acknowledged (deleted, acked) only after the sink has
+  committed its events; if the sink raises, nothing of that batch is acknowledged and the
+  queue delivers it again (applying events twice is harmless: see :mod:`syncd.events.apply`);
+* **poison stays out of the way**: a message that is not a well-formed event payload is never
+  acknowledged as applied; it is left to the queue's own dead-letter mechanism (SQS redrive
+  policy, Pub/Sub dead-letter topic) or, for Azure, moved to ``<queue>-poison`` after five
+  deliveries as Azure Functions do; it is counted and logged once per delivery;
+* **never stops the daemon**: a provider error is logged, counted and retried with backoff;
+* **stops promptly**: ``run`` returns within about one poll after ``stop`` is set; messages
+  received but not committed come back after their visibility timeout.
+
+SDK calls are blocking and run in worker threads, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from typing import Protocol
+
+from providers.config import ConfigError, Integration
+from syncd.events.parse import ObjectEvent
+
+log = logging.getLogger("syncd.daemon.queues")
+
+#: backoff after a provider error: doubles from 1 s to this
+MAX_BACKOFF = 30.0
+
+
+class EventSink(Protocol):
+    """Commits events to the catalog; raises if it could not."""
+
+    def __call__(self, events: list[ObjectEvent], *, source: str) -> Awaitable[None]: ...
+
+
+class Consumer(Protocol):
+    name: str
+    stats: ConsumerStats
+
+    async def run(self, sink: EventSink, stop: asyncio.Event) -> None: ...
+
+
+@dataclass
+class ConsumerStats:
+    """What a consumer has done, for logs and metrics."""
+
+    received: int = 0  # messages
+    delivered: int = 0  # events handed to the sink and committed
+    acknowledged: int = 0  # messages deleted / acked after their commit
+    malformed: int = 0  # deliveries of messages that are not event payloads
+    poisoned: int = 0  # messages moved aside (Azure <queue>-poison)
+    errors: int = 0  # provider or sink failures
+    last_message_at: float | None = None
+    #: age in seconds of the oldest message of the last batch, where the provider says
+    lag: float | None = None
+
+
+async def pause(stop: asyncio.Event, seconds: float) -> None:
+    """Sleep ``seconds`` unless ``stop`` is set first (backoff that does not delay shutdown)."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
+
+
+def backoff(failures: int) -> float:
+    return min(MAX_BACKOFF, 2.0 ** max(0, failures - 1))
+
+
+def note_lag(stats: ConsumerStats, sent: list[float]) -> None:
+    """Record the batch's oldest message age (``sent``: unix times the provider reported)."""
+    stats.last_message_at = time.time()
+    if sent:
+        stats.lag = max(0.0, time.time() - min(sent))
+
+
+def open_consumer(
+    name: str,
+    type: str,
+    *,
+    url: str | None = None,
+    queue: str | None = None,
+    account: str | None = None,
+    subscription: str | None = None,
+    integration: Integration | None = None,
+    wait_seconds: int = 10,
+) -> Consumer:
+    """The consumer for one ``[queues.NAME]`` block. ``ConfigError`` for settings that cannot
+    work (the config schema already checks the shape; this checks what only opening can)."""
+    if type == "sqs":
+        from syncd.daemon.queues.sqs import SqsConsumer
+
+        if not url:
+            raise ConfigError(f"queue {name!r}: an sqs queue needs its url")
+        return SqsConsumer(name, url, integration=integration, wait_seconds=wait_seconds)
+    if type == "azure-queue":
+        from syncd.daemon.queues.azure_queue import AzureQueueConsumer
+
+        if not queue:
+            raise ConfigError(f"queue {name!r}: an azure-queue needs its queue name")
+        return AzureQueueConsumer(
+            name, queue, account=account, integration=integration, wait_seconds=wait_seconds
+        )
+    if type == "pubsub":
+        from syncd.daemon.queues.pubsub import PubSubConsumer
+
+        if not subscription:
+            raise ConfigError(f"queue {name!r}: a pubsub queue needs its subscription")
+        return PubSubConsumer(name, subscription, integration=integration)
+    raise ConfigError(f"queue {name!r}: unknown type {type!r} (sqs, azure-queue or pubsub)")

@@ -1,0 +1,136 @@
+"""SQS: S3 notifications (direct, or inside SNS) by long polling.
+
+Each batch: receive up to 10 messages (long poll), parse each body, hand all events of the
+well-formed messages to the sink in one call, then delete exactly those messages
+(``DeleteMessageBatch``). A malformed body is left on the queue: it comes back after the
+visibility timeout until the queue's redrive policy moves it to the dead-letter queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+from providers.config import Integration
+from syncd.daemon.queues import ConsumerStats, EventSink, backoff, note_lag, pause
+from syncd.events.parse import EventFormatError, ObjectEvent, parse_text
+
+log = logging.getLogger("syncd.daemon.queues")
+
+
+def _region(url: str) -> str | None:
+    """The region of an AWS queue URL (``https://sqs.eu-west-1.amazonaws.com/...``)."""
+    host = urlsplit(url).hostname or ""
+    parts = host.split(".")
+    if len(parts) >= 4 and parts[0] == "sqs" and host.endswith(".amazonaws.com"):
+        return parts[1]
+    return None
+
+
+class SqsConsumer:
+    def __init__(
+        self,
+        name: str,
+        url: str,
+        *,
+        integration: Integration | None = None,
+        wait_seconds: int = 10,
+    ) -> None:
+        import boto3
+        from botocore.config import Config
+
+        self.name, self.url, self.wait_seconds = name, url, max(0, min(20, wait_seconds))
+        self.stats = ConsumerStats()
+        creds = integration.resolve() if integration else {}
+        session = boto3.session.Session(
+            aws_access_key_id=creds.get("access_key_id"),
+            aws_secret_access_key=creds.get("secret_access_key"),
+            aws_session_token=creds.get("session_token"),
+            profile_name=creds.get("profile"),
+        )
+        region = _region(url) or session.region_name or "us-east-1"
+        self._client: Any = session.client(
+            "sqs",
+            region_name=region,
+            # the read timeout must outlast the long poll
+            config=Config(read_timeout=self.wait_seconds + 30, retries={"max_attempts": 1}),
+        )
+
+    def _receive(self) -> list[dict[str, Any]]:
+        resp = self._client.receive_message(
+            QueueUrl=self.url,
+            MaxNumberOfMessages=10,
+            WaitTimeSeconds=self.wait_seconds,
+            AttributeNames=["SentTimestamp", "ApproximateReceiveCount"],
+        )
+        return resp.get("Messages", [])
+
+    def _delete(self, messages: list[dict[str, Any]]) -> int:
+        entries = [
+            {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)
+        ]
+        resp = self._client.delete_message_batch(QueueUrl=self.url, Entries=entries)
+        for failed in resp.get("Failed", []):
+            # it will be delivered again; applying it twice is harmless
+            log.warning("%s: could not delete message: %s", self.name, failed.get("Message"))
+        return len(resp.get("Successful", []))
+
+    async def handle(self, messages: list[dict[str, Any]], sink: EventSink) -> None:
+        """Parse, commit through ``sink``, delete what was committed. Raises if the sink does
+        (then nothing is deleted)."""
+        good: list[dict[str, Any]] = []
+        events: list[ObjectEvent] = []
+        for message in messages:
+            try:
+                parsed = parse_text(message.get("Body", ""))
+            except EventFormatError as exc:
+                self.stats.malformed += 1
+                log.warning(
+                    "%s: message %s is not an event payload (%s); left for the redrive policy",
+                    self.name,
+                    message.get("MessageId"),
+                    exc,
+                )
+                continue
+            good.append(message)
+            events += parsed.events
+        if events:
+            await sink(events, source=self.name)
+            self.stats.delivered += len(events)
+        if good:
+            self.stats.acknowledged += await asyncio.to_thread(self._delete, good)
+
+    async def run(self, sink: EventSink, stop: asyncio.Event) -> None:
+        failures = 0
+        while not stop.is_set():
+            try:
+                messages = await asyncio.to_thread(self._receive)
+                if stop.is_set():
+                    return  # not handled: they come back after the visibility timeout
+                if messages:
+                    started = time.monotonic()
+                    self.stats.received += len(messages)
+                    note_lag(
+                        self.stats,
+                        [
+                            int(m["Attributes"]["SentTimestamp"]) / 1000
+                            for m in messages
+                            if "SentTimestamp" in m.get("Attributes", {})
+                        ],
+                    )
+                    await self.handle(messages, sink)
+                    log.info(
+                        "%s: %d message(s) in %.3fs",
+                        self.name,
+                        len(messages),
+                        time.monotonic() - started,
+                    )
+                failures = 0
+            except Exception as exc:  # provider or sink: log, back off, carry on
+                failures += 1
+                self.stats.errors += 1
+                log.error("%s: %s (retrying in %.0fs)", self.name, exc, backoff(failures))
+                await pause(stop, backoff(failures))
