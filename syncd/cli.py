@@ -97,7 +97,16 @@ class Progress:
             click.echo("\r\033[K", nl=False, err=True)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError:
+            # before click's own handler, which would exit 1: a closed reader is no failure
+            _quiet_exit_on_broken_pipe()
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="tracebacks, and debug logging as with -vv")
 @click.option("-v", "--verbose", count=True, help="-v: info lines; -vv: debug, SDKs included")
 @click.option("-q", "--quiet", is_flag=True, help="errors only")

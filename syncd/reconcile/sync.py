@@ -359,6 +359,8 @@ async def sync_dataset(
                 counts["deleted"] += 1  # a dry run's plan: what would be deleted
             if change.action is not Action.UNCHANGED and options.on_plan:
                 options.on_plan(change)
+    except BrokenPipeError:
+        raise  # the reader of a dry run's plan went away: not a storage failure
     except (StorageError, SyncdError, OSError) as exc:
         if isinstance(exc, LeaseLost):
             raise
