@@ -535,6 +535,31 @@ def events_apply(file: Any, db_path: str | None, as_json: bool) -> None:
         )
 
 
+@events.command("unrouted")
+@_db_option
+@_json_option
+def events_unrouted(db_path: str | None, as_json: bool) -> None:
+    """List buckets whose events reached no dataset (a notification without a matching
+    driver), with counts and the last key seen."""
+    from syncd.events.apply import unrouted
+
+    catalog = Catalog.open_reader(db_path or default_db_path())
+    try:
+        rows = unrouted(catalog)
+    finally:
+        catalog.close()
+    if not as_json:
+        click.echo("PROVIDER\tBUCKET\tACCOUNT\tEVENTS\tLAST SEEN\tLAST KEY")
+    for row in rows:
+        if as_json:
+            _emit(row)
+        else:
+            click.echo(
+                f"{row['provider']}\t{printable(str(row['bucket']))}\t{row['account'] or '-'}"
+                f"\t{row['count']}\t{row['last_seen']}\t{printable(str(row['last_key']))}"
+            )
+
+
 @cli.command()
 @_db_option
 @click.option("--host", default="127.0.0.1", show_default=True, help="address to bind")

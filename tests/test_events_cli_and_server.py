@@ -160,3 +160,53 @@ def test_lambda_handler_delivers_over_http(
     monkeypatch.setenv("SYNCD_API_TOKEN", TOKEN)
     assert handler(batch, None) == {"batchItemFailures": [{"itemIdentifier": bad_id}]}
     assert keys(db, "s3raw") == ["raw/2026/red flower.jpg"]
+
+
+def test_unrouted_events_are_counted_logged_once_and_listed(tmp_path: Path) -> None:
+    db = str(tmp_path / "c.db")
+    src = tmp_path / "src"
+    src.mkdir()
+    assert syncd("sync", str(src), "--dataset", "local", "--db", db).returncode == 0
+    payload = tmp_path / "events.json"
+    payload.write_text((SAMPLES / "s3-put.json").read_text())
+    first = syncd("events", "apply", str(payload), "--db", db, "--json")
+    second = syncd("events", "apply", str(payload), "--db", db, "--json")
+    assert json.loads(first.stdout)["applied"]["unrouted"] == 1
+    assert json.loads(second.stdout)["applied"]["unrouted"] == 1
+    # one warning per bucket and process, saying what to do
+    assert first.stderr.count("reach no dataset") == 1 and "acme-images" in first.stderr
+    listed = [
+        json.loads(x) for x in syncd("events", "unrouted", "--db", db, "--json").stdout.splitlines()
+    ]
+    assert [(r["provider"], r["bucket"], r["count"]) for r in listed] == [("s3", "acme-images", 2)]
+    assert listed[0]["last_key"] == "raw/2026/red flower.jpg"
+
+
+def test_handlers_refuse_a_catalog_that_does_not_exist(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from syncd.events.delivery import DeliveryError, deliver
+
+    missing = tmp_path / "synd.db"  # a typo of syncd.db
+    monkeypatch.delenv("SYNCD_API_URL", raising=False)
+    monkeypatch.setenv("SYNCD_DB", str(missing))
+    with pytest.raises(DeliveryError, match="does not exist"):
+        deliver(json.loads((SAMPLES / "s3-put.json").read_text()))
+    assert not missing.exists()
+    served = syncd("serve", "--db", str(missing), "--port", "1", env={"SYNCD_API_TOKEN": "x" * 20})
+    assert served.returncode == 2 and "does not exist" in served.stderr
+    assert not missing.exists()
+
+
+def test_serve_on_a_busy_port_says_so_before_claiming_to_serve(tmp_path: Path) -> None:
+    import socket
+
+    db = str(tmp_path / "c.db")
+    assert syncd("sync", str(tmp_path), "--dataset", "d", "--db", db).returncode == 0
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = syncd("serve", "--db", db, "--port", str(port), env={"SYNCD_API_TOKEN": "t" * 20})
+    one_line_error(proc, 2, f"127.0.0.1:{port}", "already in use")
+    assert "running" not in proc.stderr

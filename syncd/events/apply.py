@@ -24,7 +24,8 @@ object nor removes a newer one; a stale listing never undoes an event.
 
 Routing: an event goes to every dataset whose driver has the event's provider and bucket (and
 Azure account, when both are known) and whose path contains the key. A key outside every
-driver's path is counted as ``unrouted`` and changes nothing else in the batch. A created
+driver's path is counted as ``unrouted`` (in the result, and per bucket in the catalog's
+``unrouted_events`` with one warning per bucket and process) and changes nothing else. A created
 object that the dataset's filters reject removes the item if there was one.
 
 All events of one call are applied in one transaction.
@@ -32,6 +33,7 @@ All events of one call are applied in one transaction.
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -42,6 +44,10 @@ from providers.base import object_uri
 from syncd.events.parse import EventKind, ObjectEvent
 from syncd.store.catalog import Catalog, Dataset, Item
 from syncd.store.db import now, transaction
+
+log = logging.getLogger("syncd.events")
+#: (provider, bucket, account) already warned about in this process
+_WARNED: set[tuple[str, str, str]] = set()
 
 
 @dataclass
@@ -108,15 +114,43 @@ class EventApplier:
 
     def apply(self, events: Iterable[ObjectEvent]) -> ApplyResult:
         result = ApplyResult()
+        unrouted: dict[tuple[str, str, str], tuple[int, str]] = {}
         with transaction(self.catalog.db):
             seq = self._next_seq()
             for event in events:
                 targets = self.routes(event)
                 if not targets:
                     result.counts["unrouted"] += 1
+                    where = (event.provider, event.bucket, event.account or "")
+                    unrouted[where] = (unrouted.get(where, (0, ""))[0] + 1, event.key)
                 for ds in targets:
                     result.counts[self._apply_one(ds, event, seq)] += 1
+            self._record_unrouted(unrouted)
         return result
+
+    def _record_unrouted(self, unrouted: dict[tuple[str, str, str], tuple[int, str]]) -> None:
+        """Count events no dataset took, per bucket, in the batch's transaction; warn once
+        per bucket and process (a misconfigured notification sends many)."""
+        stamp = now()
+        for (provider, bucket, account), (count, key) in unrouted.items():
+            self.catalog.db.execute(
+                "INSERT INTO unrouted_events"
+                " (provider, bucket, account, count, first_seen, last_seen, last_key)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (provider, bucket, account) DO UPDATE"
+                " SET count = count + excluded.count, last_seen = excluded.last_seen,"
+                " last_key = excluded.last_key",
+                [provider, bucket, account, count, stamp, stamp, key],
+            )
+            if (provider, bucket, account) not in _WARNED:
+                _WARNED.add((provider, bucket, account))
+                log.warning(
+                    "events for %s bucket %r%s reach no dataset (e.g. key %r): add a dataset "
+                    "whose driver covers them, or stop sending them; see syncd events unrouted",
+                    provider,
+                    bucket,
+                    f" (account {account})" if account else "",
+                    key,
+                )
 
     def _next_seq(self) -> int:
         db = self.catalog.db
@@ -214,6 +248,16 @@ class EventApplier:
         )
         self.catalog.write_items(ds.id, [item])
         return "updated" if existing else "created"
+
+
+def unrouted(catalog: Catalog) -> list[dict[str, object]]:
+    """The buckets events arrived for that no dataset took, most recent first."""
+    rows = catalog.db.execute(
+        "SELECT provider, bucket, account, count, first_seen, last_seen, last_key"
+        " FROM unrouted_events ORDER BY last_seen DESC"
+    ).fetchall()
+    cols = ("provider", "bucket", "account", "count", "first_seen", "last_seen", "last_key")
+    return [dict(zip(cols, row, strict=True)) for row in rows]
 
 
 def apply_events(

@@ -37,10 +37,15 @@ def deliver(payload: Any, parsed: Parsed | None = None) -> dict[str, Any]:
         return _post(url, payload)
     db = os.environ.get("SYNCD_DB")
     if db:
+        from syncd.errors import UsageError
         from syncd.events.apply import apply_events
         from syncd.store.catalog import Catalog
 
-        catalog = Catalog.open(db)
+        try:
+            # never create one: a mistyped SYNCD_DB would swallow every event as unrouted
+            catalog = Catalog.open(db, create=False)
+        except UsageError as exc:
+            raise DeliveryError(f"SYNCD_DB: {exc}") from None
         try:
             return {
                 "applied": apply_events(catalog, parsed.events).as_dict(),

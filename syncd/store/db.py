@@ -159,6 +159,23 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
             ) WITHOUT ROWID""",
         ],
     ),
+    (
+        "0005_unrouted_events",
+        [
+            # events no dataset took: a notification configured for a bucket (or prefix) no
+            # driver covers. Counted so they are visible (syncd events unrouted), not silent.
+            """CREATE TABLE unrouted_events (
+                provider TEXT NOT NULL,
+                bucket TEXT NOT NULL,
+                account TEXT NOT NULL DEFAULT '',
+                count INTEGER NOT NULL,
+                first_seen TEXT NOT NULL,
+                last_seen TEXT NOT NULL,
+                last_key TEXT NOT NULL,
+                PRIMARY KEY (provider, bucket, account)
+            ) WITHOUT ROWID""",
+        ],
+    ),
 ]
 
 
