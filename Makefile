@@ -10,7 +10,8 @@ STAMP  := $(VENV)/.installed-stamp
 IAC    := .venv-iac
 IAC_STAMP := $(IAC)/.installed-stamp
 AZURITE := node_modules/.bin/azurite-blob
-DB     ?= syncd.db
+DEMO   := build/demo
+DB     ?= $(DEMO)/syncd.db
 
 .PHONY: demo test install clean
 
@@ -32,9 +33,12 @@ $(IAC_STAMP):
 
 install: $(STAMP) $(AZURITE) $(IAC_STAMP)
 
-## syncs the bundled sample folder into $(DB) and lists the resulting items
+## syncs a copy of the bundled sample folder (build/demo/sample-bucket, made once: change it and
+## run make demo again to see the changes) into $(DB) and lists the resulting items; the
+## working tree stays clean
 demo: $(STAMP)
-	$(BIN)/syncd sync examples/sample-bucket --dataset sample --db $(DB)
+	@[ -d $(DEMO)/sample-bucket ] || { mkdir -p $(DEMO) && cp -Rp examples/sample-bucket $(DEMO)/; }
+	$(BIN)/syncd sync $(DEMO)/sample-bucket --dataset sample --db $(DB)
 	$(BIN)/syncd items ls --dataset sample --db $(DB)
 
 ## ruff, then the whole pytest suite (starts moto, fake-gcs-server and Azurite itself;
@@ -45,4 +49,4 @@ test: $(STAMP) $(AZURITE) $(IAC_STAMP)
 	$(BIN)/python -m pytest -q
 
 clean:
-	rm -rf $(VENV) $(IAC) node_modules .pytest_cache dist $(DB) $(DB)-wal $(DB)-shm
+	rm -rf $(VENV) $(IAC) node_modules .pytest_cache dist build
