@@ -7,6 +7,7 @@ pins clash with the test dependencies). With ``CI`` set a missing linter fails t
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -79,7 +80,11 @@ def test_package_holds_only_what_the_cloud_needs(
 
 def test_cfn_lint_passes() -> None:
     proc = subprocess.run(
-        [tool("cfn-lint"), str(ROOT / "infra" / "aws" / "template.yaml")],
+        [
+            tool("cfn-lint"),
+            str(ROOT / "infra" / "aws" / "template.yaml"),
+            str(ROOT / "infra" / "aws" / "daemon-queue.yaml"),
+        ],
         capture_output=True,
         text=True,
     )
@@ -105,3 +110,58 @@ def test_checkov_passes_on_all_templates() -> None:
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     assert "Failed checks: 0" in proc.stdout and "Passed checks" in proc.stdout
+
+
+def test_the_daemon_permissions_are_read_only_on_objects() -> None:
+    """Least privilege for syncd run: the AWS policy and the Azure/GCP role bindings grant
+    reading objects and processing queue messages, never writing or deleting objects. (A text
+    check: no HCL parser is installed; the CloudFormation policy is parsed as YAML.)"""
+    import yaml
+
+    class Tags(yaml.SafeLoader):
+        pass
+
+    def intrinsic(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> object:
+        return loader.construct_scalar(node) if isinstance(node, yaml.ScalarNode) else None
+
+    Tags.add_multi_constructor("!", intrinsic)
+    template = yaml.load((ROOT / "infra" / "aws" / "daemon-queue.yaml").read_text(), Tags)
+    policy = template["Resources"]["DaemonPolicy"]["Properties"]["PolicyDocument"]
+    actions = set()
+    for statement in policy["Statement"]:
+        listed = statement["Action"]
+        actions |= {listed} if isinstance(listed, str) else set(listed)
+    assert actions == {
+        "sqs:ReceiveMessage",
+        "sqs:DeleteMessage",
+        "sqs:ChangeMessageVisibility",
+        "sqs:GetQueueAttributes",
+        "s3:ListBucket",
+        "s3:GetObject",
+    }
+    azure = (ROOT / "infra" / "azure" / "daemon" / "main.tf").read_text()
+    assert set(re.findall(r'role_definition_name\s*=\s*"([^"]+)"', azure)) == {
+        "Storage Queue Data Message Processor",
+        "Storage Queue Data Message Sender",
+        "Storage Blob Data Reader",
+    }
+    gcp = (ROOT / "infra" / "gcp" / "daemon" / "main.tf").read_text()
+    assert set(re.findall(r'role\s*=\s*"([^"]+)"', gcp)) == {
+        "roles/pubsub.publisher",  # the GCS service agent, on the topic
+        "roles/pubsub.subscriber",
+        "roles/storage.objectViewer",
+    }
+
+
+def test_systemd_unit() -> None:
+    import configparser
+
+    unit = configparser.ConfigParser(strict=False, interpolation=None)
+    unit.optionxform = str  # type: ignore[assignment,method-assign]
+    unit.read(ROOT / "deploy" / "syncd.service")
+    service = unit["Service"]
+    assert service["ExecStart"].split()[1:3] == ["run", "--config"]
+    assert service["Restart"] == "on-failure" and service["KillSignal"] == "SIGTERM"
+    assert service["User"] == "syncd" and service["ProtectSystem"] == "strict"
+    assert service["NoNewPrivileges"] == "yes" and service["ReadWritePaths"] == "/var/lib/syncd"
+    assert "EnvironmentFile" in service  # secrets come from a root-owned file, not the unit
