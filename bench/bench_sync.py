@@ -28,7 +28,9 @@ from providers import DriverConfig, open_driver
 from syncd.reconcile.filters import Filters
 from syncd.reconcile.source import canonical
 from syncd.reconcile.sync import SyncOptions, sync_dataset
+from syncd.store import lease
 from syncd.store.catalog import Catalog
+from syncd.store.db import transaction
 
 
 def make_local(root: Path, n: int) -> DriverConfig:
@@ -69,8 +71,13 @@ async def timed(
     if trace:
         tracemalloc.start()
     t0 = time.perf_counter()
+    owner = lease.new_owner()
+    with transaction(catalog.db):
+        lease.acquire(catalog.db, lease.for_dataset(dataset.id), owner)
     async with open_driver(cfg) as driver:
-        result = await sync_dataset(catalog, dataset, driver, SyncOptions())
+        result = await sync_dataset(catalog, dataset, driver, SyncOptions(), owner=owner)
+    with transaction(catalog.db):
+        lease.release(catalog.db, lease.for_dataset(dataset.id), owner)
     seconds = time.perf_counter() - t0
     heap = ""
     if trace:

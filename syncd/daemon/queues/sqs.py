@@ -20,6 +20,9 @@ from syncd.events.parse import EventFormatError, ObjectEvent, parse_text
 
 log = logging.getLogger("syncd.daemon.queues")
 
+#: concurrent long polls per queue
+POLLERS = 4
+
 
 def _region(url: str) -> str | None:
     """The region of an AWS queue URL (``https://sqs.eu-west-1.amazonaws.com/...``)."""
@@ -104,6 +107,11 @@ class SqsConsumer:
             self.stats.acknowledged += await asyncio.to_thread(self._delete, good)
 
     async def run(self, sink: EventSink, stop: asyncio.Event) -> None:
+        # several receives in flight: one receive returns at most 10 messages and a round trip
+        # costs tens of milliseconds, so one poller caps a busy queue's throughput
+        await asyncio.gather(*(self._poll(sink, stop) for _ in range(POLLERS)))
+
+    async def _poll(self, sink: EventSink, stop: asyncio.Event) -> None:
         failures = 0
         while not stop.is_set():
             try:
