@@ -89,6 +89,8 @@ class Scheduler:
         self.stop = stop
         self.on_result = on_result
         self.states = {name: DatasetState(name, intervals[name]) for name in specs}
+        #: first retry delay after a failure (doubles per failure, capped at the interval)
+        self.backoff_base = BACKOFF_BASE
         self._limit = asyncio.Semaphore(MAX_CONCURRENT)
         # set on shutdown: a reconcile in flight writes its batch and stops at the next page
         self._halt = threading.Event()
@@ -146,7 +148,7 @@ class Scheduler:
         except (SyncdError, StorageError, OSError) as exc:
             state.failures += 1
             state.last_error = str(exc)
-            delay = min(state.interval, BACKOFF_BASE * 2 ** (state.failures - 1))
+            delay = min(state.interval, self.backoff_base * 2 ** (state.failures - 1))
             log.error("reconcile of %r failed (%s); retrying in %.0fs", state.name, exc, delay)
             self.metrics.sync_runs.labels(state.name, "failed").inc()
             return jittered(delay)
@@ -155,7 +157,7 @@ class Scheduler:
             state.last_error = f"internal error: {type(exc).__name__}: {exc}"
             log.exception("reconcile of %r failed with an internal error", state.name)
             self.metrics.sync_runs.labels(state.name, "failed").inc()
-            return jittered(min(state.interval, BACKOFF_BASE * 2 ** (state.failures - 1)))
+            return jittered(min(state.interval, self.backoff_base * 2 ** (state.failures - 1)))
         finally:
             state.running = False
             self.metrics.sync_duration.labels(state.name).observe(time.monotonic() - started)
