@@ -221,7 +221,7 @@ def sync(
                 dry_run=dry_run,
                 restart=restart,
                 resume_within=resume_within,
-                max_delete=max_delete or _spec_max_delete(spec),
+                max_delete=max_delete or (spec.max_delete if spec else None),
                 on_plan=(lambda c: _print_plan(c, as_json)) if dry_run else None,
                 on_progress=progress,
             )
@@ -245,7 +245,7 @@ def sync(
                 click.echo(f"syncd: error: {exc}", err=True)
                 continue
             progress.done()
-            source_text = result_source(catalog, name, source, spec)
+            source_text = _source_of(catalog, name, source, spec)
             _print_summary(result, source_text, as_json)
         if failures:
             sys.exit(1)
@@ -253,11 +253,7 @@ def sync(
         catalog.close()
 
 
-def _spec_max_delete(spec: Any) -> MaxDelete | None:
-    return getattr(spec, "max_delete", None) if spec is not None else None
-
-
-def result_source(catalog: Catalog, name: str, source: str | None, spec: Any) -> str:
+def _source_of(catalog: Catalog, name: str, source: str | None, spec: Any) -> str:
     """The canonical SOURCE of the synced dataset, for the summary line."""
     found = catalog.find_dataset(name)
     if found is not None:
