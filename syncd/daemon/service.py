@@ -195,6 +195,8 @@ class Daemon:
 
         async def sink(events: list[Any], *, source: str) -> None:
             await self.intake.deliver(events, source=source)
+            if consumer.stats.lag is not None:
+                self.metrics.queue_lag.labels(q.name).set(consumer.stats.lag)
 
         await consumer.run(sink, self.stop)
 
