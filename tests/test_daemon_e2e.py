@@ -38,7 +38,9 @@ TOKEN = "e2e-token-0123456789abcdef"
 RUN = (sys.executable, "-m", "syncd.cli", "run")
 
 
-def wait_for(condition: Callable[[], Any], what: str, timeout: float = 60) -> Any:
+def wait_for(
+    condition: Callable[[], Any], what: str, timeout: float = 60, log: list[str] | None = None
+) -> Any:
     deadline = time.monotonic() + timeout
     last: Any = None
     while time.monotonic() < deadline:
@@ -46,13 +48,15 @@ def wait_for(condition: Callable[[], Any], what: str, timeout: float = 60) -> An
         if last:
             return last
         time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
+    tail = "".join((log or [])[-40:])
+    raise AssertionError(f"timed out waiting for {what} (last: {last!r})\ndaemon log:\n{tail}")
 
 
 @dataclass
 class Daemon:
     proc: subprocess.Popen[str]
     port: int
+    log: list[str]  # its stderr, for the failure messages
 
     def api(self, path: str, *, token: str | None = TOKEN) -> tuple[int, Any]:
         request = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}")
@@ -116,9 +120,15 @@ class World:
                 break
         else:
             raise AssertionError("syncd run did not start:\n" + "".join(seen))
-        # keep draining stderr so a chatty daemon never blocks on a full pipe
-        threading.Thread(target=proc.stderr.read, daemon=True).start()
-        return Daemon(proc, self.port)
+        daemon = Daemon(proc, self.port, seen)
+
+        def drain() -> None:  # keep reading so a chatty daemon never blocks on a full pipe
+            assert proc.stderr is not None
+            for line in proc.stderr:
+                daemon.log.append(line)
+
+        threading.Thread(target=drain, daemon=True).start()
+        return daemon
 
     def s3_state(self) -> dict[str, tuple[int, str]]:
         pages = self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket)
@@ -321,6 +331,7 @@ def test_the_daemon_follows_every_source_through_events_alone(world: World) -> N
         wait_for(
             lambda: daemon.items("images") == under(world.s3_state(), "raw/"),
             "S3 changes through SQS",
+            log=daemon.log,
         )
 
         # Azure through the storage queue
@@ -335,6 +346,7 @@ def test_the_daemon_follows_every_source_through_events_alone(world: World) -> N
         wait_for(
             lambda: daemon.items("docs") == under(world.blob_state(), "docs/"),
             "Azure changes through the storage queue",
+            log=daemon.log,
         )
 
         # the local folder through the watch
@@ -343,7 +355,9 @@ def test_the_daemon_follows_every_source_through_events_alone(world: World) -> N
         (world.folder / "before.txt").write_text("overwritten!")
         (world.folder / "gone.txt").write_text("x")
         (world.folder / "gone.txt").unlink()
-        wait_for(lambda: daemon.items("disk") == world.folder_state(), "folder changes")
+        wait_for(
+            lambda: daemon.items("disk") == world.folder_state(), "folder changes", log=daemon.log
+        )
 
         # the API
         assert daemon.api("/api/v1/datasets", token=None)[0] == 401

@@ -300,3 +300,28 @@ def test_events_and_a_concurrent_reconcile_converge(
 
     final = {k: (o.size, o.etag) for k, o in play(ops, n).items()}
     assert asyncio.run(scenario()) == final
+
+
+async def test_an_event_later_in_the_same_second_as_the_listed_state_applies(
+    tmp_path: Path,
+) -> None:
+    """Times are compared as times: a listing's whole-second "...:00Z" and an event's
+    "...:00.5Z" (which sorts first as text) are ordered correctly."""
+    catalog = Catalog.open(str(tmp_path / "c.db"))
+    try:
+        ds = catalog.create_dataset(
+            "ds", "s3://bkt/raw/", DriverConfig(type="s3", bucket="bkt", path="raw"), Filters()
+        )
+        owner = lease.new_owner()
+        with transaction(catalog.db):
+            lease.acquire(catalog.db, lease.for_dataset(ds.id), owner)
+        listed = {"raw/a": ObjectInfo("raw/a", 1, "old", T0)}  # a whole second
+        await sync_dataset(catalog, ds, SnapshotDriver(listed, False), owner=owner)
+        newer = ObjectEvent(
+            EventKind.CREATED, "s3", "bkt", "raw/a", size=2, etag="new",
+            event_time=T0 + timedelta(milliseconds=500),
+        )  # fmt: skip
+        assert apply_events(catalog, [newer]).counts["updated"] == 1
+        assert catalog_state(catalog) == {"raw/a": (2, "new")}
+    finally:
+        catalog.close()

@@ -75,6 +75,14 @@ def _stamp(t: datetime) -> str:
     return t.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
+def _parse_time(stamp: str) -> datetime | None:
+    try:
+        parsed = datetime.fromisoformat(stamp)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
 def _generation(version: str | None) -> tuple[int, ...] | None:
     """A GCS ``generation.metageneration`` as a comparable tuple; None for anything else."""
     if not version:
@@ -176,11 +184,15 @@ class EventApplier:
                 return event_gen < item_gen
         if event.event_time is None:
             return False
-        when = _stamp(event.event_time)
+        when = event.event_time.astimezone(UTC)
+        # compared as times, not strings: stored stamps vary in precision ("...:01Z" from a
+        # listing with whole seconds, "...:01.5Z" from an event)
         newest = [
-            t for t in (stored[2] if stored else None, existing[3] if existing else None) if t
+            _parse_time(t)
+            for t in (stored[2] if stored else None, existing[3] if existing else None)
+            if t
         ]
-        return any(when < t for t in newest)
+        return any(t is not None and when < t for t in newest)
 
     def _apply_one(self, ds: Dataset, event: ObjectEvent, seq: int) -> str:
         db = self.catalog.db
