@@ -18,6 +18,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -92,6 +93,8 @@ class Scheduler:
         #: first retry delay after a failure (doubles per failure, capped at the interval)
         self.backoff_base = BACKOFF_BASE
         self._limit = asyncio.Semaphore(MAX_CONCURRENT)
+        # reconciles run for minutes: their own threads, not the loop's shared default pool
+        self._pool = ThreadPoolExecutor(MAX_CONCURRENT, thread_name_prefix="syncd-reconcile")
         # set on shutdown: a reconcile in flight writes its batch and stops at the next page
         self._halt = threading.Event()
 
@@ -117,6 +120,7 @@ class Scheduler:
         for state in self.states.values():
             state.wake.set()
         await asyncio.gather(*tasks, return_exceptions=True)
+        self._pool.shutdown(wait=True)
 
     async def _loop(self, state: DatasetState) -> None:
         delay = 0.0  # every dataset is reconciled at start
@@ -138,7 +142,9 @@ class Scheduler:
         state.running, state.next_run_at = True, None
         started = time.monotonic()
         try:
-            result = await asyncio.to_thread(self._sync_blocking, state.name)
+            result = await asyncio.get_running_loop().run_in_executor(
+                self._pool, self._sync_blocking, state.name
+            )
         except SyncStopped:
             return 0.0
         except DatasetBusy as exc:

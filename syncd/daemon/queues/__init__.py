@@ -23,14 +23,16 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 from providers.config import ConfigError, Integration
 from syncd.events.parse import ObjectEvent
 
 log = logging.getLogger("syncd.daemon.queues")
+T = TypeVar("T")
 
 #: backoff after a provider error: doubles from 1 s to this
 MAX_BACKOFF = 30.0
@@ -68,6 +70,16 @@ async def pause(stop: asyncio.Event, seconds: float) -> None:
     """Sleep ``seconds`` unless ``stop`` is set first (backoff that does not delay shutdown)."""
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), timeout=seconds)
+
+
+def worker_pool(name: str, threads: int) -> ThreadPoolExecutor:
+    """A consumer's own threads for its blocking SDK calls: a long poll holds its thread for
+    seconds, and must not starve the event loop's shared default pool (HEADs, the watch...)."""
+    return ThreadPoolExecutor(max_workers=threads, thread_name_prefix=f"syncd-queue-{name}")
+
+
+async def in_pool(pool: ThreadPoolExecutor, fn: Callable[..., T], *args: Any) -> T:
+    return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
 
 
 def backoff(failures: int) -> float:

@@ -19,7 +19,15 @@ import time
 from typing import Any
 
 from providers.config import ConfigError, Integration
-from syncd.daemon.queues import ConsumerStats, EventSink, backoff, note_lag, pause
+from syncd.daemon.queues import (
+    ConsumerStats,
+    EventSink,
+    backoff,
+    in_pool,
+    note_lag,
+    pause,
+    worker_pool,
+)
 from syncd.events.parse import EventFormatError, ObjectEvent, parse_text
 
 log = logging.getLogger("syncd.daemon.queues")
@@ -90,6 +98,7 @@ class AzureQueueConsumer:
         # Storage Queues have no long poll: an empty receive waits this long before the next
         self.idle_seconds = max(0.2, min(float(wait_seconds), 1.0))
         self.stats = ConsumerStats()
+        self._pool = worker_pool(name, 2)
         self._queue, self._poison = _clients(queue, account, integration)
         self._poison_ready = False
         #: seconds a received message stays hidden (a redelivery comes after this)
@@ -130,7 +139,7 @@ class AzureQueueConsumer:
             except EventFormatError as exc:
                 self.stats.malformed += 1
                 if message.dequeue_count > MAX_DEQUEUE:
-                    await asyncio.to_thread(self._to_poison, message)
+                    await in_pool(self._pool, self._to_poison, message)
                     self.stats.poisoned += 1
                     log.warning(
                         "%s: message %s moved to %s-poison after %d deliveries (%s)",
@@ -155,14 +164,20 @@ class AzureQueueConsumer:
             await sink(events, source=self.name)
             self.stats.delivered += len(events)
         for message in good:
-            await asyncio.to_thread(self._delete, message)
+            await in_pool(self._pool, self._delete, message)
             self.stats.acknowledged += 1
 
     async def run(self, sink: EventSink, stop: asyncio.Event) -> None:
+        try:
+            await self._poll(sink, stop)
+        finally:
+            self._pool.shutdown(wait=False)
+
+    async def _poll(self, sink: EventSink, stop: asyncio.Event) -> None:
         failures = 0
         while not stop.is_set():
             try:
-                messages = await asyncio.to_thread(self._receive)
+                messages = await in_pool(self._pool, self._receive)
                 if stop.is_set():
                     return
                 if not messages:

@@ -15,7 +15,15 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from providers.config import Integration
-from syncd.daemon.queues import ConsumerStats, EventSink, backoff, note_lag, pause
+from syncd.daemon.queues import (
+    ConsumerStats,
+    EventSink,
+    backoff,
+    in_pool,
+    note_lag,
+    pause,
+    worker_pool,
+)
 from syncd.events.parse import EventFormatError, ObjectEvent, parse_text
 
 log = logging.getLogger("syncd.daemon.queues")
@@ -47,6 +55,7 @@ class SqsConsumer:
 
         self.name, self.url, self.wait_seconds = name, url, max(0, min(20, wait_seconds))
         self.stats = ConsumerStats()
+        self._pool = worker_pool(name, POLLERS + 1)
         creds = integration.resolve() if integration else {}
         session = boto3.session.Session(
             aws_access_key_id=creds.get("access_key_id"),
@@ -104,18 +113,22 @@ class SqsConsumer:
             await sink(events, source=self.name)
             self.stats.delivered += len(events)
         if good:
-            self.stats.acknowledged += await asyncio.to_thread(self._delete, good)
+            self.stats.acknowledged += await in_pool(self._pool, self._delete, good)
 
     async def run(self, sink: EventSink, stop: asyncio.Event) -> None:
         # several receives in flight: one receive returns at most 10 messages and a round trip
         # costs tens of milliseconds, so one poller caps a busy queue's throughput
-        await asyncio.gather(*(self._poll(sink, stop) for _ in range(POLLERS)))
+        try:
+            await asyncio.gather(*(self._poll(sink, stop) for _ in range(POLLERS)))
+        finally:
+            # a long poll still in flight ends within wait_seconds; do not wait for it
+            self._pool.shutdown(wait=False)
 
     async def _poll(self, sink: EventSink, stop: asyncio.Event) -> None:
         failures = 0
         while not stop.is_set():
             try:
-                messages = await asyncio.to_thread(self._receive)
+                messages = await in_pool(self._pool, self._receive)
                 if stop.is_set():
                     return  # not handled: they come back after the visibility timeout
                 if messages:
