@@ -27,13 +27,14 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from providers.config import ConfigError
 from syncd import api
 from syncd.config import DaemonConfig, DatasetSpec, QueueConfig, ServerConfig
 from syncd.daemon.catalog_thread import CatalogThread
 from syncd.daemon.intake import Intake
 from syncd.daemon.metrics import Metrics
 from syncd.daemon.scheduler import Scheduler
-from syncd.errors import SyncdError
+from syncd.errors import SyncdError, UsageError
 from syncd.store import lease
 from syncd.store.catalog import Catalog
 from syncd.store.db import transaction
@@ -128,6 +129,8 @@ class Daemon:
 
     async def _serve(self) -> None:
         await self._ensure_datasets()
+        consumers = {q.name: self._open_consumer(q) for q in self.settings.queues.values()}
+        self.consumer_stats = {name: c.stats for name, c in consumers.items()}
         tasks: list[asyncio.Task[Any]] = [
             asyncio.create_task(self._keep_lease(), name="lease"),
             asyncio.create_task(self.scheduler.run(), name="scheduler"),
@@ -135,8 +138,12 @@ class Daemon:
         closers: list[Callable[[], Awaitable[None]]] = []
         watches = 0
         try:
-            for q in self.settings.queues.values():
-                tasks.append(asyncio.create_task(self._consume(q), name=f"queue:{q.name}"))
+            for name, consumer in consumers.items():
+                tasks.append(
+                    asyncio.create_task(self._consume(name, consumer), name=f"queue:{name}")
+                )
+            for task in tasks:
+                task.add_done_callback(self._report_early_end)
             for name, spec in self.settings.datasets.items():
                 if spec.driver.type == "local" and spec.watch:
                     closers.append(await self._watch(name, spec))
@@ -168,6 +175,14 @@ class Daemon:
                 ):
                     log.error("%s stopped with an error: %s", task.get_name(), outcome)
 
+    def _report_early_end(self, task: asyncio.Task[Any]) -> None:
+        """A part that ends before shutdown is a bug or a lost lease: say so at once."""
+        if self.stop.is_set() or task.cancelled():
+            return
+        error = task.exception()
+        if error is not None:
+            log.error("%s stopped with an error: %s", task.get_name(), error, exc_info=error)
+
     async def _keep_lease(self) -> None:
         while not self.stop.is_set():
             with contextlib.suppress(TimeoutError):
@@ -178,25 +193,30 @@ class Daemon:
                 log.error("lost the catalog lease to another daemon; stopping")
                 self.stop.set()
 
-    async def _consume(self, q: QueueConfig) -> None:
+    def _open_consumer(self, q: QueueConfig) -> Any:
+        """The consumer of one queue; a setting that cannot work is a ``UsageError`` at start
+        (one line, exit 2), not a task that dies later."""
         from syncd.daemon.queues import open_consumer
 
-        consumer = open_consumer(
-            q.name,
-            q.type,
-            url=q.url,
-            queue=q.queue,
-            account=q.account,
-            subscription=q.subscription,
-            integration=q.integration,
-            wait_seconds=self.poll_seconds,
-        )
-        self.consumer_stats[q.name] = getattr(consumer, "stats", None)
+        try:
+            return open_consumer(
+                q.name,
+                q.type,
+                url=q.url,
+                queue=q.queue,
+                account=q.account,
+                subscription=q.subscription,
+                integration=q.integration,
+                wait_seconds=self.poll_seconds,
+            )
+        except ConfigError as exc:
+            raise UsageError(f"queue {q.name!r}: {exc}") from None
 
+    async def _consume(self, name: str, consumer: Any) -> None:
         async def sink(events: list[Any], *, source: str) -> None:
             await self.intake.deliver(events, source=source)
             if consumer.stats.lag is not None:
-                self.metrics.queue_lag.labels(q.name).set(consumer.stats.lag)
+                self.metrics.queue_lag.labels(name).set(consumer.stats.lag)
 
         await consumer.run(sink, self.stop)
 
