@@ -39,7 +39,7 @@ RUN = (sys.executable, "-m", "syncd.cli", "run")
 
 
 def wait_for(
-    condition: Callable[[], Any], what: str, timeout: float = 60, log: list[str] | None = None
+    condition: Callable[[], Any], what: str, timeout: float = 120, log: list[str] | None = None
 ) -> Any:
     deadline = time.monotonic() + timeout
     last: Any = None

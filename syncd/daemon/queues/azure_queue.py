@@ -34,7 +34,7 @@ log = logging.getLogger("syncd.daemon.queues")
 
 MAX_DEQUEUE = 5
 #: seconds a received message stays hidden from other receivers while it is handled
-VISIBILITY = 60
+VISIBILITY = 30
 
 
 def decode_body(content: str | bytes) -> str | bytes:
