@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import logging
 import os
+from typing import Any
 
 from providers import faults, open_driver
 from providers.base import Driver
@@ -21,6 +23,7 @@ from syncd.reconcile.source import canonical, parse_source
 from syncd.reconcile.sync import DatasetBusy, SyncOptions, SyncResult, sync_dataset
 from syncd.store import lease
 from syncd.store.catalog import Catalog, Dataset
+from syncd.store.checkpoint import Checkpoint, Run
 from syncd.store.db import transaction
 
 log = logging.getLogger("syncd")
@@ -223,3 +226,37 @@ async def sync(
     finally:
         with transaction(catalog.db):
             lease.release(catalog.db, lease.for_dataset(dataset.id), owner)
+
+
+def run_summary(run: Run, checkpoint: Checkpoint | None = None) -> dict[str, Any]:
+    """A run as the CLI's ``--json`` and the HTTP API show it; with ``checkpoint``, every
+    attempt too."""
+    out: dict[str, Any] = {
+        "id": run.id,
+        "status": run.status,
+        "started_at": run.started_at,
+        "ended_at": run.ended_at,
+        "seconds": round(run.seconds, 3),
+        "attempts": run.attempts,
+        **run.counts,
+        "held_deletes": run.held_deletes,
+        "error": run.error,
+    }
+    if checkpoint is not None:
+        out["attempt_history"] = [a.public() for a in checkpoint.attempts(run)]
+    return out
+
+
+def dataset_summary(catalog: Catalog, dataset: Dataset) -> dict[str, Any]:
+    """A dataset as the CLI's ``--json`` and the HTTP API show it: binding, driver settings
+    (no secrets), filters, item count, last run."""
+    last = next(iter(Checkpoint(catalog.db).history(dataset.id, limit=1)), None)
+    return {
+        "name": dataset.name,
+        "source": dataset.source,
+        "driver": dataset.driver.public(),
+        "filters": json.loads(dataset.filters.to_json()),
+        "items": catalog.count_items(dataset.id),
+        "created_at": dataset.created_at,
+        "last_run": None if last is None else run_summary(last),
+    }

@@ -27,8 +27,8 @@ from syncd.reconcile.filters import Filters
 from syncd.reconcile.march import Action, Change
 from syncd.reconcile.sync import DatasetBusy, SyncOptions, SyncResult
 from syncd.store import lease
-from syncd.store.catalog import Catalog, Dataset
-from syncd.store.checkpoint import DEFAULT_RESUME_WITHIN, Checkpoint, Run
+from syncd.store.catalog import Catalog
+from syncd.store.checkpoint import DEFAULT_RESUME_WITHIN, Checkpoint
 from syncd.store.db import default_db_path, transaction
 from syncd.units import UNITS_HELP, SizeType
 
@@ -291,37 +291,6 @@ def datasets() -> None:
     """Datasets in the catalog."""
 
 
-def _run_public(run: Run, checkpoint: Checkpoint | None = None) -> dict[str, Any]:
-    """A run as printed by ``--json``; with ``checkpoint``, every attempt too."""
-    out: dict[str, Any] = {
-        "id": run.id,
-        "status": run.status,
-        "started_at": run.started_at,
-        "ended_at": run.ended_at,
-        "seconds": round(run.seconds, 3),
-        "attempts": run.attempts,
-        **run.counts,
-        "held_deletes": run.held_deletes,
-        "error": run.error,
-    }
-    if checkpoint is not None:
-        out["attempt_history"] = [a.public() for a in checkpoint.attempts(run)]
-    return out
-
-
-def _dataset_public(catalog: Catalog, ds: Dataset, checkpoint: Checkpoint) -> dict[str, Any]:
-    last = next(iter(checkpoint.history(ds.id, limit=1)), None)
-    return {
-        "name": ds.name,
-        "source": ds.source,
-        "driver": ds.driver.public(),
-        "filters": json.loads(ds.filters.to_json()),
-        "items": catalog.count_items(ds.id),
-        "created_at": ds.created_at,
-        "last_run": None if last is None else _run_public(last),
-    }
-
-
 @datasets.command("ls")
 @_db_option
 @_json_option
@@ -329,11 +298,10 @@ def datasets_ls(db_path: str | None, as_json: bool) -> None:
     """List datasets with their source, item count and last run."""
     catalog = Catalog.open_reader(db_path or default_db_path())
     try:
-        checkpoint = Checkpoint(catalog.db)
         if not as_json:
             click.echo("NAME\tSOURCE\tITEMS\tLAST RUN")
         for ds in catalog.list_datasets():
-            row = _dataset_public(catalog, ds, checkpoint)
+            row = api.dataset_summary(catalog, ds)
             if as_json:
                 _emit(row)
                 continue
@@ -356,7 +324,7 @@ def datasets_show(name: str, db_path: str | None, as_json: bool) -> None:
     """Show one dataset: source, driver settings, filters, item count and last run."""
     catalog = Catalog.open_reader(db_path or default_db_path())
     try:
-        row = _dataset_public(catalog, catalog.get_dataset(name), Checkpoint(catalog.db))
+        row = api.dataset_summary(catalog, catalog.get_dataset(name))
     finally:
         catalog.close()
     if as_json:
@@ -484,7 +452,7 @@ def runs_ls(dataset_name: str, db_path: str | None, limit: int, as_json: bool) -
             click.echo("ID\tSTATUS\tSTARTED\tDURATION\tATTEMPTS\tCHANGES\tERROR")
         for run in checkpoint.history(ds.id, limit=limit):
             if as_json:
-                _emit(_run_public(run, checkpoint))
+                _emit(api.run_summary(run, checkpoint))
                 continue
             c = run.counts
             click.echo(

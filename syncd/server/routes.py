@@ -31,6 +31,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import ClientSession, ClientTimeout, web
 
+from syncd import api
 from syncd.daemon.catalog_thread import CatalogThread
 from syncd.daemon.metrics import Metrics
 from syncd.errors import UsageError
@@ -77,37 +78,6 @@ def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
 
-def _dataset_public(catalog: Catalog, ds: Dataset) -> dict[str, Any]:
-    checkpoint = Checkpoint(catalog.db)
-    last = next(iter(checkpoint.history(ds.id, limit=1)), None)
-    return {
-        "name": ds.name,
-        "source": ds.source,
-        "driver": ds.driver.public(),
-        "filters": json.loads(ds.filters.to_json()),
-        "items": catalog.count_items(ds.id),
-        "created_at": ds.created_at,
-        "last_run": None if last is None else _run_public(last, checkpoint, attempts=False),
-    }
-
-
-def _run_public(run: Any, checkpoint: Checkpoint, *, attempts: bool = True) -> dict[str, Any]:
-    out = {
-        "id": run.id,
-        "status": run.status,
-        "started_at": run.started_at,
-        "ended_at": run.ended_at,
-        "seconds": round(run.seconds, 3),
-        "attempts": run.attempts,
-        **run.counts,
-        "held_deletes": run.held_deletes,
-        "error": run.error,
-    }
-    if attempts:
-        out["attempt_history"] = [a.public() for a in checkpoint.attempts(run)]
-    return out
-
-
 async def _dataset_or_404(request: web.Request) -> Dataset:
     ctx = request.app[CONTEXT]
     name = request.match_info["name"]
@@ -125,7 +95,9 @@ async def _dataset_or_404(request: web.Request) -> Dataset:
 
 async def list_datasets(request: web.Request) -> web.Response:
     ctx = request.app[CONTEXT]
-    rows = await ctx.catalog.call(lambda c: [_dataset_public(c, ds) for ds in c.list_datasets()])
+    rows = await ctx.catalog.call(
+        lambda c: [api.dataset_summary(c, ds) for ds in c.list_datasets()]
+    )
     if ctx.scheduler is not None:
         for row in rows:
             row["schedule"] = ctx.scheduler.state(row["name"])
@@ -135,7 +107,7 @@ async def list_datasets(request: web.Request) -> web.Response:
 async def get_dataset(request: web.Request) -> web.Response:
     ctx = request.app[CONTEXT]
     ds = await _dataset_or_404(request)
-    row = await ctx.catalog.call(lambda c: _dataset_public(c, ds))
+    row = await ctx.catalog.call(lambda c: api.dataset_summary(c, ds))
     if ctx.scheduler is not None:
         row["schedule"] = ctx.scheduler.state(ds.name)
     return web.json_response(row)
@@ -248,7 +220,7 @@ async def list_runs(request: web.Request) -> web.Response:
 
     def runs(c: Catalog) -> list[dict[str, Any]]:
         checkpoint = Checkpoint(c.db)
-        return [_run_public(r, checkpoint) for r in checkpoint.history(ds.id, limit=limit)]
+        return [api.run_summary(r, checkpoint) for r in checkpoint.history(ds.id, limit=limit)]
 
     return web.json_response({"runs": await ctx.catalog.call(runs)})
 
