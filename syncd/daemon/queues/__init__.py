@@ -86,6 +86,45 @@ def backoff(failures: int) -> float:
     return min(MAX_BACKOFF, 2.0 ** max(0, failures - 1))
 
 
+async def poll(
+    name: str,
+    stats: ConsumerStats,
+    stop: asyncio.Event,
+    receive: Callable[[], Awaitable[list[Any]]],
+    handle: Callable[[list[Any]], Awaitable[None]],
+    sent_at: Callable[[Any], float | None],
+    *,
+    idle: float = 0.0,
+) -> None:
+    """The receive loop every consumer runs until ``stop``: receive a batch, record its size
+    and lag, ``handle`` it (which commits and acknowledges), log one line; after an empty
+    receive wait ``idle`` seconds (queues without long polling); after an error log it, count
+    it and back off, never raise. A batch received after ``stop`` is left alone: its messages
+    come back after their visibility timeout."""
+    failures = 0
+    while not stop.is_set():
+        try:
+            messages = await receive()
+            if stop.is_set():
+                return
+            if not messages:
+                if idle:
+                    await pause(stop, idle)
+                failures = 0
+                continue
+            started = time.monotonic()
+            stats.received += len(messages)
+            note_lag(stats, [t for t in map(sent_at, messages) if t is not None])
+            await handle(messages)
+            log.info("%s: %d message(s) in %.3fs", name, len(messages), time.monotonic() - started)
+            failures = 0
+        except Exception as exc:  # provider or sink: log, back off, carry on
+            failures += 1
+            stats.errors += 1
+            log.error("%s: %s (retrying in %.0fs)", name, exc, backoff(failures))
+            await pause(stop, backoff(failures))
+
+
 def note_lag(stats: ConsumerStats, sent: list[float]) -> None:
     """Record the batch's oldest message age (``sent``: unix times the provider reported)."""
     stats.last_message_at = time.time()

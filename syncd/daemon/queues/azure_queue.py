@@ -15,19 +15,10 @@ import binascii
 import contextlib
 import logging
 import os
-import time
 from typing import Any
 
 from providers.config import ConfigError, Integration
-from syncd.daemon.queues import (
-    ConsumerStats,
-    EventSink,
-    backoff,
-    in_pool,
-    note_lag,
-    pause,
-    worker_pool,
-)
+from syncd.daemon.queues import ConsumerStats, EventSink, in_pool, poll, worker_pool
 from syncd.events.parse import EventFormatError, ObjectEvent, parse_text
 
 log = logging.getLogger("syncd.daemon.queues")
@@ -174,32 +165,12 @@ class AzureQueueConsumer:
             self._pool.shutdown(wait=False)
 
     async def _poll(self, sink: EventSink, stop: asyncio.Event) -> None:
-        failures = 0
-        while not stop.is_set():
-            try:
-                messages = await in_pool(self._pool, self._receive)
-                if stop.is_set():
-                    return
-                if not messages:
-                    await pause(stop, self.idle_seconds)
-                    failures = 0
-                    continue
-                started = time.monotonic()
-                self.stats.received += len(messages)
-                note_lag(
-                    self.stats,
-                    [m.inserted_on.timestamp() for m in messages if m.inserted_on is not None],
-                )
-                await self.handle(messages, sink)
-                log.info(
-                    "%s: %d message(s) in %.3fs",
-                    self.name,
-                    len(messages),
-                    time.monotonic() - started,
-                )
-                failures = 0
-            except Exception as exc:
-                failures += 1
-                self.stats.errors += 1
-                log.error("%s: %s (retrying in %.0fs)", self.name, exc, backoff(failures))
-                await pause(stop, backoff(failures))
+        await poll(
+            self.name,
+            self.stats,
+            stop,
+            lambda: in_pool(self._pool, self._receive),
+            lambda messages: self.handle(messages, sink),
+            lambda m: m.inserted_on.timestamp() if m.inserted_on is not None else None,
+            idle=self.idle_seconds,
+        )

@@ -10,20 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from typing import Any
 from urllib.parse import urlsplit
 
 from providers.config import Integration
-from syncd.daemon.queues import (
-    ConsumerStats,
-    EventSink,
-    backoff,
-    in_pool,
-    note_lag,
-    pause,
-    worker_pool,
-)
+from syncd.daemon.queues import ConsumerStats, EventSink, in_pool, poll, worker_pool
 from syncd.events.parse import EventFormatError, ObjectEvent, parse_text
 
 log = logging.getLogger("syncd.daemon.queues")
@@ -125,33 +116,16 @@ class SqsConsumer:
             self._pool.shutdown(wait=False)
 
     async def _poll(self, sink: EventSink, stop: asyncio.Event) -> None:
-        failures = 0
-        while not stop.is_set():
-            try:
-                messages = await in_pool(self._pool, self._receive)
-                if stop.is_set():
-                    return  # not handled: they come back after the visibility timeout
-                if messages:
-                    started = time.monotonic()
-                    self.stats.received += len(messages)
-                    note_lag(
-                        self.stats,
-                        [
-                            int(m["Attributes"]["SentTimestamp"]) / 1000
-                            for m in messages
-                            if "SentTimestamp" in m.get("Attributes", {})
-                        ],
-                    )
-                    await self.handle(messages, sink)
-                    log.info(
-                        "%s: %d message(s) in %.3fs",
-                        self.name,
-                        len(messages),
-                        time.monotonic() - started,
-                    )
-                failures = 0
-            except Exception as exc:  # provider or sink: log, back off, carry on
-                failures += 1
-                self.stats.errors += 1
-                log.error("%s: %s (retrying in %.0fs)", self.name, exc, backoff(failures))
-                await pause(stop, backoff(failures))
+        await poll(
+            self.name,
+            self.stats,
+            stop,
+            lambda: in_pool(self._pool, self._receive),
+            lambda messages: self.handle(messages, sink),
+            _sent_at,
+        )
+
+
+def _sent_at(message: dict[str, Any]) -> float | None:
+    sent = message.get("Attributes", {}).get("SentTimestamp")
+    return int(sent) / 1000 if sent is not None else None
