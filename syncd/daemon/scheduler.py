@@ -17,7 +17,6 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -81,14 +80,11 @@ class Scheduler:
         intervals: dict[str, float],
         metrics: Metrics,
         stop: asyncio.Event,
-        *,
-        on_result: Callable[[str, SyncResult], None] | None = None,
     ) -> None:
         self.db_path = db_path
         self.specs = specs
         self.metrics = metrics
         self.stop = stop
-        self.on_result = on_result
         self.states = {name: DatasetState(name, intervals[name]) for name in specs}
         #: first retry delay after a failure (doubles per failure, capped at the interval)
         self.backoff_base = BACKOFF_BASE
@@ -185,8 +181,6 @@ class Scheduler:
         for action in ("created", "updated", "deleted"):
             self.metrics.items_changed.labels(state.name, action, "reconcile").inc(c[action])
         self.metrics.last_success.labels(state.name).set(time.time())
-        if self.on_result:
-            self.on_result(state.name, result)
         return jittered(state.interval)
 
     def _sync_blocking(self, name: str) -> SyncResult:

@@ -94,7 +94,6 @@ class Daemon:
         intervals = {name: float(spec.interval) for name, spec in settings.datasets.items()}
         self.scheduler = Scheduler(db_path, settings.datasets, intervals, self.metrics, self.stop)
         self.owner = lease.new_owner()
-        self.consumer_stats: dict[str, Any] = {}
         #: set once every component has started (the API answers, consumers poll)
         self.ready = asyncio.Event()
 
@@ -130,7 +129,6 @@ class Daemon:
     async def _serve(self) -> None:
         await self._ensure_datasets()
         consumers = {q.name: self._open_consumer(q) for q in self.settings.queues.values()}
-        self.consumer_stats = {name: c.stats for name, c in consumers.items()}
         tasks: list[asyncio.Task[Any]] = [
             asyncio.create_task(self._keep_lease(), name="lease"),
             asyncio.create_task(self.scheduler.run(), name="scheduler"),
