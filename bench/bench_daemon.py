@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 import boto3  # noqa: E402
 
-from tests.emulators import free_port, start_moto  # noqa: E402
+from tests.emulators import free_port, notify_queue, start_moto  # noqa: E402
 
 TOKEN = "bench-token-0123456789abcdef"
 
@@ -107,17 +107,7 @@ def main() -> None:
         sqs = boto3.client("sqs", endpoint_url=moto.url, region_name="us-east-1")
         s3.create_bucket(Bucket="bench")
         queue = sqs.create_queue(QueueName="bench-events")["QueueUrl"]
-        arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"][
-            "QueueArn"
-        ]
-        s3.put_bucket_notification_configuration(
-            Bucket="bench",
-            NotificationConfiguration={
-                "QueueConfigurations": [
-                    {"QueueArn": arn, "Events": ["s3:ObjectCreated:*", "s3:ObjectRemoved:*"]}
-                ]
-            },
-        )
+        notify_queue(s3, sqs, "bench", queue)
         folder = work / "folder"
         folder.mkdir()
         port = free_port()

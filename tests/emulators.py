@@ -24,6 +24,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -214,3 +215,20 @@ def start_azurite_queue(workdir: Path) -> Emulator:
         f"AccountKey={AZURITE_KEY};QueueEndpoint={emu.url}/{AZURITE_ACCOUNT};"
     )
     return emu
+
+
+def notify_queue(s3: Any, sqs: Any, bucket: str, queue_url: str) -> str:
+    """Send ``bucket``'s object created/removed notifications to the SQS queue (moto delivers
+    them itself, as S3 does); return the queue's ARN."""
+    arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"][
+        "QueueArn"
+    ]
+    s3.put_bucket_notification_configuration(
+        Bucket=bucket,
+        NotificationConfiguration={
+            "QueueConfigurations": [
+                {"QueueArn": arn, "Events": ["s3:ObjectCreated:*", "s3:ObjectRemoved:*"]}
+            ]
+        },
+    )
+    return arn

@@ -32,7 +32,7 @@ import boto3
 import pytest
 
 from tests.conftest import unique_bucket
-from tests.emulators import AZURITE_ACCOUNT, AZURITE_KEY, Emulator, free_port
+from tests.emulators import AZURITE_ACCOUNT, AZURITE_KEY, Emulator, free_port, notify_queue
 
 TOKEN = "e2e-token-0123456789abcdef"
 RUN = (sys.executable, "-m", "syncd.cli", "run")
@@ -192,17 +192,7 @@ def world(
     bucket = unique_bucket()
     s3.create_bucket(Bucket=bucket)
     queue_url = sqs.create_queue(QueueName=f"s3-events-{bucket}")["QueueUrl"]
-    arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"][
-        "QueueArn"
-    ]
-    s3.put_bucket_notification_configuration(
-        Bucket=bucket,
-        NotificationConfiguration={
-            "QueueConfigurations": [
-                {"QueueArn": arn, "Events": ["s3:ObjectCreated:*", "s3:ObjectRemoved:*"]}
-            ]
-        },
-    )
+    notify_queue(s3, sqs, bucket, queue_url)
     blob_ep = f"{azurite.url}/{AZURITE_ACCOUNT}"
     queue_ep = f"{azurite_queue.url}/{AZURITE_ACCOUNT}"
     conn = (

@@ -18,7 +18,7 @@ from providers.config import DriverConfig
 from syncd.reconcile.filters import Filters
 from syncd.store.catalog import Catalog
 from tests.conftest import dataset_state
-from tests.emulators import Emulator
+from tests.emulators import Emulator, notify_queue
 from tests.test_events_parse import SAMPLES
 
 
@@ -29,17 +29,7 @@ def pipeline(moto: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     bucket = f"events-{uuid.uuid4().hex[:8]}"
     s3.create_bucket(Bucket=bucket)
     queue_url = sqs.create_queue(QueueName=f"q-{bucket}")["QueueUrl"]
-    arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"][
-        "QueueArn"
-    ]
-    s3.put_bucket_notification_configuration(
-        Bucket=bucket,
-        NotificationConfiguration={
-            "QueueConfigurations": [
-                {"QueueArn": arn, "Events": ["s3:ObjectCreated:*", "s3:ObjectRemoved:*"]}
-            ]
-        },
-    )
+    arn = notify_queue(s3, sqs, bucket, queue_url)
     db = str(tmp_path / "catalog.db")
     catalog = Catalog.open(db)
     catalog.create_dataset(

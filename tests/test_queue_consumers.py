@@ -23,7 +23,7 @@ from syncd.daemon.queues import open_consumer
 from syncd.daemon.queues.azure_queue import MAX_DEQUEUE
 from syncd.events.parse import ObjectEvent
 from tests.conftest import unique_bucket
-from tests.emulators import Emulator
+from tests.emulators import Emulator, notify_queue
 
 
 def s3_notification(key: str, seq: str, *, deleted: bool = False) -> str:
@@ -140,17 +140,7 @@ async def test_sqs_with_real_s3_notifications(moto: Emulator, sqs: tuple[Any, st
     s3 = boto3.client("s3", endpoint_url=moto.url)
     bucket = unique_bucket()
     s3.create_bucket(Bucket=bucket)
-    arn = client.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"][
-        "QueueArn"
-    ]
-    s3.put_bucket_notification_configuration(
-        Bucket=bucket,
-        NotificationConfiguration={
-            "QueueConfigurations": [
-                {"QueueArn": arn, "Events": ["s3:ObjectCreated:*", "s3:ObjectRemoved:*"]}
-            ]
-        },
-    )
+    notify_queue(s3, client, bucket, url)
     s3.put_object(Bucket=bucket, Key="dir/a b+c.jpg", Body=b"abc")
     s3.delete_object(Bucket=bucket, Key="dir/a b+c.jpg")
     consumer = open_consumer("s3-events", "sqs", url=url, wait_seconds=1)
