@@ -12,6 +12,10 @@ each of them against every backend):
   missing bucket raises :class:`providers.errors.BucketNotFound`. Every other SDK failure is
   mapped once per driver into :mod:`providers.errors`, with the SDK error kept as ``__cause__``.
 * ``put`` overwrites; ``delete`` of a missing key is not an error (idempotent, like S3).
+* ``upload`` and ``download`` move files without holding them in memory. Files of
+  :data:`MULTIPART_THRESHOLD` bytes or more go through the SDK's own transfer machinery (S3
+  multipart upload and ranged GETs, GCS resumable upload, Azure block upload and parallel range
+  reads); the record they return is that of the object actually written or read.
 
 The SDKs are synchronous; drivers run each blocking call in a worker thread through
 :func:`providers.retry.call`, so the event loop never blocks and retries live in one place.
@@ -24,8 +28,13 @@ import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
+from typing import BinaryIO
 
 DEFAULT_PAGE_SIZE = 1000
+#: objects this large or larger are moved in parts by the SDK's transfer manager
+MULTIPART_THRESHOLD = 8 * 1024 * 1024
+#: parts of one large object in flight at once
+PART_CONCURRENCY = 8
 log = logging.getLogger("providers")
 
 
@@ -37,6 +46,10 @@ class ObjectInfo:
     provider's version marker where it has one: the S3 version id (HEAD only, on versioned
     buckets), ``"<generation>.<metageneration>"`` on GCS, the Azure version id when blob
     versioning is on; ``None`` otherwise. ``last_modified`` is timezone-aware UTC.
+
+    ``md5`` is the content's MD5 (hex) where the provider states one: the ETag of a
+    single-part S3 upload, GCS ``md5Hash``, Azure ``Content-MD5``; ``None`` otherwise
+    (multipart and block uploads that carry none, local files: a listing never reads content).
     """
 
     key: str
@@ -45,6 +58,7 @@ class ObjectInfo:
     last_modified: datetime
     content_type: str | None = None
     version: str | None = None
+    md5: str | None = None
 
     def __post_init__(self) -> None:
         if self.last_modified.tzinfo is None:
@@ -118,6 +132,22 @@ class Driver(abc.ABC):
     @abc.abstractmethod
     async def put(self, key: str, data: bytes, content_type: str | None = None) -> ObjectInfo:
         """Create or overwrite the object and return its new record."""
+
+    @abc.abstractmethod
+    async def upload(self, key: str, path: str, content_type: str | None = None) -> ObjectInfo:
+        """Create or overwrite the object from the local file ``path``, streamed from disk,
+        and return its new record. Safe to retry: a failed upload leaves the old object."""
+
+    @abc.abstractmethod
+    async def download(self, key: str, out: BinaryIO, size: int | None = None) -> ObjectInfo:
+        """Write the object's bytes into ``out`` (a local file open for writing, seekable),
+        streamed, from offset 0 (a retry starts over), and return the record of the object
+        whose bytes were written. The caller opens the file, so it decides how (a pull
+        creates it exclusively, never through a symbolic link).
+
+        ``size``, the caller's expectation, only picks the transfer method (one GET, or parts
+        in parallel); the caller checks the file against the returned record. Raises
+        ``NotFound`` if there is no such object."""
 
     @abc.abstractmethod
     async def delete(self, key: str) -> None:

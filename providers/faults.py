@@ -6,6 +6,9 @@ Read by :func:`from_env`:
   have been yielded, as a network failure part-way through a listing would.
 * ``SYNCD_FAULT_LIST_HANG_AFTER=N`` makes ``list`` stop answering after N objects, so a test
   can ``kill -9`` the process mid-sync.
+* ``SYNCD_FAULT_DOWNLOAD_HANG_AFTER=N`` lets N downloads finish; every later one writes half
+  of its object to the file and then stops answering, so a test can ``kill -9`` a pull with a
+  partial file on disk.
 
 Everything else is passed through to the wrapped driver untouched.
 """
@@ -15,22 +18,35 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import AsyncIterator
+from typing import BinaryIO
 
 from providers import errors
 from providers.base import Driver, ObjectInfo
 
 
 class FaultyDriver(Driver):
-    def __init__(self, inner: Driver, *, list_fail_after: int, hang: bool = False) -> None:
+    def __init__(
+        self,
+        inner: Driver,
+        *,
+        list_fail_after: int | None = None,
+        hang: bool = False,
+        download_hang_after: int | None = None,
+    ) -> None:
         super().__init__(inner.bucket, page_size=inner.page_size)
         self.inner = inner
         self.provider = inner.provider
         self.list_fail_after = list_fail_after
         self.hang = hang
+        self.downloads_left = download_hang_after
 
     async def list(
         self, prefix: str = "", start_after: str | None = None, end_before: str | None = None
     ) -> AsyncIterator[list[ObjectInfo]]:
+        if self.list_fail_after is None:
+            async for page in self.inner.list(prefix, start_after, end_before):
+                yield page
+            return
         budget = self.list_fail_after
         async for page in self.inner.list(prefix, start_after, end_before):
             if len(page) > budget:
@@ -59,6 +75,20 @@ class FaultyDriver(Driver):
     async def put(self, key: str, data: bytes, content_type: str | None = None) -> ObjectInfo:
         return await self.inner.put(key, data, content_type)
 
+    async def upload(self, key: str, path: str, content_type: str | None = None) -> ObjectInfo:
+        return await self.inner.upload(key, path, content_type)
+
+    async def download(self, key: str, out: BinaryIO, size: int | None = None) -> ObjectInfo:
+        if self.downloads_left is None or self.downloads_left > 0:
+            if self.downloads_left is not None:
+                self.downloads_left -= 1
+            return await self.inner.download(key, out, size)
+        data = await self.inner.read(key)
+        out.write(data[: len(data) // 2])
+        out.flush()
+        await asyncio.Event().wait()  # never set: wait to be killed
+        raise AssertionError("unreachable")
+
     async def delete(self, key: str) -> None:
         await self.inner.delete(key)
 
@@ -80,4 +110,7 @@ def from_env(driver: Driver) -> Driver:
     hang = os.environ.get("SYNCD_FAULT_LIST_HANG_AFTER")
     if hang:
         return FaultyDriver(driver, list_fail_after=int(hang), hang=True)
+    download_hang = os.environ.get("SYNCD_FAULT_DOWNLOAD_HANG_AFTER")
+    if download_hang:
+        return FaultyDriver(driver, download_hang_after=int(download_hang))
     return driver

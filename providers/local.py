@@ -21,11 +21,13 @@ import asyncio
 import contextlib
 import mimetypes
 import os
+import shutil
 import stat
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import BinaryIO
 
 from providers import errors
 from providers.base import Driver, ObjectInfo, in_range
@@ -143,16 +145,17 @@ class LocalDriver(Driver):
         finally:
             handle.close()
 
-    async def put(self, key: str, data: bytes, content_type: str | None = None) -> ObjectInfo:
+    async def _write(self, key: str, fill: Callable[[str], None]) -> ObjectInfo:
+        """Create or replace ``key`` by ``fill(temp_path)`` then a rename, so readers never
+        see a half-written file."""
         path = self._path(key)
         self._check_root()
 
         def write() -> None:
             os.makedirs(os.path.dirname(path), exist_ok=True)
             tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}{TMP_SUFFIX}")
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-            os.replace(tmp, path)  # readers never see a half-written file
+            fill(tmp)
+            os.replace(tmp, path)
 
         try:
             await asyncio.to_thread(write)
@@ -165,6 +168,24 @@ class LocalDriver(Driver):
                 key=key,
             ) from None
         return await self.head(key)
+
+    async def put(self, key: str, data: bytes, content_type: str | None = None) -> ObjectInfo:
+        return await self._write(key, lambda tmp: Path(tmp).write_bytes(data))
+
+    async def upload(self, key: str, path: str, content_type: str | None = None) -> ObjectInfo:
+        return await self._write(key, lambda tmp: shutil.copyfile(path, tmp))
+
+    async def download(self, key: str, out: BinaryIO, size: int | None = None) -> ObjectInfo:
+        info = await self.head(key)
+
+        def copy() -> None:
+            out.seek(0)
+            out.truncate()
+            with open(self._path(key), "rb") as src:
+                shutil.copyfileobj(src, out, CHUNK)
+
+        await asyncio.to_thread(copy)
+        return info
 
     async def delete(self, key: str) -> None:
         path = self._path(key)
@@ -255,11 +276,16 @@ def _inside(root: str, path: str) -> bool:
     return real == root or real.startswith(root + os.sep)
 
 
+def local_etag(st: os.stat_result) -> str:
+    """The ETag of a local file: its size and modification time, never its content."""
+    return f"{st.st_size:x}-{st.st_mtime_ns:x}"
+
+
 def _object_info(key: str, st: os.stat_result) -> ObjectInfo:
     return ObjectInfo(
         key=key,
         size=st.st_size,
-        etag=f"{st.st_size:x}-{st.st_mtime_ns:x}",
+        etag=local_etag(st),
         last_modified=datetime.fromtimestamp(st.st_mtime_ns / 1e9, tz=UTC),
         content_type=mimetypes.guess_type(key)[0],
     )

@@ -11,16 +11,22 @@ does not return content types or version ids, so those come only from ``head``.
 
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, BinaryIO
 
 import boto3
+import boto3.exceptions
 import botocore.exceptions
+from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
+from s3transfer.manager import TransferManager
+from s3transfer.subscribers import BaseSubscriber
 
 from providers import errors
-from providers.base import Driver, ObjectInfo, object_uri
+from providers.base import MULTIPART_THRESHOLD, PART_CONCURRENCY, Driver, ObjectInfo, object_uri
 from providers.retry import NO_RETRY, RetryPolicy, Translate, call
 
 CHUNK = 1024 * 1024
@@ -55,6 +61,25 @@ def _utc(value: datetime) -> datetime:
     return value.astimezone(UTC)
 
 
+#: the ETag of a single-part upload is the content's MD5; a multipart one ends in "-<parts>"
+_MD5_ETAG = re.compile(r"[0-9a-f]{32}")
+
+
+def _md5_of(etag: str) -> str | None:
+    return etag if _MD5_ETAG.fullmatch(etag) else None
+
+
+class _KnownObject(BaseSubscriber):
+    """Hands s3transfer the size and ETag a HEAD already gave."""
+
+    def __init__(self, size: int, etag: str) -> None:
+        self.size, self.etag = size, etag
+
+    def on_queued(self, future: Any, **kwargs: Any) -> None:
+        future.meta.provide_transfer_size(self.size)
+        future.meta.provide_object_etag(f'"{self.etag}"')
+
+
 class S3Driver(Driver):
     provider = "s3"
 
@@ -85,11 +110,29 @@ class S3Driver(Driver):
         self._client: Any = session.client(
             "s3",
             endpoint_url=endpoint,
-            config=Config(retries={"total_max_attempts": 1}, max_pool_connections=32),
+            config=Config(retries={"total_max_attempts": 1}, max_pool_connections=64),
+        )
+        # the transfer manager's client keeps botocore's standard retries: a throttled part is
+        # sent again on its own, instead of providers.retry restarting the whole file
+        self._parts_client: Any = session.client(
+            "s3",
+            endpoint_url=endpoint,
+            config=Config(
+                retries={"mode": "standard", "total_max_attempts": 5}, max_pool_connections=64
+            ),
+        )
+        self._transfer = TransferConfig(
+            multipart_threshold=MULTIPART_THRESHOLD,
+            multipart_chunksize=MULTIPART_THRESHOLD,
+            max_concurrency=PART_CONCURRENCY,
         )
 
     def _translate(self, key: str | None = None) -> Translate:
         def translate(exc: BaseException) -> errors.StorageError:
+            if isinstance(exc, boto3.exceptions.S3UploadFailedError) and isinstance(
+                exc.__context__, botocore.exceptions.ClientError
+            ):
+                exc = exc.__context__  # the transfer manager wraps the service's answer
             if isinstance(exc, botocore.exceptions.ClientError):
                 err = exc.response.get("Error", {})
                 code = str(err.get("Code", ""))
@@ -154,8 +197,9 @@ class S3Driver(Driver):
                     ObjectInfo(
                         key=obj["Key"],
                         size=int(obj["Size"]),
-                        etag=self._etag(obj["ETag"]),
+                        etag=(etag := self._etag(obj["ETag"])),
                         last_modified=_utc(obj["LastModified"]),
+                        md5=_md5_of(etag),
                     )
                 )
             if page:
@@ -175,13 +219,15 @@ class S3Driver(Driver):
 
     def _head_info(self, key: str, resp: dict[str, Any]) -> ObjectInfo:
         version = resp.get("VersionId")
+        etag = self._etag(resp["ETag"])
         return ObjectInfo(
             key=key,
             size=int(resp["ContentLength"]),
-            etag=self._etag(resp["ETag"]),
+            etag=etag,
             last_modified=_utc(resp["LastModified"]),
             content_type=resp.get("ContentType"),
             version=None if version in (None, "null") else version,
+            md5=_md5_of(etag),
         )
 
     async def get(self, key: str) -> AsyncIterator[bytes]:
@@ -197,13 +243,74 @@ class S3Driver(Driver):
             body.close()
 
     async def put(self, key: str, data: bytes, content_type: str | None = None) -> ObjectInfo:
-        params: dict[str, Any] = {"Bucket": self.bucket, "Key": key, "Body": data}
-        if content_type:
-            params["ContentType"] = content_type
-        if self.storage_class:
-            params["StorageClass"] = self.storage_class
+        params = {"Bucket": self.bucket, "Key": key, "Body": data, **self._extra(content_type)}
         await call(lambda: self._client.put_object(**params), self._translate(key), self.retry)
         return await self.head(key)
+
+    def _extra(self, content_type: str | None) -> dict[str, Any]:
+        extra: dict[str, Any] = {}
+        if content_type:
+            extra["ContentType"] = content_type
+        if self.storage_class:
+            extra["StorageClass"] = self.storage_class
+        return extra
+
+    async def upload(self, key: str, path: str, content_type: str | None = None) -> ObjectInfo:
+        extra = self._extra(content_type)
+        translate = self._translate(key)
+        if os.path.getsize(path) >= MULTIPART_THRESHOLD:
+            await call(
+                lambda: self._parts_client.upload_file(
+                    path, self.bucket, key, ExtraArgs=extra, Config=self._transfer
+                ),
+                translate,
+                self.retry,
+            )
+            return await self.head(key)
+
+        def put() -> str:
+            with open(path, "rb") as body:
+                resp = self._client.put_object(Bucket=self.bucket, Key=key, Body=body, **extra)
+            return self._etag(resp["ETag"])
+
+        sent = await call(put, translate, self.retry)
+        # a PUT answers with the ETag but not the modification time the bucket records
+        info = await self.head(key)
+        if info.etag != sent:
+            raise errors.ProviderError(
+                self.provider,
+                self.bucket,
+                "overwritten by another writer during the upload",
+                key=key,
+            )
+        return info
+
+    async def download(self, key: str, out: BinaryIO, size: int | None = None) -> ObjectInfo:
+        translate = self._translate(key)
+        if size is not None and size >= MULTIPART_THRESHOLD:
+            info = await self.head(key)
+
+            def ranged() -> None:
+                # told the size and ETag, s3transfer skips its own HEAD and sends If-Match
+                # with every ranged GET: all parts come from the object the HEAD saw
+                known = _KnownObject(info.size, info.etag)
+                out.seek(0)
+                out.truncate()
+                with TransferManager(self._parts_client, self._transfer) as tm:
+                    tm.download(self.bucket, key, out, subscribers=[known]).result()
+
+            await call(ranged, translate, self.retry)
+            return info
+
+        def whole() -> dict[str, Any]:
+            resp = self._client.get_object(Bucket=self.bucket, Key=key)
+            out.seek(0)
+            out.truncate()
+            for chunk in resp["Body"].iter_chunks(CHUNK):
+                out.write(chunk)
+            return resp
+
+        return self._head_info(key, await call(whole, translate, self.retry))
 
     async def delete(self, key: str) -> None:
         await call(
@@ -226,3 +333,4 @@ class S3Driver(Driver):
 
     async def close(self) -> None:
         self._client.close()
+        self._parts_client.close()

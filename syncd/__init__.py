@@ -7,7 +7,23 @@ Layout (each concern has one home; a package uses another only through its publi
 * :mod:`syncd.reconcile`: a sync by listing (source, filters, march, sync).
 * :mod:`syncd.events`: bucket events (parse, apply, delivery for handlers).
 * :mod:`syncd.server`: the HTTP API.
+* :mod:`syncd.transfer`: bytes between a dataset's bucket and a local folder (pull, push).
 * :mod:`syncd.cli`: the ``syncd`` command, a thin layer over :mod:`syncd.api`.
+* :mod:`syncd.client`: the Python API, ``syncd.sync / pull / push / items`` (blocking calls).
 """
 
+from __future__ import annotations
+
+from typing import Any
+
 __version__ = "0.1.0"
+__all__ = ["items", "pull", "push", "sync"]
+
+
+def __getattr__(name: str) -> Any:
+    # imported on first use: ``import syncd`` stays cheap for the CLI and the handlers
+    if name in __all__:
+        from syncd import client
+
+        return getattr(client, name)
+    raise AttributeError(f"module 'syncd' has no attribute {name!r}")

@@ -25,6 +25,10 @@ from syncd.store import lease
 from syncd.store.catalog import Catalog, Dataset
 from syncd.store.checkpoint import Checkpoint, Run
 from syncd.store.db import transaction
+from syncd.transfer.common import ProblemHook, TransferResult
+from syncd.transfer.engine import Meter
+from syncd.transfer.pull import Pull
+from syncd.transfer.push import Push
 
 log = logging.getLogger("syncd")
 
@@ -260,3 +264,121 @@ def dataset_summary(catalog: Catalog, dataset: Dataset) -> dict[str, Any]:
         "created_at": dataset.created_at,
         "last_run": None if last is None else run_summary(last),
     }
+
+
+def _transfer_folder(dataset: Dataset, folder: str, *, must_exist: bool) -> str:
+    """The real path of a pull's or push's folder, checked."""
+    root = os.path.realpath(folder)
+    if os.path.exists(root) and not os.path.isdir(root):
+        raise UsageError(f"{folder!r} is not a folder")
+    if must_exist and not os.path.isdir(root):
+        raise UsageError(f"folder {folder!r} does not exist")
+    cfg = dataset.driver
+    if cfg.type == "local":
+        source = os.path.realpath(os.path.join(cfg.bucket, cfg.path))
+        if root == source or root.startswith(source + os.sep) or source.startswith(root + os.sep):
+            raise UsageError(
+                f"{folder!r} overlaps the folder dataset {dataset.name!r} mirrors ({source}); "
+                "pull into or push from another folder"
+            )
+    return root
+
+
+def _catalog_files(catalog: Catalog) -> list[str]:
+    """The catalog's own files (a pull with --delete into its folder must leave them)."""
+    row = catalog.db.execute("PRAGMA database_list").fetchone()
+    path = row[2] if row else ""
+    return [path + suffix for suffix in ("", "-wal", "-shm", "-journal")] if path else []
+
+
+async def pull(
+    catalog: Catalog,
+    name: str,
+    folder: str,
+    *,
+    prefix: str = "",
+    delete: bool = False,
+    dry_run: bool = False,
+    jobs: int = 8,
+    on_problem: ProblemHook | None = None,
+    meter: Meter | None = None,
+) -> TransferResult:
+    """Make ``folder`` mirror dataset ``name`` (see :mod:`syncd.transfer.pull`); the library
+    call behind ``syncd pull``. ``prefix`` limits it to files whose path in the dataset (the
+    item's filename without its leading ``/``) starts with it. Reads the catalog's items; the
+    bucket is read, never written."""
+    if jobs < 1:
+        raise UsageError("--jobs must be at least 1")
+    dataset = catalog.get_dataset(name)
+    root = _transfer_folder(dataset, folder, must_exist=False)
+    if not dry_run:
+        try:
+            os.makedirs(root, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"cannot create folder {folder!r}: {exc.strerror}") from None
+    async with open_dataset_driver(dataset) as driver:
+        return await Pull(
+            catalog,
+            dataset,
+            driver,
+            root,
+            prefix=prefix.lstrip("/"),
+            delete=delete,
+            dry_run=dry_run,
+            jobs=jobs,
+            on_problem=on_problem,
+            meter=meter,
+            protect=_catalog_files(catalog),
+        ).run()
+
+
+async def push(
+    catalog: Catalog,
+    name: str,
+    folder: str,
+    *,
+    delete: bool = False,
+    dry_run: bool = False,
+    jobs: int = 8,
+    wait: bool = False,
+    on_problem: ProblemHook | None = None,
+    meter: Meter | None = None,
+) -> TransferResult:
+    """Upload ``folder``'s new and changed files into dataset ``name``'s bucket and update its
+    items (see :mod:`syncd.transfer.push`); the library call behind ``syncd push``. Takes the
+    dataset's lease like a sync (``DatasetBusy``, or with ``wait`` waits)."""
+    if jobs < 1:
+        raise UsageError("--jobs must be at least 1")
+    dataset = catalog.get_dataset(name)
+    root = _transfer_folder(dataset, folder, must_exist=True)
+    if delete and not dataset.driver.allow_external_delete:
+        raise UsageError(
+            f"push --delete refused: dataset {name!r}'s driver does not allow deleting objects "
+            "(set allow_external_delete = true on its driver in the config, then sync once)"
+        )
+
+    async def run(owner: str | None) -> TransferResult:
+        async with open_dataset_driver(dataset) as driver:
+            return await Push(
+                catalog,
+                dataset,
+                driver,
+                root,
+                delete=delete,
+                dry_run=dry_run,
+                jobs=jobs,
+                on_problem=on_problem,
+                meter=meter,
+                owner=owner,
+                protect=_catalog_files(catalog),
+            ).run()
+
+    if dry_run:
+        return await run(None)
+    owner = lease.new_owner()
+    await take_lease(catalog, dataset, owner, wait=wait)
+    try:
+        return await run(owner)
+    finally:
+        with transaction(catalog.db):
+            lease.release(catalog.db, lease.for_dataset(dataset.id), owner)

@@ -15,6 +15,7 @@ import traceback
 from typing import Any
 
 import click
+from tqdm import tqdm
 
 from providers.config import ConfigError
 from providers.errors import StorageError
@@ -428,6 +429,192 @@ def items_count(dataset_name: str, db_path: str | None, prefix: str) -> None:
         click.echo(catalog.count_items(ds.id, prefix=prefix))
     finally:
         catalog.close()
+
+
+class ByteBar:
+    """A progress bar of bytes with rate and ETA (tqdm) on a terminal (stderr); silent
+    elsewhere. The total grows and shrinks as files are judged (see ``engine.Meter``)."""
+
+    def __init__(self, enabled: bool, desc: str) -> None:
+        self.bar = tqdm(
+            total=0,
+            desc=desc,
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            disable=not enabled,
+            file=sys.stderr,
+            dynamic_ncols=True,
+            leave=False,
+        )
+
+    def plan(self, n: int) -> None:
+        if self.bar.total is not None:
+            self.bar.total = max(0, self.bar.total + n)
+
+    def advance(self, n: int) -> None:
+        self.bar.update(n)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _transfer_options(f: Any) -> Any:
+    for option in reversed(
+        [
+            click.option("--dataset", "dataset_name", required=True, metavar="NAME"),
+            _db_option,
+            click.option("--dry-run", is_flag=True, help="count what would move; change nothing"),
+            click.option(
+                "--jobs",
+                type=click.IntRange(min=1),
+                default=8,
+                show_default=True,
+                metavar="N",
+                help="files moved at once",
+            ),
+            _json_option,
+        ]
+    ):
+        f = option(f)
+    return f
+
+
+def _transfer(direction: str, db_path: str | None, dry_run: bool, as_json: bool, call: Any) -> None:
+    """Run ``call(catalog, on_problem, meter)``, report problems as they come and the
+    summary at the end; exit 1 if anything was refused or failed."""
+    path = db_path or default_db_path()
+    catalog = Catalog.open_reader(path) if dry_run else Catalog.open(path, create=False)
+
+    def on_problem(kind: str, key: str, reason: str) -> None:
+        if as_json:
+            _emit({kind: key, "reason": reason})
+        else:
+            click.echo(f"syncd: {kind} {printable(key)!s}: {reason}", err=True)
+
+    bar = ByteBar(sys.stderr.isatty() and not as_json and not dry_run, direction)
+    try:
+        result = asyncio.run(call(catalog, on_problem, bar))
+    finally:
+        bar.close()
+        catalog.close()
+    if as_json:
+        _emit({"summary": result.as_dict()})
+    else:
+        c = result.counts
+        verb = {"pull": "downloaded", "push": "uploaded"}[direction]
+        if dry_run:
+            verb = f"would have {verb}"
+        rate = c["bytes"] / result.seconds / 1e6 if result.seconds else 0.0
+        parts = [
+            f"{c['transferred']:,} {verb} ({c['bytes'] / 1e6:,.1f} MB, {rate:,.1f} MB/s)",
+            f"{c['up_to_date']:,} up to date",
+            f"{c['extra']:,} extra",
+            f"{c['removed']:,} removed",
+            f"{c['refused']:,} refused",
+            f"{c['failed']:,} failed",
+        ]
+        if c["filtered"]:
+            parts.append(f"{c['filtered']:,} filtered")
+        where = "into" if direction == "pull" else "from"
+        click.echo(
+            f"{direction} of dataset {result.dataset!r} {where} {result.folder}: "
+            f"{', '.join(parts)} in {result.seconds:.2f}s"
+        )
+    if not result.ok:
+        sys.exit(1)
+
+
+@cli.command()
+@click.argument("folder", metavar="DIR")
+@_transfer_options
+@click.option(
+    "--prefix",
+    default="",
+    metavar="P",
+    help="only files whose path in the dataset starts with P",
+)
+@click.option(
+    "--delete",
+    is_flag=True,
+    help="remove local files that are not in the dataset (regular files only; "
+    "symbolic links are never followed or removed)",
+)
+def pull(
+    folder: str,
+    dataset_name: str,
+    db_path: str | None,
+    dry_run: bool,
+    jobs: int,
+    as_json: bool,
+    prefix: str,
+    delete: bool,
+) -> None:
+    """Make folder DIR mirror a dataset: download what is missing or changed.
+
+    Keys that would land outside DIR are refused and reported; everything else is pulled
+    (exit 1 if anything was refused or failed). Files are written to a temporary name and
+    renamed, so an interrupted pull leaves no partial file; run it again to finish."""
+    _transfer(
+        "pull",
+        db_path,
+        dry_run,
+        as_json,
+        lambda catalog, on_problem, meter: api.pull(
+            catalog,
+            dataset_name,
+            folder,
+            prefix=prefix,
+            delete=delete,
+            dry_run=dry_run,
+            jobs=jobs,
+            on_problem=on_problem,
+            meter=meter,
+        ),
+    )
+
+
+@cli.command()
+@click.argument("folder", metavar="DIR")
+@_transfer_options
+@click.option(
+    "--delete",
+    is_flag=True,
+    help="delete bucket objects (and items) that have no file in DIR; refused unless the "
+    "driver sets allow_external_delete",
+)
+@click.option("--wait", is_flag=True, help="if a sync of the dataset is running, wait for it")
+def push(
+    folder: str,
+    dataset_name: str,
+    db_path: str | None,
+    dry_run: bool,
+    jobs: int,
+    as_json: bool,
+    delete: bool,
+    wait: bool,
+) -> None:
+    """Upload DIR's new and changed files into a dataset's bucket and update its items.
+
+    Files go under the dataset's driver path, large ones in parts; the items are written from
+    what the uploads returned. A second push with no local change uploads nothing."""
+    _transfer(
+        "push",
+        db_path,
+        dry_run,
+        as_json,
+        lambda catalog, on_problem, meter: api.push(
+            catalog,
+            dataset_name,
+            folder,
+            delete=delete,
+            dry_run=dry_run,
+            jobs=jobs,
+            wait=wait,
+            on_problem=on_problem,
+            meter=meter,
+        ),
+    )
 
 
 @cli.group()

@@ -13,6 +13,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import BinaryIO
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -205,6 +206,12 @@ class SnapshotDriver(Driver):
         raise NotImplementedError
 
     async def put(self, key: str, data: bytes, content_type: str | None = None) -> ObjectInfo:
+        raise NotImplementedError
+
+    async def upload(self, key: str, path: str, content_type: str | None = None) -> ObjectInfo:
+        raise NotImplementedError
+
+    async def download(self, key: str, out: BinaryIO, size: int | None = None) -> ObjectInfo:
         raise NotImplementedError
 
     async def delete(self, key: str) -> None:

@@ -7,12 +7,8 @@ what is tested is the whole stack, SDK included, meeting a throttling service.
 
 from __future__ import annotations
 
-import http.client
 import os
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import urlsplit
 
 import pytest
 
@@ -23,6 +19,7 @@ from providers.retry import RetryPolicy
 from providers.s3 import S3Driver
 from tests.conftest import Backend, RejectingTokenService
 from tests.emulators import AZURITE_ACCOUNT
+from tests.proxy import FaultProxy
 
 FAST = RetryPolicy(attempts=4, initial=0.01, maximum=0.05)
 
@@ -44,93 +41,6 @@ THROTTLE = {
         b"<Message>The server is busy.</Message></Error>",
     ),
 }
-
-
-class FaultProxy:
-    """Fails the next ``fail`` requests with ``reply`` (or a dropped connection), forwards the rest."""
-
-    def __init__(self, upstream: str) -> None:
-        self.upstream = urlsplit(upstream)
-        self.fail = 0
-        self.reply: tuple[int, dict[str, str], bytes] | None = None
-        self.requests = 0
-        self.log: list[str] = []
-        # requests are recorded under this lock before they are answered; ``busy`` counts
-        # those still being handled, so a test can wait until every one is finished
-        self.lock = threading.Condition()
-        self.busy = 0
-        proxy = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def _handle(self) -> None:
-                with proxy.lock:
-                    proxy.requests += 1
-                    proxy.busy += 1
-                    proxy.log.append(f"{self.command} {self.path}")
-                    failing = proxy.fail > 0
-                    if failing:
-                        proxy.fail -= 1
-                try:
-                    self._answer(failing)
-                finally:
-                    with proxy.lock:
-                        proxy.busy -= 1
-                        proxy.lock.notify_all()
-
-            def _answer(self, failing: bool) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else None
-                if failing:
-                    if proxy.reply is None:
-                        self.close_connection = True
-                        self.connection.shutdown(2)  # a reset, as a flaky network gives
-                        return
-                    status, headers, payload = proxy.reply
-                    self.send_response(status)
-                    for k, v in {**headers, "Content-Length": str(len(payload))}.items():
-                        self.send_header(k, v)
-                    self.end_headers()
-                    self.wfile.write(payload)
-                    return
-                conn = http.client.HTTPConnection(
-                    proxy.upstream.hostname, proxy.upstream.port, timeout=30
-                )
-                conn.request(self.command, self.path, body=body, headers=dict(self.headers))
-                resp = conn.getresponse()
-                data = resp.read()
-                self.send_response(resp.status)
-                for k, v in resp.getheaders():
-                    if k.lower() not in ("transfer-encoding", "connection", "content-length"):
-                        self.send_header(k, v)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-                conn.close()
-
-            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def arm(self, fail: int, reply: tuple[int, dict[str, str], bytes] | None) -> None:
-        self.wait_idle()  # nothing from before may be counted after the reset
-        with self.lock:
-            self.fail, self.reply, self.requests, self.log = fail, reply, 0, []
-
-    def wait_idle(self, timeout: float = 60) -> None:
-        """Wait until no request is being handled (the counts are then final)."""
-        with self.lock:
-            assert self.lock.wait_for(lambda: self.busy == 0, timeout), "proxy never went idle"
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture

@@ -225,6 +225,7 @@ class _Applier:
             version=obj.version,
             created_at=stamp,
             updated_at=stamp,
+            md5=obj.md5,
         )
 
     def add(self, change: Change, seen_seq: int) -> None:
@@ -263,14 +264,6 @@ class _Applier:
             self.checkpoint.save_progress(self.run)
         self.writes, self.write_seqs, self.since_save = [], [], 0
         self.deletes, self.delete_seqs = [], []
-
-
-async def _keep_lease(catalog: Catalog, dataset: Dataset, owner: str) -> None:
-    """Renew the lease while a listing page or a retry takes long (batches renew it too)."""
-    while True:
-        await asyncio.sleep(lease.DEFAULT_TTL / 4)
-        with transaction(catalog.db):
-            lease.renew(catalog.db, lease.for_dataset(dataset.id), owner)
 
 
 async def sync_dataset(
@@ -346,7 +339,12 @@ async def sync_dataset(
         if run
         else None
     )
-    keeper = asyncio.create_task(_keep_lease(catalog, dataset, owner)) if run and owner else None
+    # renewed while a listing page or a retry takes long (batches renew it too)
+    keeper = (
+        asyncio.create_task(lease.keep(catalog.db, lease.for_dataset(dataset.id), owner))
+        if run and owner
+        else None
+    )
     try:
         async for change in march(listing(), known):
             if change.action is not Action.DELETE:

@@ -39,6 +39,7 @@ ITEM_FIELDS = (
     "created_at",
     "updated_at",
     "metadata",
+    "md5",
 )
 
 
@@ -57,6 +58,7 @@ class Item:
     created_at: str
     updated_at: str
     metadata: str = "{}"
+    md5: str | None = None
 
     def public(self) -> dict[str, Any]:
         """The item as printed by ``syncd items ls --json``."""
@@ -189,7 +191,7 @@ class Catalog:
                     " (SELECT id FROM runs WHERE dataset_id = ?)",
                     [dataset.id],
                 )
-            for table in ("runs", "items", "key_markers"):
+            for table in ("runs", "items", "key_markers", "local_copies"):
                 self.db.execute(f"DELETE FROM {table} WHERE dataset_id = ?", [dataset.id])
             self.db.execute("DELETE FROM leases WHERE name = ?", [f"dataset:{dataset.id}"])
             driver_id = self.db.execute(
@@ -222,7 +224,14 @@ class Catalog:
 
     def count_items(self, dataset_id: int, *, prefix: str = "") -> int:
         """How many items the dataset has (whose key starts with ``prefix``)."""
-        sql, args = "SELECT count(*) FROM items WHERE dataset_id = ?", [dataset_id]
+        return int(self._aggregate("count(*)", dataset_id, prefix))
+
+    def total_size(self, dataset_id: int, *, prefix: str = "") -> int:
+        """The bytes of the dataset's objects (whose key starts with ``prefix``)."""
+        return int(self._aggregate("coalesce(sum(size), 0)", dataset_id, prefix))
+
+    def _aggregate(self, what: str, dataset_id: int, prefix: str) -> Any:
+        sql, args = f"SELECT {what} FROM items WHERE dataset_id = ?", [dataset_id]
         if prefix:
             sql += " AND key >= ?"
             args.append(prefix)
@@ -230,7 +239,7 @@ class Catalog:
             if upper is not None:
                 sql += " AND key < ?"
                 args.append(upper)
-        return int(self.db.execute(sql, args).fetchone()[0])
+        return self.db.execute(sql, args).fetchone()[0]
 
     # -- items ---------------------------------------------------------------------------
 

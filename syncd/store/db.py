@@ -176,6 +176,26 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
             ) WITHOUT ROWID""",
         ],
     ),
+    (
+        "0006_pull_push",
+        [
+            # the content MD5 a provider states (see providers.base.ObjectInfo.md5), so a pull
+            # can tell a local file it did not write is already the object's bytes
+            "ALTER TABLE items ADD COLUMN md5 TEXT",
+            # what pull and push wrote: the local file at root/path, as it was right after
+            # (local_etag: size and mtime, see providers.local), holds the bytes of the object
+            # with this ETag and size. A file still matching needs no hashing and no transfer.
+            """CREATE TABLE local_copies (
+                dataset_id INTEGER NOT NULL REFERENCES datasets(id),
+                root TEXT NOT NULL,
+                path TEXT NOT NULL,
+                local_etag TEXT NOT NULL,
+                etag TEXT NOT NULL,
+                size INTEGER NOT NULL,
+                PRIMARY KEY (dataset_id, root, path)
+            ) WITHOUT ROWID""",
+        ],
+    ),
 ]
 
 

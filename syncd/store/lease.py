@@ -21,6 +21,7 @@ Every function that writes expects to run inside the caller's transaction
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import uuid
@@ -29,7 +30,7 @@ from datetime import UTC, datetime, timedelta
 
 import sqlite_utils
 
-from syncd.store.db import now
+from syncd.store.db import now, transaction
 
 #: seconds a lease lives without renewal; a run renews it far more often than this
 DEFAULT_TTL = 60.0
@@ -134,6 +135,16 @@ def renew(db: sqlite_utils.Database, name: str, owner: str, ttl: float = DEFAULT
         [_stamp(datetime.now(UTC) + timedelta(seconds=ttl)), name, owner],
     )
     return cur.rowcount == 1
+
+
+async def keep(db: sqlite_utils.Database, name: str, owner: str) -> None:
+    """Renew ``owner``'s lease every quarter of its life until cancelled: for a holder whose
+    single steps (a slow listing page, one large upload) may outlast it. Its own transactions;
+    a lost lease is noticed by the holder's next checked write, not here."""
+    while True:
+        await asyncio.sleep(DEFAULT_TTL / 4)
+        with transaction(db):
+            renew(db, name, owner)
 
 
 def release(db: sqlite_utils.Database, name: str, owner: str) -> None:

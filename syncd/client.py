@@ -1,0 +1,153 @@
+"""The Python API for notebooks and pipelines: blocking calls by dataset name, on the same
+engine as the ``syncd`` command (:mod:`syncd.api`)::
+
+    import syncd
+
+    run = syncd.sync("s3://acme-images/raw/", dataset="birds", db="syncd.db")
+    print(run.counts["created"], "new items")
+    for item in syncd.items("birds", db="syncd.db", prefix="train/"):
+        print(item.filename, item.size, item.uri)
+    got = syncd.pull("birds", "data/birds", db="syncd.db")      # bytes to disk
+    sent = syncd.push("field-photos/", dataset="birds", db="syncd.db")
+    assert got.ok and sent.ok
+
+Contracts:
+
+* Each call opens the catalog (``db``, default ``$SYNCD_DB`` else ``./syncd.db``), does its
+  work and closes it; :func:`items` streams, holding one page of items at a time.
+* Failures raise, as the CLI reports them: :class:`syncd.errors.UsageError` (bad input,
+  unknown dataset), :class:`syncd.errors.SyncFailed`, :class:`providers.errors.StorageError`.
+  A pull or push that moved what it could returns a result with ``ok`` False and its
+  ``problems`` (refused keys, failed files) instead of raising.
+* The calls work inside a running event loop too (Jupyter runs one): the work then runs on a
+  thread of its own, with its own catalog connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+from collections.abc import Awaitable, Callable, Iterator
+from typing import TypeVar
+
+from syncd import api
+from syncd.limits import MaxDelete
+from syncd.reconcile.filters import Filters
+from syncd.reconcile.sync import SyncOptions, SyncResult
+from syncd.store.catalog import Catalog, Item
+from syncd.store.db import default_db_path
+from syncd.transfer.common import TransferResult
+
+T = TypeVar("T")
+
+
+def _run(
+    work: Callable[[Catalog], Awaitable[T]],
+    db: str | None,
+    *,
+    dry_run: bool = False,
+    create: bool = False,
+) -> T:
+    """Run ``work(catalog)`` to completion, on this thread, or on a new one if an event loop
+    is already running here. The catalog is opened on the thread that uses it (sqlite
+    connections belong to one thread)."""
+
+    async def main() -> T:
+        path = db or default_db_path()
+        if dry_run:
+            catalog = Catalog.open_preview(path) if create else Catalog.open_reader(path)
+        else:
+            catalog = Catalog.open(path, create=create)
+        try:
+            return await work(catalog)
+        finally:
+            catalog.close()
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(main())
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="syncd") as pool:
+        return pool.submit(asyncio.run, main()).result()
+
+
+def sync(
+    source: str | None = None,
+    *,
+    dataset: str,
+    db: str | None = None,
+    include: tuple[str, ...] = (),
+    exclude: tuple[str, ...] = (),
+    max_size: int | None = None,
+    max_delete: MaxDelete | None = None,
+    dry_run: bool = False,
+    wait: bool = False,
+) -> SyncResult:
+    """Make ``dataset`` equal to ``source`` (``s3://``, ``gs://``, ``az://``, a folder), or to
+    its bound source when ``source`` is None; ``syncd sync``. Filters, when given, replace
+    the stored ones."""
+    filters = Filters(include, exclude, max_size) if (include or exclude or max_size) else None
+    options = SyncOptions(dry_run=dry_run, max_delete=max_delete)
+    return _run(
+        lambda catalog: api.sync(
+            catalog, dataset, source=source, filters=filters, options=options, wait=wait
+        ),
+        db,
+        dry_run=dry_run,
+        create=True,  # a first sync creates the catalog
+    )
+
+
+def pull(
+    dataset: str,
+    target_dir: str,
+    *,
+    db: str | None = None,
+    prefix: str = "",
+    delete: bool = False,
+    dry_run: bool = False,
+    jobs: int = 8,
+) -> TransferResult:
+    """Make ``target_dir`` mirror ``dataset``: download what is missing or changed;
+    ``syncd pull``."""
+    return _run(
+        lambda catalog: api.pull(
+            catalog, dataset, target_dir, prefix=prefix, delete=delete, dry_run=dry_run, jobs=jobs
+        ),
+        db,
+        dry_run=dry_run,
+    )
+
+
+def push(
+    source_dir: str,
+    *,
+    dataset: str,
+    db: str | None = None,
+    delete: bool = False,
+    dry_run: bool = False,
+    jobs: int = 8,
+    wait: bool = False,
+) -> TransferResult:
+    """Upload ``source_dir``'s new and changed files into ``dataset``'s bucket and update its
+    items; ``syncd push``."""
+    return _run(
+        lambda catalog: api.push(
+            catalog, dataset, source_dir, delete=delete, dry_run=dry_run, jobs=jobs, wait=wait
+        ),
+        db,
+        dry_run=dry_run,
+    )
+
+
+def items(
+    dataset: str, *, db: str | None = None, prefix: str = "", limit: int | None = None
+) -> Iterator[Item]:
+    """The dataset's items in key order (``prefix``: of the key), streamed a page at a time;
+    ``syncd items ls``. Consume it on the thread that started it."""
+    catalog = Catalog.open_reader(db or default_db_path())
+    try:
+        found = catalog.get_dataset(dataset)
+        yield from catalog.iter_items(found.id, prefix=prefix, limit=limit)
+    finally:
+        catalog.close()

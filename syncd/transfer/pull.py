@@ -1,0 +1,107 @@
+"""``syncd pull``: make a local folder mirror a dataset.
+
+Contracts:
+
+* Every file lands under its item's ``filename`` inside the folder, or nowhere: keys that could
+  escape it are refused (:mod:`syncd.transfer.paths`), reported, and the rest goes on.
+* A file is written to ``.<name>.syncd-tmp`` beside its final name, checked against the size of
+  the object it came from, given the object's modification time, then renamed: an interrupted
+  pull never leaves a partial file under a final name, and the next pull overwrites the temp.
+* What was written is recorded (:mod:`syncd.store.copies`), so the next pull compares a file by
+  ``stat`` alone; a file it did not write is compared by size, then by MD5 where the provider
+  states one. A complete file is never downloaded again.
+* ``delete`` removes only regular files under the folder that are not in the dataset (never a
+  symbolic link, never what it points to, never the paths in ``protect``: the catalog).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import stat
+
+from providers.local import TMP_SUFFIX, local_etag
+from syncd.transfer.engine import Transfer
+from syncd.transfer.paths import UnsafePath, check_relative, is_folder_marker, local_path
+from syncd.transfer.plan import Row, Verdict
+
+
+class Pull(Transfer):
+    direction = "pull"
+
+    def total_bytes(self) -> int:
+        return self.catalog.total_size(self.dataset.id, prefix=self.path + self.prefix)
+
+    async def row(self, row: Row) -> None:
+        if row.item is None:
+            if row.local is None:
+                self.forget(row.rel)  # a record of a file gone from both sides
+            else:
+                await self.extra(row)
+            return
+        if not row.rel or is_folder_marker(row.rel):
+            self.unplan(row.item.size)
+            return  # a folder (the driver path's own marker too), not a file: nothing to write
+        try:
+            check_relative(row.rel)
+        except UnsafePath as exc:
+            self.result.problem("refused", row.item.key, str(exc), self.on_problem)
+            self.unplan(row.item.size)
+            return
+        if row.local is not None:
+            same = await self.matches(row, unproven=Verdict.SAME)
+            if same is None or same:
+                if same:
+                    self.result.counts["up_to_date"] += 1
+                self.unplan(row.item.size)
+                return
+        await self.schedule(row, row.item.size)
+
+    async def move(self, row: Row) -> None:
+        item = row.item
+        assert item is not None
+        final = local_path(self.root, row.rel)
+        tmp = os.path.join(os.path.dirname(final), f".{os.path.basename(final)}{TMP_SUFFIX}")
+        # a stale temp file (or anything planted under that name) goes first; the new one is
+        # created exclusively and never through a link, so the bytes land in DIR or nowhere
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                info = await self.driver.download(item.key, out, size=item.size)
+                out.flush()
+                written = os.fstat(out.fileno()).st_size
+                if written != info.size:
+                    raise ValueError(f"wrote {written} bytes of an object of {info.size}")
+                mtime = int(info.last_modified.timestamp() * 1_000_000_000)
+                os.utime(out.fileno(), ns=(mtime, mtime))
+            os.replace(tmp, final)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
+            raise
+        self.record(row.rel, local_etag(os.stat(final)), info.etag, info.size)
+        self.done(info.size)
+
+    async def extra(self, row: Row) -> None:
+        """A local file the dataset does not have: counted, and removed with ``delete``."""
+        self.result.counts["extra"] += 1
+        if not self.delete:
+            return
+        path = os.path.join(self.root, *row.rel.split("/"))
+        if self.protected(row.rel):
+            return
+        try:
+            if not stat.S_ISREG(os.lstat(path).st_mode):
+                return  # a symbolic link (listed when it points inside): never removed
+            if not self.dry_run:
+                await asyncio.to_thread(os.remove, path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            self.failed(row, exc)
+            return
+        self.forget(row.rel)
+        self.result.counts["removed"] += 1
