@@ -90,7 +90,14 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="bench-transfer-"))
     moto = start_moto(work)
-    s3 = boto3.client("s3", endpoint_url=moto.url)
+    # moto takes any key pair; every tool signs with this one
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=moto.url,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        region_name="us-east-1",
+    )
     env = {
         **os.environ,
         "AWS_ENDPOINT_URL": moto.url,

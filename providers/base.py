@@ -31,7 +31,9 @@ from datetime import datetime
 from typing import BinaryIO
 
 DEFAULT_PAGE_SIZE = 1000
-#: objects this large or larger are moved in parts by the SDK's transfer manager
+#: objects this large or larger are moved in parts by the SDK's transfer manager (GCS and Azure,
+#: whose single-request uploads hold the body in memory; S3 streams a single PUT from the file
+#: and has its own, higher cutoff: see providers.s3); also the size of one part
 MULTIPART_THRESHOLD = 8 * 1024 * 1024
 #: parts of one large object in flight at once
 PART_CONCURRENCY = 8

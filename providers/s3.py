@@ -27,6 +27,7 @@ from s3transfer.subscribers import BaseSubscriber
 
 from providers import errors
 from providers.base import MULTIPART_THRESHOLD, PART_CONCURRENCY, Driver, ObjectInfo, object_uri
+from providers.config import ConfigError
 from providers.retry import NO_RETRY, RetryPolicy, Translate, call
 
 CHUNK = 1024 * 1024
@@ -59,6 +60,24 @@ _CODE_MAP: dict[str, type[errors.StorageError]] = {
 
 def _utc(value: datetime) -> datetime:
     return value.astimezone(UTC)
+
+
+#: below this, one streamed PUT or GET moves a file: cheaper than parts unless the link is
+#: faster than one connection (rclone's upload cutoff is 200 MiB too). SYNCD_S3_MULTIPART_CUTOFF
+#: (bytes) overrides it, for links where parallel parts pay earlier.
+DEFAULT_MULTIPART_CUTOFF = 200 * 1024 * 1024
+
+
+def multipart_cutoff() -> int:
+    raw = os.environ.get("SYNCD_S3_MULTIPART_CUTOFF")
+    if not raw:
+        return DEFAULT_MULTIPART_CUTOFF
+    if not raw.isdigit() or int(raw) < 5 * 1024 * 1024:
+        raise ConfigError(
+            f"SYNCD_S3_MULTIPART_CUTOFF must be a number of bytes of at least 5 MiB (S3's "
+            f"smallest part), got {raw!r}"
+        )
+    return int(raw)
 
 
 #: the ETag of a single-part upload is the content's MD5; a multipart one ends in "-<parts>"
@@ -121,8 +140,9 @@ class S3Driver(Driver):
                 retries={"mode": "standard", "total_max_attempts": 5}, max_pool_connections=64
             ),
         )
+        self.multipart_cutoff = multipart_cutoff()
         self._transfer = TransferConfig(
-            multipart_threshold=MULTIPART_THRESHOLD,
+            multipart_threshold=self.multipart_cutoff,
             multipart_chunksize=MULTIPART_THRESHOLD,
             max_concurrency=PART_CONCURRENCY,
         )
@@ -258,7 +278,7 @@ class S3Driver(Driver):
     async def upload(self, key: str, path: str, content_type: str | None = None) -> ObjectInfo:
         extra = self._extra(content_type)
         translate = self._translate(key)
-        if os.path.getsize(path) >= MULTIPART_THRESHOLD:
+        if os.path.getsize(path) >= self.multipart_cutoff:
             await call(
                 lambda: self._parts_client.upload_file(
                     path, self.bucket, key, ExtraArgs=extra, Config=self._transfer
@@ -287,7 +307,7 @@ class S3Driver(Driver):
 
     async def download(self, key: str, out: BinaryIO, size: int | None = None) -> ObjectInfo:
         translate = self._translate(key)
-        if size is not None and size >= MULTIPART_THRESHOLD:
+        if size is not None and size >= self.multipart_cutoff:
             info = await self.head(key)
 
             def ranged() -> None:

@@ -360,7 +360,8 @@ async def test_push_creates_objects_and_items_then_uploads_nothing(
     bucket = backend.new_bucket()
     db, src = tmp_path / "c.db", tmp_path / "src"
     files = make_folder(src)
-    env = backend.env
+    # S3 sends files below 200 MiB in one streamed PUT: lower that so big.bin goes in parts
+    env = {**backend.env, "SYNCD_S3_MULTIPART_CUTOFF": str(MULTIPART_THRESHOLD)}
     if backend.name == "local":
         Path(bucket, "up").mkdir()  # a folder source must exist
     summary(
