@@ -138,7 +138,9 @@ class Driver(abc.ABC):
     @abc.abstractmethod
     async def upload(self, key: str, path: str, content_type: str | None = None) -> ObjectInfo:
         """Create or overwrite the object from the local file ``path``, streamed from disk,
-        and return its new record. Safe to retry: a failed upload leaves the old object."""
+        and return its new record (key, size, ETag exact; the modification time may be the
+        service's answer time where the upload's answer carries no other, as S3's PUT).
+        Safe to retry: a failed upload leaves the old object."""
 
     @abc.abstractmethod
     async def download(self, key: str, out: BinaryIO, size: int | None = None) -> ObjectInfo:

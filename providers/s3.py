@@ -15,6 +15,7 @@ import os
 import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any, BinaryIO
 
 import boto3
@@ -288,22 +289,31 @@ class S3Driver(Driver):
             )
             return await self.head(key)
 
-        def put() -> str:
+        def put() -> tuple[dict[str, Any], int]:
             with open(path, "rb") as body:
-                resp = self._client.put_object(Bucket=self.bucket, Key=key, Body=body, **extra)
-            return self._etag(resp["ETag"])
+                size = os.fstat(body.fileno()).st_size
+                return self._client.put_object(
+                    Bucket=self.bucket, Key=key, Body=body, **extra
+                ), size
 
-        sent = await call(put, translate, self.retry)
-        # a PUT answers with the ETag but not the modification time the bucket records
-        info = await self.head(key)
-        if info.etag != sent:
-            raise errors.ProviderError(
-                self.provider,
-                self.bucket,
-                "overwritten by another writer during the upload",
-                key=key,
-            )
-        return info
+        resp, size = await call(put, translate, self.retry)
+        # the record from the PUT's own answer, not a HEAD (a second request per file, and
+        # another writer's object if one came in between). S3 answers a PUT without its
+        # Last-Modified; the answer's Date stands in (the moment the object was stored,
+        # to the second).
+        headers = resp.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+        stored = parsedate_to_datetime(headers["date"]) if "date" in headers else datetime.now(UTC)
+        etag = self._etag(resp["ETag"])
+        version = resp.get("VersionId")
+        return ObjectInfo(
+            key=key,
+            size=size,
+            etag=etag,
+            last_modified=_utc(stored),
+            content_type=content_type,
+            version=None if version in (None, "null") else version,
+            md5=_md5_of(etag),
+        )
 
     async def download(self, key: str, out: BinaryIO, size: int | None = None) -> ObjectInfo:
         translate = self._translate(key)

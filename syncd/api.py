@@ -11,12 +11,11 @@ import dataclasses
 import json
 import logging
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from providers import faults, open_driver
 from providers.base import Driver
 from providers.config import ConfigError, DriverConfig
-from syncd.config import DatasetSpec
 from syncd.errors import SyncFailed, UsageError
 from syncd.reconcile.filters import Filters
 from syncd.reconcile.source import canonical, parse_source
@@ -29,6 +28,9 @@ from syncd.transfer.common import ProblemHook, TransferResult
 from syncd.transfer.engine import Meter
 from syncd.transfer.pull import Pull
 from syncd.transfer.push import Push
+
+if TYPE_CHECKING:  # the config module loads pydantic (a quarter second): only when used
+    from syncd.config import DatasetSpec
 
 log = logging.getLogger("syncd")
 

@@ -15,13 +15,11 @@ import traceback
 from typing import Any
 
 import click
-from tqdm import tqdm
 
 from providers.config import ConfigError
 from providers.errors import StorageError
 from providers.redact import redact
 from syncd import api, logs
-from syncd.config import find_config, load_config
 from syncd.errors import SyncdError, UsageError
 from syncd.limits import MaxDelete, MaxDeleteType
 from syncd.reconcile.filters import Filters
@@ -191,6 +189,9 @@ def sync(
     """
     if config_path and source:
         raise UsageError("give either SOURCE or --config, not both")
+    # imported here: the config module loads pydantic, a quarter second of every start
+    from syncd.config import find_config, load_config
+
     found = None if source else find_config(config_path)
     if not found and not dataset_name:
         raise UsageError("--dataset NAME is required (or pass --config FILE or set SYNCD_CONFIG)")
@@ -436,6 +437,8 @@ class ByteBar:
     elsewhere. The total grows and shrinks as files are judged (see ``engine.Meter``)."""
 
     def __init__(self, enabled: bool, desc: str) -> None:
+        from tqdm import tqdm  # a twentieth of a second, for pull and push only
+
         self.bar = tqdm(
             total=0,
             desc=desc,
@@ -774,7 +777,7 @@ def run(config_path: str | None, db_path: str | None) -> None:
     the [queues.NAME] it declares and from folder watches, and serves the HTTP API if [server]
     is set (bearer token from SYNCD_API_TOKEN). One daemon per catalog.
     """
-    from syncd.config import load_daemon_config
+    from syncd.config import find_config, load_daemon_config
 
     path = find_config(config_path)
     if path is None:
