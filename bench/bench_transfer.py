@@ -84,6 +84,7 @@ def main() -> None:
     parser.add_argument("--large-mb", type=int, default=200, help="MB of the large file")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--tools", default="syncd,aws,rclone")
+    parser.add_argument("--sets", default="small,large", help="which data sets (small,large)")
     args = parser.parse_args()
     peers = Path(args.peers)
     tools = args.tools.split(",")
@@ -151,6 +152,8 @@ def main() -> None:
             f"{args.large_mb} MB file; {args.rounds} rounds; tools {', '.join(tools)}"
         )
         for name, (src, files, size) in sets.items():
+            if name not in args.sets.split(","):
+                continue
             up: dict[str, list[float]] = {t: [] for t in tools}
             down: dict[str, list[float]] = {t: [] for t in tools}
             for r in range(args.rounds):
