@@ -188,6 +188,15 @@ class AzureBlobDriver(Driver):
             if not token:
                 return
 
+    async def folders(self, prefix: str = "") -> list[str]:
+        from azure.storage.blob import BlobPrefix
+
+        def fetch() -> list[str]:
+            found = self._container.walk_blobs(name_starts_with=prefix or None, delimiter="/")
+            return sorted(b.name for b in found if isinstance(b, BlobPrefix))
+
+        return await call(fetch, self._translate(), self.retry)
+
     async def head(self, key: str) -> ObjectInfo:
         client = self._container.get_blob_client(key)
         props = await call(client.get_blob_properties, self._translate(key), self.retry)

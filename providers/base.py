@@ -165,6 +165,12 @@ class Driver(abc.ABC):
     def uri(self, key: str) -> str:
         """The object's canonical URI, e.g. ``s3://bucket/key``."""
 
+    async def folders(self, prefix: str = "") -> list[str]:
+        """The "folders" one level under ``prefix`` (which is empty or ends in ``/``): the
+        distinct ``prefix + name + "/"`` that keys start with, sorted. Used only to split a
+        first listing into ranges; a driver that cannot tell returns ``[]`` (one range)."""
+        return []
+
     async def read(self, key: str) -> bytes:
         """Convenience: the whole object in memory (for small objects and tests)."""
         return b"".join([chunk async for chunk in self.get(key)])

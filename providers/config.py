@@ -19,7 +19,7 @@ from typing import Any
 
 from providers.redact import register
 
-PROVIDERS = ("s3", "gcs", "azure", "local")
+PROVIDERS = ("s3", "gcs", "azure", "local", "bench")
 
 #: which integration fields may hold secrets, per provider (values must be references)
 SECRET_FIELDS: dict[str, frozenset[str]] = {
@@ -27,6 +27,7 @@ SECRET_FIELDS: dict[str, frozenset[str]] = {
     "gcs": frozenset(),
     "azure": frozenset({"connection_string", "account_key", "sas_token"}),
     "local": frozenset(),
+    "bench": frozenset(),  # providers.synthetic: generated objects, for benchmarks
 }
 #: non-secret integration fields, per provider
 PLAIN_FIELDS: dict[str, frozenset[str]] = {
@@ -35,6 +36,7 @@ PLAIN_FIELDS: dict[str, frozenset[str]] = {
     "gcs": frozenset({"credentials_file", "project"}),
     "azure": frozenset({"account_name"}),
     "local": frozenset(),
+    "bench": frozenset(),
 }
 
 

@@ -69,6 +69,9 @@ class FaultyDriver(Driver):
     async def head(self, key: str) -> ObjectInfo:
         return await self.inner.head(key)
 
+    async def folders(self, prefix: str = "") -> list[str]:
+        return await self.inner.folders(prefix)
+
     def get(self, key: str) -> AsyncIterator[bytes]:
         return self.inner.get(key)
 

@@ -174,6 +174,17 @@ class GCSDriver(Driver):
             if not token:
                 return
 
+    async def folders(self, prefix: str = "") -> list[str]:
+        def fetch() -> list[str]:
+            it = self._client.list_blobs(
+                self.bucket, prefix=prefix or None, delimiter="/", retry=None, timeout=TIMEOUT
+            )
+            for _ in it:  # the prefixes fill in as the pages are read
+                pass
+            return sorted(it.prefixes)
+
+        return await call(fetch, self._translate(), self.retry)
+
     async def head(self, key: str) -> ObjectInfo:
         blob = self._bucket.blob(key)
         await call(

@@ -122,6 +122,22 @@ class LocalDriver(Driver):
             if len(page) < self.page_size:
                 return
 
+    async def folders(self, prefix: str = "") -> list[str]:
+        if prefix and not prefix.endswith("/"):
+            return []
+        directory = os.path.join(self.root, *prefix.rstrip("/").split("/")) if prefix else self.root
+
+        def scan() -> list[str]:
+            try:
+                with os.scandir(directory) as it:
+                    return sorted(
+                        prefix + e.name + "/" for e in it if e.is_dir(follow_symlinks=False)
+                    )
+            except (FileNotFoundError, NotADirectoryError):
+                return []
+
+        return await asyncio.to_thread(scan)
+
     def _stat(self, key: str) -> os.stat_result:
         path = self._path(key)
         self._check_root()

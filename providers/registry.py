@@ -72,4 +72,8 @@ def open_driver(cfg: DriverConfig) -> Driver:
             storage_class=cfg.storage_class,
             page_size=cfg.page_size,
         )
+    if cfg.type == "bench":
+        from providers.synthetic import SyntheticDriver
+
+        return SyntheticDriver(cfg.bucket, page_size=cfg.page_size)
     raise ConfigError(f"unknown driver type {cfg.type!r}")

@@ -230,6 +230,18 @@ class S3Driver(Driver):
                 return
             params["ContinuationToken"] = token
 
+    async def folders(self, prefix: str = "") -> list[str]:
+        def fetch() -> list[str]:
+            out: list[str] = []
+            pages = self._client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=prefix, Delimiter="/"
+            )
+            for page in pages:
+                out += [p["Prefix"] for p in page.get("CommonPrefixes", [])]
+            return sorted(out)
+
+        return await call(fetch, self._translate(), self.retry)
+
     async def head(self, key: str) -> ObjectInfo:
         resp = await call(
             lambda: self._client.head_object(Bucket=self.bucket, Key=key),

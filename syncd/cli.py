@@ -165,6 +165,13 @@ def cli(ctx: click.Context, debug: bool, verbose: int, quiet: bool, log_format: 
     help="if more than N items (or P% of the dataset) would be deleted, delete none and exit 1",
 )
 @click.option("--wait", is_flag=True, help="if another process is syncing the dataset, wait for it")
+@click.option(
+    "--list-concurrency",
+    type=click.IntRange(min=1, max=256),
+    metavar="N",
+    help="list N key ranges at once (split at the last run's keys, else at the folders under "
+    "the source path) [default: the config's list_concurrency, else 1]",
+)
 @_json_option
 def sync(
     source: str | None,
@@ -179,6 +186,7 @@ def sync(
     resume_within: float,
     max_delete: MaxDelete | None,
     wait: bool,
+    list_concurrency: int | None,
     as_json: bool,
 ) -> None:
     """Make a dataset equal to SOURCE (or to its bound source, or to --config's datasets).
@@ -226,6 +234,7 @@ def sync(
                 max_delete=max_delete or (spec.max_delete if spec else None),
                 on_plan=(lambda c: _print_plan(c, as_json)) if dry_run else None,
                 on_progress=progress,
+                list_concurrency=list_concurrency or (spec.list_concurrency if spec else 1),
             )
             try:
                 result = asyncio.run(

@@ -111,6 +111,8 @@ class DatasetSpec:
     max_delete: MaxDelete | None = None
     interval: int = DEFAULT_INTERVAL
     watch: bool = True
+    #: key ranges listed at once (see syncd.reconcile.partition); 1 lists serially
+    list_concurrency: int = 1
 
 
 @dataclass(frozen=True)
@@ -173,7 +175,7 @@ class _Table(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
-ProviderType = Literal["s3", "gcs", "azure", "local"]  # == providers.config.PROVIDERS
+ProviderType = Literal["s3", "gcs", "azure", "local", "bench"]  # == providers.config.PROVIDERS
 
 
 def _integration_model(kind: str) -> type[_Table]:
@@ -242,6 +244,7 @@ class DatasetTable(_Table):
     max_delete: MaxDeleteValue | None = None
     interval: Seconds | None = None
     watch: bool = True
+    list_concurrency: Annotated[int, Field(ge=1, le=256)] = 1
 
 
 class DaemonTable(_Table):
@@ -471,6 +474,7 @@ def _build(table: FileTable) -> DaemonConfig:
             max_delete=t.max_delete,
             interval=t.interval or interval,
             watch=t.watch,
+            list_concurrency=t.list_concurrency,
         )
         for name, t in table.datasets.items()
     }

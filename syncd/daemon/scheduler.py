@@ -186,7 +186,9 @@ class Scheduler:
     def _sync_blocking(self, name: str) -> SyncResult:
         """One reconcile, on a worker thread with its own connection and event loop."""
         spec = self.specs[name]
-        options = SyncOptions(max_delete=spec.max_delete, stop=self._halt)
+        options = SyncOptions(
+            max_delete=spec.max_delete, stop=self._halt, list_concurrency=spec.list_concurrency
+        )
         catalog = Catalog.open(self.db_path)
         try:
             return asyncio.run(api.sync(catalog, name, spec=spec, options=options))

@@ -41,6 +41,10 @@ def parse_source(source: str) -> DriverConfig:
                 f"malformed SOURCE {source!r}: file URLs need an absolute path (file:///dir)"
             )
         return _local(unquote(parts.path), source)
+    if scheme == "bench":  # providers.synthetic: N generated objects, for benchmarks
+        if not rest.partition("?")[0].isdigit():
+            raise UsageError(f"malformed SOURCE {source!r}: expected bench://N[?latency=80ms]")
+        return DriverConfig(type="bench", bucket=rest)
     provider = _SCHEMES.get(scheme)
     if provider is None:
         raise UsageError(f"unsupported SOURCE scheme {scheme!r} in {source!r}; expected {FORMS}")
@@ -65,5 +69,7 @@ def canonical(cfg: DriverConfig) -> str:
     """The SOURCE a dataset is bound to, in one spelling (``s3://b/raw/``, ``file:///d/``)."""
     if cfg.type == "local":
         return "file://" + cfg.bucket.rstrip("/") + "/" + cfg.path
+    if cfg.type == "bench":
+        return f"bench://{cfg.bucket}"
     scheme = {v: k for k, v in _SCHEMES.items()}[cfg.type]
     return f"{scheme}://{cfg.bucket}/{normalize_path(cfg.path)}"

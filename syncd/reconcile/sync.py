@@ -31,6 +31,7 @@ from typing import Any, Protocol
 from providers.base import Driver, ObjectInfo
 from providers.errors import StorageError
 from syncd.errors import SyncdError, SyncFailed
+from syncd.reconcile import partition
 from syncd.reconcile.march import Action, Change, march
 from syncd.store import lease
 from syncd.store.catalog import Catalog, Dataset, Item
@@ -122,6 +123,8 @@ class SyncOptions:
     #: called after every listing page with the running counters and ``to_delete``, the
     #: number of keys parked for deletion so far
     on_progress: Callable[[dict[str, int]], None] | None = None
+    #: key ranges listed at once (:mod:`syncd.reconcile.partition`); 1 lists serially
+    list_concurrency: int = 1
 
 
 def fingerprint(dataset: Dataset) -> str:
@@ -209,11 +212,13 @@ class _Applier:
         self.delete_seqs: list[int] = []
         self.since_save = 0
         self.path = dataset.driver.path
+        #: created_at / updated_at of the items of one batch: they are written together
+        self.stamp = now()
 
     def item(self, obj: ObjectInfo) -> Item:
         """The item for a listed object. On an update the stored ``created_at`` is kept
         (``Catalog.write_items`` never overwrites it)."""
-        stamp = now()
+        stamp = self.stamp
         return Item(
             key=obj.key,
             filename="/" + obj.key[len(self.path) :],
@@ -264,6 +269,7 @@ class _Applier:
             self.checkpoint.save_progress(self.run)
         self.writes, self.write_seqs, self.since_save = [], [], 0
         self.deletes, self.delete_seqs = [], []
+        self.stamp = now()
 
 
 async def sync_dataset(
@@ -319,8 +325,17 @@ async def sync_dataset(
     seen = [0]  # the event sequence read before the page being merged
 
     async def listing() -> AsyncIterator[ObjectInfo]:
-        pages = driver.list(prefix, start_after=start_after)
-        async for seq, page in prefetch(pages, before_page=catalog.event_seq):
+        bounds = await partition.boundaries(
+            catalog, dataset.id, driver, prefix, start_after, options.list_concurrency
+        )
+        pages = (
+            partition.pages(driver, prefix, start_after, bounds, before_page=catalog.event_seq)
+            if bounds
+            else prefetch(
+                driver.list(prefix, start_after=start_after), before_page=catalog.event_seq
+            )
+        )
+        async for seq, page in pages:
             if options.stop is not None and options.stop.is_set():
                 raise SyncStopped("stopped before the listing completed (shutting down)")
             seen[0] = seq
@@ -333,7 +348,7 @@ async def sync_dataset(
             counts["skipped"] = skipped_base + driver.skipped - skipped_before
             report()
 
-    known = catalog.iter_items(dataset.id, after=start_after) if dataset.id else iter(())
+    known = catalog.iter_known(dataset.id, after=start_after) if dataset.id else iter(())
     applier = (
         _Applier(catalog, checkpoint, dataset, driver, run, options.batch_size, owner or "")
         if run

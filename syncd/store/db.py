@@ -196,6 +196,14 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
             ) WITHOUT ROWID""",
         ],
     ),
+    (
+        "0007_key_markers_by_seq",
+        [
+            # "did any event touch this dataset since sequence N?" in one index probe: a
+            # listing batch then writes with a plain upsert instead of a lookup per row
+            "CREATE INDEX key_markers_seq ON key_markers (dataset_id, seq)",
+        ],
+    ),
 ]
 
 

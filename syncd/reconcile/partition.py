@@ -1,0 +1,138 @@
+"""Listing a dataset's key space as key ranges, concurrently, merged back into one ordered stream.
+
+One listing stream yields about 10,000 objects a second from S3 (1,000 keys a page, about 100
+ms a page); ranges listed side by side go as fast as the service lets them. The reconciler
+still sees one stream in key order: ranges are disjoint and ordered, and :func:`pages` hands
+them over one after the other, each listed ahead in its own task into a queue of a few pages
+(memory: ranges x depth pages, whatever the bucket size).
+
+Boundaries (:func:`boundaries`) come from the previous run's keys (evenly spaced items of the
+catalog), else from the folders one level under the driver path (:meth:`Driver.folders`),
+else there is one range. A range is ``[lo, hi)``: the drivers take an exclusive
+``start_after``, so a range asks for keys after ``lo`` minus its last character and drops the
+few keys below ``lo`` that brings (a key equal to ``lo`` is kept, which ``start_after=lo``
+would lose).
+
+Resuming is unchanged: the reconciler consumes keys in order and checkpoints the last one
+applied; a resumed run partitions what lies after it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from providers.base import Driver, ObjectInfo
+from syncd.store.catalog import Catalog
+
+#: pages each range may list ahead of the reconciler
+DEPTH = 2
+
+
+def spread(keys: list[str], parts: int) -> list[str]:
+    """``parts - 1`` of ``keys`` (sorted, distinct), evenly spaced."""
+    if parts <= 1 or not keys:
+        return []
+    step = len(keys) / parts
+    picked = {keys[int(step * i)] for i in range(1, parts) if int(step * i) < len(keys)}
+    return sorted(picked)
+
+
+async def boundaries(
+    catalog: Catalog,
+    dataset_id: int,
+    driver: Driver,
+    prefix: str,
+    start_after: str | None,
+    parts: int,
+) -> list[str]:
+    """Up to ``parts - 1`` increasing keys after ``start_after`` under ``prefix`` that split
+    the listing into ``parts`` ranges of similar size; ``[]`` for one range."""
+    if parts <= 1:
+        return []
+    cut = catalog.sample_keys(dataset_id, parts, prefix=prefix, after=start_after)
+    if len(cut) < parts - 1:
+        folders = [
+            f for f in await driver.folders(prefix) if start_after is None or f > start_after
+        ]
+        cut = spread(folders, parts) if len(folders) > len(cut) else cut
+    return [b for b in cut if b.startswith(prefix) and (start_after is None or b > start_after)]
+
+
+async def _range(
+    driver: Driver,
+    prefix: str,
+    lo: str | None,
+    after: str | None,
+    hi: str | None,
+    queue: asyncio.Queue[Any],
+    before_page: Callable[[], int],
+) -> None:
+    """List ``[lo, hi)`` (or ``(after, hi)`` for the first range) into ``queue`` as
+    ``(seq, page)``, then ``(seq of the last answer, None)``; an error goes in as is."""
+    start = after if lo is None else lo[:-1]
+    last = before_page()
+    try:
+        it = aiter(driver.list(prefix, start_after=start or None, end_before=hi))
+        while True:
+            seq = before_page()
+            try:
+                page = await anext(it)
+            except StopAsyncIteration:
+                await queue.put((last if last is not None else seq, None))
+                return
+            last = seq
+            if lo is not None:
+                page = [o for o in page if o.key >= lo]
+            if page:
+                await queue.put((seq, page))
+    except Exception as exc:  # handed to the consumer, which re-raises it
+        await queue.put((0, exc))
+
+
+async def pages(
+    driver: Driver,
+    prefix: str,
+    start_after: str | None,
+    bounds: list[str],
+    before_page: Callable[[], int] = lambda: 0,
+    depth: int = DEPTH,
+) -> AsyncIterator[tuple[int, list[ObjectInfo]]]:
+    """The listing of ``(start_after, end)`` under ``prefix`` as ``(seen_seq, page)`` in key
+    order, like :func:`syncd.reconcile.sync.prefetch`, listed as ``len(bounds) + 1`` ranges at
+    once. The last item is ``(seq, [])``.
+
+    ``seen_seq`` (the event sequence read before the answer) of a range's first page is the
+    older of its own and the previous range's last answer: a key missing at the boundary is
+    proven missing by both answers, so the older one is the safe one to judge events by."""
+    edges: list[str | None] = [None, *bounds, None]
+    queues: list[asyncio.Queue[Any]] = [asyncio.Queue(maxsize=depth) for _ in range(len(edges) - 1)]
+    tasks = [
+        asyncio.create_task(
+            _range(driver, prefix, edges[i], start_after, edges[i + 1], queues[i], before_page)
+        )
+        for i in range(len(queues))
+    ]
+    try:
+        carried: int | None = None
+        for queue in queues:
+            first = True
+            while True:
+                seq, page = await queue.get()
+                if isinstance(page, Exception):
+                    raise page
+                if page is None:
+                    # a range with no page leaves the older answer in force too
+                    carried = seq if carried is None else min(carried, seq)
+                    break
+                if first and carried is not None:
+                    seq = min(seq, carried)
+                first = False
+                carried = None
+                yield seq, page
+        yield (carried or 0), []
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
