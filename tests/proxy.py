@@ -21,6 +21,7 @@ class FaultProxy:
         self.fail = 0
         self.reply: tuple[int, dict[str, str], bytes] | None = None
         self.requests = 0
+        self.only: str | None = None
         self.log: list[str] = []
         # requests are recorded under this lock before they are answered; ``busy`` counts
         # those still being handled, so a test can wait until every one is finished
@@ -38,8 +39,9 @@ class FaultProxy:
                 with proxy.lock:
                     proxy.requests += 1
                     proxy.busy += 1
-                    proxy.log.append(f"{self.command} {self.path}")
-                    failing = proxy.fail > 0
+                    line = f"{self.command} {self.path}"
+                    proxy.log.append(line)
+                    failing = proxy.fail > 0 and (proxy.only is None or proxy.only in line)
                     if failing:
                         proxy.fail -= 1
                 try:
@@ -87,10 +89,18 @@ class FaultProxy:
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
-    def arm(self, fail: int, reply: tuple[int, dict[str, str], bytes] | None) -> None:
+    def arm(
+        self,
+        fail: int,
+        reply: tuple[int, dict[str, str], bytes] | None,
+        only: str | None = None,
+    ) -> None:
+        """Fail the next ``fail`` requests (those whose ``"METHOD path"`` line contains
+        ``only``, if given) with ``reply``, or a dropped connection when it is None."""
         self.wait_idle()  # nothing from before may be counted after the reset
         with self.lock:
             self.fail, self.reply, self.requests, self.log = fail, reply, 0, []
+            self.only = only
 
     def wait_idle(self, timeout: float = 60) -> None:
         """Wait until no request is being handled (the counts are then final)."""
