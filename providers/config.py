@@ -19,7 +19,9 @@ from typing import Any
 
 from providers.redact import register
 
-PROVIDERS = ("s3", "gcs", "azure", "local", "bench")
+PROVIDERS = ("s3", "gcs", "azure", "local")
+#: driver types a SOURCE may name but a config file may not: providers.synthetic (benchmarks)
+SOURCE_ONLY = ("bench",)
 
 #: which integration fields may hold secrets, per provider (values must be references)
 SECRET_FIELDS: dict[str, frozenset[str]] = {
@@ -27,7 +29,6 @@ SECRET_FIELDS: dict[str, frozenset[str]] = {
     "gcs": frozenset(),
     "azure": frozenset({"connection_string", "account_key", "sas_token"}),
     "local": frozenset(),
-    "bench": frozenset(),  # providers.synthetic: generated objects, for benchmarks
 }
 #: non-secret integration fields, per provider
 PLAIN_FIELDS: dict[str, frozenset[str]] = {
@@ -36,7 +37,6 @@ PLAIN_FIELDS: dict[str, frozenset[str]] = {
     "gcs": frozenset({"credentials_file", "project"}),
     "azure": frozenset({"account_name"}),
     "local": frozenset(),
-    "bench": frozenset(),
 }
 
 
@@ -132,7 +132,7 @@ class DriverConfig:
     name: str | None = None
 
     def __post_init__(self) -> None:
-        if self.type not in PROVIDERS:
+        if self.type not in PROVIDERS + SOURCE_ONLY:
             raise ConfigError(
                 f"unknown driver type {self.type!r} (expected one of {', '.join(PROVIDERS)})"
             )

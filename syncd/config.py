@@ -175,7 +175,7 @@ class _Table(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
-ProviderType = Literal["s3", "gcs", "azure", "local", "bench"]  # == providers.config.PROVIDERS
+ProviderType = Literal["s3", "gcs", "azure", "local"]  # == providers.config.PROVIDERS
 
 
 def _integration_model(kind: str) -> type[_Table]:
