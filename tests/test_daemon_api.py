@@ -86,8 +86,19 @@ async def _ready(daemon: Daemon, task: asyncio.Task) -> bool:
 
 
 async def _synced(api: Api) -> bool:
-    status, body = await api.get("/api/v1/datasets/files")
-    return status == 200 and body["items"] == len(KEYS)
+    """The first reconcile is over: its items are in, its run is closed, and the scheduler no
+    longer counts it as running (items land before the run closes: waiting on them alone
+    raced the run's end)."""
+    status, body = await api.get("/api/v1/datasets")
+    if status != 200 or not body["datasets"]:
+        return False
+    (ds,) = body["datasets"]
+    return (
+        ds["items"] == len(KEYS)
+        and ds["last_run"] is not None
+        and ds["last_run"]["status"] == "completed"
+        and ds["schedule"]["running"] is False
+    )
 
 
 async def test_everything_but_healthz_needs_the_token(api: Api) -> None:
