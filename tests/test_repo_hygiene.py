@@ -21,7 +21,7 @@ RELATIVE = re.compile(r"(?<![\w./])((?:\.\./|\.\.\\)+)([\w.-]*)")
 # Path(...).parent chains climbing three or more folders, the shape of the original defect
 CLIMB = re.compile(r"(?:\.parent){3,}|\bparents\[\s*[2-9]\s*\]")
 ABSOLUTE = re.compile(r"/work/(?:shared|main)\b")
-# the steering material that sits beside the clone on developer machines, never in a user's
+# reading material kept in a folder beside the clone on developer machines, never in a user's
 BESIDE = re.compile(r"""\.\./shared\b|shared/reference|["']shared["']\s*/\s*["']reference""")
 # a file that must document the rule may name the pattern once
 EXEMPT = {"tests/test_repo_hygiene.py"}
@@ -76,7 +76,7 @@ def test_no_tracked_file_refers_above_the_repository() -> None:
 @pytest.mark.parametrize(
     ("where", "text", "bad"),
     [
-        ("tests/x.py", 'SAMPLES = ROOT / "../shared/reference/events"', True),
+        ("tests/x.py", 'SAMPLES = ROOT / "../../sibling/events"', True),
         ("tests/x.py", "Path(__file__).resolve().parent.parent.parent / 'shared'", True),
         ("Makefile", "cp /work/shared/reference/NOTES.md .", True),
         ("infra/aws/x.py", 'src = "../../syncd"', False),  # infra/aws -> the repo's syncd/

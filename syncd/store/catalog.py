@@ -241,15 +241,9 @@ class Catalog:
         return int(self._aggregate("coalesce(sum(size), 0)", dataset_id, prefix))
 
     def _aggregate(self, what: str, dataset_id: int, prefix: str) -> Any:
-        sql, args = f"SELECT {what} FROM items WHERE dataset_id = ?", [dataset_id]
-        if prefix:
-            sql += " AND key >= ?"
-            args.append(prefix)
-            upper = prefix_upper_bound(prefix)
-            if upper is not None:
-                sql += " AND key < ?"
-                args.append(upper)
-        return self.db.execute(sql, args).fetchone()[0]
+        where, args = key_range(None, prefix)
+        sql = f"SELECT {what} FROM items WHERE dataset_id = ?{where}"
+        return self.db.execute(sql, [dataset_id, *args]).fetchone()[0]
 
     # -- items ---------------------------------------------------------------------------
 
@@ -263,20 +257,14 @@ class Catalog:
         if parts <= 1 or total < 2 * parts:
             return []
         step = total // parts
-        sql = "SELECT key, row_number() OVER (ORDER BY key) AS n FROM items WHERE dataset_id = ?"
-        args: list[Any] = [dataset_id]
-        if after is not None:
-            sql += " AND key > ?"
-            args.append(after)
-        if prefix:
-            sql += " AND key >= ?"
-            args.append(prefix)
-            upper = prefix_upper_bound(prefix)
-            if upper is not None:
-                sql += " AND key < ?"
-                args.append(upper)
+        where, args = key_range(after, prefix)
+        sql = (
+            "SELECT key, row_number() OVER (ORDER BY key) AS n FROM items"
+            f" WHERE dataset_id = ?{where}"
+        )
         rows = self.db.execute(
-            f"SELECT key FROM ({sql}) WHERE n % ? = 0 ORDER BY n LIMIT ?", [*args, step, parts - 1]
+            f"SELECT key FROM ({sql}) WHERE n % ? = 0 ORDER BY n LIMIT ?",
+            [dataset_id, *args, step, parts - 1],
         ).fetchall()
         return [r[0] for r in rows]
 
@@ -289,12 +277,11 @@ class Catalog:
         cursor = after
         make = Known._make
         while True:
-            sql = "SELECT key, size, etag, version FROM items WHERE dataset_id = ?"
-            args: list[Any] = [dataset_id]
-            if cursor is not None:
-                sql += " AND key > ?"
-                args.append(cursor)
-            rows = self.db.execute(sql + " ORDER BY key LIMIT ?", [*args, page]).fetchall()
+            where, args = key_range(cursor, "")
+            sql = f"SELECT key, size, etag, version FROM items WHERE dataset_id = ?{where}"
+            rows = self.db.execute(
+                sql + " ORDER BY key LIMIT ?", [dataset_id, *args, page]
+            ).fetchall()
             yield from map(make, rows)
             if len(rows) < page:
                 return
@@ -317,25 +304,12 @@ class Catalog:
         """
         cursor = after
         cols = ", ".join(Item.__dataclass_fields__)
-        upper = prefix_upper_bound(prefix) if prefix else None
         left = limit
         while left is None or left > 0:
             size = page if left is None else min(page, left)
-            sql = f"SELECT {cols} FROM items WHERE dataset_id = ?"
-            args: list[Any] = [dataset_id]
-            if cursor is not None:
-                sql += " AND key > ?"
-                args.append(cursor)
-            if prefix:
-                # a range scan instead of LIKE: LIKE would treat % and _ in keys as wildcards
-                sql += " AND key >= ?"
-                args.append(prefix)
-                if upper is not None:
-                    sql += " AND key < ?"
-                    args.append(upper)
-            sql += " ORDER BY key LIMIT ?"
-            args.append(size)
-            rows = self.db.execute(sql, args).fetchall()
+            where, args = key_range(cursor, prefix)
+            sql = f"SELECT {cols} FROM items WHERE dataset_id = ?{where} ORDER BY key LIMIT ?"
+            rows = self.db.execute(sql, [dataset_id, *args, size]).fetchall()
             for row in rows:
                 yield Item(*row)
             if left is not None:
@@ -404,6 +378,24 @@ class Catalog:
 
 
 _ITEM_VALUES = operator.attrgetter(*Item.__dataclass_fields__)
+
+
+def key_range(after: str | None, prefix: str) -> tuple[str, list[str]]:
+    """The ``WHERE`` terms (each starting `` AND``) and their arguments for keys after
+    ``after`` that start with ``prefix``: a range scan of the key index, not ``LIKE``, which
+    would treat ``%`` and ``_`` in keys as wildcards."""
+    sql, args = "", []
+    if after is not None:
+        sql += " AND key > ?"
+        args.append(after)
+    if prefix:
+        sql += " AND key >= ?"
+        args.append(prefix)
+        upper = prefix_upper_bound(prefix)
+        if upper is not None:
+            sql += " AND key < ?"
+            args.append(upper)
+    return sql, args
 
 
 def prefix_upper_bound(prefix: str) -> str | None:
