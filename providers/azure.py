@@ -302,5 +302,9 @@ class AzureBlobDriver(Driver):
     def uri(self, key: str) -> str:
         return object_uri(self.provider, self.bucket, key, self.account)
 
+    def uris(self, keys: list[str]) -> list[str]:
+        base = object_uri(self.provider, self.bucket, "", self.account)
+        return [base + k for k in keys]
+
     async def close(self) -> None:
         self._service.close()

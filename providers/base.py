@@ -165,6 +165,11 @@ class Driver(abc.ABC):
     def uri(self, key: str) -> str:
         """The object's canonical URI, e.g. ``s3://bucket/key``."""
 
+    def uris(self, keys: list[str]) -> list[str]:
+        """``[self.uri(k) for k in keys]``; drivers whose URI is a fixed prefix and the key
+        override it with one concatenation per key (a sync asks for a page at a time)."""
+        return list(map(self.uri, keys))
+
     async def folders(self, prefix: str = "") -> list[str]:
         """The "folders" one level under ``prefix`` (which is empty or ends in ``/``): the
         distinct ``prefix + name + "/"`` that keys start with, sorted. Used only to split a

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
+from urllib.parse import quote
 
 from providers import errors
 from providers.base import Driver, ObjectInfo, in_range
@@ -214,6 +215,14 @@ class LocalDriver(Driver):
 
     def uri(self, key: str) -> str:
         return Path(self._path(key)).as_uri()
+
+    def uris(self, keys: list[str]) -> list[str]:
+        # what uri() gives for a listed (valid, UTF-8) key: the root's URI, "/", and the key
+        # percent-encoded as Path.as_uri() encodes it (quote, "/" kept); no Path per key
+        base = Path(self.root).as_uri()
+        if not base.endswith("/"):
+            base += "/"
+        return [base + quote(k) for k in keys]
 
 
 @dataclass(frozen=True, slots=True)

@@ -373,6 +373,10 @@ class S3Driver(Driver):
     def uri(self, key: str) -> str:
         return object_uri(self.provider, self.bucket, key)
 
+    def uris(self, keys: list[str]) -> list[str]:
+        base = object_uri(self.provider, self.bucket, "")
+        return [base + k for k in keys]
+
     async def close(self) -> None:
         self._client.close()
         self._parts_client.close()

@@ -143,3 +143,7 @@ class SyntheticDriver(Driver):
 
     def uri(self, key: str) -> str:
         return f"bench://{self.bucket.partition('?')[0]}/{key}"
+
+    def uris(self, keys: list[str]) -> list[str]:
+        base = self.uri("")
+        return [base + k for k in keys]

@@ -25,6 +25,11 @@ class Filters:
         if self.max_size is not None and self.max_size < 0:
             raise ValueError("max_size must not be negative")
 
+    @property
+    def accepts_all(self) -> bool:
+        """True when no filter is set (every object is accepted: no per-object check)."""
+        return not self.include and not self.exclude and self.max_size is None
+
     def accepts(self, relative_key: str, size: int) -> bool:
         if self.max_size is not None and size > self.max_size:
             return False

@@ -6,6 +6,12 @@ key order, and says for every key whether it is new (``CREATE``), changed (``UPD
 does not grow with the bucket. It does no I/O of its own and decides nothing about *when* to
 apply a change: that is :mod:`syncd.reconcile.sync`'s job (deletes wait for a complete listing).
 
+:func:`diff_page` is the same merge for one listing page at a time against the items of the
+key range that page covers, with the common cases (a page of new keys, a page equal to the
+catalog) decided in bulk by C-level list operations instead of a Python step per object: the
+path :mod:`syncd.reconcile.sync` takes. Fed the pages of a listing and the items of their
+ranges in order, it decides exactly what :func:`march` decides (``tests/test_page_diff.py``).
+
 An out-of-order listing raises :class:`~syncd.errors.ListingOrderError` instead of producing a
 wrong plan.
 """
@@ -13,8 +19,10 @@ wrong plan.
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncIterable, AsyncIterator, Iterable
-from dataclasses import dataclass
+import itertools
+import operator
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from providers.base import ObjectInfo
@@ -81,3 +89,98 @@ async def march(
     while k is not _END:
         yield Change(Action.DELETE, k.key, known=k)
         k = next(known_it, _END)
+
+
+@dataclass(slots=True)
+class PageDiff:
+    """What one listing page changes: the listed objects to write (new, changed), the known
+    items of the page's key range the page no longer has, and how many keys are the same. Each
+    list is in key order."""
+
+    creates: list[ObjectInfo] = field(default_factory=list)
+    updates: list[ObjectInfo] = field(default_factory=list)
+    deletes: list[KnownRow] = field(default_factory=list)
+    unchanged: int = 0
+
+    def changes(self) -> list[Change]:
+        """The non-UNCHANGED changes as :func:`march` yields them, in key order (for a dry
+        run's plan: one object per change, which the bulk path avoids)."""
+        out = [Change(Action.CREATE, o.key, obj=o) for o in self.creates]
+        out += [Change(Action.UPDATE, o.key, obj=o) for o in self.updates]
+        out += [Change(Action.DELETE, k[0], known=_Row(*k)) for k in self.deletes]
+        out.sort(key=_CHANGE_KEY)
+        return out
+
+
+#: a known item as the catalog reads it for :func:`diff_page`: a plain tuple
+#: ``(key, size, etag, version)``, no object per row
+KnownRow = tuple[str, int, str, "str | None"]
+
+
+@dataclass(frozen=True, slots=True)
+class _Row:
+    key: str
+    size: int
+    etag: str
+    version: str | None
+
+
+_CHANGE_KEY = operator.attrgetter("key")
+_KEY = operator.attrgetter("key")
+_COMPARED = operator.attrgetter("key", "size", "etag", "version")
+
+
+def check_order(page: Sequence[ObjectInfo], after: str | None) -> None:
+    """Raise :class:`ListingOrderError` unless the page's keys are strictly increasing and
+    all above ``after`` (the previous page's last key)."""
+    keys = list(map(_KEY, page))
+    if after is not None and keys and keys[0] <= after:
+        bad = (after, keys[0])
+    elif all(map(operator.lt, keys, keys[1:])):
+        return
+    else:
+        bad = next((a, b) for a, b in itertools.pairwise(keys) if not a < b)
+    raise ListingOrderError(
+        f"listing returned {bad[1]!r} after {bad[0]!r}: keys must be strictly "
+        "increasing; refusing to reconcile (nothing deleted)"
+    )
+
+
+def diff_page(page: Sequence[ObjectInfo], known: list[KnownRow]) -> PageDiff:
+    """Merge one listing page with the known items of the key range it covers, which is
+    ``(previous page's last key, this page's last key]``: every item in it is either listed
+    on this page or gone. Both in strictly increasing key order (see :func:`check_order`).
+
+    Pure, like :func:`march`: the same decisions, two bulk shortcuts. With no known items
+    every object is new; when the page's (key, size, ETag, version) equal the items', nothing
+    changed (the version equal too is stricter than :func:`is_changed`, so this never calls a
+    changed object unchanged; any difference falls through to the plain merge)."""
+    if not known:
+        return PageDiff(creates=list(page))
+    if len(known) == len(page) and list(map(_COMPARED, page)) == known:
+        return PageDiff(unchanged=len(page))
+    diff = PageDiff()
+    creates, updates, deletes = diff.creates, diff.updates, diff.deletes
+    unchanged = 0
+    j, n = 0, len(known)
+    for obj in page:
+        key = obj.key
+        while j < n and known[j][0] < key:
+            deletes.append(known[j])
+            j += 1
+        if j < n and known[j][0] == key:
+            _, size, etag, version = known[j]
+            if (
+                obj.etag != etag
+                or obj.size != size
+                or (obj.version is not None and obj.version != version)
+            ):  # is_changed() on a row
+                updates.append(obj)
+            else:
+                unchanged += 1
+            j += 1
+        else:
+            creates.append(obj)
+    deletes.extend(known[j:])
+    diff.unchanged = unchanged
+    return diff

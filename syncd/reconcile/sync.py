@@ -32,22 +32,18 @@ from providers.base import Driver, ObjectInfo
 from providers.errors import StorageError
 from syncd.errors import SyncdError, SyncFailed
 from syncd.reconcile import partition
-from syncd.reconcile.march import Action, Change, march
+from syncd.reconcile.march import Change, PageDiff, check_order, diff_page
 from syncd.store import lease
-from syncd.store.catalog import Catalog, Dataset, Item
+from syncd.store.catalog import Batch, Catalog, Dataset
 from syncd.store.checkpoint import COUNTERS, DEFAULT_RESUME_WITHIN, Checkpoint, Run
 from syncd.store.db import now, transaction
 
-BATCH_SIZE = 500
+#: writes (item rows + parked deletes) per batch; a batch closes at the end of the listing
+#: page that reaches it (one transaction each)
+BATCH_SIZE = 5000
 #: save progress at least this often (in listed keys) even when nothing changes
-PROGRESS_EVERY = 5000
+PROGRESS_EVERY = 50000
 PREFETCH_PAGES = 2
-_COUNTER = {
-    Action.CREATE: "created",
-    Action.UPDATE: "updated",
-    Action.DELETE: "deleted",
-    Action.UNCHANGED: "unchanged",
-}
 
 
 class DeleteLimit(Protocol):
@@ -184,92 +180,84 @@ async def prefetch(
 
 
 class _Applier:
-    """Collects changes and writes them batch by batch with the run's progress."""
+    """Collects the changes of listing pages and commits them batch by batch with the run's
+    progress (one :meth:`Catalog.commit_batch` per batch)."""
 
     def __init__(
         self,
         catalog: Catalog,
-        checkpoint: Checkpoint,
         dataset: Dataset,
         driver: Driver,
         run: Run,
         batch_size: int,
         owner: str,
     ) -> None:
-        self.catalog, self.checkpoint, self.dataset, self.driver, self.run = (
-            catalog,
-            checkpoint,
-            dataset,
-            driver,
-            run,
-        )
+        self.catalog, self.dataset, self.driver, self.run = catalog, dataset, driver, run
         self.batch_size = batch_size
         self.owner = owner
         self.parked = 0
-        self.writes: list[Item] = []
-        self.write_seqs: list[int] = []
-        self.deletes: list[str] = []
-        self.delete_seqs: list[int] = []
         self.since_save = 0
-        self.path = dataset.driver.path
-        #: created_at / updated_at of the items of one batch: they are written together
-        self.stamp = now()
+        self.plen = len(dataset.driver.path)
+        self.batch = self._new_batch()
 
-    def item(self, obj: ObjectInfo) -> Item:
-        """The item for a listed object. On an update the stored ``created_at`` is kept
-        (``Catalog.write_items`` never overwrites it)."""
-        stamp = self.stamp
-        return Item(
-            key=obj.key,
-            filename="/" + obj.key[len(self.path) :],
-            uri=self.driver.uri(obj.key),
-            size=obj.size,
-            etag=obj.etag,
-            content_type=obj.content_type,
-            mtime=obj.last_modified.isoformat().replace("+00:00", "Z"),
-            version=obj.version,
-            created_at=stamp,
-            updated_at=stamp,
-            md5=obj.md5,
-        )
+    def _new_batch(self) -> Batch:
+        return Batch(self.dataset.id, self.run, self.owner)
 
-    def add(self, change: Change, seen_seq: int) -> None:
-        """Take one change; ``seen_seq`` is the event sequence read before the listing page
-        that decided it (an event applied later wins over it)."""
-        if change.action is Action.DELETE:
-            self.deletes.append(change.key)
-            self.delete_seqs.append(seen_seq)
-            self.parked += 1
-            return
-        if change.action is not Action.UNCHANGED:
-            assert change.obj is not None
-            self.writes.append(self.item(change.obj))
-            self.write_seqs.append(seen_seq)
-        self.run.resume_key = change.key
-        self.since_save += 1
-        if (
-            len(self.writes) + len(self.deletes) >= self.batch_size
-            or self.since_save >= PROGRESS_EVERY
+    def rows(self, objs: list[ObjectInfo]) -> list[tuple[Any, ...]]:
+        """Item rows (:class:`Item` field order) for listed objects, as plain tuples: no
+        :class:`Item` per object. ``created_at`` and ``updated_at`` are one stamp per batch;
+        on an update the stored ``created_at`` is kept (``Catalog.write_rows``)."""
+        stamp = now()
+        plen = self.plen
+        uris = self.driver.uris([o.key for o in objs])
+        return [
+            (
+                o.key,
+                "/" + o.key[plen:],
+                uri,
+                o.size,
+                o.etag,
+                o.content_type,
+                o.last_modified.isoformat().replace("+00:00", "Z"),
+                o.version,
+                stamp,
+                stamp,
+                "{}",
+                o.md5,
+            )
+            for o, uri in zip(objs, uris, strict=True)
+        ]
+
+    def add(self, diff: PageDiff, last_key: str | None, listed: int, seen_seq: int) -> None:
+        """Take one page's changes; ``last_key`` is the page's last listed key (every key up
+        to it is decided: the next run may resume after it; None for the deletes after the
+        end of the listing), ``listed`` how many keys it decided, ``seen_seq`` the event
+        sequence read before the listing page (an event applied later wins over it)."""
+        batch = self.batch
+        if diff.deletes:
+            batch.deletes.extend([k[0] for k in diff.deletes])
+            batch.delete_seqs.extend([seen_seq] * len(diff.deletes))
+            self.parked += len(diff.deletes)
+        writes = diff.creates + diff.updates if diff.updates else diff.creates
+        if writes:
+            batch.rows.extend(self.rows(writes))
+            batch.row_seqs.extend([seen_seq] * len(writes))
+        if last_key is not None:
+            self.run.resume_key = last_key
+        self.since_save += listed
+        if len(batch.rows) + len(batch.deletes) >= self.batch_size or (
+            self.since_save >= PROGRESS_EVERY
         ):
             self.flush()
 
     def flush(self) -> None:
-        with transaction(self.catalog.db):
-            # checked in the same transaction as the writes: a process whose lease was taken
-            # over (it stalled past the expiry) never writes beside the new holder
-            if not lease.renew(self.catalog.db, lease.for_dataset(self.dataset.id), self.owner):
-                raise LeaseLost(
-                    f"dataset {self.dataset.name!r} was taken over by another process while "
-                    "this sync stalled; it stopped without writing further"
-                )
-            if self.writes:
-                self.catalog.write_items(self.dataset.id, self.writes, seen_seq=self.write_seqs)
-            if self.deletes:
-                self.checkpoint.park_deletes(self.run, self.deletes, self.delete_seqs)
-            self.checkpoint.save_progress(self.run)
-        self.writes, self.write_seqs, self.since_save = [], [], 0
-        self.deletes, self.delete_seqs = [], []
-        self.stamp = now()
+        if not self.catalog.commit_batch(self.batch):
+            raise LeaseLost(
+                f"dataset {self.dataset.name!r} was taken over by another process while "
+                "this sync stalled; it stopped without writing further"
+            )
+        self.batch = self._new_batch()
+        self.since_save = 0
 
 
 async def sync_dataset(
@@ -322,37 +310,21 @@ async def sync_dataset(
             to_delete = applier.parked if applier else parked
             options.on_progress({**counts, "to_delete": to_delete})
 
-    seen = [0]  # the event sequence read before the page being merged
-
-    async def listing() -> AsyncIterator[ObjectInfo]:
+    async def pages() -> AsyncIterator[tuple[int, list[ObjectInfo]]]:
         bounds = await partition.boundaries(
             catalog, dataset.id, driver, prefix, start_after, options.list_concurrency
         )
-        pages = (
-            partition.pages(driver, prefix, start_after, bounds, before_page=catalog.event_seq)
-            if bounds
-            else prefetch(
+        if bounds:
+            it = partition.pages(driver, prefix, start_after, bounds, before_page=catalog.event_seq)
+        else:
+            it = prefetch(
                 driver.list(prefix, start_after=start_after), before_page=catalog.event_seq
             )
-        )
-        async for seq, page in pages:
-            if options.stop is not None and options.stop.is_set():
-                raise SyncStopped("stopped before the listing completed (shutting down)")
-            seen[0] = seq
-            for obj in page:
-                counts["listed"] += 1
-                if filters.accepts(obj.key[len(prefix) :], obj.size):
-                    yield obj
-                else:
-                    counts["filtered"] += 1
-            counts["skipped"] = skipped_base + driver.skipped - skipped_before
-            report()
+        async for item in it:
+            yield item
 
-    known = catalog.iter_known(dataset.id, after=start_after) if dataset.id else iter(())
     applier = (
-        _Applier(catalog, checkpoint, dataset, driver, run, options.batch_size, owner or "")
-        if run
-        else None
+        _Applier(catalog, dataset, driver, run, options.batch_size, owner or "") if run else None
     )
     # renewed while a listing page or a retry takes long (batches renew it too)
     keeper = (
@@ -360,18 +332,50 @@ async def sync_dataset(
         if run and owner
         else None
     )
-    try:
-        async for change in march(listing(), known):
-            if change.action is not Action.DELETE:
-                counts[_COUNTER[change.action]] += 1
-            if applier:
-                applier.add(change, seen[0])
-                continue
-            if change.action is Action.DELETE:
-                parked += 1
-                counts["deleted"] += 1  # a dry run's plan: what would be deleted
-            if change.action is not Action.UNCHANGED and options.on_plan:
+    accepts_all = filters.accepts_all
+    plen = len(prefix)
+    # the key every item up to which is decided: items are compared page by page, each page
+    # against the catalog's items of (previous page's last key, its own last key]
+    decided = start_after
+    seq = 0  # the event sequence read before the page being merged
+
+    def take(diff: PageDiff, last_key: str | None, listed: int, seen_seq: int) -> None:
+        nonlocal parked
+        counts["created"] += len(diff.creates)
+        counts["updated"] += len(diff.updates)
+        counts["unchanged"] += diff.unchanged
+        if applier:
+            applier.add(diff, last_key, listed, seen_seq)
+            return
+        parked += len(diff.deletes)
+        counts["deleted"] += len(diff.deletes)  # a dry run's plan: what would be deleted
+        if options.on_plan:
+            for change in diff.changes():
                 options.on_plan(change)
+
+    try:
+        async for seq, page in pages():
+            if options.stop is not None and options.stop.is_set():
+                raise SyncStopped("stopped before the listing completed (shutting down)")
+            if page:
+                check_order(page, decided)
+                counts["listed"] += len(page)
+                if not accepts_all:
+                    kept = [o for o in page if filters.accepts(o.key[plen:], o.size)]
+                    counts["filtered"] += len(page) - len(kept)
+                else:
+                    kept = page
+                last = page[-1].key
+                known = catalog.known_range(dataset.id, decided, last) if dataset.id else []
+                take(diff_page(kept, known), last, len(page), seq)
+                decided = last
+            counts["skipped"] = skipped_base + driver.skipped - skipped_before
+            report()
+        # the listing is complete: the items after its last key are gone (``seq`` is the
+        # sequence of the answer that ended it)
+        if dataset.id:
+            for rows in catalog.iter_known_rows(dataset.id, after=decided):
+                take(PageDiff(deletes=rows), None, 0, seq)
     except BrokenPipeError:
         raise  # the reader of a dry run's plan went away: not a storage failure
     except (StorageError, SyncdError, OSError) as exc:

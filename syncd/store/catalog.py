@@ -18,14 +18,17 @@ import json
 import operator
 import os
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
-from typing import Any, NamedTuple
+from dataclasses import dataclass, field
+from typing import Any
 
 import sqlite_utils
 
 from providers.config import PUBLIC_FIELDS, DriverConfig, Integration
 from syncd.errors import UsageError
 from syncd.reconcile.filters import Filters
+from syncd.reconcile.march import KnownRow
+from syncd.store import lease
+from syncd.store.checkpoint import Checkpoint, Run
 from syncd.store.db import now, open_db, transaction
 
 ITEM_FIELDS = (
@@ -66,15 +69,6 @@ class Item:
         out = {f: getattr(self, f) for f in ITEM_FIELDS}
         out["metadata"] = json.loads(self.metadata)
         return out
-
-
-class Known(NamedTuple):
-    """An item as the reconciler compares it (see :mod:`syncd.reconcile.march`)."""
-
-    key: str
-    size: int
-    etag: str
-    version: str | None
 
 
 @dataclass(frozen=True)
@@ -268,21 +262,20 @@ class Catalog:
         ).fetchall()
         return [r[0] for r in rows]
 
-    def iter_known(
+    def iter_known_rows(
         self, dataset_id: int, *, after: str | None = None, page: int = 5000
-    ) -> Iterator[Known]:
-        """What the reconciler compares (key, size, ETag, version), in key order, paged like
-        :meth:`iter_items`: four columns instead of twelve, and a tuple instead of an
-        :class:`Item` per row, for the million-item walk of an unchanged dataset."""
+    ) -> Iterator[list[KnownRow]]:
+        """The rows of :meth:`known_range` for every key after ``after``, in pages of at most
+        ``page`` (each a fresh query after the last key returned; memory stays bounded)."""
         cursor = after
-        make = Known._make
         while True:
             where, args = key_range(cursor, "")
             sql = f"SELECT key, size, etag, version FROM items WHERE dataset_id = ?{where}"
-            rows = self.db.execute(
-                sql + " ORDER BY key LIMIT ?", [dataset_id, *args, page]
+            rows = self.db.conn.execute(
+                sql + " ORDER BY key LIMIT ?", (dataset_id, *args, page)
             ).fetchall()
-            yield from map(make, rows)
+            if rows:
+                yield rows
             if len(rows) < page:
                 return
             cursor = rows[-1][0]
@@ -318,49 +311,80 @@ class Catalog:
                 return
             cursor = rows[-1][0]
 
+    def known_range(self, dataset_id: int, after: str | None, upto: str) -> list[KnownRow]:
+        """``(key, size, etag, version)`` of the items with ``after < key <= upto`` (no lower
+        bound when ``after`` is None), in key order, as plain tuples: the catalog side of one
+        listing page for :func:`syncd.reconcile.march.diff_page`. One range scan of the key
+        index."""
+        if after is None:
+            return self.db.conn.execute(_KNOWN_UPTO, (dataset_id, upto)).fetchall()
+        return self.db.conn.execute(_KNOWN_RANGE, (dataset_id, after, upto)).fetchall()
+
     def write_items(
         self, dataset_id: int, items: Iterable[Item], *, seen_seq: Iterable[int] | None = None
     ) -> None:
-        """Upsert items. The caller holds the transaction.
+        """Upsert items (see :meth:`write_rows`). The caller holds the transaction."""
+        self.write_rows(dataset_id, list(map(_ITEM_VALUES, items)), seen_seq=seen_seq)
 
-        With ``seen_seq`` (one value per item: the event sequence read before the listing
+    def write_rows(
+        self,
+        dataset_id: int,
+        rows: list[tuple[Any, ...]],
+        *,
+        seen_seq: Iterable[int] | None = None,
+    ) -> None:
+        """Upsert items given as plain tuples in :class:`Item` field order (``key`` first),
+        with one ``executemany``; an update keeps the stored ``created_at``. The caller holds
+        the transaction.
+
+        With ``seen_seq`` (one value per row: the event sequence read before the listing
         page that showed the item), an item is written only if no event touched its key since:
         a listing that saw a key before an event changed it must not undo the event.
         """
-        fields = Item.__dataclass_fields__
-        cols = ("dataset_id", *fields)
-        updates = ", ".join(
-            f"{c} = excluded.{c}" for c in cols if c not in ("dataset_id", "key", "created_at")
-        )
-        values = _ITEM_VALUES  # one C call per item, not one getattr per field
-        rows = [(dataset_id, *values(i)) for i in items]
+        if not rows:
+            return
         if seen_seq is not None:
             seen_seq = list(seen_seq)
             # the common case, no event since the oldest page of the batch: a plain upsert
             # (the guarded one costs a marker lookup per row)
             if (
                 seen_seq
-                and not self.db.execute(
-                    "SELECT EXISTS (SELECT 1 FROM key_markers WHERE dataset_id = ? AND seq > ?)",
-                    [dataset_id, min(seen_seq)],
-                ).fetchone()[0]
+                and not self.db.conn.execute(_EVENT_SINCE, (dataset_id, min(seen_seq))).fetchone()[
+                    0
+                ]
             ):
                 seen_seq = None
         if seen_seq is None:
-            self.db.conn.executemany(
-                f"INSERT INTO items ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
-                f" ON CONFLICT (dataset_id, key) DO UPDATE SET {updates}",
-                rows,
-            )
+            self.db.conn.executemany(_UPSERT, [(dataset_id, *row) for row in rows])
             return
         # INSERT ... SELECT ... WHERE: no row selected means neither insert nor update
         self.db.conn.executemany(
-            f"INSERT INTO items ({', '.join(cols)}) SELECT {', '.join('?' * len(cols))}"
-            " WHERE NOT EXISTS (SELECT 1 FROM key_markers km"
-            " WHERE km.dataset_id = ? AND km.key = ? AND km.seq > ?)"
-            f" ON CONFLICT (dataset_id, key) DO UPDATE SET {updates}",
-            [(*row, dataset_id, row[1], seq) for row, seq in zip(rows, seen_seq, strict=True)],
+            _GUARDED_UPSERT,
+            [
+                (dataset_id, *row, dataset_id, row[0], seq)
+                for row, seq in zip(rows, seen_seq, strict=True)
+            ],
         )
+
+    def commit_batch(self, batch: Batch) -> bool:
+        """Commit one batch of a sync in one transaction: check the run's owner still holds
+        the dataset's lease, upsert the batch's items (event-guarded, see :meth:`write_rows`),
+        park its deletes, and save the run's progress (``resume_key`` and counters). Returns
+        False, having written nothing, when the lease was lost.
+
+        The one store call a sync makes per batch, so another store (issue 13) implements a
+        batch as one unit too."""
+        with transaction(self.db):
+            # checked in the same transaction as the writes: a process whose lease was taken
+            # over (it stalled past the expiry) never writes beside the new holder
+            if not lease.renew(self.db, lease.for_dataset(batch.dataset_id), batch.owner):
+                return False
+            self.write_rows(batch.dataset_id, batch.rows, seen_seq=batch.row_seqs)
+            checkpoint = Checkpoint(self.db)
+            if batch.deletes:
+                checkpoint.park_deletes(batch.run, batch.deletes, batch.delete_seqs)
+            checkpoint.save_progress(batch.run)
+        return True
 
     def event_seq(self) -> int:
         """The catalog-wide sequence of applied event batches (see :meth:`write_items`)."""
@@ -378,6 +402,44 @@ class Catalog:
 
 
 _ITEM_VALUES = operator.attrgetter(*Item.__dataclass_fields__)
+_ITEM_COLUMNS = ("dataset_id", *Item.__dataclass_fields__)
+_ITEM_UPDATES = ", ".join(
+    f"{c} = excluded.{c}" for c in _ITEM_COLUMNS if c not in ("dataset_id", "key", "created_at")
+)
+_UPSERT = (
+    f"INSERT INTO items ({', '.join(_ITEM_COLUMNS)}) VALUES ({', '.join('?' * len(_ITEM_COLUMNS))})"
+    f" ON CONFLICT (dataset_id, key) DO UPDATE SET {_ITEM_UPDATES}"
+)
+_GUARDED_UPSERT = (
+    f"INSERT INTO items ({', '.join(_ITEM_COLUMNS)}) SELECT {', '.join('?' * len(_ITEM_COLUMNS))}"
+    " WHERE NOT EXISTS (SELECT 1 FROM key_markers km"
+    " WHERE km.dataset_id = ? AND km.key = ? AND km.seq > ?)"
+    f" ON CONFLICT (dataset_id, key) DO UPDATE SET {_ITEM_UPDATES}"
+)
+_EVENT_SINCE = "SELECT EXISTS (SELECT 1 FROM key_markers WHERE dataset_id = ? AND seq > ?)"
+_KNOWN_RANGE = (
+    "SELECT key, size, etag, version FROM items WHERE dataset_id = ? AND key > ? AND key <= ?"
+    " ORDER BY key"
+)
+_KNOWN_UPTO = (
+    "SELECT key, size, etag, version FROM items WHERE dataset_id = ? AND key <= ? ORDER BY key"
+)
+
+
+@dataclass
+class Batch:
+    """One batch of a sync, committed by :meth:`Catalog.commit_batch`: item rows (plain
+    tuples in :class:`Item` field order) with the event sequence each was decided under, keys
+    to park for deletion with theirs, and the run whose progress (``resume_key``, counters)
+    is saved with them; ``owner`` must hold the dataset's lease."""
+
+    dataset_id: int
+    run: Run
+    owner: str
+    rows: list[tuple[Any, ...]] = field(default_factory=list)
+    row_seqs: list[int] = field(default_factory=list)
+    deletes: list[str] = field(default_factory=list)
+    delete_seqs: list[int] = field(default_factory=list)
 
 
 def key_range(after: str | None, prefix: str) -> tuple[str, list[str]]:
