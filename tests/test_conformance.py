@@ -187,6 +187,14 @@ async def test_uri_names_provider_bucket_and_key(backend: Backend, bucket_driver
     assert uri.endswith(("a/b c.txt", "a/b%20c.txt"))
 
 
+async def test_uris_of_a_page_are_each_keys_uri(bucket_driver: Driver) -> None:
+    """``uris`` (a sync's page at a time) says exactly what ``uri`` says per key, for the
+    keys a listing returns: odd and unicode ones included."""
+    await populate(bucket_driver, ODD_KEYS)
+    listed = keys_of(await collect(bucket_driver))
+    assert bucket_driver.uris(listed) == [bucket_driver.uri(k) for k in listed]
+
+
 async def test_missing_bucket_raises_bucket_not_found(backend: Backend) -> None:
     name = backend.missing_bucket()
     async with open_driver(backend.config(name)) as driver:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import mimetypes
 import os
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from providers import InvalidRequest, NotFound
-from providers.local import LocalDriver
+from providers.local import LocalDriver, content_type
 
 
 async def keys(driver: LocalDriver) -> list[str]:
@@ -48,3 +51,15 @@ async def test_put_writes_atomically_and_lists_no_temporary_file(tmp_path: Path)
     await driver.put("a/b.txt", b"1")
     (tmp_path / "a" / ".c.txt.syncd-tmp").write_bytes(b"half")  # a put() that crashed
     assert await keys(driver) == ["a/b.txt"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.text(alphabet="ab.:/-Zgzt", max_size=12).map(lambda s: s.strip("/") or "a")
+    | st.sampled_from(
+        ["a.tar.gz", "a.TGZ", ".json", "..json", "x/.bashrc", "a.b.JPEG", "data:x.txt", "a.svgz"]
+    )
+)
+def test_content_type_is_what_mimetypes_guesses(name: str) -> None:
+    """The per-extension lookup the listing uses answers exactly as ``mimetypes.guess_type``."""
+    assert content_type(name) == mimetypes.guess_type(name)[0]

@@ -47,3 +47,9 @@ def test_sync_of_a_churn_round_counts_one_percent_each(tmp_path) -> None:
         syncd("sync", "--dataset", "b", "--db", db, "--json", env={"SYNCD_BENCH_ROUND": "1"})
     )
     assert (churned["created"], churned["updated"], churned["deleted"]) == (30, 30, 30)
+
+
+async def test_uris_of_a_page_are_each_keys_uri() -> None:
+    async with open_driver(parse_source("bench://1500")) as driver:
+        listed = [o.key async for page in driver.list() for o in page]
+        assert driver.uris(listed) == [driver.uri(k) for k in listed]
