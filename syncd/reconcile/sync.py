@@ -1,10 +1,17 @@
-"""One sync of one dataset: list the bucket, march it against the items, apply in batches.
+"""One sync of one dataset: list the bucket, compare it with the items, apply in batches.
 
 The pipeline, with bounded memory at every stage::
 
-    driver.list() pages --(queue of 2 pages)--> filter --> march(listing, items) --> batches
+    driver.list() pages --(queue of 2 pages)--> filter --> diff_page(page, items of its range)
                                                                                    |
-            items + run progress, one transaction per batch  <---------------------+
+      batches: items + parked deletes + run progress, one commit_batch each  <-----+
+      (on a writer thread, one batch in flight: syncd.reconcile.writer)
+
+Each page is compared with the catalog's items of the key range it covers, ``(previous page's
+last key, its last key]``, read as plain tuples in one range query: a page of new keys or a page
+equal to the catalog is decided in bulk, anything else by the plain merge
+(:func:`syncd.reconcile.march.diff_page`, which decides what :func:`~syncd.reconcile.march.march`
+decides). The items after the listing's last key are gone.
 
 Guarantees:
 
@@ -33,6 +40,7 @@ from providers.errors import StorageError
 from syncd.errors import SyncdError, SyncFailed
 from syncd.reconcile import partition
 from syncd.reconcile.march import Change, PageDiff, check_order, diff_page
+from syncd.reconcile.writer import BatchWriter
 from syncd.store import lease
 from syncd.store.catalog import Batch, Catalog, Dataset
 from syncd.store.checkpoint import COUNTERS, DEFAULT_RESUME_WITHIN, Checkpoint, Run
@@ -181,7 +189,7 @@ async def prefetch(
 
 class _Applier:
     """Collects the changes of listing pages and commits them batch by batch with the run's
-    progress (one :meth:`Catalog.commit_batch` per batch)."""
+    progress (one :meth:`Catalog.commit_batch` per batch, on :class:`BatchWriter`'s thread)."""
 
     def __init__(
         self,
@@ -199,19 +207,22 @@ class _Applier:
         self.since_save = 0
         self.plen = len(dataset.driver.path)
         self.batch = self._new_batch()
+        self.writer = BatchWriter(catalog)
 
     def _new_batch(self) -> Batch:
         return Batch(self.dataset.id, self.run, self.owner)
 
     def rows(self, objs: list[ObjectInfo]) -> list[tuple[Any, ...]]:
-        """Item rows (:class:`Item` field order) for listed objects, as plain tuples: no
-        :class:`Item` per object. ``created_at`` and ``updated_at`` are one stamp per batch;
+        """Item rows for listed objects as plain tuples of the ``items`` columns (no
+        :class:`Item` per object). ``created_at`` and ``updated_at`` are one stamp per page;
         on an update the stored ``created_at`` is kept (``Catalog.write_rows``)."""
         stamp = now()
         plen = self.plen
+        ds = self.dataset.id
         uris = self.driver.uris([o.key for o in objs])
         return [
             (
+                ds,
                 o.key,
                 "/" + o.key[plen:],
                 uri,
@@ -228,7 +239,7 @@ class _Applier:
             for o, uri in zip(objs, uris, strict=True)
         ]
 
-    def add(self, diff: PageDiff, last_key: str | None, listed: int, seen_seq: int) -> None:
+    async def add(self, diff: PageDiff, last_key: str | None, listed: int, seen_seq: int) -> None:
         """Take one page's changes; ``last_key`` is the page's last listed key (every key up
         to it is decided: the next run may resume after it; None for the deletes after the
         end of the listing), ``listed`` how many keys it decided, ``seen_seq`` the event
@@ -248,16 +259,27 @@ class _Applier:
         if len(batch.rows) + len(batch.deletes) >= self.batch_size or (
             self.since_save >= PROGRESS_EVERY
         ):
-            self.flush()
+            await self.close_batch()
 
-    def flush(self) -> None:
-        if not self.catalog.commit_batch(self.batch):
-            raise LeaseLost(
-                f"dataset {self.dataset.name!r} was taken over by another process while "
-                "this sync stalled; it stopped without writing further"
-            )
+    async def close_batch(self) -> None:
+        """Hand the batch to the writer (committed after the one before it)."""
+        ok = await self.writer.submit(self.batch)
         self.batch = self._new_batch()
         self.since_save = 0
+        if not ok:
+            raise self._lost()
+
+    async def flush(self) -> None:
+        """Commit the open batch and wait until every batch is committed."""
+        await self.close_batch()
+        if not await self.writer.drain():
+            raise self._lost()
+
+    def _lost(self) -> LeaseLost:
+        return LeaseLost(
+            f"dataset {self.dataset.name!r} was taken over by another process while "
+            "this sync stalled; it stopped without writing further"
+        )
 
 
 async def sync_dataset(
@@ -339,13 +361,13 @@ async def sync_dataset(
     decided = start_after
     seq = 0  # the event sequence read before the page being merged
 
-    def take(diff: PageDiff, last_key: str | None, listed: int, seen_seq: int) -> None:
+    async def take(diff: PageDiff, last_key: str | None, listed: int, seen_seq: int) -> None:
         nonlocal parked
         counts["created"] += len(diff.creates)
         counts["updated"] += len(diff.updates)
         counts["unchanged"] += diff.unchanged
         if applier:
-            applier.add(diff, last_key, listed, seen_seq)
+            await applier.add(diff, last_key, listed, seen_seq)
             return
         parked += len(diff.deletes)
         counts["deleted"] += len(diff.deletes)  # a dry run's plan: what would be deleted
@@ -367,7 +389,7 @@ async def sync_dataset(
                     kept = page
                 last = page[-1].key
                 known = catalog.known_range(dataset.id, decided, last) if dataset.id else []
-                take(diff_page(kept, known), last, len(page), seq)
+                await take(diff_page(kept, known), last, len(page), seq)
                 decided = last
             counts["skipped"] = skipped_base + driver.skipped - skipped_before
             report()
@@ -375,7 +397,9 @@ async def sync_dataset(
         # sequence of the answer that ended it)
         if dataset.id:
             for rows in catalog.iter_known_rows(dataset.id, after=decided):
-                take(PageDiff(deletes=rows), None, 0, seq)
+                await take(PageDiff(deletes=rows), None, 0, seq)
+        if applier is not None:
+            await applier.flush()  # every batch committed before the run is closed
     except BrokenPipeError:
         raise  # the reader of a dry run's plan went away: not a storage failure
     except (StorageError, SyncdError, OSError) as exc:
@@ -385,7 +409,7 @@ async def sync_dataset(
         if run is not None and applier is not None:
             # keep everything decided so far (writes, parked deletes, resume_key): the next
             # run continues from here; the parked deletes still wait for a complete listing
-            applier.flush()
+            await applier.flush()
             with transaction(catalog.db):
                 checkpoint.finish(run, "failed", error)
         if isinstance(exc, SyncStopped):
@@ -394,12 +418,13 @@ async def sync_dataset(
             f"sync of dataset {dataset.name!r} failed, nothing was deleted: {error}"
         ) from exc
     finally:
+        if applier is not None:  # after an error, the batch in flight lands or not
+            await applier.writer.close()
         if keeper:
             keeper.cancel()
             await asyncio.gather(keeper, return_exceptions=True)
 
     if run is not None and applier is not None:
-        applier.flush()
         due = checkpoint.count_parked(run)
         limit = options.max_delete.limit(known_items) if options.max_delete else None
         if limit is not None and due > limit:

@@ -84,14 +84,22 @@ class Dataset:
 class Catalog:
     """Library API over the catalog database. Not thread-safe: one per task/thread."""
 
-    def __init__(self, db: sqlite_utils.Database) -> None:
+    def __init__(self, db: sqlite_utils.Database, path: str | None = None) -> None:
         self.db = db
+        #: the file of a catalog opened for writing (see :meth:`another_writer`)
+        self.path = path
 
     @classmethod
     def open(cls, path: str, *, create: bool = True) -> Catalog:
         """Open the catalog file at ``path`` for writing (creating it unless ``create`` is
         False). ``UsageError`` if it is missing (with ``create=False``) or read-only."""
-        return cls(open_db(path, create=create))
+        return cls(open_db(path, create=create), None if str(path) == ":memory:" else path)
+
+    def another_writer(self) -> Catalog | None:
+        """A second connection to the same catalog, for writing from one worker thread (it
+        must be used, and closed, in the thread that opened it), or None when there cannot be
+        one (an in-memory catalog, or one not opened for writing by :meth:`open`)."""
+        return Catalog.open(self.path, create=False) if self.path else None
 
     @classmethod
     def open_reader(cls, path: str) -> Catalog:
@@ -324,7 +332,8 @@ class Catalog:
         self, dataset_id: int, items: Iterable[Item], *, seen_seq: Iterable[int] | None = None
     ) -> None:
         """Upsert items (see :meth:`write_rows`). The caller holds the transaction."""
-        self.write_rows(dataset_id, list(map(_ITEM_VALUES, items)), seen_seq=seen_seq)
+        values = _ITEM_VALUES  # one C call per item, not one getattr per field
+        self.write_rows(dataset_id, [(dataset_id, *values(i)) for i in items], seen_seq=seen_seq)
 
     def write_rows(
         self,
@@ -333,9 +342,9 @@ class Catalog:
         *,
         seen_seq: Iterable[int] | None = None,
     ) -> None:
-        """Upsert items given as plain tuples in :class:`Item` field order (``key`` first),
-        with one ``executemany``; an update keeps the stored ``created_at``. The caller holds
-        the transaction.
+        """Upsert items given as plain tuples of the ``items`` columns: ``dataset_id`` (equal
+        to ``dataset_id``), then the :class:`Item` fields in order, with one ``executemany``;
+        an update keeps the stored ``created_at``. The caller holds the transaction.
 
         With ``seen_seq`` (one value per row: the event sequence read before the listing
         page that showed the item), an item is written only if no event touched its key since:
@@ -347,23 +356,16 @@ class Catalog:
             seen_seq = list(seen_seq)
             # the common case, no event since the oldest page of the batch: a plain upsert
             # (the guarded one costs a marker lookup per row)
-            if (
-                seen_seq
-                and not self.db.conn.execute(_EVENT_SINCE, (dataset_id, min(seen_seq))).fetchone()[
-                    0
-                ]
-            ):
+            since = self.db.conn.execute(_EVENT_SINCE, (dataset_id, min(seen_seq, default=0)))
+            if seen_seq and not since.fetchone()[0]:
                 seen_seq = None
         if seen_seq is None:
-            self.db.conn.executemany(_UPSERT, [(dataset_id, *row) for row in rows])
+            self.db.conn.executemany(_UPSERT, rows)
             return
         # INSERT ... SELECT ... WHERE: no row selected means neither insert nor update
         self.db.conn.executemany(
             _GUARDED_UPSERT,
-            [
-                (dataset_id, *row, dataset_id, row[0], seq)
-                for row, seq in zip(rows, seen_seq, strict=True)
-            ],
+            [(*row, dataset_id, row[1], seq) for row, seq in zip(rows, seen_seq, strict=True)],
         )
 
     def commit_batch(self, batch: Batch) -> bool:
@@ -429,7 +431,7 @@ _KNOWN_UPTO = (
 @dataclass
 class Batch:
     """One batch of a sync, committed by :meth:`Catalog.commit_batch`: item rows (plain
-    tuples in :class:`Item` field order) with the event sequence each was decided under, keys
+    tuples, see :meth:`Catalog.write_rows`) with the event sequence each was decided under, keys
     to park for deletion with theirs, and the run whose progress (``resume_key``, counters)
     is saved with them; ``owner`` must hold the dataset's lease."""
 
