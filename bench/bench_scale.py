@@ -3,7 +3,7 @@
     python bench/bench_scale.py synthetic --objects 1000000
     python bench/bench_scale.py latency --objects 1000000 --latency 80ms --concurrency 1 32
     python bench/bench_scale.py folder --files 100000 --rclone .venv-peers/bin/rclone
-    python bench/bench_scale.py moto --objects 10000 --rclone .venv-peers/bin/rclone
+    python bench/bench_scale.py moto --objects 10000 --concurrency 1 8 --rclone .venv-peers/bin/rclone
     python bench/bench_scale.py events --events 100000
 
 * ``synthetic``: ``bench://N`` (providers.synthetic, generated objects, no storage): a first
@@ -13,8 +13,9 @@
   the floor being pages x latency for one listing stream.
 * ``folder``: a local folder of ``--files`` files: ``syncd sync`` first and idle against
   ``rclone lsf -R --files-only --format pst`` of the same folder, interleaved.
-* ``moto``: a ``--objects`` bucket on moto server: ``syncd sync`` against a bare boto3
-  paginator listing and ``rclone lsf -R`` (names only), interleaved.
+* ``moto``: a ``--objects`` bucket on moto server: ``syncd sync`` (at each listing
+  ``--concurrency``) against a bare boto3 paginator listing and ``rclone lsf -R`` (names only,
+  its folders listed 8 at a time), interleaved.
 * ``events``: ``syncd events apply`` of ``--events`` S3 notifications from a file.
 
 Each line prints the median wall time, objects per second and the child's peak RSS (from
@@ -181,17 +182,25 @@ def moto(args: argparse.Namespace, work: Path) -> None:
         )
         db = work / "bench.db"
         print(f"moto server, {args.objects:,} objects, medians of {args.repeat}, interleaved")
-        first, bare, lsf = [], [], []
+        firsts: dict[int, list[tuple[float, float]]] = {c: [] for c in args.concurrency}
+        bare, lsf = [], []
         for _ in range(args.repeat):
-            for p in work.glob("bench.db*"):
-                p.unlink()
-            first.append(run(sync_cmd("s3://bench", db), env))
+            for conc in args.concurrency:
+                for p in work.glob("bench.db*"):
+                    p.unlink()
+                extra = ["--list-concurrency", str(conc)] if conc != 1 else []
+                firsts[conc].append(run(sync_cmd("s3://bench", db, *extra), env))
             bare.append(run([sys.executable, "-c", paginate], env))
+            # rclone lists the folders of a bucket 8 at a time (--checkers 8) by default
             lsf.append(run([args.rclone, "lsf", "-R", "moto:bench"], env))
-        s = report("syncd sync, first", first, args.objects)
+        walls = {
+            c: report(f"syncd sync, first, listing concurrency {c}", firsts[c], args.objects)
+            for c in args.concurrency
+        }
         b = report("boto3 paginator (names, sizes, ETags)", bare, args.objects)
         r = report("rclone lsf -R (names only)", lsf, args.objects)
-        print(f"  ratios: to boto3 {s / b:.2f}x, to rclone lsf {s / r:.2f}x")
+        for c, s in walls.items():
+            print(f"  ratios, concurrency {c}: to boto3 {s / b:.2f}x, to rclone lsf {s / r:.2f}x")
     finally:
         emu.stop()
 
@@ -256,6 +265,8 @@ def main() -> None:
         if name == "latency":
             p.add_argument("--latency", default="80ms")
             p.add_argument("--concurrency", type=int, nargs="+", default=[1, 32])
+        if name == "moto":
+            p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
         if name == "folder":
             p.add_argument("--files", type=int, default=100_000)
         if name == "events":

@@ -46,9 +46,9 @@ from syncd.store.catalog import Batch, Catalog, Dataset
 from syncd.store.checkpoint import COUNTERS, DEFAULT_RESUME_WITHIN, Checkpoint, Run
 from syncd.store.db import now, transaction
 
-#: writes (item rows + parked deletes) per batch; a batch closes at the end of the listing
-#: page that reaches it (one transaction each)
-BATCH_SIZE = 5000
+#: writes (item rows + parked deletes) per batch, one transaction each (at most this many
+#: decided changes are lost by a crash)
+BATCH_SIZE = 500
 #: save progress at least this often (in listed keys) even when nothing changes
 PROGRESS_EVERY = 50000
 PREFETCH_PAGES = 2
@@ -387,10 +387,15 @@ async def sync_dataset(
                     counts["filtered"] += len(page) - len(kept)
                 else:
                     kept = page
-                last = page[-1].key
-                known = catalog.known_range(dataset.id, decided, last) if dataset.id else []
-                await take(diff_page(kept, known), last, len(page), seq)
-                decided = last
+                # compared (and written) in pieces of at most a batch: a batch still closes
+                # every batch_size writes, so a crash loses no more than before
+                last, step = page[-1].key, options.batch_size
+                for lo in range(0, max(len(kept), 1), step):
+                    piece = kept[lo : lo + step]
+                    upto = piece[-1].key if lo + step < len(kept) else last
+                    known = catalog.known_range(dataset.id, decided, upto) if dataset.id else []
+                    await take(diff_page(piece, known), upto, len(piece), seq)
+                    decided = upto
             counts["skipped"] = skipped_base + driver.skipped - skipped_before
             report()
         # the listing is complete: the items after its last key are gone (``seq`` is the

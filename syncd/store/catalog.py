@@ -390,8 +390,11 @@ class Catalog:
 
     def event_seq(self) -> int:
         """The catalog-wide sequence of applied event batches (see :meth:`write_items`)."""
+        # read before every listing page: the connection's own execute, no wrapper
         return int(
-            self.db.execute("SELECT value FROM counters WHERE name = 'event_seq'").fetchone()[0]
+            self.db.conn.execute("SELECT value FROM counters WHERE name = 'event_seq'").fetchone()[
+                0
+            ]
         )
 
     def delete_items(self, dataset_id: int, keys: Iterable[str]) -> int:
