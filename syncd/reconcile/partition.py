@@ -3,8 +3,13 @@
 One listing stream yields about 10,000 objects a second from S3 (1,000 keys a page, about 100
 ms a page); ranges listed side by side go as fast as the service lets them. The reconciler
 still sees one stream in key order: ranges are disjoint and ordered, and :func:`pages` hands
-them over one after the other, each listed ahead in its own task into a queue of a few pages
-(memory: ranges x depth pages, whatever the bucket size).
+them over one after the other, each listed ahead in its own task into a queue of a few pages.
+A sync with concurrency N cuts the key space into about 8N ranges and lists N of them at once
+in key order (a window moving on as each range is handed over), each up to
+``WINDOW_PAGES / N`` pages ahead: ranges small enough to be listed whole while they wait keep
+N streams busy all along (with only N ranges, each but the first could list just its few
+pages ahead, and the listing went little faster than one stream). Memory: ``WINDOW_PAGES``
+pages, whatever the bucket size.
 
 Boundaries (:func:`boundaries`) come from the previous run's keys (evenly spaced items of the
 catalog), else from the folders one level under the driver path (:meth:`Driver.folders`),
@@ -26,8 +31,18 @@ from typing import Any
 from providers.base import Driver, ObjectInfo
 from syncd.store.catalog import Catalog
 
-#: pages each range may list ahead of the reconciler
+#: pages each range may list ahead of the reconciler (at least)
 DEPTH = 2
+#: ranges per listing stream: the key space is cut finer than the concurrency, and ranges are
+#: listed ``concurrency`` at a time in key order (see :func:`pages`)
+RANGES_PER_STREAM = 8
+#: pages all the ranges in flight may hold together (about 128,000 objects of 1,000-key pages)
+WINDOW_PAGES = 128
+
+
+def depth_for(concurrency: int) -> int:
+    """Pages each of ``concurrency`` ranges in flight may list ahead."""
+    return max(DEPTH, WINDOW_PAGES // max(1, concurrency))
 
 
 def spread(keys: list[str], parts: int) -> list[str]:
@@ -98,22 +113,39 @@ async def pages(
     bounds: list[str],
     before_page: Callable[[], int] = lambda: 0,
     depth: int = DEPTH,
+    window: int | None = None,
 ) -> AsyncIterator[tuple[int, list[ObjectInfo]]]:
     """The listing of ``(start_after, end)`` under ``prefix`` as ``(seen_seq, page)`` in key
-    order, like :func:`syncd.reconcile.sync.prefetch`, listed as ``len(bounds) + 1`` ranges at
-    once. The last item is ``(seq, [])``.
+    order, like :func:`syncd.reconcile.sync.prefetch`, listed as ``len(bounds) + 1`` ranges,
+    ``window`` of them at once (all by default): the ranges after the one being handed over
+    list ahead, each into a queue of ``depth`` pages, and a range starts when the one
+    ``window`` places before it is done. Memory: ``window x depth`` pages. The last item is
+    ``(seq, [])``.
+
+    With ranges of at most ``depth`` pages, ``window`` streams list side by side all along:
+    a range waiting for its turn has its pages ready when the reconciler reaches it.
 
     ``seen_seq`` (the event sequence read before the answer) of a range's first page is the
     older of its own and the previous range's last answer: a key missing at the boundary is
     proven missing by both answers, so the older one is the safe one to judge events by."""
     edges: list[str | None] = [None, *bounds, None]
     queues: list[asyncio.Queue[Any]] = [asyncio.Queue(maxsize=depth) for _ in range(len(edges) - 1)]
-    tasks = [
-        asyncio.create_task(
-            _range(driver, prefix, edges[i], start_after, edges[i + 1], queues[i], before_page)
-        )
-        for i in range(len(queues))
-    ]
+    width = len(queues) if window is None else max(1, window)
+    tasks: list[asyncio.Task[None]] = []
+
+    def start_next() -> None:
+        i = len(tasks)
+        if i < len(queues):
+            tasks.append(
+                asyncio.create_task(
+                    _range(
+                        driver, prefix, edges[i], start_after, edges[i + 1], queues[i], before_page
+                    )
+                )
+            )
+
+    for _ in range(width):
+        start_next()
     try:
         carried: int | None = None
         for queue in queues:
@@ -125,6 +157,7 @@ async def pages(
                 if page is None:
                     # a range with no page leaves the older answer in force too
                     carried = seq if carried is None else min(carried, seq)
+                    start_next()  # this range is done: the window moves on by one
                     break
                 if first and carried is not None:
                     seq = min(seq, carried)

@@ -333,11 +333,19 @@ async def sync_dataset(
             options.on_progress({**counts, "to_delete": to_delete})
 
     async def pages() -> AsyncIterator[tuple[int, list[ObjectInfo]]]:
-        bounds = await partition.boundaries(
-            catalog, dataset.id, driver, prefix, start_after, options.list_concurrency
-        )
+        conc = options.list_concurrency
+        parts = conc * partition.RANGES_PER_STREAM if conc > 1 else 1
+        bounds = await partition.boundaries(catalog, dataset.id, driver, prefix, start_after, parts)
         if bounds:
-            it = partition.pages(driver, prefix, start_after, bounds, before_page=catalog.event_seq)
+            it = partition.pages(
+                driver,
+                prefix,
+                start_after,
+                bounds,
+                before_page=catalog.event_seq,
+                depth=partition.depth_for(conc),
+                window=conc,
+            )
         else:
             it = prefetch(
                 driver.list(prefix, start_after=start_after), before_page=catalog.event_seq
