@@ -534,6 +534,14 @@ def _transfer(direction: str, db_path: str | None, dry_run: bool, as_json: bool,
             f"{', '.join(parts)} in {result.seconds:.2f}s"
         )
     if not result.ok:
+        # one closing line however many files failed: what to look at and what to do
+        c = result.counts
+        click.echo(
+            f"syncd: error: {direction} of dataset {result.dataset!r}: {c['failed']:,} failed, "
+            f"{c['refused']:,} refused (each reported above); the files done are kept and none "
+            "is half-written: run it again to retry the failed ones",
+            err=True,
+        )
         sys.exit(1)
 
 

@@ -83,9 +83,9 @@ def failed_cleanly(proc: Any) -> str:
     assert proc.returncode != 0, proc.stdout
     lines = proc.stderr.strip().splitlines()
     errors = [line for line in lines if line.startswith("syncd: error: ")]
-    assert len(errors) == 1 and lines[-1] == errors[0], proc.stderr
+    assert len(errors) == 1 and lines[-1] == errors[0], (proc.stderr, proc.stdout)
     assert all(line.startswith("syncd: WARNING: ") for line in lines[:-1]), proc.stderr
-    assert "Traceback" not in proc.stderr and "internal error" not in proc.stderr
+    assert "Traceback" not in proc.stderr and "syncd: internal error" not in proc.stderr
     return errors[0]
 
 
@@ -147,7 +147,17 @@ async def test_pull_at_a_fault_rate_is_byte_for_byte_and_leaves_no_partial_file(
     files = objects()
     async with open_driver(backend.config(bucket)) as driver:
         await put_all(driver, files)
-        summary(syncd("sync", backend.source(bucket, PREFIX), "--dataset", "ds", "--db", str(db), env=backend.env))
+        summary(
+            syncd(
+                "sync",
+                backend.source(bucket, PREFIX),
+                "--dataset",
+                "ds",
+                "--db",
+                str(db),
+                env=backend.env,
+            )
+        )
         pull = ("pull", "--dataset", "ds", str(out), "--db", str(db))
         env = proxied_env(backend, proxy)
         proxy.inject(RATE, seed=SEED, mask=bucket)
@@ -180,7 +190,17 @@ async def test_push_at_a_fault_rate_uploads_every_file_and_deletes_nothing_when_
     for rel, data in files.items():
         (src / rel).parent.mkdir(parents=True, exist_ok=True)
         (src / rel).write_bytes(data)
-    summary(syncd("sync", backend.source(bucket, PREFIX), "--dataset", "ds", "--db", str(db), env=backend.env))
+    summary(
+        syncd(
+            "sync",
+            backend.source(bucket, PREFIX),
+            "--dataset",
+            "ds",
+            "--db",
+            str(db),
+            env=backend.env,
+        )
+    )
     push = ("push", str(src), "--dataset", "ds", "--db", str(db))
     env = proxied_env(backend, proxy)
     async with open_driver(backend.config(bucket)) as driver:
@@ -199,12 +219,15 @@ async def test_push_at_a_fault_rate_uploads_every_file_and_deletes_nothing_when_
             (src / rel).write_bytes(data)
         proxy.inject(1.0, FAILING, seed=SEED, mask=bucket)
         failed_cleanly(syncd(*push, env={**env, **GIVE_UP_FAST}))
-        assert dataset_state(str(db)) == items
+        # a cut-short answer comes after the service stored the upload: such an object holds
+        # the new bytes, whole, and every other one the old; an item changes only to what its
+        # object now is (S3 takes the headers of a PUT's empty answer cut short as an answer)
         now = await bucket_bytes(driver)
-        # a cut-off answer comes after the service stored the upload: such an object holds the
-        # new bytes, whole; every other one the old
         assert set(now) == set(files)
         assert all(now[rel] in (files[rel], changed[rel]) for rel in files)
+        after, listed = dataset_state(str(db)), await bucket_state(driver)
+        assert set(after) == set(items)
+        assert all(after[key] in (items[key], listed[key]) for key in items)
 
         proxy.inject(RATE, seed=SEED + 1, mask=bucket)
         summary(syncd(*push, env=env))
@@ -222,6 +245,7 @@ def one_line_errors(caplog: pytest.LogCaptureFixture, name: str) -> list[str]:
     for line in lines:
         assert "\n" not in line and line.startswith(f"{name}: "), line
     assert all(r.exc_info is None for r in caplog.records)
+    print("\n".join(["", *sorted(set(lines))]))
     return lines
 
 
@@ -265,7 +289,7 @@ async def test_sqs_consumer_at_a_fault_rate_delivers_every_event_and_drains_the_
         lambda: {e.key for e in sink.events} == sent and visible_and_hidden(client, url) == 0,
         "every event delivered and the queue drained",
     )
-    assert proxy.injected  # faults were met on the way
+    met_faults(proxy)
 
     # every request fails: nothing delivered, nothing acknowledged, every message kept
     caplog.clear()
@@ -311,7 +335,7 @@ async def test_azure_queue_consumer_at_a_fault_rate_delivers_every_event_and_dra
         lambda: {e.key for e in sink.events} == sent and queue_length(client) == 0,
         "every event delivered and the queue drained",
     )
-    assert proxy.injected
+    met_faults(proxy)
     assert consumer.stats.poisoned == 0  # a failed delivery is not the message's fault
 
     caplog.clear()
