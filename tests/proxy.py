@@ -23,7 +23,6 @@ from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
-
 #: S3's throttling answer (also what the proxy says to the other SDKs: a 503 is a 503)
 SLOW_DOWN = (
     503,

@@ -29,8 +29,14 @@ from tests.conftest import Backend, dataset_state, unique_bucket
 from tests.emulators import Emulator
 from tests.proxy import FAILING, FaultProxy
 from tests.test_pull_push import finals, proxied_env, put_all, syncd, temp_files, tree
-from tests.test_queue_consumers import Sink, event_grid, queue_length, s3_notification, until
-from tests.test_queue_consumers import visible_and_hidden
+from tests.test_queue_consumers import (
+    Sink,
+    event_grid,
+    queue_length,
+    s3_notification,
+    until,
+    visible_and_hidden,
+)
 from tests.test_sync_cli import summary
 
 RATE = 0.2
