@@ -64,7 +64,7 @@ class FaultProxy:
         self.rate = 0.0
         self.kinds: tuple[str, ...] = FAULTS
         self.seed = 0
-        self.delay = 0.5
+        self.delay = 0.3
         self.mask: str | None = None
         self.seen: Counter[str] = Counter()  # how often each request line came, for the draw
         self.injected: Counter[str] = Counter()  # faults given, by kind
@@ -206,7 +206,7 @@ class FaultProxy:
         kinds: tuple[str, ...] = FAULTS,
         *,
         seed: int = 0,
-        delay: float = 0.5,
+        delay: float = 0.3,
         only: str | None = None,
         mask: str | None = None,
     ) -> None:

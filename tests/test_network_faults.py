@@ -6,7 +6,8 @@ promises more than is sent). At that rate ``syncd sync``, ``pull``, ``push`` and
 consumers finish and the result equals the source; with every request failing they stop with
 one clear line, and what was there before is intact (nothing deleted, no partial file).
 
-Draws are per request line and reproducible from :data:`SEED` (bucket names are masked).
+Draws are per request line and reproducible from :data:`SEED` (bucket names are masked;
+``SYNCD_TEST_FAULT_SEED`` sets it).
 Runs with every request failing set ``SYNCD_RETRY_ATTEMPTS=2``: what is tested there is how a
 command gives up, not how long it tries.
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -40,7 +42,8 @@ from tests.test_queue_consumers import (
 from tests.test_sync_cli import summary
 
 RATE = 0.2
-SEED = 12
+#: SYNCD_TEST_FAULT_SEED replays (or varies) the draws; the proxy's docstring says how
+SEED = int(os.environ.get("SYNCD_TEST_FAULT_SEED", "12"))
 PREFIX = "data/"
 #: tens of objects: enough requests for every kind of fault, few enough for a quick suite
 N = 30
