@@ -108,6 +108,12 @@ class AzureBlobDriver(Driver):
 
     def _translate(self, key: str | None = None) -> Translate:
         def translate(exc: BaseException) -> errors.StorageError:
+            if isinstance(exc, aexc.IncompleteReadError | errors.CUT_SHORT):
+                # an HttpResponseError too (of the 200 whose body stopped short): not the
+                # service's refusal but a dropped connection
+                return errors.TransientError(
+                    self.provider, self.bucket, f"answer cut short ({type(exc).__name__})", key=key
+                )
             if isinstance(exc, aexc.HttpResponseError):
                 raw = exc.error_code or ""
                 code = str(getattr(raw, "value", raw))  # may be a StorageErrorCode enum

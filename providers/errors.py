@@ -7,6 +7,10 @@ choose, never from request headers or SDK reprs, so no credential can leak into 
 
 from __future__ import annotations
 
+import http.client
+
+import urllib3.exceptions
+
 
 class StorageError(Exception):
     """Base of all provider errors. ``hint`` says what the user can do about it."""
@@ -68,6 +72,11 @@ class TransientError(StorageError):
     """A failure that may pass: connection reset, timeout, 5xx. Retried with backoff."""
 
     hint = "the service or network failed; syncd retried and gave up, try again later"
+
+
+#: what an HTTP stack raises when an answer stops before its Content-Length (a dropped
+#: connection mid-body): as transient as a reset, whichever SDK it surfaces through
+CUT_SHORT = http.client.HTTPException | urllib3.exceptions.ProtocolError
 
 
 class Throttled(TransientError):

@@ -125,7 +125,13 @@ class GCSDriver(Driver):
                     self.provider, self.bucket, f"credentials rejected: {_auth_cause(exc)}", key=key
                 )
             if isinstance(
-                exc, requests.ConnectionError | requests.Timeout | ConnectionError | TimeoutError
+                exc,
+                requests.ConnectionError
+                | requests.Timeout
+                | requests.exceptions.ChunkedEncodingError  # a body cut short
+                | ConnectionError
+                | TimeoutError
+                | errors.CUT_SHORT,
             ):
                 return errors.TransientError(
                     self.provider, self.bucket, f"connection failed ({type(exc).__name__})", key=key

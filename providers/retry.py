@@ -33,9 +33,16 @@ Translate = Callable[[BaseException], StorageError]
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
-    """How hard to try: ``attempts`` in all, waits drawn from [0, initial * 2**n] capped."""
+    """How hard to try: ``attempts`` in all, waits drawn from [0, initial * 2**n] capped.
 
-    attempts: int = 5
+    The default budget is 8 attempts with waits of at most 0.2, 0.4, ... 6.4, 10 s: a call
+    gives up after at most about 23 s of waiting (half that on average). Against a service
+    failing one request in five, a call then fails once in 0.2**8, about 400,000 calls (5
+    attempts failed one in 3,000: one file of a 3,000-file pull). It is finite on purpose: a
+    service that stays down makes the command stop with one line, not hang.
+    """
+
+    attempts: int = 8
     initial: float = 0.2
     maximum: float = 10.0
 

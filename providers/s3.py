@@ -176,11 +176,12 @@ class S3Driver(Driver):
             if isinstance(
                 exc,
                 botocore.exceptions.EndpointConnectionError
-                | botocore.exceptions.ConnectionClosedError
-                | botocore.exceptions.ReadTimeoutError
+                | botocore.exceptions.HTTPClientError  # closed, timed out, body cut short
                 | botocore.exceptions.ConnectTimeoutError
+                | botocore.exceptions.IncompleteReadError
                 | ConnectionError
-                | TimeoutError,
+                | TimeoutError
+                | errors.CUT_SHORT,
             ):
                 return errors.TransientError(
                     self.provider, self.bucket, f"connection failed ({type(exc).__name__})", key=key

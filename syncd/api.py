@@ -157,10 +157,16 @@ def bind_dataset(
     return existing
 
 
-def open_dataset_driver(dataset: Dataset) -> Driver:
-    """Open the driver of ``dataset``, with fault injection if the environment asks for it."""
+def open_dataset_driver(dataset: Dataset, spec: DatasetSpec | None = None) -> Driver:
+    """Open the driver of ``dataset``, with fault injection if the environment asks for it.
+
+    The catalog stores what names the bucket, not how to page through it: ``spec`` (the
+    config file's declaration, if any) supplies the listing page size."""
+    cfg = dataset.driver
+    if spec is not None and spec.driver.page_size != cfg.page_size:
+        cfg = dataclasses.replace(cfg, page_size=spec.driver.page_size)
     try:
-        return faults.from_env(open_driver(dataset.driver))
+        return faults.from_env(open_driver(cfg))
     except ConfigError as exc:
         raise UsageError(str(exc)) from None
 
@@ -215,7 +221,7 @@ async def sync(
     options = options or SyncOptions()
     if options.dry_run:
         dataset = preview_dataset(catalog, name, source=source, spec=spec, filters=filters)
-        async with open_dataset_driver(dataset) as driver:
+        async with open_dataset_driver(dataset, spec) as driver:
             return await sync_dataset(catalog, dataset, driver, options)
     dataset, new = ensure_dataset(catalog, name, source=source, spec=spec, filters=filters)
     owner = lease.new_owner()
@@ -223,7 +229,7 @@ async def sync(
     try:
         dataset = bind_dataset(catalog, name, source=source, spec=spec, filters=filters)
         try:
-            async with open_dataset_driver(dataset) as driver:
+            async with open_dataset_driver(dataset, spec) as driver:
                 return await sync_dataset(catalog, dataset, driver, options, owner=owner)
         except BaseException:
             if new and catalog.count_items(dataset.id) == 0:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import sqlite3
 import sys
 import time
 import traceback
@@ -28,7 +29,7 @@ from syncd.reconcile.sync import DatasetBusy, SyncOptions, SyncResult
 from syncd.store import lease
 from syncd.store.catalog import Catalog
 from syncd.store.checkpoint import DEFAULT_RESUME_WITHIN, Checkpoint
-from syncd.store.db import default_db_path, transaction
+from syncd.store.db import catalog_error, default_db_path, transaction
 from syncd.units import UNITS_HELP, SizeType
 
 DB_HELP = "catalog file [default: $SYNCD_DB, else ./syncd.db]"
@@ -534,6 +535,14 @@ def _transfer(direction: str, db_path: str | None, dry_run: bool, as_json: bool,
             f"{', '.join(parts)} in {result.seconds:.2f}s"
         )
     if not result.ok:
+        # one closing line however many files failed: what to look at and what to do
+        c = result.counts
+        click.echo(
+            f"syncd: error: {direction} of dataset {result.dataset!r}: {c['failed']:,} failed, "
+            f"{c['refused']:,} refused (each reported above); the files done are kept and none "
+            "is half-written: run it again to retry the failed ones",
+            err=True,
+        )
         sys.exit(1)
 
 
@@ -849,6 +858,15 @@ def main(argv: list[str] | None = None) -> None:
         # click's own usage errors: its one "Error: ..." line, a hint, exit 2
         click.echo(f"syncd: error: {redact(exc.format_message())} (see syncd --help)", err=True)
         sys.exit(exc.exit_code)
+    except sqlite3.Error as exc:
+        # a lock held past the busy timeout or a catalog that cannot grow, part-way through
+        known = catalog_error(exc, _db_of(args))
+        if debug:
+            click.echo(redact(traceback.format_exc()), err=True, nl=False)
+        if known is exc:
+            _internal_error(exc)
+        click.echo(f"syncd: error: {redact(str(known))}", err=True)
+        sys.exit(1)
     except (SyncdError, StorageError, ConfigError) as exc:
         if debug:
             click.echo(redact(traceback.format_exc()), err=True, nl=False)
@@ -865,12 +883,29 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:
         if debug:
             click.echo(redact(traceback.format_exc()), err=True, nl=False)
-        click.echo(
-            f"syncd: internal error: {type(exc).__name__}: {redact(str(exc))} "
-            "(run with --debug for details)",
-            err=True,
-        )
-        sys.exit(1)
+        _internal_error(exc)
+
+
+def _db_of(args: list[str]) -> str:
+    """The catalog a command line names (``--db PATH``), else the default one."""
+    for i, arg in enumerate(args):
+        if arg == "--":
+            break
+        if arg == "--db" and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith("--db="):
+            return arg.removeprefix("--db=")
+    return default_db_path()
+
+
+def _internal_error(exc: BaseException) -> None:
+    """A bug, not the user's doing: one line naming it, exit 1."""
+    click.echo(
+        f"syncd: internal error: {type(exc).__name__}: {redact(str(exc))} "
+        "(run with --debug for details)",
+        err=True,
+    )
+    sys.exit(1)
 
 
 if __name__ == "__main__":

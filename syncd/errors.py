@@ -15,6 +15,14 @@ class UsageError(SyncdError):
     exit_code = 2
 
 
+class CatalogUnavailable(SyncdError):
+    """The catalog file cannot be used now: another process holds its write lock past the
+    busy timeout, or it cannot grow (disk full, file-size limit, I/O error). What it held
+    before stays: every write is one transaction, rolled back on failure."""
+
+    exit_code = 1
+
+
 class SyncFailed(SyncdError):
     """The sync started but could not finish; nothing was deleted."""
 

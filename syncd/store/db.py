@@ -17,7 +17,10 @@ from pathlib import Path
 
 import sqlite_utils
 
-from syncd.errors import UsageError
+from syncd.errors import CatalogUnavailable, UsageError
+
+#: seconds a statement waits for another process's write lock before giving up
+DEFAULT_BUSY_TIMEOUT = 30.0
 
 MIGRATIONS: list[tuple[str, list[str]]] = [
     (
@@ -229,6 +232,45 @@ def now() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
+def busy_timeout() -> float:
+    """``$SYNCD_DB_BUSY_TIMEOUT`` (seconds) if set, else :data:`DEFAULT_BUSY_TIMEOUT`: how long
+    a catalog write waits for another process's lock before failing with one line."""
+    raw = os.environ.get("SYNCD_DB_BUSY_TIMEOUT")
+    if not raw:
+        return DEFAULT_BUSY_TIMEOUT
+    try:
+        value = float(raw)
+    except ValueError:
+        raise UsageError(
+            f"SYNCD_DB_BUSY_TIMEOUT must be a number of seconds, got {raw!r}"
+        ) from None
+    if not 0 <= value <= 3600:
+        raise UsageError(f"SYNCD_DB_BUSY_TIMEOUT must be 0 to 3600 seconds, got {raw!r}")
+    return value
+
+
+#: what sqlite says when the file cannot grow: ENOSPC is "full", EFBIG and EIO "I/O error"
+_CANNOT_WRITE = ("database or disk is full", "disk i/o error")
+
+
+def catalog_error(exc: sqlite3.Error, path: str | os.PathLike[str] | None = None) -> Exception:
+    """The one-line error for a sqlite failure the user can act on (a lock held too long, a
+    file that cannot grow), else ``exc`` itself (a bug: the CLI reports it as internal)."""
+    where = f"catalog {str(path)!r}" if path is not None else "the catalog"
+    text = str(exc)
+    if "database is locked" in text or "database table is locked" in text:
+        return CatalogUnavailable(
+            f"{where} is locked by another process (waited {busy_timeout():g}s); let it "
+            "finish, or pass --db with another catalog (SYNCD_DB_BUSY_TIMEOUT sets the wait)"
+        )
+    if any(marker in text.lower() for marker in _CANNOT_WRITE):
+        return CatalogUnavailable(
+            f"{where} could not be written ({text}): free space on its disk or raise the "
+            "file-size limit; it keeps its last committed state, run the command again"
+        )
+    return exc
+
+
 def default_db_path() -> str:
     """``$SYNCD_DB`` if set, else ``./syncd.db``."""
     return os.environ.get("SYNCD_DB") or "syncd.db"
@@ -254,7 +296,7 @@ def open_db(
         )
     try:
         # autocommit mode: transactions are explicit, see transaction()
-        conn = sqlite3.connect(p, timeout=30, isolation_level=None)
+        conn = sqlite3.connect(p, timeout=busy_timeout(), isolation_level=None)
         db = sqlite_utils.Database(conn)
         db.execute("PRAGMA foreign_keys = ON")
         if memory:
@@ -277,6 +319,9 @@ def open_db(
                 f"catalog {str(p)!r} is read-only ({exc}); make the file and its folder "
                 "writable, or pass --db with another catalog"
             ) from None
+        known = catalog_error(exc, p)
+        if known is not exc:
+            raise known from None
         raise UsageError(f"cannot open catalog {str(p)!r}: {exc}") from exc
     return db
 

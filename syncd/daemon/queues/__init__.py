@@ -82,6 +82,27 @@ async def in_pool(pool: ThreadPoolExecutor, fn: Callable[..., T], *args: Any) ->
     return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
 
 
+def one_line(exc: BaseException) -> str:
+    """What went wrong, on one short line: an SDK's own message may span lines and quote a
+    whole XML answer (botocore) or the request's headers (azure-core)."""
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict) and isinstance(response.get("Error"), dict):  # botocore
+        err = response["Error"]
+        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        text = f"HTTP {status} {err.get('Code') or ''}".strip()
+        if err.get("Message") and not str(err["Message"]).lstrip().startswith("<"):
+            text += f" ({err['Message']})"
+    elif getattr(exc, "status_code", None) is not None:  # azure-core HttpResponseError
+        code = getattr(exc, "error_code", None)
+        text = f"HTTP {exc.status_code} {getattr(code, 'value', code) or ''}".strip()  # type: ignore[attr-defined]
+    else:
+        text = str(exc).split("\n", 1)[0]
+    text = " ".join(text.split())
+    if len(text) > 200:
+        text = text[:199] + "…"
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 def backoff(failures: int) -> float:
     return min(MAX_BACKOFF, 2.0 ** max(0, failures - 1))
 
@@ -121,7 +142,7 @@ async def poll(
         except Exception as exc:  # provider or sink: log, back off, carry on
             failures += 1
             stats.errors += 1
-            log.error("%s: %s (retrying in %.0fs)", name, exc, backoff(failures))
+            log.error("%s: %s (retrying in %.0fs)", name, one_line(exc), backoff(failures))
             await pause(stop, backoff(failures))
 
 
