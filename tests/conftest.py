@@ -2,6 +2,11 @@
 
 With ``CI`` set, an emulator that cannot start fails the run; elsewhere its tests are skipped
 with the reason (so a laptop without Node can still run the S3/GCS/local tests).
+
+Hypothesis runs under the ``syncd`` profile: derandomized (the same examples every run, so a
+result never depends on luck), no deadline (a loaded 2-core machine is slow, and speed is
+measured in ``bench/``), no example database. ``HYPOTHESIS_PROFILE=explore`` draws fresh
+random examples instead, to look for new failures by hand.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from providers.config import DriverConfig, Integration
 from syncd.store.catalog import Catalog
@@ -27,6 +33,17 @@ os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 os.environ.pop("AWS_PROFILE", None)
+
+settings.register_profile(
+    "syncd",
+    derandomize=True,
+    deadline=None,
+    database=None,
+    # module-scoped catalogs and emulator buckets are emptied by the tests between examples
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+settings.register_profile("explore", settings.get_profile("syncd"), derandomize=False)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "syncd"))
 
 PROVIDERS = ["local", "s3", "gcs", "azure"]
 _counter = itertools.count()

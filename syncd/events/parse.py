@@ -22,7 +22,12 @@ Markers compare only between events for the same key. Emulators that send no seq
 (moto) give ``marker=None``.
 
 Unknown event types are skipped with a reason (and a log line); a payload that claims a known
-format but lacks what that format requires raises :class:`EventFormatError`.
+format but lacks what that format requires raises :class:`EventFormatError`. So does one whose
+fields have the wrong shape for what the catalog stores: every text field must be a JSON string
+that encodes to UTF-8 (a ``\\ud800`` escape or Pub/Sub bytes can carry a lone surrogate), a key
+or bucket must not be empty, an encoded key must decode to UTF-8 (never replaced by U+FFFD, which
+would name another object), and a size or generation must be a whole number from 0 to 2**63-1
+(what sqlite's INTEGER holds). A parsed event can therefore always be applied.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import binascii
 import enum
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -40,6 +46,8 @@ from urllib.parse import unquote, unquote_plus, urlsplit
 log = logging.getLogger("syncd.events.parse")
 
 SEQUENCER_WIDTH = 64
+#: the largest size or generation an event may carry: sqlite's INTEGER (and GCS's int64)
+MAX_INT = 2**63 - 1
 
 
 class EventFormatError(ValueError):
@@ -83,19 +91,22 @@ class Parsed:
 
 def pad_sequencer(seq: str) -> str:
     """S3/Azure sequencers compare as strings after right-padding the shorter with zeros."""
+    if not isinstance(seq, str):
+        raise EventFormatError(f"malformed sequencer {_short(seq)}")
     seq = seq.strip().upper()
     if not seq or any(c not in "0123456789ABCDEF" for c in seq) or len(seq) > SEQUENCER_WIDTH:
-        raise EventFormatError(f"malformed sequencer {seq!r}")
+        raise EventFormatError(f"malformed sequencer {_short(seq)}")
     return seq.ljust(SEQUENCER_WIDTH, "0")
 
 
 def gcs_marker(generation: Any, metageneration: Any) -> str:
-    try:
-        return f"{int(generation):020d}.{int(metageneration or 1):020d}"
-    except (TypeError, ValueError):
-        raise EventFormatError(
-            f"malformed GCS generation {generation!r}/{metageneration!r}"
-        ) from None
+    """The ordering marker of a GCS object version: both numbers zero-padded to 20 digits
+    (2**63-1 has 19), so string order is numeric order."""
+    gen = _int(generation, "GCS generation")
+    if gen is None:
+        raise EventFormatError("missing GCS generation")
+    meta = _int(metageneration, "GCS metageneration") or 1
+    return f"{gen:020d}.{meta:020d}"
 
 
 def _time(value: Any) -> datetime | None:
@@ -110,18 +121,65 @@ def _time(value: Any) -> datetime | None:
         text = f"{head}.{digits[:6]}{tail}"
     try:
         parsed = datetime.fromisoformat(text)
-    except ValueError:
-        raise EventFormatError(f"malformed event time {value!r}") from None
-    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).astimezone(UTC)
+        # a time at the very edge of the calendar overflows when moved to UTC
+        return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).astimezone(UTC)
+    except (ValueError, OverflowError):
+        raise EventFormatError(f"malformed event time {_short(value)}") from None
+
+
+def _short(value: Any) -> str:
+    """``repr`` of a field for an error message, cut short (a hostile field can be huge)."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _int(value: Any, what: str) -> int | None:
+    """A size or generation: a JSON integer, or a string of ASCII digits (GCS sends those),
+    from 0 to :data:`MAX_INT`; None if absent. Booleans, fractions, signs and other digit
+    scripts are malformed, not coerced."""
     if value is None or value == "":
         return None
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        number = int(value)
+    elif isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    else:
+        raise EventFormatError(f"malformed {what} {_short(value)}")
+    if not 0 <= number <= MAX_INT:
+        raise EventFormatError(f"{what} {_short(value)} is out of range (0 to 2**63-1)")
+    return number
+
+
+def _opt_text(value: Any, what: str) -> str | None:
+    """An optional text field: None if absent or empty, else a string that encodes to UTF-8."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise EventFormatError(f"{what} must be a string, not {type(value).__name__}")
     try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise EventFormatError(f"malformed {what} {value!r}") from None
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise EventFormatError(f"{what} is not valid Unicode (a lone surrogate)") from None
+    return value
+
+
+def _text(value: Any, what: str) -> str:
+    """A required text field (a key, a bucket): a non-empty string that encodes to UTF-8."""
+    text = _opt_text(value, what)
+    if text is None:
+        raise EventFormatError(f"empty {what}")
+    return text
+
+
+def _decoded(encoded: Any, what: str, *, plus: bool) -> str:
+    """A URL-encoded key, decoded strictly: bytes that are not UTF-8 are malformed, never
+    replaced by U+FFFD (which would name a different object)."""
+    raw = _text(encoded, what)
+    try:
+        key = unquote_plus(raw, errors="strict") if plus else unquote(raw, errors="strict")
+    except UnicodeDecodeError:
+        raise EventFormatError(f"{what} {_short(raw)} does not decode to UTF-8") from None
+    return _text(key, what)
 
 
 def _need(obj: Any, *path: str) -> Any:
@@ -148,8 +206,8 @@ def _json_text(text: Any, what: str) -> Any:
 def _s3_record(rec: dict[str, Any]) -> Parsed:
     name = str(_need(rec, "eventName"))
     obj = _need(rec, "s3", "object")
-    bucket = str(_need(rec, "s3", "bucket", "name"))
-    key = unquote_plus(str(_need(obj, "key")))
+    bucket = _text(_need(rec, "s3", "bucket", "name"), "bucket name")
+    key = _decoded(_need(obj, "key"), "object key", plus=True)  # form-encoded
     if name.startswith("ObjectCreated:"):
         kind = EventKind.CREATED
     elif name.startswith("ObjectRemoved:"):
@@ -166,9 +224,11 @@ def _s3_record(rec: dict[str, Any]) -> Parsed:
                 key=key,
                 marker=pad_sequencer(seq) if seq else None,
                 size=_int(obj.get("size"), "size"),
-                etag=(obj.get("eTag") or obj.get("etag") or None),
+                etag=_opt_text(obj.get("eTag") or obj.get("etag"), "eTag"),
                 event_time=_time(rec.get("eventTime")),
-                event_id=(rec.get("responseElements") or {}).get("x-amz-request-id"),
+                event_id=_opt_text(
+                    (rec.get("responseElements") or {}).get("x-amz-request-id"), "request id"
+                ),
             )
         ]
     )
@@ -177,7 +237,7 @@ def _s3_record(rec: dict[str, Any]) -> Parsed:
 def _eventbridge(payload: dict[str, Any]) -> Parsed:
     detail_type = payload.get("detail-type")
     detail = _need(payload, "detail")
-    key = str(_need(detail, "object", "key"))  # not form-encoded in EventBridge
+    key = _text(_need(detail, "object", "key"), "object key")  # not form-encoded here
     if detail_type == "Object Created":
         kind = EventKind.CREATED
     elif detail_type == "Object Deleted":
@@ -191,13 +251,13 @@ def _eventbridge(payload: dict[str, Any]) -> Parsed:
             ObjectEvent(
                 kind=kind,
                 provider="s3",
-                bucket=str(_need(detail, "bucket", "name")),
+                bucket=_text(_need(detail, "bucket", "name"), "bucket name"),
                 key=key,
                 marker=pad_sequencer(seq) if seq else None,
                 size=_int(obj.get("size"), "size"),
-                etag=obj.get("etag"),
+                etag=_opt_text(obj.get("etag"), "etag"),
                 event_time=_time(payload.get("time")),
-                event_id=payload.get("id"),
+                event_id=_opt_text(payload.get("id"), "event id"),
             )
         ]
     )
@@ -227,20 +287,25 @@ _GCS_PUBSUB = {
 
 
 def _gcs_object(kind: EventKind, data: dict[str, Any], event_id: Any, time: Any) -> ObjectEvent:
-    generation = _need(data, "generation")
-    metageneration = data.get("metageneration") or 1
+    if not isinstance(data, dict):
+        raise EventFormatError("GCS event data must be a JSON object")
+    generation = _int(_need(data, "generation"), "GCS generation")
+    metageneration = _int(data.get("metageneration"), "GCS metageneration") or 1
+    if generation is None:
+        raise EventFormatError("missing GCS generation")
     return ObjectEvent(
         kind=kind,
         provider="gcs",
-        bucket=str(_need(data, "bucket")),
-        key=str(_need(data, "name")),
+        bucket=_text(_need(data, "bucket"), "bucket"),
+        key=_text(_need(data, "name"), "object name"),
         marker=gcs_marker(generation, metageneration),
         size=_int(data.get("size"), "size"),
-        etag=data.get("etag") or data.get("md5Hash"),
-        content_type=data.get("contentType"),
+        etag=_opt_text(data.get("etag") or data.get("md5Hash"), "etag"),
+        content_type=_opt_text(data.get("contentType"), "contentType"),
         event_time=_time(time or data.get("updated")),
-        version=f"{int(generation)}.{int(metageneration)}",
-        event_id=str(event_id) if event_id else None,
+        version=f"{generation}.{metageneration}",
+        # Pub/Sub message ids are strings; some senders give numbers
+        event_id=_opt_text(str(event_id) if isinstance(event_id, int) else event_id, "event id"),
     )
 
 
@@ -266,6 +331,8 @@ def _gcs_legacy(payload: dict[str, Any]) -> Parsed:
 
 def _gcs_pubsub(message: dict[str, Any]) -> Parsed:
     attrs = _need(message, "attributes")
+    if not isinstance(attrs, dict):
+        raise EventFormatError("Pub/Sub message attributes must be a JSON object")
     event_type = attrs.get("eventType")
     kind = _GCS_PUBSUB.get(event_type)
     if kind is None:
@@ -276,6 +343,8 @@ def _gcs_pubsub(message: dict[str, Any]) -> Parsed:
             data = json.loads(base64.b64decode(message["data"], validate=True))
         except (binascii.Error, ValueError):
             raise EventFormatError("Pub/Sub message data is not base64-encoded JSON") from None
+        if not isinstance(data, dict):
+            raise EventFormatError("Pub/Sub message data must be a JSON object")
     data.setdefault("bucket", attrs.get("bucketId"))
     data.setdefault("name", attrs.get("objectId"))
     data.setdefault("generation", attrs.get("objectGeneration"))
@@ -314,7 +383,7 @@ def _azure_location(
             host_account, _, path = path.partition("/")
         container, _, key = path.partition("/")
         if container and key:
-            return account or host_account, container, unquote(key)
+            return account or host_account, container, _decoded(key, "blob URL", plus=False)
     raise EventFormatError("Azure event has neither a blob subject nor a blob URL")
 
 
@@ -328,23 +397,28 @@ def _azure(event: dict[str, Any], *, cloudevents: bool) -> Parsed:
         return _skip(f"Azure event type {event_type!r} is not handled")
     data = _need(event, "data")
     source = event.get("source") if cloudevents else event.get("topic")
-    account, container, key = _azure_location(event.get("subject"), data.get("url"), source)
+    subject, url = event.get("subject"), data.get("url")
+    account, container, key = _azure_location(
+        subject if isinstance(subject, str) else None,
+        url if isinstance(url, str) else None,
+        source if isinstance(source, str) else None,
+    )
     seq = data.get("sequencer")
-    etag = data.get("eTag") or data.get("etag")
+    etag = _opt_text(data.get("eTag") or data.get("etag"), "eTag")
     return Parsed(
         events=[
             ObjectEvent(
                 kind=kind,
                 provider="azure",
-                bucket=container,
-                key=key,
+                bucket=_text(container, "container"),
+                key=_text(key, "blob name"),
                 marker=pad_sequencer(seq) if seq else None,
                 size=_int(data.get("contentLength"), "contentLength"),
-                etag=str(etag).strip('"') if etag else None,
-                content_type=data.get("contentType"),
+                etag=etag.strip('"') or None if etag else None,
+                content_type=_opt_text(data.get("contentType"), "contentType"),
                 event_time=_time(event.get("time" if cloudevents else "eventTime")),
-                account=account,
-                event_id=event.get("id"),
+                account=_opt_text(account, "storage account"),
+                event_id=_opt_text(event.get("id"), "event id"),
             )
         ]
     )
@@ -359,20 +433,42 @@ def _skip(reason: str) -> Parsed:
 
 
 def parse(payload: Any) -> Parsed:
-    """Parse one decoded payload (object or list) of any supported format."""
+    """Parse one decoded payload (object or list) of any supported format.
+
+    Raises ``EventFormatError`` and nothing else for a malformed payload, one whose embedded
+    JSON text (an SQS body, an SNS message, Pub/Sub data) nests too deeply to decode included."""
+    return _guarded(_parse_any, payload)
+
+
+def parse_record(rec: Any) -> Parsed:
+    """One element of a ``Records`` list: an S3 record, an SQS message or an SNS record.
+
+    Raises ``EventFormatError`` and nothing else, as :func:`parse` does."""
+    return _guarded(_parse_record, rec)
+
+
+def _guarded(parser: Callable[[Any], Parsed], value: Any) -> Parsed:
+    """``parser(value)``, any failure of it on a hostile value as ``EventFormatError``."""
+    try:
+        return parser(value)
+    except EventFormatError:
+        raise
+    except RecursionError:
+        raise EventFormatError("payload is nested too deeply to be an event") from None
+    except (KeyError, TypeError, AttributeError, ValueError, OverflowError) as exc:
+        # a shape no check above foresaw; the message names the exception, not a traceback
+        raise EventFormatError(f"malformed event: {type(exc).__name__}: {exc}"[:300]) from None
+
+
+def _parse_any(payload: Any) -> Parsed:
     if isinstance(payload, list):
         out = Parsed()
         for item in payload:
-            out.extend(parse(item))
+            out.extend(_parse_any(item))
         return out
     if not isinstance(payload, dict):
         raise EventFormatError(f"expected a JSON object or array, got {type(payload).__name__}")
-    try:
-        return _parse_object(payload)
-    except EventFormatError:
-        raise
-    except (KeyError, TypeError, AttributeError, ValueError) as exc:
-        raise EventFormatError(f"malformed event: {type(exc).__name__}: {exc}") from None
+    return _parse_object(payload)
 
 
 def _parse_object(p: dict[str, Any]) -> Parsed:
@@ -384,10 +480,10 @@ def _parse_object(p: dict[str, Any]) -> Parsed:
             raise EventFormatError("Records must be a list")
         out = Parsed()
         for rec in records:
-            out.extend(parse_record(rec))
+            out.extend(_parse_record(rec))
         return out
     if p.get("Type") == "Notification" and "Message" in p:  # SNS envelope (SQS raw delivery off)
-        return parse(_json_text(p["Message"], "SNS Message"))
+        return _parse_any(_json_text(p["Message"], "SNS Message"))
     if p.get("source") == "aws.s3" and "detail-type" in p:
         return _eventbridge(p)
     if "specversion" in p and isinstance(p.get("type"), str):
@@ -410,16 +506,15 @@ def _parse_object(p: dict[str, Any]) -> Parsed:
     )
 
 
-def parse_record(rec: Any) -> Parsed:
-    """One element of a ``Records`` list: an S3 record, an SQS message or an SNS record."""
+def _parse_record(rec: Any) -> Parsed:
     if not isinstance(rec, dict):
         raise EventFormatError("each record must be a JSON object")
     if rec.get("eventSource") == "aws:s3" or "s3" in rec:
         return _s3_record(rec)
     if rec.get("eventSource") == "aws:sqs" or ("body" in rec and "messageId" in rec):
-        return parse(_json_text(rec.get("body"), "SQS body"))
+        return _parse_any(_json_text(rec.get("body"), "SQS body"))
     if rec.get("EventSource") == "aws:sns" or "Sns" in rec:
-        return parse(_json_text(_need(rec, "Sns", "Message"), "SNS Message"))
+        return _parse_any(_json_text(_need(rec, "Sns", "Message"), "SNS Message"))
     raise EventFormatError("record is neither an S3 event, an SQS message nor an SNS record")
 
 
