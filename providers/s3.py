@@ -1,9 +1,14 @@
-"""Amazon S3 and S3-compatible stores (MinIO, R2, moto), through boto3.
+"""Amazon S3 and S3-compatible stores (MinIO, R2, moto), through botocore (boto3's core).
 
 Credentials: explicit key/secret/session token from an integration, else a named profile,
-else boto3's standard chain (environment, shared files, instance/role). The endpoint is the
-driver's ``endpoint``, else boto3's own ``AWS_ENDPOINT_URL`` handling. boto3's retry loop is
-switched off (one attempt) so that :mod:`providers.retry` is the only one.
+else botocore's standard chain (environment, shared files, instance/role). The endpoint is the
+driver's ``endpoint``, else botocore's own ``AWS_ENDPOINT_URL`` handling. The client's retry
+loop is switched off (one attempt) so that :mod:`providers.retry` is the only one.
+
+The client is botocore's, not boto3's wrapper: boto3 adds nothing this driver uses but its
+import (boto3 loads s3transfer and its thread pools eagerly: about a fifth of a second, paid
+by every ``syncd`` command). s3transfer, the SDK's transfer manager, is imported only when a
+file at or above the multipart cutoff moves.
 
 ``ListObjectsV2`` returns keys in UTF-8 binary order and takes ``StartAfter`` for resuming; it
 does not return content types or version ids, so those come only from ``head``.
@@ -16,21 +21,23 @@ import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
-import boto3
-import boto3.exceptions
 import botocore.exceptions
-from boto3.s3.transfer import TransferConfig
+import botocore.session
 from botocore.config import Config
-from s3transfer.manager import TransferManager
-from s3transfer.subscribers import BaseSubscriber
 
 from providers import errors
 from providers.base import MULTIPART_THRESHOLD, PART_CONCURRENCY, Driver, ObjectInfo, object_uri
 from providers.config import ConfigError
 from providers.retry import NO_RETRY, RetryPolicy, Translate, call
 
+if TYPE_CHECKING:
+    from s3transfer.manager import TransferConfig
+
+#: the reads of ``get`` and ``download``: botocore's StreamingBody iterates in 1 KiB by
+#: default; 1 MiB costs the least CPU measured (8 MiB reads triple the kernel time, 256 KiB
+#: add calls): see bench/README.md
 CHUNK = 1024 * 1024
 
 _CODE_MAP: dict[str, type[errors.StorageError]] = {
@@ -89,15 +96,16 @@ def _md5_of(etag: str) -> str | None:
     return etag if _MD5_ETAG.fullmatch(etag) else None
 
 
-class _KnownObject(BaseSubscriber):
-    """Hands s3transfer the size and ETag a HEAD already gave."""
+def _known_object(size: int, etag: str) -> Any:
+    """An s3transfer subscriber that hands it the size and ETag a HEAD already gave."""
+    from s3transfer.subscribers import BaseSubscriber
 
-    def __init__(self, size: int, etag: str) -> None:
-        self.size, self.etag = size, etag
+    class KnownObject(BaseSubscriber):
+        def on_queued(self, future: Any, **kwargs: Any) -> None:
+            future.meta.provide_transfer_size(size)
+            future.meta.provide_object_etag(f'"{etag}"')
 
-    def on_queued(self, future: Any, **kwargs: Any) -> None:
-        future.meta.provide_transfer_size(self.size)
-        future.meta.provide_object_etag(f'"{self.etag}"')
+    return KnownObject()
 
 
 class S3Driver(Driver):
@@ -120,40 +128,48 @@ class S3Driver(Driver):
         super().__init__(bucket, page_size=min(page_size, 1000))
         self.retry = retry or RetryPolicy.from_env()
         self.storage_class = storage_class
-        session = boto3.session.Session(
-            aws_access_key_id=access_key_id,
-            aws_secret_access_key=secret_access_key,
-            aws_session_token=session_token,
-            profile_name=profile,
-            region_name=region,
-        )
-        self._client: Any = session.client(
+        self._session = botocore.session.Session(profile=profile)
+        self._client_args: dict[str, Any] = {
+            "region_name": region,
+            "endpoint_url": endpoint,
+            "aws_access_key_id": access_key_id,
+            "aws_secret_access_key": secret_access_key,
+            "aws_session_token": session_token,
+        }
+        self._client: Any = self._session.create_client(
             "s3",
-            endpoint_url=endpoint,
             config=Config(retries={"total_max_attempts": 1}, max_pool_connections=64),
+            **self._client_args,
         )
-        # the transfer manager's client keeps botocore's standard retries: a throttled part is
-        # sent again on its own, instead of providers.retry restarting the whole file
-        self._parts_client: Any = session.client(
-            "s3",
-            endpoint_url=endpoint,
-            config=Config(
-                retries={"mode": "standard", "total_max_attempts": 5}, max_pool_connections=64
-            ),
-        )
+        self._parts: tuple[Any, TransferConfig] | None = None
         self.multipart_cutoff = multipart_cutoff()
-        self._transfer = TransferConfig(
-            multipart_threshold=self.multipart_cutoff,
-            multipart_chunksize=MULTIPART_THRESHOLD,
-            max_concurrency=PART_CONCURRENCY,
-        )
+
+    def _parts_client(self) -> tuple[Any, TransferConfig]:
+        """The client and settings of the transfer manager, made on first use (only files at
+        or above the cutoff need them). Its client keeps botocore's standard retries: a
+        throttled part is sent again on its own, instead of providers.retry restarting the
+        whole file. Call from the event loop's thread (one session, one creator)."""
+        if self._parts is None:
+            from s3transfer.manager import TransferConfig
+
+            client = self._session.create_client(
+                "s3",
+                config=Config(
+                    retries={"mode": "standard", "total_max_attempts": 5},
+                    max_pool_connections=64,
+                ),
+                **self._client_args,
+            )
+            config = TransferConfig(
+                multipart_threshold=self.multipart_cutoff,
+                multipart_chunksize=MULTIPART_THRESHOLD,
+                max_request_concurrency=PART_CONCURRENCY,
+            )
+            self._parts = (client, config)
+        return self._parts
 
     def _translate(self, key: str | None = None) -> Translate:
         def translate(exc: BaseException) -> errors.StorageError:
-            if isinstance(exc, boto3.exceptions.S3UploadFailedError) and isinstance(
-                exc.__context__, botocore.exceptions.ClientError
-            ):
-                exc = exc.__context__  # the transfer manager wraps the service's answer
             if isinstance(exc, botocore.exceptions.ClientError):
                 err = exc.response.get("Error", {})
                 code = str(err.get("Code", ""))
@@ -293,13 +309,15 @@ class S3Driver(Driver):
         extra = self._extra(content_type)
         translate = self._translate(key)
         if os.path.getsize(path) >= self.multipart_cutoff:
-            await call(
-                lambda: self._parts_client.upload_file(
-                    path, self.bucket, key, ExtraArgs=extra, Config=self._transfer
-                ),
-                translate,
-                self.retry,
-            )
+            client, config = self._parts_client()
+
+            def multipart() -> None:
+                from s3transfer.manager import TransferManager
+
+                with TransferManager(client, config) as tm:
+                    tm.upload(path, self.bucket, key, extra_args=extra).result()
+
+            await call(multipart, translate, self.retry)
             return await self.head(key)
 
         def put() -> tuple[dict[str, Any], int]:
@@ -332,14 +350,17 @@ class S3Driver(Driver):
         translate = self._translate(key)
         if size is not None and size >= self.multipart_cutoff:
             info = await self.head(key)
+            client, config = self._parts_client()
 
             def ranged() -> None:
+                from s3transfer.manager import TransferManager
+
                 # told the size and ETag, s3transfer skips its own HEAD and sends If-Match
                 # with every ranged GET: all parts come from the object the HEAD saw
-                known = _KnownObject(info.size, info.etag)
+                known = _known_object(info.size, info.etag)
                 out.seek(0)
                 out.truncate()
-                with TransferManager(self._parts_client, self._transfer) as tm:
+                with TransferManager(client, config) as tm:
                     tm.download(self.bucket, key, out, subscribers=[known]).result()
 
             await call(ranged, translate, self.retry)
@@ -347,9 +368,11 @@ class S3Driver(Driver):
 
         def whole() -> dict[str, Any]:
             resp = self._client.get_object(Bucket=self.bucket, Key=key)
+            body = resp["Body"]
             out.seek(0)
             out.truncate()
-            for chunk in resp["Body"].iter_chunks(CHUNK):
+            # StreamingBody checks the length (and the CRC32 where S3 sends one) at the end
+            while chunk := body.read(CHUNK):
                 out.write(chunk)
             return resp
 
@@ -380,4 +403,5 @@ class S3Driver(Driver):
 
     async def close(self) -> None:
         self._client.close()
-        self._parts_client.close()
+        if self._parts is not None:
+            self._parts[0].close()

@@ -447,7 +447,10 @@ class ByteBar:
     elsewhere. The total grows and shrinks as files are judged (see ``engine.Meter``)."""
 
     def __init__(self, enabled: bool, desc: str) -> None:
-        from tqdm import tqdm  # a twentieth of a second, for pull and push only
+        self.bar: Any = None
+        if not enabled:
+            return  # no tqdm at all: its import and its monitor thread cost every run
+        from tqdm import tqdm  # a twentieth of a second, for pull and push on a terminal only
 
         self.bar = tqdm(
             total=0,
@@ -455,21 +458,22 @@ class ByteBar:
             unit="B",
             unit_scale=True,
             unit_divisor=1024,
-            disable=not enabled,
             file=sys.stderr,
             dynamic_ncols=True,
             leave=False,
         )
 
     def plan(self, n: int) -> None:
-        if self.bar.total is not None:
+        if self.bar is not None and self.bar.total is not None:
             self.bar.total = max(0, self.bar.total + n)
 
     def advance(self, n: int) -> None:
-        self.bar.update(n)
+        if self.bar is not None:
+            self.bar.update(n)
 
     def close(self) -> None:
-        self.bar.close()
+        if self.bar is not None:
+            self.bar.close()
 
 
 def _transfer_options(f: Any) -> Any:
