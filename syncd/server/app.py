@@ -128,11 +128,11 @@ def make_app(
 
 
 async def start(
-    context: Context, token: str, host: str, port: int
+    context: Context, token: str, host: str, port: int, *, lockout: AuthLockout | None = None
 ) -> tuple[Callable[[], Awaitable[None]], int]:
     """Bind and start serving; returns (stop, the bound port). A busy port or an address that
     cannot be bound is a ``UsageError`` (one line), raised before anything is served."""
-    runner = web.AppRunner(make_app(context, token), access_log=None)
+    runner = web.AppRunner(make_app(context, token, lockout=lockout), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     try:
