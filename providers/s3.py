@@ -130,7 +130,13 @@ class S3Driver(Driver):
         self._client: Any = session.client(
             "s3",
             endpoint_url=endpoint,
-            config=Config(retries={"total_max_attempts": 1}, max_pool_connections=64),
+            # s3v4 named: botocore would otherwise presign with the deprecated SigV2 query
+            # auth (AWSAccessKeyId/Signature) on custom endpoints
+            config=Config(
+                retries={"total_max_attempts": 1},
+                max_pool_connections=64,
+                signature_version="s3v4",
+            ),
         )
         # the transfer manager's client keeps botocore's standard retries: a throttled part is
         # sent again on its own, instead of providers.retry restarting the whole file
