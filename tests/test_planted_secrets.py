@@ -536,6 +536,8 @@ def test_the_scenario_really_used_and_refused_the_credentials(world: World) -> N
         else:
             assert any(run["status"] == "completed" for run in runs), (name, runs)
     assert r["api GET /api/v1/datasets"].returncode == 200
+    sas_url = r["api GET /api/v1/datasets/azsas/items/a.txt/url"]
+    assert sas_url.returncode == 502 and "SAS token credential" in sas_url.stdout
     assert r["api wrong token"].returncode == 401
     assert r["api GET /metrics"].returncode == 200
     assert "syncd_sync_runs_total" in r["api GET /metrics"].stdout

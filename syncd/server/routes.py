@@ -31,6 +31,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import ClientSession, ClientTimeout, web
 
+from providers.redact import redact
 from syncd import api
 from syncd.daemon.catalog_thread import CatalogThread
 from syncd.daemon.metrics import Metrics
@@ -75,7 +76,8 @@ CONTEXT = web.AppKey("context", Context)
 
 
 def _error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status)
+    # redacted: a provider's message (a failed presign) must not carry a secret to the caller
+    return web.json_response({"error": redact(message)}, status=status)
 
 
 async def _dataset_or_404(request: web.Request) -> Dataset:
