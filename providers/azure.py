@@ -287,6 +287,15 @@ class AzureBlobDriver(Driver):
         signing: dict[str, Any]
         if account_key:
             signing = {"account_key": account_key}
+        elif not hasattr(credential, "get_token"):
+            # a SAS-token integration: the only URL it could give is one carrying that SAS
+            raise errors.InvalidRequest(
+                self.provider,
+                self.bucket,
+                "cannot presign with a SAS token credential (syncd never hands out its SAS)",
+                key=key,
+                hint="give the integration an account key or an Azure AD identity to presign",
+            )
         else:  # token credential: sign with a user delegation key instead
             start = datetime.now(UTC) - timedelta(minutes=5)
             udk = await call(

@@ -160,6 +160,9 @@ class S3Driver(Driver):
             retries=retries,
             max_pool_connections=64,
             request_checksum_calculation=self._checksum,
+            # named: botocore would otherwise presign with the deprecated SigV2 query auth
+            # (AWSAccessKeyId/Signature) on custom endpoints
+            signature_version="s3v4",
         )
 
     def _parts_client(self) -> tuple[Any, TransferConfig]:

@@ -113,19 +113,16 @@ class RejectingTokenService(BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture(scope="session")
-def rejected_service_account(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A well-formed service-account key file whose token exchange is refused."""
+def write_service_account(path: Path, token_uri: str) -> Path:
+    """A well-formed service-account key file with a freshly generated RSA key, whose OAuth
+    token exchange goes to ``token_uri``."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), RejectingTokenService)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     ).decode()
-    path = tmp_path_factory.mktemp("gcs-sa") / "service-account.json"
     path.write_text(
         json.dumps(
             {
@@ -135,11 +132,20 @@ def rejected_service_account(tmp_path_factory: pytest.TempPathFactory) -> Iterat
                 "private_key": pem,
                 "client_email": "syncd-test@syncd-test.iam.gserviceaccount.com",
                 "client_id": "1",
-                "token_uri": f"http://127.0.0.1:{server.server_address[1]}/token",
+                "token_uri": token_uri,
             }
         )
     )
-    yield path
+    return path
+
+
+@pytest.fixture(scope="session")
+def rejected_service_account(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A well-formed service-account key file whose token exchange is refused."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), RejectingTokenService)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    path = tmp_path_factory.mktemp("gcs-sa") / "service-account.json"
+    yield write_service_account(path, f"http://127.0.0.1:{server.server_address[1]}/token")
     server.shutdown()
 
 

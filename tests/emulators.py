@@ -168,9 +168,14 @@ def _azurite_binary() -> str:
     raise EmulatorUnavailable("Azurite is not installed: run `npm install` in the repository root")
 
 
-def start_azurite(workdir: Path) -> Emulator:
+def start_azurite(
+    workdir: Path, *, account: str = AZURITE_ACCOUNT, key: str = AZURITE_KEY
+) -> Emulator:
+    """Azurite's blob service; ``account``/``key`` replace its well-known development
+    account (``AZURITE_ACCOUNTS``), for tests that need a key nobody else knows."""
     port = free_port()
-    data = workdir / "azurite"
+    name = "azurite" if account == AZURITE_ACCOUNT else f"azurite-{account}"
+    data = workdir / name
     data.mkdir(exist_ok=True)
     argv = [
         _azurite_binary(),
@@ -183,11 +188,13 @@ def start_azurite(workdir: Path) -> Emulator:
         "--skipApiVersionCheck",
         "--silent",
     ]
-    emu = start_process("azurite", argv, workdir, "/", port)
-    blob_endpoint = f"{emu.url}/{AZURITE_ACCOUNT}"
+    env = {} if account == AZURITE_ACCOUNT else {"AZURITE_ACCOUNTS": f"{account}:{key}"}
+    emu = start_process(name, argv, workdir, "/", port, env)
+    blob_endpoint = f"{emu.url}/{account}"
+    emu.extra["blob_endpoint"] = blob_endpoint
     emu.extra["connection_string"] = (
-        f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};"
-        f"AccountKey={AZURITE_KEY};BlobEndpoint={blob_endpoint};"
+        f"DefaultEndpointsProtocol=http;AccountName={account};"
+        f"AccountKey={key};BlobEndpoint={blob_endpoint};"
     )
     return emu
 

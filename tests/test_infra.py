@@ -116,26 +116,11 @@ def test_the_daemon_permissions_are_read_only_on_objects() -> None:
     """Least privilege for syncd run: the AWS policy and the Azure/GCP role bindings grant
     reading objects and processing queue messages, never writing or deleting objects. (A text
     check: no HCL parser is installed; the CloudFormation policy is parsed as YAML.)"""
-    import yaml
-
-    class Tags(yaml.SafeLoader):
-        pass
-
-    def intrinsic(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> object:
-        return loader.construct_scalar(node) if isinstance(node, yaml.ScalarNode) else None
-
-    Tags.add_multi_constructor("!", intrinsic)
-    template = yaml.load((ROOT / "infra" / "aws" / "daemon-queue.yaml").read_text(), Tags)
+    template = cloudformation(ROOT / "infra" / "aws" / "daemon-queue.yaml")
     policy = template["Resources"]["DaemonPolicy"]["Properties"]["PolicyDocument"]
-    actions = set()
-    for statement in policy["Statement"]:
-        listed = statement["Action"]
-        actions |= {listed} if isinstance(listed, str) else set(listed)
-    assert actions == {
+    assert set(iam_actions(policy)) == {
         "sqs:ReceiveMessage",
         "sqs:DeleteMessage",
-        "sqs:ChangeMessageVisibility",
-        "sqs:GetQueueAttributes",
         "s3:ListBucket",
         "s3:GetObject",
     }
@@ -151,6 +136,98 @@ def test_the_daemon_permissions_are_read_only_on_objects() -> None:
         "roles/pubsub.subscriber",
         "roles/storage.objectViewer",
     }
+
+
+def cloudformation(path: Path) -> dict:
+    """A CloudFormation/SAM template as data; intrinsics (``!Ref`` ...) become their scalar or
+    None."""
+    import yaml
+
+    class Tags(yaml.SafeLoader):
+        pass
+
+    def intrinsic(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> object:
+        return loader.construct_scalar(node) if isinstance(node, yaml.ScalarNode) else None
+
+    Tags.add_multi_constructor("!", intrinsic)
+    return yaml.load(path.read_text(), Tags)
+
+
+def iam_actions(node: object) -> list[str]:
+    """Every action of every IAM statement anywhere under ``node``."""
+    found: list[str] = []
+    if isinstance(node, dict):
+        if "Effect" in node and "Action" in node:
+            listed = node["Action"]
+            found += [listed] if isinstance(listed, str) else list(listed)
+        for value in node.values():
+            found += iam_actions(value)
+    elif isinstance(node, list):
+        for value in node:
+            found += iam_actions(value)
+    return found
+
+
+def test_the_templates_grant_no_more_than_security_md_says() -> None:
+    """Every IAM action, SAM policy template and role the templates grant is named in
+    SECURITY.md; none is a wildcard, a write or a delete on objects, or an admin role; the
+    Azure daemon's roles are scoped to one queue or container. (SECURITY.md lists push's and
+    delete's permissions too, but no template grants them.)"""
+    security = (ROOT / "SECURITY.md").read_text()
+    templates = [
+        ROOT / "infra" / "aws" / "template.yaml",
+        ROOT / "infra" / "aws" / "daemon-queue.yaml",
+    ]
+    actions: set[str] = set()
+    sam_policies: set[str] = set()
+    for path in templates:
+        template = cloudformation(path)
+        actions |= set(iam_actions(template))
+        for resource in template["Resources"].values():
+            for policy in resource.get("Properties", {}).get("Policies", []) or []:
+                if isinstance(policy, dict) and "Statement" not in policy:
+                    sam_policies |= set(policy)  # a SAM policy template, by name
+    assert actions == {
+        "sqs:ReceiveMessage",
+        "sqs:DeleteMessage",
+        "sqs:SendMessage",
+        "s3:ListBucket",
+        "s3:GetObject",
+        "secretsmanager:GetSecretValue",
+    }
+    assert sam_policies == {"SQSSendMessagePolicy"}
+    for granted in actions | sam_policies:
+        assert "*" not in granted and f"`{granted}`" in security, granted
+    assert not any(a.startswith(("s3:Put", "s3:Delete")) for a in actions)
+
+    hcl = {p: p.read_text() for p in (ROOT / "infra").rglob("*.tf")}
+    roles = {r for text in hcl.values() for r in re.findall(r'\brole\s*=\s*"([^"]+)"', text)}
+    roles |= {
+        r
+        for text in hcl.values()
+        for r in re.findall(r'role_definition_name\s*=\s*"([^"]+)"', text)
+    }
+    assert roles, "no role found: the pattern no longer matches the templates"
+    broad = {
+        "roles/owner",
+        "roles/editor",
+        "roles/storage.admin",
+        "roles/storage.objectAdmin",
+        "roles/storage.objectUser",
+        "roles/pubsub.admin",
+        "Owner",
+        "Contributor",
+        "Storage Blob Data Owner",
+        "Storage Blob Data Contributor",
+        "Storage Queue Data Contributor",
+    }
+    assert not roles & broad
+    for role in roles:
+        assert f"`{role}`" in security, role
+    daemon = hcl[ROOT / "infra" / "azure" / "daemon" / "main.tf"]
+    scopes = re.findall(r"\bscope\s*=\s*(.+)", daemon)
+    assert len(scopes) == 3
+    assert all("queues" in s or "container" in s for s in scopes), scopes
 
 
 def test_systemd_unit() -> None:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from providers.errors import StorageError
+from providers.redact import redact
 from syncd import api
 from syncd.config import DatasetSpec
 from syncd.daemon.metrics import Metrics
@@ -149,14 +150,14 @@ class Scheduler:
             return jittered(BUSY_RETRY)
         except (SyncdError, StorageError, OSError) as exc:
             state.failures += 1
-            state.last_error = str(exc)
+            state.last_error = redact(str(exc))  # shown by the API's schedule
             delay = min(state.interval, self.backoff_base * 2 ** (state.failures - 1))
             log.error("reconcile of %r failed (%s); retrying in %.0fs", state.name, exc, delay)
             self.metrics.sync_runs.labels(state.name, "failed").inc()
             return jittered(delay)
         except Exception as exc:  # a bug must not stop the other datasets or the daemon
             state.failures += 1
-            state.last_error = f"internal error: {type(exc).__name__}: {exc}"
+            state.last_error = redact(f"internal error: {type(exc).__name__}: {exc}")
             log.exception("reconcile of %r failed with an internal error", state.name)
             self.metrics.sync_runs.labels(state.name, "failed").inc()
             return jittered(min(state.interval, self.backoff_base * 2 ** (state.failures - 1)))

@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from providers.config import ConfigError
 from syncd import api
@@ -38,6 +38,9 @@ from syncd.errors import SyncdError, UsageError
 from syncd.store import lease
 from syncd.store.catalog import Catalog
 from syncd.store.db import transaction
+
+if TYPE_CHECKING:
+    from syncd.server.lockout import AuthLockout
 
 log = logging.getLogger("syncd.daemon")
 
@@ -79,8 +82,11 @@ class Daemon:
         poll_seconds: int = 10,
         create_catalog: bool = True,
         on_ready: Callable[[str], None] | None = None,
+        api_lockout: AuthLockout | None = None,
     ) -> None:
+        """``api_lockout``: the API's wrong-token limits (default :class:`AuthLockout`'s)."""
         self.settings = settings
+        self.api_lockout = api_lockout
         self.poll_seconds = poll_seconds
         self.on_ready = on_ready
         #: the port the API listens on, once started (0 in the config picks a free one)
@@ -237,5 +243,7 @@ class Daemon:
         from syncd.server.routes import Context
 
         context = Context(self.catalog, self.intake, self.metrics, self.scheduler)
-        stop, self.port = await start(context, self.api_token or "", server.host, server.port)
+        stop, self.port = await start(
+            context, self.api_token or "", server.host, server.port, lockout=self.api_lockout
+        )
         return stop

@@ -1,8 +1,11 @@
 """The HTTP server of ``syncd run`` and ``syncd serve`` (its API-only mode): one aiohttp app.
 
-* Every path but ``GET /healthz`` (and Event Grid's ``OPTIONS`` handshake) needs ``Authorization: Bearer <SYNCD_API_TOKEN>``, compared
-  in constant time; a wrong or missing token is ``401``.
-* Request bodies are limited to ``MAX_BODY`` bytes (``413``).
+* Every path but ``GET /healthz`` (and Event Grid's ``OPTIONS`` handshake) needs
+  ``Authorization: Bearer <SYNCD_API_TOKEN>``, compared in constant time; a wrong or missing
+  token is ``401``. After :data:`~syncd.server.lockout.LIMIT` of those from one address within
+  :data:`~syncd.server.lockout.WINDOW` seconds, that address gets ``429`` with ``Retry-After``
+  until the window passes (:mod:`syncd.server.lockout`).
+* Request bodies are limited to ``MAX_BODY`` bytes (``413``, JSON like every error).
 * Every error is JSON, ``{"error": "..."}``, aiohttp's own (404, 405, 413) included; an
   unexpected exception is logged and answered ``500`` without details.
 * Each request is logged at INFO: method, path, status, duration (never a header or a body).
@@ -23,11 +26,13 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from syncd.errors import UsageError
+from syncd.server.lockout import AuthLockout
 from syncd.server.routes import CONTEXT, Context, add_routes
 
 log = logging.getLogger("syncd.server")
 MAX_BODY = 10 * 1024 * 1024
 TOKEN = web.AppKey("token", str)
+LOCKOUT = web.AppKey("lockout", AuthLockout)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -59,9 +64,20 @@ async def bearer_token(request: web.Request, handler: Handler) -> web.StreamResp
         request.method == "OPTIONS" and request.path == "/api/v1/events"
     ):
         return await handler(request)
+    lockout = request.app[LOCKOUT]
+    address = request.remote or ""
+    wait = lockout.retry_after(address)
+    if wait is not None:
+        # refused before the token is looked at: a locked-out guesser learns nothing
+        return web.json_response(
+            {"error": f"too many wrong bearer tokens from this address; retry in {wait}s"},
+            status=429,
+            headers={"Retry-After": str(wait)},
+        )
     given = request.headers.get("Authorization", "")
     expected = f"Bearer {request.app[TOKEN]}"
     if not hmac.compare_digest(given.encode(), expected.encode()):
+        lockout.failed(address)
         return web.json_response({"error": "missing or wrong bearer token"}, status=401)
     return await handler(request)
 
@@ -92,8 +108,11 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
-def make_app(context: Context, token: str) -> web.Application:
-    """The API app. ``token`` must be non-empty (the CLI requires 16+ characters)."""
+def make_app(
+    context: Context, token: str, *, lockout: AuthLockout | None = None
+) -> web.Application:
+    """The API app. ``token`` must be non-empty (the CLI requires 16+ characters);
+    ``lockout`` defaults to :class:`AuthLockout`'s limits."""
     if not token:
         raise ValueError("the API needs a bearer token")
     # order: log everything, answer errors as JSON, then check the token
@@ -102,17 +121,18 @@ def make_app(context: Context, token: str) -> web.Application:
     )
     app[CONTEXT] = context
     app[TOKEN] = token
+    app[LOCKOUT] = lockout if lockout is not None else AuthLockout()
     app.router.add_get("/healthz", healthz)
     add_routes(app)
     return app
 
 
 async def start(
-    context: Context, token: str, host: str, port: int
+    context: Context, token: str, host: str, port: int, *, lockout: AuthLockout | None = None
 ) -> tuple[Callable[[], Awaitable[None]], int]:
     """Bind and start serving; returns (stop, the bound port). A busy port or an address that
     cannot be bound is a ``UsageError`` (one line), raised before anything is served."""
-    runner = web.AppRunner(make_app(context, token), access_log=None)
+    runner = web.AppRunner(make_app(context, token, lockout=lockout), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     try:

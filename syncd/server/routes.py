@@ -31,6 +31,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import ClientSession, ClientTimeout, web
 
+from providers.redact import redact
 from syncd import api
 from syncd.daemon.catalog_thread import CatalogThread
 from syncd.daemon.metrics import Metrics
@@ -75,7 +76,8 @@ CONTEXT = web.AppKey("context", Context)
 
 
 def _error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status)
+    # redacted: a provider's message (a failed presign) must not carry a secret to the caller
+    return web.json_response({"error": redact(message)}, status=status)
 
 
 async def _dataset_or_404(request: web.Request) -> Dataset:
@@ -111,6 +113,22 @@ async def get_dataset(request: web.Request) -> web.Response:
     if ctx.scheduler is not None:
         row["schedule"] = ctx.scheduler.state(ds.name)
     return web.json_response(row)
+
+
+def _only_params(request: web.Request, *names: str) -> None:
+    """Refuse (400) a query parameter the endpoint does not take: a misspelt ``prefx=``
+    would otherwise silently answer for the whole dataset."""
+    for name in request.query:
+        if name not in names:
+            raise web.HTTPBadRequest(
+                text=json.dumps(
+                    {
+                        "error": f"unknown query parameter {name!r}; this endpoint takes "
+                        + (", ".join(names) or "none")
+                    }
+                ),
+                content_type="application/json",
+            )
 
 
 def _int_param(request: web.Request, name: str, default: int, maximum: int) -> int:
@@ -150,6 +168,7 @@ def decode_cursor(cursor: str) -> str:
 async def list_items(request: web.Request) -> web.Response:
     ctx = request.app[CONTEXT]
     ds = await _dataset_or_404(request)
+    _only_params(request, "prefix", "limit", "cursor")
     limit = _int_param(request, "limit", DEFAULT_PAGE, MAX_PAGE)
     prefix = request.query.get("prefix", "")
     cursor = request.query.get("cursor")
@@ -200,6 +219,7 @@ async def item_url(request: web.Request) -> web.Response:
         if whole is not None:
             return web.json_response(whole)
         return _error(404, f"dataset {ds.name!r} has no item {key!r}")
+    _only_params(request, "ttl")
     ttl = _int_param(request, "ttl", 3600, 7 * 24 * 3600)
     try:
         async with open_driver(ds.driver) as driver:
@@ -216,6 +236,7 @@ async def item_url(request: web.Request) -> web.Response:
 async def list_runs(request: web.Request) -> web.Response:
     ctx = request.app[CONTEXT]
     ds = await _dataset_or_404(request)
+    _only_params(request, "limit")
     limit = _int_param(request, "limit", 20, MAX_RUNS)
 
     def runs(c: Catalog) -> list[dict[str, Any]]:

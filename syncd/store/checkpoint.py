@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 
 import sqlite_utils
 
+from providers.redact import redact
 from syncd.store import lease
 from syncd.store.db import now
 
@@ -239,7 +240,11 @@ class Checkpoint:
         self.db.execute("DELETE FROM pending_deletes WHERE run_id = ?", [run.id])
 
     def finish(self, run: Run, status: str, error: str | None = None) -> None:
-        """Close the run and its current attempt. The caller holds the transaction."""
+        """Close the run and its current attempt. The caller holds the transaction. The error
+        is stored redacted (:func:`providers.redact.redact`): run history is shown by
+        ``runs ls`` and the API, and must hold no secret even if an SDK message carried one."""
+        if error is not None:
+            error = redact(error)
         run.status, run.error, run.ended_at = status, error, now()
         self.save_progress(run)
         self.db.execute(

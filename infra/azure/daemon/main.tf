@@ -109,22 +109,29 @@ resource "azurerm_eventgrid_system_topic_event_subscription" "to_queue" {
   }
 }
 
-# receive, delete and (for poison) send queue messages
+# each role on the one queue or container it is for, not the whole account (SECURITY.md)
+locals {
+  queues_id    = "${var.data_storage_account_id}/queueServices/default/queues"
+  container_id = "${var.data_storage_account_id}/blobServices/default/containers/${var.container}"
+}
+
+# receive and delete the events queue's messages
 resource "azurerm_role_assignment" "daemon_queue" {
-  scope                = var.data_storage_account_id
+  scope                = "${local.queues_id}/${azurerm_storage_queue.events.name}"
   role_definition_name = "Storage Queue Data Message Processor"
   principal_id         = var.daemon_principal_id
 }
 
+# move an unparseable message to <queue>-poison
 resource "azurerm_role_assignment" "daemon_poison" {
-  scope                = var.data_storage_account_id
+  scope                = "${local.queues_id}/${azurerm_storage_queue.poison.name}"
   role_definition_name = "Storage Queue Data Message Sender"
   principal_id         = var.daemon_principal_id
 }
 
 # list and read blobs (a HEAD completes events without a size); no write, no delete
 resource "azurerm_role_assignment" "daemon_blobs" {
-  scope                = var.data_storage_account_id
+  scope                = local.container_id
   role_definition_name = "Storage Blob Data Reader"
   principal_id         = var.daemon_principal_id
 }
