@@ -28,6 +28,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from providers import faults
 from providers.base import Driver, ObjectInfo
 from providers.errors import StorageError
 from syncd.errors import SyncdError, SyncFailed
@@ -267,6 +268,7 @@ class _Applier:
             if self.deletes:
                 self.checkpoint.park_deletes(self.run, self.deletes, self.delete_seqs)
             self.checkpoint.save_progress(self.run)
+            faults.pause_point("batch-commit")
         self.writes, self.write_seqs, self.since_save = [], [], 0
         self.deletes, self.delete_seqs = [], []
         self.stamp = now()
@@ -419,6 +421,7 @@ async def sync_dataset(
             checkpoint.clear_parked(run)
             counts["deleted"] += deleted
             checkpoint.finish(run, "completed")
+            faults.pause_point("run-close")
     report()
     return SyncResult(
         dataset=dataset.name,
