@@ -58,8 +58,12 @@ class Daemon:
     port: int
     log: list[str]  # its stderr, for the failure messages
 
-    def api(self, path: str, *, token: str | None = TOKEN) -> tuple[int, Any]:
-        request = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}")
+    def api(self, path: str, *, token: str | None = TOKEN, method: str = "GET") -> tuple[int, Any]:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}{path}",
+            method=method,
+            data=b"" if method == "POST" else None,
+        )
         if token:
             request.add_header("Authorization", f"Bearer {token}")
         try:
