@@ -9,6 +9,13 @@ Read by :func:`from_env`:
 * ``SYNCD_FAULT_DOWNLOAD_HANG_AFTER=N`` lets N downloads finish; every later one writes half
   of its object to the file and then stops answering, so a test can ``kill -9`` a pull with a
   partial file on disk.
+* ``SYNCD_FAULT_PAUSE_AT=POINT[:N]`` stops the thread that reaches the named point for the
+  Nth time (default the first) for good, after logging ``fault injection: paused at POINT``,
+  so a test can ``kill -9`` the process exactly there. The points (:data:`PAUSE_POINTS`):
+  ``batch-commit`` (a reconcile's batch written, its transaction not committed),
+  ``run-close`` (a run's parked deletes applied and the run closed, not committed),
+  ``event-commit`` (an event batch applied, not committed) and ``event-ack`` (a queue batch
+  committed, its messages not yet deleted).
 
 Everything else is passed through to the wrapped driver untouched.
 """
@@ -16,12 +23,41 @@ Everything else is passed through to the wrapped driver untouched.
 from __future__ import annotations
 
 import asyncio
+import itertools
+import logging
 import os
+import threading
 from collections.abc import AsyncIterator
 from typing import BinaryIO
 
 from providers import errors
 from providers.base import Driver, ObjectInfo
+
+log = logging.getLogger("providers.faults")
+
+#: the named points :func:`pause_point` can stop at (see the module docstring)
+PAUSE_POINTS = ("batch-commit", "run-close", "event-commit", "event-ack")
+PAUSE_VARIABLE = "SYNCD_FAULT_PAUSE_AT"
+_reached: dict[str, itertools.count[int]] = {}
+_reached_lock = threading.Lock()
+
+
+def pause_point(name: str) -> None:
+    """Stop here for good if ``SYNCD_FAULT_PAUSE_AT`` names this point and this is the Nth
+    time the process reaches it; a no-op otherwise (one dictionary lookup). Blocks the calling
+    thread only: the process stays alive, holding whatever it holds, until it is killed."""
+    wanted = os.environ.get(PAUSE_VARIABLE)
+    if not wanted:
+        return
+    point, _, nth = wanted.partition(":")
+    if point != name:
+        return
+    with _reached_lock:
+        count = next(_reached.setdefault(name, itertools.count(1)))
+    if count != int(nth or 1):
+        return
+    log.warning("fault injection: paused at %s (%d); waiting to be killed", name, count)
+    threading.Event().wait()  # never set
 
 
 class FaultyDriver(Driver):
@@ -53,6 +89,10 @@ class FaultyDriver(Driver):
                 if budget:
                     yield page[:budget]
                 if self.hang:
+                    log.warning(
+                        "fault injection: listing paused after %d objects; waiting to be killed",
+                        self.list_fail_after,
+                    )
                     await asyncio.Event().wait()  # never set: wait to be killed
                 raise errors.TransientError(self.provider, self.bucket, "injected listing fault")
             budget -= len(page)

@@ -128,7 +128,9 @@ class QueueConfig:
 
     * ``sqs``: ``url`` (the queue URL);
     * ``azure-queue``: ``queue`` (the queue name) and optionally ``account`` (else from the
-      integration's connection string or the environment, as for Azure drivers);
+      integration's connection string or the environment, as for Azure drivers) and
+      ``visibility_timeout`` (seconds a received message stays hidden: an unacknowledged
+      message comes back after it);
     * ``pubsub``: ``subscription``.
 
     ``integration`` is the credential set to read the queue with (its type is ``s3``, ``azure``
@@ -142,6 +144,7 @@ class QueueConfig:
     account: str | None = None
     subscription: str | None = None
     integration: Integration | None = None
+    visibility_timeout: int | None = None
 
 
 @dataclass(frozen=True)
@@ -270,6 +273,9 @@ class AzureQueueTable(_Table):
     queue: str = Field(min_length=1)
     account: str | None = Field(None, min_length=1)
     integration: str | None = None
+    # Storage Queues hide a received message for a time the receiver chooses (SQS keeps it
+    # on the queue, Pub/Sub on the subscription); at most 7 days
+    visibility_timeout: int = Field(30, ge=1, le=7 * 24 * 3600)
 
 
 class PubsubQueueTable(_Table):

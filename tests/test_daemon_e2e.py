@@ -58,8 +58,12 @@ class Daemon:
     port: int
     log: list[str]  # its stderr, for the failure messages
 
-    def api(self, path: str, *, token: str | None = TOKEN) -> tuple[int, Any]:
-        request = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}")
+    def api(self, path: str, *, token: str | None = TOKEN, method: str = "GET") -> tuple[int, Any]:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}{path}",
+            method=method,
+            data=b"" if method == "POST" else None,
+        )
         if token:
             request.add_header("Authorization", f"Bearer {token}")
         try:
@@ -104,10 +108,12 @@ class World:
     db: Path
     port: int
 
-    def start(self, config: Path | None = None) -> Daemon:
+    def start(self, config: Path | None = None, env: dict[str, str] | None = None) -> Daemon:
+        """Start ``syncd run`` (``env``: extra variables, such as fault injection) and return
+        once it says it is up."""
         proc = subprocess.Popen(
             [*RUN, "--config", str(config or self.config), "--db", str(self.db)],
-            env=self.env,
+            env={**self.env, **(env or {})},
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
@@ -184,6 +190,19 @@ class World:
 def world(
     moto: Emulator, azurite: Emulator, azurite_queue: Emulator, tmp_path: Path
 ) -> Iterator[World]:
+    yield make_world(moto, azurite, azurite_queue, tmp_path)
+
+
+def make_world(
+    moto: Emulator,
+    azurite: Emulator,
+    azurite_queue: Emulator,
+    tmp_path: Path,
+    *,
+    page_size: int = 1000,
+) -> World:
+    """Fresh buckets, queues and a folder, one object in each source, and the daemon's
+    config (``page_size`` for the S3 driver's listing pages)."""
     from azure.storage.blob import BlobServiceClient
     from azure.storage.queue import QueueClient
 
@@ -214,7 +233,9 @@ def world(
     port = free_port()
     config = tmp_path / "syncd.toml"
     config.write_text(
-        daemon_config(moto.url, bucket, queue_url, container, queue_name, folder, port, 3600)
+        daemon_config(
+            moto.url, bucket, queue_url, container, queue_name, folder, port, 3600, page_size
+        )
     )
     env = {
         **os.environ,
@@ -225,7 +246,7 @@ def world(
         "AZURE_STORAGE_CONNECTION_STRING": conn,
         "SYNCD_API_TOKEN": TOKEN,
     }
-    yield World(
+    return World(
         tmp_path, s3, sqs, bucket, queue_url, blob, azure_queue, folder, env, config,
         tmp_path / "catalog.db", port,
     )  # fmt: skip
@@ -240,6 +261,7 @@ def daemon_config(
     folder: Path,
     port: int,
     interval: int,
+    page_size: int = 1000,
 ) -> str:
     return f"""
 [daemon]
@@ -250,6 +272,7 @@ type = "s3"
 bucket = "{bucket}"
 path = "raw/"
 endpoint = "{moto_url}"
+page_size = {page_size}
 
 [drivers.docs]
 type = "azure"

@@ -212,6 +212,7 @@ class Daemon:
                 subscription=q.subscription,
                 integration=q.integration,
                 wait_seconds=self.poll_seconds,
+                visibility_timeout=q.visibility_timeout,
             )
         except ConfigError as exc:
             raise UsageError(f"queue {q.name!r}: {exc}") from None

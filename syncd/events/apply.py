@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from providers import faults
 from providers.base import object_uri
 from syncd.events.parse import EventKind, ObjectEvent
 from syncd.store.catalog import Catalog, Dataset, Item
@@ -134,6 +135,7 @@ class EventApplier:
                 for ds in targets:
                     result.counts[self._apply_one(ds, event, seq)] += 1
             self._record_unrouted(unrouted)
+            faults.pause_point("event-commit")
         return result
 
     def _record_unrouted(self, unrouted: dict[tuple[str, str, str], tuple[int, str]]) -> None:

@@ -35,6 +35,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from providers import faults
 from providers.base import Driver, ObjectInfo
 from providers.errors import StorageError
 from syncd.errors import SyncdError, SyncFailed
@@ -461,6 +462,7 @@ async def sync_dataset(
             checkpoint.clear_parked(run)
             counts["deleted"] += deleted
             checkpoint.finish(run, "completed")
+            faults.pause_point("run-close")
     report()
     return SyncResult(
         dataset=dataset.name,

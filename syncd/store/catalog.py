@@ -23,6 +23,7 @@ from typing import Any
 
 import sqlite_utils
 
+from providers import faults
 from providers.config import PUBLIC_FIELDS, DriverConfig, Integration
 from syncd.errors import UsageError
 from syncd.reconcile.filters import Filters
@@ -386,6 +387,7 @@ class Catalog:
             if batch.deletes:
                 checkpoint.park_deletes(batch.run, batch.deletes, batch.delete_seqs)
             checkpoint.save_progress(batch.run)
+            faults.pause_point("batch-commit")
         return True
 
     def event_seq(self) -> int:

@@ -163,6 +163,7 @@ def open_consumer(
     subscription: str | None = None,
     integration: Integration | None = None,
     wait_seconds: int = 10,
+    visibility_timeout: int | None = None,
 ) -> Consumer:
     """The consumer for one ``[queues.NAME]`` block. ``ConfigError`` for settings that cannot
     work (the config schema already checks the shape; this checks what only opening can)."""
@@ -178,7 +179,12 @@ def open_consumer(
         if not queue:
             raise ConfigError(f"queue {name!r}: an azure-queue needs its queue name")
         return AzureQueueConsumer(
-            name, queue, account=account, integration=integration, wait_seconds=wait_seconds
+            name,
+            queue,
+            account=account,
+            integration=integration,
+            wait_seconds=wait_seconds,
+            visibility_timeout=visibility_timeout,
         )
     if type == "pubsub":
         from syncd.daemon.queues.pubsub import PubSubConsumer

@@ -17,6 +17,7 @@ import logging
 import os
 from typing import Any
 
+from providers import faults
 from providers.config import ConfigError, Integration
 from syncd.daemon.queues import ConsumerStats, EventSink, in_pool, poll, worker_pool
 from syncd.events.parse import EventFormatError, ObjectEvent, parse_text
@@ -84,6 +85,7 @@ class AzureQueueConsumer:
         account: str | None = None,
         integration: Integration | None = None,
         wait_seconds: int = 10,
+        visibility_timeout: int | None = None,
     ) -> None:
         self.name, self.queue = name, queue
         # Storage Queues have no long poll: an empty receive waits this long before the next
@@ -93,7 +95,7 @@ class AzureQueueConsumer:
         self._queue, self._poison = _clients(queue, account, integration)
         self._poison_ready = False
         #: seconds a received message stays hidden (a redelivery comes after this)
-        self.visibility = VISIBILITY
+        self.visibility = visibility_timeout or VISIBILITY
 
     def _receive(self) -> list[Any]:
         return list(
@@ -103,6 +105,7 @@ class AzureQueueConsumer:
         )
 
     def _delete(self, message: Any) -> None:
+        faults.pause_point("event-ack")
         self._queue.delete_message(message.id, message.pop_receipt)
 
     def poison_messages(self, limit: int = 32) -> list[str]:

@@ -13,6 +13,7 @@ import logging
 from typing import Any
 from urllib.parse import urlsplit
 
+from providers import faults
 from providers.config import Integration
 from syncd.daemon.queues import ConsumerStats, EventSink, in_pool, poll, worker_pool
 from syncd.events.parse import EventFormatError, ObjectEvent, parse_text
@@ -72,6 +73,7 @@ class SqsConsumer:
         return resp.get("Messages", [])
 
     def _delete(self, messages: list[dict[str, Any]]) -> int:
+        faults.pause_point("event-ack")
         entries = [
             {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)
         ]
