@@ -246,9 +246,15 @@ async def test_trigger_a_reconcile_and_read_runs_and_metrics(api: Api, tmp_path:
 
     runs = await until(two_runs, "the triggered reconcile")
     assert runs[0]["created"] == 1 and runs[0]["attempt_history"][0]["status"] == "completed"
-    status, text = await api.get("/metrics")
-    assert status == 200
-    assert 'syncd_sync_runs_total{dataset="files",outcome="completed"} 2.0' in text
+
+    # the run row is closed before the run's counters are exported: wait for the second one
+    async def metrics_of_two_runs() -> str | None:
+        status, text = await api.get("/metrics")
+        assert status == 200
+        done = 'syncd_sync_runs_total{dataset="files",outcome="completed"} 2.0' in text
+        return text if done else None
+
+    text = await until(metrics_of_two_runs, "the second run's metrics")
     assert f'syncd_objects_listed_total{{dataset="files"}} {2 * len(KEYS) + 1}.0' in text
     assert 'syncd_items_changed_total{action="created",dataset="files",via="reconcile"}' in text
     assert "syncd_last_successful_reconcile_timestamp_seconds" in text
