@@ -75,7 +75,9 @@ def test_partitioned_sync_fails_part_way_then_resumes(tmp_path: Path) -> None:
     src, db = tmp_path / "src", str(tmp_path / "c.db")
     make_tree(src, 24, 100)
     args = ("sync", str(src), "--dataset", "ds", "--db", db, "--list-concurrency", "8", "--json")
-    failed = syncd(*args, env={"SYNCD_FAULT_LIST_FAIL_AFTER": "250", "SYNCD_RETRY_ATTEMPTS": "1"})
+    # the fault budget is per listing call, i.e. per key range: below one folder's 100 files,
+    # as ranges are as small as one folder with 8 ranges per stream
+    failed = syncd(*args, env={"SYNCD_FAULT_LIST_FAIL_AFTER": "50", "SYNCD_RETRY_ATTEMPTS": "1"})
     assert failed.returncode == 1
     assert 0 < len(dataset_state(db)) < 2400
     resumed = summary(syncd(*args))

@@ -5,7 +5,6 @@ The pipeline, with bounded memory at every stage::
     driver.list() pages --(queue of 2 pages)--> filter --> diff_page(page, items of its range)
                                                                                    |
       batches: items + parked deletes + run progress, one commit_batch each  <-----+
-      (on a writer thread, one batch in flight: syncd.reconcile.writer)
 
 Each page is compared with the catalog's items of the key range it covers, ``(previous page's
 last key, its last key]``, read as plain tuples in one range query: a page of new keys or a page
@@ -41,7 +40,6 @@ from providers.errors import StorageError
 from syncd.errors import SyncdError, SyncFailed
 from syncd.reconcile import partition
 from syncd.reconcile.march import Change, PageDiff, check_order, diff_page
-from syncd.reconcile.writer import BatchWriter
 from syncd.store import lease
 from syncd.store.catalog import Batch, Catalog, Dataset
 from syncd.store.checkpoint import COUNTERS, DEFAULT_RESUME_WITHIN, Checkpoint, Run
@@ -190,7 +188,7 @@ async def prefetch(
 
 class _Applier:
     """Collects the changes of listing pages and commits them batch by batch with the run's
-    progress (one :meth:`Catalog.commit_batch` per batch, on :class:`BatchWriter`'s thread)."""
+    progress (one :meth:`Catalog.commit_batch` per batch)."""
 
     def __init__(
         self,
@@ -208,7 +206,6 @@ class _Applier:
         self.since_save = 0
         self.plen = len(dataset.driver.path)
         self.batch = self._new_batch()
-        self.writer = BatchWriter(catalog)
 
     def _new_batch(self) -> Batch:
         return Batch(self.dataset.id, self.run, self.owner)
@@ -263,18 +260,16 @@ class _Applier:
             await self.close_batch()
 
     async def close_batch(self) -> None:
-        """Hand the batch to the writer (committed after the one before it)."""
-        ok = await self.writer.submit(self.batch)
+        """Commit the batch (one ``Catalog.commit_batch``)."""
+        ok = self.catalog.commit_batch(self.batch)
         self.batch = self._new_batch()
         self.since_save = 0
         if not ok:
             raise self._lost()
 
     async def flush(self) -> None:
-        """Commit the open batch and wait until every batch is committed."""
+        """Commit the open batch."""
         await self.close_batch()
-        if not await self.writer.drain():
-            raise self._lost()
 
     def _lost(self) -> LeaseLost:
         return LeaseLost(
@@ -432,8 +427,6 @@ async def sync_dataset(
             f"sync of dataset {dataset.name!r} failed, nothing was deleted: {error}"
         ) from exc
     finally:
-        if applier is not None:  # after an error, the batch in flight lands or not
-            await applier.writer.close()
         if keeper:
             keeper.cancel()
             await asyncio.gather(keeper, return_exceptions=True)

@@ -85,22 +85,14 @@ class Dataset:
 class Catalog:
     """Library API over the catalog database. Not thread-safe: one per task/thread."""
 
-    def __init__(self, db: sqlite_utils.Database, path: str | None = None) -> None:
+    def __init__(self, db: sqlite_utils.Database) -> None:
         self.db = db
-        #: the file of a catalog opened for writing (see :meth:`another_writer`)
-        self.path = path
 
     @classmethod
     def open(cls, path: str, *, create: bool = True) -> Catalog:
         """Open the catalog file at ``path`` for writing (creating it unless ``create`` is
         False). ``UsageError`` if it is missing (with ``create=False``) or read-only."""
-        return cls(open_db(path, create=create), None if str(path) == ":memory:" else path)
-
-    def another_writer(self) -> Catalog | None:
-        """A second connection to the same catalog, for writing from one worker thread (it
-        must be used, and closed, in the thread that opened it), or None when there cannot be
-        one (an in-memory catalog, or one not opened for writing by :meth:`open`)."""
-        return Catalog.open(self.path, create=False) if self.path else None
+        return cls(open_db(path, create=create))
 
     @classmethod
     def open_reader(cls, path: str) -> Catalog:
