@@ -115,7 +115,8 @@ class AzureBlobDriver(Driver):
                     self.provider, self.bucket, f"answer cut short ({type(exc).__name__})", key=key
                 )
             if isinstance(exc, aexc.HttpResponseError):
-                raw = exc.error_code or ""
+                # not every HttpResponseError has one (one raised while a download streams)
+                raw = getattr(exc, "error_code", None) or ""
                 code = str(getattr(raw, "value", raw))  # may be a StorageErrorCode enum
                 status = exc.status_code or 0
                 cls = _CODE_MAP.get(code)

@@ -19,7 +19,7 @@ from typing import Any
 
 from providers import faults
 from providers.config import ConfigError, Integration
-from syncd.daemon.queues import ConsumerStats, EventSink, in_pool, poll, worker_pool
+from syncd.daemon.queues import ConsumerStats, EventSink, in_pool, one_line, poll, worker_pool
 from syncd.events.parse import EventFormatError, ObjectEvent, parse_text
 
 log = logging.getLogger("syncd.daemon.queues")
@@ -158,7 +158,17 @@ class AzureQueueConsumer:
             await sink(events, source=self.name)
             self.stats.delivered += len(events)
         for message in good:
-            await in_pool(self._pool, self._delete, message)
+            # one failed delete must not keep the batch's other messages or back the whole
+            # consumer off: its events are committed, and the message coming back after its
+            # visibility timeout is applied again harmlessly (at least once)
+            try:
+                await in_pool(self._pool, self._delete, message)
+            except Exception as exc:
+                self.stats.errors += 1
+                log.warning(
+                    "%s: delete of a committed message failed: %s", self.name, one_line(exc)
+                )
+                continue
             self.stats.acknowledged += 1
 
     async def run(self, sink: EventSink, stop: asyncio.Event) -> None:
