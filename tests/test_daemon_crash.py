@@ -64,7 +64,7 @@ BULK = 600
 VISIBILITY = 2
 DATASETS = ("images", "docs", "disk")
 #: what the pull trials pull: raw/bulk/00000.bin .. 00099.bin
-PULL_PREFIX = "bulk/00"
+PULL_PREFIX = "bulk/000"
 PAUSED = "fault injection: paused"
 
 
