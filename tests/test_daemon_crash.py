@@ -468,9 +468,10 @@ def test_pull_survives_kill_9_at_seeded_moments(crash_world: World, tmp_path: Pa
             ).stdout.splitlines(),
         )
     }
-    # the first 100 bulk objects: enough files for 8 downloads at once to be cut anywhere
+    # the first 100 bulk objects, less any the daemon trials (same world) deleted: enough
+    # files for 8 downloads at once to be cut anywhere
     items = {name: row for name, row in items.items() if name.startswith(PULL_PREFIX)}
-    assert len(items) == 100
+    assert len(items) >= 50, f"only {len(items)} objects under {PULL_PREFIX} to pull"
     trials = [("half-written", rng.randrange(0, len(items))) for _ in range(3)]
     trials.append(("files", rng.randrange(1, len(items))))
     for number, (kind, nth) in enumerate(trials, 1):
