@@ -91,7 +91,23 @@ def azurite(emu_dir: Path) -> Iterator[emulators.Emulator]:
     emu.stop()
 
 
-class RejectingTokenService(BaseHTTPRequestHandler):
+class TokenService(BaseHTTPRequestHandler):
+    """A loopback stand-in for Google's OAuth token endpoint: subclasses say what it answers."""
+
+    def answer(self, status: int, body: bytes) -> None:
+        """Read the request's body, then answer ``status`` with the JSON ``body``."""
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+class RejectingTokenService(TokenService):
     """Answers every OAuth token request as Google does for a revoked or unknown key."""
 
     requests = 0  # how many token requests it has refused (tests reset it)
@@ -101,16 +117,9 @@ class RejectingTokenService(BaseHTTPRequestHandler):
         # counted before the answer goes out: the client cannot see a refusal not yet counted
         with type(self).lock:
             type(self).requests += 1
-        self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        body = b'{"error": "invalid_grant", "error_description": "Invalid JWT Signature."}'
-        self.send_response(400)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
+        self.answer(
+            400, b'{"error": "invalid_grant", "error_description": "Invalid JWT Signature."}'
+        )
 
 
 def write_service_account(path: Path, token_uri: str) -> Path:

@@ -86,6 +86,15 @@ async def bucket_bytes(driver: Any) -> dict[str, bytes]:
     return {k[len(PREFIX) :]: await driver.read(k) for k in await bucket_state(driver)}
 
 
+def first_sync(backend: Backend, bucket: str, db: Path) -> dict[str, Any]:
+    """Create dataset ``ds`` on ``bucket``'s ``PREFIX`` with a sync straight to the emulator
+    (no proxy); its summary."""
+    return summary(
+        syncd("sync", backend.source(bucket, PREFIX), "--dataset", "ds", "--db", str(db),
+              env=backend.env)
+    )  # fmt: skip
+
+
 def failed_cleanly(proc: Any) -> str:
     """A command that failed as the rules say: non-zero, one error line (after the retries'
     one-line warnings), no traceback."""
@@ -156,17 +165,7 @@ async def test_pull_at_a_fault_rate_is_byte_for_byte_and_leaves_no_partial_file(
     files = objects()
     async with open_driver(backend.config(bucket)) as driver:
         await put_all(driver, files)
-        summary(
-            syncd(
-                "sync",
-                backend.source(bucket, PREFIX),
-                "--dataset",
-                "ds",
-                "--db",
-                str(db),
-                env=backend.env,
-            )
-        )
+        first_sync(backend, bucket, db)
         pull = ("pull", "--dataset", "ds", str(out), "--db", str(db))
         env = proxied_env(backend, proxy)
         proxy.inject(RATE, seed=SEED, mask=bucket)
@@ -199,17 +198,7 @@ async def test_push_at_a_fault_rate_uploads_every_file_and_deletes_nothing_when_
     for rel, data in files.items():
         (src / rel).parent.mkdir(parents=True, exist_ok=True)
         (src / rel).write_bytes(data)
-    summary(
-        syncd(
-            "sync",
-            backend.source(bucket, PREFIX),
-            "--dataset",
-            "ds",
-            "--db",
-            str(db),
-            env=backend.env,
-        )
-    )
+    first_sync(backend, bucket, db)
     push = ("push", str(src), "--dataset", "ds", "--db", str(db))
     env = proxied_env(backend, proxy)
     async with open_driver(backend.config(bucket)) as driver:

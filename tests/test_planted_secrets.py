@@ -35,13 +35,19 @@ import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import boto3
 import pytest
 
-from tests.conftest import _start, private_key_of, unique_bucket, write_service_account
+from tests.conftest import (
+    TokenService,
+    _start,
+    private_key_of,
+    unique_bucket,
+    write_service_account,
+)
 from tests.emulators import Emulator, free_port, start_azurite, start_process
 
 PYTHON_SYNCD = (sys.executable, "-m", "syncd.cli")
@@ -58,23 +64,13 @@ AZ_WRONG_KEY = base64.b64encode(
 ).decode()
 
 
-class GrantingTokenService(BaseHTTPRequestHandler):
+class GrantingTokenService(TokenService):
     """Google's OAuth token endpoint for a valid service-account key: grants the planted
     access token (fake-gcs-server then accepts it as any bearer)."""
 
     def do_POST(self) -> None:
-        self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        body = json.dumps(
-            {"access_token": GCS_ACCESS_TOKEN, "expires_in": 3600, "token_type": "Bearer"}
-        ).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
+        grant = {"access_token": GCS_ACCESS_TOKEN, "expires_in": 3600, "token_type": "Bearer"}
+        self.answer(200, json.dumps(grant).encode())
 
 
 def forms(value: str) -> set[str]:
