@@ -26,7 +26,7 @@ from hypothesis import HealthCheck, settings
 
 from providers.config import DriverConfig, Integration
 from syncd.store.catalog import Catalog
-from tests import emulators
+from tests import emulators, pg
 
 # moto accepts any key pair; boto3 just needs one to sign with. Never real credentials.
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
@@ -89,6 +89,28 @@ def azurite(emu_dir: Path) -> Iterator[emulators.Emulator]:
     emu = _start(emulators.start_azurite, emu_dir)
     yield emu
     emu.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[pg.PostgresServer]:
+    """A throwaway PostgreSQL server for the session (see tests/pg.py). PostgreSQL tests never
+    skip, with or without ``CI``: if no server starts, they fail with the reason."""
+    try:
+        server = pg.start_server()
+    except pg.PostgresUnavailable as exc:
+        pytest.fail(f"PostgreSQL required but unavailable: {exc}", pytrace=False)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: pg.PostgresServer) -> Iterator[str]:
+    """A fresh, empty database for this test: its ``postgresql://`` URL. Dropped afterwards,
+    with whatever connections the test left open."""
+    name = f"t_{uuid.uuid4().hex[:16]}"
+    url = postgres_server.create_database(name)
+    yield url
+    postgres_server.drop_database(name)
 
 
 class TokenService(BaseHTTPRequestHandler):
