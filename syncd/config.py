@@ -181,8 +181,7 @@ class _Table(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
-# == providers.config.PROVIDERS + SOURCE_ONLY ("bench": the synthetic benchmark source)
-ProviderType = Literal["s3", "gcs", "azure", "local", "bench"]
+ProviderType = Literal["s3", "gcs", "azure", "local"]  # == providers.config.PROVIDERS
 
 
 def _integration_model(kind: str) -> type[_Table]:
