@@ -34,7 +34,14 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from providers.redact import redact, register
 from syncd.errors import CatalogUnavailable, UsageError
 from syncd.store.sql import GUARDED_UPSERT as _GUARDED_UPSERT
-from syncd.store.sql import ITEM_COLUMNS, ITEM_UPDATES, Database
+from syncd.store.sql import (
+    ITEM_COLUMNS,
+    ITEM_UPDATES,
+    MTIME,
+    Database,
+    guarded_params,
+    stamp_us,
+)
 from syncd.store.sql import UPSERT as _UPSERT
 
 #: the advisory lock of :meth:`PostgresDatabase.lock_writes` (an arbitrary constant: "syncd")
@@ -177,6 +184,7 @@ PG_MIGRATIONS: list[tuple[str, list[str]]] = [
             )""",
         ],
     ),
+    ("0010_key_marker_times", ["ALTER TABLE key_markers ADD COLUMN event_us BIGINT"]),
 ]
 
 #: from this many rows on, a batch goes through COPY and one merge; fewer are plain upserts
@@ -185,14 +193,16 @@ COPY_ROWS = 64
 #: emptied at commit (a truncate of a temporary table, which needs no vacuum)
 _STAGE = (
     "CREATE TEMPORARY TABLE IF NOT EXISTS items_stage (LIKE items INCLUDING DEFAULTS,"
-    " seen_seq BIGINT) ON COMMIT DELETE ROWS"
+    " seen_seq BIGINT, mtime_us BIGINT) ON COMMIT DELETE ROWS"
 )
-_COPY = f"COPY items_stage ({', '.join(ITEM_COLUMNS)}, seen_seq) FROM STDIN"
+_COPY = f"COPY items_stage ({', '.join(ITEM_COLUMNS)}, seen_seq, mtime_us) FROM STDIN"
+# the guard of syncd.store.sql.GUARDED_UPSERT, for every staged row at once
 _MERGE = (
     f"INSERT INTO items ({', '.join(ITEM_COLUMNS)})"
     f" SELECT {', '.join('s.' + c for c in ITEM_COLUMNS)} FROM items_stage s"
     " WHERE s.seen_seq IS NULL OR NOT EXISTS (SELECT 1 FROM key_markers km"
-    " WHERE km.dataset_id = s.dataset_id AND km.key = s.key AND km.seq > s.seen_seq)"
+    " WHERE km.dataset_id = s.dataset_id AND km.key = s.key AND km.seq > s.seen_seq"
+    " AND (km.event_us IS NULL OR km.event_us >= s.mtime_us))"
     f" ON CONFLICT (dataset_id, key) DO UPDATE SET {ITEM_UPDATES}"
 )
 
@@ -309,10 +319,10 @@ class PostgresDatabase(Database):
             with cur.copy(_COPY) as copy:
                 if seen_seq is None:
                     for row in rows:
-                        copy.write_row((*row, None))
+                        copy.write_row((*row, None, None))
                 else:
                     for row, seq in zip(rows, seen_seq, strict=True):
-                        copy.write_row((*row, seq))
+                        copy.write_row((*row, seq, stamp_us(row[MTIME])))
             cur.execute(_MERGE)
         self._stage_used = True
 
@@ -321,10 +331,7 @@ class PostgresDatabase(Database):
         if seen_seq is None:
             self.executemany(_UPSERT, rows)
         else:
-            self.executemany(
-                _GUARDED_UPSERT,
-                [(*row, row[0], row[1], seq) for row, seq in zip(rows, seen_seq, strict=True)],
-            )
+            self.executemany(_GUARDED_UPSERT, guarded_params(rows, seen_seq))
 
     def close(self) -> None:
         conn, self.conn = self.conn, None  # type: ignore[assignment]

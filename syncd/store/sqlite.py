@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from syncd.errors import UsageError
-from syncd.store.sql import GUARDED_UPSERT, UPSERT, Database
+from syncd.store.sql import GUARDED_UPSERT, UPSERT, Database, guarded_params
 
 
 class SqliteDatabase(Database):
@@ -65,10 +65,7 @@ class SqliteDatabase(Database):
         if seen_seq is None:
             self.conn.executemany(UPSERT, rows)
             return
-        self.conn.executemany(
-            GUARDED_UPSERT,
-            [(*row, row[0], row[1], seq) for row, seq in zip(rows, seen_seq, strict=True)],
-        )
+        self.conn.executemany(GUARDED_UPSERT, guarded_params(rows, seen_seq))
 
     def check_writable(self) -> None:
         """A no-op write: sqlite opens a file it may not write (permissions, an immutable
