@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -48,11 +49,16 @@ DEADLINE = 120.0
 
 
 @pytest.fixture(params=["sqlite"])
-def store_url(request: pytest.FixtureRequest, tmp_path) -> str:
-    """Where both stores' catalog lives: each store implementation in turn."""
-    if request.param == "postgresql":
-        return request.getfixturevalue("postgres_url")
-    return str(tmp_path / "catalog.db")
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """Where both stores' catalog lives: each store implementation in turn (a fresh sqlite
+    file; a fresh PostgreSQL database)."""
+    if request.param == "sqlite":
+        yield str(tmp_path / "catalog.db")
+        return
+    yield request.getfixturevalue("postgres_url")
+    from syncd.store import pg as pg_store
+
+    pg_store.close_pools()  # before the database is dropped
 
 
 # -- the two stores, each on its own thread ---------------------------------------------------
@@ -349,32 +355,44 @@ def schedules_of(conflict: str) -> list[str]:
 #: the event stamped the key after the listing's sequence, so the listing's newer state is
 #: dropped (rule 3 of syncd.events.apply compares sequences, not states), and the dataset
 #: holds the older state until the next reconcile. The same on one store.
-GUARD_DROPS_NEWER_LISTING = pytest.mark.xfail(
-    strict=True,
-    reason="known gap: the event-sequence guard drops a listing's newer state when an older "
-    "event lands between the listing's read and its write (until the next reconcile)",
+GUARD_DROPS_NEWER_LISTING = (
+    "known gap: the event-sequence guard drops a listing's newer state when an older event "
+    "commits between the listing's read and its write (until the next reconcile)"
 )
 #: a listing's delete leaves no tombstone in key_markers (an event's does), so an older
 #: event delivered after it re-creates the item. The same on one store.
-NO_TOMBSTONE_FOR_LISTED_DELETES = pytest.mark.xfail(
-    strict=True,
-    reason="known gap: a listing's delete leaves no tombstone, so an older event delivered "
-    "after it resurrects the item (until the next reconcile)",
+NO_TOMBSTONE_FOR_LISTED_DELETES = (
+    "known gap: a listing's delete leaves no tombstone, so an older event delivered after it "
+    "resurrects the item (until the next reconcile)"
 )
+ALL_STORES = frozenset({"sqlite", "postgresql"})
+#: (conflict, schedule) -> (why it fails, on which stores). "X.read Y.read Y.write X.write"
+#: is the same gap as "Y.read X.read ..." on PostgreSQL only: there the listing reads (its
+#: sequence and the provider's page) while the event's transaction is still open, and its
+#: batch then waits for the event's commit; sqlite's single writer holds the whole sync back
 KNOWN_GAPS = {
-    (LATE_UPDATE, "Y.read X.read X.write Y.write"): GUARD_DROPS_NEWER_LISTING,
-    (LATE_UPDATE_AFTER_DELETE, "Y.read X.read X.write Y.write"): GUARD_DROPS_NEWER_LISTING,
-    (LATE_UPDATE_AFTER_DELETE, "Y.read Y.write X.read X.write"): NO_TOMBSTONE_FOR_LISTED_DELETES,
+    (LATE_UPDATE, "Y.read X.read X.write Y.write"): (GUARD_DROPS_NEWER_LISTING, ALL_STORES),
+    (LATE_UPDATE, "X.read Y.read Y.write X.write"): (
+        GUARD_DROPS_NEWER_LISTING,
+        frozenset({"postgresql"}),
+    ),
+    (LATE_UPDATE_AFTER_DELETE, "Y.read X.read X.write Y.write"): (
+        GUARD_DROPS_NEWER_LISTING,
+        ALL_STORES,
+    ),
+    (LATE_UPDATE_AFTER_DELETE, "X.read Y.read Y.write X.write"): (
+        GUARD_DROPS_NEWER_LISTING,
+        frozenset({"postgresql"}),
+    ),
+    (LATE_UPDATE_AFTER_DELETE, "Y.read Y.write X.read X.write"): (
+        NO_TOMBSTONE_FOR_LISTED_DELETES,
+        ALL_STORES,
+    ),
 }
 
 
 CASES = [
-    pytest.param(
-        conflict,
-        schedule,
-        id=f"{conflict}: {schedule}",
-        marks=[KNOWN_GAPS[conflict, schedule]] if (conflict, schedule) in KNOWN_GAPS else [],
-    )
+    pytest.param(conflict, schedule, id=f"{conflict}: {schedule}")
     for conflict in CONFLICTS
     for schedule in schedules_of(conflict)
 ]
@@ -383,11 +401,18 @@ CASES = [
 @pytest.mark.parametrize("marked", [True, False], ids=["markers", "times"])
 @pytest.mark.parametrize(("conflict", "schedule"), CASES)
 def test_the_newer_state_wins_whatever_the_order(
-    stores: tuple[Store, Store], conflict: str, schedule: str, marked: bool
+    request: pytest.FixtureRequest,
+    stores: tuple[Store, Store],
+    conflict: str,
+    schedule: str,
+    marked: bool,
 ) -> None:
     """Events carry S3 sequencers (``markers``) or only their times (``times``)."""
     ops, older, newer = CONFLICTS[conflict]
     first, second = stores
+    reason, where = KNOWN_GAPS.get((conflict, schedule), ("", frozenset()))
+    if first.dialect in where:
+        request.applymarker(pytest.mark.xfail(strict=True, reason=reason))
     assert first.call(sync_gated, 1, ops, None) == "completed"  # the dataset as of op 0
     assert first.call(catalog_state) == {KEY: (1, "etag-0")}
 
