@@ -40,7 +40,7 @@ from syncd.reconcile.sync import SyncOptions, sync_dataset
 from syncd.store import lease
 from syncd.store.catalog import Catalog
 from syncd.store.db import transaction
-from tests.conftest import catalog_state
+from tests.conftest import STORES, catalog_state
 from tests.test_events_vs_listing import SnapshotDriver, event_of, play
 
 KEY = "raw/a"
@@ -48,7 +48,7 @@ KEY = "raw/a"
 DEADLINE = 120.0
 
 
-@pytest.fixture(params=["sqlite"])
+@pytest.fixture(params=STORES)
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """Where both stores' catalog lives: each store implementation in turn (a fresh sqlite
     file; a fresh PostgreSQL database)."""
