@@ -20,7 +20,8 @@ from typing import Any
 from providers.redact import register
 
 PROVIDERS = ("s3", "gcs", "azure", "local")
-#: driver types a SOURCE may name but a config file may not: providers.synthetic (benchmarks)
+#: driver types that are not storage: providers.synthetic (benchmarks: a SOURCE, or a config
+#: file's driver for daemon benchmarks such as bench/bench_workers.py); no integration
 SOURCE_ONLY = ("bench",)
 
 #: which integration fields may hold secrets, per provider (values must be references)

@@ -181,7 +181,8 @@ class _Table(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
-ProviderType = Literal["s3", "gcs", "azure", "local"]  # == providers.config.PROVIDERS
+# == providers.config.PROVIDERS + SOURCE_ONLY ("bench": the synthetic benchmark source)
+ProviderType = Literal["s3", "gcs", "azure", "local", "bench"]
 
 
 def _integration_model(kind: str) -> type[_Table]:

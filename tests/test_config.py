@@ -14,7 +14,7 @@ from typing import get_args
 import click
 import pytest
 
-from providers.config import PROVIDERS, PUBLIC_FIELDS
+from providers.config import PROVIDERS, PUBLIC_FIELDS, SOURCE_ONLY
 from syncd.config import (
     DriverTable,
     ProviderType,
@@ -202,7 +202,7 @@ def test_a_misspelt_secret_key_is_not_echoed(tmp_path: Path) -> None:
 def test_schema_matches_the_driver_config() -> None:
     """A DriverConfig field the schema lacks could never be set from the file."""
     assert set(DriverTable.model_fields) == {*PUBLIC_FIELDS, "page_size"}
-    assert get_args(ProviderType) == PROVIDERS
+    assert get_args(ProviderType) == PROVIDERS + SOURCE_ONLY
 
 
 # -- new keys ----------------------------------------------------------------------------------

@@ -50,6 +50,20 @@ ITEM_UPDATES = ", ".join(
     f"{c} = excluded.{c}" for c in ITEM_COLUMNS if c not in ("dataset_id", "key", "created_at")
 )
 
+#: one item row: insert, or update all but its identity and first-seen time
+UPSERT = (
+    f"INSERT INTO items ({', '.join(ITEM_COLUMNS)}) VALUES ({', '.join('?' * len(ITEM_COLUMNS))})"
+    f" ON CONFLICT (dataset_id, key) DO UPDATE SET {ITEM_UPDATES}"
+)
+#: the same, unless an event stamped the key (row, then dataset_id, key, seen_seq) later than
+#: the listing saw it: INSERT ... SELECT ... WHERE, no row selected is neither insert nor update
+GUARDED_UPSERT = (
+    f"INSERT INTO items ({', '.join(ITEM_COLUMNS)}) SELECT {', '.join('?' * len(ITEM_COLUMNS))}"
+    " WHERE NOT EXISTS (SELECT 1 FROM key_markers km"
+    " WHERE km.dataset_id = ? AND km.key = ? AND km.seq > ?)"
+    f" ON CONFLICT (dataset_id, key) DO UPDATE SET {ITEM_UPDATES}"
+)
+
 
 class Database(ABC):
     """One connection to a catalog. Not thread-safe: one per thread (or task).
