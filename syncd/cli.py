@@ -173,6 +173,13 @@ def cli(ctx: click.Context, debug: bool, verbose: int, quiet: bool, log_format: 
     help="list N key ranges at once (split at the last run's keys, else at the folders under "
     "the source path) [default: the config's list_concurrency, else 1]",
 )
+@click.option(
+    "--ranges",
+    type=click.IntRange(min=1, max=256),
+    metavar="N",
+    help="split a new run into N key ranges, reconciled side by side and resumed one by one "
+    "[default: the config's ranges, else one per 50,000 items, at most 32]",
+)
 @_json_option
 def sync(
     source: str | None,
@@ -188,6 +195,7 @@ def sync(
     max_delete: MaxDelete | None,
     wait: bool,
     list_concurrency: int | None,
+    ranges: int | None,
     as_json: bool,
 ) -> None:
     """Make a dataset equal to SOURCE (or to its bound source, or to --config's datasets).
@@ -236,6 +244,7 @@ def sync(
                 on_plan=(lambda c: _print_plan(c, as_json)) if dry_run else None,
                 on_progress=progress,
                 list_concurrency=list_concurrency or (spec.list_concurrency if spec else 1),
+                ranges=ranges or (spec.ranges if spec else None),
             )
             try:
                 result = asyncio.run(
