@@ -23,7 +23,7 @@ from syncd.reconcile.source import canonical, parse_source
 from syncd.reconcile.sync import DatasetBusy, SyncOptions, SyncResult, sync_dataset
 from syncd.store import lease, ranges
 from syncd.store.catalog import Catalog, Dataset
-from syncd.store.checkpoint import Checkpoint, Run
+from syncd.store.checkpoint import COUNTERS, Checkpoint, Run
 from syncd.store.db import transaction
 from syncd.transfer.common import ProblemHook, TransferResult
 from syncd.transfer.engine import Meter
@@ -259,6 +259,7 @@ async def sync_some(
     spec: DatasetSpec | None = None,
     options: SyncOptions | None = None,
     worker: str | None = None,
+    start: bool = True,
 ) -> SyncResult:
     """One unit of a daemon worker's work on dataset ``name``: reconcile one free key range of
     its open split run (joining it), or start its run (a split run: cut it and reconcile its
@@ -268,11 +269,25 @@ async def sync_some(
     ``"range-completed"`` (a range done, others remain), ``"completed"`` (this call closed the
     run), or ``"idle"``: nothing for this worker, every unfinished range is held by a live
     worker. Raises ``DatasetBusy`` when a serial sync or a push holds the dataset, like
-    :func:`sync` without ``wait``."""
+    :func:`sync` without ``wait``.
+
+    ``start=False`` only joins: with no open split run to help with (none, or another driver
+    or filters than the dataset's), the status is ``"idle"`` and nothing is started. It takes
+    no dataset lease (a range is claimed only while no live process holds that lease), so a
+    daemon can offer spare workers to other workers' runs without ever starting one."""
     options = options or SyncOptions()
     if options.dry_run:
         raise UsageError("sync_some writes: use sync() for a dry run")
-    return await _sync(catalog, name, spec=spec, options=options, owner=worker, one=True)
+    if start:
+        return await _sync(catalog, name, spec=spec, options=options, owner=worker, one=True)
+    dataset = catalog.get_dataset(name)
+    run = split.open_run(catalog, dataset, options)
+    if run is None:
+        return SyncResult(dataset=name, status="idle", counts=dict.fromkeys(COUNTERS, 0), seconds=0)
+    async with open_dataset_driver(dataset, spec) as driver:
+        return await split.work(
+            catalog, dataset, driver, run, options, worker or lease.new_owner(), one=True
+        )
 
 
 async def _sync(

@@ -44,6 +44,18 @@ log = logging.getLogger("syncd")
 POLL_SECONDS = 0.5
 
 
+def open_run(catalog: Catalog, dataset: Dataset, options: SyncOptions) -> Run | None:
+    """The dataset's open split run if this worker may join it (same driver and filters,
+    started within ``options.resume_within``, no ``restart``), else None."""
+    checkpoint = Checkpoint(catalog.db)
+    previous = checkpoint.unfinished(dataset.id)
+    if previous is None or not previous.ranges or options.restart:
+        return None
+    if previous.fingerprint != fingerprint(dataset):
+        return None
+    return previous if checkpoint.fresh(previous, options.resume_within) else None
+
+
 async def start_or_join(
     catalog: Catalog, dataset: Dataset, driver: Driver, options: SyncOptions, owner: str
 ) -> Run | None:
@@ -56,11 +68,11 @@ async def start_or_join(
     abandoned, unless a live worker still holds one of its ranges (``DatasetBusy``)."""
     db, checkpoint = catalog.db, Checkpoint(catalog.db)
     fp = fingerprint(dataset)
+    joined = open_run(catalog, dataset, options)
+    if joined is not None:
+        return joined
     previous = checkpoint.unfinished(dataset.id)
     if previous is not None and previous.ranges:
-        same = previous.fingerprint == fp and not options.restart
-        if same and checkpoint.fresh(previous, options.resume_within):
-            return previous
         with transaction(db):
             holders = ranges.live_holders(db, previous.id)
             if holders:

@@ -28,8 +28,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import operator
 import threading
 import time
+from bisect import bisect_right
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -53,6 +55,8 @@ BATCH_SIZE = 500
 #: save progress at least this often (in listed keys) even when nothing changes
 PROGRESS_EVERY = 50000
 PREFETCH_PAGES = 2
+
+_key = operator.attrgetter("key")
 
 
 class DeleteLimit(Protocol):
@@ -431,18 +435,23 @@ async def sync_dataset(
                 raise SyncStopped("stopped before the listing completed (shutting down)")
             if page:
                 check_order(page, decided)
-                counts["listed"] += len(page)
                 if not accepts_all:
                     kept = [o for o in page if filters.accepts(o.key[plen:], o.size)]
-                    counts["filtered"] += len(page) - len(kept)
                 else:
                     kept = page
                 # compared (and written) in pieces of at most a batch: a batch still closes
                 # every batch_size writes, so a crash loses no more than before
                 last, step = page[-1].key, options.batch_size
+                counted = 0  # objects of the page up to the last piece, counted as listed
                 for lo in range(0, max(len(kept), 1), step):
                     piece = kept[lo : lo + step]
                     upto = piece[-1].key if lo + step < len(kept) else last
+                    # a batch commits the counters of the keys up to its resume point only,
+                    # so a run resumed mid-page does not count that page's first part twice
+                    upto_n = len(page) if upto == last else bisect_right(page, upto, key=_key)
+                    counts["listed"] += upto_n - counted
+                    counts["filtered"] += upto_n - counted - len(piece)
+                    counted = upto_n
                     known = (
                         catalog.known_range(dataset.id, decided, upto, since=since)
                         if dataset.id
