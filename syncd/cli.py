@@ -676,8 +676,10 @@ def runs_ls(dataset_name: str, db_path: str | None, limit: int, as_json: bool) -
                 _emit(api.run_summary(run, checkpoint))
                 continue
             c = run.counts
+            # a split run's attempts are its ranges'
+            tries = f"{run.attempts} in {run.ranges} ranges" if run.ranges else str(run.attempts)
             click.echo(
-                f"{run.id}\t{run.status}\t{run.started_at}\t{run.seconds:.1f}s\t{run.attempts}"
+                f"{run.id}\t{run.status}\t{run.started_at}\t{run.seconds:.1f}s\t{tries}"
                 f"\t+{c['created']} ~{c['updated']} -{c['deleted']}\t{run.error or ''}"
             )
     finally:

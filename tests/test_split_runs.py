@@ -31,10 +31,11 @@ import pytest
 from providers.config import DriverConfig
 from syncd import api
 from syncd.errors import SyncFailed
+from syncd.limits import MaxDelete
 from syncd.reconcile import split
 from syncd.reconcile.filters import Filters
 from syncd.reconcile.source import canonical
-from syncd.reconcile.sync import SyncOptions
+from syncd.reconcile.sync import DeletesHeldBack, SyncOptions
 from syncd.store import lease, ranges
 from syncd.store.catalog import Catalog
 from syncd.store.db import transaction
@@ -193,10 +194,9 @@ def test_three_workers_share_a_split_run_of_an_s3_bucket(moto, catalog_url: str)
     the bucket (boundary keys and unicode keys included), every key is listed exactly once,
     and no range has two holders at once.
 
-    Checked to fail: with the ``o.key >= since`` filter of a range's first page removed
-    (sync.py), keys just below a boundary are listed by two ranges and the listed counts are
-    off by them; with ``key_range`` dropped from the Batch (every batch renewing the dataset
-    lease, which no range worker holds), every worker stops with LeaseLost and exits 1."""
+    Checked to fail: with ``key_range`` ignored by ``Catalog.commit_batch`` (every batch
+    renewing the dataset lease, which no range worker holds), the workers stop with
+    "key range 2 of dataset 'ds' was taken over" and exit 1."""
     s3 = boto3.client("s3", endpoint_url=moto.url)
     bucket = unique_bucket("split")
     s3.create_bucket(Bucket=bucket)
@@ -290,9 +290,9 @@ def test_a_killed_worker_s_range_is_resumed_by_another_from_its_resume_key(
     field.
 
     Checked to fail: with ``start_after = key_range.resume_key`` replaced by None (a taken-over
-    range listed from its start), range 1 counts its first batch twice and the listed total is
-    off by it; with the claim taking only ranges without any holder (``current is not None``),
-    worker 3 never gets range 1 and the wait times out."""
+    range listed from its start), the listed total is 132, not 122 (range 1's first batch
+    listed twice); with the ``o.key >= since`` filter of a range's first page removed
+    (sync.py), it is 123 ("b.txt", just below the boundary "b/", listed by two ranges)."""
     src = make_folder(tmp_path / "src")
     # pages of a batch: each commit's counters and resume key cover the same keys
     make_dataset(catalog_url, DriverConfig(type="local", bucket=str(src), page_size=10))
@@ -358,9 +358,9 @@ def test_parked_deletes_wait_until_every_range_has_completed(
     listing failed part-way; only the worker completing the last range applies them (with
     range 2's own) and closes the run.
 
-    Checked to fail: with ``_complete_range`` applying the parked deletes whenever a range
-    completes (the ``all_completed`` check removed), the deleted items are gone after range
-    0 and the first assertion on the catalog fails."""
+    Checked to fail: with the ``all_completed`` check of ``_complete_range`` removed, range 0
+    alone closes the run and applies its deletes (status "completed", not
+    "range-completed")."""
     src = make_folder(tmp_path / "src", per_folder=20)
     summary(syncd("sync", str(src), "--dataset", "ds", "--db", catalog_url, "--json"))
     gone = [src / "a" / f"f{i:03d}.txt" for i in range(5)] + [src / "c" / "f019.txt"]
@@ -419,9 +419,10 @@ def test_one_shot_sync_refuses_a_live_worker_s_range_or_waits_and_takes_it_over(
     one, takes it over when its holder is killed, and completes the run: one run, equal to
     the folder.
 
-    Checked to fail: with ``ranges_ok=True`` always passed to ``take_lease``, the first
-    sync joins instead of refusing (exit 0); with the one-shot's wait loop returning as soon
-    as no range is free, ``--wait`` exits with the run still running."""
+    Checked to fail: with ``ranges_ok=True`` always passed to ``take_lease``, the first sync
+    joins the run instead of refusing, and waits for the hanging worker until ``syncd()``'s
+    timeout; with the one-shot's wait loop returning as soon as no range is free, ``--wait``
+    exits with the run still running (81 of 122 created)."""
     src = make_folder(tmp_path / "src")
     make_dataset(catalog_url, DriverConfig(type="local", bucket=str(src)))
     run = open_split_run(catalog_url, 3)
@@ -468,7 +469,7 @@ def test_one_shot_sync_splits_by_config_and_by_size(tmp_path: Path) -> None:
     whole run completes in one call either way.
 
     Checked to fail: with ``ranges=t.ranges`` dropped from load_config, the run is serial
-    (``ranges`` is 0)."""
+    (no ``ranges`` in ``runs ls --json``)."""
     src = make_folder(tmp_path / "src", per_folder=10)
     db = tmp_path / "c.db"
     config = tmp_path / "syncd.toml"
@@ -483,3 +484,38 @@ def test_one_shot_sync_splits_by_config_and_by_size(tmp_path: Path) -> None:
     assert [r["status"] for r in shown["range_history"]] == ["completed"] * 3
     assert [ranges.wanted(None, n) for n in (0, 99_999, 100_000, 10**9)] == [0, 1, 2, 32]
     assert ranges.wanted(5, 0) == 5
+
+
+def test_a_split_run_holds_back_a_mass_delete(tmp_path: Path, catalog_url: str) -> None:
+    """``--max-delete`` applies to the whole split run: the worker completing the last range
+    finds more deletes parked (over all ranges) than allowed, deletes none, and records the
+    run as ``held``; a later run without the limit deletes them.
+
+    Checked to fail: with the limit check of ``_complete_range`` removed, DeletesHeldBack is
+    not raised."""
+    src = make_folder(tmp_path / "src", per_folder=20)
+    summary(syncd("sync", str(src), "--dataset", "ds", "--db", catalog_url, "--json"))
+    before = state(catalog_url)
+    for d in ("a", "c"):
+        for i in range(4):
+            (src / d / f"f{i:03d}.txt").unlink()
+
+    def run_sync(**options: object):
+        async def call():
+            catalog = Catalog.open(catalog_url)
+            try:
+                return await api.sync(catalog, "ds", options=SyncOptions(ranges=3, **options))
+            finally:
+                catalog.close()
+
+        return asyncio.run(call())
+
+    with pytest.raises(DeletesHeldBack, match="held back 8 deletes"):
+        run_sync(max_delete=MaxDelete(count=5))
+    held = query(catalog_url, "SELECT status, ranges, held_deletes FROM runs ORDER BY id")
+    assert held[-1] == ("held", 3, 8)
+    assert state(catalog_url) == before
+    assert query(catalog_url, "SELECT count(*) FROM pending_deletes") == [(0,)]
+    result = run_sync()
+    assert (result.status, result.counts["deleted"]) == ("completed", 8)
+    assert len(state(catalog_url)) == len(before) - 8
