@@ -39,7 +39,7 @@ from syncd.reconcile.sync import DeletesHeldBack, SyncOptions
 from syncd.store import lease, ranges
 from syncd.store.catalog import Catalog
 from syncd.store.db import transaction
-from tests.conftest import catalog_state, unique_bucket
+from tests.conftest import CatalogMaker, catalog_state, unique_bucket
 from tests.test_cli_errors import one_line_error
 from tests.test_sync_cli import summary, syncd
 
@@ -53,10 +53,10 @@ EDGE_KEYS = ["b", "b.txt", "b/", "z", "ü/", "ü/ß", "日本語.txt", "日本/�
 
 
 @pytest.fixture
-def catalog_url(tmp_path: Path) -> str:
-    """The catalog all workers of a test share (sqlite now; the one place to parametrize
-    for PostgreSQL)."""
-    return str(tmp_path / "catalog.db")
+def catalog_url(catalogs: CatalogMaker) -> str:
+    """The catalog all workers of a test share: a sqlite file, then a PostgreSQL database
+    (the test runs on each store)."""
+    return catalogs.new_url()
 
 
 def wait_for(condition: Callable[[], object], what: str, timeout: float = 120) -> object:
