@@ -215,6 +215,9 @@ def _range_holder(catalog: Catalog, dataset: Dataset) -> lease.Holder | None:
     open_run = Checkpoint(catalog.db).unfinished(dataset.id)
     if open_run is None or not open_run.ranges:
         return None
+    # a range claimed concurrently (PostgreSQL) either committed before this read or sees
+    # this transaction's dataset lease: both take the run's row lock first
+    ranges.lock_run(catalog.db, open_run.id)
     return next(iter(ranges.live_holders(catalog.db, open_run.id)), None)
 
 

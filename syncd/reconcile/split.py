@@ -74,6 +74,7 @@ async def start_or_join(
     previous = checkpoint.unfinished(dataset.id)
     if previous is not None and previous.ranges:
         with transaction(db):
+            ranges.lock_run(db, previous.id)
             holders = ranges.live_holders(db, previous.id)
             if holders:
                 raise DatasetBusy(dataset.name, holders[0])
@@ -111,6 +112,8 @@ def claim(
     None while the run is closed, or while a live process holds the dataset's own lease (a
     ``syncd push``, or a worker joining or cutting the run)."""
     with transaction(catalog.db):
+        # the run's row lock before the dataset lease is read (see api._range_holder)
+        ranges.lock_run(catalog.db, run.id)
         if Checkpoint(catalog.db).get(run.id).status != "running":
             return None
         if lease.live_owner(catalog.db, lease.for_dataset(run.dataset_id)) is not None:
