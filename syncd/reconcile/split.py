@@ -17,8 +17,10 @@ listing), else there is one range and the run is serial.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import threading
+from collections.abc import Callable
 
 from providers.base import Driver
 from syncd.errors import SyncFailed
@@ -176,6 +178,18 @@ async def work(
     failures: list[BaseException] = []
     failed: set[int] = set()
     halt = threading.Event()
+    shown: dict[int, dict[str, int]] = {}  # each range's latest counters, for one progress line
+
+    def progress_of(idx: int) -> Callable[[dict[str, int]], None] | None:
+        report = options.on_progress
+        if report is None:
+            return None
+
+        def add_up(counts: dict[str, int]) -> None:
+            shown[idx] = counts
+            report({k: sum(c.get(k, 0) for c in shown.values()) for k in counts})
+
+        return add_up
 
     async def worker() -> None:
         while not halt.is_set():
@@ -183,7 +197,14 @@ async def work(
             if rng is None:
                 return
             try:
-                await sync_dataset(catalog, dataset, driver, options, owner=owner, key_range=rng)
+                await sync_dataset(
+                    catalog,
+                    dataset,
+                    driver,
+                    dataclasses.replace(options, on_progress=progress_of(rng.idx)),
+                    owner=owner,
+                    key_range=rng,
+                )
             except DeletesHeldBack as exc:  # this task closed the run: raised once, below
                 failures.append(exc)
                 return

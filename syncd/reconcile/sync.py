@@ -21,6 +21,8 @@ Guarantees:
   closes the run, only after the listing went through to the end without error. A listing
   that fails part-way deletes nothing.
 * A run with nothing to change writes no item rows.
+* A split run (:mod:`syncd.reconcile.split`) is reconciled range by range, each range as the
+  above with its own resume key; its deletes wait until every range is completed.
 """
 
 from __future__ import annotations
