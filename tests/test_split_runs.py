@@ -21,6 +21,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -35,7 +36,7 @@ from syncd.limits import MaxDelete
 from syncd.reconcile import split
 from syncd.reconcile.filters import Filters
 from syncd.reconcile.source import canonical
-from syncd.reconcile.sync import DeletesHeldBack, SyncOptions
+from syncd.reconcile.sync import DeletesHeldBack, SyncOptions, SyncStopped
 from syncd.store import lease, ranges
 from syncd.store.catalog import Catalog
 from syncd.store.db import transaction
@@ -519,3 +520,31 @@ def test_a_split_run_holds_back_a_mass_delete(tmp_path: Path, catalog_url: str) 
     result = run_sync()
     assert (result.status, result.counts["deleted"]) == ("completed", 8)
     assert len(state(catalog_url)) == len(before) - 8
+
+
+def test_a_stopped_worker_leaves_its_range_to_the_next(tmp_path: Path, catalog_url: str) -> None:
+    """A worker asked to stop (daemon shutdown: ``SyncOptions.stop``) while it holds a range
+    leaves the range ``failed`` with its lease given up; the next worker takes it at once.
+
+    Checked to fail: with the range's lease not released on failure (``lease.release``
+    removed from sync_dataset's error path and split.work's ``finally``), the lease is still
+    in the catalog after the stop."""
+    src = make_folder(tmp_path / "src", per_folder=10)
+    make_dataset(catalog_url, DriverConfig(type="local", bucket=str(src)))
+    run = open_split_run(catalog_url, 3)
+    halt = threading.Event()
+    halt.set()
+
+    async def call(options: SyncOptions) -> str:
+        catalog = Catalog.open(catalog_url)
+        try:
+            return (await api.sync_some(catalog, "ds", options=options, start=False)).status
+        finally:
+            catalog.close()
+
+    with pytest.raises(SyncStopped):
+        asyncio.run(call(SyncOptions(stop=halt)))
+    assert [r[3] for r in range_rows(catalog_url, run)] == ["failed", "pending", "pending"]
+    assert query(catalog_url, "SELECT count(*) FROM leases") == [(0,)]
+    assert asyncio.run(call(SyncOptions())) == "range-completed"
+    assert [r[3] for r in range_rows(catalog_url, run)] == ["completed", "pending", "pending"]
