@@ -29,6 +29,7 @@ from typing import Any
 from syncd.store import lease
 from syncd.store.checkpoint import COUNTERS
 from syncd.store.db import now
+from syncd.store.sql import Database
 
 #: the automatic rule: one range per this many items of the dataset (at the run's start) ...
 ITEMS_PER_RANGE = 50_000
@@ -96,12 +97,12 @@ def _from_row(row: tuple[Any, ...]) -> KeyRange:
     return KeyRange(*row[:11], counts=dict(zip(COUNTERS, row[11:], strict=True)))
 
 
-def lock_run(db: Any, run_id: int) -> None:
+def lock_run(db: Database, run_id: int) -> None:
     """Take the run's row lock until the transaction ends (PostgreSQL; see the module doc)."""
     db.execute("UPDATE runs SET ranges = ranges WHERE id = ?", [run_id])
 
 
-def create(db: Any, run_id: int, bounds: list[str]) -> list[KeyRange]:
+def create(db: Database, run_id: int, bounds: list[str]) -> list[KeyRange]:
     """Cut run ``run_id`` into ``len(bounds) + 1`` ranges at the increasing keys ``bounds``."""
     edges: list[str | None] = [None, *bounds, None]
     made = [KeyRange(run_id, i, edges[i], edges[i + 1]) for i in range(len(edges) - 1)]
@@ -114,7 +115,7 @@ def create(db: Any, run_id: int, bounds: list[str]) -> list[KeyRange]:
     return made
 
 
-def load(db: Any, run_id: int) -> list[KeyRange]:
+def load(db: Database, run_id: int) -> list[KeyRange]:
     """The run's ranges in key order."""
     rows = db.execute(
         f"SELECT {_COLUMNS} FROM run_ranges WHERE run_id = ? ORDER BY idx", [run_id]
@@ -122,7 +123,7 @@ def load(db: Any, run_id: int) -> list[KeyRange]:
     return [_from_row(r) for r in rows]
 
 
-def live_holders(db: Any, run_id: int) -> list[lease.Holder]:
+def live_holders(db: Database, run_id: int) -> list[lease.Holder]:
     """The live holders of the run's unfinished ranges."""
     out = []
     for rng in load(db, run_id):
@@ -135,7 +136,7 @@ def live_holders(db: Any, run_id: int) -> list[lease.Holder]:
 
 
 def claim(
-    db: Any, run_id: int, owner: str, *, skip: frozenset[int] = frozenset()
+    db: Database, run_id: int, owner: str, *, skip: frozenset[int] = frozenset()
 ) -> KeyRange | None:
     """Take the first range of the run that is not completed and has no live holder (a gone
     holder's range is taken over), for ``owner``, and begin an attempt at it; None when there
@@ -184,7 +185,7 @@ def claim(
     return None
 
 
-def _drop_parked_beyond(db: Any, rng: KeyRange) -> None:
+def _drop_parked_beyond(db: Database, rng: KeyRange) -> None:
     """Forget the deletes parked in the part of ``rng`` its next listing decides again."""
     sql, args = "DELETE FROM pending_deletes WHERE run_id = ?", [rng.run_id]
     if rng.resume_key is not None:
@@ -199,7 +200,7 @@ def _drop_parked_beyond(db: Any, rng: KeyRange) -> None:
     db.execute(sql, args)
 
 
-def save_progress(db: Any, rng: KeyRange) -> None:
+def save_progress(db: Database, rng: KeyRange) -> None:
     """Persist the range's ``resume_key`` and counters (with the batch that got it there)."""
     sets = ", ".join(f"{c} = ?" for c in COUNTERS)
     db.execute(
@@ -208,7 +209,7 @@ def save_progress(db: Any, rng: KeyRange) -> None:
     )
 
 
-def finish(db: Any, rng: KeyRange, status: str, error: str | None = None) -> None:
+def finish(db: Database, rng: KeyRange, status: str, error: str | None = None) -> None:
     """Close the range's current attempt as ``completed`` or ``failed`` (error redacted by the
     caller) and save its progress."""
     rng.status, rng.error, rng.ended_at = status, error, now()
@@ -224,7 +225,7 @@ def finish(db: Any, rng: KeyRange, status: str, error: str | None = None) -> Non
     )
 
 
-def all_completed(db: Any, run_id: int) -> bool:
+def all_completed(db: Database, run_id: int) -> bool:
     """Whether every range of the run is completed."""
     row = db.execute(
         "SELECT count(*) FROM run_ranges WHERE run_id = ? AND status <> 'completed'", [run_id]
@@ -232,7 +233,7 @@ def all_completed(db: Any, run_id: int) -> bool:
     return int(row[0]) == 0
 
 
-def totals(db: Any, run_id: int) -> tuple[dict[str, int], int]:
+def totals(db: Database, run_id: int) -> tuple[dict[str, int], int]:
     """The run's counters summed over its ranges, and its attempts over all ranges."""
     sums = ", ".join(f"coalesce(sum({c}), 0)" for c in COUNTERS)
     row = db.execute(
@@ -241,7 +242,7 @@ def totals(db: Any, run_id: int) -> tuple[dict[str, int], int]:
     return dict(zip(COUNTERS, (int(v) for v in row[:-1]), strict=True)), int(row[-1])
 
 
-def attempts(db: Any, run_id: int) -> list[dict[str, Any]]:
+def attempts(db: Database, run_id: int) -> list[dict[str, Any]]:
     """Every range attempt of the run, by range then attempt; a ``running`` attempt whose
     holder is gone shows as ``interrupted``."""
     rows = db.execute(
@@ -268,7 +269,7 @@ def attempts(db: Any, run_id: int) -> list[dict[str, Any]]:
     return out
 
 
-def clear(db: Any, run_ids: str, args: list[Any]) -> None:
+def clear(db: Database, run_ids: str, args: list[Any]) -> None:
     """Remove the ranges and range attempts of the runs ``run_ids`` selects (a subquery with
     ``args``): for dropping a dataset."""
     for table in ("range_attempts", "run_ranges"):
