@@ -17,12 +17,13 @@ from providers import faults, open_driver
 from providers.base import Driver
 from providers.config import ConfigError, DriverConfig
 from syncd.errors import SyncFailed, UsageError
+from syncd.reconcile import split
 from syncd.reconcile.filters import Filters
 from syncd.reconcile.source import canonical, parse_source
 from syncd.reconcile.sync import DatasetBusy, SyncOptions, SyncResult, sync_dataset
-from syncd.store import lease
+from syncd.store import lease, ranges
 from syncd.store.catalog import Catalog, Dataset
-from syncd.store.checkpoint import Checkpoint, Run
+from syncd.store.checkpoint import COUNTERS, Checkpoint, Run
 from syncd.store.db import transaction
 from syncd.transfer.common import ProblemHook, TransferResult
 from syncd.transfer.engine import Meter
@@ -175,9 +176,14 @@ def open_dataset_driver(dataset: Dataset, spec: DatasetSpec | None = None) -> Dr
 WAIT_POLL_SECONDS = 0.5
 
 
-async def take_lease(catalog: Catalog, dataset: Dataset, owner: str, *, wait: bool) -> None:
+async def take_lease(
+    catalog: Catalog, dataset: Dataset, owner: str, *, wait: bool, ranges_ok: bool = False
+) -> None:
     """Take ``dataset``'s lease for ``owner``; if another live process holds it, raise
-    ``DatasetBusy`` naming it, or with ``wait`` ask again until it is free."""
+    ``DatasetBusy`` naming it, or with ``wait`` ask again until it is free.
+
+    A live worker holding a key range of the dataset's open split run counts as holding the
+    dataset too, unless ``ranges_ok`` (a worker joining that run)."""
     announced = False
     while True:
         with transaction(catalog.db):
@@ -187,6 +193,10 @@ async def take_lease(catalog: Catalog, dataset: Dataset, owner: str, *, wait: bo
                     "(the other sync was its first and failed); run the sync again"
                 )
             holder = lease.acquire(catalog.db, lease.for_dataset(dataset.id), owner)
+            if holder is None and not ranges_ok:
+                holder = _range_holder(catalog, dataset)
+                if holder is not None:
+                    lease.release(catalog.db, lease.for_dataset(dataset.id), owner)
         if holder is None:
             return
         if not wait:
@@ -197,6 +207,18 @@ async def take_lease(catalog: Catalog, dataset: Dataset, owner: str, *, wait: bo
             )
             announced = True
         await asyncio.sleep(WAIT_POLL_SECONDS)
+
+
+def _range_holder(catalog: Catalog, dataset: Dataset) -> lease.Holder | None:
+    """A live holder of a key range of the dataset's open split run, if any. The caller holds
+    the transaction."""
+    open_run = Checkpoint(catalog.db).unfinished(dataset.id)
+    if open_run is None or not open_run.ranges:
+        return None
+    # a range claimed concurrently (PostgreSQL) either committed before this read or sees
+    # this transaction's dataset lease: both take the run's row lock first
+    ranges.lock_run(catalog.db, open_run.id)
+    return next(iter(ranges.live_holders(catalog.db, open_run.id)), None)
 
 
 async def sync(
@@ -217,22 +239,91 @@ async def sync(
       it, unless ``wait``), then the binding is updated and the sync runs under the lease.
     * A dataset created by this call whose first sync fails before writing any item is
       removed again, so a typo in a bucket name or bad credentials leave nothing half-made.
+    * A large dataset's run is split into key ranges (``options.ranges``, else one per 50,000
+      items; :mod:`syncd.reconcile.split`): this call works through every free range,
+      ``options.range_workers`` at once, and returns when the run is closed. Ranges other live
+      workers hold count as the dataset being busy (``DatasetBusy``); with ``wait`` this call
+      joins the run, and waits for those ranges (or takes them over when their holder is gone).
     """
     options = options or SyncOptions()
     if options.dry_run:
         dataset = preview_dataset(catalog, name, source=source, spec=spec, filters=filters)
         async with open_dataset_driver(dataset, spec) as driver:
             return await sync_dataset(catalog, dataset, driver, options)
+    return await _sync(
+        catalog, name, source=source, spec=spec, filters=filters, options=options, wait=wait
+    )
+
+
+async def sync_some(
+    catalog: Catalog,
+    name: str,
+    *,
+    spec: DatasetSpec | None = None,
+    options: SyncOptions | None = None,
+    worker: str | None = None,
+    start: bool = True,
+) -> SyncResult:
+    """One unit of a daemon worker's work on dataset ``name``: reconcile one free key range of
+    its open split run (joining it), or start its run (a split run: cut it and reconcile its
+    first free range; a small dataset: the whole serial sync, as :func:`sync`).
+
+    ``worker`` is the lease owner (default: a new one). The result's ``status`` is
+    ``"range-completed"`` (a range done, others remain), ``"completed"`` (this call closed the
+    run), or ``"idle"``: nothing for this worker, every unfinished range is held by a live
+    worker. Raises ``DatasetBusy`` when a serial sync or a push holds the dataset, like
+    :func:`sync` without ``wait``.
+
+    ``start=False`` only joins: with no open split run to help with (none, or another driver
+    or filters than the dataset's), the status is ``"idle"`` and nothing is started. It takes
+    no dataset lease (a range is claimed only while no live process holds that lease), so a
+    daemon can offer spare workers to other workers' runs without ever starting one."""
+    options = options or SyncOptions()
+    if options.dry_run:
+        raise UsageError("sync_some writes: use sync() for a dry run")
+    if start:
+        return await _sync(catalog, name, spec=spec, options=options, owner=worker, one=True)
+    dataset = catalog.get_dataset(name)
+    run = split.open_run(catalog, dataset, options)
+    if run is None:
+        return SyncResult(dataset=name, status="idle", counts=dict.fromkeys(COUNTERS, 0), seconds=0)
+    async with open_dataset_driver(dataset, spec) as driver:
+        return await split.work(
+            catalog, dataset, driver, run, options, worker or lease.new_owner(), one=True
+        )
+
+
+async def _sync(
+    catalog: Catalog,
+    name: str,
+    *,
+    source: str | None = None,
+    spec: DatasetSpec | None = None,
+    filters: Filters | None = None,
+    options: SyncOptions,
+    wait: bool = False,
+    owner: str | None = None,
+    one: bool = False,
+) -> SyncResult:
+    """:func:`sync` (all of the run) or :func:`sync_some` (``one``: a range of it)."""
+    if options.ranges is None and spec is not None and spec.ranges is not None:
+        options = dataclasses.replace(options, ranges=spec.ranges)
     dataset, new = ensure_dataset(catalog, name, source=source, spec=spec, filters=filters)
-    owner = lease.new_owner()
-    await take_lease(catalog, dataset, owner, wait=wait)
+    owner = owner or lease.new_owner()
+    await take_lease(catalog, dataset, owner, wait=wait, ranges_ok=wait or one)
     try:
         dataset = bind_dataset(catalog, name, source=source, spec=spec, filters=filters)
         try:
             async with open_dataset_driver(dataset, spec) as driver:
-                return await sync_dataset(catalog, dataset, driver, options, owner=owner)
+                run = await split.start_or_join(catalog, dataset, driver, options, owner)
+                if run is None:
+                    return await sync_dataset(catalog, dataset, driver, options, owner=owner)
+                # other workers join the run while this one works on its ranges
+                with transaction(catalog.db):
+                    lease.release(catalog.db, lease.for_dataset(dataset.id), owner)
+                return await split.work(catalog, dataset, driver, run, options, owner, one=one)
         except BaseException:
-            if new and catalog.count_items(dataset.id) == 0:
+            if not one and new and catalog.count_items(dataset.id) == 0:
                 catalog.drop_dataset(dataset)  # with its lease
             raise
     finally:
@@ -254,8 +345,15 @@ def run_summary(run: Run, checkpoint: Checkpoint | None = None) -> dict[str, Any
         "held_deletes": run.held_deletes,
         "error": run.error,
     }
+    if run.ranges:
+        out["ranges"] = run.ranges
     if checkpoint is not None:
-        out["attempt_history"] = [a.public() for a in checkpoint.attempts(run)]
+        if run.ranges:
+            # a split run's attempts are its ranges': each names its range
+            out["attempt_history"] = ranges.attempts(checkpoint.db, run.id)
+            out["range_history"] = [r.public() for r in ranges.load(checkpoint.db, run.id)]
+        else:
+            out["attempt_history"] = [a.public() for a in checkpoint.attempts(run)]
     return out
 
 

@@ -176,6 +176,13 @@ def cli(ctx: click.Context, debug: bool, verbose: int, quiet: bool, log_format: 
     help="list N key ranges at once (split at the last run's keys, else at the folders under "
     "the source path) [default: the config's list_concurrency, else 1]",
 )
+@click.option(
+    "--ranges",
+    type=click.IntRange(min=1, max=256),
+    metavar="N",
+    help="split a new run into N key ranges, reconciled side by side and resumed one by one "
+    "[default: the config's ranges, else one per 50,000 items, at most 32]",
+)
 @_json_option
 def sync(
     source: str | None,
@@ -191,6 +198,7 @@ def sync(
     max_delete: MaxDelete | None,
     wait: bool,
     list_concurrency: int | None,
+    ranges: int | None,
     as_json: bool,
 ) -> None:
     """Make a dataset equal to SOURCE (or to its bound source, or to --config's datasets).
@@ -240,6 +248,7 @@ def sync(
                 on_plan=(lambda c: _print_plan(c, as_json)) if dry_run else None,
                 on_progress=progress,
                 list_concurrency=list_concurrency or (spec.list_concurrency if spec else 1),
+                ranges=ranges or (spec.ranges if spec else None),
             )
             try:
                 result = asyncio.run(
@@ -702,8 +711,10 @@ def runs_ls(dataset_name: str, db_path: str | None, limit: int, as_json: bool) -
                 _emit(api.run_summary(run, checkpoint))
                 continue
             c = run.counts
+            # a split run's attempts are its ranges'
+            tries = f"{run.attempts} in {run.ranges} ranges" if run.ranges else str(run.attempts)
             click.echo(
-                f"{run.id}\t{run.status}\t{run.started_at}\t{run.seconds:.1f}s\t{run.attempts}"
+                f"{run.id}\t{run.status}\t{run.started_at}\t{run.seconds:.1f}s\t{tries}"
                 f"\t+{c['created']} ~{c['updated']} -{c['deleted']}\t{run.error or ''}"
             )
     finally:

@@ -114,6 +114,9 @@ class DatasetSpec:
     watch: bool = True
     #: key ranges listed at once (see syncd.reconcile.partition); 1 lists serially
     list_concurrency: int = 1
+    #: key ranges a run is split into, each leased on its own (syncd.reconcile.split); None:
+    #: automatic (one per 50,000 items, at most 32), 1: never split
+    ranges: int | None = None
 
 
 @dataclass(frozen=True)
@@ -251,6 +254,7 @@ class DatasetTable(_Table):
     interval: Seconds | None = None
     watch: bool = True
     list_concurrency: Annotated[int, Field(ge=1, le=256)] = 1
+    ranges: Annotated[int, Field(ge=1, le=256)] | None = None
 
 
 class DaemonTable(_Table):
@@ -503,6 +507,7 @@ def _build(table: FileTable) -> DaemonConfig:
             interval=t.interval or interval,
             watch=t.watch,
             list_concurrency=t.list_concurrency,
+            ranges=t.ranges,
         )
         for name, t in table.datasets.items()
     }

@@ -155,7 +155,8 @@ class CatalogMaker:
 def wipe(catalog: Catalog) -> None:
     """Empty every table of a catalog but its migrations (the schema stays)."""
     tables = [
-        "local_copies", "unrouted_events", "run_attempts", "pending_deletes", "runs",
+        "local_copies", "unrouted_events", "range_attempts", "run_ranges", "run_attempts",
+        "pending_deletes", "runs",
         "key_markers", "leases", "items", "datasets", "drivers", "integrations",
     ]  # fmt: skip
     with catalog.db.transaction():

@@ -21,6 +21,8 @@ Guarantees:
   closes the run, only after the listing went through to the end without error. A listing
   that fails part-way deletes nothing.
 * A run with nothing to change writes no item rows.
+* A split run (:mod:`syncd.reconcile.split`) is reconciled range by range, each range as the
+  above with its own resume key; its deletes wait until every range is completed.
 """
 
 from __future__ import annotations
@@ -28,8 +30,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import operator
 import threading
 import time
+from bisect import bisect_right
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -37,13 +41,15 @@ from typing import Any, Protocol
 from providers import faults
 from providers.base import Driver, ObjectInfo
 from providers.errors import StorageError
+from providers.redact import redact
 from syncd.errors import SyncdError, SyncFailed
 from syncd.reconcile import partition
 from syncd.reconcile.march import Change, PageDiff, check_order, diff_page
-from syncd.store import lease
+from syncd.store import lease, ranges
 from syncd.store.catalog import Batch, Catalog, Dataset
 from syncd.store.checkpoint import COUNTERS, DEFAULT_RESUME_WITHIN, Checkpoint, Run
 from syncd.store.db import now, transaction
+from syncd.store.ranges import KeyRange
 
 #: writes (item rows + parked deletes) per batch, one transaction each (at most this many
 #: decided changes are lost by a crash)
@@ -51,6 +57,8 @@ BATCH_SIZE = 500
 #: save progress at least this often (in listed keys) even when nothing changes
 PROGRESS_EVERY = 50000
 PREFETCH_PAGES = 2
+
+_key = operator.attrgetter("key")
 
 
 class DeleteLimit(Protocol):
@@ -128,6 +136,12 @@ class SyncOptions:
     on_progress: Callable[[dict[str, int]], None] | None = None
     #: key ranges listed at once (:mod:`syncd.reconcile.partition`); 1 lists serially
     list_concurrency: int = 1
+    #: key ranges a new run of the dataset is split into, each leased and resumed on its own
+    #: (:mod:`syncd.store.ranges`); None: the automatic rule of :func:`syncd.store.ranges.wanted`
+    #: (one range per 50,000 items, at most 32); 1 never splits
+    ranges: int | None = None
+    #: ranges of a split run one ``syncd sync`` reconciles at once in-process
+    range_workers: int = 4
 
 
 def fingerprint(dataset: Dataset) -> str:
@@ -198,17 +212,21 @@ class _Applier:
         run: Run,
         batch_size: int,
         owner: str,
+        key_range: KeyRange | None = None,
     ) -> None:
         self.catalog, self.dataset, self.driver, self.run = catalog, dataset, driver, run
         self.batch_size = batch_size
         self.owner = owner
+        self.key_range = key_range
+        #: whose resume_key each batch moves on: the range's for a split run, else the run's
+        self.progress: Run | KeyRange = key_range if key_range is not None else run
         self.parked = 0
         self.since_save = 0
         self.plen = len(dataset.driver.path)
         self.batch = self._new_batch()
 
     def _new_batch(self) -> Batch:
-        return Batch(self.dataset.id, self.run, self.owner)
+        return Batch(self.dataset.id, self.run, self.owner, key_range=self.key_range)
 
     def rows(self, objs: list[ObjectInfo]) -> list[tuple[Any, ...]]:
         """Item rows for listed objects as plain tuples of the ``items`` columns (no
@@ -252,7 +270,7 @@ class _Applier:
             batch.rows.extend(self.rows(writes))
             batch.row_seqs.extend([seen_seq] * len(writes))
         if last_key is not None:
-            self.run.resume_key = last_key
+            self.progress.resume_key = last_key
         self.since_save += listed
         if len(batch.rows) + len(batch.deletes) >= self.batch_size or (
             self.since_save >= PROGRESS_EVERY
@@ -272,8 +290,11 @@ class _Applier:
         await self.close_batch()
 
     def _lost(self) -> LeaseLost:
+        what = f"dataset {self.dataset.name!r}"
+        if self.key_range is not None:
+            what = f"key range {self.key_range.idx} of {what}"
         return LeaseLost(
-            f"dataset {self.dataset.name!r} was taken over by another process while "
+            f"{what} was taken over by another process while "
             "this sync stalled; it stopped without writing further"
         )
 
@@ -285,14 +306,23 @@ async def sync_dataset(
     options: SyncOptions | None = None,
     *,
     owner: str | None = None,
+    key_range: KeyRange | None = None,
 ) -> SyncResult:
     """Make ``dataset`` equal to what ``driver`` lists under the dataset's path and filters.
 
-    A real run needs ``owner`` to hold the dataset's lease (:func:`syncd.api.run_sync` takes
+    A real run needs ``owner`` to hold the dataset's lease (:func:`syncd.api.sync` takes
     it); a dry run writes nothing at all and needs no lease. Raises ``SyncFailed`` (nothing
     deleted) when the listing fails part-way, ``DeletesHeldBack`` when more deletes are due
     than ``options.max_delete`` allows (creates and updates are kept), ``LeaseLost`` if another
     process took the dataset over.
+
+    With ``key_range`` (claimed by ``owner``, :func:`syncd.store.ranges.claim`), only that
+    range of its split run is reconciled: the keys ``[lo, hi)`` are listed (after the range's
+    ``resume_key`` when it is resumed) and compared with the dataset's items of that range
+    only; each batch commits the range's progress; deletes are parked under the run. The
+    range is then completed, and if it was the run's last one, the run's parked deletes are
+    applied and the run closed, in the transaction that re-checks every range is completed.
+    A failed or stopped range is left ``failed`` and resumable; its run applies no delete.
     """
     options = options or SyncOptions()
     started = time.monotonic()
@@ -300,7 +330,15 @@ async def sync_dataset(
     run: Run | None = None
     start_after: str | None = None
     counts = dict.fromkeys(COUNTERS, 0)  # a dry run's own tally; a real run uses the run's
-    if not options.dry_run:
+    lease_name = lease.for_dataset(dataset.id)
+    if key_range is not None:
+        if options.dry_run or owner is None:
+            raise ValueError("a key range is reconciled for real, by the owner of its lease")
+        run = checkpoint.get(key_range.run_id)
+        counts = key_range.counts
+        start_after = key_range.resume_key
+        lease_name = key_range.lease
+    elif not options.dry_run:
         if owner is None:
             raise ValueError("a sync that writes needs the owner of the dataset's lease")
         with transaction(catalog.db):
@@ -316,7 +354,11 @@ async def sync_dataset(
         counts = run.counts
         start_after = run.resume_key
     resumed_after = start_after
-    known_items = catalog.count_items(dataset.id) if dataset.id else 0
+    known_items = catalog.count_items(dataset.id) if dataset.id and key_range is None else 0
+    # a key range [lo, hi): ``since`` bounds the catalog side from below until the first page
+    # is decided (``decided`` takes over), ``until`` bounds the listing and the catalog above
+    since = key_range.lo if key_range is not None and start_after is None else None
+    until = key_range.hi if key_range is not None else None
 
     prefix = dataset.driver.path
     filters = dataset.filters
@@ -329,6 +371,16 @@ async def sync_dataset(
             options.on_progress({**counts, "to_delete": to_delete})
 
     async def pages() -> AsyncIterator[tuple[int, list[ObjectInfo]]]:
+        if key_range is not None:
+            # the drivers' start_after is exclusive: start after ``lo`` minus its last
+            # character and drop the few keys below ``lo`` (as partition.py does)
+            start = start_after if since is None else since[:-1] or None
+            async for seq, page in prefetch(
+                driver.list(prefix, start_after=start, end_before=until),
+                before_page=catalog.event_seq,
+            ):
+                yield seq, page if since is None else [o for o in page if o.key >= since]
+            return
         conc = options.list_concurrency
         parts = conc * partition.RANGES_PER_STREAM if conc > 1 else 1
         bounds = await partition.boundaries(catalog, dataset.id, driver, prefix, start_after, parts)
@@ -350,13 +402,13 @@ async def sync_dataset(
             yield item
 
     applier = (
-        _Applier(catalog, dataset, driver, run, options.batch_size, owner or "") if run else None
+        _Applier(catalog, dataset, driver, run, options.batch_size, owner or "", key_range)
+        if run
+        else None
     )
     # renewed while a listing page or a retry takes long (batches renew it too)
     keeper = (
-        asyncio.create_task(lease.keep(catalog.db, lease.for_dataset(dataset.id), owner))
-        if run and owner
-        else None
+        asyncio.create_task(lease.keep(catalog.db, lease_name, owner)) if run and owner else None
     )
     accepts_all = filters.accepts_all
     plen = len(prefix)
@@ -385,19 +437,28 @@ async def sync_dataset(
                 raise SyncStopped("stopped before the listing completed (shutting down)")
             if page:
                 check_order(page, decided)
-                counts["listed"] += len(page)
                 if not accepts_all:
                     kept = [o for o in page if filters.accepts(o.key[plen:], o.size)]
-                    counts["filtered"] += len(page) - len(kept)
                 else:
                     kept = page
                 # compared (and written) in pieces of at most a batch: a batch still closes
                 # every batch_size writes, so a crash loses no more than before
                 last, step = page[-1].key, options.batch_size
+                counted = 0  # objects of the page up to the last piece, counted as listed
                 for lo in range(0, max(len(kept), 1), step):
                     piece = kept[lo : lo + step]
                     upto = piece[-1].key if lo + step < len(kept) else last
-                    known = catalog.known_range(dataset.id, decided, upto) if dataset.id else []
+                    # a batch commits the counters of the keys up to its resume point only,
+                    # so a run resumed mid-page does not count that page's first part twice
+                    upto_n = len(page) if upto == last else bisect_right(page, upto, key=_key)
+                    counts["listed"] += upto_n - counted
+                    counts["filtered"] += upto_n - counted - len(piece)
+                    counted = upto_n
+                    known = (
+                        catalog.known_range(dataset.id, decided, upto, since=since)
+                        if dataset.id
+                        else []
+                    )
                     await take(diff_page(piece, known), upto, len(piece), seq)
                     decided = upto
             counts["skipped"] = skipped_base + driver.skipped - skipped_before
@@ -405,7 +466,9 @@ async def sync_dataset(
         # the listing is complete: the items after its last key are gone (``seq`` is the
         # sequence of the answer that ended it)
         if dataset.id:
-            for rows in catalog.iter_known_rows(dataset.id, after=decided):
+            for rows in catalog.iter_known_rows(
+                dataset.id, after=decided, since=since if decided is None else None, before=until
+            ):
                 await take(PageDiff(deletes=rows), None, 0, seq)
         if applier is not None:
             await applier.flush()  # every batch committed before the run is closed
@@ -420,7 +483,11 @@ async def sync_dataset(
             # run continues from here; the parked deletes still wait for a complete listing
             await applier.flush()
             with transaction(catalog.db):
-                checkpoint.finish(run, "failed", error)
+                if key_range is not None:
+                    ranges.finish(catalog.db, key_range, "failed", redact(error))
+                    lease.release(catalog.db, lease_name, owner or "")
+                else:
+                    checkpoint.finish(run, "failed", error)
         if isinstance(exc, SyncStopped):
             raise SyncStopped(f"sync of dataset {dataset.name!r} {error}") from None
         raise SyncFailed(
@@ -431,6 +498,17 @@ async def sync_dataset(
             keeper.cancel()
             await asyncio.gather(keeper, return_exceptions=True)
 
+    if key_range is not None and run is not None:
+        closed = _complete_range(catalog, dataset, run, key_range, owner or "", options)
+        report()
+        return SyncResult(
+            dataset=dataset.name,
+            status="completed" if closed is not None else "range-completed",
+            counts=dict(closed.counts if closed is not None else counts),
+            seconds=time.monotonic() - started,
+            run_id=run.id,
+            resumed_after=resumed_after,
+        )
     if run is not None and applier is not None:
         due = checkpoint.count_parked(run)
         limit = options.max_delete.limit(known_items) if options.max_delete else None
@@ -467,3 +545,59 @@ async def sync_dataset(
         run_id=run.id if run else None,
         resumed_after=resumed_after,
     )
+
+
+def _complete_range(
+    catalog: Catalog,
+    dataset: Dataset,
+    run: Run,
+    key_range: KeyRange,
+    owner: str,
+    options: SyncOptions,
+) -> Run | None:
+    """Mark ``key_range`` completed and give its lease up; if it was the run's last range,
+    apply the run's parked deletes and close the run, in the same transaction (which re-checks
+    that every range is completed, under the run's row lock, so exactly one worker closes it).
+    Returns the closed run, or None if other ranges remain. Raises ``LeaseLost`` if the range
+    was taken over, ``DeletesHeldBack`` as a serial run does."""
+    checkpoint = Checkpoint(catalog.db)
+    held: str | None = None
+    with transaction(catalog.db):
+        ranges.lock_run(catalog.db, run.id)
+        if not lease.renew(catalog.db, key_range.lease, owner):
+            raise LeaseLost(
+                f"key range {key_range.idx} of dataset {dataset.name!r} was taken over by "
+                "another process while this sync stalled; it stopped without writing further"
+            )
+        ranges.finish(catalog.db, key_range, "completed")
+        lease.release(catalog.db, key_range.lease, owner)
+        if not ranges.all_completed(catalog.db, run.id):
+            return None
+        run = checkpoint.get(run.id)
+        if run.status != "running":
+            return None  # abandoned meanwhile (a serial sync started afresh)
+        run.counts, run.attempts = ranges.totals(catalog.db, run.id)
+        run.resume_key = None
+        catalog.db.execute("UPDATE runs SET attempts = ? WHERE id = ?", [run.attempts, run.id])
+        due = checkpoint.count_parked(run)
+        # the dataset's size when the run began: its items now, less what the run created
+        known_items = catalog.count_items(dataset.id) - run.counts["created"]
+        limit = options.max_delete.limit(known_items) if options.max_delete else None
+        if limit is not None and due > limit:
+            held = (
+                f"sync of dataset {dataset.name!r} held back {due:,} deletes, more than the "
+                f"{limit:,} allowed by --max-delete / max_delete; nothing was deleted "
+                f"({run.counts['created']:,} created, {run.counts['updated']:,} updated). If "
+                "the deletions are intended, run again with a higher --max-delete"
+            )
+            run.held_deletes = due
+            checkpoint.clear_parked(run)
+            checkpoint.finish(run, "held", held)
+        else:
+            run.counts["deleted"] += checkpoint.apply_parked(run, dataset.id)
+            checkpoint.clear_parked(run)
+            checkpoint.finish(run, "completed")
+            faults.pause_point("run-close")
+    if held is not None:
+        raise DeletesHeldBack(held)
+    return run

@@ -29,9 +29,10 @@ from providers.config import PUBLIC_FIELDS, DriverConfig, Integration
 from syncd.errors import UsageError
 from syncd.reconcile.filters import Filters
 from syncd.reconcile.march import KnownRow
-from syncd.store import lease
+from syncd.store import lease, ranges
 from syncd.store.checkpoint import Checkpoint, Run
 from syncd.store.db import is_server, now, open_db, transaction
+from syncd.store.ranges import KeyRange
 from syncd.store.sql import ITEM_COLUMNS, Database
 
 ITEM_FIELDS = (
@@ -198,6 +199,7 @@ class Catalog:
     def drop_dataset(self, dataset: Dataset) -> None:
         """Remove a dataset with its items and runs (and its driver if nothing else uses it)."""
         with transaction(self.db):
+            ranges.clear(self.db, "SELECT id FROM runs WHERE dataset_id = ?", [dataset.id])
             for table in ("pending_deletes", "run_attempts"):
                 self.db.execute(
                     f"DELETE FROM {table} WHERE run_id IN"
@@ -272,13 +274,25 @@ class Catalog:
         return [r[0] for r in rows]
 
     def iter_known_rows(
-        self, dataset_id: int, *, after: str | None = None, page: int = 5000
+        self,
+        dataset_id: int,
+        *,
+        after: str | None = None,
+        page: int = 5000,
+        since: str | None = None,
+        before: str | None = None,
     ) -> Iterator[list[KnownRow]]:
-        """The rows of :meth:`known_range` for every key after ``after``, in pages of at most
-        ``page`` (each a fresh query after the last key returned; memory stays bounded)."""
+        """The rows of :meth:`known_range` for every key after ``after`` (and, when given, at
+        least ``since`` and below ``before``: one key range of a split run), in pages of at
+        most ``page`` (each a fresh query after the last key returned; memory stays
+        bounded)."""
         cursor = after
         while True:
             where, args = key_range(cursor, "")
+            if since is not None:
+                where, args = where + " AND key >= ?", [*args, since]
+            if before is not None:
+                where, args = where + " AND key < ?", [*args, before]
             sql = f"SELECT key, size, etag, version FROM items WHERE dataset_id = ?{where}"
             rows = self.db.execute(
                 sql + " ORDER BY key LIMIT ?", (dataset_id, *args, page)
@@ -320,11 +334,16 @@ class Catalog:
                 return
             cursor = rows[-1][0]
 
-    def known_range(self, dataset_id: int, after: str | None, upto: str) -> list[KnownRow]:
+    def known_range(
+        self, dataset_id: int, after: str | None, upto: str, *, since: str | None = None
+    ) -> list[KnownRow]:
         """``(key, size, etag, version)`` of the items with ``after < key <= upto`` (no lower
-        bound when ``after`` is None), in key order, as plain tuples: the catalog side of one
-        listing page for :func:`syncd.reconcile.march.diff_page`. One range scan of the key
-        index."""
+        bound when ``after`` is None; ``since <= key`` instead when ``since`` is given: the
+        start of a split run's key range), in key order, as plain tuples: the catalog side of
+        one listing page for :func:`syncd.reconcile.march.diff_page`. One range scan of the
+        key index."""
+        if after is None and since is not None:
+            return self.db.execute(_KNOWN_SINCE, (dataset_id, since, upto)).fetchall()
         if after is None:
             return self.db.execute(_KNOWN_UPTO, (dataset_id, upto)).fetchall()
         return self.db.execute(_KNOWN_RANGE, (dataset_id, after, upto)).fetchall()
@@ -365,24 +384,29 @@ class Catalog:
 
     def commit_batch(self, batch: Batch) -> bool:
         """Commit one batch of a sync in one transaction: check the run's owner still holds
-        the dataset's lease, upsert the batch's items (event-guarded, see :meth:`write_rows`),
+        the dataset's lease (a split run's range: the range's lease), upsert the batch's items (event-guarded, see :meth:`write_rows`),
         park its deletes, and save the run's progress (``resume_key`` and counters). Returns
         False, having written nothing, when the lease was lost.
 
         The one store call a sync makes per batch: both stores commit a batch as one unit."""
+        part = batch.key_range
+        name = part.lease if part is not None else lease.for_dataset(batch.dataset_id)
         with transaction(self.db):
             # first: an event batch on another connection must not commit between this
             # batch's guard reads and its writes (see syncd.store.pg)
             self.db.lock_writes(exclusive=False)
             # checked in the same transaction as the writes: a process whose lease was taken
             # over (it stalled past the expiry) never writes beside the new holder
-            if not lease.renew(self.db, lease.for_dataset(batch.dataset_id), batch.owner):
+            if not lease.renew(self.db, name, batch.owner):
                 return False
             self.write_rows(batch.dataset_id, batch.rows, seen_seq=batch.row_seqs)
             checkpoint = Checkpoint(self.db)
             if batch.deletes:
                 checkpoint.park_deletes(batch.run, batch.deletes, batch.delete_seqs)
-            checkpoint.save_progress(batch.run)
+            if part is not None:
+                ranges.save_progress(self.db, part)
+            else:
+                checkpoint.save_progress(batch.run)
             faults.pause_point("batch-commit")
         return True
 
@@ -406,6 +430,10 @@ _KNOWN_RANGE = (
     "SELECT key, size, etag, version FROM items WHERE dataset_id = ? AND key > ? AND key <= ?"
     " ORDER BY key"
 )
+_KNOWN_SINCE = (
+    "SELECT key, size, etag, version FROM items WHERE dataset_id = ? AND key >= ? AND key <= ?"
+    " ORDER BY key"
+)
 _KNOWN_UPTO = (
     "SELECT key, size, etag, version FROM items WHERE dataset_id = ? AND key <= ? ORDER BY key"
 )
@@ -416,7 +444,9 @@ class Batch:
     """One batch of a sync, committed by :meth:`Catalog.commit_batch`: item rows (plain
     tuples, see :meth:`Catalog.write_rows`) with the event sequence each was decided under, keys
     to park for deletion with theirs, and the run whose progress (``resume_key``, counters)
-    is saved with them; ``owner`` must hold the dataset's lease."""
+    is saved with them; ``owner`` must hold the dataset's lease. For one key range of a split
+    run, ``key_range`` is that range: ``owner`` must hold the range's lease, the range's
+    progress is saved instead of the run's, and the deletes are parked under the run."""
 
     dataset_id: int
     run: Run
@@ -425,6 +455,7 @@ class Batch:
     row_seqs: list[int] = field(default_factory=list)
     deletes: list[str] = field(default_factory=list)
     delete_seqs: list[int] = field(default_factory=list)
+    key_range: KeyRange | None = None
 
 
 def key_range(after: str | None, prefix: str) -> tuple[str, list[str]]:

@@ -54,6 +54,8 @@ class Run:
     error: str | None = None
     owner: str | None = None
     held_deletes: int = 0
+    #: key ranges of a split run (:mod:`syncd.store.ranges`); 0 for a run that is not split
+    ranges: int = 0
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTERS, 0))
 
     @property
@@ -95,7 +97,7 @@ class Attempt:
 
 _RUN_COLUMNS = (
     "id, dataset_id, fingerprint, status, started_at, attempts, resume_key, ended_at, error, "
-    "owner, held_deletes, " + ", ".join(COUNTERS)
+    "owner, held_deletes, ranges, " + ", ".join(COUNTERS)
 )
 _ATTEMPT_COLUMNS = (
     "run_id, attempt, owner, started_at, ended_at, status, resumed_after, last_key, error"
@@ -107,7 +109,7 @@ def _parse(stamp: str) -> datetime:
 
 
 def _run_from_row(row: tuple) -> Run:
-    return Run(*row[:11], counts=dict(zip(COUNTERS, row[11:], strict=True)))
+    return Run(*row[:12], counts=dict(zip(COUNTERS, row[12:], strict=True)))
 
 
 class Checkpoint:
@@ -149,7 +151,10 @@ class Checkpoint:
                 [now(), previous.id],
             )
         fresh = previous is not None and _age_seconds(previous.started_at) <= resume_within
-        if previous is not None and previous.fingerprint == fingerprint and fresh and not restart:
+        # a split run is resumed range by range (syncd.store.ranges), never as a whole: a
+        # serial run in its place starts afresh
+        same = previous is not None and previous.fingerprint == fingerprint and not previous.ranges
+        if previous is not None and same and fresh and not restart:
             previous.attempts += 1
             previous.status, previous.error, previous.owner = "running", None, owner
             self.db.execute(
@@ -172,6 +177,11 @@ class Checkpoint:
                 [now(), previous.id],
             )
             self.db.execute("DELETE FROM pending_deletes WHERE run_id = ?", [previous.id])
+            self.db.execute(
+                "UPDATE range_attempts SET status = 'interrupted', ended_at = ?"
+                " WHERE run_id = ? AND status = 'running'",
+                [now(), previous.id],
+            )
         started = now()
         cur = self.db.execute(
             "INSERT INTO runs (dataset_id, fingerprint, status, started_at, owner)"
@@ -181,6 +191,26 @@ class Checkpoint:
         run = Run(int(cur.fetchone()[0]), dataset_id, fingerprint, "running", started, owner=owner)
         self._begin_attempt(run)
         return run
+
+    def begin_split(self, dataset_id: int, fingerprint: str, owner: str) -> Run:
+        """Insert a new run to be cut into key ranges (:mod:`syncd.store.ranges`; the caller
+        creates them and holds the transaction). Its attempts are its ranges'."""
+        started = now()
+        row = self.db.execute(
+            "INSERT INTO runs (dataset_id, fingerprint, status, started_at, owner)"
+            " VALUES (?, ?, 'running', ?, ?) RETURNING id",
+            [dataset_id, fingerprint, started, owner],
+        ).fetchone()
+        return Run(int(row[0]), dataset_id, fingerprint, "running", started, owner=owner)
+
+    def get(self, run_id: int) -> Run:
+        """The run with id ``run_id``, as stored."""
+        row = self.db.execute(f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = ?", [run_id]).fetchone()
+        return _run_from_row(row)
+
+    def fresh(self, run: Run, resume_within: float) -> bool:
+        """Whether ``run`` started at most ``resume_within`` seconds ago (may be resumed)."""
+        return _age_seconds(run.started_at) <= resume_within
 
     def _begin_attempt(self, run: Run) -> None:
         self.db.execute(
@@ -265,7 +295,14 @@ class Checkpoint:
         runs = [_run_from_row(r) for r in rows]
         live = lease.live_owner(self.db, lease.for_dataset(dataset_id)) if runs else None
         for run in runs:
-            if run.status == "running" and run.owner != live:
+            if run.status == "running" and run.ranges:
+                from syncd.store import ranges  # imports this module
+
+                # a split run: its counters are its ranges'; it runs while a range does
+                run.counts, run.attempts = ranges.totals(self.db, run.id)
+                if not ranges.live_holders(self.db, run.id):
+                    run.status = "interrupted"
+            elif run.status == "running" and run.owner != live:
                 run.status = "interrupted"
         return runs
 

@@ -212,6 +212,52 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
         ],
     ),
     (
+        "0008_run_ranges",
+        [
+            # a split run (syncd.store.ranges): one large dataset's run cut into key ranges
+            # [lo, hi), each leased ("range:<run>:<idx>"), listed and resumed on its own; the
+            # run's parked deletes are applied once every range is completed. ``runs.ranges``
+            # is how many (0: a run that is not split)
+            "ALTER TABLE runs ADD COLUMN ranges INTEGER NOT NULL DEFAULT 0",
+            """CREATE TABLE run_ranges (
+                run_id INTEGER NOT NULL REFERENCES runs(id),
+                idx INTEGER NOT NULL,
+                lo TEXT,
+                hi TEXT,
+                status TEXT NOT NULL,
+                resume_key TEXT,
+                owner TEXT,
+                attempts INTEGER NOT NULL DEFAULT 0,
+                started_at TEXT,
+                ended_at TEXT,
+                error TEXT,
+                listed INTEGER NOT NULL DEFAULT 0,
+                created INTEGER NOT NULL DEFAULT 0,
+                updated INTEGER NOT NULL DEFAULT 0,
+                deleted INTEGER NOT NULL DEFAULT 0,
+                unchanged INTEGER NOT NULL DEFAULT 0,
+                filtered INTEGER NOT NULL DEFAULT 0,
+                skipped INTEGER NOT NULL DEFAULT 0,
+                PRIMARY KEY (run_id, idx)
+            )""",
+            # every attempt at a range: who, when, from where, how far (no two attempts of one
+            # range may overlap in time; tests check it)
+            """CREATE TABLE range_attempts (
+                run_id INTEGER NOT NULL REFERENCES runs(id),
+                idx INTEGER NOT NULL,
+                attempt INTEGER NOT NULL,
+                owner TEXT NOT NULL,
+                started_at TEXT NOT NULL,
+                ended_at TEXT,
+                status TEXT NOT NULL,
+                resumed_after TEXT,
+                last_key TEXT,
+                error TEXT,
+                PRIMARY KEY (run_id, idx, attempt)
+            )""",
+        ],
+    ),
+    (
         "0010_key_marker_times",
         [
             # the event's time as microseconds since the epoch (event_time is ISO text of

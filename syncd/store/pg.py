@@ -184,6 +184,47 @@ PG_MIGRATIONS: list[tuple[str, list[str]]] = [
             )""",
         ],
     ),
+    (
+        # sqlite's 0008_run_ranges: split runs (syncd.store.ranges)
+        "0008_run_ranges",
+        [
+            "ALTER TABLE runs ADD COLUMN ranges INTEGER NOT NULL DEFAULT 0",
+            f"""CREATE TABLE run_ranges (
+                run_id BIGINT NOT NULL REFERENCES runs(id),
+                idx INTEGER NOT NULL,
+                lo {_KEY},
+                hi {_KEY},
+                status TEXT NOT NULL,
+                resume_key {_KEY},
+                owner TEXT,
+                attempts INTEGER NOT NULL DEFAULT 0,
+                started_at TEXT,
+                ended_at TEXT,
+                error TEXT,
+                listed BIGINT NOT NULL DEFAULT 0,
+                created BIGINT NOT NULL DEFAULT 0,
+                updated BIGINT NOT NULL DEFAULT 0,
+                deleted BIGINT NOT NULL DEFAULT 0,
+                unchanged BIGINT NOT NULL DEFAULT 0,
+                filtered BIGINT NOT NULL DEFAULT 0,
+                skipped BIGINT NOT NULL DEFAULT 0,
+                PRIMARY KEY (run_id, idx)
+            )""",
+            f"""CREATE TABLE range_attempts (
+                run_id BIGINT NOT NULL REFERENCES runs(id),
+                idx INTEGER NOT NULL,
+                attempt INTEGER NOT NULL,
+                owner TEXT NOT NULL,
+                started_at TEXT NOT NULL,
+                ended_at TEXT,
+                status TEXT NOT NULL,
+                resumed_after {_KEY},
+                last_key {_KEY},
+                error TEXT,
+                PRIMARY KEY (run_id, idx, attempt)
+            )""",
+        ],
+    ),
     ("0010_key_marker_times", ["ALTER TABLE key_markers ADD COLUMN event_us BIGINT"]),
 ]
 
