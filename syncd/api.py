@@ -20,7 +20,7 @@ from syncd.errors import SyncFailed, UsageError
 from syncd.reconcile.filters import Filters
 from syncd.reconcile.source import canonical, parse_source
 from syncd.reconcile.sync import DatasetBusy, SyncOptions, SyncResult, sync_dataset
-from syncd.store import lease
+from syncd.store import lease, workers
 from syncd.store.catalog import Catalog, Dataset
 from syncd.store.checkpoint import Checkpoint, Run
 from syncd.store.db import transaction
@@ -199,6 +199,16 @@ async def take_lease(catalog: Catalog, dataset: Dataset, owner: str, *, wait: bo
         await asyncio.sleep(WAIT_POLL_SECONDS)
 
 
+class NotDue(Exception):
+    """The dataset was reconciled after the caller's cutoff (by another worker, or a one-shot
+    sync): nothing to do until ``ended_at`` plus the interval. Not an error."""
+
+    def __init__(self, dataset: str, ended_at: str) -> None:
+        super().__init__(f"dataset {dataset!r} was reconciled at {ended_at}")
+        self.dataset = dataset
+        self.ended_at = ended_at
+
+
 async def sync(
     catalog: Catalog,
     name: str,
@@ -208,13 +218,21 @@ async def sync(
     filters: Filters | None = None,
     options: SyncOptions | None = None,
     wait: bool = False,
+    owner: str | None = None,
+    unless_reconciled_after: str | None = None,
 ) -> SyncResult:
     """Sync dataset ``name`` (created from ``source`` or ``spec`` on first use); the library
-    call behind ``syncd sync``.
+    call behind ``syncd sync`` and every reconcile of ``syncd run``.
 
     * A dry run writes nothing at all: no dataset, no filters, no run row.
-    * Otherwise the dataset's lease is taken first (``DatasetBusy`` if another process syncs
-      it, unless ``wait``), then the binding is updated and the sync runs under the lease.
+    * Otherwise the dataset's lease is taken first for ``owner`` (default: a fresh one;
+      a worker passes one named after it, see :func:`syncd.store.workers.lease_owner`),
+      ``DatasetBusy`` if another process syncs it, unless ``wait``; then the binding is
+      updated and the sync runs under the lease.
+    * ``unless_reconciled_after`` (an ISO time as :func:`syncd.store.db.now` writes): once
+      the lease is held, if a reconcile of the dataset finished after it, release the lease
+      and raise :class:`NotDue` instead of syncing. Checked under the lease, so two workers
+      that both found the dataset due never reconcile it twice in a row.
     * A dataset created by this call whose first sync fails before writing any item is
       removed again, so a typo in a bucket name or bad credentials leave nothing half-made.
     """
@@ -224,9 +242,13 @@ async def sync(
         async with open_dataset_driver(dataset, spec) as driver:
             return await sync_dataset(catalog, dataset, driver, options)
     dataset, new = ensure_dataset(catalog, name, source=source, spec=spec, filters=filters)
-    owner = lease.new_owner()
+    owner = owner or lease.new_owner()
     await take_lease(catalog, dataset, owner, wait=wait)
     try:
+        if unless_reconciled_after is not None:
+            ended = workers.last_reconciled(catalog.db, dataset.id)
+            if ended is not None and ended > unless_reconciled_after:
+                raise NotDue(dataset.name, ended)
         dataset = bind_dataset(catalog, name, source=source, spec=spec, filters=filters)
         try:
             async with open_dataset_driver(dataset, spec) as driver:
