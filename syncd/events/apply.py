@@ -125,6 +125,9 @@ class EventApplier:
         result = ApplyResult()
         unrouted: dict[tuple[str, str, str], tuple[int, str]] = {}
         with transaction(self.catalog.db):
+            # decided in Python from what it reads: no other writer may commit in between
+            # (a no-op on sqlite, whose transactions already take turns)
+            self.catalog.db.lock_writes(exclusive=True)
             seq = self._next_seq()
             for event in events:
                 targets = self.routes(event)
@@ -147,7 +150,7 @@ class EventApplier:
                 "INSERT INTO unrouted_events"
                 " (provider, bucket, account, count, first_seen, last_seen, last_key)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (provider, bucket, account) DO UPDATE"
-                " SET count = count + excluded.count, last_seen = excluded.last_seen,"
+                " SET count = unrouted_events.count + excluded.count, last_seen = excluded.last_seen,"
                 " last_key = excluded.last_key",
                 [provider, bucket, account, count, stamp, stamp, key],
             )
@@ -225,10 +228,11 @@ class EventApplier:
         db.execute(
             "INSERT INTO key_markers (dataset_id, key, marker, deleted, updated_at, seq, event_time)"
             " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (dataset_id, key) DO UPDATE SET"
-            " marker = CASE WHEN excluded.marker = '' THEN marker ELSE excluded.marker END,"
+            " marker = CASE WHEN excluded.marker = '' THEN key_markers.marker"
+            " ELSE excluded.marker END,"
             " deleted = excluded.deleted, updated_at = excluded.updated_at,"
-            " seq = CASE WHEN excluded.seq = 0 THEN seq ELSE excluded.seq END,"
-            " event_time = coalesce(excluded.event_time, event_time)",
+            " seq = CASE WHEN excluded.seq = 0 THEN key_markers.seq ELSE excluded.seq END,"
+            " event_time = coalesce(excluded.event_time, key_markers.event_time)",
             [
                 ds.id,
                 event.key,
