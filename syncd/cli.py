@@ -727,13 +727,14 @@ def workers_ls(db_path: str | None, as_json: bool) -> None:
     catalog = Catalog.open_reader(db)
     try:
         found = registry.listing(catalog.db)
+        where = catalog.db.url  # no password
     finally:
         catalog.close()
     if as_json:
         _emit(found)
         return
     if not found["workers"] and not found["gone"]:
-        click.echo(f"no syncd run worker is registered on catalog {db}")
+        click.echo(f"no syncd run worker is registered on catalog {where}")
     for kind in ("workers", "gone"):
         for w in found[kind]:
             state = "live" if kind == "workers" else "gone"
@@ -855,7 +856,7 @@ def _run_daemon(config: Any, db: str, *, create_catalog: bool, register: bool = 
             create_catalog=create_catalog,
             register=register,
             on_ready=lambda summary: click.echo(
-                f"syncd: running on catalog {db}: {summary}", err=True
+                f"syncd: running on catalog {redact(db)}: {summary}", err=True
             ),
         )
         await daemon.run()

@@ -44,7 +44,8 @@ import boto3
 import pytest
 
 from syncd.store.catalog import Catalog
-from tests.conftest import catalog_state, unique_bucket
+from syncd.store.pg import close_pools
+from tests.conftest import STORES, catalog_state, unique_bucket
 from tests.emulators import Emulator, free_port, notify_queue
 from tests.test_daemon_e2e import wait_for
 
@@ -61,10 +62,15 @@ VISIBILITY = 3
 NAMES = [f"d{i:02d}" for i in range(SMALL)] + ["big"]
 
 
-@pytest.fixture
-def catalog_url(tmp_path: Path) -> str:
-    """The catalog the workers share: a sqlite file (several processes on one host, WAL)."""
-    return str(tmp_path / "catalog.db")
+@pytest.fixture(params=STORES)
+def catalog_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The catalog the workers share: a sqlite file (several processes on one host, WAL), or
+    a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        yield str(tmp_path / "catalog.db")
+        return
+    yield request.getfixturevalue("postgres_url")
+    close_pools()  # this test's own reads, before the database is dropped
 
 
 @dataclass
