@@ -54,14 +54,15 @@ def seconds(stamp: str) -> float:
 
 
 def measure(db: str, cfg: Path, env: dict[str, str], workers: int, datasets: int) -> dict:
+    logs = [cfg.parent / f"worker-{time.time_ns()}-{i}.log" for i in range(workers)]
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "syncd.cli", "-q", "run", "--config", str(cfg), "--db", db],
+            [sys.executable, "-m", "syncd.cli", "run", "--config", str(cfg), "--db", db],
             env=env,
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stderr=log.open("w"),
         )
-        for _ in range(workers)
+        for log in logs
     ]
     try:
         deadline = time.monotonic() + 1800
@@ -91,6 +92,10 @@ def measure(db: str, cfg: Path, env: dict[str, str], workers: int, datasets: int
             p.send_signal(signal.SIGTERM)
         for p in procs:
             p.wait(timeout=120)
+        for log in logs:  # what went wrong, if anything did
+            for line in log.read_text().splitlines():
+                if "ERROR" in line or "error:" in line or "Traceback" in line:
+                    print(f"    {log.name}: {line}")
 
 
 def main() -> None:
@@ -143,7 +148,7 @@ def main() -> None:
         for r in range(args.rounds):
             for n in args.workers:
                 if server is not None:
-                    db = server.create_database(f"bench_{r}_{n}")
+                    db = server.create_database(f"bench_{r}_{n}_{len(results[n])}")
                 else:
                     db = str(work / f"c-{r}-{n}.db")
                 got = measure(db, cfg, env, n, args.datasets)
