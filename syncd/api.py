@@ -21,7 +21,7 @@ from syncd.reconcile import split
 from syncd.reconcile.filters import Filters
 from syncd.reconcile.source import canonical, parse_source
 from syncd.reconcile.sync import DatasetBusy, SyncOptions, SyncResult, sync_dataset
-from syncd.store import lease, ranges
+from syncd.store import lease, ranges, workers
 from syncd.store.catalog import Catalog, Dataset
 from syncd.store.checkpoint import COUNTERS, Checkpoint, Run
 from syncd.store.db import transaction
@@ -123,8 +123,11 @@ def ensure_dataset(
     assert src is not None and cfg is not None
     try:
         return catalog.create_dataset(name, src, cfg, flt or Filters()), True
-    except UsageError:
-        found = catalog.find_dataset(name)  # another process created it first
+    except Exception:
+        # another process created it first: sqlite says so (UsageError, one writer at a time);
+        # on PostgreSQL two workers starting together can both pass the existence check, and
+        # the second insert meets the first's unique key (its transaction rolled back)
+        found = catalog.find_dataset(name)
         if found is None:
             raise
         return found, False
@@ -221,6 +224,16 @@ def _range_holder(catalog: Catalog, dataset: Dataset) -> lease.Holder | None:
     return next(iter(ranges.live_holders(catalog.db, open_run.id)), None)
 
 
+class NotDue(Exception):
+    """The dataset was reconciled after the caller's cutoff (by another worker, or a one-shot
+    sync): nothing to do until ``ended_at`` plus the interval. Not an error."""
+
+    def __init__(self, dataset: str, ended_at: str) -> None:
+        super().__init__(f"dataset {dataset!r} was reconciled at {ended_at}")
+        self.dataset = dataset
+        self.ended_at = ended_at
+
+
 async def sync(
     catalog: Catalog,
     name: str,
@@ -230,13 +243,21 @@ async def sync(
     filters: Filters | None = None,
     options: SyncOptions | None = None,
     wait: bool = False,
+    owner: str | None = None,
+    unless_reconciled_after: str | None = None,
 ) -> SyncResult:
     """Sync dataset ``name`` (created from ``source`` or ``spec`` on first use); the library
-    call behind ``syncd sync``.
+    call behind ``syncd sync`` and every reconcile of ``syncd run``.
 
     * A dry run writes nothing at all: no dataset, no filters, no run row.
-    * Otherwise the dataset's lease is taken first (``DatasetBusy`` if another process syncs
-      it, unless ``wait``), then the binding is updated and the sync runs under the lease.
+    * Otherwise the dataset's lease is taken first for ``owner`` (default: a fresh one;
+      a worker passes one named after it, see :func:`syncd.store.workers.lease_owner`),
+      ``DatasetBusy`` if another process syncs it, unless ``wait``; then the binding is
+      updated and the sync runs under the lease.
+    * ``unless_reconciled_after`` (an ISO time as :func:`syncd.store.db.now` writes): once
+      the lease is held, if a reconcile of the dataset finished after it, release the lease
+      and raise :class:`NotDue` instead of syncing. Checked under the lease, so two workers
+      that both found the dataset due never reconcile it twice in a row.
     * A dataset created by this call whose first sync fails before writing any item is
       removed again, so a typo in a bucket name or bad credentials leave nothing half-made.
     * A large dataset's run is split into key ranges (``options.ranges``, else one per 50,000
@@ -251,7 +272,15 @@ async def sync(
         async with open_dataset_driver(dataset, spec) as driver:
             return await sync_dataset(catalog, dataset, driver, options)
     return await _sync(
-        catalog, name, source=source, spec=spec, filters=filters, options=options, wait=wait
+        catalog,
+        name,
+        source=source,
+        spec=spec,
+        filters=filters,
+        options=options,
+        wait=wait,
+        owner=owner,
+        unless_reconciled_after=unless_reconciled_after,
     )
 
 
@@ -263,6 +292,7 @@ async def sync_some(
     options: SyncOptions | None = None,
     worker: str | None = None,
     start: bool = True,
+    unless_reconciled_after: str | None = None,
 ) -> SyncResult:
     """One unit of a daemon worker's work on dataset ``name``: reconcile one free key range of
     its open split run (joining it), or start its run (a split run: cut it and reconcile its
@@ -277,12 +307,23 @@ async def sync_some(
     ``start=False`` only joins: with no open split run to help with (none, or another driver
     or filters than the dataset's), the status is ``"idle"`` and nothing is started. It takes
     no dataset lease (a range is claimed only while no live process holds that lease), so a
-    daemon can offer spare workers to other workers' runs without ever starting one."""
+    daemon can offer spare workers to other workers' runs without ever starting one.
+
+    ``unless_reconciled_after``: as for :func:`sync` (``NotDue``), when this call would start
+    or join the dataset's run."""
     options = options or SyncOptions()
     if options.dry_run:
         raise UsageError("sync_some writes: use sync() for a dry run")
     if start:
-        return await _sync(catalog, name, spec=spec, options=options, owner=worker, one=True)
+        return await _sync(
+            catalog,
+            name,
+            spec=spec,
+            options=options,
+            owner=worker,
+            one=True,
+            unless_reconciled_after=unless_reconciled_after,
+        )
     dataset = catalog.get_dataset(name)
     run = split.open_run(catalog, dataset, options)
     if run is None:
@@ -304,6 +345,7 @@ async def _sync(
     wait: bool = False,
     owner: str | None = None,
     one: bool = False,
+    unless_reconciled_after: str | None = None,
 ) -> SyncResult:
     """:func:`sync` (all of the run) or :func:`sync_some` (``one``: a range of it)."""
     if options.ranges is None and spec is not None and spec.ranges is not None:
@@ -312,6 +354,10 @@ async def _sync(
     owner = owner or lease.new_owner()
     await take_lease(catalog, dataset, owner, wait=wait, ranges_ok=wait or one)
     try:
+        if unless_reconciled_after is not None:
+            ended = workers.last_reconciled(catalog.db, dataset.id)
+            if ended is not None and ended > unless_reconciled_after:
+                raise NotDue(dataset.name, ended)
         dataset = bind_dataset(catalog, name, source=source, spec=spec, filters=filters)
         try:
             async with open_dataset_driver(dataset, spec) as driver:

@@ -722,6 +722,50 @@ def runs_ls(dataset_name: str, db_path: str | None, limit: int, as_json: bool) -
 
 
 @cli.group()
+def workers() -> None:
+    """The `syncd run` workers sharing a catalog."""
+
+
+@workers.command("ls")
+@_db_option
+@click.option("--json", "as_json", is_flag=True, help="print the registry as one JSON object")
+def workers_ls(db_path: str | None, as_json: bool) -> None:
+    """List the live workers, the dataset leases each holds and their expiry, and workers
+    that died without stopping (gone)."""
+    from syncd.store import workers as registry
+
+    db = db_path or default_db_path()
+    catalog = Catalog.open_reader(db)
+    try:
+        found = registry.listing(catalog.db)
+        where = catalog.db.url  # no password
+    finally:
+        catalog.close()
+    if as_json:
+        _emit(found)
+        return
+    if not found["workers"] and not found["gone"]:
+        click.echo(f"no syncd run worker is registered on catalog {where}")
+    for kind in ("workers", "gone"):
+        for w in found[kind]:
+            state = "live" if kind == "workers" else "gone"
+            click.echo(
+                f"{w['id']}\t{state}\tstarted {w['started_at']}\texpires {w['expires_at']}"
+                f"\t{w['api'] or '-'}\t{len(w['leases'])} lease(s)"
+            )
+            for held in w["leases"]:
+                click.echo(
+                    f"  {held['name']}\t{printable(held['dataset'] or '?')}"
+                    f"\tuntil {held['expires_at']}" + ("" if held["live"] else "\texpired")
+                )
+    for held in found["other_leases"]:
+        click.echo(
+            f"{held['owner']}\tno worker\t{held['name']}\t{printable(held['dataset'] or '?')}"
+            f"\tuntil {held['expires_at']}"
+        )
+
+
+@cli.group()
 def events() -> None:
     """Bucket events (S3, GCS, Azure formats)."""
 
@@ -793,10 +837,10 @@ def serve(db_path: str | None, host: str, port: int) -> None:
     from syncd.config import DaemonConfig, ServerConfig
 
     config = DaemonConfig(datasets={}, server=ServerConfig(host=host, port=port))
-    _run_daemon(config, db_path or default_db_path(), create_catalog=False)
+    _run_daemon(config, db_path or default_db_path(), create_catalog=False, register=False)
 
 
-def _run_daemon(config: Any, db: str, *, create_catalog: bool) -> None:
+def _run_daemon(config: Any, db: str, *, create_catalog: bool, register: bool = True) -> None:
     """Run a :class:`~syncd.daemon.service.Daemon` until SIGTERM/SIGINT; one line on stderr
     once it is up."""
     import os
@@ -821,8 +865,9 @@ def _run_daemon(config: Any, db: str, *, create_catalog: bool) -> None:
             stop=stop,
             api_token=token,
             create_catalog=create_catalog,
+            register=register,
             on_ready=lambda summary: click.echo(
-                f"syncd: running on catalog {db}: {summary}", err=True
+                f"syncd: running on catalog {redact(db)}: {summary}", err=True
             ),
         )
         await daemon.run()
@@ -843,7 +888,8 @@ def run(config_path: str | None, db_path: str | None) -> None:
 
     Reconciles every dataset at start and every `interval` seconds, applies bucket events from
     the [queues.NAME] it declares and from folder watches, and serves the HTTP API if [server]
-    is set (bearer token from SYNCD_API_TOKEN). One daemon per catalog.
+    is set (bearer token from SYNCD_API_TOKEN). Several can run on one catalog as workers
+    that share the datasets and queues (see `syncd workers ls`).
     """
     from syncd.config import find_config, load_daemon_config
 

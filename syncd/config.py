@@ -26,6 +26,7 @@ Example::
 
     [daemon]
     interval = 3600
+    lease_ttl = 60                                 # seconds; a dead worker's datasets move on
 
     [queues.images-events]
     type = "sqs"
@@ -90,6 +91,8 @@ CONFIG_ENV = "SYNCD_CONFIG"
 DEFAULT_CONFIG = "syncd.toml"
 #: seconds between two daemon syncs of a dataset, unless ``[daemon]`` or the dataset says
 DEFAULT_INTERVAL = 3600
+#: seconds a worker's dataset lease lives without renewal (``[daemon] lease_ttl``)
+DEFAULT_LEASE_TTL = 60
 #: the integration type a queue of each type authenticates with
 QUEUE_PROVIDER = {"sqs": "s3", "azure-queue": "azure", "pubsub": "gcs"}
 
@@ -121,9 +124,11 @@ class DatasetSpec:
 
 @dataclass(frozen=True)
 class DaemonSettings:
-    """The ``[daemon]`` table."""
+    """The ``[daemon]`` table. ``lease_ttl``: seconds a dataset lease (and a worker's
+    registration) lives without renewal: how soon another worker takes over from a dead one."""
 
     interval: int = DEFAULT_INTERVAL
+    lease_ttl: int = DEFAULT_LEASE_TTL
 
 
 @dataclass(frozen=True)
@@ -259,6 +264,7 @@ class DatasetTable(_Table):
 
 class DaemonTable(_Table):
     interval: Seconds = DEFAULT_INTERVAL
+    lease_ttl: Annotated[int, Field(ge=2, le=86400)] = DEFAULT_LEASE_TTL
 
 
 def _http_url(value: str) -> str:
@@ -521,7 +527,7 @@ def _build(table: FileTable) -> DaemonConfig:
     }
     return DaemonConfig(
         datasets=datasets,
-        daemon=DaemonSettings(interval=interval),
+        daemon=DaemonSettings(interval=interval, lease_ttl=table.daemon.lease_ttl),
         queues=queues,
         server=ServerConfig(host=table.server.host, port=table.server.port)
         if "server" in table.model_fields_set

@@ -157,7 +157,7 @@ def wipe(catalog: Catalog) -> None:
     tables = [
         "local_copies", "unrouted_events", "range_attempts", "run_ranges", "run_attempts",
         "pending_deletes", "runs",
-        "key_markers", "leases", "items", "datasets", "drivers", "integrations",
+        "key_markers", "leases", "workers", "items", "datasets", "drivers", "integrations",
     ]  # fmt: skip
     with catalog.db.transaction():
         for table in tables:

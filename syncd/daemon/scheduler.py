@@ -1,12 +1,27 @@
-"""Scheduled reconciles: every dataset at start, then every ``interval`` seconds (with jitter).
+"""Scheduled reconciles, shared by every worker on the catalog: each dataset about once per
+``interval`` (with jitter), whichever worker runs it.
 
 One task per dataset runs its reconciles one after another, so a dataset never has two runs
-at once in this daemon; the dataset's lease keeps a one-shot ``syncd sync`` (or, later, another
-worker) from running beside it. A reconcile runs in a thread of its own, with its own catalog
-connection and event loop, so neither its listing nor its sqlite writes block the daemon's
-loop. A failed reconcile is logged, counted and retried with exponential backoff (capped at
-the interval); it never stops the daemon. ``trigger(name)`` asks for a reconcile now (the API's
-``POST /datasets/{name}/sync``, a folder watch that lost events).
+at once in this worker; the dataset's lease keeps other workers and one-shot ``syncd sync``
+runs from running beside it. When a dataset is due is decided from the catalog, not from this
+worker's memory: a reconcile asks :func:`syncd.api.sync` to run *unless a reconcile finished
+after* ``now - interval`` (checked under the lease, so two workers that both found it due do
+not reconcile it twice in a row); if one did, the task sleeps until that reconcile's end plus
+the interval (:class:`~syncd.api.NotDue`). A dataset whose lease another live worker holds is
+skipped quietly (debug log, ``outcome="busy"``) and looked at again after
+``min(BUSY_RETRY, lease ttl)``, so a dead worker's dataset is taken over (and its run resumed
+from its checkpoint) soon after its lease expires.
+
+At start, a worker that finds no other live worker reconciles every dataset not reconciled
+since it started (events may have been lost while nobody ran); one that joins live workers
+follows the catalog's schedule. ``trigger(name)`` asks for a reconcile now whatever the
+schedule (the API's ``POST /datasets/{name}/sync``, a folder watch that lost events).
+
+A reconcile runs in a thread of its own, with its own catalog connection and event loop, so
+neither its listing nor its catalog writes block the daemon's loop. A failed reconcile is
+logged, counted and retried with exponential backoff (capped at the interval); it never stops
+the daemon. Every reconcile goes through :meth:`Scheduler._sync_blocking`, the one call into
+:func:`syncd.api.sync`.
 """
 
 from __future__ import annotations
@@ -19,22 +34,26 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from providers.errors import StorageError
 from providers.redact import redact
 from syncd import api
+from syncd.api import NotDue
 from syncd.config import DatasetSpec
 from syncd.daemon.metrics import Metrics
 from syncd.errors import SyncdError
 from syncd.reconcile.sync import DatasetBusy, SyncOptions, SyncResult, SyncStopped
+from syncd.store import lease, workers
 from syncd.store.catalog import Catalog
 
 log = logging.getLogger("syncd.daemon")
 
 #: first retry delay after a failed reconcile (doubles each failure, capped at the interval)
 BACKOFF_BASE = 5.0
-#: a reconcile waits this long, then again, while a one-shot sync holds the dataset
+#: a dataset another process holds is looked at again after this long (or the lease ttl, if
+#: shorter: its holder may be dead, and its lease then expires within the ttl)
 BUSY_RETRY = 10.0
 #: at most this many reconciles run at once (each lists one bucket and writes the catalog)
 MAX_CONCURRENT = 4
@@ -44,6 +63,15 @@ JITTER = 0.1
 def jittered(seconds: float) -> float:
     """``seconds`` +/- 10 %, so datasets with one interval do not all list at once."""
     return seconds * random.uniform(1 - JITTER, 1 + JITTER)
+
+
+def _stamp(t: float) -> str:
+    """Unix time ``t`` as the catalog's ISO text (see :func:`syncd.store.db.now`)."""
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def _unix(stamp: str) -> float:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
 
 
 @dataclass
@@ -59,6 +87,8 @@ class DatasetState:
     next_run_at: float | None = None  # time.time()
     runs: int = 0
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    #: set by trigger(): the next reconcile runs whatever the catalog's schedule says
+    forced: bool = False
 
     def public(self) -> dict[str, Any]:
         return {
@@ -81,8 +111,16 @@ class Scheduler:
         intervals: dict[str, float],
         metrics: Metrics,
         stop: asyncio.Event,
+        *,
+        worker_id: str | None = None,
     ) -> None:
+        """``worker_id``: the registered worker this scheduler runs in (its leases are named
+        after it); None for a scheduler outside the registry (tests)."""
         self.db_path = db_path
+        self.worker_id = worker_id
+        #: the first round reconciles every dataset not reconciled after this time (ISO), if
+        #: set: the daemon sets it to its start when it found no other live worker
+        self.first_round_after: str | None = None
         self.specs = specs
         self.metrics = metrics
         self.stop = stop
@@ -100,6 +138,7 @@ class Scheduler:
         state = self.states.get(name)
         if state is None:
             return False
+        state.forced = True
         state.wake.set()
         return True
 
@@ -119,8 +158,19 @@ class Scheduler:
         await asyncio.gather(*tasks, return_exceptions=True)
         self._pool.shutdown(wait=True)
 
+    def _cutoff(self, state: DatasetState, first: bool) -> str | None:
+        """Reconcile ``state`` unless a reconcile finished after the returned time; None:
+        reconcile in any case (a trigger)."""
+        if state.forced:
+            return None
+        # a tenth of the interval of slack: jittered timers wake up to 10 % early
+        due = _stamp(time.time() - state.interval * (1 - JITTER))
+        if first and self.first_round_after is not None:
+            return max(due, self.first_round_after)
+        return due
+
     async def _loop(self, state: DatasetState) -> None:
-        delay = 0.0  # every dataset is reconciled at start
+        delay, first = 0.0, True  # every dataset is looked at at start
         while not self.stop.is_set():
             state.next_run_at = time.time() + delay
             if delay > 0:
@@ -132,22 +182,35 @@ class Scheduler:
             async with self._limit:
                 if self.stop.is_set():
                     return
-                delay = await self._reconcile(state)
+                cutoff = self._cutoff(state, first)
+                state.forced, first = False, False
+                delay = await self._reconcile(state, cutoff)
 
-    async def _reconcile(self, state: DatasetState) -> float:
-        """Run one reconcile; return the delay until the next one."""
+    def _busy_retry(self) -> float:
+        return jittered(min(BUSY_RETRY, lease.ttl()))
+
+    async def _reconcile(self, state: DatasetState, cutoff: str | None = None) -> float:
+        """Run one reconcile (unless one finished after ``cutoff``); return the delay until
+        the next look at the dataset."""
         state.running, state.next_run_at = True, None
         started = time.monotonic()
         try:
             result = await asyncio.get_running_loop().run_in_executor(
-                self._pool, self._sync_blocking, state.name
+                self._pool, self._sync_blocking, state.name, cutoff
             )
         except SyncStopped:
             return 0.0
+        except NotDue as exc:
+            delay = max(0.0, _unix(exc.ended_at) + jittered(state.interval) - time.time())
+            log.debug("%s; next look in %.0fs", exc, delay)
+            self.metrics.sync_runs.labels(state.name, "not_due").inc()
+            return delay
         except DatasetBusy as exc:
-            log.warning("%s; trying again in %.0fs", exc, BUSY_RETRY)
+            # another worker (or a one-shot sync) runs it: its business, not an error here
+            delay = self._busy_retry()
+            log.debug("%s; looking again in %.0fs", exc, delay)
             self.metrics.sync_runs.labels(state.name, "busy").inc()
-            return jittered(BUSY_RETRY)
+            return delay
         except (SyncdError, StorageError, OSError) as exc:
             state.failures += 1
             state.last_error = redact(str(exc))  # shown by the API's schedule
@@ -184,14 +247,26 @@ class Scheduler:
         self.metrics.last_success.labels(state.name).set(time.time())
         return jittered(state.interval)
 
-    def _sync_blocking(self, name: str) -> SyncResult:
-        """One reconcile, on a worker thread with its own connection and event loop."""
+    def _sync_blocking(self, name: str, cutoff: str | None = None) -> SyncResult:
+        """One reconcile, on a worker thread with its own connection and event loop: the
+        scheduler's one call into :func:`syncd.api.sync` (``NotDue`` if a reconcile finished
+        after ``cutoff``, ``DatasetBusy`` if another process holds the dataset)."""
         spec = self.specs[name]
         options = SyncOptions(
             max_delete=spec.max_delete, stop=self._halt, list_concurrency=spec.list_concurrency
         )
+        owner = workers.lease_owner(self.worker_id) if self.worker_id else None
         catalog = Catalog.open(self.db_path)
         try:
-            return asyncio.run(api.sync(catalog, name, spec=spec, options=options))
+            return asyncio.run(
+                api.sync(
+                    catalog,
+                    name,
+                    spec=spec,
+                    options=options,
+                    owner=owner,
+                    unless_reconciled_after=cutoff,
+                )
+            )
         finally:
             catalog.close()

@@ -10,13 +10,16 @@ What runs, all on one asyncio loop (blocking work in threads):
 * the **intake** (:mod:`.intake`) that every event source hands its events to, and the
   **catalog thread** (:mod:`.catalog_thread`) that owns the daemon's catalog connection.
 
-One daemon per catalog: the daemon holds the catalog's ``daemon`` lease (:mod:`syncd.store.lease`)
-while it runs; a second one refuses with :class:`DaemonBusy`. On a shared PostgreSQL catalog
-the same lease becomes per-dataset work sharing.
+Several daemons share a catalog as *workers* (:mod:`syncd.store.workers`): each registers at
+start, heartbeats every quarter of the lease ttl (``[daemon] lease_ttl``) and unregisters on a
+clean stop. They share the datasets through the datasets' leases and one schedule kept in the
+catalog (:mod:`.scheduler`), and the queues by competing for messages (a message is deleted
+only after its events are committed, so one a worker took and died with comes back to another).
 
 Shutdown (SIGTERM/SIGINT sets ``stop``): the server stops taking requests, consumers stop
 polling (messages received but not committed come back from the queue), watches stop, the
-reconcile in flight writes its batch and is left resumable; then the lease is released.
+reconcile in flight writes its batch and is left resumable (its lease released, so another
+worker resumes it at once); then the worker's registration is deleted.
 """
 
 from __future__ import annotations
@@ -28,45 +31,39 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from providers.config import ConfigError
+from providers.redact import redact
 from syncd import api
 from syncd.config import DaemonConfig, DatasetSpec, QueueConfig, ServerConfig
 from syncd.daemon.catalog_thread import CatalogThread
 from syncd.daemon.intake import Intake
 from syncd.daemon.metrics import Metrics
 from syncd.daemon.scheduler import Scheduler
-from syncd.errors import SyncdError, UsageError
-from syncd.store import lease
+from syncd.errors import UsageError
+from syncd.store import lease, workers
 from syncd.store.catalog import Catalog
-from syncd.store.db import transaction
+from syncd.store.db import now, transaction
 
 if TYPE_CHECKING:
     from syncd.server.lockout import AuthLockout
 
 log = logging.getLogger("syncd.daemon")
 
-#: the daemon renews its catalog lease this often (its ttl is lease.DEFAULT_TTL)
-LEASE_RENEW_SECONDS = lease.DEFAULT_TTL / 4
 
-
-class DaemonBusy(SyncdError):
-    """Another daemon holds the catalog."""
-
-    exit_code = 1
-
-
-def _take_catalog(catalog: Catalog, owner: str) -> lease.Holder | None:
+def _register(catalog: Catalog, worker_id: str, ttl: float, api_url: str | None) -> bool:
+    """Register this worker; True if no other live worker shares the catalog."""
     with transaction(catalog.db):
-        return lease.acquire(catalog.db, lease.DAEMON, owner)
+        workers.register(catalog.db, worker_id, ttl=ttl, api=api_url)
+    return workers.live_workers(catalog.db) == [worker_id]
 
 
-def _renew(catalog: Catalog, owner: str) -> bool:
+def _heartbeat(catalog: Catalog, worker_id: str, ttl: float) -> None:
     with transaction(catalog.db):
-        return lease.renew(catalog.db, lease.DAEMON, owner)
+        workers.heartbeat(catalog.db, worker_id, ttl=ttl)
 
 
-def _release(catalog: Catalog, owner: str) -> None:
+def _unregister(catalog: Catalog, worker_id: str) -> None:
     with transaction(catalog.db):
-        lease.release(catalog.db, lease.DAEMON, owner)
+        workers.unregister(catalog.db, worker_id)
 
 
 class Daemon:
@@ -83,8 +80,10 @@ class Daemon:
         create_catalog: bool = True,
         on_ready: Callable[[str], None] | None = None,
         api_lockout: AuthLockout | None = None,
+        register: bool = True,
     ) -> None:
-        """``api_lockout``: the API's wrong-token limits (default :class:`AuthLockout`'s)."""
+        """``api_lockout``: the API's wrong-token limits (default :class:`AuthLockout`'s).
+        ``register``: take part as a worker (``syncd run``); ``syncd serve`` does not."""
         self.settings = settings
         self.api_lockout = api_lockout
         self.poll_seconds = poll_seconds
@@ -98,27 +97,32 @@ class Daemon:
         self.catalog = CatalogThread(db_path, create=create_catalog)
         self.intake = Intake(self.catalog, settings.datasets, self.metrics)
         intervals = {name: float(spec.interval) for name, spec in settings.datasets.items()}
-        self.scheduler = Scheduler(db_path, settings.datasets, intervals, self.metrics, self.stop)
-        self.owner = lease.new_owner()
+        self.register = register
+        #: this worker's id in the registry; its dataset leases are owned by "<id>/<run>"
+        self.worker_id = workers.new_worker_id()
+        self.lease_ttl = float(settings.daemon.lease_ttl)
+        lease.set_ttl(self.lease_ttl)  # every lease this process takes lives this long
+        self.scheduler = Scheduler(
+            db_path,
+            settings.datasets,
+            intervals,
+            self.metrics,
+            self.stop,
+            worker_id=self.worker_id if register else None,
+        )
         #: set once every component has started (the API answers, consumers poll)
         self.ready = asyncio.Event()
 
     async def run(self) -> None:
-        """Run until ``stop`` is set. Raises ``DaemonBusy`` if another daemon holds the
-        catalog, ``UsageError`` for a configuration that cannot start."""
+        """Run until ``stop`` is set. Raises ``UsageError`` for a configuration that cannot
+        start."""
         await self.catalog.start()
         try:
-            holder = await self.catalog.call(lambda c: _take_catalog(c, self.owner))
-            if holder is not None:
-                raise DaemonBusy(
-                    f"another syncd run is using catalog {self.db_path!r}: "
-                    f"{holder.describe()}; stop it first, or pass another --db"
-                )
-            try:
-                await self._serve()
-            finally:
-                await self.catalog.call(lambda c: _release(c, self.owner))
+            await self._serve()
         finally:
+            if self.register:
+                with contextlib.suppress(Exception):  # an unclean stop: the row expires
+                    await self.catalog.call(lambda c: _unregister(c, self.worker_id))
             await self.intake.close()
             await self.catalog.close()
 
@@ -135,10 +139,17 @@ class Daemon:
     async def _serve(self) -> None:
         await self._ensure_datasets()
         consumers = {q.name: self._open_consumer(q) for q in self.settings.queues.values()}
+        started = now()
+        if self.register:
+            ttl = self.lease_ttl
+            solo = await self.catalog.call(lambda c: _register(c, self.worker_id, ttl, None))
+            if solo:  # nobody ran here a moment ago: events may have been lost, look at all
+                self.scheduler.first_round_after = started
         tasks: list[asyncio.Task[Any]] = [
-            asyncio.create_task(self._keep_lease(), name="lease"),
             asyncio.create_task(self.scheduler.run(), name="scheduler"),
         ]
+        if self.register:
+            tasks.append(asyncio.create_task(self._keep_registered(), name="heartbeat"))
         closers: list[Callable[[], Awaitable[None]]] = []
         watches = 0
         try:
@@ -154,6 +165,10 @@ class Daemon:
                     watches += 1
             if self.settings.server is not None:
                 closers.append(await self._start_server(self.settings.server))
+                if self.register:
+                    url = f"http://{self.settings.server.host}:{self.port}"
+                    ttl = self.lease_ttl
+                    await self.catalog.call(lambda c: _register(c, self.worker_id, ttl, url))
             self.ready.set()
             summary = (
                 f"{len(self.settings.datasets)} dataset(s), {len(self.settings.queues)} "
@@ -187,15 +202,19 @@ class Daemon:
         if error is not None:
             log.error("%s stopped with an error: %s", task.get_name(), error, exc_info=error)
 
-    async def _keep_lease(self) -> None:
+    async def _keep_registered(self) -> None:
+        """Heartbeat every quarter of the ttl; a failed heartbeat (a catalog locked for long)
+        is logged and tried again, never fatal: other workers may meanwhile see this one gone
+        and take its datasets over, which its lease checks at each commit make safe."""
         while not self.stop.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stop.wait(), LEASE_RENEW_SECONDS)
+                await asyncio.wait_for(self.stop.wait(), self.lease_ttl / 4)
             if self.stop.is_set():
                 return
-            if not await self.catalog.call(lambda c: _renew(c, self.owner)):
-                log.error("lost the catalog lease to another daemon; stopping")
-                self.stop.set()
+            try:
+                await self.catalog.call(lambda c: _heartbeat(c, self.worker_id, self.lease_ttl))
+            except Exception as exc:
+                log.warning("worker heartbeat failed (%s); trying again", redact(str(exc)))
 
     def _open_consumer(self, q: QueueConfig) -> Any:
         """The consumer of one queue; a setting that cannot work is a ``UsageError`` at start
@@ -243,7 +262,13 @@ class Daemon:
         from syncd.server.app import start
         from syncd.server.routes import Context
 
-        context = Context(self.catalog, self.intake, self.metrics, self.scheduler)
+        context = Context(
+            self.catalog,
+            self.intake,
+            self.metrics,
+            self.scheduler,
+            worker_id=self.worker_id if self.register else None,
+        )
         stop, self.port = await start(
             context, self.api_token or "", server.host, server.port, lockout=self.api_lockout
         )

@@ -11,10 +11,13 @@ JSON out; errors are ``{"error": "..."}`` with the status that says what is wron
   pagination: ``next_cursor`` is passed back as ``cursor`` (opaque; absent on the last page).
 * ``GET  /api/v1/datasets/{name}/items/{key}``: one item (the key URL-encoded, ``/`` allowed).
 * ``GET  /api/v1/datasets/{name}/items/{key}/url``: ``302`` to a presigned URL of the object.
-* ``POST /api/v1/datasets/{name}/sync``: reconcile now (``202``; ``409`` without a scheduler).
+* ``POST /api/v1/datasets/{name}/sync``: reconcile now on this worker (``202``; ``409``
+  without a scheduler, or while another worker or process holds the dataset's lease).
 * ``GET  /api/v1/datasets/{name}/runs?limit=``: runs, newest first, with every attempt.
 * ``POST /api/v1/events``: provider event payloads, SNS subscription confirmations, Event Grid
   validation, Pub/Sub push envelopes; ``OPTIONS`` answers Event Grid's CloudEvents handshake.
+* ``GET  /api/v1/workers``: the live workers sharing the catalog, the leases each holds and
+  their expiry, recently gone workers (see :func:`syncd.store.workers.listing`).
 * ``GET  /metrics``: Prometheus text.
 """
 
@@ -38,6 +41,7 @@ from syncd.daemon.metrics import Metrics
 from syncd.errors import UsageError
 from syncd.events.apply import ApplyResult
 from syncd.events.parse import EventFormatError, ObjectEvent, Parsed, parse_text
+from syncd.store import lease, workers
 from syncd.store.catalog import Catalog, Dataset
 from syncd.store.checkpoint import Checkpoint
 
@@ -70,6 +74,8 @@ class Context:
     intake: Delivering
     metrics: Metrics
     scheduler: Scheduling | None = None
+    #: the registered worker this API runs in (its leases are owned by "<id>/<run>")
+    worker_id: str | None = None
 
 
 CONTEXT = web.AppKey("context", Context)
@@ -251,6 +257,22 @@ async def trigger_sync(request: web.Request) -> web.Response:
     ds = await _dataset_or_404(request)
     if ctx.scheduler is None:
         return _error(409, "this server schedules no reconciles (syncd serve); use syncd run")
+
+    def holder(c: Catalog) -> lease.Holder | None:
+        found = lease.holder(c.db, lease.for_dataset(ds.id))
+        return found if found is not None and found.alive() else None
+
+    held = await ctx.catalog.call(holder)
+    if held is not None and (
+        ctx.worker_id is None or workers.worker_of(held.owner) != ctx.worker_id
+    ):
+        who = workers.worker_of(held.owner)
+        return _error(
+            409,
+            f"dataset {ds.name!r} is being reconciled by "
+            + (f"worker {who}" if who else held.describe())
+            + f" (lease until {held.expires_at}); try again when it is done",
+        )
     if not ctx.scheduler.trigger(ds.name):
         return _error(409, f"dataset {ds.name!r} is not in this daemon's configuration")
     return web.json_response({"dataset": ds.name, "triggered": True}, status=202)
@@ -325,6 +347,12 @@ async def events_handshake(request: web.Request) -> web.Response:
     )
 
 
+async def list_workers(request: web.Request) -> web.Response:
+    ctx = request.app[CONTEXT]
+    _only_params(request)
+    return web.json_response(await ctx.catalog.call(lambda c: workers.listing(c.db)))
+
+
 async def metrics(request: web.Request) -> web.Response:
     ctx = request.app[CONTEXT]
     return web.Response(
@@ -346,6 +374,7 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/api/v1/datasets/{name}/items/{key:.+}", get_item)
     r.add_get("/api/v1/datasets/{name}/runs", list_runs)
     r.add_post("/api/v1/datasets/{name}/sync", trigger_sync)
+    r.add_get("/api/v1/workers", list_workers)
     r.add_post("/api/v1/events", post_events)
     r.add_route("OPTIONS", "/api/v1/events", events_handshake)
     r.add_get("/metrics", metrics)

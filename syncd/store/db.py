@@ -258,6 +258,26 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
         ],
     ),
     (
+        "0009_workers",
+        [
+            # the `syncd run` processes sharing this catalog (syncd.store.workers): one row per
+            # worker while it runs, its expiry renewed by its heartbeat; deleted on a clean
+            # stop, so a row whose expiry passed (or whose process is gone, same host) is a
+            # worker that died. Its dataset leases are the ones owned by "<id>/...".
+            """CREATE TABLE workers (
+                id TEXT PRIMARY KEY,
+                host TEXT NOT NULL,
+                pid INTEGER NOT NULL,
+                started_at TEXT NOT NULL,
+                heartbeat_at TEXT NOT NULL,
+                expires_at TEXT NOT NULL,
+                api TEXT
+            )""",
+            # the catalog-wide daemon lease is gone: several workers share a catalog
+            "DELETE FROM leases WHERE name = 'daemon'",
+        ],
+    ),
+    (
         "0010_key_marker_times",
         [
             # the event's time as microseconds since the epoch (event_time is ISO text of

@@ -1,8 +1,8 @@
-"""One sync of a dataset at a time, one daemon per catalog: named leases with an owner and an
-expiry.
+"""One sync of a dataset at a time: named leases with an owner and an expiry.
 
-A lease is named: ``dataset:<id>`` for a dataset's sync (:func:`for_dataset`), ``daemon`` for
-the ``syncd run`` that owns a catalog.
+A lease is named: ``dataset:<id>`` for a dataset's sync (:func:`for_dataset`). Several
+``syncd run`` workers share a catalog (:mod:`syncd.store.workers`); each takes a dataset's
+lease for each of its runs, with an owner named after the worker.
 
 A process that wants to sync a dataset takes the dataset's lease; while it holds it, it renews
 the expiry (every batch, and from a background task while a listing page is slow); it releases
@@ -33,8 +33,22 @@ from syncd.store.sql import Database
 
 #: seconds a lease lives without renewal; a run renews it far more often than this
 DEFAULT_TTL = 60.0
-#: the lease of the one ``syncd run`` daemon that writes a catalog
-DAEMON = "daemon"
+_ttl = DEFAULT_TTL
+
+
+def set_ttl(seconds: float) -> None:
+    """Set this process's lease ttl (``[daemon] lease_ttl``): every lease it takes or renews
+    from now on lives ``seconds`` without renewal. A shorter ttl hands a dead worker's
+    datasets over sooner and costs more renewals (every quarter of it)."""
+    global _ttl
+    if seconds <= 0:
+        raise ValueError("a lease ttl must be positive")
+    _ttl = float(seconds)
+
+
+def ttl() -> float:
+    """This process's lease ttl in seconds (:data:`DEFAULT_TTL` unless :func:`set_ttl`)."""
+    return _ttl
 
 
 def for_dataset(dataset_id: int) -> str:
@@ -104,7 +118,7 @@ def live_owner(db: Database, name: str) -> str | None:
     return h.owner if h is not None and h.alive() else None
 
 
-def acquire(db: Database, name: str, owner: str, ttl: float = DEFAULT_TTL) -> Holder | None:
+def acquire(db: Database, name: str, owner: str, ttl: float | None = None) -> Holder | None:
     """Take the lease for ``owner``. Returns None on success, else the live holder.
 
     A lease held by a gone holder is taken over. Taking a lease one already holds renews it.
@@ -115,7 +129,7 @@ def acquire(db: Database, name: str, owner: str, ttl: float = DEFAULT_TTL) -> Ho
     """
     host, pid = socket.gethostname(), os.getpid()
     stamp = datetime.now(UTC)
-    values = [name, owner, host, pid, now(), _stamp(stamp + timedelta(seconds=ttl))]
+    values = [name, owner, host, pid, now(), _stamp(stamp + timedelta(seconds=ttl or _ttl))]
     cur = db.execute(_TAKE, [*values, owner, _stamp(stamp)])
     if cur.rowcount == 1:
         return None
@@ -145,12 +159,12 @@ _TAKE = (
 )
 
 
-def renew(db: Database, name: str, owner: str, ttl: float = DEFAULT_TTL) -> bool:
+def renew(db: Database, name: str, owner: str, ttl: float | None = None) -> bool:
     """Push the expiry of ``owner``'s lease forward. False if the lease is no longer ours
     (it expired and another process took it): the caller must stop writing."""
     cur = db.execute(
         "UPDATE leases SET expires_at = ? WHERE name = ? AND owner = ?",
-        [_stamp(datetime.now(UTC) + timedelta(seconds=ttl)), name, owner],
+        [_stamp(datetime.now(UTC) + timedelta(seconds=ttl or _ttl)), name, owner],
     )
     return cur.rowcount == 1
 
@@ -160,7 +174,7 @@ async def keep(db: Database, name: str, owner: str) -> None:
     single steps (a slow listing page, one large upload) may outlast it. Its own transactions;
     a lost lease is noticed by the holder's next checked write, not here."""
     while True:
-        await asyncio.sleep(DEFAULT_TTL / 4)
+        await asyncio.sleep(_ttl / 4)
         with transaction(db):
             renew(db, name, owner)
 

@@ -225,6 +225,22 @@ PG_MIGRATIONS: list[tuple[str, list[str]]] = [
             )""",
         ],
     ),
+    (
+        # the worker registry (syncd.store.workers), as sqlite's 0009_workers
+        "0009_workers",
+        [
+            """CREATE TABLE workers (
+                id TEXT PRIMARY KEY,
+                host TEXT NOT NULL,
+                pid BIGINT NOT NULL,
+                started_at TEXT NOT NULL,
+                heartbeat_at TEXT NOT NULL,
+                expires_at TEXT NOT NULL,
+                api TEXT
+            )""",
+            "DELETE FROM leases WHERE name = 'daemon'",
+        ],
+    ),
     ("0010_key_marker_times", ["ALTER TABLE key_markers ADD COLUMN event_us BIGINT"]),
 ]
 
