@@ -227,9 +227,29 @@ class Scheduler:
         finally:
             state.running = False
             self.metrics.sync_duration.labels(state.name).observe(time.monotonic() - started)
-        state.failures, state.last_error, state.runs = 0, None, state.runs + 1
-        state.last_result = result.as_dict()
+        if result.status == "idle":
+            # a split run whose every unfinished range another live worker holds
+            delay = self._busy_retry()
+            log.debug("every free range of %r is taken; looking again in %.0fs", state.name, delay)
+            self.metrics.sync_runs.labels(state.name, "busy").inc()
+            return delay
+        state.failures, state.last_error = 0, None
         c = result.counts
+        if result.status == "range-completed":
+            # one key range of a split run done, others remain: look for another at once
+            log.info(
+                "reconciled a key range of %r: %d listed, %d created, %d updated, %d unchanged"
+                " in %.2fs",
+                state.name, c["listed"], c["created"], c["updated"], c["unchanged"],
+                result.seconds,
+            )  # fmt: skip
+            self.metrics.sync_runs.labels(state.name, "range_completed").inc()
+            self.metrics.objects_listed.labels(state.name).inc(c["listed"])
+            for action in ("created", "updated"):
+                self.metrics.items_changed.labels(state.name, action, "reconcile").inc(c[action])
+            return 0.0
+        state.runs += 1
+        state.last_result = result.as_dict()
         log.info(
             "reconciled %r: %d listed, %d created, %d updated, %d deleted, %d unchanged in %.2fs",
             state.name,
@@ -258,13 +278,14 @@ class Scheduler:
         owner = workers.lease_owner(self.worker_id) if self.worker_id else None
         catalog = Catalog.open(self.db_path)
         try:
+            # one unit of work: the whole run of a small dataset, one key range of a split one
             return asyncio.run(
-                api.sync(
+                api.sync_some(
                     catalog,
                     name,
                     spec=spec,
                     options=options,
-                    owner=owner,
+                    worker=owner,
                     unless_reconciled_after=cutoff,
                 )
             )
