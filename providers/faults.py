@@ -6,6 +6,8 @@ Read by :func:`from_env`:
   have been yielded, as a network failure part-way through a listing would.
 * ``SYNCD_FAULT_LIST_HANG_AFTER=N`` makes ``list`` stop answering after N objects, so a test
   can ``kill -9`` the process mid-sync.
+* ``SYNCD_FAULT_LIST_PREFIX=P`` limits both listing faults to listings under key prefix P
+  (one dataset of several: the others list normally).
 * ``SYNCD_FAULT_DOWNLOAD_HANG_AFTER=N`` lets N downloads finish; every later one writes half
   of its object to the file and then stops answering, so a test can ``kill -9`` a pull with a
   partial file on disk.
@@ -68,8 +70,10 @@ class FaultyDriver(Driver):
         list_fail_after: int | None = None,
         hang: bool = False,
         download_hang_after: int | None = None,
+        list_prefix: str | None = None,
     ) -> None:
         super().__init__(inner.bucket, page_size=inner.page_size)
+        self.list_prefix = list_prefix
         self.inner = inner
         self.provider = inner.provider
         self.list_fail_after = list_fail_after
@@ -79,7 +83,8 @@ class FaultyDriver(Driver):
     async def list(
         self, prefix: str = "", start_after: str | None = None, end_before: str | None = None
     ) -> AsyncIterator[list[ObjectInfo]]:
-        if self.list_fail_after is None:
+        spared = self.list_prefix is not None and not prefix.startswith(self.list_prefix)
+        if self.list_fail_after is None or spared:
             async for page in self.inner.list(prefix, start_after, end_before):
                 yield page
             return
@@ -148,11 +153,12 @@ class FaultyDriver(Driver):
 def from_env(driver: Driver) -> Driver:
     """Wrap ``driver`` if a fault is requested in the environment, else return it as is."""
     fail = os.environ.get("SYNCD_FAULT_LIST_FAIL_AFTER")
+    only = os.environ.get("SYNCD_FAULT_LIST_PREFIX") or None
     if fail:
-        return FaultyDriver(driver, list_fail_after=int(fail))
+        return FaultyDriver(driver, list_fail_after=int(fail), list_prefix=only)
     hang = os.environ.get("SYNCD_FAULT_LIST_HANG_AFTER")
     if hang:
-        return FaultyDriver(driver, list_fail_after=int(hang), hang=True)
+        return FaultyDriver(driver, list_fail_after=int(hang), hang=True, list_prefix=only)
     download_hang = os.environ.get("SYNCD_FAULT_DOWNLOAD_HANG_AFTER")
     if download_hang:
         return FaultyDriver(driver, download_hang_after=int(download_hang))

@@ -5,7 +5,10 @@ moto SQS queue that receives the notifications of one moto S3 bucket. The bucket
 small datasets (``dNN/``, 30 objects each) and one larger one (``big/``, 1,000 objects in
 100-key pages, so its run commits a batch, and with it a checkpoint, after 500 keys).
 
-Every worker runs with ``SYNCD_FAULT_LIST_HANG_AFTER=700``: the small datasets never reach
+A local folder of 100,000 files (4,000 on sqlite), ``huge``, is a split dataset: its run is cut
+into four key ranges, each leased and listed on its own by whichever worker is free.
+
+Every worker runs with ``SYNCD_FAULT_LIST_HANG_AFTER=700`` (for listings under ``big/`` only): the small datasets never reach
 it, and whichever worker takes ``big`` stops answering in its listing after 700 keys, with a
 checkpoint committed and its lease renewed. That worker (found from the catalog: the owner of
 ``big``'s lease) is killed with SIGKILL. Then, every wait on a condition:
@@ -20,6 +23,8 @@ checkpoint committed and its lease renewed. That worker (found from the catalog:
   the workers ran reached them through SQS; no dataset has two attempts that overlap in time;
   with ``interval = 3600`` every small dataset was reconciled once (twice for the triggered
   one), whichever worker did it: the schedule is shared, not run three times;
+* ``huge`` ends as one completed run of four ranges, equal to its folder, no range ever held
+  by two workers at once (its range attempts do not overlap);
 * a notification delivered twice (an older one, sent again after everything settled) changes
   no item row at all.
 """
@@ -43,6 +48,7 @@ from typing import Any, TypeVar
 import boto3
 import pytest
 
+from providers.local import local_etag
 from syncd.store.catalog import Catalog
 from syncd.store.pg import close_pools
 from tests.conftest import STORES, catalog_state, unique_bucket
@@ -60,6 +66,11 @@ HANG_AFTER = 700
 LEASE_TTL = 4
 VISIBILITY = 3
 NAMES = [f"d{i:02d}" for i in range(SMALL)] + ["big"]
+#: a local folder of this many files, its run split into HUGE_RANGES key ranges that the
+#: workers share (100,000 on PostgreSQL, the scale-out store; fewer on sqlite, whose one
+#: writer makes the workers take turns)
+HUGE_FILES = {"postgresql": 100_000, "sqlite": 4_000}
+HUGE_RANGES = 4
 
 
 @pytest.fixture(params=STORES)
@@ -93,11 +104,15 @@ class Worker:
             return exc.code, json.loads(exc.read() or b"{}")
 
 
-def config(moto_url: str, bucket: str, queue_url: str, port: int) -> str:
+def config(moto_url: str, bucket: str, queue_url: str, port: int, huge: Path) -> str:
     datasets = "".join(
         f'\n[drivers.{n}]\ntype = "s3"\nbucket = "{bucket}"\npath = "{n}/"\n'
         f'endpoint = "{moto_url}"\npage_size = 100\n\n[datasets.{n}]\ndriver = "{n}"\n'
         for n in NAMES
+    )
+    datasets += (
+        f'\n[drivers.huge]\ntype = "local"\nbucket = "{huge}"\n'
+        f'\n[datasets.huge]\ndriver = "huge"\nranges = {HUGE_RANGES}\nwatch = false\n'
     )
     return f"""
 [daemon]
@@ -126,6 +141,7 @@ class Fleet:
     db: str
     env: dict[str, str]
     moto_url: str
+    huge: Path
     workers: list[Worker] = field(default_factory=list)
 
     def start(self) -> Worker:
@@ -133,7 +149,7 @@ class Fleet:
         says it is up."""
         port = free_port()
         path = self.tmp / f"worker-{port}.toml"
-        path.write_text(config(self.moto_url, self.bucket, self.queue_url, port))
+        path.write_text(config(self.moto_url, self.bucket, self.queue_url, port, self.huge))
         proc = subprocess.Popen(
             [sys.executable, "-m", "syncd.cli", "run", "--config", str(path), "--db", self.db],
             env=self.env,
@@ -185,6 +201,18 @@ class Fleet:
             return catalog_state(catalog, name)
         finally:
             catalog.close()
+
+    def folder_state(self) -> dict[str, tuple[int, str]]:
+        """The huge folder as its dataset must hold it: relative path, size, local ETag."""
+        out = {}
+        for root, _, files in os.walk(self.huge):
+            for name in files:
+                path = Path(root, name)
+                out[path.relative_to(self.huge).as_posix()] = (
+                    path.stat().st_size,
+                    local_etag(path.stat()),
+                )
+        return out
 
     def registry(self) -> dict[str, Any]:
         done = subprocess.run(
@@ -243,6 +271,13 @@ def fleet(moto: Emulator, tmp_path: Path, catalog_url: str) -> Iterator[Fleet]:
     with ThreadPoolExecutor(8) as pool:  # before the notifications: the reconciles bring it in
         list(pool.map(lambda k: s3.put_object(Bucket=bucket, Key=k, Body=k.encode()), keys))
     notify_queue(s3, sqs, bucket, queue_url)
+    huge = tmp_path / "huge"
+    store = "postgresql" if catalog_url.startswith("postgresql") else "sqlite"
+    for i in range(HUGE_FILES[store]):
+        folder = huge / f"{i // 1000:03d}"
+        if i % 1000 == 0:
+            folder.mkdir(parents=True)
+        (folder / f"{i:06d}.txt").write_text(str(i))
     env = {
         **os.environ,
         "AWS_ENDPOINT_URL": moto.url,
@@ -251,8 +286,9 @@ def fleet(moto: Emulator, tmp_path: Path, catalog_url: str) -> Iterator[Fleet]:
         "AWS_DEFAULT_REGION": "us-east-1",
         "SYNCD_API_TOKEN": TOKEN,
         "SYNCD_FAULT_LIST_HANG_AFTER": str(HANG_AFTER),
+        "SYNCD_FAULT_LIST_PREFIX": "big/",  # the other datasets list normally
     }
-    found = Fleet(tmp_path, s3, sqs, bucket, queue_url, catalog_url, env, moto.url)
+    found = Fleet(tmp_path, s3, sqs, bucket, queue_url, catalog_url, env, moto.url, huge)
     yield found
     for worker in found.workers:
         if worker.proc.poll() is None:
@@ -406,6 +442,32 @@ def test_three_workers_share_the_datasets_and_survive_a_kill(fleet: Fleet) -> No
 
     wait_for(converged, "every dataset equal to its bucket prefix", timeout=300, log=fleet.logs())
     assert fleet.items("d00")["d00/twice.bin"][0] == len(b"second, longer version")
+
+    # the split dataset: one run in HUGE_RANGES ranges, shared out, equal to its folder, and no
+    # range ever held by two workers at once
+    (run_id, ranges), *others = wait_for(
+        matching(
+            lambda: fleet.query(
+                "SELECT r.id, r.ranges FROM runs r JOIN datasets d ON d.id = r.dataset_id"
+                " WHERE d.name = 'huge' AND r.status = 'completed'"
+            ),
+            bool,
+        ),
+        "the split run of huge completed",
+        timeout=600,
+        log=fleet.logs(),
+    )
+    assert not others and ranges == HUGE_RANGES
+    assert fleet.items("huge") == fleet.folder_state()
+    range_rows = fleet.query(
+        "SELECT idx, owner, started_at, ended_at FROM range_attempts WHERE run_id = ?"
+        " ORDER BY idx, started_at",
+        [run_id],
+    )
+    assert {r[0] for r in range_rows} == set(range(HUGE_RANGES)), range_rows
+    for before, after in itertools.pairwise(range_rows):
+        if before[0] == after[0]:
+            assert before[3] is not None and before[3] <= after[2], range_rows
 
     # the shared schedule: one reconcile per dataset (d05: two), never two at once
     for name in NAMES:
