@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import operator
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -49,7 +50,7 @@ from typing import Any
 from providers import faults
 from providers.base import object_uri
 from syncd.events.parse import EventKind, ObjectEvent
-from syncd.store.catalog import Catalog, Dataset, Item
+from syncd.store.catalog import Catalog, Dataset
 from syncd.store.db import now, transaction
 
 log = logging.getLogger("syncd.events")
@@ -272,10 +273,15 @@ class EventApplier:
         rank = _rank(event)
         stored = state.markers.get(slot)
         existing = state.items.get(slot)
-        if self._is_stale(event, rank, stored, existing):
+        # a key with neither row (a new object) cannot be stale: nothing to compare against
+        if (stored is not None or existing is not None) and self._is_stale(
+            event, rank, stored, existing
+        ):
             return "stale"
         relative = event.key[len(ds.driver.path) :]
-        keep = event.kind is EventKind.CREATED and ds.filters.accepts(relative, event.size or 0)
+        keep = event.kind is EventKind.CREATED and (
+            ds.filters.accepts_all or ds.filters.accepts(relative, event.size or 0)
+        )
         if keep and (event.size is None or event.etag is None):
             return "incomplete"  # nothing to record; the next sync lists the object
         when = _stamp(event.event_time) if event.event_time else None
@@ -295,22 +301,29 @@ class EventApplier:
         assert event.size is not None and event.etag is not None
         if unchanged_create:
             return "unchanged"
-        item = Item(
-            key=event.key,
-            filename="/" + relative,
-            uri=_uri(ds, event),
-            size=event.size,
-            etag=event.etag,
-            content_type=event.content_type,
-            mtime=when or _stamp(datetime.now(UTC)),
-            version=event.version,
-            created_at=existing[0] if existing else stamp,
-            updated_at=stamp,
+        # a row of the items columns (Catalog.write_rows): dataset_id, then the Item fields
+        state.put(
+            slot,
+            (
+                ds.id,
+                event.key,
+                "/" + relative,
+                _uri(ds, event),
+                event.size,
+                event.etag,
+                event.content_type,
+                when or _stamp(datetime.now(UTC)),
+                event.version,
+                existing[0] if existing else stamp,
+                stamp,
+                "{}",
+                None,
+            ),
         )
-        state.put(slot, item)
         return "updated" if existing else "created"
 
 
+_KEY = operator.itemgetter(1)
 #: (marker, deleted, event_time) of a key_markers row
 MarkerRow = tuple[str, int, str | None]
 #: (created_at, etag, size, mtime, version) of an items row
@@ -331,7 +344,7 @@ class _ChunkState:
     markers: dict[tuple[int, str], MarkerRow]
     items: dict[tuple[int, str], ItemRow | None]
     marks: dict[tuple[int, str], tuple[str, int, int, str | None]] = field(default_factory=dict)
-    puts: dict[tuple[int, str], Item] = field(default_factory=dict)
+    puts: dict[tuple[int, str], tuple[Any, ...]] = field(default_factory=dict)
     deletes: set[tuple[int, str]] = field(default_factory=set)
 
     @classmethod
@@ -377,9 +390,10 @@ class _ChunkState:
         self.puts.pop(slot, None)
         self.deletes.add(slot)
 
-    def put(self, slot: tuple[int, str], item: Item) -> None:
-        self.items[slot] = (item.created_at, item.etag, item.size, item.mtime, item.version)
-        self.puts[slot] = item
+    def put(self, slot: tuple[int, str], row: tuple[Any, ...]) -> None:
+        """Record an item write: ``row`` holds the ``items`` columns in order."""
+        self.items[slot] = (row[9], row[5], row[4], row[7], row[8])
+        self.puts[slot] = row
 
     def write(self, catalog: Catalog, stamp: str) -> None:
         """Write the chunk's marker upserts, deletes, then item upserts (the caller holds the
@@ -388,18 +402,22 @@ class _ChunkState:
             _executemany(
                 catalog.db,
                 _MARKER_UPSERT,
-                [(ds, key, m, d, stamp, s, w) for (ds, key), (m, d, s, w) in self.marks.items()],
+                [
+                    (ds, key, m, d, stamp, s, w)
+                    for (ds, key), (m, d, s, w) in sorted(self.marks.items())
+                ],
             )
-        by_dataset: dict[int, tuple[list[str], list[Item]]] = {}
+        by_dataset: dict[int, tuple[list[str], list[tuple[Any, ...]]]] = {}
         for ds, key in self.deletes:
             by_dataset.setdefault(ds, ([], []))[0].append(key)
-        for (ds, _key), item in self.puts.items():
-            by_dataset.setdefault(ds, ([], []))[1].append(item)
+        for (ds, _key), row in self.puts.items():
+            by_dataset.setdefault(ds, ([], []))[1].append(row)
         for ds, (gone, written) in by_dataset.items():
             if gone:
                 catalog.delete_items(ds, gone)
             if written:
-                catalog.write_items(ds, written)
+                written.sort(key=_KEY)  # in key order: the index pages are written in turn
+                catalog.write_rows(ds, written)
 
 
 def _executemany(db: Any, sql: str, rows: list[tuple[Any, ...]]) -> None:
