@@ -199,13 +199,20 @@ def sync(
     """
     if config_path and source:
         raise UsageError("give either SOURCE or --config, not both")
-    # imported here: the config module loads pydantic, a quarter second of every start
-    from syncd.config import find_config, load_config
+    found = None
+    if not source:
+        # imported only when a config may be read: the config module loads pydantic, a
+        # sixth of a second of every start (a sync of a SOURCE reads no config)
+        from syncd.config import find_config
 
-    found = None if source else find_config(config_path)
+        found = find_config(config_path)
     if not found and not dataset_name:
         raise UsageError("--dataset NAME is required (or pass --config FILE or set SYNCD_CONFIG)")
-    specs = load_config(found) if found else None
+    specs = None
+    if found:
+        from syncd.config import load_config
+
+        specs = load_config(found)
     if specs is not None and dataset_name is not None and dataset_name not in specs:
         if not config_path:  # a file found by itself: NAME is a dataset of the catalog's
             specs = None
