@@ -351,20 +351,24 @@ class _ChunkState:
     def read(cls, db: Any, keys: dict[int, set[str]]) -> _ChunkState:
         markers: dict[tuple[int, str], MarkerRow] = {}
         items: dict[tuple[int, str], ItemRow | None] = {}
-        for dataset_id, key_set in keys.items():
+        # PostgreSQL (READ COMMITTED, several writers): lock the rows the decisions read until
+        # the batch commits, in key order (no deadlock between two batches); sqlite's
+        # BEGIN IMMEDIATE already serializes writers
+        lock = " FOR UPDATE" if getattr(db, "dialect", "sqlite") == "postgresql" else ""
+        for dataset_id, key_set in sorted(keys.items()):
             ordered = sorted(key_set)
             for i in range(0, len(ordered), _IN_KEYS):
                 part = ordered[i : i + _IN_KEYS]
                 marks = ", ".join("?" * len(part))
                 for key, marker, deleted, event_time in db.execute(
                     "SELECT key, marker, deleted, event_time FROM key_markers"
-                    f" WHERE dataset_id = ? AND key IN ({marks})",
+                    f" WHERE dataset_id = ? AND key IN ({marks}) ORDER BY key{lock}",
                     [dataset_id, *part],
                 ).fetchall():
                     markers[(dataset_id, key)] = (marker, deleted, event_time)
                 for key, *row in db.execute(
                     "SELECT key, created_at, etag, size, mtime, version FROM items"
-                    f" WHERE dataset_id = ? AND key IN ({marks})",
+                    f" WHERE dataset_id = ? AND key IN ({marks}) ORDER BY key{lock}",
                     [dataset_id, *part],
                 ).fetchall():
                     items[(dataset_id, key)] = tuple(row)  # type: ignore[assignment]
