@@ -294,9 +294,7 @@ def _transfer_folder(dataset: Dataset, folder: str, *, must_exist: bool) -> str:
 
 def _catalog_files(catalog: Catalog) -> list[str]:
     """The catalog's own files (a pull with --delete into its folder must leave them)."""
-    row = catalog.db.execute("PRAGMA database_list").fetchone()
-    path = row[2] if row else ""
-    return [path + suffix for suffix in ("", "-wal", "-shm", "-journal")] if path else []
+    return catalog.db.files()
 
 
 async def pull(

@@ -33,12 +33,15 @@ from syncd.store.checkpoint import DEFAULT_RESUME_WITHIN, Checkpoint
 from syncd.store.db import catalog_error, default_db_path, transaction
 from syncd.units import UNITS_HELP, SizeType
 
-DB_HELP = "catalog file [default: $SYNCD_DB, else ./syncd.db]"
+DB_HELP = (
+    "catalog: a sqlite file path, or postgresql://[user@]host[:port]/dbname "
+    "[default: $SYNCD_DB, else the config's [catalog] url, else ./syncd.db]"
+)
 SYMBOL = {Action.CREATE: "+", Action.UPDATE: "~", Action.DELETE: "-"}
 
 
 def _db_option(f: Any) -> Any:
-    return click.option("--db", "db_path", metavar="PATH", help=DB_HELP)(f)
+    return click.option("--db", "db_path", metavar="URL", help=DB_HELP)(f)
 
 
 def _json_option(f: Any) -> Any:
@@ -208,11 +211,12 @@ def sync(
         found = find_config(config_path)
     if not found and not dataset_name:
         raise UsageError("--dataset NAME is required (or pass --config FILE or set SYNCD_CONFIG)")
-    specs = None
+    config = None
     if found:
-        from syncd.config import load_config
+        from syncd.config import load_daemon_config
 
-        specs = load_config(found)
+        config = load_daemon_config(found)
+    specs = config.datasets if config else None
     if specs is not None and dataset_name is not None and dataset_name not in specs:
         if not config_path:  # a file found by itself: NAME is a dataset of the catalog's
             specs = None
@@ -227,7 +231,7 @@ def sync(
         if (include or exclude or max_size is not None)
         else None
     )
-    path = db_path or default_db_path()
+    path = db_path or default_db_path(config.catalog_url if config else None)
     # a dry run writes nothing, not even a new catalog file
     catalog = Catalog.open_preview(path) if dry_run else Catalog.open(path)
     try:
@@ -650,6 +654,37 @@ def push(
     )
 
 
+@cli.group("db")
+def db_group() -> None:
+    """The catalog's schema."""
+
+
+@db_group.command("migrate")
+@_db_option
+@_json_option
+def db_migrate(db_path: str | None, as_json: bool) -> None:
+    """Create the catalog's tables or bring them up to date, then list the migrations applied.
+
+    Every command that writes does this by itself when it opens a catalog; run it once when
+    deploying workers on a new PostgreSQL database, or to upgrade a shared catalog before
+    the workers of a new version start."""
+    catalog = Catalog.open(db_path or default_db_path())
+    try:
+        rows = catalog.db.execute(
+            "SELECT name, applied_at FROM _syncd_migrations ORDER BY name"
+        ).fetchall()
+        where = catalog.db.url
+    finally:
+        catalog.close()
+    for name, applied_at in rows:
+        if as_json:
+            _emit({"migration": name, "applied_at": applied_at})
+        else:
+            click.echo(f"{name}\t{applied_at}")
+    if not as_json:
+        click.echo(f"catalog {where}: schema up to date ({len(rows)} migrations)")
+
+
 @cli.group()
 def runs() -> None:
     """Sync run history."""
@@ -829,7 +864,8 @@ def run(config_path: str | None, db_path: str | None) -> None:
             "syncd run needs a config file: pass --config FILE, set SYNCD_CONFIG, "
             "or put a syncd.toml in the working directory"
         )
-    _run_daemon(load_daemon_config(path), db_path or default_db_path(), create_catalog=True)
+    config = load_daemon_config(path)
+    _run_daemon(config, db_path or default_db_path(config.catalog_url), create_catalog=True)
 
 
 #: flags of the ``syncd`` group that users also put after the command
@@ -884,8 +920,9 @@ def main(argv: list[str] | None = None) -> None:
         # click's own usage errors: its one "Error: ..." line, a hint, exit 2
         click.echo(f"syncd: error: {redact(exc.format_message())} (see syncd --help)", err=True)
         sys.exit(exc.exit_code)
-    except sqlite3.Error as exc:
-        # a lock held past the busy timeout or a catalog that cannot grow, part-way through
+    except (sqlite3.Error, *_server_errors()) as exc:
+        # a lock held past the busy timeout, a catalog that cannot grow, a database server
+        # gone, part-way through
         known = catalog_error(exc, _db_of(args))
         if debug:
             click.echo(redact(traceback.format_exc()), err=True, nl=False)
@@ -910,6 +947,18 @@ def main(argv: list[str] | None = None) -> None:
         if debug:
             click.echo(redact(traceback.format_exc()), err=True, nl=False)
         _internal_error(exc)
+
+
+def _server_errors() -> tuple[type[Exception], ...]:
+    """The PostgreSQL driver's errors, if it was loaded (a sqlite run never imports it)."""
+    psycopg = sys.modules.get("psycopg")
+    pool = sys.modules.get("psycopg_pool")
+    found: list[type[Exception]] = []
+    if psycopg is not None:
+        found.append(psycopg.Error)
+    if pool is not None:
+        found.append(pool.PoolTimeout)
+    return tuple(found)
 
 
 def _db_of(args: list[str]) -> str:

@@ -57,6 +57,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, time
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -164,6 +165,8 @@ class DaemonConfig:
     queues: dict[str, QueueConfig] = field(default_factory=dict)
     #: None when the file has no ``[server]`` table: the daemon then serves no HTTP API
     server: ServerConfig | None = None
+    #: ``[catalog] url``: the catalog to use when neither ``--db`` nor ``$SYNCD_DB`` names one
+    catalog_url: str | None = None
 
 
 # -- the schema -----------------------------------------------------------------------------
@@ -294,6 +297,24 @@ class ServerTable(_Table):
     port: int = Field(8080, ge=1, le=65535)
 
 
+def _catalog_url(value: str) -> str:
+    if "://" in value and not value.startswith(("postgresql://", "postgres://", "sqlite://")):
+        raise ValueError(
+            "must be postgresql://[user@]host[:port]/dbname, sqlite:///path or a file path"
+            f" (got {value.split('://')[0]}://...)"
+        )
+    if urlsplit(value).password is not None:
+        # a config file is shared and committed: no secret in it, as for integrations
+        raise ValueError(
+            "must not hold a password: put it in PGPASSWORD or ~/.pgpass (libpq reads both)"
+        )
+    return value
+
+
+class CatalogTable(_Table):
+    url: Annotated[str, Field(min_length=1), AfterValidator(_catalog_url)]
+
+
 class FileTable(_Table):
     """The whole file. Cross-references are checked once every table is well-typed."""
 
@@ -303,6 +324,7 @@ class FileTable(_Table):
     daemon: DaemonTable = Field(default_factory=DaemonTable)
     queues: dict[str, QueueTable] = {}
     server: ServerTable = Field(default_factory=ServerTable)
+    catalog: CatalogTable | None = None
 
     @model_validator(mode="after")
     def _references(self) -> FileTable:
@@ -499,6 +521,7 @@ def _build(table: FileTable) -> DaemonConfig:
         server=ServerConfig(host=table.server.host, port=table.server.port)
         if "server" in table.model_fields_set
         else None,
+        catalog_url=table.catalog.url if table.catalog else None,
     )
 
 

@@ -26,7 +26,7 @@ from hypothesis import HealthCheck, settings
 
 from providers.config import DriverConfig, Integration
 from syncd.store.catalog import Catalog
-from tests import emulators
+from tests import emulators, pg
 
 # moto accepts any key pair; boto3 just needs one to sign with. Never real credentials.
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
@@ -89,6 +89,92 @@ def azurite(emu_dir: Path) -> Iterator[emulators.Emulator]:
     emu = _start(emulators.start_azurite, emu_dir)
     yield emu
     emu.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[pg.PostgresServer]:
+    """A throwaway PostgreSQL server for the session (see tests/pg.py). PostgreSQL tests never
+    skip, with or without ``CI``: if no server starts, they fail with the reason."""
+    try:
+        server = pg.start_server()
+    except pg.PostgresUnavailable as exc:
+        pytest.fail(f"PostgreSQL required but unavailable: {exc}", pytrace=False)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: pg.PostgresServer) -> Iterator[str]:
+    """A fresh, empty database for this test: its ``postgresql://`` URL. Dropped afterwards,
+    with whatever connections the test left open."""
+    name = f"t_{uuid.uuid4().hex[:16]}"
+    url = postgres_server.create_database(name)
+    yield url
+    postgres_server.drop_database(name)
+
+
+#: the catalog stores every store-level suite runs on
+STORES = ["sqlite", "postgresql"]
+
+
+class CatalogMaker:
+    """Fresh, empty catalogs on one store, as many as a test needs (one per hypothesis
+    example): a new file each on sqlite; on PostgreSQL the test's one database, emptied, so
+    examples do not pay for a ``CREATE DATABASE`` each. Closes what it opened."""
+
+    def __init__(self, store: str, tmp: Path, url: str | None = None) -> None:
+        self.store, self.tmp, self.url = store, tmp, url
+        self.opened: list[Catalog] = []
+
+    def __call__(self) -> Catalog:
+        if self.store == "sqlite":
+            catalog = Catalog.open(str(self.tmp / f"c-{next(_counter)}.db"))
+        else:
+            assert self.url is not None
+            self.close()
+            catalog = Catalog.open(self.url)
+            wipe(catalog)
+        self.opened.append(catalog)
+        return catalog
+
+    def new_url(self) -> str:
+        """A catalog URL, empty: a new sqlite file, or the test's PostgreSQL database wiped."""
+        if self.store == "sqlite":
+            return str(self.tmp / f"c-{next(_counter)}.db")
+        self().close()
+        self.opened.pop()
+        assert self.url is not None
+        return self.url
+
+    def close(self) -> None:
+        for catalog in self.opened:
+            catalog.close()
+        self.opened.clear()
+
+
+def wipe(catalog: Catalog) -> None:
+    """Empty every table of a catalog but its migrations (the schema stays)."""
+    tables = [
+        "local_copies", "unrouted_events", "run_attempts", "pending_deletes", "runs",
+        "key_markers", "leases", "items", "datasets", "drivers", "integrations",
+    ]  # fmt: skip
+    with catalog.db.transaction():
+        for table in tables:
+            catalog.db.execute(f"DELETE FROM {table}")
+        catalog.db.execute("UPDATE counters SET value = 0")
+
+
+@pytest.fixture(params=STORES)
+def catalogs(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[CatalogMaker]:
+    """A :class:`CatalogMaker` on each store in turn (the test runs once per store)."""
+    url = request.getfixturevalue("postgres_url") if request.param == "postgresql" else None
+    maker = CatalogMaker(request.param, tmp_path, url)
+    yield maker
+    maker.close()
+    if url is not None:
+        from syncd.store import pg as pg_store
+
+        pg_store.close_pools()  # before the database is dropped
 
 
 class TokenService(BaseHTTPRequestHandler):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-from pathlib import Path
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -13,13 +12,14 @@ from syncd.events.apply import apply_events
 from syncd.events.parse import EventKind, ObjectEvent, gcs_marker, pad_sequencer
 from syncd.reconcile.filters import Filters
 from syncd.store.catalog import Catalog
-from tests.conftest import catalog_state
+from tests.conftest import CatalogMaker, catalog_state
 
 KEYS = ["raw/a.jpg", "raw/b c.jpg", "raw/ü+%.png", "other/x.jpg"]
 
 
-def catalog_with(tmp: Path, provider: str, bucket: str) -> Catalog:
-    catalog = Catalog.open(str(tmp / f"c-{random.random()}.db"))
+def catalog_with(catalogs: CatalogMaker, provider: str, bucket: str) -> Catalog:
+    """A fresh catalog (on the store under test) with dataset ``ds`` on ``bucket``/raw."""
+    catalog = catalogs()
     scheme = {"s3": "s3", "gcs": "gs", "azure": "az"}[provider]
     catalog.create_dataset(
         "ds",
@@ -113,28 +113,26 @@ def deliver(catalog: Catalog, events: list[ObjectEvent], rnd: random.Random) -> 
 
 @settings(max_examples=150, deadline=None)
 @given(history=histories, seed=st.integers(0, 2**32 - 1), provider=st.sampled_from(["s3", "azure"]))
-def test_sequencers_any_order_any_duplicates_converge(
-    tmp_path_factory, history, seed, provider
-) -> None:
+def test_sequencers_any_order_any_duplicates_converge(catalogs, history, seed, provider) -> None:
     random.seed(seed)
     events, final = sequenced_events(history, provider)
-    catalog = catalog_with(tmp_path_factory.mktemp(provider), provider, "bkt")
+    catalog = catalog_with(catalogs, provider, "bkt")
     deliver(catalog, events, random.Random(seed))
     assert catalog_state(catalog) == {k: v for k, v in final.items() if k.startswith("raw/")}
 
 
 @settings(max_examples=150, deadline=None)
 @given(history=histories, seed=st.integers(0, 2**32 - 1))
-def test_gcs_overwrite_deletes_never_remove_the_live_item(tmp_path_factory, history, seed) -> None:
+def test_gcs_overwrite_deletes_never_remove_the_live_item(catalogs, history, seed) -> None:
     random.seed(seed)
     events, final = gcs_events(history)
-    catalog = catalog_with(tmp_path_factory.mktemp("gcs"), "gcs", "gbkt")
+    catalog = catalog_with(catalogs, "gcs", "gbkt")
     deliver(catalog, events, random.Random(seed))
     assert catalog_state(catalog) == {k: v for k, v in final.items() if k.startswith("raw/")}
 
 
-def test_stale_duplicate_and_unrouted_are_counted(tmp_path: Path) -> None:
-    catalog = catalog_with(tmp_path, "s3", "bkt")
+def test_stale_duplicate_and_unrouted_are_counted(catalogs: CatalogMaker) -> None:
+    catalog = catalog_with(catalogs, "s3", "bkt")
     put = ObjectEvent(
         EventKind.CREATED, "s3", "bkt", "raw/a.jpg", marker=pad_sequencer("0A"), size=3, etag="e1"
     )

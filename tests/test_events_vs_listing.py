@@ -27,9 +27,8 @@ from syncd.events.parse import EventKind, ObjectEvent, pad_sequencer
 from syncd.reconcile.filters import Filters
 from syncd.reconcile.sync import SyncOptions, sync_dataset
 from syncd.store import lease
-from syncd.store.catalog import Catalog
 from syncd.store.db import transaction
-from tests.conftest import catalog_state
+from tests.conftest import CatalogMaker, catalog_state
 
 
 class PausingDriver(LocalDriver):
@@ -76,6 +75,7 @@ async def bucket_state(root: Path) -> dict[str, tuple[int, str]]:
 
 async def interleave(
     tmp_path: Path,
+    catalogs: CatalogMaker,
     before: Callable[[Path], None],
     in_the_gap: Callable[[Path, list[str]], str],
 ) -> tuple[dict, dict]:
@@ -86,7 +86,7 @@ async def interleave(
     root.mkdir()
     for name in ("a", "b", "c", "d"):
         (root / name).write_text(f"first {name}")
-    catalog = Catalog.open(str(tmp_path / "c.db"))
+    catalog = catalogs()
     try:
         ds, _ = api.ensure_dataset(catalog, "ds", source=str(root))
         owner = lease.new_owner()
@@ -109,7 +109,9 @@ async def interleave(
         catalog.close()
 
 
-async def test_a_listing_that_saw_the_old_version_does_not_undo_an_update(tmp_path: Path) -> None:
+async def test_a_listing_that_saw_the_old_version_does_not_undo_an_update(
+    tmp_path: Path, catalogs: CatalogMaker
+) -> None:
     newer = "second version, longer than the first"
 
     def overwrite_first_key(root: Path, keys: list[str]) -> str:
@@ -120,31 +122,35 @@ async def test_a_listing_that_saw_the_old_version_does_not_undo_an_update(tmp_pa
         # the listing will see this version, newer than the dataset's: an update to apply
         (root / "a").write_text("middle version")
 
-    dataset, bucket = await interleave(tmp_path, change_a, overwrite_first_key)
+    dataset, bucket = await interleave(tmp_path, catalogs, change_a, overwrite_first_key)
     assert dataset == bucket
     assert dataset["a"][0] == len(newer)
 
 
 async def test_a_listing_that_missed_a_key_does_not_delete_it_after_a_create(
-    tmp_path: Path,
+    tmp_path: Path, catalogs: CatalogMaker
 ) -> None:
     def recreate_b(root: Path, keys: list[str]) -> str:
         assert keys == ["a", "c"]  # the listing's view: b is gone, its delete will be parked
         (root / "b").write_text("b is back")
         return "b"
 
-    dataset, bucket = await interleave(tmp_path, lambda root: (root / "b").unlink(), recreate_b)
+    dataset, bucket = await interleave(
+        tmp_path, catalogs, lambda root: (root / "b").unlink(), recreate_b
+    )
     assert dataset == bucket
     assert "b" in dataset
 
 
-async def test_a_late_event_older_than_the_listed_state_is_stale(tmp_path: Path) -> None:
+async def test_a_late_event_older_than_the_listed_state_is_stale(
+    tmp_path: Path, catalogs: CatalogMaker
+) -> None:
     """The other direction: a listing wrote the newer state; an older event arrives late."""
 
     root = tmp_path / "bucket"
     root.mkdir()
     (root / "a").write_text("current")
-    catalog = Catalog.open(str(tmp_path / "c.db"))
+    catalog = catalogs()
     try:
         ds, _ = api.ensure_dataset(catalog, "ds", source=str(root))
         owner = lease.new_owner()
@@ -261,7 +267,7 @@ operations = st.lists(
 )
 @given(ops=operations, data=st.data(), marked=st.booleans())
 def test_events_and_a_concurrent_reconcile_converge(
-    tmp_path_factory, ops: list[tuple[str, int | None]], data: st.DataObject, marked: bool
+    catalogs: CatalogMaker, ops: list[tuple[str, int | None]], data: st.DataObject, marked: bool
 ) -> None:
     """Any history; the dataset was synced at t0; a reconcile lists the bucket as it was at
     t >= t0 while every event is applied in a random order, duplicates included: those of
@@ -282,7 +288,7 @@ def test_events_and_a_concurrent_reconcile_converge(
     rnd.shuffle(after)
 
     async def scenario() -> dict[str, tuple[int, str]]:
-        catalog = Catalog.open(str(tmp_path_factory.mktemp("p") / "c.db"))
+        catalog = catalogs()
         try:
             ds = catalog.create_dataset(
                 "ds", "s3://bkt/raw/", DriverConfig(type="s3", bucket="bkt", path="raw"), Filters()
@@ -310,11 +316,11 @@ def test_events_and_a_concurrent_reconcile_converge(
 
 
 async def test_an_event_later_in_the_same_second_as_the_listed_state_applies(
-    tmp_path: Path,
+    catalogs: CatalogMaker,
 ) -> None:
     """Times are compared as times: a listing's whole-second "...:00Z" and an event's
     "...:00.5Z" (which sorts first as text) are ordered correctly."""
-    catalog = Catalog.open(str(tmp_path / "c.db"))
+    catalog = catalogs()
     try:
         ds = catalog.create_dataset(
             "ds", "s3://bkt/raw/", DriverConfig(type="s3", bucket="bkt", path="raw"), Filters()

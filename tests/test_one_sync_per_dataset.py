@@ -22,8 +22,8 @@ import pytest
 from syncd import api
 from syncd.errors import SyncFailed
 from syncd.store import lease
-from syncd.store.catalog import Catalog
 from syncd.store.db import transaction
+from tests.conftest import CatalogMaker
 from tests.test_cli_errors import one_line_error
 from tests.test_sync_cli import summary, syncd
 
@@ -193,11 +193,13 @@ def test_failed_run_counts_only_applied_deletes_and_keeps_every_error(tmp_path: 
     assert run["seconds"] >= 0
 
 
-async def test_wait_on_a_dataset_its_first_sync_removed_says_so(tmp_path: Path) -> None:
+async def test_wait_on_a_dataset_its_first_sync_removed_says_so(
+    tmp_path: Path, catalogs: CatalogMaker
+) -> None:
     """The other sync was the dataset's first and failed, so it removed the dataset: a waiter
     gets one clear error, never a foreign-key failure."""
     src = make_folder(tmp_path / "src", 3)
-    catalog = Catalog.open(str(tmp_path / "c.db"))
+    catalog = catalogs()
     try:
         ds, created = api.ensure_dataset(catalog, "ds", source=str(src))
         assert created
@@ -210,8 +212,10 @@ async def test_wait_on_a_dataset_its_first_sync_removed_says_so(tmp_path: Path) 
         catalog.close()
 
 
-def test_lease_of_a_live_holder_is_refused_and_of_a_gone_one_taken(tmp_path: Path) -> None:
-    catalog = Catalog.open(str(tmp_path / "c.db"))
+def test_lease_of_a_live_holder_is_refused_and_of_a_gone_one_taken(
+    tmp_path: Path, catalogs: CatalogMaker
+) -> None:
+    catalog = catalogs()
     try:
         ds, _ = api.ensure_dataset(catalog, "ds", source=str(make_folder(tmp_path / "s", 1)))
         db, name = catalog.db, lease.for_dataset(ds.id)

@@ -18,7 +18,6 @@ from syncd.reconcile.filters import Filters
 from syncd.reconcile.march import Action, check_order, diff_page, march
 from syncd.reconcile.sync import SyncOptions, sync_dataset
 from syncd.store import lease
-from syncd.store.catalog import Catalog
 from syncd.store.db import transaction
 from tests.conftest import catalog_state
 from tests.test_events_vs_listing import SnapshotDriver
@@ -114,12 +113,12 @@ class PagedDriver(SnapshotDriver):
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(bucket_and_catalog(), st.integers(1, 5))
-def test_a_sync_applies_what_march_decides(tmp_path_factory, case, batch_size) -> None:
+def test_a_sync_applies_what_march_decides(catalogs, case, batch_size) -> None:
     objects, rows, pages = case
     expected = asyncio.run(plain_march(objects, rows))
 
     async def scenario():
-        catalog = Catalog.open(str(tmp_path_factory.mktemp("d") / "c.db"))
+        catalog = catalogs()  # on each store
         try:
             ds = catalog.create_dataset(
                 "ds", "s3://bkt/", DriverConfig(type="s3", bucket="bkt"), Filters()

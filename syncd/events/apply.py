@@ -158,6 +158,9 @@ class EventApplier:
         result = ApplyResult()
         unrouted: dict[tuple[str, str, str], tuple[int, str]] = {}
         with transaction(self.catalog.db):
+            # decided in Python from what it reads: no other writer may commit in between
+            # (a no-op on sqlite, whose transactions already take turns)
+            self.catalog.db.lock_writes(exclusive=True)
             seq = self._next_seq()
             for chunk in batched(events, CHUNK):
                 self._apply_chunk(chunk, seq, result, unrouted)
@@ -185,7 +188,7 @@ class EventApplier:
                 "INSERT INTO unrouted_events"
                 " (provider, bucket, account, count, first_seen, last_seen, last_key)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (provider, bucket, account) DO UPDATE"
-                " SET count = count + excluded.count, last_seen = excluded.last_seen,"
+                " SET count = unrouted_events.count + excluded.count, last_seen = excluded.last_seen,"
                 " last_key = excluded.last_key",
                 [provider, bucket, account, count, stamp, stamp, key],
             )
@@ -351,10 +354,6 @@ class _ChunkState:
     def read(cls, db: Any, keys: dict[int, set[str]]) -> _ChunkState:
         markers: dict[tuple[int, str], MarkerRow] = {}
         items: dict[tuple[int, str], ItemRow | None] = {}
-        # PostgreSQL (READ COMMITTED, several writers): lock the rows the decisions read until
-        # the batch commits, in key order (no deadlock between two batches); sqlite's
-        # BEGIN IMMEDIATE already serializes writers
-        lock = " FOR UPDATE" if getattr(db, "dialect", "sqlite") == "postgresql" else ""
         for dataset_id, key_set in sorted(keys.items()):
             ordered = sorted(key_set)
             for i in range(0, len(ordered), _IN_KEYS):
@@ -362,13 +361,13 @@ class _ChunkState:
                 marks = ", ".join("?" * len(part))
                 for key, marker, deleted, event_time in db.execute(
                     "SELECT key, marker, deleted, event_time FROM key_markers"
-                    f" WHERE dataset_id = ? AND key IN ({marks}) ORDER BY key{lock}",
+                    f" WHERE dataset_id = ? AND key IN ({marks})",
                     [dataset_id, *part],
                 ).fetchall():
                     markers[(dataset_id, key)] = (marker, deleted, event_time)
                 for key, *row in db.execute(
                     "SELECT key, created_at, etag, size, mtime, version FROM items"
-                    f" WHERE dataset_id = ? AND key IN ({marks}) ORDER BY key{lock}",
+                    f" WHERE dataset_id = ? AND key IN ({marks})",
                     [dataset_id, *part],
                 ).fetchall():
                     items[(dataset_id, key)] = tuple(row)  # type: ignore[assignment]
@@ -403,8 +402,7 @@ class _ChunkState:
         """Write the chunk's marker upserts, deletes, then item upserts (the caller holds the
         transaction)."""
         if self.marks:
-            _executemany(
-                catalog.db,
+            catalog.db.executemany(
                 _MARKER_UPSERT,
                 [
                     (ds, key, m, d, stamp, s, w)
@@ -422,15 +420,6 @@ class _ChunkState:
             if written:
                 written.sort(key=_KEY)  # in key order: the index pages are written in turn
                 catalog.write_rows(ds, written)
-
-
-def _executemany(db: Any, sql: str, rows: list[tuple[Any, ...]]) -> None:
-    """``db.executemany``: the store's Database has it (issue 13, store contract);
-    sqlite_utils's has not, so until the store lands the sqlite connection runs it."""
-    run = getattr(db, "executemany", None)
-    if run is None:
-        run = db.conn.executemany  # sqlite_utils only; drop once syncd.store.sql lands
-    run(sql, rows)
 
 
 def unrouted(catalog: Catalog) -> list[dict[str, object]]:

@@ -451,6 +451,7 @@ async def sync_dataset(
             raise DeletesHeldBack(message)
         # the listing is complete: apply parked deletes and close the run, all at once
         with transaction(catalog.db):
+            catalog.db.lock_writes(exclusive=False)  # the deletes' event guard, as a batch's
             deleted = checkpoint.apply_parked(run, dataset.id)
             checkpoint.clear_parked(run)
             counts["deleted"] += deleted

@@ -1,4 +1,7 @@
-"""The catalog: integrations, drivers, datasets and their items, in one sqlite file.
+"""The catalog: integrations, drivers, datasets and their items.
+
+The catalog lives in a :class:`~syncd.store.sql.Database`: a sqlite file by default, a
+PostgreSQL database for several workers (:mod:`syncd.store.pg`); nothing here depends on which.
 
 An item is an *external reference* to one object: ``filename`` is ``/`` + the key relative to
 the driver path (like a platform's ``external://`` item), ``uri`` the object's canonical URI.
@@ -21,8 +24,6 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import sqlite_utils
-
 from providers import faults
 from providers.config import PUBLIC_FIELDS, DriverConfig, Integration
 from syncd.errors import UsageError
@@ -30,7 +31,8 @@ from syncd.reconcile.filters import Filters
 from syncd.reconcile.march import KnownRow
 from syncd.store import lease
 from syncd.store.checkpoint import Checkpoint, Run
-from syncd.store.db import now, open_db, transaction
+from syncd.store.db import is_server, now, open_db, transaction
+from syncd.store.sql import ITEM_COLUMNS, Database
 
 ITEM_FIELDS = (
     "filename",
@@ -85,13 +87,14 @@ class Dataset:
 class Catalog:
     """Library API over the catalog database. Not thread-safe: one per task/thread."""
 
-    def __init__(self, db: sqlite_utils.Database) -> None:
+    def __init__(self, db: Database) -> None:
         self.db = db
 
     @classmethod
     def open(cls, path: str, *, create: bool = True) -> Catalog:
-        """Open the catalog file at ``path`` for writing (creating it unless ``create`` is
-        False). ``UsageError`` if it is missing (with ``create=False``) or read-only."""
+        """Open the catalog at ``path`` (a file path or a catalog URL, see
+        :func:`syncd.store.db.open_db`) for writing, creating it unless ``create`` is False.
+        ``UsageError`` if it is missing (with ``create=False``) or read-only."""
         return cls(open_db(path, create=create))
 
     @classmethod
@@ -101,9 +104,14 @@ class Catalog:
 
     @classmethod
     def open_preview(cls, path: str) -> Catalog:
-        """The catalog at ``path`` for a dry run, which must write nothing: the file itself if
-        it exists, else an empty catalog in memory (no file is created)."""
-        if os.path.exists(path):
+        """The catalog at ``path`` for a dry run, which must write nothing: the catalog itself
+        if it exists, else an empty catalog in memory (nothing is created)."""
+        if is_server(path):
+            try:
+                return cls(open_db(path, create=False, write=False))
+            except UsageError:  # a database without syncd's tables yet
+                return cls(open_db(":memory:"))
+        if os.path.exists(path.removeprefix("sqlite://")):
             return cls(open_db(path, create=False, write=False))
         return cls(open_db(":memory:"))
 
@@ -143,10 +151,10 @@ class Catalog:
             cur = self.db.execute(
                 "INSERT INTO drivers (name, type, bucket, path, region, endpoint, storage_class,"
                 " account, allow_external_delete, integration, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
                 [name, *(values[k] for k in _DRIVER_COLUMNS), now()],
             )
-            return int(cur.lastrowid)
+            return int(cur.fetchone()[0])
         sets = ", ".join(f"{k} = ?" for k in _DRIVER_COLUMNS)
         self.db.execute(
             f"UPDATE drivers SET {sets} WHERE id = ?",
@@ -258,7 +266,7 @@ class Catalog:
             f" WHERE dataset_id = ?{where}"
         )
         rows = self.db.execute(
-            f"SELECT key FROM ({sql}) WHERE n % ? = 0 ORDER BY n LIMIT ?",
+            f"SELECT key FROM ({sql}) AS numbered WHERE n % ? = 0 ORDER BY n LIMIT ?",
             [dataset_id, *args, step, parts - 1],
         ).fetchall()
         return [r[0] for r in rows]
@@ -272,7 +280,7 @@ class Catalog:
         while True:
             where, args = key_range(cursor, "")
             sql = f"SELECT key, size, etag, version FROM items WHERE dataset_id = ?{where}"
-            rows = self.db.conn.execute(
+            rows = self.db.execute(
                 sql + " ORDER BY key LIMIT ?", (dataset_id, *args, page)
             ).fetchall()
             if rows:
@@ -318,8 +326,8 @@ class Catalog:
         listing page for :func:`syncd.reconcile.march.diff_page`. One range scan of the key
         index."""
         if after is None:
-            return self.db.conn.execute(_KNOWN_UPTO, (dataset_id, upto)).fetchall()
-        return self.db.conn.execute(_KNOWN_RANGE, (dataset_id, after, upto)).fetchall()
+            return self.db.execute(_KNOWN_UPTO, (dataset_id, upto)).fetchall()
+        return self.db.execute(_KNOWN_RANGE, (dataset_id, after, upto)).fetchall()
 
     def write_items(
         self, dataset_id: int, items: Iterable[Item], *, seen_seq: Iterable[int] | None = None
@@ -336,8 +344,9 @@ class Catalog:
         seen_seq: Iterable[int] | None = None,
     ) -> None:
         """Upsert items given as plain tuples of the ``items`` columns: ``dataset_id`` (equal
-        to ``dataset_id``), then the :class:`Item` fields in order, with one ``executemany``;
-        an update keeps the stored ``created_at``. The caller holds the transaction.
+        to ``dataset_id``), then the :class:`Item` fields in order, in one bulk write
+        (:meth:`~syncd.store.sql.Database.upsert_items`); an update keeps the stored
+        ``created_at``. The caller holds the transaction.
 
         With ``seen_seq`` (one value per row: the event sequence read before the listing
         page that showed the item), an item is written only if no event touched its key since:
@@ -349,17 +358,10 @@ class Catalog:
             seen_seq = list(seen_seq)
             # the common case, no event since the oldest page of the batch: a plain upsert
             # (the guarded one costs a marker lookup per row)
-            since = self.db.conn.execute(_EVENT_SINCE, (dataset_id, min(seen_seq, default=0)))
+            since = self.db.execute(_EVENT_SINCE, (dataset_id, min(seen_seq, default=0)))
             if seen_seq and not since.fetchone()[0]:
                 seen_seq = None
-        if seen_seq is None:
-            self.db.conn.executemany(_UPSERT, rows)
-            return
-        # INSERT ... SELECT ... WHERE: no row selected means neither insert nor update
-        self.db.conn.executemany(
-            _GUARDED_UPSERT,
-            [(*row, dataset_id, row[1], seq) for row, seq in zip(rows, seen_seq, strict=True)],
-        )
+        self.db.upsert_items(rows, seen_seq)
 
     def commit_batch(self, batch: Batch) -> bool:
         """Commit one batch of a sync in one transaction: check the run's owner still holds
@@ -367,9 +369,11 @@ class Catalog:
         park its deletes, and save the run's progress (``resume_key`` and counters). Returns
         False, having written nothing, when the lease was lost.
 
-        The one store call a sync makes per batch, so another store (issue 13) implements a
-        batch as one unit too."""
+        The one store call a sync makes per batch: both stores commit a batch as one unit."""
         with transaction(self.db):
+            # first: an event batch on another connection must not commit between this
+            # batch's guard reads and its writes (see syncd.store.pg)
+            self.db.lock_writes(exclusive=False)
             # checked in the same transaction as the writes: a process whose lease was taken
             # over (it stalled past the expiry) never writes beside the new holder
             if not lease.renew(self.db, lease.for_dataset(batch.dataset_id), batch.owner):
@@ -384,37 +388,19 @@ class Catalog:
 
     def event_seq(self) -> int:
         """The catalog-wide sequence of applied event batches (see :meth:`write_items`)."""
-        # read before every listing page: the connection's own execute, no wrapper
         return int(
-            self.db.conn.execute("SELECT value FROM counters WHERE name = 'event_seq'").fetchone()[
-                0
-            ]
+            self.db.execute("SELECT value FROM counters WHERE name = 'event_seq'").fetchone()[0]
         )
 
     def delete_items(self, dataset_id: int, keys: Iterable[str]) -> int:
         """Delete items by key; return how many existed. The caller holds the transaction."""
-        before = self.db.conn.total_changes
-        self.db.conn.executemany(
+        return self.db.executemany(
             "DELETE FROM items WHERE dataset_id = ? AND key = ?", [(dataset_id, k) for k in keys]
         )
-        return self.db.conn.total_changes - before
 
 
 _ITEM_VALUES = operator.attrgetter(*Item.__dataclass_fields__)
-_ITEM_COLUMNS = ("dataset_id", *Item.__dataclass_fields__)
-_ITEM_UPDATES = ", ".join(
-    f"{c} = excluded.{c}" for c in _ITEM_COLUMNS if c not in ("dataset_id", "key", "created_at")
-)
-_UPSERT = (
-    f"INSERT INTO items ({', '.join(_ITEM_COLUMNS)}) VALUES ({', '.join('?' * len(_ITEM_COLUMNS))})"
-    f" ON CONFLICT (dataset_id, key) DO UPDATE SET {_ITEM_UPDATES}"
-)
-_GUARDED_UPSERT = (
-    f"INSERT INTO items ({', '.join(_ITEM_COLUMNS)}) SELECT {', '.join('?' * len(_ITEM_COLUMNS))}"
-    " WHERE NOT EXISTS (SELECT 1 FROM key_markers km"
-    " WHERE km.dataset_id = ? AND km.key = ? AND km.seq > ?)"
-    f" ON CONFLICT (dataset_id, key) DO UPDATE SET {_ITEM_UPDATES}"
-)
+assert ("dataset_id", *Item.__dataclass_fields__) == ITEM_COLUMNS, "items columns drifted"
 _EVENT_SINCE = "SELECT EXISTS (SELECT 1 FROM key_markers WHERE dataset_id = ? AND seq > ?)"
 _KNOWN_RANGE = (
     "SELECT key, size, etag, version FROM items WHERE dataset_id = ? AND key > ? AND key <= ?"

@@ -23,11 +23,10 @@ import dataclasses
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-import sqlite_utils
-
 from providers.redact import redact
 from syncd.store import lease
 from syncd.store.db import now
+from syncd.store.sql import Database
 
 #: per-run counters. ``deleted`` counts deletes applied, never keys merely parked; ``filtered``
 #: objects the filters left out; ``skipped`` objects the driver could not represent
@@ -114,7 +113,7 @@ def _run_from_row(row: tuple) -> Run:
 class Checkpoint:
     """Run bookkeeping on the catalog database (same file, same transactions as items)."""
 
-    def __init__(self, db: sqlite_utils.Database) -> None:
+    def __init__(self, db: Database) -> None:
         self.db = db
 
     def unfinished(self, dataset_id: int) -> Run | None:
@@ -176,10 +175,10 @@ class Checkpoint:
         started = now()
         cur = self.db.execute(
             "INSERT INTO runs (dataset_id, fingerprint, status, started_at, owner)"
-            " VALUES (?, ?, 'running', ?, ?)",
+            " VALUES (?, ?, 'running', ?, ?) RETURNING id",
             [dataset_id, fingerprint, started, owner],
         )
-        run = Run(int(cur.lastrowid), dataset_id, fingerprint, "running", started, owner=owner)
+        run = Run(int(cur.fetchone()[0]), dataset_id, fingerprint, "running", started, owner=owner)
         self._begin_attempt(run)
         return run
 
@@ -201,8 +200,9 @@ class Checkpoint:
     def park_deletes(self, run: Run, keys: list[str], seen_seq: list[int]) -> None:
         """Remember keys to delete once the listing completes, each with the event sequence
         read before the listing page that showed it gone. The caller holds the transaction."""
-        self.db.conn.executemany(
-            "INSERT OR IGNORE INTO pending_deletes (run_id, key, seen_seq) VALUES (?, ?, ?)",
+        self.db.executemany(
+            "INSERT INTO pending_deletes (run_id, key, seen_seq) VALUES (?, ?, ?)"
+            " ON CONFLICT (run_id, key) DO NOTHING",
             [(run.id, k, s) for k, s in zip(keys, seen_seq, strict=True)],
         )
 
@@ -219,14 +219,12 @@ class Checkpoint:
             ).fetchall()
             if not rows:
                 return deleted
-            before = self.db.conn.total_changes
-            self.db.conn.executemany(
+            deleted += self.db.executemany(
                 "DELETE FROM items WHERE dataset_id = ? AND key = ? AND NOT EXISTS"
                 " (SELECT 1 FROM key_markers km WHERE km.dataset_id = ? AND km.key = ?"
                 " AND km.seq > ?)",
                 [(dataset_id, k, dataset_id, k, s) for k, s in rows],
             )
-            deleted += self.db.conn.total_changes - before
             cursor = rows[-1][0]
 
     def count_parked(self, run: Run) -> int:

@@ -15,9 +15,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-import sqlite_utils
-
 from syncd.store.catalog import prefix_upper_bound
+from syncd.store.sql import Database
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,7 +30,7 @@ class Copy:
 class LocalCopies:
     """The records of one dataset in one local folder. Not thread-safe."""
 
-    def __init__(self, db: sqlite_utils.Database, dataset_id: int, root: str) -> None:
+    def __init__(self, db: Database, dataset_id: int, root: str) -> None:
         self.db, self.dataset_id, self.root = db, dataset_id, root
 
     def iter(self, prefix: str = "", page: int = 1000) -> Iterator[Copy]:
@@ -60,13 +59,13 @@ class LocalCopies:
     def save(self, record: Iterable[Copy], forget: Iterable[str] = ()) -> None:
         """Write records and drop those of ``forget`` paths. The caller holds the transaction
         (a push writes the items it uploaded in the same one)."""
-        self.db.conn.executemany(
+        self.db.executemany(
             "INSERT INTO local_copies (dataset_id, root, path, local_etag, etag, size)"
             " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (dataset_id, root, path) DO UPDATE SET"
             " local_etag = excluded.local_etag, etag = excluded.etag, size = excluded.size",
             [(self.dataset_id, self.root, c.path, c.local_etag, c.etag, c.size) for c in record],
         )
-        self.db.conn.executemany(
+        self.db.executemany(
             "DELETE FROM local_copies WHERE dataset_id = ? AND root = ? AND path = ?",
             [(self.dataset_id, self.root, p) for p in forget],
         )

@@ -1,9 +1,12 @@
-"""Opening the embedded sqlite database and applying named, transactional migrations.
+"""Opening the catalog (a sqlite file or a PostgreSQL database) and applying named,
+transactional migrations.
 
-Each migration is a name and a list of SQL statements. :func:`migrate` applies, in order, those
-not yet recorded in ``_syncd_migrations``; each one runs in its own transaction together with
-the row that records it, so a crash leaves a migration either fully applied or not at all.
-Migrations are append-only: never edit one that has shipped, add a new one.
+Each engine has its list of migrations, each a name and a list of SQL statements: sqlite's is
+:data:`MIGRATIONS` below, PostgreSQL's ``PG_MIGRATIONS`` in :mod:`syncd.store.pg` (the same
+schema in that engine's types; a new migration is added to both under one name).
+:func:`migrate` applies, in order, those not yet recorded in ``_syncd_migrations``, in one
+transaction together with the rows that record them, so a crash leaves them applied or not at
+all. Migrations are append-only: never edit one that has shipped, add a new one.
 """
 
 from __future__ import annotations
@@ -13,11 +16,12 @@ import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from pathlib import Path
-
-import sqlite_utils
+from typing import TYPE_CHECKING, Any
 
 from syncd.errors import CatalogUnavailable, UsageError
+
+if TYPE_CHECKING:
+    from syncd.store.sql import Database
 
 #: seconds a statement waits for another process's write lock before giving up
 DEFAULT_BUSY_TIMEOUT = 30.0
@@ -211,20 +215,11 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
 
 
 @contextmanager
-def transaction(db: sqlite_utils.Database) -> Iterator[None]:
-    """One explicit write transaction: all of the block's statements land, or none do.
-
-    ``BEGIN IMMEDIATE`` takes the write lock up front (DDL included, which Python's sqlite3
-    would otherwise run outside any transaction), so a second writer waits instead of failing
-    half-way through.
-    """
-    db.execute("BEGIN IMMEDIATE")
-    try:
+def transaction(db: Database) -> Iterator[None]:
+    """One explicit write transaction on ``db``: all of the block's statements land, or none
+    do (see :meth:`syncd.store.sql.Database.transaction`)."""
+    with db.transaction():
         yield
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
-    db.execute("COMMIT")
 
 
 def now() -> str:
@@ -253,9 +248,16 @@ def busy_timeout() -> float:
 _CANNOT_WRITE = ("database or disk is full", "disk i/o error")
 
 
-def catalog_error(exc: sqlite3.Error, path: str | os.PathLike[str] | None = None) -> Exception:
-    """The one-line error for a sqlite failure the user can act on (a lock held too long, a
-    file that cannot grow), else ``exc`` itself (a bug: the CLI reports it as internal)."""
+def catalog_error(exc: Exception, path: str | os.PathLike[str] | None = None) -> Exception:
+    """The one-line error for a catalog failure the user can act on (a lock held too long, a
+    file that cannot grow, a database server gone), else ``exc`` itself (a bug: the CLI
+    reports it as internal)."""
+    if type(exc).__module__.startswith("psycopg"):
+        from syncd.store.pg import server_error
+
+        return server_error(exc, str(path) if path is not None else None)
+    if not isinstance(exc, sqlite3.Error):
+        return exc
     where = f"catalog {str(path)!r}" if path is not None else "the catalog"
     text = str(exc)
     if "database is locked" in text or "database table is locked" in text:
@@ -271,85 +273,104 @@ def catalog_error(exc: sqlite3.Error, path: str | os.PathLike[str] | None = None
     return exc
 
 
-def default_db_path() -> str:
-    """``$SYNCD_DB`` if set, else ``./syncd.db``."""
-    return os.environ.get("SYNCD_DB") or "syncd.db"
+def is_server(url: str) -> bool:
+    """Whether the catalog ``url`` names a PostgreSQL server rather than a sqlite file."""
+    return url.startswith(("postgresql://", "postgres://"))
 
 
-def open_db(
-    path: str | os.PathLike[str], *, create: bool = True, write: bool = True
-) -> sqlite_utils.Database:
-    """Open (and if needed create and migrate) the catalog at ``path`` in WAL mode.
+def default_db_path(configured: str | None = None) -> str:
+    """The catalog when no ``--db`` is given: ``$SYNCD_DB`` if set, else ``configured`` (a
+    config file's ``[catalog] url``), else ``./syncd.db``."""
+    return os.environ.get("SYNCD_DB") or configured or "syncd.db"
 
-    ``create=False``: a missing file is a ``UsageError`` (nothing is created). ``write=True``
-    checks up front that the file can be written, so a read-only catalog is one clear line
-    before any work starts rather than a failure half-way. ``":memory:"`` is an empty
-    in-memory catalog.
+
+def open_db(url: str | os.PathLike[str], *, create: bool = True, write: bool = True) -> Database:
+    """Open (and if needed create and migrate) the catalog at ``url``.
+
+    ``url`` is ``postgresql://[user@]host[:port]/dbname`` (a PostgreSQL server: the database
+    must exist, its tables are created by the migrations), ``sqlite:///path`` or a plain path
+    (a sqlite file in WAL mode), or ``":memory:"`` (an empty in-memory catalog).
+
+    ``create=False``: a missing sqlite file, or a PostgreSQL database without syncd's tables,
+    is a ``UsageError`` (nothing is created). ``write=True`` checks up front that the catalog
+    can be written, so a read-only catalog is one clear line before any work starts rather
+    than a failure half-way.
     """
-    p = Path(path)
-    memory = str(path) == ":memory:"
-    if not memory and not create and not p.exists():
-        raise UsageError(f"catalog {str(p)!r} does not exist; run `syncd sync` first or pass --db")
-    if not memory and p.parent and not p.parent.exists():
-        raise UsageError(
-            f"cannot create catalog {str(p)!r}: folder {str(p.parent)!r} does not exist"
-        )
-    try:
-        # autocommit mode: transactions are explicit, see transaction()
-        conn = sqlite3.connect(p, timeout=busy_timeout(), isolation_level=None)
-        db = sqlite_utils.Database(conn)
-        db.execute("PRAGMA foreign_keys = ON")
-        if memory:
-            migrate(db)
-            return db
-        if write:
-            db.enable_wal()
-        db.execute("PRAGMA synchronous = NORMAL")  # durable at each WAL checkpoint, safe on crash
-        if write or _pending(db):
-            migrate(db)
-        if write:
-            # a no-op write: sqlite opens a file it may not write (permissions, an immutable
-            # flag, a read-only mount) read-only without a word, and says so only at the
-            # first write, which could be half-way through a sync
-            version = db.execute("PRAGMA user_version").fetchone()[0]
-            db.execute(f"PRAGMA user_version = {int(version)}")
-    except sqlite3.DatabaseError as exc:
-        if "readonly" in str(exc):
-            raise UsageError(
-                f"catalog {str(p)!r} is read-only ({exc}); make the file and its folder "
-                "writable, or pass --db with another catalog"
-            ) from None
-        known = catalog_error(exc, p)
-        if known is not exc:
-            raise known from None
-        raise UsageError(f"cannot open catalog {str(p)!r}: {exc}") from exc
+    text = str(url)
+    if is_server(text):
+        from syncd.store.pg import open_postgres
+
+        db: Database = open_postgres(text, create=create, write=write)
+    else:
+        from syncd.store.sqlite import open_sqlite
+
+        db = _open_sqlite(open_sqlite, text.removeprefix("sqlite://"), create, write)
     return db
 
 
-def _pending(db: sqlite_utils.Database) -> bool:
-    """Whether any migration is not applied yet (a reader must migrate an old catalog)."""
+def _open_sqlite(opener: Any, path: str, create: bool, write: bool) -> Database:
     try:
-        done = {r[0] for r in db.execute("SELECT name FROM _syncd_migrations").fetchall()}
-    except sqlite3.OperationalError:
-        return True  # a new, empty file
-    return any(name not in done for name, _ in MIGRATIONS)
+        db = opener(path, create=create, write=write, busy_timeout=busy_timeout())
+        if path == ":memory:":
+            migrate(db)
+            return db
+        if write or _pending(db):
+            migrate(db)
+        if write:
+            db.check_writable()
+    except sqlite3.DatabaseError as exc:
+        if "readonly" in str(exc):
+            raise UsageError(
+                f"catalog {path!r} is read-only ({exc}); make the file and its folder "
+                "writable, or pass --db with another catalog"
+            ) from None
+        known = catalog_error(exc, path)
+        if known is not exc:
+            raise known from None
+        raise UsageError(f"cannot open catalog {path!r}: {exc}") from exc
+    return db
 
 
-def migrate(db: sqlite_utils.Database) -> list[str]:
-    """Apply pending migrations in order; return the names applied."""
-    db.execute(
-        "CREATE TABLE IF NOT EXISTS _syncd_migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)"
-    )
-    done = {row[0] for row in db.execute("SELECT name FROM _syncd_migrations").fetchall()}
-    applied = []
-    for name, statements in MIGRATIONS:
-        if name in done:
-            continue
-        with transaction(db):
+def _pending(db: Database) -> bool:
+    """Whether any migration is not applied yet (a reader must migrate an old catalog)."""
+    done = applied_migrations(db)
+    return done is None or any(name not in done for name, _ in db.migrations)
+
+
+def applied_migrations(db: Database) -> set[str] | None:
+    """The names of the migrations applied to ``db``; None for a catalog with no tables."""
+    try:
+        return {r[0] for r in db.execute("SELECT name FROM _syncd_migrations").fetchall()}
+    except Exception as exc:
+        # sqlite: OperationalError "no such table"; PostgreSQL: UndefinedTable (SQLSTATE
+        # 42P01), after which its connection must roll the failed statement back
+        if "no such table" in str(exc) or getattr(exc, "sqlstate", None) == "42P01":
+            return None
+        raise
+
+
+def migrate(db: Database) -> list[str]:
+    """Apply pending migrations in order, all in one transaction; return the names applied.
+
+    The transaction starts with :meth:`~syncd.store.sql.Database.lock_writes` (exclusive), so
+    of several workers starting at once on one PostgreSQL catalog one migrates and the others
+    find the work done.
+    """
+    with transaction(db):
+        db.lock_writes(exclusive=True)
+        db.execute(
+            "CREATE TABLE IF NOT EXISTS _syncd_migrations"
+            " (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)"
+        )
+        done = {row[0] for row in db.execute("SELECT name FROM _syncd_migrations").fetchall()}
+        applied = []
+        for name, statements in db.migrations:
+            if name in done:
+                continue
             for statement in statements:
                 db.execute(statement)
             db.execute(
                 "INSERT INTO _syncd_migrations (name, applied_at) VALUES (?, ?)", [name, now()]
             )
-        applied.append(name)
+            applied.append(name)
     return applied

@@ -12,8 +12,8 @@ either refuses (naming it) or waits.
 A holder is *gone* when its lease expired, or when it runs on this host and its process no
 longer exists (``kill -9``, a crash, a closed laptop), so a crashed run is taken over at once on
 the same machine and after ``ttl`` seconds from another one. The same idea carries over to a
-shared PostgreSQL catalog: the lease becomes one conditional ``UPDATE ... WHERE owner IS NULL
-OR expires_at < now()``; nothing here depends on sqlite beyond the SQL.
+shared PostgreSQL catalog: taking a lease is one conditional upsert (:func:`acquire`), so two
+machines racing for it cannot both win.
 
 Every function that writes expects to run inside the caller's transaction
 (:func:`syncd.store.db.transaction`), so "read the holder, then take it" is atomic.
@@ -28,9 +28,8 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-import sqlite_utils
-
 from syncd.store.db import now, transaction
+from syncd.store.sql import Database
 
 #: seconds a lease lives without renewal; a run renews it far more often than this
 DEFAULT_TTL = 60.0
@@ -90,7 +89,7 @@ class Holder:
         return f"process {self.pid} on {self.host} (since {self.acquired_at})"
 
 
-def holder(db: sqlite_utils.Database, name: str) -> Holder | None:
+def holder(db: Database, name: str) -> Holder | None:
     """The lease's current holder, alive or not; None if nobody holds it."""
     row = db.execute(
         "SELECT owner, host, pid, acquired_at, expires_at FROM leases WHERE name = ?",
@@ -99,35 +98,54 @@ def holder(db: sqlite_utils.Database, name: str) -> Holder | None:
     return Holder(*row) if row else None
 
 
-def live_owner(db: sqlite_utils.Database, name: str) -> str | None:
+def live_owner(db: Database, name: str) -> str | None:
     """The owner id of a live holder of the lease, else None."""
     h = holder(db, name)
     return h.owner if h is not None and h.alive() else None
 
 
-def acquire(
-    db: sqlite_utils.Database, name: str, owner: str, ttl: float = DEFAULT_TTL
-) -> Holder | None:
+def acquire(db: Database, name: str, owner: str, ttl: float = DEFAULT_TTL) -> Holder | None:
     """Take the lease for ``owner``. Returns None on success, else the live holder.
 
     A lease held by a gone holder is taken over. Taking a lease one already holds renews it.
-    The caller holds the transaction.
+    Each take is one conditional statement (insert; or update only if the lease is ours or
+    expired, or still held by the same gone holder), so of two processes racing for it
+    on a shared catalog exactly one wins, whatever the isolation level. The caller holds the
+    transaction.
     """
-    current = holder(db, name)
-    if current is not None and current.owner != owner and current.alive():
-        return current
     host, pid = socket.gethostname(), os.getpid()
-    db.execute(
-        "INSERT INTO leases (name, owner, host, pid, acquired_at, expires_at)"
-        " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET owner = excluded.owner,"
-        " host = excluded.host, pid = excluded.pid, acquired_at = excluded.acquired_at,"
-        " expires_at = excluded.expires_at",
-        [name, owner, host, pid, now(), _stamp(datetime.now(UTC) + timedelta(seconds=ttl))],
+    stamp = datetime.now(UTC)
+    values = [name, owner, host, pid, now(), _stamp(stamp + timedelta(seconds=ttl))]
+    cur = db.execute(_TAKE, [*values, owner, _stamp(stamp)])
+    if cur.rowcount == 1:
+        return None
+    current = holder(db, name)
+    if current is None:  # released between the two statements: once more
+        cur = db.execute(_TAKE, [*values, owner, _stamp(stamp)])
+        return None if cur.rowcount == 1 else holder(db, name)
+    if current.alive():
+        return current
+    # gone but not expired: its process died on this host
+    cur = db.execute(
+        "UPDATE leases SET owner = ?, host = ?, pid = ?, acquired_at = ?, expires_at = ?"
+        " WHERE name = ? AND owner = ?",
+        [owner, host, pid, values[4], values[5], name, current.owner],
     )
-    return None
+    return None if cur.rowcount == 1 else holder(db, name)
 
 
-def renew(db: sqlite_utils.Database, name: str, owner: str, ttl: float = DEFAULT_TTL) -> bool:
+# insert, or take over a lease that is ours already or expired (stored times are ISO text
+# of one format, so they compare as text)
+_TAKE = (
+    "INSERT INTO leases (name, owner, host, pid, acquired_at, expires_at)"
+    " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET owner = excluded.owner,"
+    " host = excluded.host, pid = excluded.pid, acquired_at = excluded.acquired_at,"
+    " expires_at = excluded.expires_at"
+    " WHERE leases.owner = ? OR leases.expires_at <= ?"
+)
+
+
+def renew(db: Database, name: str, owner: str, ttl: float = DEFAULT_TTL) -> bool:
     """Push the expiry of ``owner``'s lease forward. False if the lease is no longer ours
     (it expired and another process took it): the caller must stop writing."""
     cur = db.execute(
@@ -137,7 +155,7 @@ def renew(db: sqlite_utils.Database, name: str, owner: str, ttl: float = DEFAULT
     return cur.rowcount == 1
 
 
-async def keep(db: sqlite_utils.Database, name: str, owner: str) -> None:
+async def keep(db: Database, name: str, owner: str) -> None:
     """Renew ``owner``'s lease every quarter of its life until cancelled: for a holder whose
     single steps (a slow listing page, one large upload) may outlast it. Its own transactions;
     a lost lease is noticed by the holder's next checked write, not here."""
@@ -147,6 +165,6 @@ async def keep(db: sqlite_utils.Database, name: str, owner: str) -> None:
             renew(db, name, owner)
 
 
-def release(db: sqlite_utils.Database, name: str, owner: str) -> None:
+def release(db: Database, name: str, owner: str) -> None:
     """Give the lease up (a no-op if it is not ours any more)."""
     db.execute("DELETE FROM leases WHERE name = ? AND owner = ?", [name, owner])

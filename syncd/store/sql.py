@@ -1,0 +1,101 @@
+"""The catalog's connection: one small interface, two implementations (sqlite, PostgreSQL).
+
+Everything above the store (:mod:`syncd.store.catalog`, the checkpoint, leases, events, the
+daemon, the API) talks to a :class:`Database` and never knows which one it has. SQL is written
+once, portably (``?`` placeholders, ``ON CONFLICT`` upserts, ``RETURNING``, times as ISO text,
+key columns compared in code point order); what differs between the two engines is behind the
+handful of methods below:
+
+* :meth:`Database.transaction`: one write transaction (sqlite takes the file's write lock up
+  front; PostgreSQL runs READ COMMITTED and relies on row locks, conditional writes and
+  :meth:`Database.lock_writes`);
+* :meth:`Database.upsert_items`: a batch of item rows in one go (sqlite ``executemany``;
+  PostgreSQL ``COPY`` into a temporary table and one merge statement), the newer-state-wins
+  guard expressed in SQL;
+* :meth:`Database.lock_writes`: on PostgreSQL, an event batch (which decides in Python from
+  what it reads) excludes the sync batches and deletes that could race it, which share the
+  lock among themselves; sqlite's single writer makes this a no-op;
+* :meth:`Database.files`: the files the catalog lives in (a pull must never delete them).
+
+Implementations: :class:`syncd.store.sqlite.SqliteDatabase` and
+:class:`syncd.store.pg.PostgresDatabase`, chosen by :func:`syncd.store.db.open_db` from the
+catalog's URL.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Sequence
+from contextlib import AbstractContextManager
+from typing import Any, ClassVar
+
+#: the columns of ``items`` in the order item rows carry them (see Catalog.write_rows)
+ITEM_COLUMNS = (
+    "dataset_id",
+    "key",
+    "filename",
+    "uri",
+    "size",
+    "etag",
+    "content_type",
+    "mtime",
+    "version",
+    "created_at",
+    "updated_at",
+    "metadata",
+    "md5",
+)
+#: an update of an item keeps its identity and the time it was first seen
+ITEM_UPDATES = ", ".join(
+    f"{c} = excluded.{c}" for c in ITEM_COLUMNS if c not in ("dataset_id", "key", "created_at")
+)
+
+
+class Database(ABC):
+    """One connection to a catalog. Not thread-safe: one per thread (or task).
+
+    ``execute`` and ``executemany`` take SQL with ``?`` placeholders; outside
+    :meth:`transaction` each statement commits by itself.
+    """
+
+    #: ``"sqlite"`` or ``"postgresql"``
+    dialect: ClassVar[str]
+    #: where the catalog is, safe to print (no password)
+    url: str
+    #: the named migrations of this engine, in order (see :func:`syncd.store.db.migrate`)
+    migrations: list[tuple[str, list[str]]]
+
+    @abstractmethod
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        """Run one statement; a cursor with ``fetchone``, ``fetchall`` and ``rowcount``."""
+
+    @abstractmethod
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> int:
+        """Run one statement per row; the number of rows it changed in all."""
+
+    @abstractmethod
+    def transaction(self) -> AbstractContextManager[None]:
+        """One write transaction: every statement of the block lands, or none does.
+        Transactions do not nest."""
+
+    @abstractmethod
+    def upsert_items(self, rows: list[tuple[Any, ...]], seen_seq: list[int] | None) -> None:
+        """Insert or update item rows (tuples in :data:`ITEM_COLUMNS` order, no two with the
+        same key); an update keeps the stored ``created_at``. With ``seen_seq`` (one value per
+        row) a row is written only if no event stamped its key with a later sequence (the
+        ``key_markers`` guard: a listing never undoes a newer event). In the caller's
+        transaction."""
+
+    @abstractmethod
+    def lock_writes(self, *, exclusive: bool) -> None:
+        """Order this transaction against concurrent ones on other connections: an event
+        batch takes it ``exclusive``, sync batches and parked deletes shared. Called first
+        thing in the transaction. A no-op where the engine has one writer at a time."""
+
+    def files(self) -> list[str]:
+        """The local files that hold the catalog (empty for a server)."""
+        return []
+
+    @abstractmethod
+    def close(self) -> None:
+        """Give the connection back; the object is unusable afterwards."""

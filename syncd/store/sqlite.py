@@ -1,0 +1,111 @@
+"""The embedded catalog: one sqlite file in WAL mode (the default store).
+
+sqlite has one writer at a time: :meth:`SqliteDatabase.transaction` takes the file's write lock
+up front (``BEGIN IMMEDIATE``), so "read, decide, write" inside it is atomic against every
+other process, and :meth:`~syncd.store.sql.Database.lock_writes` has nothing to add.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, ClassVar
+
+from syncd.errors import UsageError
+from syncd.store.sql import ITEM_COLUMNS, ITEM_UPDATES, Database
+
+_UPSERT = (
+    f"INSERT INTO items ({', '.join(ITEM_COLUMNS)}) VALUES ({', '.join('?' * len(ITEM_COLUMNS))})"
+    f" ON CONFLICT (dataset_id, key) DO UPDATE SET {ITEM_UPDATES}"
+)
+# INSERT ... SELECT ... WHERE: no row selected means neither insert nor update
+_GUARDED_UPSERT = (
+    f"INSERT INTO items ({', '.join(ITEM_COLUMNS)}) SELECT {', '.join('?' * len(ITEM_COLUMNS))}"
+    " WHERE NOT EXISTS (SELECT 1 FROM key_markers km"
+    " WHERE km.dataset_id = ? AND km.key = ? AND km.seq > ?)"
+    f" ON CONFLICT (dataset_id, key) DO UPDATE SET {ITEM_UPDATES}"
+)
+
+
+class SqliteDatabase(Database):
+    """A catalog in a sqlite file (or ``:memory:``)."""
+
+    dialect: ClassVar[str] = "sqlite"
+
+    def __init__(self, path: str, *, busy_timeout: float, write: bool) -> None:
+        from syncd.store.db import MIGRATIONS
+
+        self.migrations = MIGRATIONS
+        self.path = path
+        self.url = path
+        # autocommit mode: transactions are explicit, see transaction()
+        self.conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None)
+        # the hot paths (a listing page's range read, a batch's upsert) call sqlite directly
+        self.execute = self.conn.execute  # type: ignore[method-assign]
+        self.conn.execute("PRAGMA foreign_keys = ON")
+        if path != ":memory:":
+            if write:
+                self.conn.execute("PRAGMA journal_mode = wal")
+            # durable at each WAL checkpoint, safe on crash
+            self.conn.execute("PRAGMA synchronous = NORMAL")
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:  # replaced in __init__
+        return self.conn.execute(sql, params)
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> int:
+        return self.conn.executemany(sql, rows).rowcount
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        # BEGIN IMMEDIATE takes the write lock up front (DDL included, which Python's sqlite3
+        # would otherwise run outside any transaction), so a second writer waits instead of
+        # failing half-way through
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    def lock_writes(self, *, exclusive: bool) -> None:
+        """Nothing to do: ``BEGIN IMMEDIATE`` already made this the only writer."""
+
+    def upsert_items(self, rows: list[tuple[Any, ...]], seen_seq: list[int] | None) -> None:
+        if seen_seq is None:
+            self.conn.executemany(_UPSERT, rows)
+            return
+        self.conn.executemany(
+            _GUARDED_UPSERT,
+            [(*row, row[0], row[1], seq) for row, seq in zip(rows, seen_seq, strict=True)],
+        )
+
+    def check_writable(self) -> None:
+        """A no-op write: sqlite opens a file it may not write (permissions, an immutable
+        flag, a read-only mount) read-only without a word, and says so only at the first
+        write, which could be half-way through a sync."""
+        version = self.conn.execute("PRAGMA user_version").fetchone()[0]
+        self.conn.execute(f"PRAGMA user_version = {int(version)}")
+
+    def files(self) -> list[str]:
+        if self.path == ":memory:":
+            return []
+        row = self.conn.execute("PRAGMA database_list").fetchone()
+        path = row[2] if row else ""
+        return [path + suffix for suffix in ("", "-wal", "-shm", "-journal")] if path else []
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def open_sqlite(path: str, *, create: bool, write: bool, busy_timeout: float) -> SqliteDatabase:
+    """Open the sqlite catalog at ``path`` (see :func:`syncd.store.db.open_db`)."""
+    p = Path(path)
+    memory = path == ":memory:"
+    if not memory and not create and not p.exists():
+        raise UsageError(f"catalog {path!r} does not exist; run `syncd sync` first or pass --db")
+    if not memory and p.parent and not p.parent.exists():
+        raise UsageError(f"cannot create catalog {path!r}: folder {str(p.parent)!r} does not exist")
+    return SqliteDatabase(path, busy_timeout=busy_timeout, write=write)
