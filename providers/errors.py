@@ -8,8 +8,7 @@ choose, never from request headers or SDK reprs, so no credential can leak into 
 from __future__ import annotations
 
 import http.client
-
-import urllib3.exceptions
+from typing import Any
 
 
 class StorageError(Exception):
@@ -74,9 +73,18 @@ class TransientError(StorageError):
     hint = "the service or network failed; syncd retried and gave up, try again later"
 
 
-#: what an HTTP stack raises when an answer stops before its Content-Length (a dropped
-#: connection mid-body): as transient as a reset, whichever SDK it surfaces through
-CUT_SHORT = http.client.HTTPException | urllib3.exceptions.ProtocolError
+def __getattr__(name: str) -> Any:
+    """``CUT_SHORT``: what an HTTP stack raises when an answer stops before its
+    Content-Length (a dropped connection mid-body), as transient as a reset, whichever SDK it
+    surfaces through. Built on first use: urllib3 costs about 50 ms of every start, and only
+    the cloud drivers (whose SDKs load it anyway) need it; a local sync does not."""
+    if name == "CUT_SHORT":
+        import urllib3.exceptions
+
+        cut_short = http.client.HTTPException | urllib3.exceptions.ProtocolError
+        globals()["CUT_SHORT"] = cut_short
+        return cut_short
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class Throttled(TransientError):

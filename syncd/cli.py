@@ -13,6 +13,7 @@ import sqlite3
 import sys
 import time
 import traceback
+from collections.abc import Iterator
 from typing import Any
 
 import click
@@ -209,13 +210,20 @@ def sync(
     """
     if config_path and source:
         raise UsageError("give either SOURCE or --config, not both")
-    # imported here: the config module loads pydantic, a quarter second of every start
-    from syncd.config import find_config, load_daemon_config
+    found = None
+    if not source:
+        # imported only when a config may be read: the config module loads pydantic, a
+        # sixth of a second of every start (a sync of a SOURCE reads no config)
+        from syncd.config import find_config
 
-    found = None if source else find_config(config_path)
+        found = find_config(config_path)
     if not found and not dataset_name:
         raise UsageError("--dataset NAME is required (or pass --config FILE or set SYNCD_CONFIG)")
-    config = load_daemon_config(found) if found else None
+    config = None
+    if found:
+        from syncd.config import load_daemon_config
+
+        config = load_daemon_config(found)
     specs = config.datasets if config else None
     if specs is not None and dataset_name is not None and dataset_name not in specs:
         if not config_path:  # a file found by itself: NAME is a dataset of the catalog's
@@ -779,26 +787,40 @@ def events_apply(file: Any, db_path: str | None, as_json: bool) -> None:
 
     FILE holds one JSON payload (object or array) or JSON lines. Events go to every dataset
     whose driver bucket and path contain the key; stale and duplicate events change nothing.
+    JSON lines are read and applied as a stream, in batches of one transaction each: a bad
+    line stops the command with the batches before it applied (applying them again is a no-op).
     """
-    from syncd.events.apply import apply_events
-    from syncd.events.parse import EventFormatError, parse_text
+    from syncd.events.apply import ApplyResult, EventApplier
+    from syncd.events.parse import EventFormatError, ObjectEvent
+    from syncd.events.stream import read_payloads
+
+    catalog = Catalog.open(db_path or default_db_path(), create=False)
+    total = ApplyResult()
+    skipped: list[str] = []
+    seen = 0
+
+    def events() -> Iterator[ObjectEvent]:
+        nonlocal seen
+        for parsed in read_payloads(file):
+            skipped.extend(parsed.skipped)
+            seen += len(parsed.events)
+            yield from parsed.events
 
     try:
-        parsed = parse_text(file.read())
+        for result in EventApplier(catalog).apply_stream(events()):
+            total.counts.update(result.counts)
     except EventFormatError as exc:
-        raise UsageError(f"{file.name}: {exc}") from None
-    catalog = Catalog.open(db_path or default_db_path(), create=False)
-    try:
-        result = apply_events(catalog, parsed.events).as_dict()
+        done = sum(total.counts.values())
+        hint = f" ({done} event(s) before it were applied)" if done else ""
+        raise UsageError(f"{file.name}: {exc}{hint}") from None
     finally:
         catalog.close()
+    result = total.as_dict()
     if as_json:
-        _emit({"applied": result, "skipped": parsed.skipped, "events": len(parsed.events)})
+        _emit({"applied": result, "skipped": skipped, "events": seen})
     else:
         counts = ", ".join(f"{v} {k}" for k, v in result.items())
-        click.echo(
-            f"applied {len(parsed.events)} event(s): {counts}; skipped {len(parsed.skipped)}"
-        )
+        click.echo(f"applied {seen} event(s): {counts}; skipped {len(skipped)}")
 
 
 @events.command("unrouted")

@@ -28,28 +28,51 @@ driver's path is counted as ``unrouted`` (in the result, and per bucket in the c
 ``unrouted_events`` with one warning per bucket and process) and changes nothing else. A created
 object that the dataset's filters reject removes the item if there was one.
 
-All events of one call are applied in one transaction.
+All events of one :meth:`EventApplier.apply` call are applied in one transaction;
+:meth:`EventApplier.apply_stream` applies an input of any length in batches, one transaction
+each. A batch is decided in Python on the rows of its keys, read in a few queries, exactly as
+applying its events one at a time would decide (tests/test_events_batch.py checks that).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import operator
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from itertools import islice
 from pathlib import Path
+from typing import Any
 
 from providers import faults
 from providers.base import object_uri
 from syncd.events.parse import EventKind, ObjectEvent
-from syncd.store.catalog import Catalog, Dataset, Item
+from syncd.store.catalog import Catalog, Dataset
 from syncd.store.db import now, transaction
 from syncd.store.sql import stamp_us
 
 log = logging.getLogger("syncd.events")
 #: (provider, bucket, account) already warned about in this process
 _WARNED: set[tuple[str, str, str]] = set()
+#: events decided per round of queries (inside one transaction)
+CHUNK = 1000
+#: events per transaction of :meth:`EventApplier.apply_stream`
+BATCH = 5000
+#: keys per ``IN (...)`` list: under sqlite's oldest variable limit (999) with the dataset id
+_IN_KEYS = 500
+_MARKER_UPSERT = (
+    "INSERT INTO key_markers"
+    " (dataset_id, key, marker, deleted, updated_at, seq, event_time, event_us)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (dataset_id, key) DO UPDATE SET"
+    " marker = CASE WHEN excluded.marker = '' THEN key_markers.marker ELSE excluded.marker END,"
+    " deleted = excluded.deleted, updated_at = excluded.updated_at,"
+    " seq = CASE WHEN excluded.seq = 0 THEN key_markers.seq ELSE excluded.seq END,"
+    " event_time = coalesce(excluded.event_time, key_markers.event_time),"
+    " event_us = coalesce(excluded.event_us, key_markers.event_us)"
+)
 
 
 @dataclass
@@ -59,6 +82,14 @@ class ApplyResult:
     def as_dict(self) -> dict[str, int]:
         keys = ("created", "updated", "deleted", "unchanged", "stale", "unrouted", "incomplete")
         return {k: self.counts.get(k, 0) for k in keys}
+
+
+def batched(events: Iterable[ObjectEvent], size: int) -> Iterator[list[ObjectEvent]]:
+    """Lists of up to ``size`` events, read lazily from ``events`` (Python 3.11 has no
+    ``itertools.batched``)."""
+    it = iter(events)
+    while chunk := list(islice(it, size)):
+        yield chunk
 
 
 def _rank(event: ObjectEvent) -> str | None:
@@ -73,6 +104,7 @@ def _uri(ds: Dataset, event: ObjectEvent) -> str:
     return object_uri(event.provider, event.bucket, event.key, ds.driver.account or event.account)
 
 
+@functools.lru_cache(maxsize=4096)  # a delivery's events share a few times
 def _stamp(t: datetime) -> str:
     return t.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
@@ -123,6 +155,9 @@ class EventApplier:
         return out
 
     def apply(self, events: Iterable[ObjectEvent]) -> ApplyResult:
+        """Apply ``events`` in one transaction under one event sequence value (a queue's
+        delivery, an API call). Decided in chunks of :data:`CHUNK` events, so even a large
+        list costs a few queries per chunk."""
         result = ApplyResult()
         unrouted: dict[tuple[str, str, str], tuple[int, str]] = {}
         with transaction(self.catalog.db):
@@ -130,17 +165,22 @@ class EventApplier:
             # (a no-op on sqlite, whose transactions already take turns)
             self.catalog.db.lock_writes(exclusive=True)
             seq = self._next_seq()
-            for event in events:
-                targets = self.routes(event)
-                if not targets:
-                    result.counts["unrouted"] += 1
-                    where = (event.provider, event.bucket, event.account or "")
-                    unrouted[where] = (unrouted.get(where, (0, ""))[0] + 1, event.key)
-                for ds in targets:
-                    result.counts[self._apply_one(ds, event, seq)] += 1
+            for chunk in batched(events, CHUNK):
+                self._apply_chunk(chunk, seq, result, unrouted)
             self._record_unrouted(unrouted)
             faults.pause_point("event-commit")
         return result
+
+    def apply_stream(
+        self, events: Iterable[ObjectEvent], *, batch_size: int = BATCH
+    ) -> Iterator[ApplyResult]:
+        """Apply ``events`` (any iterable, read lazily) in batches of ``batch_size``, each batch
+        one transaction with its own event sequence value; yields each committed batch's
+        result. Memory holds one batch, never the whole input. An error stops the stream with
+        the batches before it committed (applying them again changes nothing: duplicates are
+        no-ops)."""
+        for chunk in batched(events, batch_size):
+            yield self.apply(chunk)
 
     def _record_unrouted(self, unrouted: dict[tuple[str, str, str], tuple[int, str]]) -> None:
         """Count events no dataset took, per bucket, in the batch's transaction; warn once
@@ -200,22 +240,54 @@ class EventApplier:
         ]
         return any(t is not None and when < t for t in newest)
 
-    def _apply_one(self, ds: Dataset, event: ObjectEvent, seq: int) -> str:
-        db = self.catalog.db
+    def _apply_chunk(
+        self,
+        events: Sequence[ObjectEvent],
+        seq: int,
+        result: ApplyResult,
+        unrouted: dict[tuple[str, str, str], tuple[int, str]],
+    ) -> None:
+        """Decide ``events`` in order, as if one at a time, against the markers and items of
+        their keys read in a few ``IN (...)`` queries; then write what changed with one
+        ``executemany`` per table. Several events for one key see each other's effect: the
+        decisions run on an in-memory copy of the rows that every decision updates."""
+        routed: list[tuple[Dataset, ObjectEvent]] = []
+        keys: dict[int, set[str]] = {}
+        for event in events:
+            targets = self.routes(event)
+            if not targets:
+                result.counts["unrouted"] += 1
+                where = (event.provider, event.bucket, event.account or "")
+                unrouted[where] = (unrouted.get(where, (0, ""))[0] + 1, event.key)
+            for ds in targets:
+                routed.append((ds, event))
+                keys.setdefault(ds.id, set()).add(event.key)
+        if not routed:
+            return
+        state = _ChunkState.read(self.catalog.db, keys)
+        stamp = now()  # one transaction, one time of writing
+        counts = result.counts
+        for ds, event in routed:
+            counts[self._decide(ds, event, seq, stamp, state)] += 1
+        state.write(self.catalog, stamp)
+
+    def _decide(
+        self, ds: Dataset, event: ObjectEvent, seq: int, stamp: str, state: _ChunkState
+    ) -> str:
+        """One event's outcome (a result count name), recorded in ``state``."""
+        slot = (ds.id, event.key)
         rank = _rank(event)
-        stored = db.execute(
-            "SELECT marker, deleted, event_time FROM key_markers WHERE dataset_id = ? AND key = ?",
-            [ds.id, event.key],
-        ).fetchone()
-        existing = db.execute(
-            "SELECT created_at, etag, size, mtime, version FROM items"
-            " WHERE dataset_id = ? AND key = ?",
-            [ds.id, event.key],
-        ).fetchone()
-        if self._is_stale(event, rank, stored, existing):
+        stored = state.markers.get(slot)
+        existing = state.items.get(slot)
+        # a key with neither row (a new object) cannot be stale: nothing to compare against
+        if (stored is not None or existing is not None) and self._is_stale(
+            event, rank, stored, existing
+        ):
             return "stale"
         relative = event.key[len(ds.driver.path) :]
-        keep = event.kind is EventKind.CREATED and ds.filters.accepts(relative, event.size or 0)
+        keep = event.kind is EventKind.CREATED and (
+            ds.filters.accepts_all or ds.filters.accepts(relative, event.size or 0)
+        )
         if keep and (event.size is None or event.etag is None):
             return "incomplete"  # nothing to record; the next sync lists the object
         when = _stamp(event.event_time) if event.event_time else None
@@ -226,50 +298,132 @@ class EventApplier:
             keep and existing is not None and (existing[1], existing[2]) == (event.etag, event.size)
         )
         # the marker stays the newest one seen: an unmarked event does not erase it
-        db.execute(
-            "INSERT INTO key_markers"
-            " (dataset_id, key, marker, deleted, updated_at, seq, event_time, event_us)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (dataset_id, key) DO UPDATE SET"
-            " marker = CASE WHEN excluded.marker = '' THEN key_markers.marker"
-            " ELSE excluded.marker END,"
-            " deleted = excluded.deleted, updated_at = excluded.updated_at,"
-            " seq = CASE WHEN excluded.seq = 0 THEN key_markers.seq ELSE excluded.seq END,"
-            " event_time = coalesce(excluded.event_time, key_markers.event_time),"
-            " event_us = coalesce(excluded.event_us, key_markers.event_us)",
-            [
-                ds.id,
-                event.key,
-                rank or "",
-                int(not keep),
-                now(),
-                0 if unchanged_create else seq,
-                when,
-                stamp_us(event.event_time) if event.event_time else None,
-            ],
-        )
+        state.mark(slot, rank or "", int(not keep), 0 if unchanged_create else seq, when)
         if not keep:
             if existing is None:
                 return "unchanged"
-            self.catalog.delete_items(ds.id, [event.key])
+            state.delete(slot)
             return "deleted"
         assert event.size is not None and event.etag is not None
-        if existing is not None and (existing[1], existing[2]) == (event.etag, event.size):
+        if unchanged_create:
             return "unchanged"
-        stamp = now()
-        item = Item(
-            key=event.key,
-            filename="/" + relative,
-            uri=_uri(ds, event),
-            size=event.size,
-            etag=event.etag,
-            content_type=event.content_type,
-            mtime=when or _stamp(datetime.now(UTC)),
-            version=event.version,
-            created_at=existing[0] if existing else stamp,
-            updated_at=stamp,
+        # a row of the items columns (Catalog.write_rows): dataset_id, then the Item fields
+        state.put(
+            slot,
+            (
+                ds.id,
+                event.key,
+                "/" + relative,
+                _uri(ds, event),
+                event.size,
+                event.etag,
+                event.content_type,
+                when or _stamp(datetime.now(UTC)),
+                event.version,
+                existing[0] if existing else stamp,
+                stamp,
+                "{}",
+                None,
+            ),
         )
-        self.catalog.write_items(ds.id, [item])
         return "updated" if existing else "created"
+
+
+_KEY = operator.itemgetter(1)
+#: (marker, deleted, event_time) of a key_markers row
+MarkerRow = tuple[str, int, str | None]
+#: (created_at, etag, size, mtime, version) of an items row
+ItemRow = tuple[str, str, int, str, str | None]
+
+
+@dataclass
+class _ChunkState:
+    """The rows of one chunk's keys, as the decisions change them, and what to write.
+
+    ``marks`` holds, per key, the one marker upsert equal to the chunk's sequence of them: the
+    upsert keeps the stored marker and sequence when given ``''`` and ``0`` and the stored
+    event time when given None, so folding a later upsert onto an earlier one keeps the later
+    value unless it is that "keep" value. Item writes collapse to the last state per key;
+    a key whose item was deleted in the chunk is deleted before any re-create is written (so
+    the re-created item gets a new ``created_at``, as one event at a time would give it)."""
+
+    markers: dict[tuple[int, str], MarkerRow]
+    items: dict[tuple[int, str], ItemRow | None]
+    marks: dict[tuple[int, str], tuple[str, int, int, str | None]] = field(default_factory=dict)
+    puts: dict[tuple[int, str], tuple[Any, ...]] = field(default_factory=dict)
+    deletes: set[tuple[int, str]] = field(default_factory=set)
+
+    @classmethod
+    def read(cls, db: Any, keys: dict[int, set[str]]) -> _ChunkState:
+        markers: dict[tuple[int, str], MarkerRow] = {}
+        items: dict[tuple[int, str], ItemRow | None] = {}
+        for dataset_id, key_set in sorted(keys.items()):
+            ordered = sorted(key_set)
+            for i in range(0, len(ordered), _IN_KEYS):
+                part = ordered[i : i + _IN_KEYS]
+                marks = ", ".join("?" * len(part))
+                for key, marker, deleted, event_time in db.execute(
+                    "SELECT key, marker, deleted, event_time FROM key_markers"
+                    f" WHERE dataset_id = ? AND key IN ({marks})",
+                    [dataset_id, *part],
+                ).fetchall():
+                    markers[(dataset_id, key)] = (marker, deleted, event_time)
+                for key, *row in db.execute(
+                    "SELECT key, created_at, etag, size, mtime, version FROM items"
+                    f" WHERE dataset_id = ? AND key IN ({marks})",
+                    [dataset_id, *part],
+                ).fetchall():
+                    items[(dataset_id, key)] = tuple(row)  # type: ignore[assignment]
+        return cls(markers, items)
+
+    def mark(self, slot: tuple[int, str], marker: str, deleted: int, seq: int, when: str | None):
+        """Record the marker upsert of one decision, and its effect on the stored row."""
+        old = self.markers.get(slot)
+        self.markers[slot] = (
+            marker or (old[0] if old else ""),
+            deleted,
+            when if when is not None else (old[2] if old else None),
+        )
+        prev = self.marks.get(slot)
+        if prev is not None:
+            marker = marker or prev[0]
+            seq = seq or prev[2]
+            when = when if when is not None else prev[3]
+        self.marks[slot] = (marker, deleted, seq, when)
+
+    def delete(self, slot: tuple[int, str]) -> None:
+        self.items[slot] = None
+        self.puts.pop(slot, None)
+        self.deletes.add(slot)
+
+    def put(self, slot: tuple[int, str], row: tuple[Any, ...]) -> None:
+        """Record an item write: ``row`` holds the ``items`` columns in order."""
+        self.items[slot] = (row[9], row[5], row[4], row[7], row[8])
+        self.puts[slot] = row
+
+    def write(self, catalog: Catalog, stamp: str) -> None:
+        """Write the chunk's marker upserts, deletes, then item upserts (the caller holds the
+        transaction)."""
+        if self.marks:
+            catalog.db.executemany(
+                _MARKER_UPSERT,
+                [
+                    # the time also as microseconds: the listing write guard compares it
+                    (ds, key, m, d, stamp, s, w, stamp_us(w) if w else None)
+                    for (ds, key), (m, d, s, w) in sorted(self.marks.items())
+                ],
+            )
+        by_dataset: dict[int, tuple[list[str], list[tuple[Any, ...]]]] = {}
+        for ds, key in self.deletes:
+            by_dataset.setdefault(ds, ([], []))[0].append(key)
+        for (ds, _key), row in self.puts.items():
+            by_dataset.setdefault(ds, ([], []))[1].append(row)
+        for ds, (gone, written) in by_dataset.items():
+            if gone:
+                catalog.delete_items(ds, gone)
+            if written:
+                written.sort(key=_KEY)  # in key order: the index pages are written in turn
+                catalog.write_rows(ds, written)
 
 
 def unrouted(catalog: Catalog) -> list[dict[str, object]]:

@@ -35,6 +35,7 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
+import functools
 import json
 import logging
 from collections.abc import Callable
@@ -89,12 +90,15 @@ class Parsed:
         self.validation_code = self.validation_code or other.validation_code
 
 
+_HEX = frozenset("0123456789ABCDEF")
+
+
 def pad_sequencer(seq: str) -> str:
     """S3/Azure sequencers compare as strings after right-padding the shorter with zeros."""
     if not isinstance(seq, str):
         raise EventFormatError(f"malformed sequencer {_short(seq)}")
     seq = seq.strip().upper()
-    if not seq or any(c not in "0123456789ABCDEF" for c in seq) or len(seq) > SEQUENCER_WIDTH:
+    if not seq or not _HEX.issuperset(seq) or len(seq) > SEQUENCER_WIDTH:
         raise EventFormatError(f"malformed sequencer {_short(seq)}")
     return seq.ljust(SEQUENCER_WIDTH, "0")
 
@@ -112,6 +116,13 @@ def gcs_marker(generation: Any, metageneration: Any) -> str:
 def _time(value: Any) -> datetime | None:
     if not value:
         return None
+    if isinstance(value, str):
+        # the events of one delivery mostly share a few times: parse each text once
+        return _time_text(value)
+    return _parse_time(value)
+
+
+def _parse_time(value: Any) -> datetime:
     text = str(value).strip().replace("Z", "+00:00")
     # Event Grid sends 7 fractional digits; fromisoformat takes at most 6
     if "." in text:
@@ -125,6 +136,10 @@ def _time(value: Any) -> datetime | None:
         return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).astimezone(UTC)
     except (ValueError, OverflowError):
         raise EventFormatError(f"malformed event time {_short(value)}") from None
+
+
+#: :func:`_parse_time` of a text, remembered (datetimes are immutable; errors are not cached)
+_time_text = functools.lru_cache(maxsize=4096)(_parse_time)
 
 
 def _short(value: Any) -> str:
@@ -156,6 +171,8 @@ def _opt_text(value: Any, what: str) -> str | None:
         return None
     if not isinstance(value, str):
         raise EventFormatError(f"{what} must be a string, not {type(value).__name__}")
+    if value.isascii():  # a flag of the string in CPython: no scan, and always encodable
+        return value
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
@@ -175,6 +192,8 @@ def _decoded(encoded: Any, what: str, *, plus: bool) -> str:
     """A URL-encoded key, decoded strictly: bytes that are not UTF-8 are malformed, never
     replaced by U+FFFD (which would name a different object)."""
     raw = _text(encoded, what)
+    if "%" not in raw and (not plus or "+" not in raw):
+        return raw  # nothing to decode (the common key): what unquote would return
     try:
         key = unquote_plus(raw, errors="strict") if plus else unquote(raw, errors="strict")
     except UnicodeDecodeError:

@@ -1,0 +1,115 @@
+"""``syncd events apply`` reads JSON lines as a stream and applies them in batches."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from providers.config import DriverConfig
+from syncd.events.apply import EventApplier
+from syncd.events.parse import EventFormatError, parse_text
+from syncd.events.stream import read_payloads
+from syncd.reconcile.filters import Filters
+from syncd.store.catalog import Catalog
+from tests.conftest import catalog_state
+from tests.test_cli_errors import one_line_error
+from tests.test_events_parse import SAMPLES
+from tests.test_sync_cli import syncd
+
+
+def s3_line(*keys: str) -> bytes:
+    records = [
+        {
+            "eventSource": "aws:s3",
+            "eventName": "ObjectCreated:Put",
+            "eventTime": "2026-11-20T10:00:00.000Z",
+            "s3": {
+                "bucket": {"name": "bkt"},
+                "object": {"key": key, "size": 3, "eTag": "e", "sequencer": "0A"},
+            },
+        }
+        for key in keys
+    ]
+    return json.dumps({"Records": records}).encode() + b"\n"
+
+
+def test_json_lines_are_read_one_line_at_a_time() -> None:
+    read: list[int] = []
+
+    def lines() -> Iterator[bytes]:
+        for i in range(5):
+            read.append(i)
+            yield s3_line(f"k{i}")
+        raise AssertionError("read past what was asked for")
+
+    stream = read_payloads(lines())
+    assert [e.key for e in next(stream).events] == ["k0"]
+    assert [e.key for e in next(stream).events] == ["k1"]
+    assert read == [0, 1]  # nothing read ahead of what was parsed
+
+
+@pytest.mark.parametrize(
+    "sample", ["s3-put.json", "azure-eventgrid-created.json", "gcs-pubsub-overwrite-delete.json"]
+)
+def test_a_multi_line_payload_parses_as_a_whole(sample: str) -> None:
+    text = (SAMPLES / sample).read_bytes()
+    pretty = json.dumps(json.loads(text), indent=2).encode()
+    assert b"\n" in pretty
+    parsed = list(read_payloads(pretty.splitlines(keepends=True)))
+    assert len(parsed) == 1
+    assert parsed[0].events == parse_text(text).events
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (b"", "not valid JSON"),
+        (b"\n  \n", "not valid JSON"),
+        (b"{not json\n", "not valid JSON"),
+        (s3_line("a") + b"\n" + s3_line("b") + b"{oops\n", "line 3 is not valid JSON"),
+        (s3_line("a") + b"\xff\n", "not UTF-8"),
+    ],
+)
+def test_bad_input_says_what_parse_text_says(text: bytes, message: str) -> None:
+    with pytest.raises(EventFormatError, match=message):
+        list(read_payloads(text.splitlines(keepends=True)))
+
+
+def test_batches_before_a_bad_line_are_applied(tmp_path: Path) -> None:
+    catalog = Catalog.open(str(tmp_path / "c.db"))
+    catalog.create_dataset("ds", "s3://bkt/", DriverConfig(type="s3", bucket="bkt"), Filters())
+    lines = [s3_line("a", "b"), s3_line("c"), b"{oops\n", s3_line("d")]
+
+    def events():
+        for parsed in read_payloads(lines):
+            yield from parsed.events
+
+    committed = []
+    with pytest.raises(EventFormatError, match="line 3"):
+        for result in EventApplier(catalog).apply_stream(events(), batch_size=2):
+            committed.append(result.as_dict()["created"])
+    # "a", "b" came as one batch; "c" was its own batch, cut short by the bad line
+    assert committed == [2]
+    assert sorted(catalog_state(catalog)) == ["a", "b"]
+    # the sequence moved once per committed batch: the failed one rolled back
+    assert catalog.event_seq() == 1
+    catalog.close()
+
+
+def test_cli_applies_json_lines_and_names_the_bad_line(tmp_path: Path) -> None:
+    db = str(tmp_path / "c.db")
+    catalog = Catalog.open(db)
+    catalog.create_dataset("ds", "s3://bkt/", DriverConfig(type="s3", bucket="bkt"), Filters())
+    catalog.close()
+    good = tmp_path / "good.jsonl"
+    good.write_bytes(s3_line("a", "b") + b"\n" + s3_line("c"))
+    proc = syncd("events", "apply", str(good), "--db", db, "--json")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["events"] == 3 and out["applied"]["created"] == 3
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(s3_line("d") + b"[1, 2\n")
+    one_line_error(syncd("events", "apply", str(bad), "--db", db), 2, "line 2 is not valid JSON")
