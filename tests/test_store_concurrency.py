@@ -134,8 +134,9 @@ class Gate:
 
 
 class GatedDatabase:
-    """The catalog's database, stopping at ``gate`` before the first statement that starts
-    with ``statement``; everything else passes through untouched."""
+    """The catalog's database, stopping at ``gate`` before the first statement (``execute``
+    or ``executemany``) that starts with ``statement``; everything else passes through
+    untouched."""
 
     def __init__(self, inner: Any, statement: str, gate: Gate) -> None:
         self._inner = inner
@@ -143,11 +144,19 @@ class GatedDatabase:
         self._gate = gate
         self._fired = False
 
-    def execute(self, sql: str, *args: Any, **kwargs: Any) -> Any:
+    def _maybe_stop(self, sql: str) -> None:
         if not self._fired and sql.lstrip().startswith(self._statement):
             self._fired = True
             self._gate()
+
+    def execute(self, sql: str, *args: Any, **kwargs: Any) -> Any:
+        self._maybe_stop(sql)
         return self._inner.execute(sql, *args, **kwargs)
+
+    def executemany(self, sql: str, *args: Any, **kwargs: Any) -> Any:
+        # an event batch writes its markers with one executemany (syncd.events.apply)
+        self._maybe_stop(sql)
+        return self._inner.executemany(sql, *args, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
