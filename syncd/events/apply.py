@@ -45,6 +45,7 @@ from providers.base import object_uri
 from syncd.events.parse import EventKind, ObjectEvent
 from syncd.store.catalog import Catalog, Dataset, Item
 from syncd.store.db import now, transaction
+from syncd.store.sql import stamp_us
 
 log = logging.getLogger("syncd.events")
 #: (provider, bucket, account) already warned about in this process
@@ -226,13 +227,15 @@ class EventApplier:
         )
         # the marker stays the newest one seen: an unmarked event does not erase it
         db.execute(
-            "INSERT INTO key_markers (dataset_id, key, marker, deleted, updated_at, seq, event_time)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (dataset_id, key) DO UPDATE SET"
+            "INSERT INTO key_markers"
+            " (dataset_id, key, marker, deleted, updated_at, seq, event_time, event_us)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (dataset_id, key) DO UPDATE SET"
             " marker = CASE WHEN excluded.marker = '' THEN key_markers.marker"
             " ELSE excluded.marker END,"
             " deleted = excluded.deleted, updated_at = excluded.updated_at,"
             " seq = CASE WHEN excluded.seq = 0 THEN key_markers.seq ELSE excluded.seq END,"
-            " event_time = coalesce(excluded.event_time, key_markers.event_time)",
+            " event_time = coalesce(excluded.event_time, key_markers.event_time),"
+            " event_us = coalesce(excluded.event_us, key_markers.event_us)",
             [
                 ds.id,
                 event.key,
@@ -241,6 +244,7 @@ class EventApplier:
                 now(),
                 0 if unchanged_create else seq,
                 when,
+                stamp_us(event.event_time) if event.event_time else None,
             ],
         )
         if not keep:

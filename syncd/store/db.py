@@ -231,6 +231,15 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
             "DELETE FROM leases WHERE name = 'daemon'",
         ],
     ),
+    (
+        "0010_key_marker_times",
+        [
+            # the event's time as microseconds since the epoch (event_time is ISO text of
+            # varying precision, which does not compare as text): a listing that saw a version
+            # written after the event's change is newer than the event (the write guard)
+            "ALTER TABLE key_markers ADD COLUMN event_us INTEGER",
+        ],
+    ),
 ]
 
 

@@ -33,7 +33,16 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from providers.redact import redact, register
 from syncd.errors import CatalogUnavailable, UsageError
-from syncd.store.sql import ITEM_COLUMNS, ITEM_UPDATES, Database
+from syncd.store.sql import GUARDED_UPSERT as _GUARDED_UPSERT
+from syncd.store.sql import (
+    ITEM_COLUMNS,
+    ITEM_UPDATES,
+    MTIME,
+    Database,
+    guarded_params,
+    stamp_us,
+)
+from syncd.store.sql import UPSERT as _UPSERT
 
 #: the advisory lock of :meth:`PostgresDatabase.lock_writes` (an arbitrary constant: "syncd")
 _WRITE_LOCK = 0x73796E6364
@@ -191,19 +200,25 @@ PG_MIGRATIONS: list[tuple[str, list[str]]] = [
             "DELETE FROM leases WHERE name = 'daemon'",
         ],
     ),
+    ("0010_key_marker_times", ["ALTER TABLE key_markers ADD COLUMN event_us BIGINT"]),
 ]
 
-#: a batch's rows land here first (COPY), then one merge statement moves them into ``items``
+#: from this many rows on, a batch goes through COPY and one merge; fewer are plain upserts
+COPY_ROWS = 64
+#: a batch's rows land here first (COPY), then one merge statement moves them into ``items``;
+#: emptied at commit (a truncate of a temporary table, which needs no vacuum)
 _STAGE = (
     "CREATE TEMPORARY TABLE IF NOT EXISTS items_stage (LIKE items INCLUDING DEFAULTS,"
-    " seen_seq BIGINT) ON COMMIT DELETE ROWS"
+    " seen_seq BIGINT, mtime_us BIGINT) ON COMMIT DELETE ROWS"
 )
-_COPY = f"COPY items_stage ({', '.join(ITEM_COLUMNS)}, seen_seq) FROM STDIN"
+_COPY = f"COPY items_stage ({', '.join(ITEM_COLUMNS)}, seen_seq, mtime_us) FROM STDIN"
+# the guard of syncd.store.sql.GUARDED_UPSERT, for every staged row at once
 _MERGE = (
     f"INSERT INTO items ({', '.join(ITEM_COLUMNS)})"
     f" SELECT {', '.join('s.' + c for c in ITEM_COLUMNS)} FROM items_stage s"
     " WHERE s.seen_seq IS NULL OR NOT EXISTS (SELECT 1 FROM key_markers km"
-    " WHERE km.dataset_id = s.dataset_id AND km.key = s.key AND km.seq > s.seen_seq)"
+    " WHERE km.dataset_id = s.dataset_id AND km.key = s.key AND km.seq > s.seen_seq"
+    " AND (km.event_us IS NULL OR km.event_us >= s.mtime_us))"
     f" ON CONFLICT (dataset_id, key) DO UPDATE SET {ITEM_UPDATES}"
 )
 
@@ -279,7 +294,8 @@ class PostgresDatabase(Database):
         self.url = display_url(url)
         self._pool = _pool(url)
         self.conn: psycopg.Connection[Any] = self._pool.getconn(timeout=timeout)
-        self._staged = False
+        self._staged = False  # the stage table exists on this connection
+        self._stage_used = False  # and holds rows of the open transaction
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
         return self.conn.execute(to_pyformat(sql), params)
@@ -291,8 +307,11 @@ class PostgresDatabase(Database):
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        with self.conn.transaction():
-            yield
+        try:
+            with self.conn.transaction():
+                yield
+        finally:
+            self._stage_used = False  # emptied by the commit or the rollback
 
     def lock_writes(self, *, exclusive: bool) -> None:
         fn = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
@@ -301,23 +320,34 @@ class PostgresDatabase(Database):
     def upsert_items(self, rows: list[tuple[Any, ...]], seen_seq: list[int] | None) -> None:
         if not rows:
             return
+        if len(rows) < COPY_ROWS:
+            self._upsert_few(rows, seen_seq)
+            return
         if not self._staged:
             self.conn.execute(_STAGE)
             self._staged = True
+        if self._stage_used:
+            # a second batch in one transaction: the first one's rows are merged already
+            self.conn.execute("DELETE FROM items_stage")
         # in the caller's transaction (a savepoint); alone, the COPY's commit would empty the
         # stage before the merge
         with self.conn.transaction(), self.conn.cursor() as cur:
             with cur.copy(_COPY) as copy:
                 if seen_seq is None:
                     for row in rows:
-                        copy.write_row((*row, None))
+                        copy.write_row((*row, None, None))
                 else:
                     for row, seq in zip(rows, seen_seq, strict=True):
-                        copy.write_row((*row, seq))
+                        copy.write_row((*row, seq, stamp_us(row[MTIME])))
             cur.execute(_MERGE)
-            # ON COMMIT DELETE ROWS empties it at commit; a second batch in the same
-            # transaction must not merge the first one's rows again
-            cur.execute("TRUNCATE items_stage")
+        self._stage_used = True
+
+    def _upsert_few(self, rows: list[tuple[Any, ...]], seen_seq: list[int] | None) -> None:
+        """A handful of rows (an event's item): plain upserts, cheaper than a COPY."""
+        if seen_seq is None:
+            self.executemany(_UPSERT, rows)
+        else:
+            self.executemany(_GUARDED_UPSERT, guarded_params(rows, seen_seq))
 
     def close(self) -> None:
         conn, self.conn = self.conn, None  # type: ignore[assignment]

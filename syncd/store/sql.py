@@ -27,6 +27,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager
+from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
 #: the columns of ``items`` in the order item rows carry them (see Catalog.write_rows)
@@ -49,6 +50,46 @@ ITEM_COLUMNS = (
 ITEM_UPDATES = ", ".join(
     f"{c} = excluded.{c}" for c in ITEM_COLUMNS if c not in ("dataset_id", "key", "created_at")
 )
+
+#: one item row: insert, or update all but its identity and first-seen time
+UPSERT = (
+    f"INSERT INTO items ({', '.join(ITEM_COLUMNS)}) VALUES ({', '.join('?' * len(ITEM_COLUMNS))})"
+    f" ON CONFLICT (dataset_id, key) DO UPDATE SET {ITEM_UPDATES}"
+)
+#: the same for a row a listing saw, unless an event changed the key after the listing page
+#: was read (a later sequence) *and* the event is not older than the listed version (a listed
+#: modification time after the event's: that version was written after the event's change).
+#: Parameters: the row, then dataset_id, key, seen_seq, the row's mtime in microseconds
+#: (:func:`guarded_params`). INSERT ... SELECT ... WHERE: no row selected is neither insert
+#: nor update.
+GUARDED_UPSERT = (
+    f"INSERT INTO items ({', '.join(ITEM_COLUMNS)}) SELECT {', '.join('?' * len(ITEM_COLUMNS))}"
+    " WHERE NOT EXISTS (SELECT 1 FROM key_markers km"
+    " WHERE km.dataset_id = ? AND km.key = ? AND km.seq > ?"
+    " AND (km.event_us IS NULL OR km.event_us >= ?))"
+    f" ON CONFLICT (dataset_id, key) DO UPDATE SET {ITEM_UPDATES}"
+)
+#: where an item row holds its ``mtime``
+MTIME = ITEM_COLUMNS.index("mtime")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_US = timedelta(microseconds=1)
+
+
+def stamp_us(stamp: str | datetime) -> int:
+    """An ISO time (``...Z``, any precision) or an aware datetime as microseconds since the
+    epoch: times that compare as numbers, whatever precision their text had."""
+    when = datetime.fromisoformat(stamp.replace("Z", "+00:00")) if isinstance(stamp, str) else stamp
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return (when - _EPOCH) // _US
+
+
+def guarded_params(rows: list[tuple[Any, ...]], seen_seq: list[int]) -> list[tuple[Any, ...]]:
+    """The parameters of :data:`GUARDED_UPSERT` for item rows and their sequences."""
+    return [
+        (*row, row[0], row[1], seq, stamp_us(row[MTIME]))
+        for row, seq in zip(rows, seen_seq, strict=True)
+    ]
 
 
 class Database(ABC):

@@ -14,19 +14,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from syncd.errors import UsageError
-from syncd.store.sql import ITEM_COLUMNS, ITEM_UPDATES, Database
-
-_UPSERT = (
-    f"INSERT INTO items ({', '.join(ITEM_COLUMNS)}) VALUES ({', '.join('?' * len(ITEM_COLUMNS))})"
-    f" ON CONFLICT (dataset_id, key) DO UPDATE SET {ITEM_UPDATES}"
-)
-# INSERT ... SELECT ... WHERE: no row selected means neither insert nor update
-_GUARDED_UPSERT = (
-    f"INSERT INTO items ({', '.join(ITEM_COLUMNS)}) SELECT {', '.join('?' * len(ITEM_COLUMNS))}"
-    " WHERE NOT EXISTS (SELECT 1 FROM key_markers km"
-    " WHERE km.dataset_id = ? AND km.key = ? AND km.seq > ?)"
-    f" ON CONFLICT (dataset_id, key) DO UPDATE SET {ITEM_UPDATES}"
-)
+from syncd.store.sql import GUARDED_UPSERT, UPSERT, Database, guarded_params
 
 
 class SqliteDatabase(Database):
@@ -75,12 +63,9 @@ class SqliteDatabase(Database):
 
     def upsert_items(self, rows: list[tuple[Any, ...]], seen_seq: list[int] | None) -> None:
         if seen_seq is None:
-            self.conn.executemany(_UPSERT, rows)
+            self.conn.executemany(UPSERT, rows)
             return
-        self.conn.executemany(
-            _GUARDED_UPSERT,
-            [(*row, row[0], row[1], seq) for row, seq in zip(rows, seen_seq, strict=True)],
-        )
+        self.conn.executemany(GUARDED_UPSERT, guarded_params(rows, seen_seq))
 
     def check_writable(self) -> None:
         """A no-op write: sqlite opens a file it may not write (permissions, an immutable
