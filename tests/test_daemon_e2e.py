@@ -36,6 +36,7 @@ from tests.emulators import AZURITE_ACCOUNT, AZURITE_KEY, Emulator, free_port, n
 
 TOKEN = "e2e-token-0123456789abcdef"
 RUN = (sys.executable, "-m", "syncd.cli", "run")
+LS = (sys.executable, "-m", "syncd.cli", "workers", "ls")
 
 
 def wait_for(
@@ -324,18 +325,23 @@ def test_the_daemon_follows_every_source_through_events_alone(world: World) -> N
             wait_for(lambda n=name, s=state: daemon.items(n) == s(), f"first reconcile of {name}")
 
         # the daemon is the catalog's one registered worker (several may share it: see
-        # tests/test_workers.py), its API address recorded
-        listed = subprocess.run(
-            [sys.executable, "-m", "syncd.cli", "workers", "ls", "--db", str(world.db), "--json"],
-            env=world.env,
-            capture_output=True,
-            text=True,
-            timeout=120,
+        # tests/test_workers.py), its API address recorded by its first heartbeat
+        def registry() -> list[dict[str, Any]]:
+            listed = subprocess.run(
+                [*LS, "--db", str(world.db), "--json"],
+                env=world.env,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            assert listed.returncode == 0, listed.stderr
+            return json.loads(listed.stdout)["workers"]
+
+        workers = wait_for(
+            lambda: (found := registry()) and found[0]["api"] and found, "the registry"
         )
-        assert listed.returncode == 0, listed.stderr
-        registry = json.loads(listed.stdout)
-        assert [w["pid"] for w in registry["workers"]] == [daemon.proc.pid]
-        assert registry["workers"][0]["api"] == f"http://127.0.0.1:{world.port}"
+        assert [w["pid"] for w in workers] == [daemon.proc.pid]
+        assert workers[0]["api"] == f"http://127.0.0.1:{world.port}"
 
         # S3 through SQS: put, overwrite, delete
         world.s3.put_object(Bucket=world.bucket, Key="raw/new one.jpg", Body=b"new")

@@ -381,7 +381,10 @@ def test_three_workers_share_the_datasets_and_survive_a_kill(fleet: Fleet) -> No
 
     # the registry: three live workers, the victim holding big's lease
     registry = wait_for(
-        matching(fleet.registry, lambda r: pids(r["workers"]) == set(by_pid)),
+        matching(
+            fleet.registry,
+            lambda r: pids(r["workers"]) == set(by_pid) and all(w["api"] for w in r["workers"]),
+        ),
         "three registered workers",
         log=fleet.logs(),
     )

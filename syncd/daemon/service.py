@@ -56,9 +56,9 @@ def _register(catalog: Catalog, worker_id: str, ttl: float, api_url: str | None)
     return workers.live_workers(catalog.db) == [worker_id]
 
 
-def _heartbeat(catalog: Catalog, worker_id: str, ttl: float) -> None:
+def _heartbeat(catalog: Catalog, worker_id: str, ttl: float, api_url: str | None) -> None:
     with transaction(catalog.db):
-        workers.heartbeat(catalog.db, worker_id, ttl=ttl)
+        workers.heartbeat(catalog.db, worker_id, ttl=ttl, api=api_url)
 
 
 def _unregister(catalog: Catalog, worker_id: str) -> None:
@@ -101,6 +101,8 @@ class Daemon:
         #: this worker's id in the registry; its dataset leases are owned by "<id>/<run>"
         self.worker_id = workers.new_worker_id()
         self.lease_ttl = float(settings.daemon.lease_ttl)
+        #: the API's address once it serves (recorded in the registry by the heartbeat)
+        self.api_url: str | None = None
         lease.set_ttl(self.lease_ttl)  # every lease this process takes lives this long
         self.scheduler = Scheduler(
             db_path,
@@ -165,10 +167,9 @@ class Daemon:
                     watches += 1
             if self.settings.server is not None:
                 closers.append(await self._start_server(self.settings.server))
-                if self.register:
-                    url = f"http://{self.settings.server.host}:{self.port}"
-                    ttl = self.lease_ttl
-                    await self.catalog.call(lambda c: _register(c, self.worker_id, ttl, url))
+                # recorded by the next heartbeat, which comes at once: a catalog write here
+                # would hold the ready line up behind another writer's lock
+                self.api_url = f"http://{self.settings.server.host}:{self.port}"
             self.ready.set()
             summary = (
                 f"{len(self.settings.datasets)} dataset(s), {len(self.settings.queues)} "
@@ -206,15 +207,24 @@ class Daemon:
         """Heartbeat every quarter of the ttl; a failed heartbeat (a catalog locked for long)
         is logged and tried again, never fatal: other workers may meanwhile see this one gone
         and take its datasets over, which its lease checks at each commit make safe."""
+        await self._stop_or(self.ready.wait())
         while not self.stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stop.wait(), self.lease_ttl / 4)
-            if self.stop.is_set():
-                return
             try:
-                await self.catalog.call(lambda c: _heartbeat(c, self.worker_id, self.lease_ttl))
+                await self.catalog.call(
+                    lambda c: _heartbeat(c, self.worker_id, self.lease_ttl, self.api_url)
+                )
             except Exception as exc:
                 log.warning("worker heartbeat failed (%s); trying again", redact(str(exc)))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop.wait(), self.lease_ttl / 4)
+
+    async def _stop_or(self, waiting: Awaitable[Any]) -> None:
+        """Wait for ``waiting`` or ``stop``, whichever comes first."""
+        other = asyncio.ensure_future(waiting)
+        stopping = asyncio.ensure_future(self.stop.wait())
+        await asyncio.wait({other, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        for task in (other, stopping):
+            task.cancel()
 
     def _open_consumer(self, q: QueueConfig) -> Any:
         """The consumer of one queue; a setting that cannot work is a ``UsageError`` at start

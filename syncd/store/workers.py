@@ -78,11 +78,11 @@ def register(db: Any, worker_id: str, *, ttl: float, api: str | None = None) -> 
 
 
 def heartbeat(db: Any, worker_id: str, *, ttl: float, api: str | None = None) -> None:
-    """Push ``worker_id``'s expiry ``ttl`` seconds ahead (re-registering it if its row was
-    pruned while this process was stalled)."""
+    """Push ``worker_id``'s expiry ``ttl`` seconds ahead and record its API address
+    (re-registering it if its row was pruned while this process was stalled)."""
     cur = db.execute(
-        "UPDATE workers SET heartbeat_at = ?, expires_at = ? WHERE id = ?",
-        [now(), _expiry(ttl), worker_id],
+        "UPDATE workers SET heartbeat_at = ?, expires_at = ?, api = ? WHERE id = ?",
+        [now(), _expiry(ttl), api, worker_id],
     )
     if cur.rowcount != 1:
         register(db, worker_id, ttl=ttl, api=api)
