@@ -511,3 +511,35 @@ def test_prefix_dry_run_and_the_catalog_in_the_folder(backend: Backend, tmp_path
     assert (bucket / "a" / "new.txt").read_bytes() == b"new"
     assert not any(p.name.startswith("syncd.db") for p in bucket.rglob("*"))
     assert "syncd.db" not in {k for k in dataset_state(str(db))}
+
+
+@pytest.mark.parametrize("backend", ["s3", "gcs", "azure"], indirect=True)
+async def test_a_temp_name_that_cannot_be_taken_fails_that_file_alone(
+    backend: Backend, tmp_path: Path
+) -> None:
+    """The temp file is made inside the driver's download call: a failure to make it is still
+    reported as the file's own failure, with the system's reason (not as a provider error),
+    and a stale temp file left by an interrupted pull is replaced."""
+    bucket = backend.new_bucket()
+    db, out = tmp_path / "c.db", tmp_path / "out"
+    files = {"blocked/x.txt": b"x", "stale/y.txt": b"new bytes", "z.txt": b"z"}
+    async with open_driver(backend.config(bucket)) as driver:
+        await put_all(driver, files)
+    summary(
+        syncd(
+            "sync", backend.source(bucket, PREFIX), "--dataset", "ds", "--db", str(db),
+            env=backend.env,
+        )
+    )  # fmt: skip
+    (out / "blocked" / ".x.txt.syncd-tmp").mkdir(parents=True)  # a folder under the temp name
+    (out / "stale").mkdir()
+    (out / "stale" / ".y.txt.syncd-tmp").write_bytes(b"half")
+
+    proc = syncd("pull", "--dataset", "ds", str(out), "--db", str(db), env=backend.env)
+    assert proc.returncode == 1, proc.stderr
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    failed = {line["failed"]: line["reason"] for line in lines if "failed" in line}
+    assert failed == {PREFIX + "blocked/x.txt": os.strerror(21)}  # EISDIR: "Is a directory"
+    result = lines[-1]["summary"]
+    assert (result["transferred"], result["failed"], result["refused"]) == (2, 1, 0)
+    assert tree(out) == {"stale/y.txt": b"new bytes", "z.txt": b"z"}

@@ -69,9 +69,12 @@ def local_path(root: str, rel: str) -> str:
     parent = root
     for part in parts[:-1]:
         parent = os.path.join(parent, part)
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(parent)
-        mode = os.lstat(parent).st_mode
+        try:
+            mode = os.lstat(parent).st_mode  # most folders exist: one call, not mkdir + lstat
+        except FileNotFoundError:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(parent)
+            mode = os.lstat(parent).st_mode
         if stat.S_ISLNK(mode):
             raise UnsafePath("the path goes through a symbolic link")
         if not stat.S_ISDIR(mode):
