@@ -41,12 +41,13 @@ demo: $(STAMP)
 	$(BIN)/syncd sync $(DEMO)/sample-bucket --dataset sample --db $(DB)
 	$(BIN)/syncd items ls --dataset sample --db $(DB)
 
-## ruff, then the whole pytest suite (starts moto, fake-gcs-server and Azurite itself;
-## lints infra/ with cfn-lint and checkov from .venv-iac)
+## ruff, then the whole pytest suite in two processes, a test file at a time each (each starts
+## its own moto, fake-gcs-server, Azurite and PostgreSQL; lints infra/ with cfn-lint and
+## checkov from .venv-iac)
 test: $(STAMP) $(AZURITE) $(IAC_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 clean:
 	rm -rf $(VENV) $(IAC) node_modules .pytest_cache dist build
