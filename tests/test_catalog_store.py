@@ -216,30 +216,27 @@ def test_the_config_names_the_catalog(postgres_url: str, tmp_path: Path) -> None
         catalog.close()
 
 
-def test_a_password_in_the_config_is_refused(tmp_path: Path) -> None:
+def sync_with_catalog_url(tmp_path: Path, url: str) -> subprocess.CompletedProcess[str]:
+    """``syncd sync --config`` of a file whose ``[catalog] url`` is ``url``."""
     config = tmp_path / "syncd.toml"
     config.write_text(
-        '[catalog]\nurl = "postgresql://u:hunter2hunter2@db/syncd"\n'
+        f'[catalog]\nurl = "{url}"\n'
         f'[drivers.d]\ntype = "local"\nbucket = "{tmp_path}"\n[datasets.ds]\ndriver = "d"\n'
     )
-    proc = subprocess.run(
+    return subprocess.run(
         [sys.executable, "-m", "syncd.cli", "sync", "--config", str(config)],
         capture_output=True, text=True, timeout=60, cwd=tmp_path,
     )  # fmt: skip
+
+
+def test_a_password_in_the_config_is_refused(tmp_path: Path) -> None:
+    proc = sync_with_catalog_url(tmp_path, "postgresql://u:hunter2hunter2@db/syncd")
     assert proc.returncode == 2
     assert "PGPASSWORD" in proc.stderr and "hunter2hunter2" not in proc.stderr
 
 
 @pytest.mark.parametrize("text", ["mysql://db/x", "redis://h"])
 def test_an_unknown_catalog_scheme_in_the_config_is_refused(tmp_path: Path, text: str) -> None:
-    config = tmp_path / "syncd.toml"
-    config.write_text(
-        f'[catalog]\nurl = "{text}"\n'
-        f'[drivers.d]\ntype = "local"\nbucket = "{tmp_path}"\n[datasets.ds]\ndriver = "d"\n'
-    )
-    proc = subprocess.run(
-        [sys.executable, "-m", "syncd.cli", "sync", "--config", str(config)],
-        capture_output=True, text=True, timeout=60, cwd=tmp_path,
-    )  # fmt: skip
+    proc = sync_with_catalog_url(tmp_path, text)
     assert proc.returncode == 2
     assert "catalog.url" in proc.stderr and "postgresql://" in proc.stderr
