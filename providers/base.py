@@ -27,7 +27,7 @@ import abc
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import BinaryIO
 
 DEFAULT_PAGE_SIZE = 1000
@@ -38,6 +38,11 @@ MULTIPART_THRESHOLD = 8 * 1024 * 1024
 #: parts of one large object in flight at once
 PART_CONCURRENCY = 8
 log = logging.getLogger("providers")
+#: how far this machine's clock may be ahead of a provider's, on which its events are stamped:
+#: a listing page is taken to show the bucket as it was this long before it was requested, so
+#: an event stamped within that second counts as newer than the page (the safe side: at worst
+#: an old event re-creates an item until the next reconcile, it never hides a new object)
+CLOCK_SKEW = timedelta(seconds=1)
 
 
 @dataclass(frozen=True, slots=True, init=False)
@@ -203,6 +208,14 @@ class Driver(abc.ABC):
         distinct ``prefix + name + "/"`` that keys start with, sorted. Used only to split a
         first listing into ranges; a driver that cannot tell returns ``[]`` (one range)."""
         return []
+
+    def observed_at(self) -> datetime:
+        """When a listing page requested now shows the bucket, on the provider's clock (the
+        one its event times are on), less :data:`CLOCK_SKEW`. A sync stamps each page's
+        deletes with it: an event stamped before it is older than what the page showed
+        (the key was deleted after that event), one stamped at or after it is newer.
+        Default: this machine's clock less the skew allowance."""
+        return datetime.now(UTC) - CLOCK_SKEW
 
     async def read(self, key: str) -> bytes:
         """Convenience: the whole object in memory (for small objects and tests)."""

@@ -190,9 +190,14 @@ class SnapshotDriver(Driver):
 
     provider = "s3"
 
-    def __init__(self, objects: dict[str, ObjectInfo], pause: bool) -> None:
+    def __init__(
+        self, objects: dict[str, ObjectInfo], pause: bool, at: datetime | None = None
+    ) -> None:
         super().__init__("bkt")
         self.objects = objects
+        #: the moment the bucket is frozen at, on the clock of the history's events (None:
+        #: the driver's default, this machine's clock)
+        self.at = at
         self.fetched = asyncio.Event()
         self.release = asyncio.Event()
         if not pause:
@@ -229,6 +234,9 @@ class SnapshotDriver(Driver):
     def uri(self, key: str) -> str:
         return f"s3://bkt/{key}"
 
+    def observed_at(self) -> datetime:
+        return super().observed_at() if self.at is None else self.at
+
 
 def play(ops: list[tuple[str, int | None]], upto: int) -> dict[str, ObjectInfo]:
     """The bucket after the first ``upto`` operations (op i happens at T0 + i seconds)."""
@@ -239,6 +247,17 @@ def play(ops: list[tuple[str, int | None]], upto: int) -> dict[str, ObjectInfo]:
         else:
             state[key] = ObjectInfo(key, size, f"etag-{i}", T0 + timedelta(seconds=i))
     return state
+
+
+def seen_at(upto: int) -> datetime:
+    """When a listing of the bucket after the first ``upto`` operations was requested: after
+    op ``upto - 1``, before op ``upto``."""
+    return T0 + timedelta(seconds=upto - 0.5)
+
+
+def snapshot(ops: list[tuple[str, int | None]], upto: int, pause: bool) -> SnapshotDriver:
+    """The bucket after the first ``upto`` operations, listed when it was in that state."""
+    return SnapshotDriver(play(ops, upto), pause, at=seen_at(upto))
 
 
 def event_of(i: int, key: str, size: int | None, marked: bool) -> ObjectEvent:
@@ -296,9 +315,9 @@ def test_events_and_a_concurrent_reconcile_converge(
             owner = lease.new_owner()
             with transaction(catalog.db):
                 lease.acquire(catalog.db, lease.for_dataset(ds.id), owner)
-            await sync_dataset(catalog, ds, SnapshotDriver(play(ops, t0), False), owner=owner)
+            await sync_dataset(catalog, ds, snapshot(ops, t0, False), owner=owner)
             apply_events(catalog, before)
-            driver = SnapshotDriver(play(ops, t), True)
+            driver = snapshot(ops, t, True)
             task = asyncio.create_task(
                 sync_dataset(catalog, ds, driver, SyncOptions(batch_size=1), owner=owner)
             )

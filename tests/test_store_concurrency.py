@@ -19,13 +19,12 @@ result must be the same. Steps wait on events and conditions, never on time.
 Histories are those of :mod:`tests.test_events_vs_listing` (op ``i`` at ``T0 + i`` seconds,
 etag ``etag-i``); the dataset was synced at op 0.
 
-A listing of a newer version wins over an older event that commits between the listing's read
-and its write (the write guard compares the listed version's time with the event's). Two gaps
-of the newer-state rule remain, on both stores (and on one store alike), both about deletes a
-listing found, which carry no version time: an older event that commits between the listing's
-read and its deletes keeps the item, and an older event delivered after the listing deleted
-the key re-creates it. Both last until the next reconcile; they are strict ``xfail`` s
-(:data:`KNOWN_GAPS`), so a fix turns them into failures to remove.
+A listing of a newer version wins over an older event that commits between the listing's
+read and its write (the write guard compares the listed version's time with the event's). A
+listing that saw a key gone wins over an older event the same way: each parked delete keeps
+when its page was requested, on the provider's clock (here the history's: after the listed
+op, before the next), and a delete the listing applies leaves a tombstone with that time, so
+an older event delivered afterwards is stale.
 """
 
 from __future__ import annotations
@@ -49,7 +48,7 @@ from syncd.store import lease
 from syncd.store.catalog import Catalog
 from syncd.store.db import transaction
 from tests.conftest import STORES, catalog_state
-from tests.test_events_vs_listing import SnapshotDriver, event_of, play
+from tests.test_events_vs_listing import event_of, play, snapshot
 
 KEY = "raw/a"
 #: how long any one step may take on a loaded machine before the test gives up
@@ -184,7 +183,7 @@ def sync_gated(catalog: Catalog, upto: int, ops: list, gate: Gate | None) -> str
         assert lease.acquire(catalog.db, name, owner) is None
 
     async def run() -> str:
-        driver = SnapshotDriver(play(ops, upto), pause=gate is not None)
+        driver = snapshot(ops, upto, pause=gate is not None)
         task = asyncio.create_task(
             sync_dataset(catalog, ds, driver, SyncOptions(batch_size=1), owner=owner)
         )
@@ -368,42 +367,6 @@ def schedules_of(conflict: str) -> list[str]:
     return EVENT_SCHEDULES
 
 
-#: a listing saw the key gone, then an older event (a create or an update) committed, then the
-#: listing applies its parked deletes: the event stamped the key after the listing's sequence
-#: and there is no listed version whose time could show the event is older (the write guard
-#: compares that: see syncd.store.sql.GUARDED_UPSERT), so the item stays until the next
-#: reconcile. The same on one store.
-PARKED_DELETE_KEPT_FOR_OLDER_EVENT = (
-    "known gap: a parked delete is kept when an older event commits between the listing's "
-    "read and its deletes (until the next reconcile)"
-)
-#: a listing's delete leaves no tombstone in key_markers (an event's does), so an older
-#: event delivered after it re-creates the item. The same on one store.
-NO_TOMBSTONE_FOR_LISTED_DELETES = (
-    "known gap: a listing's delete leaves no tombstone, so an older event delivered after it "
-    "resurrects the item (until the next reconcile)"
-)
-ALL_STORES = frozenset({"sqlite", "postgresql"})
-#: (conflict, schedule) -> (why it fails, on which stores). "X.read Y.read Y.write X.write"
-#: is the same gap as "Y.read X.read ..." on PostgreSQL only: there the listing reads (its
-#: sequence and the provider's page) while the event's transaction is still open, and its
-#: batch then waits for the event's commit; sqlite's single writer holds the whole sync back
-KNOWN_GAPS = {
-    (LATE_UPDATE_AFTER_DELETE, "Y.read X.read X.write Y.write"): (
-        PARKED_DELETE_KEPT_FOR_OLDER_EVENT,
-        ALL_STORES,
-    ),
-    (LATE_UPDATE_AFTER_DELETE, "X.read Y.read Y.write X.write"): (
-        PARKED_DELETE_KEPT_FOR_OLDER_EVENT,
-        frozenset({"postgresql"}),
-    ),
-    (LATE_UPDATE_AFTER_DELETE, "Y.read Y.write X.read X.write"): (
-        NO_TOMBSTONE_FOR_LISTED_DELETES,
-        ALL_STORES,
-    ),
-}
-
-
 CASES = [
     pytest.param(conflict, schedule, id=f"{conflict}: {schedule}")
     for conflict in CONFLICTS
@@ -414,7 +377,6 @@ CASES = [
 @pytest.mark.parametrize("marked", [True, False], ids=["markers", "times"])
 @pytest.mark.parametrize(("conflict", "schedule"), CASES)
 def test_the_newer_state_wins_whatever_the_order(
-    request: pytest.FixtureRequest,
     stores: tuple[Store, Store],
     conflict: str,
     schedule: str,
@@ -423,9 +385,6 @@ def test_the_newer_state_wins_whatever_the_order(
     """Events carry S3 sequencers (``markers``) or only their times (``times``)."""
     ops, older, newer = CONFLICTS[conflict]
     first, second = stores
-    reason, where = KNOWN_GAPS.get((conflict, schedule), ("", frozenset()))
-    if first.dialect in where:
-        request.applymarker(pytest.mark.xfail(strict=True, reason=reason))
     assert first.call(sync_gated, 1, ops, None) == "completed"  # the dataset as of op 0
     assert first.call(catalog_state) == {KEY: (1, "etag-0")}
 

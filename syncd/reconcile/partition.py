@@ -30,6 +30,7 @@ from typing import Any
 
 from providers.base import Driver, ObjectInfo
 from syncd.store.catalog import Catalog
+from syncd.store.sql import NEVER, Seen
 
 #: pages each range may list ahead of the reconciler (at least)
 DEPTH = 2
@@ -82,7 +83,7 @@ async def _range(
     after: str | None,
     hi: str | None,
     queue: asyncio.Queue[Any],
-    before_page: Callable[[], int],
+    before_page: Callable[[], Seen],
 ) -> None:
     """List ``[lo, hi)`` (or ``(after, hi)`` for the first range) into ``queue`` as
     ``(seq, page)``, then ``(seq of the last answer, None)``; an error goes in as is."""
@@ -103,7 +104,7 @@ async def _range(
             if page:
                 await queue.put((seq, page))
     except Exception as exc:  # handed to the consumer, which re-raises it
-        await queue.put((0, exc))
+        await queue.put((NEVER, exc))
 
 
 async def pages(
@@ -111,23 +112,24 @@ async def pages(
     prefix: str,
     start_after: str | None,
     bounds: list[str],
-    before_page: Callable[[], int] = lambda: 0,
+    before_page: Callable[[], Seen] = lambda: NEVER,
     depth: int = DEPTH,
     window: int | None = None,
-) -> AsyncIterator[tuple[int, list[ObjectInfo]]]:
-    """The listing of ``(start_after, end)`` under ``prefix`` as ``(seen_seq, page)`` in key
+) -> AsyncIterator[tuple[Seen, list[ObjectInfo]]]:
+    """The listing of ``(start_after, end)`` under ``prefix`` as ``(seen, page)`` in key
     order, like :func:`syncd.reconcile.sync.prefetch`, listed as ``len(bounds) + 1`` ranges,
     ``window`` of them at once (all by default): the ranges after the one being handed over
     list ahead, each into a queue of ``depth`` pages, and a range starts when the one
     ``window`` places before it is done. Memory: ``window x depth`` pages. The last item is
-    ``(seq, [])``.
+    ``(seen, [])``.
 
     With ranges of at most ``depth`` pages, ``window`` streams list side by side all along:
     a range waiting for its turn has its pages ready when the reconciler reaches it.
 
-    ``seen_seq`` (the event sequence read before the answer) of a range's first page is the
-    older of its own and the previous range's last answer: a key missing at the boundary is
-    proven missing by both answers, so the older one is the safe one to judge events by."""
+    ``seen`` (the event sequence and the provider's time read before the answer) of a range's
+    first page is the older of its own and the previous range's last answer's: a key missing at
+    the boundary is proven missing by both answers, so the older one is the safe one to judge
+    events by."""
     edges: list[str | None] = [None, *bounds, None]
     queues: list[asyncio.Queue[Any]] = [asyncio.Queue(maxsize=depth) for _ in range(len(edges) - 1)]
     width = len(queues) if window is None else max(1, window)
@@ -147,7 +149,7 @@ async def pages(
     for _ in range(width):
         start_next()
     try:
-        carried: int | None = None
+        carried: Seen | None = None
         for queue in queues:
             first = True
             while True:
@@ -156,15 +158,15 @@ async def pages(
                     raise page
                 if page is None:
                     # a range with no page leaves the older answer in force too
-                    carried = seq if carried is None else min(carried, seq)
+                    carried = seq if carried is None else carried.older(seq)
                     start_next()  # this range is done: the window moves on by one
                     break
                 if first and carried is not None:
-                    seq = min(seq, carried)
+                    seq = seq.older(carried)
                 first = False
                 carried = None
                 yield seq, page
-        yield (carried or 0), []
+        yield (carried or NEVER), []
     finally:
         for task in tasks:
             task.cancel()

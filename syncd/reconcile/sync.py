@@ -50,6 +50,7 @@ from syncd.store.catalog import Batch, Catalog, Dataset
 from syncd.store.checkpoint import COUNTERS, DEFAULT_RESUME_WITHIN, Checkpoint, Run
 from syncd.store.db import now, transaction
 from syncd.store.ranges import KeyRange
+from syncd.store.sql import NEVER, Seen, stamp_us
 
 #: writes (item rows + parked deletes) per batch, one transaction each (at most this many
 #: decided changes are lost by a crash)
@@ -155,21 +156,22 @@ def fingerprint(dataset: Dataset) -> str:
 async def prefetch(
     pages: AsyncIterator[list[ObjectInfo]],
     depth: int = PREFETCH_PAGES,
-    before_page: Callable[[], int] = lambda: 0,
-) -> AsyncIterator[tuple[int, list[ObjectInfo]]]:
+    before_page: Callable[[], Seen] = lambda: NEVER,
+) -> AsyncIterator[tuple[Seen, list[ObjectInfo]]]:
     """Fetch up to ``depth`` pages ahead in a task, so listing overlaps with applying.
 
-    Yields ``(seen_seq, page)``: ``before_page()`` (the catalog's event sequence) is read just
-    before each page is requested, so every event applied after the provider answered has a
-    larger number. The last item is ``(seen_seq, [])`` with the last page's ``seen_seq`` (the
-    answer that ended the listing).
+    Yields ``(seen, page)``: ``before_page()`` (the catalog's event sequence and the
+    provider's time, :class:`~syncd.store.sql.Seen`) is read just before each page is
+    requested, so every event applied after the provider answered has a larger sequence. The
+    last item is ``(seen, [])`` with the last page's ``seen`` (the answer that ended the
+    listing).
     """
     queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=depth)
     end = object()
 
     async def produce() -> None:
         it = aiter(pages)
-        last: int | None = None
+        last: Seen | None = None
         try:
             while True:
                 seq = before_page()
@@ -183,7 +185,7 @@ async def prefetch(
                 last = seq
                 await queue.put((seq, page))
         except Exception as exc:  # handed to the consumer, which re-raises it
-            await queue.put((0, exc))
+            await queue.put((NEVER, exc))
 
     task = asyncio.create_task(produce())
     try:
@@ -255,20 +257,20 @@ class _Applier:
             for o, uri in zip(objs, uris, strict=True)
         ]
 
-    async def add(self, diff: PageDiff, last_key: str | None, listed: int, seen_seq: int) -> None:
+    async def add(self, diff: PageDiff, last_key: str | None, listed: int, seen: Seen) -> None:
         """Take one page's changes; ``last_key`` is the page's last listed key (every key up
         to it is decided: the next run may resume after it; None for the deletes after the
-        end of the listing), ``listed`` how many keys it decided, ``seen_seq`` the event
-        sequence read before the listing page (an event applied later wins over it)."""
+        end of the listing), ``listed`` how many keys it decided, ``seen`` what the listing
+        page knew when it was requested (a newer event applied later wins over it)."""
         batch = self.batch
         if diff.deletes:
             batch.deletes.extend([k[0] for k in diff.deletes])
-            batch.delete_seqs.extend([seen_seq] * len(diff.deletes))
+            batch.delete_seen.extend([seen] * len(diff.deletes))
             self.parked += len(diff.deletes)
         writes = diff.creates + diff.updates if diff.updates else diff.creates
         if writes:
             batch.rows.extend(self.rows(writes))
-            batch.row_seqs.extend([seen_seq] * len(writes))
+            batch.row_seqs.extend([seen.seq] * len(writes))
         if last_key is not None:
             self.progress.resume_key = last_key
         self.since_save += listed
@@ -370,14 +372,17 @@ async def sync_dataset(
             to_delete = applier.parked if applier else parked
             options.on_progress({**counts, "to_delete": to_delete})
 
-    async def pages() -> AsyncIterator[tuple[int, list[ObjectInfo]]]:
+    def before_page() -> Seen:
+        return Seen(catalog.event_seq(), stamp_us(driver.observed_at()))
+
+    async def pages() -> AsyncIterator[tuple[Seen, list[ObjectInfo]]]:
         if key_range is not None:
             # the drivers' start_after is exclusive: start after ``lo`` minus its last
             # character and drop the few keys below ``lo`` (as partition.py does)
             start = start_after if since is None else since[:-1] or None
             async for seq, page in prefetch(
                 driver.list(prefix, start_after=start, end_before=until),
-                before_page=catalog.event_seq,
+                before_page=before_page,
             ):
                 yield seq, page if since is None else [o for o in page if o.key >= since]
             return
@@ -390,14 +395,12 @@ async def sync_dataset(
                 prefix,
                 start_after,
                 bounds,
-                before_page=catalog.event_seq,
+                before_page=before_page,
                 depth=partition.depth_for(conc),
                 window=conc,
             )
         else:
-            it = prefetch(
-                driver.list(prefix, start_after=start_after), before_page=catalog.event_seq
-            )
+            it = prefetch(driver.list(prefix, start_after=start_after), before_page=before_page)
         async for item in it:
             yield item
 
@@ -415,15 +418,15 @@ async def sync_dataset(
     # the key every item up to which is decided: items are compared page by page, each page
     # against the catalog's items of (previous page's last key, its own last key]
     decided = start_after
-    seq = 0  # the event sequence read before the page being merged
+    seq = NEVER  # what the page being merged knew when it was requested
 
-    async def take(diff: PageDiff, last_key: str | None, listed: int, seen_seq: int) -> None:
+    async def take(diff: PageDiff, last_key: str | None, listed: int, seen: Seen) -> None:
         nonlocal parked
         counts["created"] += len(diff.creates)
         counts["updated"] += len(diff.updates)
         counts["unchanged"] += diff.unchanged
         if applier:
-            await applier.add(diff, last_key, listed, seen_seq)
+            await applier.add(diff, last_key, listed, seen)
             return
         parked += len(diff.deletes)
         counts["deleted"] += len(diff.deletes)  # a dry run's plan: what would be deleted
@@ -463,8 +466,8 @@ async def sync_dataset(
                     decided = upto
             counts["skipped"] = skipped_base + driver.skipped - skipped_before
             report()
-        # the listing is complete: the items after its last key are gone (``seq`` is the
-        # sequence of the answer that ended it)
+        # the listing is complete: the items after its last key are gone (``seq`` is what
+        # the answer that ended it knew)
         if dataset.id:
             for rows in catalog.iter_known_rows(
                 dataset.id, after=decided, since=since if decided is None else None, before=until

@@ -33,7 +33,7 @@ from syncd.store import lease, ranges
 from syncd.store.checkpoint import Checkpoint, Run
 from syncd.store.db import is_server, now, open_db, transaction
 from syncd.store.ranges import KeyRange
-from syncd.store.sql import ITEM_COLUMNS, Database
+from syncd.store.sql import ITEM_COLUMNS, Database, Seen
 
 ITEM_FIELDS = (
     "filename",
@@ -402,7 +402,7 @@ class Catalog:
             self.write_rows(batch.dataset_id, batch.rows, seen_seq=batch.row_seqs)
             checkpoint = Checkpoint(self.db)
             if batch.deletes:
-                checkpoint.park_deletes(batch.run, batch.deletes, batch.delete_seqs)
+                checkpoint.park_deletes(batch.run, batch.deletes, batch.delete_seen)
             if part is not None:
                 ranges.save_progress(self.db, part)
             else:
@@ -442,11 +442,12 @@ _KNOWN_UPTO = (
 @dataclass
 class Batch:
     """One batch of a sync, committed by :meth:`Catalog.commit_batch`: item rows (plain
-    tuples, see :meth:`Catalog.write_rows`) with the event sequence each was decided under, keys
-    to park for deletion with theirs, and the run whose progress (``resume_key``, counters)
-    is saved with them; ``owner`` must hold the dataset's lease. For one key range of a split
-    run, ``key_range`` is that range: ``owner`` must hold the range's lease, the range's
-    progress is saved instead of the run's, and the deletes are parked under the run."""
+    tuples, see :meth:`Catalog.write_rows`) with the event sequence each was decided under,
+    keys to park for deletion with what their listing page knew (:class:`~syncd.store.sql.Seen`),
+    and the run whose progress (``resume_key``, counters) is saved with them; ``owner`` must
+    hold the dataset's lease. For one key range of a split run, ``key_range`` is that range:
+    ``owner`` must hold the range's lease, the range's progress is saved instead of the run's,
+    and the deletes are parked under the run."""
 
     dataset_id: int
     run: Run
@@ -454,7 +455,7 @@ class Batch:
     rows: list[tuple[Any, ...]] = field(default_factory=list)
     row_seqs: list[int] = field(default_factory=list)
     deletes: list[str] = field(default_factory=list)
-    delete_seqs: list[int] = field(default_factory=list)
+    delete_seen: list[Seen] = field(default_factory=list)
     key_range: KeyRange | None = None
 
 

@@ -26,8 +26,23 @@ from datetime import UTC, datetime
 from providers.redact import redact
 from syncd.store import lease
 from syncd.store.db import now
-from syncd.store.sql import Database
+from syncd.store.sql import NEWER_EVENT, Database, Seen, us_stamp
 
+#: a listing's delete of a key, as ``key_markers`` keeps an event's (see
+#: :meth:`Checkpoint.apply_parked`): under the same guard as the delete; the newer of the stored
+#: and the listing's time stays. Parameters: dataset_id, key, updated_at, the time as ISO text
+#: and in microseconds, then :data:`~syncd.store.sql.NEWER_EVENT`'s.
+_TOMBSTONE = (
+    "INSERT INTO key_markers"
+    " (dataset_id, key, marker, deleted, updated_at, seq, event_time, event_us)"
+    f" SELECT ?, ?, '', 1, ?, 0, ?, ? WHERE NOT {NEWER_EVENT}"
+    " ON CONFLICT (dataset_id, key) DO UPDATE SET marker = '', deleted = 1,"
+    " updated_at = excluded.updated_at,"
+    " event_time = CASE WHEN key_markers.event_us > excluded.event_us"
+    " THEN key_markers.event_time ELSE excluded.event_time END,"
+    " event_us = CASE WHEN key_markers.event_us > excluded.event_us"
+    " THEN key_markers.event_us ELSE excluded.event_us END"
+)
 #: per-run counters. ``deleted`` counts deletes applied, never keys merely parked; ``filtered``
 #: objects the filters left out; ``skipped`` objects the driver could not represent
 COUNTERS = ("listed", "created", "updated", "deleted", "unchanged", "filtered", "skipped")
@@ -227,33 +242,50 @@ class Checkpoint:
             [run.resume_key, run.held_deletes, *(run.counts[c] for c in COUNTERS), run.id],
         )
 
-    def park_deletes(self, run: Run, keys: list[str], seen_seq: list[int]) -> None:
-        """Remember keys to delete once the listing completes, each with the event sequence
-        read before the listing page that showed it gone. The caller holds the transaction."""
+    def park_deletes(self, run: Run, keys: list[str], seen: list[Seen]) -> None:
+        """Remember keys to delete once the listing completes, each with what the listing page
+        that showed it gone knew when it was requested (event sequence, provider time). The
+        caller holds the transaction."""
         self.db.executemany(
-            "INSERT INTO pending_deletes (run_id, key, seen_seq) VALUES (?, ?, ?)"
+            "INSERT INTO pending_deletes (run_id, key, seen_seq, seen_us) VALUES (?, ?, ?, ?)"
             " ON CONFLICT (run_id, key) DO NOTHING",
-            [(run.id, k, s) for k, s in zip(keys, seen_seq, strict=True)],
+            [(run.id, k, s.seq, s.us) for k, s in zip(keys, seen, strict=True)],
         )
 
     def apply_parked(self, run: Run, dataset_id: int, page: int = 1000) -> int:
-        """Delete the parked keys' items, in pages, except keys an event touched after the
-        listing showed them gone (it re-created them); return how many were deleted. The
-        caller holds the transaction."""
+        """Delete the parked keys' items, in pages, and return how many were deleted.
+
+        A key is kept if an event changed it after its listing page was requested and is not
+        older than that page (:data:`~syncd.store.sql.NEWER_EVENT`: it re-created the key
+        after the listing saw it gone); an older event that committed meanwhile does not keep
+        it. Each key deleted (or found already gone) gets a tombstone in ``key_markers``
+        stamped with its page's time, as an event's delete would: an older event delivered
+        later is then stale (:mod:`syncd.events.apply`) and does not re-create the item. The
+        tombstone drops the key's ordering marker, which is older than the listing (a marker
+        would let an event newer than it but older than the listing win) and keeps its event
+        sequence (it is no event: it must not hold back a later listing). The caller holds the
+        transaction."""
         deleted, cursor = 0, ""
+        stamp = now()
         while True:
             rows = self.db.execute(
-                "SELECT key, seen_seq FROM pending_deletes WHERE run_id = ? AND key > ?"
+                "SELECT key, seen_seq, seen_us FROM pending_deletes WHERE run_id = ? AND key > ?"
                 " ORDER BY key LIMIT ?",
                 [run.id, cursor, page],
             ).fetchall()
             if not rows:
                 return deleted
             deleted += self.db.executemany(
-                "DELETE FROM items WHERE dataset_id = ? AND key = ? AND NOT EXISTS"
-                " (SELECT 1 FROM key_markers km WHERE km.dataset_id = ? AND km.key = ?"
-                " AND km.seq > ?)",
-                [(dataset_id, k, dataset_id, k, s) for k, s in rows],
+                f"DELETE FROM items WHERE dataset_id = ? AND key = ? AND NOT {NEWER_EVENT}",
+                [(dataset_id, k, dataset_id, k, seq, us) for k, seq, us in rows],
+            )
+            self.db.executemany(
+                _TOMBSTONE,
+                [
+                    (dataset_id, k, stamp, us_stamp(us), us, dataset_id, k, seq, us)
+                    for k, seq, us in rows
+                    if us  # parked before times were kept: no time to stamp it with
+                ],
             )
             cursor = rows[-1][0]
 

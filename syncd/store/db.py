@@ -286,6 +286,14 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
             "ALTER TABLE key_markers ADD COLUMN event_us INTEGER",
         ],
     ),
+    (
+        "0011_listing_times",
+        [
+            # when the listing page that showed a parked key gone was requested (microseconds,
+            # the provider's clock): an older event does not keep the key (Seen, apply_parked)
+            "ALTER TABLE pending_deletes ADD COLUMN seen_us INTEGER NOT NULL DEFAULT 0",
+        ],
+    ),
 ]
 
 

@@ -242,6 +242,10 @@ PG_MIGRATIONS: list[tuple[str, list[str]]] = [
         ],
     ),
     ("0010_key_marker_times", ["ALTER TABLE key_markers ADD COLUMN event_us BIGINT"]),
+    (
+        "0011_listing_times",
+        ["ALTER TABLE pending_deletes ADD COLUMN seen_us BIGINT NOT NULL DEFAULT 0"],
+    ),
 ]
 
 #: from this many rows on, a batch goes through COPY and one merge; fewer are plain upserts

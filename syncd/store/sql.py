@@ -28,7 +28,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 #: the columns of ``items`` in the order item rows carry them (see Catalog.write_rows)
 ITEM_COLUMNS = (
@@ -56,19 +56,45 @@ UPSERT = (
     f"INSERT INTO items ({', '.join(ITEM_COLUMNS)}) VALUES ({', '.join('?' * len(ITEM_COLUMNS))})"
     f" ON CONFLICT (dataset_id, key) DO UPDATE SET {ITEM_UPDATES}"
 )
-#: the same for a row a listing saw, unless an event changed the key after the listing page
-#: was read (a later sequence) *and* the event is not older than the listed version (a listed
-#: modification time after the event's: that version was written after the event's change).
+#: an event changed the key after a listing page was requested (a later sequence) and is not
+#: older than what the page showed: parameters dataset_id, key, the page's sequence, and the
+#: time in microseconds the page's state is from (a listed version's modification time; for a
+#: key the page showed gone, when it was requested: :class:`Seen`). An event without a time
+#: is never older.
+NEWER_EVENT = (
+    "EXISTS (SELECT 1 FROM key_markers km WHERE km.dataset_id = ? AND km.key = ?"
+    " AND km.seq > ? AND (km.event_us IS NULL OR km.event_us >= ?))"
+)
+#: :data:`UPSERT` for a row a listing saw, unless :data:`NEWER_EVENT` holds for the listed
+#: version's modification time (a version listed with a time after the event's was written
+#: after the event's change: the listing wins).
 #: Parameters: the row, then dataset_id, key, seen_seq, the row's mtime in microseconds
 #: (:func:`guarded_params`). INSERT ... SELECT ... WHERE: no row selected is neither insert
 #: nor update.
 GUARDED_UPSERT = (
     f"INSERT INTO items ({', '.join(ITEM_COLUMNS)}) SELECT {', '.join('?' * len(ITEM_COLUMNS))}"
-    " WHERE NOT EXISTS (SELECT 1 FROM key_markers km"
-    " WHERE km.dataset_id = ? AND km.key = ? AND km.seq > ?"
-    " AND (km.event_us IS NULL OR km.event_us >= ?))"
+    f" WHERE NOT {NEWER_EVENT}"
     f" ON CONFLICT (dataset_id, key) DO UPDATE SET {ITEM_UPDATES}"
 )
+
+
+class Seen(NamedTuple):
+    """What a listing page knew when it was requested: the catalog's event sequence ``seq``
+    (an event batch applied later has a larger one) and ``us``, when the page shows the bucket
+    on the provider's clock (microseconds since the epoch,
+    :meth:`providers.base.Driver.observed_at`). A key the page shows gone is deleted unless an
+    event with a later sequence is stamped at or after ``us``."""
+
+    seq: int
+    us: int
+
+    def older(self, other: Seen) -> Seen:
+        """What both knew: the smaller sequence and the earlier time."""
+        return Seen(min(self.seq, other.seq), min(self.us, other.us))
+
+
+#: a page that knew nothing: every event counts as newer (rows parked before the time was kept)
+NEVER = Seen(0, 0)
 #: where an item row holds its ``mtime``
 MTIME = ITEM_COLUMNS.index("mtime")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -82,6 +108,11 @@ def stamp_us(stamp: str | datetime) -> int:
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return (when - _EPOCH) // _US
+
+
+def us_stamp(us: int) -> str:
+    """Microseconds since the epoch as ISO text (``...Z``): :func:`stamp_us` reversed."""
+    return (_EPOCH + us * _US).isoformat().replace("+00:00", "Z")
 
 
 def guarded_params(rows: list[tuple[Any, ...]], seen_seq: list[int]) -> list[tuple[Any, ...]]:
