@@ -16,8 +16,11 @@ and the catalog-wide event sequence of the batch. The newer state wins:
 3. Every batch stamps the keys it decided with the next value of the catalog's event
    sequence; a reconcile whose listing saw a key *before* that writes or deletes nothing for it
    (:meth:`syncd.store.catalog.Catalog.write_items`, parked deletes in
-   :mod:`syncd.store.checkpoint`). So neither order of "listing saw the key" and "event
-   applied" lets an older state win.
+   :mod:`syncd.store.checkpoint`), unless the event is older than what the listing saw: a
+   listed version modified after the event's time, or a key the listing showed gone on a page
+   requested after it. A key a reconcile deletes gets a tombstone with its page's time, so an
+   older event delivered later is stale by rule 2. So neither order of "listing saw the key"
+   and "event applied" lets an older state win.
 
 Consequently duplicates are no-ops; an old event arriving late neither resurrects a deleted
 object nor removes a newer one; a stale listing never undoes an event.
