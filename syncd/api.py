@@ -254,7 +254,7 @@ async def sync(
       a worker passes one named after it, see :func:`syncd.store.workers.lease_owner`),
       ``DatasetBusy`` if another process syncs it, unless ``wait``; then the binding is
       updated and the sync runs under the lease.
-    * ``unless_reconciled_after`` (an ISO time as :func:`syncd.store.db.now` writes): once
+    * ``unless_reconciled_after`` (an ISO time as :func:`syncd.store.stamps.now` writes): once
       the lease is held, if a reconcile of the dataset finished after it, release the lease
       and raise :class:`NotDue` instead of syncing. Checked under the lease, so two workers
       that both found the dataset due never reconcile it twice in a row.

@@ -21,7 +21,8 @@ from syncd.reconcile.filters import Filters
 from syncd.store import lease
 from syncd.store.catalog import Batch, Catalog, Item
 from syncd.store.checkpoint import Checkpoint
-from syncd.store.db import now, transaction
+from syncd.store.db import transaction
+from syncd.store.stamps import now
 from tests.conftest import CatalogMaker
 
 #: sorted by code point (the order providers list in); a locale collation would put "B"

@@ -22,7 +22,8 @@ from syncd.config import load_daemon_config
 from syncd.errors import UsageError
 from syncd.store import lease, workers
 from syncd.store.catalog import Catalog
-from syncd.store.db import now, transaction
+from syncd.store.db import transaction
+from syncd.store.stamps import now
 from tests.conftest import CatalogMaker
 from tests.test_sync_cli import syncd
 

@@ -47,6 +47,7 @@ from syncd.errors import SyncdError
 from syncd.reconcile.sync import DatasetBusy, SyncOptions, SyncResult, SyncStopped
 from syncd.store import lease, workers
 from syncd.store.catalog import Catalog
+from syncd.store.stamps import parse, stamp
 
 log = logging.getLogger("syncd.daemon")
 
@@ -63,15 +64,6 @@ JITTER = 0.1
 def jittered(seconds: float) -> float:
     """``seconds`` +/- 10 %, so datasets with one interval do not all list at once."""
     return seconds * random.uniform(1 - JITTER, 1 + JITTER)
-
-
-def _stamp(t: float) -> str:
-    """Unix time ``t`` as the catalog's ISO text (see :func:`syncd.store.db.now`)."""
-    return datetime.fromtimestamp(t, UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
-
-
-def _unix(stamp: str) -> float:
-    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
 
 
 @dataclass
@@ -164,7 +156,7 @@ class Scheduler:
         if state.forced:
             return None
         # a tenth of the interval of slack: jittered timers wake up to 10 % early
-        due = _stamp(time.time() - state.interval * (1 - JITTER))
+        due = stamp(datetime.fromtimestamp(time.time() - state.interval * (1 - JITTER), UTC))
         if first and self.first_round_after is not None:
             return max(due, self.first_round_after)
         return due
@@ -201,7 +193,9 @@ class Scheduler:
         except SyncStopped:
             return 0.0
         except NotDue as exc:
-            delay = max(0.0, _unix(exc.ended_at) + jittered(state.interval) - time.time())
+            delay = max(
+                0.0, parse(exc.ended_at).timestamp() + jittered(state.interval) - time.time()
+            )
             log.debug("%s; next look in %.0fs", exc, delay)
             self.metrics.sync_runs.labels(state.name, "not_due").inc()
             return delay

@@ -41,7 +41,8 @@ from syncd.daemon.scheduler import Scheduler
 from syncd.errors import UsageError
 from syncd.store import lease, workers
 from syncd.store.catalog import Catalog
-from syncd.store.db import now, transaction
+from syncd.store.db import transaction
+from syncd.store.stamps import now
 
 if TYPE_CHECKING:
     from syncd.server.lockout import AuthLockout

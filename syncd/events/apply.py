@@ -54,8 +54,8 @@ from providers import faults
 from providers.base import object_uri
 from syncd.events.parse import EventKind, ObjectEvent
 from syncd.store.catalog import Catalog, Dataset
-from syncd.store.db import now, transaction
-from syncd.store.sql import stamp_us
+from syncd.store.db import transaction
+from syncd.store.stamps import now, stamp_us
 
 log = logging.getLogger("syncd.events")
 #: (provider, bucket, account) already warned about in this process

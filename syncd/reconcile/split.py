@@ -37,8 +37,9 @@ from syncd.reconcile.sync import (
 from syncd.store import lease, ranges
 from syncd.store.catalog import Catalog, Dataset
 from syncd.store.checkpoint import Checkpoint, Run
-from syncd.store.db import now, transaction
+from syncd.store.db import transaction
 from syncd.store.ranges import KeyRange
+from syncd.store.stamps import now
 
 log = logging.getLogger("syncd")
 

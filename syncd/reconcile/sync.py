@@ -48,9 +48,10 @@ from syncd.reconcile.march import Change, PageDiff, check_order, diff_page
 from syncd.store import lease, ranges
 from syncd.store.catalog import Batch, Catalog, Dataset
 from syncd.store.checkpoint import COUNTERS, DEFAULT_RESUME_WITHIN, Checkpoint, Run
-from syncd.store.db import now, transaction
+from syncd.store.db import transaction
 from syncd.store.ranges import KeyRange
-from syncd.store.sql import NEVER, Seen, stamp_us
+from syncd.store.sql import NEVER, Seen
+from syncd.store.stamps import now, stamp_us
 
 #: writes (item rows + parked deletes) per batch, one transaction each (at most this many
 #: decided changes are lost by a crash)

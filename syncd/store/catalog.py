@@ -31,9 +31,10 @@ from syncd.reconcile.filters import Filters
 from syncd.reconcile.march import KnownRow
 from syncd.store import lease, ranges
 from syncd.store.checkpoint import Checkpoint, Run
-from syncd.store.db import is_server, now, open_db, transaction
+from syncd.store.db import is_server, open_db, transaction
 from syncd.store.ranges import KeyRange
 from syncd.store.sql import ITEM_COLUMNS, Database, Seen
+from syncd.store.stamps import now
 
 ITEM_FIELDS = (
     "filename",

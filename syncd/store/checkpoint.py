@@ -25,8 +25,8 @@ from datetime import UTC, datetime
 
 from providers.redact import redact
 from syncd.store import lease
-from syncd.store.db import now
-from syncd.store.sql import NEWER_EVENT, Database, Seen, us_stamp
+from syncd.store.sql import NEWER_EVENT, Database, Seen
+from syncd.store.stamps import now, parse, us_stamp
 
 #: a listing's delete of a key, as ``key_markers`` keeps an event's (see
 #: :meth:`Checkpoint.apply_parked`): under the same guard as the delete; the newer of the stored
@@ -53,7 +53,7 @@ DEFAULT_RESUME_WITHIN = 6 * 3600.0
 
 
 def _age_seconds(stamp: str) -> float:
-    return (datetime.now(UTC) - _parse(stamp)).total_seconds()
+    return (datetime.now(UTC) - parse(stamp)).total_seconds()
 
 
 @dataclass
@@ -80,8 +80,8 @@ class Run:
     @property
     def seconds(self) -> float:
         """How long the run took (so far, while it runs)."""
-        end = _parse(self.ended_at) if self.ended_at else datetime.now(UTC)
-        return (end - _parse(self.started_at)).total_seconds()
+        end = parse(self.ended_at) if self.ended_at else datetime.now(UTC)
+        return (end - parse(self.started_at)).total_seconds()
 
 
 @dataclass(frozen=True)
@@ -117,10 +117,6 @@ _RUN_COLUMNS = (
 _ATTEMPT_COLUMNS = (
     "run_id, attempt, owner, started_at, ended_at, status, resumed_after, last_key, error"
 )
-
-
-def _parse(stamp: str) -> datetime:
-    return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
 
 
 def _run_from_row(row: tuple) -> Run:
@@ -266,7 +262,7 @@ class Checkpoint:
         sequence (it is no event: it must not hold back a later listing). The caller holds the
         transaction."""
         deleted, cursor = 0, ""
-        stamp = now()
+        written = now()
         while True:
             rows = self.db.execute(
                 "SELECT key, seen_seq, seen_us FROM pending_deletes WHERE run_id = ? AND key > ?"
@@ -282,7 +278,7 @@ class Checkpoint:
             self.db.executemany(
                 _TOMBSTONE,
                 [
-                    (dataset_id, k, stamp, us_stamp(us), us, dataset_id, k, seq, us)
+                    (dataset_id, k, written, us_stamp(us), us, dataset_id, k, seq, us)
                     for k, seq, us in rows
                     if us  # parked before times were kept: no time to stamp it with
                 ],

@@ -15,10 +15,10 @@ import os
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from syncd.errors import CatalogUnavailable, UsageError
+from syncd.store.stamps import now
 
 if TYPE_CHECKING:
     from syncd.store.sql import Database
@@ -303,11 +303,6 @@ def transaction(db: Database) -> Iterator[None]:
     do (see :meth:`syncd.store.sql.Database.transaction`)."""
     with db.transaction():
         yield
-
-
-def now() -> str:
-    """Current time as ISO-8601 UTC with a ``Z`` suffix, the format of every stored time."""
-    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def busy_timeout() -> float:

@@ -28,8 +28,9 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from syncd.store.db import now, transaction
+from syncd.store.db import transaction
 from syncd.store.sql import Database
+from syncd.store.stamps import now, parse, stamp
 
 #: seconds a lease lives without renewal; a run renews it far more often than this
 DEFAULT_TTL = 60.0
@@ -54,14 +55,6 @@ def ttl() -> float:
 def for_dataset(dataset_id: int) -> str:
     """The name of a dataset's sync lease."""
     return f"dataset:{dataset_id}"
-
-
-def _stamp(dt: datetime) -> str:
-    return dt.isoformat(timespec="microseconds").replace("+00:00", "Z")
-
-
-def _parse(stamp: str) -> datetime:
-    return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
 
 
 def new_owner() -> str:
@@ -93,7 +86,7 @@ class Holder:
         """Whether the holder may still be running: not expired, and (same host) its
         process exists."""
         at = at or datetime.now(UTC)
-        if _parse(self.expires_at) <= at:
+        if parse(self.expires_at) <= at:
             return False
         if self.host == socket.gethostname():
             return _pid_alive(self.pid)
@@ -128,14 +121,14 @@ def acquire(db: Database, name: str, owner: str, ttl: float | None = None) -> Ho
     transaction.
     """
     host, pid = socket.gethostname(), os.getpid()
-    stamp = datetime.now(UTC)
-    values = [name, owner, host, pid, now(), _stamp(stamp + timedelta(seconds=ttl or _ttl))]
-    cur = db.execute(_TAKE, [*values, owner, _stamp(stamp)])
+    at = datetime.now(UTC)
+    values = [name, owner, host, pid, now(), stamp(at + timedelta(seconds=ttl or _ttl))]
+    cur = db.execute(_TAKE, [*values, owner, stamp(at)])
     if cur.rowcount == 1:
         return None
     current = holder(db, name)
     if current is None:  # released between the two statements: once more
-        cur = db.execute(_TAKE, [*values, owner, _stamp(stamp)])
+        cur = db.execute(_TAKE, [*values, owner, stamp(at)])
         return None if cur.rowcount == 1 else holder(db, name)
     if current.alive():
         return current
@@ -164,7 +157,7 @@ def renew(db: Database, name: str, owner: str, ttl: float | None = None) -> bool
     (it expired and another process took it): the caller must stop writing."""
     cur = db.execute(
         "UPDATE leases SET expires_at = ? WHERE name = ? AND owner = ?",
-        [_stamp(datetime.now(UTC) + timedelta(seconds=ttl or _ttl)), name, owner],
+        [stamp(datetime.now(UTC) + timedelta(seconds=ttl or _ttl)), name, owner],
     )
     return cur.rowcount == 1
 

@@ -40,9 +40,9 @@ from syncd.store.sql import (
     MTIME,
     Database,
     guarded_params,
-    stamp_us,
 )
 from syncd.store.sql import UPSERT as _UPSERT
+from syncd.store.stamps import stamp_us
 
 #: the advisory lock of :meth:`PostgresDatabase.lock_writes` (an arbitrary constant: "syncd")
 _WRITE_LOCK = 0x73796E6364

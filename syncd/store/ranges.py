@@ -28,8 +28,8 @@ from typing import Any
 
 from syncd.store import lease
 from syncd.store.checkpoint import COUNTERS
-from syncd.store.db import now
 from syncd.store.sql import Database
+from syncd.store.stamps import now
 
 #: the automatic rule: one range per this many items of the dataset (at the run's start) ...
 ITEMS_PER_RANGE = 50_000

@@ -27,8 +27,9 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager
-from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar, NamedTuple
+
+from syncd.store.stamps import stamp_us
 
 #: the columns of ``items`` in the order item rows carry them (see Catalog.write_rows)
 ITEM_COLUMNS = (
@@ -97,22 +98,6 @@ class Seen(NamedTuple):
 NEVER = Seen(0, 0)
 #: where an item row holds its ``mtime``
 MTIME = ITEM_COLUMNS.index("mtime")
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_US = timedelta(microseconds=1)
-
-
-def stamp_us(stamp: str | datetime) -> int:
-    """An ISO time (``...Z``, any precision) or an aware datetime as microseconds since the
-    epoch: times that compare as numbers, whatever precision their text had."""
-    when = datetime.fromisoformat(stamp.replace("Z", "+00:00")) if isinstance(stamp, str) else stamp
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return (when - _EPOCH) // _US
-
-
-def us_stamp(us: int) -> str:
-    """Microseconds since the epoch as ISO text (``...Z``): :func:`stamp_us` reversed."""
-    return (_EPOCH + us * _US).isoformat().replace("+00:00", "Z")
 
 
 def guarded_params(rows: list[tuple[Any, ...]], seen_seq: list[int]) -> list[tuple[Any, ...]]:

@@ -27,7 +27,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from syncd.store import lease
-from syncd.store.db import now
+from syncd.store.stamps import now
 
 #: a gone worker's row is kept this long (``syncd workers ls`` shows it as gone), then pruned
 FORGET_AFTER = timedelta(hours=1)

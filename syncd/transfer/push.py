@@ -22,7 +22,7 @@ import os
 from providers import errors
 from providers.local import local_etag
 from syncd.store.catalog import Item
-from syncd.store.db import now
+from syncd.store.stamps import now
 from syncd.transfer.engine import FATAL, Transfer
 from syncd.transfer.plan import Row, Verdict
 
