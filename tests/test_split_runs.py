@@ -548,3 +548,44 @@ def test_a_stopped_worker_leaves_its_range_to_the_next(tmp_path: Path, catalog_u
     assert query(catalog_url, "SELECT count(*) FROM leases") == [(0,)]
     assert asyncio.run(call(SyncOptions())) == "range-completed"
     assert [r[3] for r in range_rows(catalog_url, run)] == ["completed", "pending", "pending"]
+
+
+async def test_a_daemon_counts_each_object_of_a_split_run_once(tmp_path: Path) -> None:
+    """A daemon reconciling a dataset split into ranges (``ranges = 3``) one range after the
+    other: its metrics count every object listed and created once, not the earlier ranges
+    again when the last range closes the run (which reports the run's totals).
+
+    Checked to fail: with the scheduler counting ``result.counts`` (the run's totals) as
+    before, 62 objects listed were counted as 103."""
+    from syncd.config import load_daemon_config
+    from syncd.daemon.service import Daemon
+
+    src = make_folder(tmp_path / "src", per_folder=20)
+    files = sum(1 for p in src.rglob("*") if p.is_file())
+    (tmp_path / "syncd.toml").write_text(
+        f'[drivers.disk]\ntype = "local"\nbucket = "{src}"\n'
+        '[datasets.files]\ndriver = "disk"\nwatch = false\nranges = 3\n'
+    )
+    db = str(tmp_path / "c.db")
+    daemon = Daemon(load_daemon_config(str(tmp_path / "syncd.toml")), db, poll_seconds=1)
+    task = asyncio.create_task(daemon.run())
+
+    def sample(name: str, **labels: str) -> float | None:
+        return daemon.metrics.registry.get_sample_value(name, {"dataset": "files", **labels})
+
+    try:
+        deadline = asyncio.get_running_loop().time() + 120
+        while sample("syncd_sync_runs_total", outcome="completed") != 1.0:
+            if task.done():
+                task.result()  # raise what stopped it
+            assert asyncio.get_running_loop().time() < deadline, "the split run never completed"
+            await asyncio.sleep(0.05)  # polling a condition, under a deadline
+    finally:
+        daemon.stop.set()
+        await asyncio.wait_for(task, 60)
+    runs = query(db, "SELECT status, ranges, listed, created FROM runs")
+    assert runs == [("completed", 3, files, files)]
+    assert sample("syncd_sync_runs_total", outcome="range_completed") == 2.0
+    assert sample("syncd_objects_listed_total") == files
+    created = sample("syncd_items_changed_total", action="created", via="reconcile")
+    assert created == files

@@ -229,6 +229,9 @@ class Scheduler:
             return delay
         state.failures, state.last_error = 0, None
         c = result.counts
+        # the metrics count this worker's own work: a split run's other ranges were counted
+        # by the workers (or the earlier calls) that reconciled them
+        own = result.own or c
         if result.status == "range-completed":
             # one key range of a split run done, others remain: look for another at once
             log.info(
@@ -238,9 +241,9 @@ class Scheduler:
                 result.seconds,
             )  # fmt: skip
             self.metrics.sync_runs.labels(state.name, "range_completed").inc()
-            self.metrics.objects_listed.labels(state.name).inc(c["listed"])
+            self.metrics.objects_listed.labels(state.name).inc(own["listed"])
             for action in ("created", "updated"):
-                self.metrics.items_changed.labels(state.name, action, "reconcile").inc(c[action])
+                self.metrics.items_changed.labels(state.name, action, "reconcile").inc(own[action])
             return 0.0
         state.runs += 1
         state.last_result = result.as_dict()
@@ -255,9 +258,9 @@ class Scheduler:
             result.seconds,
         )
         self.metrics.sync_runs.labels(state.name, "completed").inc()
-        self.metrics.objects_listed.labels(state.name).inc(c["listed"])
+        self.metrics.objects_listed.labels(state.name).inc(own["listed"])
         for action in ("created", "updated", "deleted"):
-            self.metrics.items_changed.labels(state.name, action, "reconcile").inc(c[action])
+            self.metrics.items_changed.labels(state.name, action, "reconcile").inc(own[action])
         self.metrics.last_success.labels(state.name).set(time.time())
         return jittered(state.interval)
 

@@ -95,7 +95,10 @@ class SyncStopped(SyncFailed):
 
 @dataclass
 class SyncResult:
-    """What one invocation did. ``counts`` are for the whole run (all attempts)."""
+    """What one invocation did. ``counts`` are for the whole run (all attempts); ``own``, where
+    it differs, is what this invocation itself did: for one key range of a split run, that
+    range's counts, with the run's deletes if this invocation closed the run (the other
+    ranges' counts were reported by whoever reconciled them)."""
 
     dataset: str
     status: str
@@ -105,6 +108,7 @@ class SyncResult:
     run_id: int | None = None
     resumed_after: str | None = None
     error: str | None = None
+    own: dict[str, int] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -505,6 +509,9 @@ async def sync_dataset(
     if key_range is not None and run is not None:
         closed = _complete_range(catalog, dataset, run, key_range, owner or "", options)
         report()
+        own = dict(counts)
+        if closed is not None:
+            own["deleted"] = closed.counts["deleted"]  # applied when this range closed the run
         return SyncResult(
             dataset=dataset.name,
             status="completed" if closed is not None else "range-completed",
@@ -512,6 +519,7 @@ async def sync_dataset(
             seconds=time.monotonic() - started,
             run_id=run.id,
             resumed_after=resumed_after,
+            own=own,
         )
     if run is not None and applier is not None:
         due = checkpoint.count_parked(run)
