@@ -123,10 +123,8 @@ def ensure_dataset(
     assert src is not None and cfg is not None
     try:
         return catalog.create_dataset(name, src, cfg, flt or Filters()), True
-    except Exception:
-        # another process created it first: sqlite says so (UsageError, one writer at a time);
-        # on PostgreSQL two workers starting together can both pass the existence check, and
-        # the second insert meets the first's unique key (its transaction rolled back)
+    except UsageError:
+        # another process created it first (two workers starting together)
         found = catalog.find_dataset(name)
         if found is None:
             raise

@@ -394,3 +394,57 @@ def test_the_newer_state_wins_whatever_the_order(
     expected = {k: (o.size, o.etag) for k, o in newest.items()}
     assert second.call(catalog_state) == expected, outcomes
     assert first.call(catalog_state) == expected, outcomes
+
+
+def test_two_stores_creating_one_dataset_at_once_make_one(store_url: str) -> None:
+    """Two workers start together and both create dataset ``new``: the first is stopped after
+    its existence check, before its insert, while the second runs. Exactly one creates it; the
+    other gets the one-line "already exists" error (UsageError), on both stores.
+
+    Checked to fail: without ``lock_writes`` in ``Catalog.create_dataset``, on PostgreSQL the
+    second also finds no dataset and commits first, and the first then fails on a unique key
+    with a raw psycopg ``UniqueViolation`` (``drivers_name_key``)."""
+    from syncd.errors import UsageError
+
+    cfg = DriverConfig(type="s3", bucket="bkt", path="new")
+    first, second = Store(store_url, "store-a"), Store(store_url, "store-b")
+    gate = Gate()
+
+    def create(catalog: Catalog, gated: bool) -> str:
+        real = catalog.db
+        if gated:
+            catalog.db = GatedDatabase(real, "INSERT INTO datasets", gate)
+        try:
+            catalog.create_dataset("new", "s3://bkt/new/", cfg, Filters())
+            return "created"
+        except UsageError as exc:
+            return str(exc)
+        finally:
+            catalog.db = real
+
+    try:
+        one = first.submit(create, True)
+        wait_for(gate.reached.is_set, "the first store's existence check")
+        other = second.submit(create, False)
+        if second.dialect == "postgresql":
+            observer = Catalog.open(store_url)
+            try:
+                held = "SELECT count(*) FROM pg_stat_activity WHERE pid = ? AND wait_event_type = 'Lock'"
+                wait_for(
+                    lambda: (
+                        other.done()
+                        or observer.db.execute(held, [second.backend_pid]).fetchone()[0]
+                    ),
+                    "the second store to finish or wait",
+                )
+            finally:
+                observer.close()
+        # sqlite: the second waits for the first's write transaction by itself
+        gate.go.set()
+        outcomes = sorted([one.result(timeout=DEADLINE), other.result(timeout=DEADLINE)])
+        assert outcomes == ["created", "dataset 'new' already exists"]
+        assert [d.name for d in first.call(lambda c: c.list_datasets())] == ["new"]
+    finally:
+        gate.go.set()
+        second.close()
+        first.close()

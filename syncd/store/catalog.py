@@ -171,12 +171,15 @@ class Catalog:
     ) -> Dataset:
         """Create dataset ``name`` bound to ``driver``. Raises ``UsageError`` if it exists.
 
-        The existence check and the insert share one write transaction, so of two processes
-        creating the same dataset one succeeds and the other gets the ``UsageError``.
+        The existence check and the insert share one write transaction, taken exclusively
+        (:meth:`~syncd.store.sql.Database.lock_writes`: PostgreSQL would otherwise let two
+        transactions both find no dataset), so of two processes creating the same dataset one
+        succeeds and the other gets the ``UsageError``.
         """
         if not name or name != name.strip():
             raise UsageError("a dataset name must be non-empty with no surrounding spaces")
         with transaction(self.db):
+            self.db.lock_writes(exclusive=True)
             if self.find_dataset(name) is not None:
                 raise UsageError(f"dataset {name!r} already exists")
             driver_id = self._ensure_driver(driver.name or f"{name}-driver", driver)
