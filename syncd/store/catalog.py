@@ -191,8 +191,10 @@ class Catalog:
         return self.get_dataset(name)
 
     def update_dataset(self, dataset: Dataset, driver: DriverConfig, filters: Filters) -> Dataset:
-        """Record a changed driver setting or filter set (declared in a config file)."""
+        """Record a changed driver setting or filter set (declared in a config file). Taken
+        exclusively, as :meth:`create_dataset`: two workers may apply one config at once."""
         with transaction(self.db):
+            self.db.lock_writes(exclusive=True)
             driver_id = self._ensure_driver(driver.name or f"{dataset.name}-driver", driver)
             self.db.execute(
                 "UPDATE datasets SET driver_id = ?, filters = ? WHERE id = ?",
