@@ -209,12 +209,14 @@ class Driver(abc.ABC):
         first listing into ranges; a driver that cannot tell returns ``[]`` (one range)."""
         return []
 
-    def observed_at(self) -> datetime:
+    def observed_at(self) -> datetime | None:
         """When a listing page requested now shows the bucket, on the provider's clock (the
         one its event times are on), less :data:`CLOCK_SKEW`. A sync stamps each page's
         deletes with it: an event stamped before it is older than what the page showed
         (the key was deleted after that event), one stamped at or after it is newer.
-        Default: this machine's clock less the skew allowance."""
+        Default: this machine's clock less the skew allowance. None where the provider's
+        events are not stamped with the time of the change, so that no listing time can
+        order them (then any event applied after the page was requested wins over it)."""
         return datetime.now(UTC) - CLOCK_SKEW
 
     async def read(self, key: str) -> bytes:

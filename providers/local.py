@@ -65,6 +65,12 @@ class LocalDriver(Driver):
     def _info(self, key: str, st: os.stat_result) -> ObjectInfo:
         return _object_info(key, st)
 
+    def observed_at(self) -> None:
+        """None: a folder watch stamps a created file with its modification time, which a
+        copy that keeps times (``cp -p``, ``rsync -a``, ``tar x``, ``mv``) leaves in the
+        past, so a listing's time cannot tell an older event from a newer one."""
+        return None
+
     def _check_root(self) -> None:
         if not os.path.isdir(self.root):
             raise errors.BucketNotFound(self.provider, self.bucket, "folder does not exist")

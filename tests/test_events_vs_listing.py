@@ -10,6 +10,8 @@ equals the bucket. Without the event-sequence guard both tests fail (the stale l
 from __future__ import annotations
 
 import asyncio
+import os
+import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -27,6 +29,7 @@ from syncd.events.parse import EventKind, ObjectEvent, pad_sequencer
 from syncd.reconcile.filters import Filters
 from syncd.reconcile.sync import SyncOptions, sync_dataset
 from syncd.store import lease
+from syncd.store.catalog import Catalog, Dataset
 from syncd.store.db import transaction
 from tests.conftest import CatalogMaker, catalog_state
 
@@ -78,14 +81,18 @@ async def interleave(
     catalogs: CatalogMaker,
     before: Callable[[Path], None],
     in_the_gap: Callable[[Path, list[str]], str],
+    first_mtime: float | None = None,
 ) -> tuple[dict, dict]:
-    """First sync of a, b, c, d; ``before(root)`` changes the bucket; a second sync lists, and
-    between its first page and its use ``in_the_gap(root, page_keys)`` changes one key, whose
-    event is applied. Returns (dataset, bucket) afterwards."""
+    """First sync of a, b, c, d (modified at ``first_mtime``, Unix time, if given);
+    ``before(root)`` changes the bucket; a second sync lists, and between its first page and
+    its use ``in_the_gap(root, page_keys)`` changes one key, whose event is applied. Returns
+    (dataset, bucket) afterwards."""
     root = tmp_path / "bucket"
     root.mkdir()
     for name in ("a", "b", "c", "d"):
         (root / name).write_text(f"first {name}")
+        if first_mtime is not None:
+            os.utime(root / name, (first_mtime, first_mtime))
     catalog = catalogs()
     try:
         ds, _ = api.ensure_dataset(catalog, "ds", source=str(root))
@@ -140,6 +147,70 @@ async def test_a_listing_that_missed_a_key_does_not_delete_it_after_a_create(
     )
     assert dataset == bucket
     assert "b" in dataset
+
+
+def restore_with_old_times(path: Path, text: str, age: float = 3600) -> None:
+    """Put a file back as a restore from a backup does (``cp -p``, ``rsync -a``, ``tar x``,
+    ``mv``): new content, a modification time ``age`` seconds in the past."""
+    path.write_text(text)
+    when = time.time() - age
+    os.utime(path, (when, when))
+
+
+async def test_a_listing_that_missed_a_key_keeps_it_when_it_comes_back_with_old_times(
+    tmp_path: Path, catalogs: CatalogMaker
+) -> None:
+    """A folder watch stamps a created file with its modification time: b, restored from a
+    backup while the listing runs, carries a time long before the listing's and must still
+    win over the listing that saw it gone (a folder's listing claims no time:
+    ``LocalDriver.observed_at``).
+
+    Checked to fail: without ``LocalDriver.observed_at`` (the default clock), the listing's
+    parked delete removed the restored b."""
+
+    def restore_b(root: Path, keys: list[str]) -> str:
+        assert keys == ["a", "c"]  # the listing's view: b is gone, its delete will be parked
+        restore_with_old_times(root / "b", "b restored from a backup")
+        return "b"
+
+    dataset, bucket = await interleave(
+        tmp_path,
+        catalogs,
+        lambda root: (root / "b").unlink(),
+        restore_b,
+        first_mtime=time.time() - 7200,
+    )
+    assert dataset == bucket
+    assert "b" in dataset
+
+
+async def test_a_file_restored_with_old_times_after_a_listing_deleted_it_comes_back(
+    tmp_path: Path, catalogs: CatalogMaker
+) -> None:
+    """b is deleted, a sync removes its item, then b is restored with an old modification
+    time: its watch event re-creates the item (no listing tombstone makes it stale).
+
+    Checked to fail: without ``LocalDriver.observed_at``, the event was counted stale."""
+    root = tmp_path / "bucket"
+    root.mkdir()
+    for name in ("a", "b"):
+        restore_with_old_times(root / name, f"first {name}", age=7200)
+    catalog = catalogs()
+    try:
+        ds, _ = api.ensure_dataset(catalog, "ds", source=str(root))
+        owner = lease.new_owner()
+        with transaction(catalog.db):
+            lease.acquire(catalog.db, lease.for_dataset(ds.id), owner)
+        await sync_dataset(catalog, ds, LocalDriver(str(root)), owner=owner)
+        (root / "b").unlink()
+        await sync_dataset(catalog, ds, LocalDriver(str(root)), owner=owner)
+        assert set(catalog_state(catalog)) == {"a"}
+        restore_with_old_times(root / "b", "b restored from a backup")
+        result = apply_events(catalog, [event_for(root, "b")], dataset="ds")
+        assert result.counts["created"] == 1
+        assert catalog_state(catalog) == await bucket_state(root)
+    finally:
+        catalog.close()
 
 
 async def test_a_late_event_older_than_the_listed_state_is_stale(
@@ -355,5 +426,136 @@ async def test_an_event_later_in_the_same_second_as_the_listed_state_applies(
         )  # fmt: skip
         assert apply_events(catalog, [newer]).counts["updated"] == 1
         assert catalog_state(catalog) == {"raw/a": (2, "new")}
+    finally:
+        catalog.close()
+
+
+def s3_event(kind: EventKind, seconds: float | None, marker: int, **fields: object) -> ObjectEvent:
+    """An S3 event for ``raw/a`` at ``T0 + seconds`` (None: no time), sequencer ``marker``."""
+    return ObjectEvent(
+        kind,
+        "s3",
+        "bkt",
+        "raw/a",
+        marker=pad_sequencer(f"{marker:016X}"),
+        event_time=None if seconds is None else T0 + timedelta(seconds=seconds),
+        **fields,  # type: ignore[arg-type]
+    )
+
+
+async def synced_s3_dataset(catalog: Catalog, keys: list[str]) -> tuple[Dataset, str]:
+    """Dataset ``ds`` on s3://bkt/raw/, synced from a listing of ``keys`` (etag E, at T0),
+    and the owner of its lease."""
+    ds = catalog.create_dataset(
+        "ds", "s3://bkt/raw/", DriverConfig(type="s3", bucket="bkt", path="raw"), Filters()
+    )
+    owner = lease.new_owner()
+    with transaction(catalog.db):
+        lease.acquire(catalog.db, lease.for_dataset(ds.id), owner)
+    listed = {k: ObjectInfo(k, 1, "E", T0) for k in keys}
+    await sync_dataset(catalog, ds, SnapshotDriver(listed, False, at=seen_at(1)), owner=owner)
+    return ds, owner
+
+
+async def test_an_identical_re_upload_keeps_a_key_the_listing_saw_gone(
+    catalogs: CatalogMaker,
+) -> None:
+    """a is deleted at T0+1 (its event delayed); a listing at T0+1.5 sees it gone; a is
+    uploaded again with the same bytes at T0+2 and that event is applied before the listing
+    uses its page; then the delayed delete arrives. The bucket has a, so must the dataset.
+
+    Checked to fail: with a create that confirms the item leaving the event sequence alone
+    (as before), the parked delete removed a and the late delete was stale."""
+    catalog = catalogs()
+    try:
+        ds, owner = await synced_s3_dataset(catalog, ["raw/a"])
+        driver = SnapshotDriver({}, True, at=seen_at(2))
+        task = asyncio.create_task(
+            sync_dataset(catalog, ds, driver, SyncOptions(batch_size=1), owner=owner)
+        )
+        await driver.fetched.wait()
+        put = s3_event(EventKind.CREATED, 2, 0x3000, size=1, etag="E")
+        assert apply_events(catalog, [put]).counts["unchanged"] == 1
+        driver.release.set()
+        await task
+        late_delete = s3_event(EventKind.DELETED, 1, 0x2000)
+        assert apply_events(catalog, [late_delete]).counts["stale"] == 1
+        assert catalog_state(catalog) == {"raw/a": (1, "E")}
+    finally:
+        catalog.close()
+
+
+class PagedSnapshot(SnapshotDriver):
+    """A frozen bucket listed one object per page; stops before its last page until released
+    (by then the sync may have decided the keys up to the first page's)."""
+
+    async def list(self, prefix="", start_after=None, end_before=None):  # type: ignore[override]
+        page = [o for k, o in sorted(self.objects.items()) if k.startswith(prefix)]
+        for obj in page[:-1]:
+            yield [obj]
+        self.fetched.set()
+        await self.release.wait()
+        yield page[-1:]
+
+
+async def test_a_listing_tombstone_keeps_the_marker_for_events_without_a_time(
+    catalogs: CatalogMaker,
+) -> None:
+    """a, b, c synced. a is updated (sequencer m1, an event with no time, as a GCS message
+    without one), then deleted at T0+1 (m2). A listing at T0+1.5 decides that a is gone and
+    parks it; the delete event is applied meanwhile; the listing applies its deletes; then the
+    late update arrives. Its marker is older than the delete's: stale, whatever the listing's
+    tombstone holds.
+
+    Checked to fail: with the tombstone clearing the stored marker, the update re-created a."""
+    catalog = catalogs()
+    try:
+        ds, owner = await synced_s3_dataset(catalog, ["raw/a", "raw/b", "raw/c"])
+        listed = {k: ObjectInfo(k, 1, "E", T0) for k in ("raw/b", "raw/c")}
+        driver = PagedSnapshot(listed, True, at=T0 + timedelta(seconds=1.5))
+        task = asyncio.create_task(
+            sync_dataset(catalog, ds, driver, SyncOptions(batch_size=1), owner=owner)
+        )
+
+        def parked() -> int:
+            return catalog.db.execute("SELECT count(*) FROM pending_deletes").fetchone()[0]
+
+        deadline = asyncio.get_running_loop().time() + 60
+        while not parked():  # the first page's batch parked a's delete
+            assert not task.done() and asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.01)  # polling a condition, under a deadline
+        assert apply_events(catalog, [s3_event(EventKind.DELETED, 1, 0x2000)]).counts == {
+            "deleted": 1
+        }
+        driver.release.set()
+        await task
+        late_update = s3_event(EventKind.CREATED, None, 0x1000, size=2, etag="F")
+        assert apply_events(catalog, [late_update]).counts["stale"] == 1
+        assert catalog_state(catalog) == {"raw/b": (1, "E"), "raw/c": (1, "E")}
+    finally:
+        catalog.close()
+
+
+async def test_an_event_with_a_newer_marker_but_older_than_a_listing_s_delete_is_stale(
+    catalogs: CatalogMaker,
+) -> None:
+    """a's create event (sequencer m0, T0) was applied; its update (m1, T0+1) and delete (m2,
+    T0+2) are delayed; a listing at T0+2.5 deletes a. The late update's marker is newer than
+    the stored m0, but the listing showed a gone after it: stale, and a stays gone.
+
+    Checked to fail: with markers deciding alone against a listing's tombstone, the update
+    re-created a."""
+    catalog = catalogs()
+    try:
+        ds, owner = await synced_s3_dataset(catalog, ["raw/a"])
+        create = s3_event(EventKind.CREATED, 0, 0x1000, size=1, etag="E")
+        assert apply_events(catalog, [create]).counts["unchanged"] == 1
+        gone = SnapshotDriver({}, False, at=T0 + timedelta(seconds=2.5))
+        assert (await sync_dataset(catalog, ds, gone, owner=owner)).counts["deleted"] == 1
+        late_update = s3_event(EventKind.CREATED, 1, 0x2000, size=2, etag="F")
+        late_delete = s3_event(EventKind.DELETED, 2, 0x3000)
+        assert apply_events(catalog, [late_update]).counts["stale"] == 1
+        assert apply_events(catalog, [late_delete]).counts["stale"] == 1
+        assert catalog_state(catalog) == {}
     finally:
         catalog.close()

@@ -7,7 +7,9 @@ and the catalog-wide event sequence of the batch. The newer state wins:
 
 1. **Markers** (S3/Azure sequencers, GCS generation/metageneration) decide when the event and
    the stored state both have one: applied only if newer; at an equal marker a delete beats a
-   create (a GCS delete of a live generation carries that generation's own marker).
+   create (a GCS delete of a live generation carries that generation's own marker). Where a
+   reconcile's listing showed the key gone since (a tombstone marked ``LISTED_GONE``), an
+   event with a newer marker must also not be older than the listing by rule 2's times.
 2. Otherwise **GCS generations** decide against an item that has one (a delete of an
    overwritten generation never removes the live item), and else the **provider's times**: an
    event older than the item's modification time (from a listing or an earlier event) or than
@@ -54,6 +56,7 @@ from providers import faults
 from providers.base import object_uri
 from syncd.events.parse import EventKind, ObjectEvent
 from syncd.store.catalog import Catalog, Dataset
+from syncd.store.checkpoint import LISTED_GONE
 from syncd.store.db import transaction
 from syncd.store.stamps import now, stamp_us
 
@@ -224,7 +227,12 @@ class EventApplier:
         """Rules 1 and 2 of the module docstring."""
         stored_marker = stored[0] if stored else ""
         if rank is not None and stored_marker:
-            return rank <= stored_marker
+            if rank <= stored_marker:
+                return True
+            if stored is None or stored[1] != LISTED_GONE:
+                return False
+            # newer than the stored marker, but a listing showed the key gone after that
+            # marker's change: the event may still be older than the listing (by its time)
         if existing is not None:
             event_gen, item_gen = _generation(event.version), _generation(existing[4])
             if event.provider == "gcs" and event_gen is not None and item_gen is not None:
@@ -294,14 +302,19 @@ class EventApplier:
         if keep and (event.size is None or event.etag is None):
             return "incomplete"  # nothing to record; the next sync lists the object
         when = _stamp(event.event_time) if event.event_time else None
-        # a create that only confirms the item leaves the sequence alone: it must not keep a
-        # reconcile from writing a newer state its listing saw (rule 3 guards changes only);
-        # a delete always stamps, so a listing that saw the key alive cannot re-create it
+        # a create without a time that only confirms the item leaves the sequence alone: it
+        # must not keep a reconcile from writing a newer state its listing saw (nothing
+        # orders the two); a delete always stamps, so a listing that saw the key alive cannot
+        # re-create it
         unchanged_create = (
             keep and existing is not None and (existing[1], existing[2]) == (event.etag, event.size)
         )
-        # the marker stays the newest one seen: an unmarked event does not erase it
-        state.mark(slot, rank or "", int(not keep), 0 if unchanged_create else seq, when)
+        # the marker stays the newest one seen: an unmarked event does not erase it. A timed
+        # create that confirms the item stamps the sequence too (a re-upload of the same
+        # bytes after a listing saw the key gone must keep it); the listing guards compare
+        # its time, so it holds back no listing that saw a newer state
+        stamp_seq = 0 if unchanged_create and when is None else seq
+        state.mark(slot, rank or "", int(not keep), stamp_seq, when)
         if not keep:
             if existing is None:
                 return "unchanged"

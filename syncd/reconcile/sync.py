@@ -378,7 +378,8 @@ async def sync_dataset(
             options.on_progress({**counts, "to_delete": to_delete})
 
     def before_page() -> Seen:
-        return Seen(catalog.event_seq(), stamp_us(driver.observed_at()))
+        at = driver.observed_at()
+        return Seen(catalog.event_seq(), stamp_us(at) if at is not None else 0)
 
     async def pages() -> AsyncIterator[tuple[Seen, list[ObjectInfo]]]:
         if key_range is not None:
@@ -575,6 +576,8 @@ def _complete_range(
     checkpoint = Checkpoint(catalog.db)
     held: str | None = None
     with transaction(catalog.db):
+        # first, as every transaction that may apply parked deletes (see syncd.store.pg)
+        catalog.db.lock_writes(exclusive=False)
         ranges.lock_run(catalog.db, run.id)
         if not lease.renew(catalog.db, key_range.lease, owner):
             raise LeaseLost(

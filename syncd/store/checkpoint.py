@@ -28,15 +28,20 @@ from syncd.store import lease
 from syncd.store.sql import NEWER_EVENT, Database, Seen
 from syncd.store.stamps import now, parse, us_stamp
 
+#: ``key_markers.deleted`` of a key a listing showed gone (an event's delete writes 1): an event
+#: stamped before the listing's time is stale even if its marker is newer than the stored one
+#: (see :mod:`syncd.events.apply`)
+LISTED_GONE = 2
 #: a listing's delete of a key, as ``key_markers`` keeps an event's (see
 #: :meth:`Checkpoint.apply_parked`): under the same guard as the delete; the newer of the stored
-#: and the listing's time stays. Parameters: dataset_id, key, updated_at, the time as ISO text
-#: and in microseconds, then :data:`~syncd.store.sql.NEWER_EVENT`'s.
+#: and the listing's time stays, and so do the stored marker and sequence. Parameters:
+#: dataset_id, key, updated_at, the time as ISO text and in microseconds, then
+#: :data:`~syncd.store.sql.NEWER_EVENT`'s.
 _TOMBSTONE = (
     "INSERT INTO key_markers"
     " (dataset_id, key, marker, deleted, updated_at, seq, event_time, event_us)"
-    f" SELECT ?, ?, '', 1, ?, 0, ?, ? WHERE NOT {NEWER_EVENT}"
-    " ON CONFLICT (dataset_id, key) DO UPDATE SET marker = '', deleted = 1,"
+    f" SELECT ?, ?, '', {LISTED_GONE}, ?, 0, ?, ? WHERE NOT {NEWER_EVENT}"
+    f" ON CONFLICT (dataset_id, key) DO UPDATE SET deleted = {LISTED_GONE},"
     " updated_at = excluded.updated_at,"
     " event_time = CASE WHEN key_markers.event_us > excluded.event_us"
     " THEN key_markers.event_time ELSE excluded.event_time END,"
@@ -255,12 +260,13 @@ class Checkpoint:
         older than that page (:data:`~syncd.store.sql.NEWER_EVENT`: it re-created the key
         after the listing saw it gone); an older event that committed meanwhile does not keep
         it. Each key deleted (or found already gone) gets a tombstone in ``key_markers``
-        stamped with its page's time, as an event's delete would: an older event delivered
-        later is then stale (:mod:`syncd.events.apply`) and does not re-create the item. The
-        tombstone drops the key's ordering marker, which is older than the listing (a marker
-        would let an event newer than it but older than the listing win) and keeps its event
-        sequence (it is no event: it must not hold back a later listing). The caller holds the
-        transaction."""
+        stamped with its page's time and marked :data:`LISTED_GONE`: an older event delivered
+        later is then stale (:mod:`syncd.events.apply`: by its time, even when its ordering
+        marker is newer than the stored one; by its marker, when it has no time) and does not
+        re-create the item. The tombstone keeps the stored marker and event sequence (it is
+        no event: it must not hold back a later listing). Keys parked without a time (before
+        times were kept, or from a driver that has none) get no tombstone. The caller holds
+        the transaction."""
         deleted, cursor = 0, ""
         written = now()
         while True:
