@@ -30,6 +30,7 @@ import logging
 import os
 import threading
 from collections.abc import AsyncIterator
+from datetime import datetime
 from typing import BinaryIO
 
 from providers import errors
@@ -113,6 +114,9 @@ class FaultyDriver(Driver):
 
     async def head(self, key: str) -> ObjectInfo:
         return await self.inner.head(key)
+
+    def observed_at(self) -> datetime | None:
+        return self.inner.observed_at()
 
     async def folders(self, prefix: str = "") -> list[str]:
         return await self.inner.folders(prefix)

@@ -213,6 +213,41 @@ async def test_a_file_restored_with_old_times_after_a_listing_deleted_it_comes_b
         catalog.close()
 
 
+async def test_a_watch_event_confirming_the_old_file_does_not_hold_back_its_restore(
+    tmp_path: Path, catalogs: CatalogMaker
+) -> None:
+    """A folder watch saw a as synced (its event is "unchanged"); a is then restored from a
+    backup with an older modification time; a listing reads the restored a and, before it
+    writes, the watch's confirming event is applied. The listing's newer version is written:
+    a folder watch's time is a modification time, which cannot order the two.
+
+    Checked to fail: with a confirming watch event stamping the event sequence (as a timed
+    cloud event does), the listing's row was held back and the old a stayed."""
+    root = tmp_path / "bucket"
+    root.mkdir()
+    restore_with_old_times(root / "a", "synced", age=3600)
+    catalog = catalogs()
+    try:
+        ds, _ = api.ensure_dataset(catalog, "ds", source=str(root))
+        owner = lease.new_owner()
+        with transaction(catalog.db):
+            lease.acquire(catalog.db, lease.for_dataset(ds.id), owner)
+        await sync_dataset(catalog, ds, LocalDriver(str(root)), owner=owner)
+        confirming = event_for(root, "a")
+        restore_with_old_times(root / "a", "restored from a backup, longer", age=7200)
+        driver = PausingDriver(str(root))
+        options = SyncOptions(batch_size=1)
+        task = asyncio.create_task(sync_dataset(catalog, ds, driver, options, owner=owner))
+        await driver.first_page.get()
+        assert apply_events(catalog, [confirming], dataset="ds").counts["unchanged"] == 1
+        driver.release.set()
+        await task
+        apply_events(catalog, [event_for(root, "a")], dataset="ds")  # the restore's own event
+        assert catalog_state(catalog) == await bucket_state(root)
+    finally:
+        catalog.close()
+
+
 async def test_a_late_event_older_than_the_listed_state_is_stale(
     tmp_path: Path, catalogs: CatalogMaker
 ) -> None:

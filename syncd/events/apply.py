@@ -63,6 +63,9 @@ from syncd.store.stamps import now, stamp_us
 log = logging.getLogger("syncd.events")
 #: (provider, bucket, account) already warned about in this process
 _WARNED: set[tuple[str, str, str]] = set()
+#: providers whose events are stamped with the object's modification time rather than the
+#: time of the change (a folder watch): such a time cannot order an event against a listing
+MTIME_STAMPED = frozenset({"local"})
 #: events decided per round of queries (inside one transaction)
 CHUNK = 1000
 #: events per transaction of :meth:`EventApplier.apply_stream`
@@ -309,11 +312,14 @@ class EventApplier:
         unchanged_create = (
             keep and existing is not None and (existing[1], existing[2]) == (event.etag, event.size)
         )
-        # the marker stays the newest one seen: an unmarked event does not erase it. A timed
-        # create that confirms the item stamps the sequence too (a re-upload of the same
-        # bytes after a listing saw the key gone must keep it); the listing guards compare
-        # its time, so it holds back no listing that saw a newer state
-        stamp_seq = 0 if unchanged_create and when is None else seq
+        # the marker stays the newest one seen: an unmarked event does not erase it. A create
+        # that confirms the item stamps the sequence too if its time is when the change
+        # happened (a re-upload of the same bytes after a listing saw the key gone must keep
+        # it); the listing guards compare that time, so it holds back no listing that saw a
+        # newer state. A folder watch's time is the file's modification time, which a restore
+        # leaves in the past: there it would hold back a listing of the restored version.
+        timed = when is not None and event.provider not in MTIME_STAMPED
+        stamp_seq = 0 if unchanged_create and not timed else seq
         state.mark(slot, rank or "", int(not keep), stamp_seq, when)
         if not keep:
             if existing is None:
