@@ -10,8 +10,8 @@ One moto server (the tests' emulator, on a free loopback port) serves every tool
 for each data set (``--small`` files of ``--small-kb`` KiB in nested folders; one file of
 ``--large-mb`` MB), every tool uploads it into a fresh empty bucket, then downloads a copy
 into a fresh empty folder; the tools take turns within the round, so a drift of the machine
-hits all alike. Default settings for each (rclone: 4 transfers; aws: 10 threads; syncd: 8
-jobs). The figure per tool is the median wall time over ``--rounds``, with MB/s and files/s.
+hits all alike, and each round starts with the next tool. Default settings for each (rclone:
+4 transfers; aws: 10 threads; syncd: 8 jobs). The figure per tool is the median wall time over ``--rounds``, with MB/s and files/s.
 syncd's pull follows a ``syncd sync`` of the bucket (not timed: the other tools list as part of
 their copy, syncd's pull reads its catalog; the sync's own speed is bench_sync.py's subject).
 """
@@ -164,7 +164,9 @@ def main() -> None:
             up: dict[str, list[float]] = {t: [] for t in tools}
             down: dict[str, list[float]] = {t: [] for t in tools}
             for r in range(args.rounds):
-                for tool in tools:
+                # each round starts with the next tool: whoever goes first meets the machine
+                # as the last round's writes left it (200 MB of dirty pages, moto's memory)
+                for tool in tools[r % len(tools) :] + tools[: r % len(tools)]:
                     seconds, b = upload(tool, src)
                     up[tool].append(seconds)
                     dst = work / f"dst-{name}-{tool}-{r}"
