@@ -76,6 +76,16 @@ async def bucket_state(root: Path) -> dict[str, tuple[int, str]]:
     return {o.key: (o.size, o.etag) async for page in LocalDriver(str(root)).list() for o in page}
 
 
+async def synced_folder_dataset(catalog: Catalog, root: Path) -> tuple[Dataset, str]:
+    """Dataset ``ds`` on the folder ``root``, synced once, and the owner of its lease."""
+    ds, _ = api.ensure_dataset(catalog, "ds", source=str(root))
+    owner = lease.new_owner()
+    with transaction(catalog.db):
+        lease.acquire(catalog.db, lease.for_dataset(ds.id), owner)
+    await sync_dataset(catalog, ds, LocalDriver(str(root)), owner=owner)
+    return ds, owner
+
+
 async def interleave(
     tmp_path: Path,
     catalogs: CatalogMaker,
@@ -95,11 +105,7 @@ async def interleave(
             os.utime(root / name, (first_mtime, first_mtime))
     catalog = catalogs()
     try:
-        ds, _ = api.ensure_dataset(catalog, "ds", source=str(root))
-        owner = lease.new_owner()
-        with transaction(catalog.db):
-            lease.acquire(catalog.db, lease.for_dataset(ds.id), owner)
-        await sync_dataset(catalog, ds, LocalDriver(str(root)), owner=owner)
+        ds, owner = await synced_folder_dataset(catalog, root)
         before(root)
 
         driver = PausingDriver(str(root))
@@ -197,11 +203,7 @@ async def test_a_file_restored_with_old_times_after_a_listing_deleted_it_comes_b
         restore_with_old_times(root / name, f"first {name}", age=7200)
     catalog = catalogs()
     try:
-        ds, _ = api.ensure_dataset(catalog, "ds", source=str(root))
-        owner = lease.new_owner()
-        with transaction(catalog.db):
-            lease.acquire(catalog.db, lease.for_dataset(ds.id), owner)
-        await sync_dataset(catalog, ds, LocalDriver(str(root)), owner=owner)
+        ds, owner = await synced_folder_dataset(catalog, root)
         (root / "b").unlink()
         await sync_dataset(catalog, ds, LocalDriver(str(root)), owner=owner)
         assert set(catalog_state(catalog)) == {"a"}
@@ -228,11 +230,7 @@ async def test_a_watch_event_confirming_the_old_file_does_not_hold_back_its_rest
     restore_with_old_times(root / "a", "synced", age=3600)
     catalog = catalogs()
     try:
-        ds, _ = api.ensure_dataset(catalog, "ds", source=str(root))
-        owner = lease.new_owner()
-        with transaction(catalog.db):
-            lease.acquire(catalog.db, lease.for_dataset(ds.id), owner)
-        await sync_dataset(catalog, ds, LocalDriver(str(root)), owner=owner)
+        ds, owner = await synced_folder_dataset(catalog, root)
         confirming = event_for(root, "a")
         restore_with_old_times(root / "a", "restored from a backup, longer", age=7200)
         driver = PausingDriver(str(root))
@@ -258,11 +256,7 @@ async def test_a_late_event_older_than_the_listed_state_is_stale(
     (root / "a").write_text("current")
     catalog = catalogs()
     try:
-        ds, _ = api.ensure_dataset(catalog, "ds", source=str(root))
-        owner = lease.new_owner()
-        with transaction(catalog.db):
-            lease.acquire(catalog.db, lease.for_dataset(ds.id), owner)
-        await sync_dataset(catalog, ds, LocalDriver(str(root)), owner=owner)
+        await synced_folder_dataset(catalog, root)
         listed = catalog_state(catalog)
         now = event_for(root, "a")
         assert now.event_time is not None

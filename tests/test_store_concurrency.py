@@ -238,6 +238,16 @@ class Running:
             self.future = self.store.submit(sync_gated, self.side.op + 1, ops, self.gate)
 
 
+def waits_on_pg_lock(observer: Catalog, store: Store) -> bool:
+    """Whether ``store``'s PostgreSQL connection is waiting for a lock (seen from
+    ``observer``, a connection of its own)."""
+    row = observer.db.execute(
+        "SELECT count(*) FROM pg_stat_activity WHERE pid = ? AND wait_event_type = 'Lock'",
+        [store.backend_pid],
+    ).fetchone()
+    return bool(row[0])
+
+
 def waits_on_a_lock(side: Running, other: Running, observer: Catalog | None) -> bool:
     """Whether ``side`` is held up by the store until ``other`` commits."""
     if side.future is None or side.done:
@@ -247,11 +257,7 @@ def waits_on_a_lock(side: Running, other: Running, observer: Catalog | None) -> 
         # cannot take one, and it must before it reads (an event) or writes (a sync)
         return other.holds_transaction
     assert observer is not None
-    row = observer.db.execute(
-        "SELECT count(*) FROM pg_stat_activity WHERE pid = ? AND wait_event_type = 'Lock'",
-        [side.store.backend_pid],
-    ).fetchone()
-    return bool(row[0])
+    return waits_on_pg_lock(observer, side.store)
 
 
 def wait_for(condition: Callable[[], bool], what: str) -> None:
@@ -429,12 +435,8 @@ def test_two_stores_creating_one_dataset_at_once_make_one(store_url: str) -> Non
         if second.dialect == "postgresql":
             observer = Catalog.open(store_url)
             try:
-                held = "SELECT count(*) FROM pg_stat_activity WHERE pid = ? AND wait_event_type = 'Lock'"
                 wait_for(
-                    lambda: (
-                        other.done()
-                        or observer.db.execute(held, [second.backend_pid]).fetchone()[0]
-                    ),
+                    lambda: other.done() or waits_on_pg_lock(observer, second),
                     "the second store to finish or wait",
                 )
             finally:
