@@ -11,7 +11,8 @@ for each data set (``--small`` files of ``--small-kb`` KiB in nested folders; on
 ``--large-mb`` MB), every tool uploads it into a fresh empty bucket, then downloads a copy
 into a fresh empty folder; the tools take turns within the round, so a drift of the machine
 hits all alike, and each round starts with the next tool. Default settings for each (rclone:
-4 transfers; aws: 10 threads; syncd: 8 jobs). The figure per tool is the median wall time over ``--rounds``, with MB/s and files/s.
+4 transfers; aws: 10 threads; syncd: 8 jobs). The figure per tool is the median wall time over ``--rounds``, with MB/s and files/s, and
+the fastest and slowest round beside it.
 syncd's pull follows a ``syncd sync`` of the bucket (not timed: the other tools list as part of
 their copy, syncd's pull reads its catalog; the sync's own speed is bench_sync.py's subject).
 """
@@ -19,7 +20,6 @@ their copy, syncd's pull reads its catalog; the sync's own speed is bench_sync.p
 from __future__ import annotations
 
 import argparse
-import compileall
 import os
 import shutil
 import statistics
@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 import boto3  # noqa: E402
 
+from bench.bytecode import compile_checkout  # noqa: E402
 from tests.emulators import start_moto  # noqa: E402
 
 SYNCD = [sys.executable, "-m", "syncd.cli"]
@@ -66,6 +67,11 @@ def timed(cmd: list[str], env: dict[str, str]) -> float:
     return elapsed
 
 
+def spread(seconds: list[float]) -> str:
+    """The fastest and the slowest round: how far one median can be trusted."""
+    return f"{min(seconds):.2f}-{max(seconds):.2f}"
+
+
 def same_tree(a: Path, b: Path) -> bool:
     def listing(root: Path) -> dict[str, int]:
         return {
@@ -90,12 +96,7 @@ def main() -> None:
     peers = Path(args.peers)
     tools = args.tools.split(",")
 
-    # syncd runs from this checkout: compile its bytecode first, as ``pip install`` does for
-    # the peers. Under PYTHONDONTWRITEBYTECODE (set on some machines) nothing else would, and
-    # every syncd command would compile its ~35 modules from source: 0.26 s CPU per start,
-    # measured, that an installed syncd never pays.
-    for package in ("syncd", "providers"):
-        compileall.compile_dir(ROOT / package, quiet=1)
+    compile_checkout()  # syncd runs from this checkout: as an installed one (bench/bytecode.py)
     work = Path(tempfile.mkdtemp(prefix="bench-transfer-"))
     moto = start_moto(work)
     # moto takes any key pair; every tool signs with this one
@@ -179,13 +180,15 @@ def main() -> None:
                         raise SystemExit(f"{tool} {name}: bucket holds {s3_objects} objects")
             print(f"\n{name}: {files:,} file(s), {size / 1e6:,.1f} MB (median of {args.rounds})")
             print(
-                f"  {'tool':8} {'push s':>8} {'MB/s':>8} {'files/s':>9}   {'pull s':>8} {'MB/s':>8} {'files/s':>9}"
+                f"  {'tool':8} {'push s':>8} {'MB/s':>8} {'files/s':>9} {'range':>11}   "
+                f"{'pull s':>8} {'MB/s':>8} {'files/s':>9} {'range':>11}"
             )
             for tool in tools:
                 u, d = statistics.median(up[tool]), statistics.median(down[tool])
                 print(
-                    f"  {tool:8} {u:8.2f} {size / 1e6 / u:8.1f} {files / u:9.1f}   "
-                    f"{d:8.2f} {size / 1e6 / d:8.1f} {files / d:9.1f}"
+                    f"  {tool:8} {u:8.2f} {size / 1e6 / u:8.1f} {files / u:9.1f} "
+                    f"{spread(up[tool]):>11}   {d:8.2f} {size / 1e6 / d:8.1f} {files / d:9.1f} "
+                    f"{spread(down[tool]):>11}"
                 )
     finally:
         moto.stop()

@@ -4,4 +4,5 @@
 * :mod:`syncd.transfer.plan`: the pure part: aligning sorted streams, judging a file.
 * :mod:`syncd.transfer.engine`: the shared loop (bounded parallel moves, batched records).
 * :mod:`syncd.transfer.pull`, :mod:`syncd.transfer.push`: the two directions.
+* :mod:`syncd.transfer.writer`: how a pull writes a file's bytes (for the page cache's sake).
 """

@@ -7,6 +7,7 @@ Contracts:
 * A file is written to ``.<name>.syncd-tmp`` beside its final name, checked against the size of
   the object it came from, given the object's modification time, then renamed: an interrupted
   pull never leaves a partial file under a final name, and the next pull overwrites the temp.
+  How the bytes are written (small writes, space reserved first) is :mod:`syncd.transfer.writer`.
 * What was written is recorded (:mod:`syncd.store.copies`), so the next pull compares a file by
   ``stat`` alone; a file it did not write is compared by size, then by MD5 where the provider
   states one. A complete file is never downloaded again.
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import os
 import stat
 from typing import Any, BinaryIO, cast
@@ -28,12 +28,14 @@ from providers.local import TMP_SUFFIX, local_etag
 from syncd.transfer.engine import Transfer
 from syncd.transfer.paths import UnsafePath, check_relative, is_folder_marker, local_path
 from syncd.transfer.plan import Row, Verdict
+from syncd.transfer.writer import open_writer
 
 
-def _open_temp(root: str, rel: str) -> tuple[str, str, BinaryIO]:
+def _open_temp(root: str, rel: str, size: int) -> tuple[str, str, BinaryIO]:
     """Create the folders of ``rel`` and its temp file, exclusively and never through a link
     (a stale temp file, or anything planted under that name, goes first), so the bytes land
-    in DIR or nowhere. Returns the final path, the temp path and the open temp file."""
+    in DIR or nowhere. Returns the final path, the temp path and the open temp file, a
+    :mod:`syncd.transfer.writer` for an object of ``size`` bytes."""
     final = local_path(root, rel)
     tmp = os.path.join(os.path.dirname(final), f".{os.path.basename(final)}{TMP_SUFFIX}")
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
@@ -42,8 +44,7 @@ def _open_temp(root: str, rel: str) -> tuple[str, str, BinaryIO]:
     except FileExistsError:  # rare (an interrupted pull's), so not unlinked up front
         os.unlink(tmp)
         fd = os.open(tmp, flags, 0o644)
-    # a buffer size given: no isatty() probe of a file known to be a regular one
-    return final, tmp, os.fdopen(fd, "wb", buffering=io.DEFAULT_BUFFER_SIZE)
+    return final, tmp, open_writer(fd, size)
 
 
 class _LazyTemp:
@@ -53,8 +54,8 @@ class _LazyTemp:
     file). A failure to create it is kept in :attr:`error` and re-raised by the caller in
     place of what the driver made of it, so it is judged as before (refused or failed)."""
 
-    def __init__(self, root: str, rel: str) -> None:
-        self.root, self.rel = root, rel
+    def __init__(self, root: str, rel: str, size: int) -> None:
+        self.root, self.rel, self.size = root, rel, size
         self.file: BinaryIO | None = None
         self.final = self.tmp = ""
         self.error: BaseException | None = None
@@ -65,7 +66,7 @@ class _LazyTemp:
             if self.error is not None:
                 raise self.error
             try:
-                self.final, self.tmp, self.file = _open_temp(self.root, self.rel)
+                self.final, self.tmp, self.file = _open_temp(self.root, self.rel, self.size)
             except BaseException as exc:
                 self.error = exc
                 raise
@@ -141,7 +142,7 @@ class Pull(Transfer):
         # the SDK (measured: open and mkdir took 0.6-1.5 ms each there, and the loop, not
         # the store, bounded a pull of small files). The temp file is made in the download's
         # own thread (_LazyTemp); checking and renaming it is one more hop after.
-        temp = _LazyTemp(self.root, row.rel)
+        temp = _LazyTemp(self.root, row.rel, item.size)
         try:
             try:
                 info = await self.driver.download(item.key, cast(BinaryIO, temp), size=item.size)
