@@ -20,6 +20,7 @@ import pytest
 
 from providers import Driver, StorageError, open_driver
 from providers.base import MULTIPART_THRESHOLD
+from syncd.transfer.writer import RESERVE_FROM
 from tests.conftest import Backend, dataset_state
 from tests.proxy import FaultProxy
 from tests.test_one_sync_per_dataset import wait_for
@@ -180,6 +181,24 @@ async def test_pull_mirrors_then_moves_only_the_difference(
         assert (out / "link").is_symlink() and elsewhere.read_bytes() == b"must survive"
         for rel, data in bucket_now.items():
             assert await driver.read(PREFIX + rel) == data
+
+
+async def test_a_large_object_that_shrank_since_the_sync_is_pulled_at_its_own_size(
+    backend: Backend, tmp_path: Path
+) -> None:
+    """The pull reserves the catalog's size for a large file (syncd.transfer.writer); the
+    object read is what counts, and the space past it is given back."""
+    db, out = tmp_path / "c.db", tmp_path / "out"
+    big = os.urandom(RESERVE_FROM + 1024 * 1024)
+    bucket = await synced(backend, {"big.bin": big}, db)
+    small = os.urandom(1024 * 1024)
+    async with open_driver(backend.config(bucket)) as driver:
+        await driver.put(PREFIX + "big.bin", small)  # not synced: the catalog says 9 MiB
+    pulled = summary(syncd("pull", "--dataset", "ds", str(out), "--db", str(db), env=backend.env))
+    assert pulled["transferred"] == 1
+    assert tree(out) == {"big.bin": small}
+    if sys.platform == "linux":
+        assert (out / "big.bin").stat().st_blocks * 512 < 2 * len(small)
 
 
 async def test_pull_into_a_folder_holding_some_files_already(

@@ -6,7 +6,8 @@ Contracts:
   escape it are refused (:mod:`syncd.transfer.paths`), reported, and the rest goes on.
 * A file is written to ``.<name>.syncd-tmp`` beside its final name, checked against the size of
   the object it came from, given the object's modification time, then renamed: an interrupted
-  pull never leaves a partial file under a final name, and the next pull overwrites the temp.
+  pull never leaves a partial file under a final name, and the next pull of that file
+  overwrites the temp (one whose item has gone meanwhile stays: temp files are never listed).
   How the bytes are written (small writes, space reserved first) is :mod:`syncd.transfer.writer`.
 * What was written is recorded (:mod:`syncd.store.copies`), so the next pull compares a file by
   ``stat`` alone; a file it did not write is compared by size, then by MD5 where the provider
@@ -28,7 +29,7 @@ from providers.local import TMP_SUFFIX, local_etag
 from syncd.transfer.engine import Transfer
 from syncd.transfer.paths import UnsafePath, check_relative, is_folder_marker, local_path
 from syncd.transfer.plan import Row, Verdict
-from syncd.transfer.writer import open_writer
+from syncd.transfer.writer import open_writer, trim
 
 
 def _open_temp(root: str, rel: str, size: int) -> tuple[str, str, BinaryIO]:
@@ -81,7 +82,7 @@ def _finish(out: BinaryIO, tmp: str, final: str, info: ObjectInfo) -> str:
     """Check the temp file against the object's size, give it the object's modification time,
     close it and rename it to its final name; return the local ETag to record."""
     with out:
-        out.flush()
+        trim(out)  # before utime: a truncate sets the mtime
         mtime = int(info.last_modified.timestamp() * 1_000_000_000)
         os.utime(out.fileno(), ns=(mtime, mtime))
         # one fstat after utime gives both the size to check and the ETag: the rename below
