@@ -89,19 +89,19 @@ class _SmallWrites(io.FileIO):
 
     def __init__(self, fd: int, size: int) -> None:
         super().__init__(fd, "wb")
-        self._size = size if size >= RESERVE_FROM else 0
-        self._armed = bool(self._size)  # reserve before the next write
-        self.reserved = False  # blocks may lie past the end: see trim()
+        #: what to reserve; 0: nothing, nothing to give back (see trim())
+        self.reserving = size if size >= RESERVE_FROM else 0
+        self._armed = bool(self.reserving)  # reserve before the next write
 
     def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
         if self._armed:
             self._armed = False
-            self.reserved = reserve(self.fileno(), self._size)
+            reserve(self.fileno(), self.reserving)
         return super().write(memoryview(data).cast("B")[:WRITE_SIZE])
 
     def truncate(self, size: int | None = None) -> int:
         # the blocks past the new end go with it: the next write reserves them again
-        self._armed, self.reserved = bool(self._size), False
+        self._armed = bool(self.reserving)
         return super().truncate(size)
 
 
@@ -119,6 +119,5 @@ def trim(out: BinaryIO) -> None:
     modification time: a truncate sets it."""
     out.flush()
     raw = getattr(out, "raw", None)
-    if isinstance(raw, _SmallWrites) and raw.reserved:
-        release(raw.fileno())
-        raw.reserved = False
+    if isinstance(raw, _SmallWrites) and raw.reserving:
+        release(raw.fileno())  # also where the reservation failed: one truncate, no harm
