@@ -5,7 +5,10 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
+# the test tooling, every extra included (make test)
 STAMP  := $(VENV)/.installed-stamp
+# syncd's core alone: what the demo needs (a local folder into a sqlite catalog)
+DEMO_STAMP := $(VENV)/.demo-stamp
 # cfn-lint and checkov pin libraries the test dependencies also use: they get their own venv
 IAC    := .venv-iac
 IAC_STAMP := $(IAC)/.installed-stamp
@@ -19,6 +22,11 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@ $(DEMO_STAMP)
+
+$(DEMO_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -e .
 	touch $@
 
 $(AZURITE): package.json
@@ -36,7 +44,7 @@ install: $(STAMP) $(AZURITE) $(IAC_STAMP)
 ## syncs a copy of the bundled sample folder (build/demo/sample-bucket, made once: change it and
 ## run make demo again to see the changes) into $(DB) and lists the resulting items; the
 ## working tree stays clean
-demo: $(STAMP)
+demo: $(DEMO_STAMP)
 	@[ -d $(DEMO)/sample-bucket ] || { mkdir -p $(DEMO) && cp -Rp examples/sample-bucket $(DEMO)/; }
 	$(BIN)/syncd sync $(DEMO)/sample-bucket --dataset sample --db $(DB)
 	$(BIN)/syncd items ls --dataset sample --db $(DB)

@@ -44,6 +44,18 @@ class ConfigError(ValueError):
     """Configuration is malformed or incomplete. The message says what to change."""
 
 
+class MissingExtra(ConfigError):
+    """A part of syncd whose libraries are an extra that is not installed."""
+
+    def __init__(self, extra: str, what: str, exc: ImportError) -> None:
+        missing = exc.name or str(exc)
+        super().__init__(
+            f"{what} needs the '{extra}' extra ({missing} is not installed): "
+            f"pip install 'syncd[{extra}]' (or 'syncd[all]')"
+        )
+        self.extra = extra
+
+
 def resolve_secret(ref: str, *, what: str) -> str:
     """Read a secret reference (``env:NAME`` or ``file:/path``). Never echoes the value."""
     scheme, sep, target = ref.partition(":")

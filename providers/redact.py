@@ -31,13 +31,19 @@ _QUERY = re.compile(
 )
 #: ``key=value;`` pairs of connection strings
 _CONNECTION = re.compile(r"(?i)\b(accountkey|sharedaccesssignature|sharedaccesskey)=[^;'\"\s]+")
-#: JSON or Python-repr fields whose value is a secret
+_SECRET_NAMES = (
+    r"(?:private_key|secret_access_key|aws_secret_access_key|session_token|aws_session_token|"
+    r"access_token|refresh_token|id_token|assertion|client_secret|account_key|sas_token|"
+    r"connection_string|password|api_token)"
+)
+#: JSON or Python-repr fields (``"password": "..."``, ``'password': '...'``) and assignments
+#: (``password=...``) whose value is a secret. An unquoted ``password: word`` is not one: that
+#: is how syncd's own messages name a key (``integrations.a.password: unknown key``), and the
+#: word after it is prose, not a secret.
 _FIELD = re.compile(
-    r"""(?ix)
-    (["']?\b(?:private_key|secret_access_key|aws_secret_access_key|session_token|aws_session_token|
-        access_token|refresh_token|id_token|assertion|client_secret|account_key|sas_token|
-        connection_string|password|api_token)\b["']?\s*[:=]\s*b?["']?)
-    [^"'\s,}&]+
+    rf"""(?ix)
+    ((?:["']{_SECRET_NAMES}["']\s*[:=]|\b{_SECRET_NAMES}\b\s*=)\s*b?["']?)
+    [^"'\s,}}&]+
     """
 )
 _PEM = re.compile(

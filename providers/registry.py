@@ -10,11 +10,24 @@ from __future__ import annotations
 import os
 
 from providers.base import Driver
-from providers.config import ConfigError, DriverConfig
+from providers.config import ConfigError, DriverConfig, MissingExtra
+
+#: the extra (``pip install 'syncd[NAME]'``) each cloud driver's SDK comes with
+EXTRAS = {"s3": "s3", "gcs": "gcs", "azure": "azure"}
 
 
 def open_driver(cfg: DriverConfig) -> Driver:
-    """Open the driver described by ``cfg``. Raises ``ConfigError`` for unusable settings."""
+    """Open the driver described by ``cfg``. Raises ``ConfigError`` for unusable settings
+    (``MissingExtra`` when the provider's SDK is not installed: one line naming the extra)."""
+    try:
+        return _open(cfg)
+    except ImportError as exc:
+        if cfg.type not in EXTRAS:
+            raise
+        raise MissingExtra(EXTRAS[cfg.type], f"the {cfg.type} driver", exc) from None
+
+
+def _open(cfg: DriverConfig) -> Driver:
     creds = cfg.integration.resolve() if cfg.integration else {}
     if cfg.type == "local":
         from providers.local import LocalDriver

@@ -49,20 +49,46 @@ def _azure_account(cfg: DriverConfig) -> DriverConfig:
     return dataclasses.replace(cfg, account=account) if account else cfg
 
 
+def describe_filters(filters: Filters) -> str:
+    """Filters as one short line: ``include=[...] exclude=[...] max_size=N`` (or ``none``)."""
+    parts = []
+    if filters.include:
+        parts.append(f"include={list(filters.include)}")
+    if filters.exclude:
+        parts.append(f"exclude={list(filters.exclude)}")
+    if filters.max_size is not None:
+        parts.append(f"max_size={filters.max_size}")
+    return " ".join(parts) or "none"
+
+
 def _wanted(
     catalog: Catalog,
     name: str,
     source: str | None,
     spec: DatasetSpec | None,
     filters: Filters | None,
+    replace_filters: bool = True,
 ) -> tuple[Dataset | None, str | None, DriverConfig | None, Filters | None]:
     """The existing dataset and what SOURCE / spec / filters ask it to be (not written).
 
     Returns ``(existing, canonical source, driver config, filters)``; the last three are None
     where nothing asks for a change. Raises ``UsageError`` for an unknown dataset with nothing
-    to create it from, or for a SOURCE that does not match the dataset's binding.
+    to create it from, for a SOURCE that does not match the dataset's binding, or for
+    ``filters`` that differ from the stored ones without ``replace_filters`` (a later sync's
+    ``--exclude`` alone must not silently drop the stored ``--include``: the message shows both).
     """
     existing = catalog.find_dataset(name)
+    if (
+        existing is not None
+        and filters is not None
+        and not replace_filters
+        and filters != existing.filters
+    ):
+        raise UsageError(
+            f"dataset {name!r} has filters {describe_filters(existing.filters)}; this sync "
+            f"would replace them with {describe_filters(filters)}: pass --replace-filters to "
+            "replace them, or give no filters to keep them"
+        )
     if spec is not None:
         cfg = _azure_account(spec.driver)
         wanted = (canonical(cfg), cfg, spec.filters)
@@ -113,11 +139,12 @@ def ensure_dataset(
     source: str | None = None,
     spec: DatasetSpec | None = None,
     filters: Filters | None = None,
+    replace_filters: bool = True,
 ) -> tuple[Dataset, bool]:
     """The dataset, created from SOURCE or spec if it does not exist; ``(dataset, created)``.
 
     An existing dataset is not changed here (that waits for its lease, see :func:`sync`)."""
-    existing, src, cfg, flt = _wanted(catalog, name, source, spec, filters)
+    existing, src, cfg, flt = _wanted(catalog, name, source, spec, filters, replace_filters)
     if existing is not None:
         return existing, False
     assert src is not None and cfg is not None
@@ -157,6 +184,29 @@ def bind_dataset(
     if driver != existing.driver or new_filters != existing.filters:
         return catalog.update_dataset(existing, driver, new_filters)
     return existing
+
+
+async def refuse_object_source(dataset: Dataset, driver: Driver) -> None:
+    """A SOURCE is a bucket or a folder (a key prefix ending in ``/``); one that names an
+    object (``az://c/raw/file.txt``) lists nothing under ``raw/file.txt/``. Called when a new
+    dataset's first listing found nothing: if an object has the path's own name, raise a
+    ``UsageError`` saying so (the dataset is then not created), else return."""
+    from providers.errors import StorageError
+
+    path = dataset.driver.path.rstrip("/")
+    if not path:
+        return
+    try:
+        await driver.head(path)
+    except (StorageError, OSError):
+        return  # no such object (or it cannot be told): an empty folder is a valid source
+    folder, _, name = path.rpartition("/")
+    where = dataset.source.removesuffix("/").removesuffix(path).rstrip("/")
+    raise UsageError(
+        f"SOURCE {dataset.source.rstrip('/')!r} names an object, not a folder: a SOURCE is a "
+        f"bucket or a folder in it; to sync that one object use {where}/"
+        f"{folder + '/' if folder else ''} --include {name!r}"
+    )
 
 
 def open_dataset_driver(dataset: Dataset, spec: DatasetSpec | None = None) -> Driver:
@@ -243,6 +293,7 @@ async def sync(
     wait: bool = False,
     owner: str | None = None,
     unless_reconciled_after: str | None = None,
+    replace_filters: bool = True,
 ) -> SyncResult:
     """Sync dataset ``name`` (created from ``source`` or ``spec`` on first use); the library
     call behind ``syncd sync`` and every reconcile of ``syncd run``.
@@ -266,9 +317,13 @@ async def sync(
     """
     options = options or SyncOptions()
     if options.dry_run:
+        # a dry run replaces nothing: it previews what the given filters would do
         dataset = preview_dataset(catalog, name, source=source, spec=spec, filters=filters)
         async with open_dataset_driver(dataset, spec) as driver:
-            return await sync_dataset(catalog, dataset, driver, options)
+            result = await sync_dataset(catalog, dataset, driver, options)
+            if not dataset.id and result.counts["listed"] == 0:
+                await refuse_object_source(dataset, driver)
+            return result
     return await _sync(
         catalog,
         name,
@@ -279,6 +334,7 @@ async def sync(
         wait=wait,
         owner=owner,
         unless_reconciled_after=unless_reconciled_after,
+        replace_filters=replace_filters,
     )
 
 
@@ -344,11 +400,14 @@ async def _sync(
     owner: str | None = None,
     one: bool = False,
     unless_reconciled_after: str | None = None,
+    replace_filters: bool = True,
 ) -> SyncResult:
     """:func:`sync` (all of the run) or :func:`sync_some` (``one``: a range of it)."""
     if options.ranges is None and spec is not None and spec.ranges is not None:
         options = dataclasses.replace(options, ranges=spec.ranges)
-    dataset, new = ensure_dataset(catalog, name, source=source, spec=spec, filters=filters)
+    dataset, new = ensure_dataset(
+        catalog, name, source=source, spec=spec, filters=filters, replace_filters=replace_filters
+    )
     owner = owner or lease.new_owner()
     await take_lease(catalog, dataset, owner, wait=wait, ranges_ok=wait or one)
     try:
@@ -361,7 +420,10 @@ async def _sync(
             async with open_dataset_driver(dataset, spec) as driver:
                 run = await split.start_or_join(catalog, dataset, driver, options, owner)
                 if run is None:
-                    return await sync_dataset(catalog, dataset, driver, options, owner=owner)
+                    result = await sync_dataset(catalog, dataset, driver, options, owner=owner)
+                    if new and result.counts["listed"] == 0:
+                        await refuse_object_source(dataset, driver)
+                    return result
                 # other workers join the run while this one works on its ranges
                 with transaction(catalog.db):
                     lease.release(catalog.db, lease.for_dataset(dataset.id), owner)
@@ -413,6 +475,56 @@ def dataset_summary(catalog: Catalog, dataset: Dataset) -> dict[str, Any]:
         "items": catalog.count_items(dataset.id),
         "created_at": dataset.created_at,
         "last_run": None if last is None else run_summary(last),
+    }
+
+
+def dataset_health(catalog: Catalog, dataset: Dataset, *, history: int = 20) -> dict[str, Any]:
+    """How a dataset is doing, from its run history: ``state`` is ``ok`` (its latest finished
+    run completed), ``failing`` (its latest runs failed: ``failures`` in a row), ``held`` (the
+    latest run held its deletes back, see ``--max-delete``), ``running``, ``interrupted`` or
+    ``never synced``; ``last_success`` is when a run last completed."""
+    runs = Checkpoint(catalog.db).history(dataset.id, limit=history)
+    failures = 0
+    for run in runs:
+        if run.status != "failed":
+            break
+        # a failed serial run is resumed by the next sync: each attempt was one more failure
+        failures += max(run.attempts, 1)
+    last_success = next((r.ended_at for r in runs if r.status == "completed"), None)
+    if not runs:
+        state = "never synced"
+    elif failures:
+        state = "failing"
+    else:
+        state = {"completed": "ok"}.get(runs[0].status, runs[0].status)
+    return {"state": state, "failures": failures, "last_success": last_success}
+
+
+def status(catalog: Catalog) -> dict[str, Any]:
+    """One look at a catalog (``syncd status``): where it is, every dataset with its item
+    count, last run and health (:func:`dataset_health`), failing ones first, and the
+    workers sharing it with how long ago each last heartbeat came."""
+    from datetime import UTC, datetime
+
+    from syncd.store.stamps import parse
+
+    rows = []
+    for ds in catalog.list_datasets():
+        row = dataset_summary(catalog, ds)
+        row["health"] = dataset_health(catalog, ds)
+        rows.append(row)
+    order = {"failing": 0, "held": 1, "interrupted": 2}
+    rows.sort(key=lambda r: (order.get(r["health"]["state"], 3), r["name"]))
+    found = workers.listing(catalog.db)
+    at = datetime.now(UTC)
+    for kind in ("workers", "gone"):
+        for w in found[kind]:
+            w["heartbeat_age_seconds"] = round((at - parse(w["heartbeat_at"])).total_seconds(), 1)
+    return {
+        "catalog": catalog.db.url,
+        "datasets": rows,
+        "workers": found["workers"],
+        "gone": found["gone"],
     }
 
 

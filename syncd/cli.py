@@ -7,7 +7,9 @@ Errors print as one line on stderr; ``--debug`` adds the traceback and debug log
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
+import logging
 import os
 import sqlite3
 import sys
@@ -40,7 +42,73 @@ DB_HELP = (
 SYMBOL = {Action.CREATE: "+", Action.UPDATE: "~", Action.DELETE: "-"}
 
 
+CONFIG_HELP = (
+    "syncd.toml whose [catalog] url names the catalog [default: $SYNCD_CONFIG, else "
+    "./syncd.toml if present]"
+)
+_CONFIG_KEY = "syncd.config"
+
+
+def resolve_catalog(
+    db_path: str | None,
+    config_path: str | None = None,
+    *,
+    configured: str | None = None,
+    announce: bool = True,
+) -> str:
+    """The catalog a command uses, by the one rule every command follows: ``--db``, else
+    ``$SYNCD_DB``, else the ``[catalog] url`` of the config file (``--config``, else
+    ``$SYNCD_CONFIG``, else ``./syncd.toml`` if there is one), else ``./syncd.db``. Logged at
+    ``-v`` (the URL without its password).
+
+    ``configured``: the ``[catalog] url`` of a config the command has read already (``""``
+    when it has none), so the file is not looked for again. ``announce=False``: no log line
+    (the daemons name their catalog in their ready line)."""
+    url = db_path or os.environ.get("SYNCD_DB") or configured
+    if not url and configured is None:
+        from syncd.config import find_config  # pydantic: only when a config may be read
+
+        found = find_config(config_path)
+        if found:
+            from syncd.config import load_daemon_config
+
+            url = load_daemon_config(found).catalog_url
+    url = default_db_path(url)
+    if announce:
+        logging.getLogger("syncd").info("catalog: %s", redact(_display(url)))
+    return url
+
+
+def _display(url: str) -> str:
+    from syncd.store.sql import display_url  # no psycopg: a sqlite run never loads it
+
+    return display_url(url) if url.startswith(("postgresql://", "postgres://")) else url
+
+
+def _remember_config(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    ctx.meta[_CONFIG_KEY] = value
+
+
+def _resolve_db(ctx: click.Context, _param: click.Parameter, value: str | None) -> str:
+    return resolve_catalog(value, ctx.meta.get(_CONFIG_KEY), announce=ctx.info_name != "serve")
+
+
 def _db_option(f: Any) -> Any:
+    """``--db`` and ``--config``: the command's ``db_path`` is the catalog to use, resolved by
+    :func:`resolve_catalog` (so every command finds the same catalog)."""
+    f = click.option("--db", "db_path", metavar="URL", help=DB_HELP, callback=_resolve_db)(f)
+    return click.option(
+        "--config",
+        metavar="FILE",
+        help=CONFIG_HELP,
+        is_eager=True,  # read before --db is resolved
+        expose_value=False,
+        callback=_remember_config,
+    )(f)
+
+
+def _plain_db_option(f: Any) -> Any:
+    """``--db`` of a command with a ``--config`` of its own (``sync``, ``run``)."""
     return click.option("--db", "db_path", metavar="URL", help=DB_HELP)(f)
 
 
@@ -110,7 +178,12 @@ class _Group(click.Group):
             _quiet_exit_on_broken_pipe()
 
 
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(
+    cls=_Group,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    invoke_without_command=True,
+    no_args_is_help=False,
+)
 @click.option("--debug", is_flag=True, help="tracebacks, and debug logging as with -vv")
 @click.option("-v", "--verbose", count=True, help="-v: info lines; -vv: debug, SDKs included")
 @click.option("-q", "--quiet", is_flag=True, help="errors only")
@@ -129,13 +202,18 @@ def cli(ctx: click.Context, debug: bool, verbose: int, quiet: bool, log_format: 
     --debug, -v/-vv, -q and --log-format may also follow the command. Secrets are masked in
     every log line, the SDKs' included."""
     verbosity = -1 if quiet else (2 if debug else verbose)
+    ctx.obj = {"verbosity": verbosity}
     logs.setup(verbosity, log_format, daemon=ctx.invoked_subcommand in ("run", "serve"))
+    if ctx.invoked_subcommand is None:
+        # bare ``syncd``: the help is what was asked for, not a usage error
+        click.echo(ctx.get_help())
+        ctx.exit(0)
 
 
 @cli.command()
 @click.argument("source", required=False)
 @click.option("--dataset", "dataset_name", metavar="NAME", help="dataset to sync into")
-@_db_option
+@_plain_db_option
 @click.option(
     "--config",
     "config_path",
@@ -171,6 +249,12 @@ def cli(ctx: click.Context, debug: bool, verbose: int, quiet: bool, log_format: 
 )
 @click.option("--wait", is_flag=True, help="if another process is syncing the dataset, wait for it")
 @click.option(
+    "--replace-filters",
+    is_flag=True,
+    help="let --include/--exclude/--max-size replace the dataset's stored filters (without it, "
+    "filters that differ from the stored ones are refused, showing both)",
+)
+@click.option(
     "--list-concurrency",
     type=click.IntRange(min=1, max=256),
     metavar="N",
@@ -198,6 +282,7 @@ def sync(
     resume_within: float,
     max_delete: MaxDelete | None,
     wait: bool,
+    replace_filters: bool,
     list_concurrency: int | None,
     ranges: int | None,
     as_json: bool,
@@ -239,7 +324,7 @@ def sync(
         if (include or exclude or max_size is not None)
         else None
     )
-    path = db_path or default_db_path(config.catalog_url if config else None)
+    path = resolve_catalog(db_path, configured=config.catalog_url if config else "")
     # a dry run writes nothing, not even a new catalog file
     catalog = Catalog.open_preview(path) if dry_run else Catalog.open(path)
     try:
@@ -268,6 +353,7 @@ def sync(
                         filters=filters,
                         options=options,
                         wait=wait,
+                        replace_filters=replace_filters,
                     )
                 )
             except (SyncdError, StorageError) as exc:
@@ -275,7 +361,9 @@ def sync(
                 if len(names) == 1:
                     raise
                 failures += 1
-                click.echo(f"syncd: error: {exc}", err=True)
+                if as_json:
+                    _emit({"error": redact(str(exc)), "dataset": name})
+                click.echo(f"syncd: error: {redact(str(exc))}", err=True)
                 continue
             progress.done()
             source_text = _source_of(catalog, name, source, spec)
@@ -729,6 +817,43 @@ def runs_ls(dataset_name: str, db_path: str | None, limit: int, as_json: bool) -
         catalog.close()
 
 
+@cli.command()
+@_db_option
+@_json_option
+def status(db_path: str, as_json: bool) -> None:
+    """One screen: the catalog in use, each dataset's items, last run and health (failing
+    ones first), and the workers sharing the catalog with their heartbeat's age."""
+    catalog = Catalog.open_reader(db_path)
+    try:
+        found = api.status(catalog)
+    finally:
+        catalog.close()
+    if as_json:
+        _emit(found)
+        return
+    click.echo(f"catalog: {found['catalog']}")
+    click.echo("DATASET\tHEALTH\tITEMS\tLAST RUN\tSOURCE")
+    for row in found["datasets"]:
+        health = row["health"]
+        state = health["state"]
+        if state == "failing":
+            state = f"failing {health['failures']}x"
+        last = row["last_run"]
+        when = f"{last['status']} {last['ended_at'] or last['started_at']}" if last else "-"
+        error = f"  ({printable(last['error'])})" if last and last["error"] else ""
+        click.echo(
+            f"{printable(row['name'])}\t{state}\t{row['items']:,}\t{when}\t{row['source']}" + error
+        )
+    if not found["datasets"]:
+        click.echo("(no datasets yet: `syncd sync SOURCE --dataset NAME` makes one)")
+    click.echo(f"workers: {len(found['workers'])} live, {len(found['gone'])} gone")
+    for w in found["workers"]:
+        click.echo(
+            f"  {w['id']}\theartbeat {w['heartbeat_age_seconds']}s ago\t"
+            f"{len(w['leases'])} lease(s)\t{w['api'] or '-'}"
+        )
+
+
 @cli.group()
 def workers() -> None:
     """The `syncd run` workers sharing a catalog."""
@@ -868,7 +993,12 @@ def _run_daemon(config: Any, db: str, *, create_catalog: bool, register: bool = 
     import os
     import signal
 
-    from syncd.daemon.service import Daemon
+    try:
+        from syncd.daemon.service import Daemon
+    except ImportError as exc:
+        from providers.config import MissingExtra
+
+        raise UsageError(str(MissingExtra("daemon", "syncd run / syncd serve", exc))) from None
 
     token = os.environ.get("SYNCD_API_TOKEN", "")
     if config.server is not None and len(token) < 16:
@@ -904,7 +1034,7 @@ def _run_daemon(config: Any, db: str, *, create_catalog: bool, register: bool = 
     metavar="FILE",
     help="syncd.toml [default: $SYNCD_CONFIG, else ./syncd.toml]",
 )
-@_db_option
+@_plain_db_option
 def run(config_path: str | None, db_path: str | None) -> None:
     """Run the daemon: keep every dataset of the config current until SIGTERM/SIGINT.
 
@@ -922,7 +1052,9 @@ def run(config_path: str | None, db_path: str | None) -> None:
             "or put a syncd.toml in the working directory"
         )
     config = load_daemon_config(path)
-    _run_daemon(config, db_path or default_db_path(config.catalog_url), create_catalog=True)
+    _run_daemon(
+        config, resolve_catalog(db_path, configured=config.catalog_url or ""), create_catalog=True
+    )
 
 
 #: flags of the ``syncd`` group that users also put after the command
@@ -963,7 +1095,11 @@ def _quiet_exit_on_broken_pipe() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: run the CLI and turn every known failure into one line + exit code."""
+    """Entry point: run the CLI and turn every known failure into one line + exit code.
+
+    The line goes to stderr as text, or as one JSON object with ``--log-format json``; with
+    ``--json`` the command's output is JSON, so the failure is also printed on stdout as
+    ``{"error": ..., "exit_code": ...}``: a script reading stdout sees why it failed."""
     args = hoist_global_flags(sys.argv[1:] if argv is None else list(argv))
     debug = "--debug" in args
     try:
@@ -971,12 +1107,10 @@ def main(argv: list[str] | None = None) -> None:
     except BrokenPipeError:
         _quiet_exit_on_broken_pipe()
     except click.exceptions.Abort:
-        click.echo("syncd: aborted", err=True)
-        sys.exit(130)
+        _fail(args, "aborted", 130)
     except click.ClickException as exc:
         # click's own usage errors: its one "Error: ..." line, a hint, exit 2
-        click.echo(f"syncd: error: {redact(exc.format_message())} (see syncd --help)", err=True)
-        sys.exit(exc.exit_code)
+        _fail(args, f"{redact(exc.format_message())} (see syncd --help)", exc.exit_code)
     except (sqlite3.Error, *_server_errors()) as exc:
         # a lock held past the busy timeout, a catalog that cannot grow, a database server
         # gone, part-way through
@@ -984,9 +1118,8 @@ def main(argv: list[str] | None = None) -> None:
         if debug:
             click.echo(redact(traceback.format_exc()), err=True, nl=False)
         if known is exc:
-            _internal_error(exc)
-        click.echo(f"syncd: error: {redact(str(known))}", err=True)
-        sys.exit(1)
+            _internal_error(exc, args)
+        _fail(args, redact(str(known)), 1)
     except (SyncdError, StorageError, ConfigError) as exc:
         if debug:
             click.echo(redact(traceback.format_exc()), err=True, nl=False)
@@ -995,15 +1128,33 @@ def main(argv: list[str] | None = None) -> None:
             if isinstance(exc, SyncdError)
             else (2 if isinstance(exc, ConfigError) else 1)
         )
-        click.echo(f"syncd: error: {redact(str(exc))}", err=True)
-        sys.exit(code)
+        _fail(args, redact(str(exc)), code)
     except KeyboardInterrupt:
-        click.echo("syncd: interrupted; the next sync resumes where this one stopped", err=True)
-        sys.exit(130)
+        _fail(args, "interrupted; the next sync resumes where this one stopped", 130)
     except Exception as exc:
         if debug:
             click.echo(redact(traceback.format_exc()), err=True, nl=False)
-        _internal_error(exc)
+        _internal_error(exc, args)
+
+
+def _before_dashes(args: list[str]) -> list[str]:
+    return args[: args.index("--")] if "--" in args else args
+
+
+def _fail(args: list[str], message: str, code: int, *, kind: str = "error") -> None:
+    """Report a failure in one line and exit with ``code`` (see :func:`main`)."""
+    words = _before_dashes(args)
+    if "--json" in words:
+        _emit({"error": message, "exit_code": code})
+    log_json = "--log-format=json" in words or any(
+        a == "--log-format" and b == "json" for a, b in itertools.pairwise(words)
+    )
+    if log_json:
+        entry = {"level": "error", "logger": "syncd", "message": message, "exit_code": code}
+        click.echo(json.dumps(entry, ensure_ascii=False), err=True)
+    else:
+        click.echo(f"syncd: {kind}: {message}", err=True)
+    sys.exit(code)
 
 
 def _server_errors() -> tuple[type[Exception], ...]:
@@ -1030,14 +1181,14 @@ def _db_of(args: list[str]) -> str:
     return default_db_path()
 
 
-def _internal_error(exc: BaseException) -> None:
+def _internal_error(exc: BaseException, args: list[str] | None = None) -> None:
     """A bug, not the user's doing: one line naming it, exit 1."""
-    click.echo(
-        f"syncd: internal error: {type(exc).__name__}: {redact(str(exc))} "
-        "(run with --debug for details)",
-        err=True,
+    _fail(
+        args or [],
+        f"{type(exc).__name__}: {redact(str(exc))} (run with --debug for details)",
+        1,
+        kind="internal error",
     )
-    sys.exit(1)
 
 
 if __name__ == "__main__":

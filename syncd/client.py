@@ -82,15 +82,22 @@ def sync(
     max_delete: MaxDelete | None = None,
     dry_run: bool = False,
     wait: bool = False,
+    replace_filters: bool = False,
 ) -> SyncResult:
     """Make ``dataset`` equal to ``source`` (``s3://``, ``gs://``, ``az://``, a folder), or to
-    its bound source when ``source`` is None; ``syncd sync``. Filters, when given, replace
-    the stored ones."""
+    its bound source when ``source`` is None; ``syncd sync``. Filters that differ from the
+    stored ones are refused (``UsageError`` showing both) unless ``replace_filters``."""
     filters = Filters(include, exclude, max_size) if (include or exclude or max_size) else None
     options = SyncOptions(dry_run=dry_run, max_delete=max_delete)
     return _run(
         lambda catalog: api.sync(
-            catalog, dataset, source=source, filters=filters, options=options, wait=wait
+            catalog,
+            dataset,
+            source=source,
+            filters=filters,
+            options=options,
+            wait=wait,
+            replace_filters=replace_filters,
         ),
         db,
         dry_run=dry_run,

@@ -247,7 +247,22 @@ def _max_delete(value: object) -> MaxDelete:
 
 Size = Annotated[int, PlainValidator(_size)]
 MaxDeleteValue = Annotated[MaxDelete, PlainValidator(_max_delete)]
-Seconds = Annotated[int, Field(gt=0)]
+#: a year: an interval beyond it is a typo (``1000000000000`` would never sync again)
+MAX_INTERVAL = 365 * 24 * 3600
+Seconds = Annotated[int, Field(gt=0, le=MAX_INTERVAL)]
+
+
+def _dataset_name(name: str) -> str:
+    from syncd.store.catalog import check_dataset_name
+
+    try:
+        check_dataset_name(name)
+    except UsageError as exc:
+        raise ValueError(str(exc).split("; ")[0]) from None
+    return name
+
+
+DatasetName = Annotated[str, AfterValidator(_dataset_name)]
 
 
 class DatasetTable(_Table):
@@ -330,7 +345,7 @@ class FileTable(_Table):
 
     integrations: dict[str, IntegrationTable] = {}
     drivers: dict[str, DriverTable] = {}
-    datasets: dict[str, DatasetTable] = {}
+    datasets: dict[DatasetName, DatasetTable] = {}
     daemon: DaemonTable = Field(default_factory=DaemonTable)
     queues: dict[str, QueueTable] = {}
     server: ServerTable = Field(default_factory=ServerTable)
@@ -430,6 +445,8 @@ def _file_location(loc: tuple[str | int, ...], raw: Any) -> tuple[str | int, ...
     kept: list[str | int] = []
     node = raw
     for i, part in enumerate(loc):
+        if part == "[key]":
+            continue  # pydantic's marker of a dict key's own error: the key is already named
         try:
             node = node[part]
         except (KeyError, IndexError, TypeError):

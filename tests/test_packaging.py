@@ -39,11 +39,18 @@ def imported_top_level(paths: list[Path]) -> dict[str, str]:
     return found
 
 
+#: extras that are tooling, not part of what syncd ships
+TOOLING = ("test", "fuzz", "all")
+
+
 def declared() -> set[str]:
+    """The core dependencies and those of every shipped extra (s3, gcs, ..., daemon)."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    return {
-        _normal(re.split(r"[\s<>=!~;\[]", dep, maxsplit=1)[0]) for dep in project["dependencies"]
-    }
+    deps = list(project["dependencies"])
+    for extra, more in project["optional-dependencies"].items():
+        if extra not in TOOLING:
+            deps += more
+    return {_normal(re.split(r"[\s<>=!~;\[]", dep, maxsplit=1)[0]) for dep in deps}
 
 
 def undeclared(imports: dict[str, str], deps: set[str]) -> list[str]:

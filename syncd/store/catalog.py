@@ -176,8 +176,7 @@ class Catalog:
         transactions both find no dataset), so of two processes creating the same dataset one
         succeeds and the other gets the ``UsageError``.
         """
-        if not name or name != name.strip():
-            raise UsageError("a dataset name must be non-empty with no surrounding spaces")
+        check_dataset_name(name)
         with transaction(self.db):
             self.db.lock_writes(exclusive=True)
             if self.find_dataset(name) is not None:
@@ -463,6 +462,29 @@ class Batch:
     deletes: list[str] = field(default_factory=list)
     delete_seen: list[Seen] = field(default_factory=list)
     key_range: KeyRange | None = None
+
+
+#: the longest dataset name (characters): names travel in URL paths, metric labels and lines
+MAX_NAME = 200
+
+
+def check_dataset_name(name: str) -> None:
+    """Refuse (``UsageError``) a name no dataset may have: empty, surrounding spaces, longer
+    than :data:`MAX_NAME`, a ``/`` or ``\\`` (a name is one segment of an API path), or a
+    control character (it would break lines and logs)."""
+    what = None
+    if not name or name != name.strip():
+        what = "must be non-empty with no surrounding spaces"
+    elif len(name) > MAX_NAME:
+        what = f"must be at most {MAX_NAME} characters (got {len(name)})"
+    elif "/" in name or "\\" in name:
+        what = "must not contain '/' or '\\'"
+    elif any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 or c in "\u2028\u2029" for c in name):
+        what = "must not contain control characters"
+    elif not name.isprintable() and any(0xD800 <= ord(c) <= 0xDFFF for c in name):
+        what = "must be valid Unicode text"
+    if what is not None:
+        raise UsageError(f"dataset name {name!r}: {what}; pick a name like 'raw-images'")
 
 
 def key_range(after: str | None, prefix: str) -> tuple[str, list[str]]:

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from syncd.errors import CatalogUnavailable, UsageError
+from syncd.store.sql import CATALOG_INFO
 from syncd.store.stamps import now
 
 if TYPE_CHECKING:
@@ -294,6 +295,7 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
             "ALTER TABLE pending_deletes ADD COLUMN seen_us INTEGER NOT NULL DEFAULT 0",
         ],
     ),
+    ("0012_catalog_info", [CATALOG_INFO]),
 ]
 
 
@@ -376,7 +378,12 @@ def open_db(url: str | os.PathLike[str], *, create: bool = True, write: bool = T
     """
     text = str(url)
     if is_server(text):
-        from syncd.store.pg import open_postgres
+        try:
+            from syncd.store.pg import open_postgres
+        except ImportError as exc:
+            from providers.config import MissingExtra
+
+            raise UsageError(str(MissingExtra("postgres", "a PostgreSQL catalog", exc))) from None
 
         db: Database = open_postgres(text, create=create, write=write)
     else:
@@ -387,15 +394,28 @@ def open_db(url: str | os.PathLike[str], *, create: bool = True, write: bool = T
 
 
 def _open_sqlite(opener: Any, path: str, create: bool, write: bool) -> Database:
+    if not create and path != ":memory:":
+        _refuse_empty_file(path)
     try:
         db = opener(path, create=create, write=write, busy_timeout=busy_timeout())
         if path == ":memory:":
             migrate(db)
             return db
-        if write or _pending(db):
-            migrate(db)
-        if write:
-            db.check_writable()
+        try:
+            done = applied_migrations(db)
+            if done is None and not create:
+                raise UsageError(
+                    f"{path!r} is not a syncd catalog (it has no syncd tables); pass --db with "
+                    "the catalog's path, or run `syncd sync` to create a new one"
+                )
+            check_schema(db, done, write=write)
+            if write or _pending(db):
+                migrate(db)
+            if write:
+                db.check_writable()
+        except BaseException:
+            db.close()
+            raise
     except sqlite3.DatabaseError as exc:
         if "readonly" in str(exc):
             raise UsageError(
@@ -407,6 +427,63 @@ def _open_sqlite(opener: Any, path: str, create: bool, write: bool) -> Database:
             raise known from None
         raise UsageError(f"cannot open catalog {path!r}: {exc}") from exc
     return db
+
+
+def _refuse_empty_file(path: str) -> None:
+    """An existing file of 0 bytes is not a catalog (sqlite would take it for an empty one and
+    a command that must not create a catalog would write a fresh schema into it, or answer
+    events into nothing): refuse it in one line."""
+    try:
+        size = os.stat(path).st_size
+    except OSError:
+        return  # missing: open_sqlite says so
+    if size == 0:
+        raise UsageError(
+            f"catalog {path!r} is an empty file, not a syncd catalog; pass --db with the "
+            "catalog's path (or remove the file and run `syncd sync` to create a new one)"
+        )
+
+
+class CatalogTooNew(UsageError):
+    """The catalog was migrated by a newer syncd: this one does not know its schema."""
+
+
+def check_schema(db: Database, done: set[str] | None = None, *, write: bool = True) -> None:
+    """Refuse (``CatalogTooNew``) a catalog that records a migration this syncd does not know:
+    a newer syncd migrated it, and writing with older code could break what the newer code
+    relies on. ``done``: the applied migrations if already read. Reading such a catalog is
+    allowed (``write=False``): it only logs a warning."""
+    if done is None:
+        done = applied_migrations(db)
+    known = {name for name, _ in db.migrations}
+    unknown = sorted((done or set()) - known)
+    if not unknown:
+        return
+    from syncd import __version__
+
+    by = _written_by(db)
+    message = (
+        f"catalog {db.url!r} was migrated by a newer syncd"
+        + (f" ({by})" if by else "")
+        + f" to schema {unknown[-1]!r}; this is syncd {__version__} (schema "
+        f"{db.migrations[-1][0]!r}): upgrade syncd to use this catalog"
+    )
+    if write:
+        raise CatalogTooNew(message)
+    import logging
+
+    logging.getLogger("syncd").warning("%s (reading it anyway)", message)
+
+
+def _written_by(db: Database) -> str | None:
+    """The syncd version that last migrated the catalog (``catalog_info``), if recorded."""
+    try:
+        row = db.execute("SELECT value FROM catalog_info WHERE key = 'syncd_version'").fetchone()
+    except Exception as exc:
+        if "no such table" in str(exc) or getattr(exc, "sqlstate", None) == "42P01":
+            return None
+        raise
+    return f"syncd {row[0]}" if row else None
 
 
 def _pending(db: Database) -> bool:
@@ -451,4 +528,13 @@ def migrate(db: Database) -> list[str]:
                 "INSERT INTO _syncd_migrations (name, applied_at) VALUES (?, ?)", [name, now()]
             )
             applied.append(name)
+        if applied:
+            from syncd import __version__
+
+            # who migrated last: an older syncd that meets a newer schema names it
+            db.execute(
+                "INSERT INTO catalog_info (key, value) VALUES ('syncd_version', ?)"
+                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                [__version__],
+            )
     return applied

@@ -26,21 +26,23 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any, ClassVar
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from providers.redact import redact, register
 from syncd.errors import CatalogUnavailable, UsageError
-from syncd.store.sql import GUARDED_UPSERT as _GUARDED_UPSERT
 from syncd.store.sql import (
+    CATALOG_INFO,
     ITEM_COLUMNS,
     ITEM_UPDATES,
     MTIME,
     Database,
+    display_url,
     guarded_params,
 )
+from syncd.store.sql import GUARDED_UPSERT as _GUARDED_UPSERT
 from syncd.store.sql import UPSERT as _UPSERT
 from syncd.store.stamps import stamp_us
 
@@ -246,6 +248,7 @@ PG_MIGRATIONS: list[tuple[str, list[str]]] = [
         "0011_listing_times",
         ["ALTER TABLE pending_deletes ADD COLUMN seen_us BIGINT NOT NULL DEFAULT 0"],
     ),
+    ("0012_catalog_info", [CATALOG_INFO]),
 ]
 
 #: from this many rows on, a batch goes through COPY and one merge; fewer are plain upserts
@@ -283,18 +286,6 @@ def to_pyformat(sql: str) -> str:
         else:
             out.append(ch)
     return "".join(out)
-
-
-def display_url(url: str) -> str:
-    """``url`` without its password, for messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{parts.username}@{host}" if parts.username else host
-    if parts.port:
-        netloc += f":{parts.port}"
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 _pools: dict[str, ConnectionPool] = {}
@@ -415,7 +406,7 @@ def server_error(exc: Exception, url: str | None) -> Exception:
 def open_postgres(url: str, *, create: bool, write: bool) -> PostgresDatabase:
     """Open the PostgreSQL catalog at ``url``; migrate it unless ``create`` is False (then a
     database without syncd's tables is a ``UsageError``). See :func:`syncd.store.db.open_db`."""
-    from syncd.store.db import applied_migrations, busy_timeout, migrate
+    from syncd.store.db import applied_migrations, busy_timeout, check_schema, migrate
 
     password = urlsplit(url).password
     if password:
@@ -426,6 +417,7 @@ def open_postgres(url: str, *, create: bool, write: bool) -> PostgresDatabase:
         raise server_error(exc, url) from None
     try:
         done = applied_migrations(db)
+        check_schema(db, done, write=write)
         if done is None and not create:
             raise UsageError(
                 f"catalog {db.url!r} has no syncd tables yet; run `syncd db migrate --db URL`"

@@ -28,8 +28,13 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, ClassVar, NamedTuple
+from urllib.parse import urlsplit, urlunsplit
 
 from syncd.store.stamps import stamp_us
+
+#: facts about the catalog itself, one value per key (``syncd_version``: the syncd that last
+#: migrated it); the same statement on both stores (migration ``0012_catalog_info``)
+CATALOG_INFO = "CREATE TABLE catalog_info (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
 
 #: the columns of ``items`` in the order item rows carry them (see Catalog.write_rows)
 ITEM_COLUMNS = (
@@ -156,3 +161,15 @@ class Database(ABC):
     @abstractmethod
     def close(self) -> None:
         """Give the connection back; the object is unusable afterwards."""
+
+
+def display_url(url: str) -> str:
+    """``url`` without its password, for messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username}@{host}" if parts.username else host
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urlunsplit(parts._replace(netloc=netloc))
