@@ -9,7 +9,8 @@ Layout (each concern has one home; a package uses another only through its publi
 * :mod:`syncd.server`: the HTTP API.
 * :mod:`syncd.transfer`: bytes between a dataset's bucket and a local folder (pull, push).
 * :mod:`syncd.cli`: the ``syncd`` command, a thin layer over :mod:`syncd.api`.
-* :mod:`syncd.client`: the Python API, ``syncd.sync / pull / push / items`` (blocking calls).
+* :mod:`syncd.client`: the Python API, ``syncd.sync / pull / push / items / changes``
+  (blocking calls).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["items", "pull", "push", "sync"]
+__all__ = ["changes", "items", "pull", "push", "sync"]
 
 
 def __getattr__(name: str) -> Any:

@@ -528,6 +528,65 @@ def status(catalog: Catalog) -> dict[str, Any]:
     }
 
 
+def read_changes(
+    catalog: Catalog,
+    *,
+    after: int = 0,
+    limit: int = 1000,
+    dataset: str | None = None,
+    kinds: tuple[str, ...] = (),
+) -> tuple[list[Any], int]:
+    """Up to ``limit`` change records after cursor ``after`` (of one dataset, of some kinds)
+    and the cursor to pass next time: the last record's, or ``after`` when there is none.
+    ``CursorGone`` if ``after`` is older than the log holds; ``UsageError`` for an unknown
+    dataset or kind."""
+    from syncd.store import changes
+
+    bad = [k for k in kinds if k not in changes.KINDS]
+    if bad:
+        raise UsageError(f"unknown change kind {bad[0]!r}; kinds are {', '.join(changes.KINDS)}")
+    if after < 0:
+        raise UsageError("a change cursor is a whole number >= 0")
+    dataset_id = catalog.get_dataset(dataset).id if dataset is not None else None
+    found = changes.read(catalog.db, after=after, limit=limit, dataset_id=dataset_id, kinds=kinds)
+    return found, found[-1].cursor if found else after
+
+
+#: no bucket notification arrives later than this (SQS keeps a message at most 14 days, the
+#: longest of the queues syncd reads): an event tombstone older than it can be forgotten
+TOMBSTONE_HORIZON = 14 * 24 * 3600
+
+
+def prune_changes(
+    catalog: Catalog, *, older_than: float, keep_after: int | None = None
+) -> tuple[int, int]:
+    """Remove change records older than ``older_than`` seconds (none after ``keep_after``,
+    a cursor a consumer still needs) and deleted-key tombstones older than
+    :data:`TOMBSTONE_HORIZON`, in small transactions. Returns how many of each."""
+    from datetime import UTC, datetime, timedelta
+
+    from syncd.store import changes
+    from syncd.store.stamps import stamp
+
+    at = datetime.now(UTC)
+    before = stamp(at - timedelta(seconds=older_than))
+    removed = changes.prune(catalog.db, before=before, keep_after=keep_after)
+    horizon = stamp(at - timedelta(seconds=TOMBSTONE_HORIZON))
+    tombstones = 0
+    while True:
+        with transaction(catalog.db):
+            # a tombstone of a key whose item exists cannot be (an item re-created by an
+            # event re-marks it live); older than the horizon, no event can contradict it
+            n = catalog.db.execute(
+                "DELETE FROM key_markers WHERE (dataset_id, key) IN (SELECT dataset_id, key"
+                " FROM key_markers WHERE deleted <> 0 AND updated_at < ? LIMIT 1000)",
+                [horizon],
+            ).rowcount
+        tombstones += max(n, 0)
+        if n < 1000:
+            return removed, tombstones
+
+
 def _transfer_folder(dataset: Dataset, folder: str, *, must_exist: bool) -> str:
     """The real path of a pull's or push's folder, checked."""
     root = os.path.realpath(folder)

@@ -817,6 +817,98 @@ def runs_ls(dataset_name: str, db_path: str | None, limit: int, as_json: bool) -
         catalog.close()
 
 
+#: seconds between two looks at the catalog while ``syncd changes --follow`` waits
+FOLLOW_POLL = 0.5
+
+
+@cli.group("changes", invoke_without_command=True)
+@click.option("--dataset", "dataset_name", metavar="NAME", help="only this dataset's changes")
+@click.option(
+    "--after",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    metavar="CURSOR",
+    help="start after this cursor (the last one you processed)",
+)
+@click.option(
+    "--kind",
+    "kinds",
+    multiple=True,
+    type=click.Choice(["created", "updated", "deleted", "dataset_removed"]),
+    help="only changes of this kind (repeatable)",
+)
+@click.option("--follow", "-f", is_flag=True, help="keep printing new changes until Ctrl-C")
+@_db_option
+@_json_option
+@click.pass_context
+def changes(
+    ctx: click.Context,
+    dataset_name: str | None,
+    after: int,
+    kinds: tuple[str, ...],
+    follow: bool,
+    db_path: str,
+    as_json: bool,
+) -> None:
+    """Print the change log: every change to items, one line each, in cursor order.
+
+    Each change has a cursor: pass the last one you processed as --after to go on from
+    there. A cursor older than the log's retention is refused (exit 1): read the dataset
+    again, then follow from the cursor the message names."""
+    if ctx.invoked_subcommand is not None:
+        return
+    catalog = Catalog.open_reader(db_path)
+    try:
+        header = not as_json
+        while True:
+            found, after = api.read_changes(
+                catalog, after=after, limit=1000, dataset=dataset_name, kinds=kinds
+            )
+            if header:  # after the first read: a refused cursor prints only its error
+                click.echo("CURSOR\tAT\tKIND\tSOURCE\tDATASET\tKEY")
+                header = False
+            for change in found:
+                if as_json:
+                    _emit(change.public())
+                else:
+                    click.echo(
+                        f"{change.cursor}\t{change.at}\t{change.kind}\t{change.source}\t"
+                        f"{printable(change.dataset)}\t{printable(change.key or '')}"
+                    )
+            if len(found) == 1000:
+                continue
+            if not follow:
+                return
+            sys.stdout.flush()
+            time.sleep(FOLLOW_POLL)
+    except KeyboardInterrupt:
+        sys.exit(130)  # Ctrl-C ends a --follow, as it ends tail -f: no message
+    finally:
+        catalog.close()
+
+
+@changes.command("prune")
+@click.option(
+    "--older-than",
+    type=click.IntRange(min=0),
+    default=7 * 24 * 3600,
+    show_default=True,
+    metavar="SECONDS",
+    help="remove changes recorded longer ago than this",
+)
+@_db_option
+def changes_prune(older_than: int, db_path: str) -> None:
+    """Remove old changes from the log (the daemon does this by itself), and event
+    tombstones no bucket notification can still contradict."""
+    catalog = Catalog.open(db_path, create=False)
+    try:
+        removed, tombstones = api.prune_changes(catalog, older_than=older_than)
+    finally:
+        catalog.close()
+    click.echo(f"pruned {removed:,} change(s) and {tombstones:,} event tombstone(s)")
+
+
 @cli.command()
 @_db_option
 @_json_option

@@ -35,6 +35,7 @@ from syncd.limits import MaxDelete
 from syncd.reconcile.filters import Filters
 from syncd.reconcile.sync import SyncOptions, SyncResult
 from syncd.store.catalog import Catalog, Item
+from syncd.store.changes import Change
 from syncd.store.db import default_db_path
 from syncd.transfer.common import TransferResult
 
@@ -145,6 +146,40 @@ def push(
         db,
         dry_run=dry_run,
     )
+
+
+def changes(
+    dataset: str | None = None,
+    *,
+    after: int | None = None,
+    follow: bool = False,
+    kinds: tuple[str, ...] = (),
+    db: str | None = None,
+    poll: float = 0.5,
+) -> Iterator[Change]:
+    """The change log (``syncd changes``): :class:`~syncd.store.changes.Change` records after
+    cursor ``after`` (default: from the start of what the log holds), in cursor order, of one
+    dataset if given. With ``follow``, waits for new changes (looking every ``poll`` seconds)
+    and never ends; otherwise stops at the newest. Keep the last ``cursor`` you processed and
+    pass it as ``after`` to go on from there. Raises ``CursorGone`` for a cursor older than the
+    log's retention. Consume it on the thread that started it."""
+    import time
+
+    catalog = Catalog.open_reader(db or default_db_path())
+    cursor = after or 0
+    try:
+        while True:
+            found, cursor = api.read_changes(
+                catalog, after=cursor, limit=1000, dataset=dataset, kinds=kinds
+            )
+            yield from found
+            if len(found) == 1000:
+                continue
+            if not follow:
+                return
+            time.sleep(poll)
+    finally:
+        catalog.close()
 
 
 def items(

@@ -430,9 +430,7 @@ def test_max_size_flag_takes_units(tmp_path: Path, folder: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert item_keys(db, "d") == ["small.bin"]
     # 1.1k is exactly 1100 bytes: the large file is not larger than that
-    proc = run(
-        "sync", "--dataset", "d", "--db", str(db), "--max-size", "1.1k", "--replace-filters"
-    )
+    proc = run("sync", "--dataset", "d", "--db", str(db), "--max-size", "1.1k", "--replace-filters")
     assert proc.returncode == 0, proc.stderr
     assert item_keys(db, "d") == ["large.bin", "small.bin"]
     assert "KiB" in run("sync", "--help").stdout

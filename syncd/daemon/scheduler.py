@@ -32,6 +32,7 @@ import logging
 import random
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -124,6 +125,8 @@ class Scheduler:
         self._pool = ThreadPoolExecutor(MAX_CONCURRENT, thread_name_prefix="syncd-reconcile")
         # set on shutdown: a reconcile in flight writes its batch and stops at the next page
         self._halt = threading.Event()
+        #: called on the loop's thread after each reconcile (it may have written changes)
+        self.on_change: Callable[[], None] = lambda: None
 
     def trigger(self, name: str) -> bool:
         """Ask for a reconcile of ``name`` now; False if the daemon does not schedule it."""
@@ -220,6 +223,7 @@ class Scheduler:
             return jittered(min(state.interval, self.backoff_base * 2 ** (state.failures - 1)))
         finally:
             state.running = False
+            self.on_change()
             self.metrics.sync_duration.labels(state.name).observe(time.monotonic() - started)
         if result.status == "idle":
             # a split run whose every unfinished range another live worker holds

@@ -41,6 +41,7 @@ from syncd.daemon.scheduler import Scheduler
 from syncd.errors import UsageError
 from syncd.store import lease, workers
 from syncd.store.catalog import Catalog
+from syncd.store.changes import ChangeSignal
 from syncd.store.db import transaction
 from syncd.store.stamps import now
 
@@ -115,6 +116,9 @@ class Daemon:
         )
         #: set once every component has started (the API answers, consumers poll)
         self.ready = asyncio.Event()
+        #: pulsed when this daemon commits changes (wakes the API's change long polls)
+        self.changed = ChangeSignal()
+        self.scheduler.on_change = self.changed.pulse
 
     async def run(self) -> None:
         """Run until ``stop`` is set. Raises ``UsageError`` for a configuration that cannot
@@ -250,6 +254,7 @@ class Daemon:
     async def _consume(self, name: str, consumer: Any) -> None:
         async def sink(events: list[Any], *, source: str) -> None:
             await self.intake.deliver(events, source=source)
+            self.changed.pulse()
             if consumer.stats.lag is not None:
                 self.metrics.queue_lag.labels(name).set(consumer.stats.lag)
 
@@ -260,6 +265,7 @@ class Daemon:
 
         async def sink(events: list[Any]) -> None:
             await self.intake.deliver(events, source=f"watch:{name}", dataset=name)
+            self.changed.pulse()
 
         async def overflow() -> None:
             log.warning("folder watch of %r lost track of changes; reconciling", name)
@@ -279,6 +285,7 @@ class Daemon:
             self.metrics,
             self.scheduler,
             worker_id=self.worker_id if self.register else None,
+            changed=self.changed,
         )
         stop, self.port = await start(
             context, self.api_token or "", server.host, server.port, lockout=self.api_lockout

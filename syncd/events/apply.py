@@ -283,7 +283,8 @@ class EventApplier:
         counts = result.counts
         for ds, event in routed:
             counts[self._decide(ds, event, seq, stamp, state)] += 1
-        state.write(self.catalog, stamp)
+        # a folder watch names its dataset; bucket events are routed
+        state.write(self.catalog, stamp, "watch" if self.only is not None else "event")
 
     def _decide(
         self, ds: Dataset, event: ObjectEvent, seq: int, stamp: str, state: _ChunkState
@@ -423,9 +424,9 @@ class _ChunkState:
         self.items[slot] = (row[9], row[5], row[4], row[7], row[8])
         self.puts[slot] = row
 
-    def write(self, catalog: Catalog, stamp: str) -> None:
+    def write(self, catalog: Catalog, stamp: str, source: str) -> None:
         """Write the chunk's marker upserts, deletes, then item upserts (the caller holds the
-        transaction)."""
+        transaction); the item changes are recorded in the change log with ``source``."""
         if self.marks:
             catalog.db.executemany(
                 _MARKER_UPSERT,
@@ -442,10 +443,10 @@ class _ChunkState:
             by_dataset.setdefault(ds, ([], []))[1].append(row)
         for ds, (gone, written) in by_dataset.items():
             if gone:
-                catalog.delete_items(ds, gone)
+                catalog.delete_items(ds, gone, source=source)
             if written:
                 written.sort(key=_KEY)  # in key order: the index pages are written in turn
-                catalog.write_rows(ds, written)
+                catalog.write_rows(ds, written, source=source)
 
 
 def unrouted(catalog: Catalog) -> list[dict[str, object]]:

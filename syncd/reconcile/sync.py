@@ -276,6 +276,9 @@ class _Applier:
         if writes:
             batch.rows.extend(self.rows(writes))
             batch.row_seqs.extend([seen.seq] * len(writes))
+            batch.row_kinds.extend(
+                ["created"] * len(diff.creates) + ["updated"] * len(diff.updates)
+            )
         if last_key is not None:
             self.progress.resume_key = last_key
         self.since_save += listed

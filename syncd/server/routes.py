@@ -16,6 +16,9 @@ JSON out; errors are ``{"error": "..."}`` with the status that says what is wron
 * ``GET  /api/v1/datasets/{name}/runs?limit=``: runs, newest first, with every attempt.
 * ``POST /api/v1/events``: provider event payloads, SNS subscription confirmations, Event Grid
   validation, Pub/Sub push envelopes; ``OPTIONS`` answers Event Grid's CloudEvents handshake.
+* ``GET  /api/v1/changes?after=&limit=&dataset=&kind=&wait=`` and
+  ``GET  /api/v1/datasets/{name}/changes``: the change log (:mod:`syncd.store.changes`) after a
+  cursor, long-polled with ``wait``; ``410`` for a cursor older than the log holds.
 * ``GET  /api/v1/workers``: the live workers sharing the catalog, the leases each holds and
   their expiry, recently gone workers (see :func:`syncd.store.workers.listing`).
 * ``GET  /metrics``: Prometheus text.
@@ -23,12 +26,14 @@ JSON out; errors are ``{"error": "..."}`` with the status that says what is wron
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import contextlib
 import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -43,6 +48,7 @@ from syncd.events.apply import ApplyResult
 from syncd.events.parse import EventFormatError, ObjectEvent, Parsed, parse_text
 from syncd.store import lease, workers
 from syncd.store.catalog import Catalog, Dataset
+from syncd.store.changes import ChangeSignal
 from syncd.store.checkpoint import Checkpoint
 
 log = logging.getLogger("syncd.server")
@@ -76,6 +82,8 @@ class Context:
     scheduler: Scheduling | None = None
     #: the registered worker this API runs in (its leases are owned by "<id>/<run>")
     worker_id: str | None = None
+    #: pulsed (set, then cleared) when this process commits changes: wakes ``wait=`` polls
+    changed: ChangeSignal = field(default_factory=lambda: ChangeSignal())
 
 
 CONTEXT = web.AppKey("context", Context)
@@ -333,6 +341,7 @@ async def post_events(request: web.Request) -> web.Response:
         result = await ctx.intake.deliver(parsed.events, source="api")
     except UsageError as exc:
         return _error(400, str(exc))
+    ctx.changed.pulse()
     return web.json_response({"applied": result.as_dict(), "skipped": parsed.skipped})
 
 
@@ -345,6 +354,68 @@ async def events_handshake(request: web.Request) -> web.Response:
     return web.Response(
         status=200, headers={"WebHook-Allowed-Origin": origin, "WebHook-Allowed-Rate": "*"}
     )
+
+
+# -- the change log ------------------------------------------------------------------------
+
+#: the longest a ``wait=`` long poll holds a request (seconds)
+MAX_WAIT = 60
+#: a waiting request looks at the catalog at least this often (changes committed by other
+#: processes: workers, one-shot syncs); this process's own writes wake it at once
+POLL_SECONDS = 1.0
+
+
+def _whole_param(request: web.Request, name: str, default: int, maximum: int) -> int:
+    """A query parameter of ASCII digits, 0..maximum (a cursor, a wait)."""
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    if not (raw.isascii() and raw.isdigit()) or int(raw) > maximum:
+        raise web.HTTPBadRequest(
+            text=json.dumps({"error": f"{name} must be a whole number from 0 to {maximum}"}),
+            content_type="application/json",
+        )
+    return int(raw)
+
+
+async def list_changes(request: web.Request) -> web.Response:
+    """``GET /api/v1/changes`` and ``GET /api/v1/datasets/{name}/changes``: change records
+    after ``after``, at most ``limit``, optionally of some ``kind``s (comma-separated); with
+    ``wait=SECONDS``, an empty answer waits up to that long for a change. ``410`` with the
+    oldest and newest cursors when ``after`` is older than the log holds."""
+    from syncd.store.changes import CursorGone
+
+    ctx = request.app[CONTEXT]
+    name = request.match_info.get("name")
+    allowed = ["after", "limit", "kind", "wait"] + ([] if name else ["dataset"])
+    _only_params(request, *allowed)
+    if name is not None:
+        await _dataset_or_404(request)
+    else:
+        name = request.query.get("dataset")
+    after = _whole_param(request, "after", 0, 2**63 - 1)
+    wait = _whole_param(request, "wait", 0, MAX_WAIT)
+    limit = _int_param(request, "limit", DEFAULT_PAGE, MAX_PAGE)
+    kinds = tuple(k for k in request.query.get("kind", "").split(",") if k)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
+    while True:
+        try:
+            found, following = await ctx.catalog.call(
+                lambda c: api.read_changes(c, after=after, limit=limit, dataset=name, kinds=kinds)
+            )
+        except CursorGone as exc:
+            return web.json_response(
+                {"error": str(exc), "oldest": exc.oldest, "head": exc.head}, status=410
+            )
+        except UsageError as exc:
+            return _error(404 if "unknown dataset" in str(exc) else 400, str(exc))
+        left = deadline - loop.time()
+        if found or left <= 0:
+            break
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(ctx.changed.wait(), min(left, POLL_SECONDS))
+    return web.json_response({"changes": [c.public() for c in found], "next": following})
 
 
 async def list_workers(request: web.Request) -> web.Response:
@@ -374,6 +445,8 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/api/v1/datasets/{name}/items/{key:.+}", get_item)
     r.add_get("/api/v1/datasets/{name}/runs", list_runs)
     r.add_post("/api/v1/datasets/{name}/sync", trigger_sync)
+    r.add_get("/api/v1/datasets/{name}/changes", list_changes)
+    r.add_get("/api/v1/changes", list_changes)
     r.add_get("/api/v1/workers", list_workers)
     r.add_post("/api/v1/events", post_events)
     r.add_route("OPTIONS", "/api/v1/events", events_handshake)

@@ -33,8 +33,8 @@ from syncd.store import lease, ranges
 from syncd.store.checkpoint import Checkpoint, Run
 from syncd.store.db import is_server, open_db, transaction
 from syncd.store.ranges import KeyRange
-from syncd.store.sql import ITEM_COLUMNS, Database, Seen
-from syncd.store.stamps import now
+from syncd.store.sql import ITEM_COLUMNS, MTIME, Database, Seen
+from syncd.store.stamps import now, stamp_us
 
 ITEM_FIELDS = (
     "filename",
@@ -201,9 +201,23 @@ class Catalog:
             )
         return self.get_dataset(dataset.name)
 
-    def drop_dataset(self, dataset: Dataset) -> None:
-        """Remove a dataset with its items and runs (and its driver if nothing else uses it)."""
+    def drop_dataset(self, dataset: Dataset, *, source: str = "admin") -> None:
+        """Remove a dataset with its items and runs (and its driver if nothing else uses it),
+        recorded in the change log as one ``dataset_removed`` record."""
         with transaction(self.db):
+            # one record in the change log, not one per item (a follower drops the dataset)
+            self.db.record_changes(
+                [
+                    (
+                        "dataset_removed",
+                        source,
+                        now(),
+                        dataset.name,
+                        dataset.id,
+                        *([None] * (len(ITEM_COLUMNS) - 1)),
+                    )
+                ]
+            )
             ranges.clear(self.db, "SELECT id FROM runs WHERE dataset_id = ?", [dataset.id])
             for table in ("pending_deletes", "run_attempts"):
                 self.db.execute(
@@ -354,11 +368,11 @@ class Catalog:
         return self.db.execute(_KNOWN_RANGE, (dataset_id, after, upto)).fetchall()
 
     def write_items(
-        self, dataset_id: int, items: Iterable[Item], *, seen_seq: Iterable[int] | None = None
+        self, dataset_id: int, items: Iterable[Item], *, source: str | None = None
     ) -> None:
         """Upsert items (see :meth:`write_rows`). The caller holds the transaction."""
         values = _ITEM_VALUES  # one C call per item, not one getattr per field
-        self.write_rows(dataset_id, [(dataset_id, *values(i)) for i in items], seen_seq=seen_seq)
+        self.write_rows(dataset_id, [(dataset_id, *values(i)) for i in items], source=source)
 
     def write_rows(
         self,
@@ -366,6 +380,8 @@ class Catalog:
         rows: list[tuple[Any, ...]],
         *,
         seen_seq: Iterable[int] | None = None,
+        source: str | None = None,
+        kinds: list[str] | None = None,
     ) -> None:
         """Upsert items given as plain tuples of the ``items`` columns: ``dataset_id`` (equal
         to ``dataset_id``), then the :class:`Item` fields in order, in one bulk write
@@ -373,19 +389,105 @@ class Catalog:
         ``created_at``. The caller holds the transaction.
 
         With ``seen_seq`` (one value per row: the event sequence read before the listing
-        page that showed the item), an item is written only if no event touched its key since:
-        a listing that saw a key before an event changed it must not undo the event.
+        page that showed the item), an item is written only if no event touched its key since
+        (:data:`~syncd.store.sql.NEWER_EVENT`): a listing that saw a key before an event
+        changed it must not undo the event. The guard is decided here, on the markers of the
+        batch's keys, so exactly the rows written are known; the caller's transaction holds
+        :meth:`~syncd.store.sql.Database.lock_writes` (no event commits in between).
+
+        With ``source``, each row written is recorded in the change log (:mod:`.changes`) as
+        ``created`` or ``updated``: ``kinds`` (one per row) when the caller knows, else by
+        which keys exist now.
         """
         if not rows:
             return
         if seen_seq is not None:
             seen_seq = list(seen_seq)
-            # the common case, no event since the oldest page of the batch: a plain upsert
-            # (the guarded one costs a marker lookup per row)
+            # the common case, no event since the oldest page of the batch: every row is
+            # written (the guard costs a marker lookup per key)
             since = self.db.execute(_EVENT_SINCE, (dataset_id, min(seen_seq, default=0)))
-            if seen_seq and not since.fetchone()[0]:
-                seen_seq = None
-        self.db.upsert_items(rows, seen_seq)
+            if seen_seq and since.fetchone()[0]:
+                rows, kinds = self._unguarded(dataset_id, rows, seen_seq, kinds)
+                if not rows:
+                    return
+        if source is not None and kinds is None:
+            there = self._existing(dataset_id, [r[1] for r in rows])
+            kinds = ["updated" if r[1] in there else "created" for r in rows]
+        self.db.upsert_items(rows, None)
+        if source is not None:
+            assert kinds is not None
+            at = now()
+            self.db.record_changes(
+                (kind, source, at, None, *row) for kind, row in zip(kinds, rows, strict=True)
+            )
+
+    def _unguarded(
+        self,
+        dataset_id: int,
+        rows: list[tuple[Any, ...]],
+        seen_seq: list[int],
+        kinds: list[str] | None,
+    ) -> tuple[list[tuple[Any, ...]], list[str] | None]:
+        """The rows (and their kinds) that no newer event holds back: a row is held back when
+        its key has a marker with a later sequence than the row's page and a time not before
+        the listed version's (:data:`~syncd.store.sql.NEWER_EVENT`). A kept row whose key an
+        event touched is created or updated by what exists now, not by what the page saw."""
+        markers: dict[str, tuple[int, int | None]] = {}
+        keys = [r[1] for r in rows]
+        for part in _chunks(keys):
+            for key, seq, event_us in self.db.execute(
+                "SELECT key, seq, event_us FROM key_markers WHERE dataset_id = ? AND seq > ?"
+                f" AND key IN ({', '.join('?' * len(part))})",
+                [dataset_id, min(seen_seq), *part],
+            ).fetchall():
+                markers[key] = (int(seq), event_us)
+        if not markers:
+            return rows, kinds
+        kept: list[tuple[Any, ...]] = []
+        kept_kinds: list[str] = []
+        touched: list[str] = []
+        for n, (row, seq) in enumerate(zip(rows, seen_seq, strict=True)):
+            marker = markers.get(row[1])
+            if marker is not None and marker[0] > seq:
+                if marker[1] is None or marker[1] >= stamp_us(row[MTIME]):
+                    continue  # a newer event changed the key after the page saw it
+                touched.append(row[1])
+            kept.append(row)
+            kept_kinds.append(kinds[n] if kinds is not None else "")
+        if kinds is None:
+            return kept, None
+        there = self._existing(dataset_id, touched) if touched else set()
+        touched_set = set(touched)
+        for n, row in enumerate(kept):
+            if row[1] in touched_set:
+                kept_kinds[n] = "updated" if row[1] in there else "created"
+        return kept, kept_kinds
+
+    def _existing(self, dataset_id: int, keys: list[str]) -> set[str]:
+        """Which of ``keys`` the dataset has an item for."""
+        found: set[str] = set()
+        for part in _chunks(keys):
+            found.update(
+                r[0]
+                for r in self.db.execute(
+                    "SELECT key FROM items WHERE dataset_id = ?"
+                    f" AND key IN ({', '.join('?' * len(part))})",
+                    [dataset_id, *part],
+                ).fetchall()
+            )
+        return found
+
+    def item_rows(self, dataset_id: int, keys: list[str]) -> list[tuple[Any, ...]]:
+        """The ``items`` rows (all columns, :data:`~syncd.store.sql.ITEM_COLUMNS`) of those
+        of ``keys`` that exist, in key order."""
+        found: list[tuple[Any, ...]] = []
+        for part in _chunks(sorted(set(keys))):
+            found += self.db.execute(
+                f"SELECT {', '.join(ITEM_COLUMNS)} FROM items WHERE dataset_id = ?"
+                f" AND key IN ({', '.join('?' * len(part))}) ORDER BY key",
+                [dataset_id, *part],
+            ).fetchall()
+        return found
 
     def commit_batch(self, batch: Batch) -> bool:
         """Commit one batch of a sync in one transaction: check the run's owner still holds
@@ -404,7 +506,13 @@ class Catalog:
             # over (it stalled past the expiry) never writes beside the new holder
             if not lease.renew(self.db, name, batch.owner):
                 return False
-            self.write_rows(batch.dataset_id, batch.rows, seen_seq=batch.row_seqs)
+            self.write_rows(
+                batch.dataset_id,
+                batch.rows,
+                seen_seq=batch.row_seqs,
+                source="listing",
+                kinds=batch.row_kinds or None,  # empty: looked up
+            )
             checkpoint = Checkpoint(self.db)
             if batch.deletes:
                 checkpoint.park_deletes(batch.run, batch.deletes, batch.delete_seen)
@@ -421,8 +529,16 @@ class Catalog:
             self.db.execute("SELECT value FROM counters WHERE name = 'event_seq'").fetchone()[0]
         )
 
-    def delete_items(self, dataset_id: int, keys: Iterable[str]) -> int:
-        """Delete items by key; return how many existed. The caller holds the transaction."""
+    def delete_items(
+        self, dataset_id: int, keys: Iterable[str], *, source: str | None = None
+    ) -> int:
+        """Delete items by key; return how many existed. With ``source``, each item deleted
+        is recorded in the change log as it was. The caller holds the transaction."""
+        keys = list(keys)
+        if source is not None and keys:
+            gone = self.item_rows(dataset_id, keys)
+            at = now()
+            self.db.record_changes(("deleted", source, at, None, *row) for row in gone)
         return self.db.executemany(
             "DELETE FROM items WHERE dataset_id = ? AND key = ?", [(dataset_id, k) for k in keys]
         )
@@ -459,6 +575,9 @@ class Batch:
     owner: str
     rows: list[tuple[Any, ...]] = field(default_factory=list)
     row_seqs: list[int] = field(default_factory=list)
+    #: ``created`` or ``updated`` per row, as the listing decided (for the change log); empty
+    #: when not known (then looked up by which keys exist)
+    row_kinds: list[str] = field(default_factory=list)
     deletes: list[str] = field(default_factory=list)
     delete_seen: list[Seen] = field(default_factory=list)
     key_range: KeyRange | None = None
@@ -485,6 +604,15 @@ def check_dataset_name(name: str) -> None:
         what = "must be valid Unicode text"
     if what is not None:
         raise UsageError(f"dataset name {name!r}: {what}; pick a name like 'raw-images'")
+
+
+#: keys per ``IN (...)`` list: under sqlite's oldest variable limit (999) with the dataset id
+_IN_KEYS = 500
+
+
+def _chunks(keys: list[str]) -> Iterator[list[str]]:
+    for i in range(0, len(keys), _IN_KEYS):
+        yield keys[i : i + _IN_KEYS]
 
 
 def key_range(after: str | None, prefix: str) -> tuple[str, list[str]]:

@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 
 from providers.redact import redact
 from syncd.store import lease
-from syncd.store.sql import NEWER_EVENT, Database, Seen
+from syncd.store.sql import ITEM_COLUMNS, NEWER_EVENT, Database, Seen
 from syncd.store.stamps import now, parse, us_stamp
 
 #: ``key_markers.deleted`` of a key a listing showed gone (an event's delete writes 1): an event
@@ -277,10 +277,23 @@ class Checkpoint:
             ).fetchall()
             if not rows:
                 return deleted
+            # the items these keys still have, less those a newer event keeps: deleted, and
+            # recorded in the change log as they were
+            gone = self.db.execute(
+                f"SELECT {', '.join('i.' + c for c in ITEM_COLUMNS)} FROM pending_deletes p"
+                " JOIN items i ON i.dataset_id = ? AND i.key = p.key"
+                " WHERE p.run_id = ? AND p.key > ? AND p.key <= ?"
+                " AND NOT EXISTS (SELECT 1 FROM key_markers km WHERE km.dataset_id = i.dataset_id"
+                " AND km.key = p.key AND km.seq > p.seen_seq"
+                " AND (km.event_us IS NULL OR km.event_us >= p.seen_us))"
+                " ORDER BY p.key",
+                [dataset_id, run.id, cursor, rows[-1][0]],
+            ).fetchall()
             deleted += self.db.executemany(
-                f"DELETE FROM items WHERE dataset_id = ? AND key = ? AND NOT {NEWER_EVENT}",
-                [(dataset_id, k, dataset_id, k, seq, us) for k, seq, us in rows],
+                "DELETE FROM items WHERE dataset_id = ? AND key = ?",
+                [(dataset_id, row[1]) for row in gone],
             )
+            self.db.record_changes(("deleted", "listing", written, None, *row) for row in gone)
             self.db.executemany(
                 _TOMBSTONE,
                 [

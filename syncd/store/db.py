@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from syncd.errors import CatalogUnavailable, UsageError
+from syncd.store import schema
 from syncd.store.sql import CATALOG_INFO
 from syncd.store.stamps import now
 
@@ -296,6 +297,8 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
         ],
     ),
     ("0012_catalog_info", [CATALOG_INFO]),
+    # tables declared once for both stores
+    *schema.migrations("sqlite"),
 ]
 
 

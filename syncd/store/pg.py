@@ -33,6 +33,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from providers.redact import redact, register
 from syncd.errors import CatalogUnavailable, UsageError
+from syncd.store import schema
 from syncd.store.sql import (
     CATALOG_INFO,
     ITEM_COLUMNS,
@@ -249,6 +250,8 @@ PG_MIGRATIONS: list[tuple[str, list[str]]] = [
         ["ALTER TABLE pending_deletes ADD COLUMN seen_us BIGINT NOT NULL DEFAULT 0"],
     ),
     ("0012_catalog_info", [CATALOG_INFO]),
+    # tables declared once for both stores
+    *schema.migrations("postgresql"),
 ]
 
 #: from this many rows on, a batch goes through COPY and one merge; fewer are plain upserts
@@ -332,6 +335,7 @@ class PostgresDatabase(Database):
         self.conn: psycopg.Connection[Any] = self._pool.getconn(timeout=timeout)
         self._staged = False  # the stage table exists on this connection
         self._stage_used = False  # and holds rows of the open transaction
+        self.pending_changes = []
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
         return self.conn.execute(to_pyformat(sql), params)
@@ -346,8 +350,12 @@ class PostgresDatabase(Database):
         try:
             with self.conn.transaction():
                 yield
+                # last: the change log's records; their cursor row stays locked until the
+                # commit, so a later writer's cursors cannot commit first
+                self.flush_changes()
         finally:
             self._stage_used = False  # emptied by the commit or the rollback
+            self.pending_changes = []
 
     def lock_writes(self, *, exclusive: bool) -> None:
         fn = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
@@ -377,6 +385,19 @@ class PostgresDatabase(Database):
                         copy.write_row((*row, seq, stamp_us(row[MTIME])))
             cur.execute(_MERGE)
         self._stage_used = True
+
+    def insert_changes(self, rows: list[tuple[Any, ...]]) -> None:
+        if len(rows) < COPY_ROWS:
+            super().insert_changes(rows)
+            return
+        from syncd.store.changes import COLUMNS
+
+        with (
+            self.conn.cursor() as cur,
+            cur.copy(f"COPY changes (cursor, {', '.join(COLUMNS)}) FROM STDIN") as copy,
+        ):
+            for row in rows:
+                copy.write_row(row)
 
     def _upsert_few(self, rows: list[tuple[Any, ...]], seen_seq: list[int] | None) -> None:
         """A handful of rows (an event's item): plain upserts, cheaper than a COPY."""

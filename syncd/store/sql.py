@@ -158,6 +158,53 @@ class Database(ABC):
         """The local files that hold the catalog (empty for a server)."""
         return []
 
+    # -- the change log (syncd.store.changes) ----------------------------------------------
+
+    #: change records of the open transaction, written by :meth:`flush_changes` at commit:
+    #: ``(kind, source, at, dataset name or None, *item row)`` with the item row in
+    #: :data:`ITEM_COLUMNS` order (``dataset_id`` first)
+    pending_changes: list[tuple[Any, ...]]
+
+    def record_changes(self, records: Iterable[tuple[Any, ...]]) -> None:
+        """Buffer change records for the open transaction (see :data:`pending_changes`)."""
+        self.pending_changes.extend(records)
+
+    def flush_changes(self) -> None:
+        """Give the buffered records their cursors and write them. The transaction calls it
+        as its last statement before ``COMMIT``: the ``change_cursor`` row it updates stays
+        locked until then, so cursors commit in cursor order (see syncd.store.changes)."""
+        if not self.pending_changes:
+            return
+        records, self.pending_changes = self.pending_changes, []
+        unnamed = {r[4] for r in records if r[3] is None}
+        names: dict[int, str] = {}
+        if unnamed:
+            ids = sorted(unnamed)
+            rows = self.execute(
+                f"SELECT id, name FROM datasets WHERE id IN ({', '.join('?' * len(ids))})", ids
+            ).fetchall()
+            names = {int(i): n for i, n in rows}
+        end = int(
+            self.execute(
+                "UPDATE counters SET value = value + ? WHERE name = 'change_cursor'"
+                " RETURNING value",
+                [len(records)],
+            ).fetchone()[0]
+        )
+        start = end - len(records) + 1
+        self.insert_changes(
+            [
+                (start + i, *r[:3], r[3] if r[3] is not None else names.get(r[4], "?"), *r[4:])
+                for i, r in enumerate(records)
+            ]
+        )
+
+    def insert_changes(self, rows: list[tuple[Any, ...]]) -> None:
+        """Insert change rows (``cursor`` first, then :data:`syncd.store.changes.COLUMNS`)."""
+        from syncd.store.changes import INSERT
+
+        self.executemany(INSERT, rows)
+
     @abstractmethod
     def close(self) -> None:
         """Give the connection back; the object is unusable afterwards."""

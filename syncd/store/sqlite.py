@@ -28,6 +28,7 @@ class SqliteDatabase(Database):
         self.migrations = MIGRATIONS
         self.path = path
         self.url = path
+        self.pending_changes = []
         # autocommit mode: transactions are explicit, see transaction()
         self.conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None)
         # the hot paths (a listing page's range read, a batch's upsert) call sqlite directly
@@ -53,7 +54,9 @@ class SqliteDatabase(Database):
         self.conn.execute("BEGIN IMMEDIATE")
         try:
             yield
+            self.flush_changes()  # last: the change log's records, with their cursors
         except BaseException:
+            self.pending_changes = []
             self.conn.execute("ROLLBACK")
             raise
         self.conn.execute("COMMIT")

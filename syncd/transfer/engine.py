@@ -255,7 +255,7 @@ class Transfer:
                     f"dataset {self.dataset.name!r} was taken over by another process while "
                     f"this {self.direction} stalled; it stopped without writing further"
                 )
-            self.catalog.write_items(self.dataset.id, self._items)
-            self.catalog.delete_items(self.dataset.id, self._gone)
+            self.catalog.write_items(self.dataset.id, self._items, source="push")
+            self.catalog.delete_items(self.dataset.id, self._gone, source="push")
             self.copies.save(self._records, self._forget)
         self._records, self._forget, self._items, self._gone = [], [], [], []

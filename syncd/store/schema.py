@@ -1,0 +1,73 @@
+"""Tables declared once for both stores: SQL written with a few placeholders that each
+dialect fills in.
+
+The migrations before ``0013`` declare every table twice, once per store
+(:data:`syncd.store.db.MIGRATIONS`, :data:`syncd.store.pg.PG_MIGRATIONS`); tables added since
+are written here once, and :func:`render` turns a statement into each store's SQL. The few
+differences between the dialects live in :data:`TYPES`:
+
+* ``{bigint}``: a 64-bit integer (sqlite's INTEGER is 64-bit already);
+* ``{key}``: a column compared in code point order, like object keys (PostgreSQL's default
+  collation is the database's locale; ``COLLATE "C"`` sorts by code point as sqlite does);
+* ``{rowid}``: an integer primary key that is the storage order (sqlite's rowid alias).
+"""
+
+from __future__ import annotations
+
+TYPES: dict[str, dict[str, str]] = {
+    "sqlite": {"bigint": "INTEGER", "key": "TEXT", "rowid": "INTEGER PRIMARY KEY"},
+    "postgresql": {"bigint": "BIGINT", "key": 'TEXT COLLATE "C"', "rowid": "BIGINT PRIMARY KEY"},
+}
+
+
+def render(statement: str, dialect: str) -> str:
+    """``statement`` with its ``{placeholders}`` filled in for ``dialect``."""
+    return statement.format(**TYPES[dialect])
+
+
+def migrations(dialect: str) -> list[tuple[str, list[str]]]:
+    """The migrations declared once (here), in order, as ``dialect``'s SQL."""
+    return [(name, [render(s, dialect) for s in statements]) for name, statements in SHARED]
+
+
+#: one change to a dataset's items per row (see :mod:`syncd.store.changes`): the catalog-wide
+#: ``cursor``; what happened (``kind``: created, updated, deleted, dataset_removed), by which
+#: path (``source``: listing, event, watch, push) and when (``at``); the dataset's id and name
+#: at the time; then the item's columns as they are after the change (for a delete, as they
+#: were before it), in :data:`syncd.store.sql.ITEM_COLUMNS` order. A removed dataset is one
+#: row with no key and no item.
+CHANGES = """CREATE TABLE changes (
+    cursor {rowid},
+    kind TEXT NOT NULL,
+    source TEXT NOT NULL,
+    at TEXT NOT NULL,
+    dataset TEXT NOT NULL,
+    dataset_id {bigint} NOT NULL,
+    key {key},
+    filename TEXT,
+    uri TEXT,
+    size {bigint},
+    etag TEXT,
+    content_type TEXT,
+    mtime TEXT,
+    version TEXT,
+    created_at TEXT,
+    updated_at TEXT,
+    metadata TEXT,
+    md5 TEXT
+)"""
+
+SHARED: list[tuple[str, list[str]]] = [
+    (
+        "0013_changes",
+        [
+            CHANGES,
+            # one dataset's changes in order (GET /datasets/{name}/changes, a filtered follow)
+            "CREATE INDEX changes_dataset ON changes (dataset_id, cursor)",
+            # the last cursor handed out, and the last one pruned (a follower behind it has
+            # missed changes: 410 Gone)
+            "INSERT INTO counters (name, value) VALUES ('change_cursor', 0)",
+            "INSERT INTO counters (name, value) VALUES ('changes_pruned', 0)",
+        ],
+    ),
+]

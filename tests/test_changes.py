@@ -1,0 +1,473 @@
+"""The change log (issue 22): every change that reaches the catalog is in the log once, in
+cursor order, in the same transaction; a follower that replays it from cursor 0 ends equal to
+the dataset; cursors become visible in order on PostgreSQL with concurrent writers; a cursor
+older than the log holds is refused (CLI one line + exit 1, HTTP 410)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import ClientSession
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import syncd
+from providers.local import stat_object
+from syncd import api
+from syncd.config import load_daemon_config
+from syncd.daemon.service import Daemon
+from syncd.events.apply import apply_events
+from syncd.events.parse import EventKind, ObjectEvent
+from syncd.store import changes
+from syncd.store.catalog import Catalog
+from syncd.store.db import transaction
+from tests.conftest import CatalogMaker
+from tests.emulators import free_port
+from tests.test_cli_errors import one_line_error
+
+ROOT = Path(__file__).resolve().parent.parent
+NAMES = ["a.txt", "b.txt", "d/c.txt", "d/e.txt", "z.bin"]
+
+
+def replay(catalog: Catalog, after: int = 0) -> tuple[dict[str, dict[str, tuple]], list[int]]:
+    """Apply every change record after ``after`` to an empty map, as a follower would:
+    ``{dataset: {key: (size, etag)}}``, and the cursors read."""
+    state: dict[str, dict[str, tuple]] = {}
+    cursors = []
+    for change in changes.follow(catalog.db, after=after, page=7):
+        cursors.append(change.cursor)
+        keys = state.setdefault(change.dataset, {})
+        if change.kind == "dataset_removed":
+            state.pop(change.dataset)
+        elif change.kind == "deleted":
+            assert change.key in keys, f"deleted {change.key!r} the follower never saw"
+            del keys[change.key]
+        else:
+            assert change.item is not None
+            assert (change.kind == "updated") == (change.key in keys), change
+            keys[change.key] = (change.item["size"], change.item["etag"])
+    return state, cursors
+
+
+def items_of(catalog: Catalog, name: str) -> dict[str, tuple]:
+    ds = catalog.get_dataset(name)
+    return {i.key: (i.size, i.etag) for i in catalog.iter_items(ds.id)}
+
+
+def sync(catalog: Catalog, name: str, source: str | None = None) -> None:
+    asyncio.run(api.sync(catalog, name, source=source))
+
+
+def watch_event(root: Path, key: str) -> ObjectEvent:
+    """What the daemon's folder watch hands the intake for ``key`` now."""
+    found = stat_object(str(root), key)
+    if found is None:
+        return ObjectEvent(EventKind.DELETED, "local", str(root), key,
+                           event_time=datetime.now(UTC))  # fmt: skip
+    return ObjectEvent(
+        EventKind.CREATED, "local", str(root), key, size=found.size, etag=found.etag,
+        event_time=found.last_modified,
+    )  # fmt: skip
+
+
+OPS = st.lists(
+    st.tuples(
+        st.sampled_from(["put", "delete", "sync", "watch", "push"]),
+        st.sampled_from(NAMES),
+        st.binary(max_size=3),
+    ),
+    min_size=1,
+    max_size=14,
+)
+
+
+@settings(max_examples=12)
+@given(ops=OPS)
+def test_a_follower_replaying_the_log_ends_equal_to_the_dataset(
+    catalogs: CatalogMaker, tmp_path_factory: pytest.TempPathFactory, ops: list
+) -> None:
+    """A reconcile, folder-watch events and pushes change one dataset in random order; the
+    log, replayed from cursor 0, gives the dataset's items, with no cursor skipped or
+    repeated."""
+    catalog = catalogs()
+    root = tmp_path_factory.mktemp("src")
+    staging = tmp_path_factory.mktemp("push")
+    (root / "seed.txt").write_text("seed")
+    sync(catalog, "ds", str(root))
+    for op, name, data in ops:
+        path = root / name
+        if op == "put":
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data + name.encode())
+        elif op == "delete":
+            path.unlink(missing_ok=True)
+        elif op == "sync":
+            sync(catalog, "ds")
+        elif op == "watch":
+            apply_events(catalog, [watch_event(root, name)], dataset="ds")
+        else:  # push a file from another folder into the dataset's folder
+            target = staging / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(b"pushed" + data)
+            asyncio.run(api.push(catalog, "ds", str(staging)))
+    state, cursors = replay(catalog)
+    assert state["ds"] == items_of(catalog, "ds")
+    assert cursors == list(range(1, changes.head(catalog.db) + 1))  # none skipped or repeated
+
+
+def test_what_changes_nothing_records_nothing(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("a")
+    catalog = Catalog.open(str(tmp_path / "c.db"))
+    try:
+        sync(catalog, "ds", str(src))
+        assert changes.head(catalog.db) == 1
+        sync(catalog, "ds")  # nothing changed
+        apply_events(catalog, [watch_event(src, "a.txt")], dataset="ds")  # a confirming event
+        assert changes.head(catalog.db) == 1
+    finally:
+        catalog.close()
+
+
+def test_a_listing_that_fails_part_way_records_no_delete(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(5):
+        (src / f"f{i}.txt").write_text(str(i))
+    db = str(tmp_path / "c.db")
+    catalog = Catalog.open(db)
+    try:
+        sync(catalog, "ds", str(src))
+        (src / "f4.txt").unlink()
+        (src / "f0.txt").write_text("changed")
+        head = changes.head(catalog.db)
+        proc = subprocess.run(
+            [sys.executable, "-m", "syncd.cli", "sync", "--dataset", "ds", "--db", db],
+            env={**os.environ, "SYNCD_FAULT_LIST_FAIL_AFTER": "2", "PYTHONPATH": str(ROOT)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert proc.returncode == 1, proc.stderr
+        assert all(c.kind != "deleted" for c in changes.read(catalog.db, after=head))
+        sync(catalog, "ds")
+        state, _ = replay(catalog)
+        assert state["ds"] == items_of(catalog, "ds")
+    finally:
+        catalog.close()
+
+
+def test_a_removed_dataset_is_one_record(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(30):
+        (src / f"f{i}.txt").write_text(str(i))
+    catalog = Catalog.open(str(tmp_path / "c.db"))
+    try:
+        sync(catalog, "ds", str(src))
+        head = changes.head(catalog.db)
+        catalog.drop_dataset(catalog.get_dataset("ds"))
+        (gone,) = changes.read(catalog.db, after=head)
+        assert (gone.kind, gone.dataset, gone.key, gone.item) == (
+            "dataset_removed",
+            "ds",
+            None,
+            None,
+        )
+        state, _ = replay(catalog)
+        assert state == {}
+    finally:
+        catalog.close()
+
+
+def test_bucket_events_are_recorded_as_events(moto: Any, tmp_path: Path) -> None:
+    """An applied S3 event is in the log with source ``event``, a delete with the item as
+    it was."""
+    import boto3
+
+    from tests.conftest import unique_bucket
+
+    bucket = unique_bucket()
+    s3 = boto3.client("s3", endpoint_url=moto.url)
+    s3.create_bucket(Bucket=bucket)
+    s3.put_object(Bucket=bucket, Key="k1", Body=b"one")
+    os.environ["AWS_ENDPOINT_URL"] = moto.url
+    catalog = Catalog.open(str(tmp_path / "c.db"))
+    try:
+        sync(catalog, "ds", f"s3://{bucket}")
+        head = changes.head(catalog.db)
+        when = datetime.now(UTC)
+        apply_events(
+            catalog,
+            [
+                ObjectEvent(EventKind.CREATED, "s3", bucket, "k2", size=5, etag="e2",
+                            event_time=when),
+                ObjectEvent(EventKind.DELETED, "s3", bucket, "k1", event_time=when),
+            ],
+        )  # fmt: skip
+        found = changes.read(catalog.db, after=head)
+        assert [(c.kind, c.source, c.key) for c in found] == [
+            ("deleted", "event", "k1"),
+            ("created", "event", "k2"),
+        ]
+        assert found[0].item is not None and found[0].item["size"] == 3
+        state, _ = replay(catalog)
+        assert state["ds"] == items_of(catalog, "ds")
+    finally:
+        catalog.close()
+        os.environ.pop("AWS_ENDPOINT_URL", None)
+
+
+# -- order on PostgreSQL -----------------------------------------------------------------
+
+
+def test_cursors_become_visible_in_order_with_concurrent_writers(postgres_url: str) -> None:
+    """Writer A takes its cursors and holds its transaction open; writer B's transaction,
+    which would take the next cursors, waits at that statement until A has committed, so a
+    reader can never see B's cursor while A's is missing (it would skip A's change)."""
+    from syncd.store import pg as pg_store
+
+    setup = Catalog.open(postgres_url)
+    ds = setup.create_dataset("ds", "file:///x/", _local_driver(), _no_filters())
+    a, b, reader = (
+        Catalog.open(postgres_url),
+        Catalog.open(postgres_url),
+        Catalog.open(postgres_url),
+    )
+    a_took = threading.Event()
+    a_may_commit = threading.Event()
+    b_done = threading.Event()
+
+    def writer_a() -> None:
+        with transaction(a.db):
+            a.write_rows(ds.id, [_row(ds.id, "from-a")], source="event")
+            a.db.flush_changes()  # takes cursor 1 now; the commit waits
+            a_took.set()
+            assert a_may_commit.wait(60)
+
+    def writer_b() -> None:
+        with transaction(b.db):
+            b.write_rows(ds.id, [_row(ds.id, "from-b")], source="event")
+        b_done.set()
+
+    ta = threading.Thread(target=writer_a)
+    ta.start()
+    assert a_took.wait(60)
+    tb = threading.Thread(target=writer_b)
+    tb.start()
+    try:
+        waiting = _wait_for(lambda: _lock_waiters(setup) >= 1, "B to wait for the cursor row")
+        assert waiting and not b_done.is_set()
+        assert changes.read(reader.db) == []  # neither is visible: no gap to skip past
+        a_may_commit.set()
+        ta.join(60)
+        tb.join(60)
+        assert b_done.is_set()
+        seen = changes.read(reader.db)
+        assert [(c.cursor, c.key) for c in seen] == [(1, "from-a"), (2, "from-b")]
+    finally:
+        a_may_commit.set()
+        ta.join(60)
+        tb.join(60)
+        for c in (setup, a, b, reader):
+            c.close()
+        pg_store.close_pools()
+
+
+def _lock_waiters(catalog: Catalog) -> int:
+    row = catalog.db.execute(
+        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+        " AND datname = current_database()"
+    ).fetchone()
+    return int(row[0])
+
+
+def _wait_for(condition: Any, what: str, timeout: float = 60) -> bool:
+    done = threading.Event()
+    deadline = 0.0
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        done.wait(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _local_driver() -> Any:
+    from providers.config import DriverConfig
+
+    return DriverConfig(type="local", bucket="/x")
+
+
+def _no_filters() -> Any:
+    from syncd.reconcile.filters import Filters
+
+    return Filters()
+
+
+def _row(dataset_id: int, key: str) -> tuple:
+    stamp = "2026-12-07T00:00:00.000000Z"
+    return (dataset_id, key, "/" + key, f"file:///x/{key}", 1, "e", None, stamp, None, stamp,
+            stamp, "{}", None)  # fmt: skip
+
+
+# -- retention: a cursor too old ---------------------------------------------------------
+
+
+def _pruned_catalog(tmp_path: Path) -> str:
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(4):
+        (src / f"f{i}.txt").write_text(str(i))
+    db = str(tmp_path / "c.db")
+    catalog = Catalog.open(db)
+    try:
+        sync(catalog, "ds", str(src))
+        (src / "f9.txt").write_text("new")
+        api.prune_changes(catalog, older_than=0)  # the first 4 records go
+        sync(catalog, "ds")
+        assert changes.pruned(catalog.db) == 4 and changes.head(catalog.db) == 5
+    finally:
+        catalog.close()
+    return db
+
+
+def test_the_cli_refuses_a_cursor_older_than_the_log_in_one_line(tmp_path: Path) -> None:
+    db = _pruned_catalog(tmp_path)
+    run = [sys.executable, "-m", "syncd.cli", "changes", "--db", db, "--json"]
+    proc = subprocess.run([*run, "--after", "2"], capture_output=True, text=True, timeout=60)
+    err = one_line_error(proc, 1, "older than the change log holds", "follow from cursor 5")
+    assert "Traceback" not in err
+    proc = subprocess.run([*run, "--after", "4"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert [json.loads(line)["key"] for line in proc.stdout.splitlines()] == ["f9.txt"]
+
+
+def test_the_python_api_follows_the_log(tmp_path: Path) -> None:
+    db = _pruned_catalog(tmp_path)
+    assert [c.key for c in syncd.changes(db=db, after=4)] == ["f9.txt"]
+    assert [c.cursor for c in syncd.changes("ds", db=db, after=4)] == [5]
+    with pytest.raises(changes.CursorGone):
+        list(syncd.changes(db=db))
+
+
+def test_cli_follow_prints_new_changes_as_they_come(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("a")
+    db = str(tmp_path / "c.db")
+    catalog = Catalog.open(db)
+    sync(catalog, "ds", str(src))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "syncd.cli", "changes", "--db", db, "--follow", "--json"],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    try:
+        assert proc.stdout is not None
+        assert json.loads(proc.stdout.readline())["key"] == "a.txt"
+        (src / "b.txt").write_text("b")
+        sync(catalog, "ds")
+        line = json.loads(proc.stdout.readline())  # blocks until --follow prints it
+        assert (line["cursor"], line["key"], line["kind"]) == (2, "b.txt", "created")
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        catalog.close()
+
+
+# -- HTTP ----------------------------------------------------------------------------------
+
+TOKEN = "test-token-0123456789abcdef"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+async def test_the_http_feed_long_polls_and_answers_410(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("a")
+    port = free_port()
+    (tmp_path / "syncd.toml").write_text(
+        f'[drivers.disk]\ntype = "local"\nbucket = "{src}"\n'
+        '[datasets.files]\ndriver = "disk"\nwatch = false\n'
+        f'[server]\nhost = "127.0.0.1"\nport = {port}\n'
+    )
+    config = load_daemon_config(str(tmp_path / "syncd.toml"))
+    db = str(tmp_path / "c.db")
+    daemon = Daemon(config, db, api_token=TOKEN, poll_seconds=1)
+    task = asyncio.create_task(daemon.run())
+    base = f"http://127.0.0.1:{port}/api/v1"
+
+    async def ready() -> bool:
+        if task.done():
+            task.result()  # raise what stopped it
+        return daemon.ready.is_set()
+
+    try:
+        await _until(ready, "the daemon to start")
+        async with ClientSession(headers=AUTH) as http:
+
+            async def get(path: str) -> tuple[int, Any]:
+                async with http.get(base + path) as resp:
+                    return resp.status, await resp.json()
+
+            async def first() -> Any:
+                status, body = await get("/changes?after=0")
+                return body["changes"] if status == 200 and body["changes"] else None
+
+            (created,) = await _until(first, "the first reconcile's change")
+            assert created["key"] == "a.txt" and created["source"] == "listing"
+            # an empty answer waits (wait=30) until an event's change arrives
+            waiting = asyncio.create_task(get("/datasets/files/changes?after=1&wait=30"))
+
+            async def held() -> bool:
+                return daemon.changed.waiters > 0
+
+            await _until(held, "the request to wait on the server")
+            assert not waiting.done()
+            (src / "b.txt").write_text("b")
+            daemon.scheduler.trigger("files")
+            status, body = await asyncio.wait_for(waiting, 60)
+            assert status == 200
+            assert [(c["cursor"], c["key"]) for c in body["changes"]] == [(2, "b.txt")]
+            assert body["next"] == 2
+            status, body = await get("/changes?after=2&wait=0")
+            assert (status, body) == (200, {"changes": [], "next": 2})
+            # prune everything, then an old cursor is 410 with the oldest and newest cursor
+            catalog = Catalog.open(db)
+            try:
+                api.prune_changes(catalog, older_than=0)
+            finally:
+                catalog.close()
+            status, body = await get("/changes?after=1")
+            assert status == 410 and body["oldest"] == 2 and body["head"] == 2
+            for bad in ("after=-1", "after=１", "kind=nope", "wait=61", "dataset=none"):
+                status, body = await get(f"/changes?{bad}")
+                assert status in (400, 404) and "error" in body, bad
+    finally:
+        daemon.stop.set()
+        await asyncio.wait_for(task, 60)
+
+
+async def _until(condition: Any, what: str, timeout: float = 60) -> Any:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        value = await condition()
+        if value:
+            return value
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
