@@ -646,7 +646,8 @@ def pull(
 ) -> None:
     """Make folder DIR mirror a dataset: download what is missing or changed.
 
-    Keys that would land outside DIR are refused and reported; everything else is pulled
+    Keys that would land outside DIR or on the catalog's own files, and a key beside a
+    folder of its name ('a' and 'a/b'), are refused and reported; everything else is pulled
     (exit 1 if anything was refused or failed). Files are written to a temporary name and
     renamed, so an interrupted pull leaves no partial file; run it again to finish."""
     _transfer(

@@ -180,12 +180,16 @@ class Transfer:
 
     def refuse_protected(self, key: str, path: str) -> None:
         """Report ``key`` refused: moving it would write over or remove syncd's own ``path``."""
+        where = (
+            "pull into another folder, or keep the catalog elsewhere (--db)"
+            if self.direction == "pull"
+            else "keep the catalog outside the dataset's folder (--db)"
+        )
         self.result.problem(
             "refused",
             key,
             f"{path} is syncd's own catalog file (or one of its sidecars), in use; it is never "
-            "written, replaced or removed: keep the catalog elsewhere (--db) or "
-            f"{self.direction} another folder",
+            f"written, replaced or removed: {where}",
             self.on_problem,
         )
 
