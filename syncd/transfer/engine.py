@@ -77,6 +77,14 @@ class Transfer:
         self.catalog, self.dataset, self.driver, self.root = catalog, dataset, driver, root
         self.owner = owner
         self.protect = {os.path.realpath(p) for p in protect}
+        # a cheap first test (most names are not the catalog's), casefolded for the file
+        # systems that ignore case; then the real path, or the same file by inode
+        self._protect_names = {os.path.basename(p).casefold() for p in self.protect}
+        self._protect_ids: set[tuple[int, int]] = set()
+        for path in self.protect:
+            with contextlib.suppress(OSError):
+                st = os.stat(path)
+                self._protect_ids.add((st.st_dev, st.st_ino))
         self.prefix, self.delete, self.dry_run = prefix, delete, dry_run
         self.on_problem, self.meter, self.on_file = on_problem, meter, on_file
         self.path = dataset.driver.path
@@ -163,20 +171,29 @@ class Transfer:
             # not UTF-8), each already named in a warning by the driver
             self.result.counts["skipped"] += local.skipped
 
-    def protected(self, rel: str) -> bool:
-        """Whether the local file ``rel`` is one of the ``protect`` files."""
-        return os.path.realpath(os.path.join(self.root, *rel.split("/"))) in self.protect
+    def _protected_path(self, path: str) -> str | None:
+        """The ``protect`` file ``path`` is (its real path), or None."""
+        if os.path.basename(path).casefold() not in self._protect_names:
+            return None
+        real = os.path.realpath(path)
+        if real in self.protect:
+            return real
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        return real if (st.st_dev, st.st_ino) in self._protect_ids else None
+
+    def protected(self, rel: str) -> str | None:
+        """The ``protect`` file the local file ``rel`` is, or None."""
+        return self._protected_path(os.path.join(self.root, *rel.split("/")))
 
     def protected_object(self, key: str) -> str | None:
         """The ``protect`` file the object ``key`` is, if the dataset is a local folder
         holding it (writing or deleting that object would replace or remove it)."""
-        if not isinstance(self.driver, LocalDriver) or not self.protect:
+        if not isinstance(self.driver, LocalDriver):
             return None
-        try:
-            path = os.path.realpath(self.driver._path(key))
-        except errors.InvalidRequest:
-            return None  # no file can stand for such a key
-        return path if path in self.protect else None
+        return self._protected_path(os.path.join(self.driver.root, *key.split("/")))
 
     def refuse_protected(self, key: str, path: str) -> None:
         """Report ``key`` refused: moving it would write over or remove syncd's own ``path``."""

@@ -163,9 +163,9 @@ class Pull(Transfer):
             self.result.problem("refused", row.item.key, str(exc), self.on_problem)
             self.unplan(row.item.size)
             return
-        if self.protected(row.rel):
-            path = os.path.realpath(os.path.join(self.root, *row.rel.split("/")))
-            self.refuse_protected(row.item.key, path)
+        protected = self.protected(row.rel)
+        if protected is not None:
+            self.refuse_protected(row.item.key, protected)
             self.unplan(row.item.size)
             return
         if row.local is not None:
