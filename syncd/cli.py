@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shlex
 import sqlite3
 import sys
 import time
@@ -594,9 +595,11 @@ def _transfer(direction: str, db_path: str | None, dry_run: bool, as_json: bool,
         advice = "run it again to retry the failed ones"
         if c["gone"]:
             # a retry of those can only fail again: the catalog must learn of them first
+            name, folder = shlex.quote(result.dataset), shlex.quote(result.folder)
             advice = (
                 f"{c['gone']:,} of the failed left the bucket since the last sync: run "
-                f"`syncd sync --dataset {result.dataset}` then pull again, or pull with --sync"
+                f"`syncd sync --dataset {name}` then pull again, or in one go "
+                f"`syncd pull --sync --dataset {name} {folder}`"
             )
             if c["failed"] > c["gone"]:
                 advice += "; run it again to retry the other failed ones"

@@ -338,7 +338,10 @@ async def test_an_object_gone_since_the_sync_says_so_and_pull_sync_fixes_it(
     }
     assert last_summary(proc)["gone"] == 1
     assert "run it again to retry" not in proc.stderr
-    assert "left the bucket since the last sync: run `syncd sync --dataset ds`" in proc.stderr
+    assert (
+        "1 of the failed left the bucket since the last sync: run `syncd sync --dataset ds` "
+        f"then pull again, or in one go `syncd pull --sync --dataset ds {out}`" in proc.stderr
+    )
 
     result = summary(
         syncd("pull", "--dataset", "ds", str(out), "--db", str(db), "--sync", env=backend.env)
