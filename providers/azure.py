@@ -154,6 +154,14 @@ class AzureBlobDriver(Driver):
 
         return translate
 
+    @staticmethod
+    def stored_name(key: str) -> str:
+        """The blob name the service stores for ``key``: it turns every ``\\`` into ``/``
+        (seen on Azurite and documented for the service), so a key holding ``\\`` is never
+        listed back under its own name. ``syncd push`` refuses such a file, naming this.
+        (Drivers whose keys are stored as given have no such method.)"""
+        return key.replace("\\", "/")
+
     def _info(self, props: Any) -> ObjectInfo:
         settings = props.content_settings
         return ObjectInfo(

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import functools
+import hashlib
 import mimetypes
 import operator
 import os
@@ -42,6 +44,21 @@ CHUNK = 1024 * 1024
 #: their own quoted form (checked in C, not quoted character by character)
 _NEEDS_QUOTING = re.compile(r"[^A-Za-z0-9_.~/-]")
 TMP_SUFFIX = ".syncd-tmp"
+#: the longest file name (bytes) most file systems take (ext4, XFS, btrfs, APFS, NTFS)
+NAME_MAX = 255
+
+
+def temp_path(path: str) -> str:
+    """The temp file a write of ``path`` goes through, in the same folder: ``.<name>`` plus
+    :data:`TMP_SUFFIX`, or, where that would exceed :data:`NAME_MAX` bytes (a name of 244 or
+    more), ``.<SHA-256 of the name, 40 hex digits>`` plus the suffix: every name that fits
+    the file system has a temp name that fits too. Both end in the suffix, so no listing
+    shows them, and no key can be one (keys ending in the suffix are refused or unlisted)."""
+    folder, name = os.path.split(path)
+    tmp = f".{name}{TMP_SUFFIX}"
+    if len(os.fsencode(tmp)) > NAME_MAX:
+        tmp = f".{hashlib.sha256(os.fsencode(name)).hexdigest()[:40]}{TMP_SUFFIX}"
+    return os.path.join(folder, tmp)
 
 
 class LocalDriver(Driver):
@@ -194,7 +211,7 @@ class LocalDriver(Driver):
 
         def write() -> None:
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}{TMP_SUFFIX}")
+            tmp = temp_path(path)
             fill(tmp)
             os.replace(tmp, path)
 
@@ -268,7 +285,8 @@ def stat_object(
 
     * :class:`ObjectInfo`: a regular file, or a symlink to one inside ``root``;
     * :class:`Skipped`: an entry the listing leaves out *and reports*: a symlink leaving the
-      folder or pointing to a folder, a socket/fifo/device, a name that is not UTF-8;
+      folder or pointing to a folder, a symlink loop or other entry ``stat`` cannot read, a
+      socket/fifo/device, a name that is not UTF-8;
     * ``None``: nothing the listing would mention: no such entry (or it vanished while we
       looked), a folder, a driver temp file (``TMP_SUFFIX``), or a path below a symlinked
       folder (listings never descend those).
@@ -301,6 +319,12 @@ def stat_object(
         st = entry.stat(follow_symlinks=True) if entry is not None else os.stat(path)
     except (FileNotFoundError, NotADirectoryError):
         return None  # removed (or a dangling link) while we looked
+    except OSError as exc:
+        # a link loop (ELOOP), a file the stat cannot reach: left out and reported, like
+        # any entry no key can stand for; raising would fail every listing of the folder
+        if exc.errno == errno.ELOOP:
+            return Skipped("symbolic link loop (never followed)")
+        return Skipped(f"cannot read it: {exc.strerror or exc}")
     if stat.S_ISDIR(st.st_mode):
         return Skipped("symlink to a folder (never followed)") if is_link else None
     if not stat.S_ISREG(st.st_mode):

@@ -25,7 +25,7 @@ from syncd.store import lease, ranges, workers
 from syncd.store.catalog import Catalog, Dataset
 from syncd.store.checkpoint import COUNTERS, Checkpoint, Run
 from syncd.store.db import transaction
-from syncd.transfer.common import ProblemHook, TransferResult
+from syncd.transfer.common import FileHook, ProblemHook, TransferResult
 from syncd.transfer.engine import Meter
 from syncd.transfer.pull import Pull
 from syncd.transfer.push import Push
@@ -606,8 +606,20 @@ def _transfer_folder(dataset: Dataset, folder: str, *, must_exist: bool) -> str:
 
 
 def _catalog_files(catalog: Catalog) -> list[str]:
-    """The catalog's own files (a pull with --delete into its folder must leave them)."""
+    """The catalog's own files (the database and its sidecars, whether they exist yet or
+    not), which no pull or push ever writes, replaces or removes."""
     return catalog.db.files()
+
+
+def _relative_prefix(dataset: Dataset, prefix: str) -> str | None:
+    """A key prefix as a prefix of paths relative to the dataset's driver path (what the
+    transfer walks), or None when no key under the driver path can start with it."""
+    path = dataset.driver.path
+    if prefix.startswith(path):
+        return prefix[len(path) :]
+    if path.startswith(prefix):
+        return ""  # shorter than the driver path: every key of the dataset starts with it
+    return None
 
 
 async def pull(
@@ -621,15 +633,38 @@ async def pull(
     jobs: int = 8,
     on_problem: ProblemHook | None = None,
     meter: Meter | None = None,
+    on_file: FileHook | None = None,
+    sync_first: bool = False,
+    wait: bool = False,
 ) -> TransferResult:
     """Make ``folder`` mirror dataset ``name`` (see :mod:`syncd.transfer.pull`); the library
-    call behind ``syncd pull``. ``prefix`` limits it to files whose path in the dataset (the
-    item's filename without its leading ``/``) starts with it. Reads the catalog's items; the
-    bucket is read, never written."""
+    call behind ``syncd pull``. Reads the catalog's items; the bucket is read, never written.
+
+    ``prefix`` limits it to objects whose key starts with it, as in ``items ls``; a prefix
+    no key under the dataset's driver path can start with selects nothing (one warning).
+    ``sync_first``: reconcile the dataset with its bucket first (:func:`sync`, waiting for a
+    running one with ``wait``), so objects gone since the last sync are not asked for.
+    ``on_file``: told of each file downloaded or removed (on a dry run: that would be)."""
     if jobs < 1:
         raise UsageError("--jobs must be at least 1")
+    if sync_first and dry_run:
+        raise UsageError("--sync writes the catalog; it cannot be combined with --dry-run")
     dataset = catalog.get_dataset(name)
     root = _transfer_folder(dataset, folder, must_exist=False)
+    relative = _relative_prefix(dataset, prefix)
+    if relative is None:
+        log.warning(
+            "pull: no object of dataset %r can start with --prefix %r: its keys all start "
+            "with its driver path %r (the prefix is a key prefix, as in `syncd items ls`); "
+            "nothing selected",
+            name,
+            prefix,
+            dataset.driver.path,
+        )
+        return TransferResult("pull", name, root, dry_run)
+    if sync_first:
+        await sync(catalog, name, wait=wait)
+        dataset = catalog.get_dataset(name)
     if not dry_run:
         try:
             os.makedirs(root, exist_ok=True)
@@ -641,13 +676,14 @@ async def pull(
             dataset,
             driver,
             root,
-            prefix=prefix.lstrip("/"),
+            prefix=relative,
             delete=delete,
             dry_run=dry_run,
             jobs=jobs,
             on_problem=on_problem,
             meter=meter,
             protect=_catalog_files(catalog),
+            on_file=on_file,
         ).run()
 
 
@@ -662,6 +698,7 @@ async def push(
     wait: bool = False,
     on_problem: ProblemHook | None = None,
     meter: Meter | None = None,
+    on_file: FileHook | None = None,
 ) -> TransferResult:
     """Upload ``folder``'s new and changed files into dataset ``name``'s bucket and update its
     items (see :mod:`syncd.transfer.push`); the library call behind ``syncd push``. Takes the
@@ -690,6 +727,7 @@ async def push(
                 meter=meter,
                 owner=owner,
                 protect=_catalog_files(catalog),
+                on_file=on_file,
             ).run()
 
     if dry_run:

@@ -11,6 +11,7 @@ import itertools
 import json
 import logging
 import os
+import shlex
 import sqlite3
 import sys
 import time
@@ -202,7 +203,7 @@ def cli(ctx: click.Context, debug: bool, verbose: int, quiet: bool, log_format: 
     --debug, -v/-vv, -q and --log-format may also follow the command. Secrets are masked in
     every log line, the SDKs' included."""
     verbosity = -1 if quiet else (2 if debug else verbose)
-    ctx.obj = {"verbosity": verbosity}
+    ctx.obj = {"verbosity": verbosity}  # pull and push name files from -v up
     logs.setup(verbosity, log_format, daemon=ctx.invoked_subcommand in ("run", "serve"))
     if ctx.invoked_subcommand is None:
         # bare ``syncd``: the help is what was asked for, not a usage error
@@ -580,6 +581,14 @@ class ByteBar:
         if self.bar is not None:
             self.bar.update(n)
 
+    def echo(self, line: str) -> None:
+        """Print ``line`` on stdout without tearing the bar (cleared, then drawn again)."""
+        if self.bar is None:
+            click.echo(line)
+        else:
+            with self.bar.external_write_mode():
+                click.echo(line)
+
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
@@ -590,7 +599,12 @@ def _transfer_options(f: Any) -> Any:
         [
             click.option("--dataset", "dataset_name", required=True, metavar="NAME"),
             _db_option,
-            click.option("--dry-run", is_flag=True, help="count what would move; change nothing"),
+            click.option(
+                "--dry-run",
+                is_flag=True,
+                help="list what would move ('+ KEY' new, '~ KEY' changed, '- KEY' removed); "
+                "change nothing",
+            ),
             click.option(
                 "--jobs",
                 type=click.IntRange(min=1),
@@ -607,10 +621,13 @@ def _transfer_options(f: Any) -> Any:
 
 
 def _transfer(direction: str, db_path: str | None, dry_run: bool, as_json: bool, call: Any) -> None:
-    """Run ``call(catalog, on_problem, meter)``, report problems as they come and the
-    summary at the end; exit 1 if anything was refused or failed."""
+    """Run ``call(catalog, on_problem, meter, on_file)``, report problems as they come and
+    the summary at the end; exit 1 if anything was refused or failed. Each file moved or
+    removed is listed (``+``/``~``/``-`` KEY, as rclone does) on a dry run and with ``-v``."""
     path = db_path or default_db_path()
     catalog = Catalog.open_reader(path) if dry_run else Catalog.open(path, create=False)
+    root = click.get_current_context().find_root()
+    verbosity = (root.obj or {}).get("verbosity", 0)
 
     def on_problem(kind: str, key: str, reason: str) -> None:
         if as_json:
@@ -619,8 +636,16 @@ def _transfer(direction: str, db_path: str | None, dry_run: bool, as_json: bool,
             click.echo(f"syncd: {kind} {printable(key)!s}: {reason}", err=True)
 
     bar = ByteBar(sys.stderr.isatty() and not as_json and not dry_run, direction)
+
+    def on_file(action: str, key: str) -> None:
+        if as_json:
+            _emit({"action": action, "key": key})
+        else:
+            bar.echo(f"{action} {printable(key)}")
+
+    listing = dry_run or verbosity >= 1
     try:
-        result = asyncio.run(call(catalog, on_problem, bar))
+        result = asyncio.run(call(catalog, on_problem, bar, on_file if listing else None))
     finally:
         bar.close()
         catalog.close()
@@ -630,10 +655,12 @@ def _transfer(direction: str, db_path: str | None, dry_run: bool, as_json: bool,
         c = result.counts
         verb = {"pull": "downloaded", "push": "uploaded"}[direction]
         if dry_run:
-            verb = f"would have {verb}"
-        rate = c["bytes"] / result.seconds / 1e6 if result.seconds else 0.0
+            moved = f"{c['transferred']:,} would have {verb} ({c['bytes'] / 1e6:,.1f} MB)"
+        else:
+            rate = c["bytes"] / result.seconds / 1e6 if result.seconds else 0.0
+            moved = f"{c['transferred']:,} {verb} ({c['bytes'] / 1e6:,.1f} MB, {rate:,.1f} MB/s)"
         parts = [
-            f"{c['transferred']:,} {verb} ({c['bytes'] / 1e6:,.1f} MB, {rate:,.1f} MB/s)",
+            moved,
             f"{c['up_to_date']:,} up to date",
             f"{c['extra']:,} extra",
             f"{c['removed']:,} removed",
@@ -642,6 +669,8 @@ def _transfer(direction: str, db_path: str | None, dry_run: bool, as_json: bool,
         ]
         if c["filtered"]:
             parts.append(f"{c['filtered']:,} filtered")
+        if c["skipped"]:
+            parts.append(f"{c['skipped']:,} skipped (each named in a warning)")
         where = "into" if direction == "pull" else "from"
         click.echo(
             f"{direction} of dataset {result.dataset!r} {where} {result.folder}: "
@@ -650,10 +679,23 @@ def _transfer(direction: str, db_path: str | None, dry_run: bool, as_json: bool,
     if not result.ok:
         # one closing line however many files failed: what to look at and what to do
         c = result.counts
+        advice = "run it again to retry the failed ones"
+        if c["gone"]:
+            # a retry of those can only fail again: the catalog must learn of them first
+            name, folder = shlex.quote(result.dataset), shlex.quote(result.folder)
+            advice = (
+                f"{c['gone']:,} of the failed left the bucket since the last sync: run "
+                f"`syncd sync --dataset {name}` then pull again, or in one go "
+                f"`syncd pull --sync --dataset {name} {folder}`"
+            )
+            if c["failed"] > c["gone"]:
+                advice += "; run it again to retry the other failed ones"
+        elif c["refused"] and not c["failed"]:
+            advice = "the refused ones stay refused until the reason given is dealt with"
         click.echo(
             f"syncd: error: {direction} of dataset {result.dataset!r}: {c['failed']:,} failed, "
             f"{c['refused']:,} refused (each reported above); the files done are kept and none "
-            "is half-written: run it again to retry the failed ones",
+            f"is half-written: {advice}",
             err=True,
         )
         sys.exit(1)
@@ -666,13 +708,20 @@ def _transfer(direction: str, db_path: str | None, dry_run: bool, as_json: bool,
     "--prefix",
     default="",
     metavar="P",
-    help="only files whose path in the dataset starts with P",
+    help="only objects whose key starts with P (as in `syncd items ls`)",
 )
 @click.option(
     "--delete",
     is_flag=True,
     help="remove local files that are not in the dataset (regular files only; "
     "symbolic links are never followed or removed)",
+)
+@click.option(
+    "--sync",
+    "sync_first",
+    is_flag=True,
+    help="sync the dataset with its bucket first (objects gone since the last sync are "
+    "then not asked for)",
 )
 def pull(
     folder: str,
@@ -683,10 +732,12 @@ def pull(
     as_json: bool,
     prefix: str,
     delete: bool,
+    sync_first: bool,
 ) -> None:
     """Make folder DIR mirror a dataset: download what is missing or changed.
 
-    Keys that would land outside DIR are refused and reported; everything else is pulled
+    Keys that would land outside DIR or on the catalog's own files, and a key beside a
+    folder of its name ('a' and 'a/b'), are refused and reported; everything else is pulled
     (exit 1 if anything was refused or failed). Files are written to a temporary name and
     renamed, so an interrupted pull leaves no partial file; run it again to finish."""
     _transfer(
@@ -694,7 +745,7 @@ def pull(
         db_path,
         dry_run,
         as_json,
-        lambda catalog, on_problem, meter: api.pull(
+        lambda catalog, on_problem, meter, on_file: api.pull(
             catalog,
             dataset_name,
             folder,
@@ -704,6 +755,8 @@ def pull(
             jobs=jobs,
             on_problem=on_problem,
             meter=meter,
+            on_file=on_file,
+            sync_first=sync_first,
         ),
     )
 
@@ -737,7 +790,7 @@ def push(
         db_path,
         dry_run,
         as_json,
-        lambda catalog, on_problem, meter: api.push(
+        lambda catalog, on_problem, meter, on_file: api.push(
             catalog,
             dataset_name,
             folder,
@@ -747,6 +800,7 @@ def push(
             wait=wait,
             on_problem=on_problem,
             meter=meter,
+            on_file=on_file,
         ),
     )
 

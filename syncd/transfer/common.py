@@ -16,6 +16,10 @@ KEEP_PROBLEMS = 1000
 ProblemHook = Callable[[str, str, str], None]
 #: ``on_bytes(n)``: n more bytes are done (moved, or found already in place)
 BytesHook = Callable[[int], None]
+#: ``on_file(action, key)``: a file is (or, on a dry run, would be) moved or removed; action
+#: is "+" (new on the destination), "~" (changed) or "-" (removed with ``delete``); key is
+#: the object's key
+FileHook = Callable[[str, str], None]
 
 
 @dataclass
@@ -24,8 +28,11 @@ class TransferResult:
 
     ``counts``: ``transferred`` files and their ``bytes``, ``up_to_date``, ``refused`` keys,
     ``extra`` files (on the destination only), ``removed`` of those (``--delete``),
-    ``failed``, ``filtered`` (push: local files the dataset's filters leave out). A run is
-    ``ok`` when nothing was refused or failed.
+    ``failed``, ``gone`` (of the failed: objects no longer in the bucket, the catalog is
+    stale), ``filtered`` (push: local files the dataset's filters leave out), ``skipped``
+    (entries left out with a warning each: unreadable local entries such as a symbolic link
+    loop, a folder marker holding bytes, the catalog's own files in a pushed folder). A run
+    is ``ok`` when nothing was refused or failed.
     """
 
     direction: str
@@ -42,7 +49,9 @@ class TransferResult:
                 "extra",
                 "removed",
                 "failed",
+                "gone",
                 "filtered",
+                "skipped",
             ),
             0,
         )

@@ -27,7 +27,7 @@ from syncd.store import lease
 from syncd.store.catalog import Catalog, Dataset, Item
 from syncd.store.copies import Copy, LocalCopies
 from syncd.store.db import transaction
-from syncd.transfer.common import Bounded, ProblemHook, TransferResult, file_md5
+from syncd.transfer.common import Bounded, FileHook, ProblemHook, TransferResult, file_md5
 from syncd.transfer.paths import UnsafePath
 from syncd.transfer.plan import Row, Verdict, align, expected_md5, judge
 
@@ -66,14 +66,27 @@ class Transfer:
         meter: Meter | None = None,
         owner: str | None = None,
         protect: Iterable[str] = (),
+        on_file: FileHook | None = None,
     ) -> None:
-        """``owner``: the holder of the dataset's lease, renewed and checked at every commit
-        (push writes items); ``protect``: files never touched (the catalog's own)."""
+        """``prefix``: only files whose path relative to the driver path starts with it;
+        ``owner``: the holder of the dataset's lease, renewed and checked at every commit
+        (push writes items); ``protect``: files never written, replaced or removed, on
+        either side (the catalog's own: a pull into its folder, a push into a folder
+        dataset that holds it); ``on_file``: told of each file moved or removed (on a dry
+        run: that would be), see :data:`~syncd.transfer.common.FileHook`."""
         self.catalog, self.dataset, self.driver, self.root = catalog, dataset, driver, root
         self.owner = owner
         self.protect = {os.path.realpath(p) for p in protect}
+        # a cheap first test (most names are not the catalog's), casefolded for the file
+        # systems that ignore case; then the real path, or the same file by inode
+        self._protect_names = {os.path.basename(p).casefold() for p in self.protect}
+        self._protect_ids: set[tuple[int, int]] = set()
+        for path in self.protect:
+            with contextlib.suppress(OSError):
+                st = os.stat(path)
+                self._protect_ids.add((st.st_dev, st.st_ino))
         self.prefix, self.delete, self.dry_run = prefix, delete, dry_run
-        self.on_problem, self.meter = on_problem, meter
+        self.on_problem, self.meter, self.on_file = on_problem, meter, on_file
         self.path = dataset.driver.path
         self.md5_provider = dataset.driver.type
         self.copies = LocalCopies(catalog.db, dataset.id, root)
@@ -142,8 +155,9 @@ class Transfer:
     async def _local_files(self) -> AsyncIterator[ObjectInfo]:
         if not os.path.isdir(self.root):
             return  # a dry run into a folder that does not exist yet
+        local = LocalDriver(self.root)
         try:
-            async for page in LocalDriver(self.root).list(prefix=self.prefix):
+            async for page in local.list(prefix=self.prefix):
                 for obj in page:
                     yield obj
         except PermissionError as exc:
@@ -152,15 +166,62 @@ class Transfer:
                 f"cannot read {exc.filename}: {exc.strerror}; fix its permissions or move it "
                 f"out of {self.root} (the run stopped there; nothing was removed)"
             ) from None
+        finally:
+            # entries the listing left out (a symbolic link loop, a socket, a name that is
+            # not UTF-8), each already named in a warning by the driver
+            self.result.counts["skipped"] += local.skipped
 
-    def protected(self, rel: str) -> bool:
-        return os.path.realpath(os.path.join(self.root, *rel.split("/"))) in self.protect
+    def _protected_path(self, path: str) -> str | None:
+        """The ``protect`` file ``path`` is (its real path), or None."""
+        if os.path.basename(path).casefold() not in self._protect_names:
+            return None
+        real = os.path.realpath(path)
+        if real in self.protect:
+            return real
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        return real if (st.st_dev, st.st_ino) in self._protect_ids else None
 
-    async def schedule(self, row: Row, size: int) -> None:
-        """Count ``row`` as moved (a dry run stops here) or start moving it."""
+    def protected(self, rel: str) -> str | None:
+        """The ``protect`` file the local file ``rel`` is, or None."""
+        return self._protected_path(os.path.join(self.root, *rel.split("/")))
+
+    def protected_object(self, key: str) -> str | None:
+        """The ``protect`` file the object ``key`` is, if the dataset is a local folder
+        holding it (writing or deleting that object would replace or remove it)."""
+        if not isinstance(self.driver, LocalDriver):
+            return None
+        return self._protected_path(os.path.join(self.driver.root, *key.split("/")))
+
+    def refuse_protected(self, key: str, path: str) -> None:
+        """Report ``key`` refused: moving it would write over or remove syncd's own ``path``."""
+        where = (
+            "pull into another folder, or keep the catalog elsewhere (--db)"
+            if self.direction == "pull"
+            else "keep the catalog outside the dataset's folder (--db)"
+        )
+        self.result.problem(
+            "refused",
+            key,
+            f"{path} is syncd's own catalog file (or one of its sidecars), in use; it is never "
+            f"written, replaced or removed: {where}",
+            self.on_problem,
+        )
+
+    def tell(self, action: str, key: str) -> None:
+        """Report a file moved or removed (on a dry run: that would be) to ``on_file``."""
+        if self.on_file is not None:
+            self.on_file(action, key)
+
+    async def schedule(self, row: Row, size: int, action: str, key: str) -> None:
+        """Count ``row`` as moved (a dry run stops here) or start moving it; ``action`` and
+        ``key`` are what :meth:`tell` says of it (at once on a dry run, else once moved)."""
         if self.dry_run:
             self.result.counts["transferred"] += 1
             self.result.counts["bytes"] += size
+            self.tell(action, key)
             return
         if self.meter is not None and not self.upfront:
             self.meter.plan(size)
@@ -170,6 +231,8 @@ class Transfer:
                 await self.move(row)
             except Exception as exc:
                 self.report(row, exc)
+            else:
+                self.tell(action, key)
 
         await self.work.start(one)
 

@@ -64,10 +64,11 @@ def local_path(root: str, rel: str) -> str:
 
     Folders are made one at a time, each checked with ``lstat`` before going into it, so a
     symbolic link on the way is refused (``UnsafePath``) before anything is created through
-    it. A file standing where a folder is needed is refused too."""
+    it. A file standing where a folder is needed is refused too ("file/folder conflict"):
+    unlike a bucket, a folder cannot hold both ``a`` and ``a/b``."""
     parts = check_relative(rel).rstrip("/").split("/")
     parent = root
-    for part in parts[:-1]:
+    for depth, part in enumerate(parts[:-1], 1):
         parent = os.path.join(parent, part)
         try:
             mode = os.lstat(parent).st_mode  # most folders exist: one call, not mkdir + lstat
@@ -78,5 +79,9 @@ def local_path(root: str, rel: str) -> str:
         if stat.S_ISLNK(mode):
             raise UnsafePath("the path goes through a symbolic link")
         if not stat.S_ISDIR(mode):
-            raise UnsafePath("a file stands where the path needs a folder")
+            raise UnsafePath(
+                f"file/folder conflict: a file stands at {'/'.join(parts[:depth])!r}, where "
+                "this key needs a folder (a folder cannot hold both 'a' and 'a/b', as a "
+                "bucket can)"
+            )
     return os.path.join(parent, parts[-1])

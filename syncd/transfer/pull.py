@@ -4,7 +4,8 @@ Contracts:
 
 * Every file lands under its item's ``filename`` inside the folder, or nowhere: keys that could
   escape it are refused (:mod:`syncd.transfer.paths`), reported, and the rest goes on.
-* A file is written to ``.<name>.syncd-tmp`` beside its final name, checked against the size of
+* A file is written to ``.<name>.syncd-tmp`` beside its final name (a hash of the name for a
+  name too long to take the suffix, :func:`providers.local.temp_path`), checked against the size of
   the object it came from, given the object's modification time, then renamed: an interrupted
   pull never leaves a partial file under a final name, and the next pull of that file
   overwrites the temp (one whose item has gone meanwhile stays: temp files are never listed).
@@ -14,22 +15,39 @@ Contracts:
   states one. A complete file is never downloaded again.
 * ``delete`` removes only regular files under the folder that are not in the dataset (never a
   symbolic link, never what it points to, never the paths in ``protect``: the catalog).
+* Nothing ever writes over the paths in ``protect`` (the catalog and its sidecar files, in use
+  by this very pull): an object that would land on one is refused, with the reason.
+* A key that cannot be a file beside another (``a`` beside ``a/b``: a folder cannot hold both)
+  is refused ("file/folder conflict"), not failed: no retry can write it.
+* An object gone from the bucket since the last sync fails and is counted ``gone``: the
+  catalog is stale, and only a sync (``syncd pull --sync``) makes the retry succeed.
+* A folder marker (a key ending in ``/``) names a folder; one holding bytes is ``skipped``
+  with a warning (a folder cannot hold them).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import stat
 from typing import Any, BinaryIO, cast
 
+from providers import errors
 from providers.base import ObjectInfo
-from providers.local import TMP_SUFFIX, local_etag
+from providers.local import local_etag, temp_path
 from syncd.transfer.engine import Transfer
 from syncd.transfer.paths import UnsafePath, check_relative, is_folder_marker, local_path
 from syncd.transfer.plan import Row, Verdict
 from syncd.transfer.writer import open_writer, trim
+
+log = logging.getLogger("syncd")
+
+_FOLDER_THERE = (
+    "file/folder conflict: a folder stands at this path (holding other keys' files, such as "
+    "'a/b' beside the key 'a'); a folder cannot hold both, as a bucket can"
+)
 
 
 def _open_temp(root: str, rel: str, size: int) -> tuple[str, str, BinaryIO]:
@@ -38,7 +56,12 @@ def _open_temp(root: str, rel: str, size: int) -> tuple[str, str, BinaryIO]:
     in DIR or nowhere. Returns the final path, the temp path and the open temp file, a
     :mod:`syncd.transfer.writer` for an object of ``size`` bytes."""
     final = local_path(root, rel)
-    tmp = os.path.join(os.path.dirname(final), f".{os.path.basename(final)}{TMP_SUFFIX}")
+    with contextlib.suppress(FileNotFoundError):
+        # a folder (not a link: a rename replaces a link, never follows it) at the final
+        # name: refused before any byte is fetched, no retry could place this file
+        if stat.S_ISDIR(os.lstat(final).st_mode):
+            raise UnsafePath(_FOLDER_THERE)
+    tmp = temp_path(final)
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
     try:
         fd = os.open(tmp, flags, 0o644)
@@ -90,7 +113,12 @@ def _finish(out: BinaryIO, tmp: str, final: str, info: ObjectInfo) -> str:
         st = os.fstat(out.fileno())
         if st.st_size != info.size:
             raise ValueError(f"wrote {st.st_size} bytes of an object of {info.size}")
-    os.replace(tmp, final)
+    try:
+        os.replace(tmp, final)
+    except IsADirectoryError:
+        # another key's folder made meanwhile (a/b pulled beside a): refused, not failed
+        # (the caller removes the temp file)
+        raise UnsafePath(_FOLDER_THERE) from None
     return local_etag(st)
 
 
@@ -119,11 +147,25 @@ class Pull(Transfer):
             return
         if not row.rel or is_folder_marker(row.rel):
             self.unplan(row.item.size)
+            if row.item.size:
+                # its bytes have nowhere to go: said, not dropped silently
+                self.result.counts["skipped"] += 1
+                log.warning(
+                    "skipped %r: a folder marker holding %d bytes (a folder cannot hold "
+                    "bytes; only its name is pulled)",
+                    row.item.key,
+                    row.item.size,
+                )
             return  # a folder (the driver path's own marker too), not a file: nothing to write
         try:
             check_relative(row.rel)
         except UnsafePath as exc:
             self.result.problem("refused", row.item.key, str(exc), self.on_problem)
+            self.unplan(row.item.size)
+            return
+        protected = self.protected(row.rel)
+        if protected is not None:
+            self.refuse_protected(row.item.key, protected)
             self.unplan(row.item.size)
             return
         if row.local is not None:
@@ -133,7 +175,22 @@ class Pull(Transfer):
                     self.result.counts["up_to_date"] += 1
                 self.unplan(row.item.size)
                 return
-        await self.schedule(row, row.item.size)
+        await self.schedule(row, row.item.size, "+" if row.local is None else "~", row.item.key)
+
+    def report(self, row: Row, exc: Exception) -> None:
+        """As :meth:`Transfer.report`; an object not found is ``gone`` (and failed): it left
+        the bucket after the last sync, so only a sync makes a retry succeed."""
+        if isinstance(exc, errors.NotFound) and row.item is not None:
+            self.result.counts["gone"] += 1
+            self.result.problem(
+                "failed",
+                row.item.key,
+                "gone from the bucket since the last sync of the dataset (the catalog is "
+                f"stale): run `syncd sync --dataset {self.dataset.name}`, or pull with --sync",
+                self.on_problem,
+            )
+            return
+        super().report(row, exc)
 
     async def move(self, row: Row) -> None:
         item = row.item
@@ -161,12 +218,12 @@ class Pull(Transfer):
 
     async def extra(self, row: Row) -> None:
         """A local file the dataset does not have: counted, and removed with ``delete``."""
+        if self.protected(row.rel):
+            return  # syncd's own catalog: not part of the mirror, never removed
         self.result.counts["extra"] += 1
         if not self.delete:
             return
         path = os.path.join(self.root, *row.rel.split("/"))
-        if self.protected(row.rel):
-            return
         try:
             if not stat.S_ISREG(os.lstat(path).st_mode):
                 return  # a symbolic link (listed when it points inside): never removed
@@ -179,3 +236,4 @@ class Pull(Transfer):
             return
         self.forget(row.rel)
         self.result.counts["removed"] += 1
+        self.tell("-", self.path + row.rel)

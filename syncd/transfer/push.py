@@ -11,6 +11,13 @@ Contracts:
 * ``delete`` removes objects (and their items) that have no local file; the caller allows it
   only when the driver's ``allow_external_delete`` is true.
 * The caller holds the dataset's lease, so no sync rewrites the items meanwhile.
+* A file whose key the provider would store under another name is refused, with that name:
+  Azure Blob turns ``\\`` into ``/`` (``AzureBlobDriver.stored_name``), so such a push
+  could never converge (its item and its blob would differ for ever). S3, GCS and folders
+  keep ``\\`` as it is.
+* Nothing ever writes over or removes the paths in ``protect`` (the catalog's files): one in
+  the folder pushed is ``skipped`` with a warning; an object that is one (a folder dataset
+  holding the catalog) is refused, not written or deleted.
 """
 
 from __future__ import annotations
@@ -40,9 +47,29 @@ class Push(Transfer):
                 await self.extra(row)
             return
         if self.protected(row.rel):
-            return  # the catalog itself, in the folder being pushed
+            # the catalog itself, in the folder being pushed: a snapshot of a file in use
+            # is no object anyone wants
+            self.result.counts["skipped"] += 1
+            log.warning("skipped %r: syncd's own catalog file, never pushed", row.rel)
+            return
         if not self.dataset.filters.accepts(row.rel, row.local.size):
             self.result.counts["filtered"] += 1
+            return
+        key = self.path + row.rel
+        # only a driver that stores some keys under another name has stored_name (Azure)
+        stored_name = getattr(self.driver, "stored_name", None)
+        if stored_name is not None and stored_name(key) != key:
+            self.result.problem(
+                "refused",
+                key,
+                f"Azure Blob stores '\\' as '/': this file would become {stored_name(key)!r}, "
+                "another name, and never match its item; rename the file",
+                self.on_problem,
+            )
+            return
+        protected = self.protected_object(key)
+        if protected is not None:
+            self.refuse_protected(key, protected)
             return
         if row.item is not None:
             same = await self.matches(row, unproven=Verdict.MOVE)
@@ -51,7 +78,7 @@ class Push(Transfer):
             if same:
                 self.result.counts["up_to_date"] += 1
                 return
-        await self.schedule(row, row.local.size)
+        await self.schedule(row, row.local.size, "+" if row.item is None else "~", key)
 
     async def move(self, row: Row) -> None:
         path = os.path.join(self.root, *row.rel.split("/"))
@@ -91,6 +118,10 @@ class Push(Transfer):
         self.result.counts["extra"] += 1
         if not self.delete:
             return
+        protected = self.protected_object(row.item.key)
+        if protected is not None:
+            self.refuse_protected(row.item.key, protected)
+            return
         if not self.dry_run:
             try:
                 await self.driver.delete(row.item.key)
@@ -102,3 +133,4 @@ class Push(Transfer):
             self._gone.append(row.item.key)
             self.forget(row.rel)
         self.result.counts["removed"] += 1
+        self.tell("-", row.item.key)
