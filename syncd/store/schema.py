@@ -57,6 +57,22 @@ CHANGES = """CREATE TABLE changes (
     md5 TEXT
 )"""
 
+#: where each consumer of the change log (a webhook, a queue sink) is: every change up to
+#: ``cursor`` is delivered; ``batch_end``, when set, is the end of the batch in flight (sent,
+#: not yet acknowledged: it is sent again, as the same batch, after a crash); ``failing_since``
+#: and ``last_error`` say why it is behind; ``paused`` stops it (a 4xx it must not retry)
+DELIVERIES = """CREATE TABLE deliveries (
+    name TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    cursor {bigint} NOT NULL,
+    batch_end {bigint},
+    attempts INTEGER NOT NULL DEFAULT 0,
+    failing_since TEXT,
+    last_error TEXT,
+    paused INTEGER NOT NULL DEFAULT 0,
+    updated_at TEXT NOT NULL
+)"""
+
 SHARED: list[tuple[str, list[str]]] = [
     (
         "0013_changes",
@@ -68,6 +84,7 @@ SHARED: list[tuple[str, list[str]]] = [
             # missed changes: 410 Gone)
             "INSERT INTO counters (name, value) VALUES ('change_cursor', 0)",
             "INSERT INTO counters (name, value) VALUES ('changes_pruned', 0)",
+            DELIVERIES,
         ],
     ),
 ]
