@@ -206,18 +206,7 @@ class Catalog:
         recorded in the change log as one ``dataset_removed`` record."""
         with transaction(self.db):
             # one record in the change log, not one per item (a follower drops the dataset)
-            self.db.record_changes(
-                [
-                    (
-                        "dataset_removed",
-                        source,
-                        now(),
-                        dataset.name,
-                        dataset.id,
-                        *([None] * (len(ITEM_COLUMNS) - 1)),
-                    )
-                ]
-            )
+            self.db.record_changes("dataset_removed", source, now(), [(dataset.id, dataset.name)])
             ranges.clear(self.db, "SELECT id FROM runs WHERE dataset_id = ?", [dataset.id])
             for table in ("pending_deletes", "run_attempts"):
                 self.db.execute(
@@ -416,10 +405,7 @@ class Catalog:
         self.db.upsert_items(rows, None)
         if source is not None:
             assert kinds is not None
-            at = now()
-            self.db.record_changes(
-                (kind, source, at, None, *row) for kind, row in zip(kinds, rows, strict=True)
-            )
+            self.db.record_changes(kinds, source, now(), rows)
 
     def _unguarded(
         self,
@@ -536,9 +522,7 @@ class Catalog:
         is recorded in the change log as it was. The caller holds the transaction."""
         keys = list(keys)
         if source is not None and keys:
-            gone = self.item_rows(dataset_id, keys)
-            at = now()
-            self.db.record_changes(("deleted", source, at, None, *row) for row in gone)
+            self.db.record_changes("deleted", source, now(), self.item_rows(dataset_id, keys))
         return self.db.executemany(
             "DELETE FROM items WHERE dataset_id = ? AND key = ?", [(dataset_id, k) for k in keys]
         )

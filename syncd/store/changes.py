@@ -35,15 +35,24 @@ from syncd.store.sql import ITEM_COLUMNS, Database
 
 KINDS = ("created", "updated", "deleted", "dataset_removed")
 SOURCES = ("listing", "event", "watch", "push", "admin")
-#: the columns of ``changes`` after ``cursor``, in the order a record carries them
-COLUMNS = ("kind", "source", "at", "dataset", *ITEM_COLUMNS)
+#: a change row is inserted from an item row (:data:`ITEM_COLUMNS`, 13 values) followed by
+#: ``kind, source, at, cursor``: numbered parameters pick the columns the log keeps, so no
+#: tuple is rebuilt per row (a first sync records one change per object)
 INSERT = (
-    f"INSERT INTO changes (cursor, {', '.join(COLUMNS)})"
-    f" VALUES ({', '.join('?' * (len(COLUMNS) + 1))})"
+    "INSERT INTO changes (cursor, kind, source, at, dataset_id, key, size, etag, content_type,"
+    " mtime, version, md5, metadata)"
+    " VALUES (?17, ?14, ?15, ?16, ?1, ?2, ?5, ?6, ?7, ?8, ?9, ?13, nullif(?12, '{}'))"
 )
-#: the fields of an item in a change (``dataset_id`` is the change's own)
-_ITEM_FIELDS = ITEM_COLUMNS[1:]
-_SELECT = f"SELECT cursor, {', '.join(COLUMNS)} FROM changes"
+assert (
+    ITEM_COLUMNS[0:2] == ("dataset_id", "key")
+    and ITEM_COLUMNS[4:9] == ("size", "etag", "content_type", "mtime", "version")
+    and ITEM_COLUMNS[11:13] == ("metadata", "md5")
+), "INSERT's parameter numbers drifted"
+_SELECT = (
+    "SELECT c.cursor, c.kind, c.source, c.at, c.dataset_id, coalesce(c.dataset, d.name), c.key,"
+    " c.size, c.etag, c.content_type, c.mtime, c.version, c.md5, c.metadata"
+    " FROM changes c LEFT JOIN datasets d ON d.id = c.dataset_id"
+)
 
 
 class ChangeSignal:
@@ -88,7 +97,9 @@ class CursorGone(SyncdError):
 @dataclass(frozen=True)
 class Change:
     """One record of the log. ``item`` is the item after the change (for ``deleted``, as it
-    was), as ``items ls --json`` shows items; None for ``dataset_removed``."""
+    was), as ``items ls --json`` shows items but for ``created_at``/``updated_at`` (the
+    record's ``at`` is when it changed); ``filename`` and ``uri`` are None once the dataset is
+    removed. None for ``dataset_removed``."""
 
     cursor: int
     kind: str
@@ -110,15 +121,69 @@ class Change:
         }
 
 
-def _change(row: Sequence[Any]) -> Change:
-    import json
+class _Bindings:
+    """Each dataset's name, path and URI rule, looked up once per read: an item's
+    ``filename`` and ``uri`` follow from its dataset's binding and its key, so the log does
+    not store them. A dataset removed since has neither (its name comes from its
+    ``dataset_removed`` record)."""
 
-    cursor, kind, source, at, dataset, _dataset_id, key, *item = row
-    fields = dict(zip(_ITEM_FIELDS, (key, *item), strict=True))
-    if key is None:
-        return Change(int(cursor), kind, source, at, dataset, None, None)
-    fields["metadata"] = json.loads(fields["metadata"] or "{}")
-    return Change(int(cursor), kind, source, at, dataset, key, fields)
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self.found: dict[int, tuple[str | None, Any]] = {}
+
+    def of(self, dataset_id: int) -> tuple[str | None, Any]:
+        if dataset_id not in self.found:
+            from syncd.store.catalog import Catalog
+
+            row = self.db.execute("SELECT name FROM datasets WHERE id = ?", [dataset_id]).fetchone()
+            if row is not None:
+                dataset = Catalog(self.db).find_dataset(row[0])
+                self.found[dataset_id] = (row[0], dataset.driver if dataset else None)
+            else:
+                gone = self.db.execute(
+                    "SELECT dataset FROM changes WHERE dataset_id = ? AND kind = 'dataset_removed'",
+                    [dataset_id],
+                ).fetchone()
+                self.found[dataset_id] = (gone[0] if gone else None, None)
+        return self.found[dataset_id]
+
+    def change(self, row: Sequence[Any]) -> Change:
+        import json
+
+        cursor, kind, source, at, dataset_id, name, key, *rest = row
+        size, etag, content_type, mtime, version, md5, metadata = rest
+        known, driver = (
+            self.of(int(dataset_id)) if name is None or key is not None else (name, None)
+        )
+        name = name or known or "?"
+        if key is None:
+            return Change(int(cursor), kind, source, at, name, None, None)
+        item = {
+            "key": key,
+            "filename": "/" + key[len(driver.path) :] if driver is not None else None,
+            "uri": _uri(driver, key) if driver is not None else None,
+            "size": size,
+            "etag": etag,
+            "content_type": content_type,
+            "mtime": mtime,
+            "version": version,
+            "md5": md5,
+            "metadata": json.loads(metadata) if metadata else {},
+        }
+        return Change(int(cursor), kind, source, at, name, key, item)
+
+
+def _uri(driver: Any, key: str) -> str:
+    """The object's URI, as its driver gives it (without opening the driver)."""
+    from pathlib import Path
+
+    from providers.base import object_uri
+
+    if driver.type == "local":
+        return Path(driver.bucket, *key.split("/")).as_uri()
+    if driver.type == "bench":
+        return f"bench://{driver.bucket}/{key}"
+    return object_uri(driver.type, driver.bucket, key, driver.account)
 
 
 def head(db: Database) -> int:
@@ -154,14 +219,15 @@ def read(
     """Up to ``limit`` records with a cursor above ``after``, in cursor order (of one dataset,
     of some kinds). :class:`CursorGone` if ``after`` is older than the log holds."""
     check_cursor(db, after)
-    sql, args = _SELECT + " WHERE cursor > ?", [after]
+    sql, args = _SELECT + " WHERE c.cursor > ?", [after]
     if dataset_id is not None:
-        sql, args = sql + " AND dataset_id = ?", [*args, dataset_id]
+        sql, args = sql + " AND c.dataset_id = ?", [*args, dataset_id]
     if kinds:
-        sql += f" AND kind IN ({', '.join('?' * len(kinds))})"
+        sql += f" AND c.kind IN ({', '.join('?' * len(kinds))})"
         args += list(kinds)
-    rows = db.execute(sql + " ORDER BY cursor LIMIT ?", [*args, limit]).fetchall()
-    return [_change(r) for r in rows]
+    rows = db.execute(sql + " ORDER BY c.cursor LIMIT ?", [*args, limit]).fetchall()
+    bindings = _Bindings(db)
+    return [bindings.change(r) for r in rows]
 
 
 def follow(db: Database, *, after: int = 0, page: int = 1000, **filters: Any) -> Iterator[Change]:

@@ -32,29 +32,28 @@ def migrations(dialect: str) -> list[tuple[str, list[str]]]:
 
 #: one change to a dataset's items per row (see :mod:`syncd.store.changes`): the catalog-wide
 #: ``cursor``; what happened (``kind``: created, updated, deleted, dataset_removed), by which
-#: path (``source``: listing, event, watch, push) and when (``at``); the dataset's id and name
-#: at the time; then the item's columns as they are after the change (for a delete, as they
-#: were before it), in :data:`syncd.store.sql.ITEM_COLUMNS` order. A removed dataset is one
-#: row with no key and no item.
+#: path (``source``: listing, event, watch, push, admin) and when (``at``); the dataset's id;
+#: then the item's own columns after the change (for a delete, as they were before it):
+#: ``key`` and what describes the object. What follows from the dataset's binding (the item's
+#: ``filename`` and ``uri``) is derived when read, not stored: a first sync writes a record per
+#: object, and every byte of it is written twice (the row and the WAL). ``dataset`` (its name)
+#: is kept only on a ``dataset_removed`` record, the one row with no key; ``metadata`` is NULL
+#: when empty.
 CHANGES = """CREATE TABLE changes (
     cursor {rowid},
     kind TEXT NOT NULL,
     source TEXT NOT NULL,
     at TEXT NOT NULL,
-    dataset TEXT NOT NULL,
     dataset_id {bigint} NOT NULL,
+    dataset TEXT,
     key {key},
-    filename TEXT,
-    uri TEXT,
     size {bigint},
     etag TEXT,
     content_type TEXT,
     mtime TEXT,
     version TEXT,
-    created_at TEXT,
-    updated_at TEXT,
-    metadata TEXT,
-    md5 TEXT
+    md5 TEXT,
+    metadata TEXT
 )"""
 
 #: where each consumer of the change log (a webhook, a queue sink) is: every change up to
