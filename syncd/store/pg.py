@@ -386,27 +386,6 @@ class PostgresDatabase(Database):
             cur.execute(_MERGE)
         self._stage_used = True
 
-    def insert_changes(self, rows: list[tuple[Any, ...]]) -> None:
-        # psycopg has no numbered parameters: the columns syncd.store.changes.INSERT picks
-        # from each row are picked here
-        picked = [
-            (r[16], r[13], r[14], r[15], r[0], r[1], r[4], r[5], r[6], r[7], r[8], r[12],
-             None if r[11] == "{}" else r[11])
-            for r in rows
-        ]  # fmt: skip
-        columns = (
-            "cursor, kind, source, at, dataset_id, key, size, etag, content_type, mtime,"
-            " version, md5, metadata"
-        )
-        if len(rows) < COPY_ROWS:
-            self.executemany(
-                f"INSERT INTO changes ({columns}) VALUES ({', '.join('?' * 13)})", picked
-            )
-            return
-        with self.conn.cursor() as cur, cur.copy(f"COPY changes ({columns}) FROM STDIN") as copy:
-            for row in picked:
-                copy.write_row(row)
-
     def _upsert_few(self, rows: list[tuple[Any, ...]], seen_seq: list[int] | None) -> None:
         """A handful of rows (an event's item): plain upserts, cheaper than a COPY."""
         if seen_seq is None:

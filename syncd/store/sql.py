@@ -174,11 +174,14 @@ class Database(ABC):
             self.pending_changes.append((kinds, source, at, rows))
 
     def flush_changes(self) -> None:
-        """Give the buffered records their cursors and write them. The transaction calls it
-        as its last statement before ``COMMIT``: the ``change_cursor`` row it updates stays
-        locked until then, so cursors commit in cursor order (see syncd.store.changes)."""
+        """Give the buffered records their cursors and write them, one row per group. The
+        transaction calls it as its last statement before ``COMMIT``: the ``change_cursor``
+        row it updates stays locked until then, so cursors commit in cursor order (see
+        syncd.store.changes)."""
         if not self.pending_changes:
             return
+        from syncd.store.changes import INSERT, pack
+
         groups, self.pending_changes = self.pending_changes, []
         total = sum(len(g[3]) for g in groups)
         end = int(
@@ -190,31 +193,12 @@ class Database(ABC):
         )
         cursor = end - total + 1
         for kinds, source, at, rows in groups:
-            if kinds == "dataset_removed":
-                ((dataset_id, name),) = rows
+            for dataset_id, kind_letters, name, entries, n in pack(kinds, rows):
                 self.execute(
-                    "INSERT INTO changes (cursor, kind, source, at, dataset_id, dataset)"
-                    " VALUES (?, ?, ?, ?, ?, ?)",
-                    [cursor, kinds, source, at, dataset_id, name],
+                    INSERT,
+                    [cursor, cursor + n - 1, source, at, dataset_id, name, kind_letters, entries],
                 )
-            elif isinstance(kinds, str):
-                tail = (kinds, source, at)
-                self.insert_changes([(*row, *tail, cursor + i) for i, row in enumerate(rows)])
-            else:
-                self.insert_changes(
-                    [
-                        (*row, kind, source, at, cursor + i)
-                        for i, (kind, row) in enumerate(zip(kinds, rows, strict=True))
-                    ]
-                )
-            cursor += len(rows)
-
-    def insert_changes(self, rows: list[tuple[Any, ...]]) -> None:
-        """Insert change rows given as an item row (:data:`ITEM_COLUMNS`) followed by
-        ``kind, source, at, cursor`` (see :data:`syncd.store.changes.INSERT`)."""
-        from syncd.store.changes import INSERT
-
-        self.executemany(INSERT, rows)
+                cursor += n
 
     @abstractmethod
     def close(self) -> None:
