@@ -332,11 +332,16 @@ def sync(
     path = resolve_catalog(db_path, configured=config.catalog_url if config else "")
     # a dry run writes nothing, not even a new catalog file
     catalog = Catalog.open_preview(path) if dry_run else Catalog.open(path)
+    verbosity = click.get_current_context().find_root().obj["verbosity"]
     try:
         names = [dataset_name] if dataset_name else sorted(specs or {})
         failures = 0
         for name in names:
             spec = specs[name] if specs else None
+            if dry_run and filters is not None:
+                _note_filter_change(catalog, name, filters)
+            # -v names every change applied: the change log's records of this run
+            head = changes_head(catalog) if verbosity >= 1 and not dry_run else None
             progress = Progress(sys.stderr.isatty() and not as_json and not dry_run)
             options = SyncOptions(
                 dry_run=dry_run,
@@ -371,8 +376,11 @@ def sync(
                 click.echo(f"syncd: error: {redact(str(exc))}", err=True)
                 continue
             progress.done()
+            if head is not None:
+                _print_applied(catalog, name, head, as_json)
             source_text = _source_of(catalog, name, source, spec)
-            _print_summary(result, source_text, as_json)
+            if verbosity >= 0 or as_json:  # -q: errors only
+                _print_summary(result, source_text, as_json)
         if failures:
             sys.exit(1)
     finally:
@@ -392,6 +400,41 @@ def _print_plan(change: Change, as_json: bool) -> None:
         _emit({"action": str(change.action), "key": change.key})
     else:
         click.echo(f"{SYMBOL[change.action]} {printable(change.key)}")
+
+
+def changes_head(catalog: Catalog) -> int:
+    from syncd.store import changes
+
+    return changes.head(catalog.db)
+
+
+def _print_applied(catalog: Catalog, name: str, after: int, as_json: bool) -> None:
+    """``+ key`` / ``~ key`` / ``- key`` for each change the sync of ``name`` applied (its
+    listing's records in the change log after cursor ``after``)."""
+    from syncd.store import changes
+
+    ds = catalog.find_dataset(name)
+    if ds is None:
+        return
+    symbol = {"created": "+", "updated": "~", "deleted": "-"}
+    for change in changes.follow(catalog.db, after=after, dataset_id=ds.id):
+        if change.source != "listing" or change.key is None:
+            continue  # an event applied meanwhile: not this sync's doing
+        if as_json:
+            _emit({"action": change.kind, "key": change.key})
+        else:
+            click.echo(f"{symbol[change.kind]} {printable(change.key)}")
+
+
+def _note_filter_change(catalog: Catalog, name: str, filters: Filters) -> None:
+    """A dry run previews other filters without the flag a real sync needs: say so."""
+    found = catalog.find_dataset(name)
+    if found is not None and found.filters != filters:
+        click.echo(
+            f"syncd: note: planned with filters {api.describe_filters(filters)}; the dataset's "
+            f"are {api.describe_filters(found.filters)} (a real sync needs --replace-filters)",
+            err=True,
+        )
 
 
 def _print_summary(result: SyncResult, source: str, as_json: bool) -> None:
