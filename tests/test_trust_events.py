@@ -147,3 +147,51 @@ def test_events_apply_refuses_a_nul_key_record_on_postgresql(
         assert sorted(catalog_state(catalog)) == ["a", "c"]
     finally:
         catalog.close()
+
+
+# -- 3. one bad record does not refuse the file ---------------------------------------------
+
+
+def test_a_bad_line_is_refused_alone_and_reading_stays_lazy() -> None:
+    """On 055b6dc the bad line raised: the lines after it were never read or applied."""
+    from syncd.events.stream import Refused, read_payloads
+
+    read: list[int] = []
+
+    def lines() -> Iterator[bytes]:
+        for i in range(4):
+            read.append(i)
+            yield b"{oops\n" if i == 1 else json.dumps(s3_event(f"k{i}")).encode() + b"\n"
+        raise AssertionError("read past what was asked for")
+
+    stream = read_payloads(lines())
+    assert [e.key for e in next(stream).events] == ["k0"]
+    refused = next(stream)
+    assert isinstance(refused, Refused) and refused.position == "line 2"
+    assert read == [0, 1]  # nothing read ahead of what was parsed
+    assert [e.key for e in next(stream).events] == ["k2"]
+    assert read == [0, 1, 2]
+
+
+def test_events_apply_applies_the_records_beside_a_bad_one(tmp_path: Path) -> None:
+    """One pretty-printed payload whose second record is malformed: the first and third are
+    applied, the second named (``record 2``), exit 1. On 055b6dc: exit 2, nothing applied."""
+    db = str(tmp_path / "c.db")
+    catalog = Catalog.open(db)
+    catalog.create_dataset("ds", "s3://bkt/", DriverConfig(type="s3", bucket="bkt"), Filters())
+    catalog.close()
+    records = [s3_event(k)["Records"][0] for k in ("a", "b", "c")]
+    records[1] = {**records[1], "s3": {"bucket": {"name": "bkt"}}}  # no object
+    payload = tmp_path / "events.json"
+    payload.write_text(json.dumps({"Records": records}, indent=2))
+    proc = syncd("events", "apply", str(payload), "--db", db)
+    assert proc.returncode == 1, proc.stderr
+    err = proc.stderr.strip().splitlines()
+    assert len(err) == 2 and "events.json: record 2: missing field s3.object" in err[0], err
+    assert err[1].startswith("syncd: error: ") and "1 record(s) refused" in err[1]
+    assert "refused 1" in proc.stdout
+    catalog = Catalog.open(db)
+    try:
+        assert sorted(catalog_state(catalog)) == ["a", "c"]
+    finally:
+        catalog.close()
