@@ -421,3 +421,50 @@ def test_handlers_fail_on_an_empty_catalog_file(
     with pytest.raises(DeliveryError):
         gcp.on_object_event(CloudEvent(attributes, finalized["data"]))
     assert empty.stat().st_size == 0  # not made into a catalog
+
+
+# -- 7. an Event Grid event without a topic -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "account"),
+    [
+        ("https://otheracct.blob.core.windows.net/images/raw/2026/bird%20one.png", "otheracct"),
+        (
+            "http://127.0.0.1:10000/devstoreaccount1/images/raw/2026/bird%20one.png",
+            "devstoreaccount1",
+        ),
+        ("http://localhost:10000/otheracct/images/raw/2026/bird%20one.png", "otheracct"),
+    ],
+    ids=["azure", "azurite-ip", "azurite-localhost"],
+)
+def test_an_event_without_topic_takes_its_account_from_the_blob_url(
+    url: str, account: str, tmp_path: Path
+) -> None:
+    """On 055b6dc the account was None: the event reached the ``images`` container of any
+    account (here acmestore's), though its URL names another one."""
+    from syncd.events.apply import apply_events
+
+    grid = json.loads((SAMPLES / "azure-eventgrid-created.json").read_text())[0]
+    del grid["topic"]
+    grid["data"]["url"] = url
+    [event] = parse(grid).events
+    assert (event.account, event.bucket, event.key) == (account, "images", "raw/2026/bird one.png")
+    catalog = Catalog.open(str(tmp_path / "c.db"))
+    try:
+        cfg = DriverConfig(type="azure", bucket="images", account="acmestore")
+        catalog.create_dataset("az", "az://acmestore/images/", cfg, Filters())
+        assert apply_events(catalog, [event]).as_dict()["unrouted"] == 1
+        assert catalog_state(catalog, "az") == {}
+        # the topic, when there is one, still names the account
+        with_topic = parse(
+            {
+                **grid,
+                "topic": json.loads((SAMPLES / "azure-eventgrid-created.json").read_text())[0][
+                    "topic"
+                ],
+            }
+        ).events[0]
+        assert with_topic.account == "acmestore"
+    finally:
+        catalog.close()
