@@ -184,15 +184,14 @@ def _opt_text(value: Any, what: str) -> str | None:
         return None
     if not isinstance(value, str):
         raise EventFormatError(f"{what} must be a string, not {type(value).__name__}")
+    if not value.isascii():  # a flag of the string in CPython: no scan, and always encodable
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise EventFormatError(f"{what} is not valid Unicode (a lone surrogate)") from None
     if "\x00" in value:
         # PostgreSQL's text cannot hold it; sqlite refuses it too, so the two stores agree
         raise EventFormatError(f"{what} {_short(value)} holds a NUL byte: no catalog can hold it")
-    if value.isascii():  # a flag of the string in CPython: no scan, and always encodable
-        return value
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise EventFormatError(f"{what} is not valid Unicode (a lone surrogate)") from None
     return value
 
 
