@@ -468,3 +468,36 @@ def test_an_event_without_topic_takes_its_account_from_the_blob_url(
         assert with_topic.account == "acmestore"
     finally:
         catalog.close()
+
+
+async def test_the_daemon_acknowledges_sns_subscription_messages(moto: Emulator) -> None:
+    """The daemon's SQS consumer on moto: the confirmation is deleted with the notification
+    beside it, not counted as malformed. On 055b6dc it was malformed and left on the queue
+    for the redrive policy (then the dead-letter queue)."""
+    from syncd.daemon.queues import open_consumer
+
+    client = boto3.client("sqs", endpoint_url=moto.url)
+    url = client.create_queue(QueueName=f"q-{uuid.uuid4().hex[:10]}")["QueueUrl"]
+    bodies = [json.dumps(SNS_CONFIRMATION), json.dumps(s3_event("a"))]
+    for body in bodies:
+        client.send_message(QueueUrl=url, MessageBody=body)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AWS_ENDPOINT_URL", moto.url)
+        consumer = open_consumer("s3-events", "sqs", url=url, wait_seconds=0)
+    got: list[str] = []
+
+    async def sink(events: list[Any], *, source: str) -> None:
+        got.extend(e.key for e in events)
+
+    messages: list[dict[str, Any]] = []
+    for _ in range(100):  # moto hands back what is queued at once; no wait involved
+        if len(messages) == 2:
+            break
+        answer = client.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=0)
+        messages += answer.get("Messages", [])
+    await consumer.handle(messages, sink)
+    assert got == ["a"]
+    assert consumer.stats.malformed == 0 and consumer.stats.acknowledged == 2
+    attrs = client.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+    assert attrs["ApproximateNumberOfMessages"] == attrs["ApproximateNumberOfMessagesNotVisible"]
+    assert attrs["ApproximateNumberOfMessages"] == "0"
