@@ -91,6 +91,11 @@ def outcome(items: list[Parsed | Refused]) -> list[str]:
         (s3_line("a") + b"\n" + s3_line("b") + b"{oops\n", ["a", "b", "refused line 3"]),
         (s3_line("a") + b"\xff\n" + s3_line("c"), ["a", "refused line 2", "c"]),
         (b"{oops\n" + s3_line("b"), ["refused line 1", "b"]),  # a broken first line
+        (b"\xff\n" + s3_line("b"), ["refused line 1", "b"]),  # a first line not UTF-8
+        (
+            json.dumps([[[json.loads(s3_line("a"))]] * 2, json.loads(s3_line("b"))]).encode(),
+            ["a,a", "b"],  # arrays in an array: parsed whole
+        ),
         (
             json.dumps({"Records": [*json.loads(s3_line("a"))["Records"], {"s3": {}}]}).encode(),
             ["a", "refused line 1, record 2"],
@@ -100,7 +105,15 @@ def outcome(items: list[Parsed | Refused]) -> list[str]:
             ["a", "refused item 2", "b"],
         ),
     ],
-    ids=["bad-json-line", "not-utf8-line", "bad-first-line", "bad-record", "bad-array-item"],
+    ids=[
+        "bad-json-line",
+        "not-utf8-line",
+        "bad-first-line",
+        "not-utf8-first-line",
+        "nested-arrays",
+        "bad-record",
+        "bad-array-item",
+    ],
 )
 def test_a_bad_record_is_refused_alone(text: bytes, expected: list[str]) -> None:
     assert outcome(list(read_payloads(text.splitlines(keepends=True)))) == expected

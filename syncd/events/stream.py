@@ -50,14 +50,15 @@ def _text(line: bytes) -> str:
         raise EventFormatError("payload is not UTF-8 text") from None
 
 
-def _records(payload: Any, where: str) -> Iterator[Parsed | Refused]:
+def _records(payload: Any, where: str, *, top: bool = True) -> Iterator[Parsed | Refused]:
     """The parsed records of one decoded payload at position ``where``: each element of a
     top-level array and of a ``Records`` list on its own (a bad one refused, not the rest),
-    anything else as one record."""
+    anything else as one record. Arrays inside arrays are parsed whole (:func:`parse` guards
+    against any depth; a recursion here would not)."""
     sep = ", " if where else ""
-    if isinstance(payload, list):
+    if top and isinstance(payload, list):
         for number, item in enumerate(payload, 1):
-            yield from _records(item, f"{where}{sep}item {number}")
+            yield from _records(item, f"{where}{sep}item {number}", top=False)
         return
     records = payload.get("Records") if isinstance(payload, dict) else None
     if isinstance(records, list) and payload.get("Event") != "s3:TestEvent":
@@ -113,7 +114,7 @@ def read_payloads(file: BinaryIO | Iterable[bytes]) -> Iterator[Parsed | Refused
         return
     try:
         first = json.loads(_text(head[-1]))
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, EventFormatError):
         yield from _whole(b"".join(head) + b"".join(lines))
         return
     except RecursionError:
@@ -129,12 +130,14 @@ def read_payloads(file: BinaryIO | Iterable[bytes]) -> Iterator[Parsed | Refused
 
 def _whole(data: bytes) -> Iterator[Parsed | Refused]:
     """One multi-line payload, or JSON lines whose first line is broken."""
-    text = _text(data)
     try:
+        text = _text(data)
         payload = json.loads(text)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, EventFormatError) as exc:
         lines = [line for line in data.splitlines() if line.strip()]
         if not any(_json_object_line(line) for line in lines[1:]):
+            if isinstance(exc, EventFormatError):
+                raise  # not UTF-8, and not JSON lines either
             yield parse_text(text)  # raises: not JSON, and not JSON lines either
             return
         for number, raw in enumerate(lines, 1):
