@@ -444,15 +444,19 @@ def _azure_location(
     account = None
     if source and "/storageAccounts/" in source:
         account = source.rsplit("/storageAccounts/", 1)[1].split("/")[0] or None
-    url_account, url_path = _split_blob_url(url) if url else (None, "")
-    # a topic names the account authoritatively; without one the blob URL does
-    account = account or url_account
+    # a topic names the account authoritatively; without one the blob URL does (split only
+    # when needed: an event whose topic and subject say everything does not need its URL)
+    split = _split_blob_url(url) if url and account is None else None
+    if split is not None:
+        account = split[0]
     if subject and "/containers/" in subject and "/blobs/" in subject:
         rest = subject.split("/containers/", 1)[1]
         container, _, key = rest.partition("/blobs/")
         if container and key:
             return account, container, key
     if url:
+        url_account, url_path = split or _split_blob_url(url)
+        account = account or url_account
         container, _, key = url_path.partition("/")
         if container and key:
             return account, container, _decoded(key, "blob URL", plus=False)
