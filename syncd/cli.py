@@ -1108,21 +1108,29 @@ def events_apply(file: Any, db_path: str | None, as_json: bool) -> None:
 
     FILE holds one JSON payload (object or array) or JSON lines. Events go to every dataset
     whose driver bucket and path contain the key; stale and duplicate events change nothing.
-    JSON lines are read and applied as a stream, in batches of one transaction each: a bad
-    line stops the command with the batches before it applied (applying them again is a no-op).
+    JSON lines are read and applied as a stream, in batches of one transaction each. A record
+    that is not an event (a bad line, a bad element of an array or of a Records list) is
+    refused on its own: one line on stderr naming its position, the rest applied, exit 1 at
+    the end. Input with no record to read at all (not JSON) is refused whole, exit 2.
     """
     from syncd.events.apply import ApplyResult, EventApplier
     from syncd.events.parse import EventFormatError, ObjectEvent
-    from syncd.events.stream import read_payloads
+    from syncd.events.stream import Refused, read_payloads
 
     catalog = Catalog.open(db_path or default_db_path(), create=False)
     total = ApplyResult()
     skipped: list[str] = []
-    seen = 0
+    seen = refused = 0
 
     def events() -> Iterator[ObjectEvent]:
-        nonlocal seen
+        nonlocal seen, refused
         for parsed in read_payloads(file):
+            if isinstance(parsed, Refused):
+                # reported as it is met and only counted: memory stays one batch however
+                # many records are refused
+                refused += 1
+                click.echo(f"syncd: {printable(file.name)}: {printable(str(parsed))}", err=True)
+                continue
             skipped.extend(parsed.skipped)
             seen += len(parsed.events)
             yield from parsed.events
@@ -1131,17 +1139,20 @@ def events_apply(file: Any, db_path: str | None, as_json: bool) -> None:
         for result in EventApplier(catalog).apply_stream(events()):
             total.counts.update(result.counts)
     except EventFormatError as exc:
-        done = sum(total.counts.values())
-        hint = f" ({done} event(s) before it were applied)" if done else ""
-        raise UsageError(f"{file.name}: {exc}{hint}") from None
+        raise UsageError(f"{file.name}: {exc}") from None
     finally:
         catalog.close()
     result = total.as_dict()
     if as_json:
-        _emit({"applied": result, "skipped": skipped, "events": seen})
+        _emit({"applied": result, "skipped": skipped, "events": seen, "refused": refused})
     else:
         counts = ", ".join(f"{v} {k}" for k, v in result.items())
-        click.echo(f"applied {seen} event(s): {counts}; skipped {len(skipped)}")
+        click.echo(f"applied {seen} event(s): {counts}; skipped {len(skipped)}; refused {refused}")
+    if refused:
+        raise SyncdError(
+            f"{file.name}: {refused} record(s) refused (each named above); the other records "
+            "were applied: fix or drop the refused ones and apply them again"
+        )
 
 
 @events.command("unrouted")
