@@ -157,7 +157,8 @@ def test_cli_applies_json_lines_and_names_the_bad_line(tmp_path: Path) -> None:
     bad.write_bytes(s3_line("d") + b"[1, 2\n" + s3_line("e"))
     proc = syncd("events", "apply", str(bad), "--db", db, "--json")
     assert proc.returncode == 1, proc.stderr
-    assert json.loads(proc.stdout)["refused"] == 1
+    summary, error = map(json.loads, proc.stdout.splitlines())  # --json: the failure too
+    assert summary["refused"] == 1 and "refused" in error["error"]
     first, last = proc.stderr.strip().splitlines()
     assert "bad.jsonl: line 2: not valid JSON" in first
     assert "1 record(s) refused" in last and "Traceback" not in proc.stderr

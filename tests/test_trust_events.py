@@ -141,7 +141,8 @@ def test_events_apply_refuses_a_nul_key_record_on_postgresql(
     lines.write_text("\n".join(json.dumps(s3_event(k)) for k in ("a", "bad\x00key", "c")))
     proc = syncd("events", "apply", str(lines), "--db", postgres_url, "--json")
     assert proc.returncode == 1, proc.stderr
-    assert json.loads(proc.stdout)["refused"] == 1
+    summary, error = map(json.loads, proc.stdout.splitlines())  # --json: the failure too
+    assert summary["refused"] == 1 and error["exit_code"] == 1
     assert "line 2" in proc.stderr and "NUL byte" in proc.stderr
     assert "Traceback" not in proc.stderr and "internal error" not in proc.stderr
     catalog = Catalog.open(postgres_url)
