@@ -393,14 +393,13 @@ def test_handlers_fail_on_an_empty_catalog_file(
     (Lambda) or the handler raise (Azure, GCP: the platform retries), and the file stay empty.
 
     The handlers open ``SYNCD_DB`` with ``create=False``; refusing a 0-byte file is
-    ``Catalog.open``'s part: until that lands this test is an expected failure."""
+    ``Catalog.open``'s part."""
     from cloudevents.http import CloudEvent
 
     from functions.aws_lambda import handler
     from syncd.events.delivery import DeliveryError
 
-    if not empty_catalog_refused(tmp_path):
-        pytest.xfail("Catalog.open(create=False) does not refuse a 0-byte file yet")
+    assert empty_catalog_refused(tmp_path)  # the central refusal (syncd.store.db)
     empty = tmp_path / "z.db"
     empty.touch()
     monkeypatch.setenv("SYNCD_DB", str(empty))
