@@ -6,11 +6,12 @@
   :data:`~syncd.server.lockout.WINDOW` seconds, that address gets ``429`` with ``Retry-After``
   until the window passes (:mod:`syncd.server.lockout`).
 * Request bodies are limited to ``MAX_BODY`` bytes (``413``, JSON like every error).
-* Every error is JSON, ``{"error": "..."}``, aiohttp's own (404, 405, 413) included; an
-  unexpected exception is logged and answered ``500`` without details.
+* Every error is JSON, ``{"error": "..."}``, aiohttp's own (404, 405, 413) included, and
+  those of its protocol layer (a malformed request line or header: ``400``, never echoing the
+  request); an unexpected exception is logged and answered ``500`` without details.
 * Each request is logged at INFO: method, path, status, duration (never a header or a body).
-* Every error is JSON, aiohttp's protocol-level ones too (a malformed request line or header:
-  ``400``, without echoing the request).
+* ``SYNCD_API_TOKEN`` (:func:`check_token`): 16+ characters of printable ASCII, no spaces.
+  A header that is not UTF-8 is a wrong token (``401``, counted toward the lockout).
 * A connection must send its request headers within
   :data:`~syncd.server.connections.HEADER_TIMEOUT` seconds, and at most a cap of connections
   derived from ``RLIMIT_NOFILE`` are open, the longest-waiting one evicted past it
