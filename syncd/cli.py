@@ -1208,10 +1208,10 @@ def _run_daemon(config: Any, db: str, *, create_catalog: bool, register: bool = 
         raise UsageError(str(MissingExtra("daemon", "syncd run / syncd serve", exc))) from None
 
     token = os.environ.get("SYNCD_API_TOKEN", "")
-    if config.server is not None and len(token) < 16:
-        raise UsageError(
-            "the HTTP API needs SYNCD_API_TOKEN set to a secret of at least 16 characters"
-        )
+    if config.server is not None:
+        from syncd.server.app import check_token
+
+        check_token(token)
 
     async def main() -> None:
         stop = asyncio.Event()
