@@ -395,7 +395,7 @@ async def list_changes(request: web.Request) -> web.Response:
     after = _whole_param(request, "after", 0, 2**63 - 1)
     wait = _whole_param(request, "wait", 0, MAX_WAIT)
     limit = _int_param(request, "limit", DEFAULT_PAGE, MAX_PAGE)
-    kinds = tuple(k for k in request.query.get("kind", "").split(",") if k)
+    kinds = tuple(request.query.get("kind", "").split(",")) if "kind" in request.query else ()
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait
     while True:
