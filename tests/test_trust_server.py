@@ -413,3 +413,40 @@ def test_the_unit_raises_the_open_file_limit() -> None:
     unit.optionxform = str  # type: ignore[assignment,method-assign]
     unit.read(Path(__file__).parent.parent / "deploy" / "syncd.service")
     assert int(unit["Service"]["LimitNOFILE"]) >= 16384
+
+
+async def test_a_nul_byte_in_a_path_or_parameter_is_no_500_on_postgresql(postgres_url: str) -> None:
+    """PostgreSQL text cannot hold NUL: a name, key or parameter with one must be a 404 or
+    400 answer, never the server's 500 (tests/test_api_fuzz.py covers sqlite)."""
+    from aiohttp import ClientSession
+
+    from syncd.config import DaemonConfig, ServerConfig
+    from syncd.daemon.service import Daemon
+    from syncd.store import pg as pg_store
+    from tests.emulators import free_port
+
+    port = free_port()
+    config = DaemonConfig(datasets={}, server=ServerConfig(port=port))
+    daemon = Daemon(config, postgres_url, api_token="t" * 32, register=False)
+    task = asyncio.create_task(daemon.run())
+    try:
+        while not daemon.ready.is_set():
+            assert not task.done(), task.result()
+            await asyncio.sleep(0.05)
+        base = f"http://127.0.0.1:{port}/api/v1"
+        async with ClientSession(headers={"Authorization": "Bearer " + "t" * 32}) as http:
+            for path in (
+                "/datasets/a%00b",
+                "/datasets/a%00b/items",
+                "/datasets/a%00b/items/k%00",
+                "/datasets/a%00b/runs",
+                "/changes?dataset=a%00b",
+                "/datasets/a%00b/changes",
+            ):
+                async with http.get(base + path) as resp:
+                    assert resp.status in (400, 404), (path, resp.status)
+                    assert "error" in await resp.json()
+    finally:
+        daemon.stop.set()
+        await asyncio.wait_for(task, 60)
+        pg_store.close_pools()

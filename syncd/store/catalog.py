@@ -227,6 +227,8 @@ class Catalog:
             )
 
     def find_dataset(self, name: str) -> Dataset | None:
+        if "\x00" in name:
+            return None  # no dataset has one (and PostgreSQL text cannot hold it)
         row = self.db.execute(_DATASET_SELECT + " WHERE ds.name = ?", [name]).fetchone()
         return _dataset_from_row(row) if row else None
 
@@ -254,6 +256,8 @@ class Catalog:
         return int(self._aggregate("coalesce(sum(size), 0)", dataset_id, prefix))
 
     def _aggregate(self, what: str, dataset_id: int, prefix: str) -> Any:
+        if "\x00" in prefix:
+            return 0  # no key holds a NUL byte
         where, args = key_range(None, prefix)
         sql = f"SELECT {what} FROM items WHERE dataset_id = ?{where}"
         return self.db.execute(sql, [dataset_id, *args]).fetchone()[0]
@@ -326,6 +330,8 @@ class Catalog:
         behind the cursor (the reconciler writes only keys it has already passed) are never
         returned twice and never skipped.
         """
+        if "\x00" in prefix or (after is not None and "\x00" in after):
+            return  # no key holds a NUL byte (listings skip such keys, events refuse them)
         cursor = after
         cols = ", ".join(Item.__dataclass_fields__)
         left = limit
