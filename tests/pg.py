@@ -201,6 +201,23 @@ class PostgresServer:
                 sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
             )
 
+    def halt(self) -> None:
+        """Fast shutdown (clients are disconnected), keeping the cluster, its folder and its
+        port: :meth:`resume` starts the same server again (a database server restart)."""
+        with self._lock:
+            if self.process.poll() is None:
+                self.process.send_signal(signal.SIGINT)
+                self.process.wait(timeout=60)
+
+    def resume(self, timeout: float = 60) -> None:
+        """Start the halted cluster again on the same port; returns once it answers."""
+        with self._lock:
+            if self._stopped or self.process.poll() is None:
+                raise RuntimeError("resume() needs a server halted with halt()")
+            source = BinarySource("resume", self.bindir)
+            self.process = _launch(source, self.root, _unprivileged(), self.port)
+            _wait_ready(self.process, self.dsn(), self.root / "postgres.log", timeout)
+
     def stop(self) -> None:
         """Fast shutdown (clients are disconnected), wait for the postmaster (it exits after
         all its children), then remove the folder. Idempotent; safe from ``atexit``."""

@@ -112,6 +112,7 @@ class Daemon:
             self.metrics,
             self.stop,
             worker_id=self.worker_id if register else None,
+            catalog=self.catalog,
         )
         #: set once every component has started (the API answers, consumers poll)
         self.ready = asyncio.Event()
@@ -128,34 +129,44 @@ class Daemon:
                     await self.catalog.call(lambda c: _unregister(c, self.worker_id))
             await self.intake.close()
             await self.catalog.close()
+            if self.ready.is_set():
+                log.info("stopped")
 
-    async def _ensure_datasets(self) -> None:
+    async def _ensure_datasets(self) -> int:
         """Create configured datasets that do not exist yet, so events for them route from
-        the first second (their first reconcile fills them)."""
+        the first second (their first reconcile fills them); return how many datasets the
+        catalog holds (``syncd serve`` serves those of a catalog the CLI built)."""
 
-        def ensure(catalog: Catalog) -> None:
+        def ensure(catalog: Catalog) -> int:
             for name, spec in self.settings.datasets.items():
                 api.ensure_dataset(catalog, name, spec=spec)
+            return len(catalog.list_datasets())
 
-        await self.catalog.call(ensure)
+        return await self.catalog.call(ensure)
 
     async def _serve(self) -> None:
-        await self._ensure_datasets()
+        datasets = await self._ensure_datasets()
         consumers = {q.name: self._open_consumer(q) for q in self.settings.queues.values()}
-        started = now()
-        if self.register:
-            ttl = self.lease_ttl
-            solo = await self.catalog.call(lambda c: _register(c, self.worker_id, ttl, None))
-            if solo:  # nobody ran here a moment ago: events may have been lost, look at all
-                self.scheduler.first_round_after = started
-        tasks: list[asyncio.Task[Any]] = [
-            asyncio.create_task(self.scheduler.run(), name="scheduler"),
-        ]
-        if self.register:
-            tasks.append(asyncio.create_task(self._keep_registered(), name="heartbeat"))
+        tasks: list[asyncio.Task[Any]] = []
         closers: list[Callable[[], Awaitable[None]]] = []
         watches = 0
         try:
+            # the port first: a daemon that cannot serve stops before any reconcile or event
+            if self.settings.server is not None:
+                closers.append(await self._start_server(self.settings.server))
+                # recorded by the next heartbeat, which comes at once: a catalog write here
+                # would hold the ready line up behind another writer's lock
+                self.api_url = f"http://{self.settings.server.host}:{self.port}"
+            started = now()
+            if self.register:
+                ttl = self.lease_ttl
+                solo = await self.catalog.call(lambda c: _register(c, self.worker_id, ttl, None))
+                if solo:  # nobody ran here a moment ago: events may have been lost, look at all
+                    self.scheduler.first_round_after = started
+            tasks.append(asyncio.create_task(self.catalog.watch(self.stop), name="catalog"))
+            tasks.append(asyncio.create_task(self.scheduler.run(), name="scheduler"))
+            if self.register:
+                tasks.append(asyncio.create_task(self._keep_registered(), name="heartbeat"))
             for name, consumer in consumers.items():
                 tasks.append(
                     asyncio.create_task(self._consume(name, consumer), name=f"queue:{name}")
@@ -166,15 +177,10 @@ class Daemon:
                 if spec.driver.type == "local" and spec.watch:
                     closers.append(await self._watch(name, spec))
                     watches += 1
-            if self.settings.server is not None:
-                closers.append(await self._start_server(self.settings.server))
-                # recorded by the next heartbeat, which comes at once: a catalog write here
-                # would hold the ready line up behind another writer's lock
-                self.api_url = f"http://{self.settings.server.host}:{self.port}"
             self.ready.set()
             summary = (
-                f"{len(self.settings.datasets)} dataset(s), {len(self.settings.queues)} "
-                f"queue(s), {watches} folder watch(es)"
+                f"{datasets} dataset(s) ({len(self.settings.datasets)} scheduled), "
+                f"{len(self.settings.queues)} queue(s), {watches} folder watch(es)"
             )
             if self.port is not None:
                 assert self.settings.server is not None
@@ -185,6 +191,8 @@ class Daemon:
                 log.info("running: %s", summary)
             await self.stop.wait()
         finally:
+            if self.ready.is_set():
+                log.info("stopping...")
             self.stop.set()
             for close in reversed(closers):
                 with contextlib.suppress(Exception):
@@ -215,7 +223,8 @@ class Daemon:
                     lambda c: _heartbeat(c, self.worker_id, self.lease_ttl, self.api_url)
                 )
             except Exception as exc:
-                log.warning("worker heartbeat failed (%s); trying again", redact(str(exc)))
+                if self.catalog.available:  # else the catalog thread said why, once
+                    log.warning("worker heartbeat failed (%s); trying again", redact(str(exc)))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stop.wait(), self.lease_ttl / 4)
 
@@ -253,7 +262,12 @@ class Daemon:
             if consumer.stats.lag is not None:
                 self.metrics.queue_lag.labels(name).set(consumer.stats.lag)
 
-        await consumer.run(sink, self.stop)
+        async def gate() -> bool:
+            # nothing is received while the catalog cannot take it: received messages would
+            # only wait out their visibility timeout, delaying the catch-up after its return
+            return await self.catalog.wait_available(self.stop)
+
+        await consumer.run(sink, self.stop, gate=gate)
 
     async def _watch(self, name: str, spec: DatasetSpec) -> Callable[[], Awaitable[None]]:
         from syncd.daemon.watch import FolderWatch
