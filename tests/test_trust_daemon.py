@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -207,3 +208,75 @@ def test_the_daemon_rides_out_a_postgresql_restart(
     finally:
         stop(daemon)
     assert daemon.proc.returncode == 0, "".join(daemon.log)
+
+
+# -- 2. a sqlite catalog deleted, replaced, truncated under the daemon ------------------------
+
+
+@pytest.mark.parametrize("fault", ["deleted", "replaced"])
+def test_a_deleted_or_replaced_sqlite_catalog_stops_the_daemon_taking_events(
+    s3_world: S3World, tmp_path: Path, fault: str
+) -> None:
+    w = s3_world
+    # reconciles every second: each would open (and so create) the catalog anew
+    w.config.write_text(w.config.read_text().replace("interval = 3600", "interval = 1"))
+    db = tmp_path / "catalog.db"
+    daemon = start(["run", "--config", str(w.config), "--db", str(db)], w.env, w.port)
+    try:
+        wait_for(
+            lambda: daemon.items("photos") == w.bucket_state(),
+            "the first reconcile",
+            log=daemon.log,
+        )
+        if fault == "deleted":
+            db.unlink()
+        else:
+            shutil.copyfile(db, tmp_path / "copy.db")
+            os.replace(tmp_path / "copy.db", db)
+        replaced_ino = db.stat().st_ino if fault == "replaced" else None
+        status, body = wait_for(
+            lambda: (r := healthz(daemon))[0] == 503 and r, "healthz 503", log=daemon.log
+        )
+        assert body["status"] == "unavailable" and f"was {fault}" in body["error"], body
+        status, body = post(daemon, "/api/v1/events", s3_event(w.bucket, "hook.jpg", 4, "e", 1))
+        assert status == 503 and f"was {fault}" in body["error"], (status, body)
+        for i in range(3):
+            w.s3.put_object(Bucket=w.bucket, Key=f"after/{i}.jpg", Body=b"x")
+        wait_for(lambda: w.queued() == 3, "three notifications queued", log=daemon.log)
+        # the scheduler's reconciles wait instead of creating a second catalog
+        wait_for(
+            lambda: any("reconciles wait for the catalog" in line for line in daemon.log),
+            "the scheduler to wait",
+            log=daemon.log,
+        )
+        assert daemon.proc.poll() is None
+    finally:
+        stop(daemon)
+    text = "".join(daemon.log)
+    assert text.count(f"was {fault}") == 1 and "Traceback" not in text, text
+    # nothing acknowledged into a catalog that is not the daemon's, no new catalog made
+    assert w.queued() == 3
+    if fault == "deleted":
+        assert not db.exists()
+    else:
+        assert db.stat().st_ino == replaced_ino
+
+
+def test_a_truncated_catalog_is_unhealthy(s3_world: S3World, tmp_path: Path) -> None:
+    w = s3_world
+    db = tmp_path / "catalog.db"
+    daemon = start(["run", "--config", str(w.config), "--db", str(db)], w.env, w.port)
+    try:
+        wait_for(
+            lambda: daemon.items("photos") == w.bucket_state(),
+            "the first reconcile",
+            log=daemon.log,
+        )
+        assert healthz(daemon) == (200, {"status": "ok"})
+        os.truncate(db, 0)  # the same file (its identity unchanged), emptied
+        _status, body = wait_for(
+            lambda: (r := healthz(daemon))[0] == 503 and r, "healthz 503", log=daemon.log
+        )
+        assert body["status"] == "unavailable" and body["error"], body
+    finally:
+        stop(daemon)

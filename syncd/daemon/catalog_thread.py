@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -96,6 +97,8 @@ class CatalogThread:
         self.lost = False
         self._lost_lock = threading.Lock()  # the catalog thread and reconciles both check
         self._available = asyncio.Event()
+        #: called (on any thread) when the sqlite file is found lost: stop what writes to it
+        self.on_lost: list[Callable[[], None]] = []
 
     @property
     def available(self) -> bool:
@@ -139,6 +142,8 @@ class CatalogThread:
             )
             self.lost = True
             log.error("%s", self.problem)
+        for callback in self.on_lost:
+            callback()
 
     def _run(self, fn: Callable[[Catalog], T]) -> T:
         if self.problem is not None:
@@ -210,6 +215,23 @@ class CatalogThread:
         finally:
             if self.problem is not None:
                 self._available.clear()
+
+    async def check(self) -> None:
+        """Raise if the catalog cannot be used (for ``/healthz``): ``CatalogUnavailable``
+        while it is away, else whatever reading ``_syncd_migrations`` (which every catalog
+        has) raises. A sqlite file is also read through a fresh connection: the daemon's own
+        serves cached pages and would not see the file truncated or overwritten on disk."""
+
+        def check(catalog: Catalog) -> None:
+            catalog.db.execute("SELECT count(*) FROM _syncd_migrations").fetchone()
+            if self._file is not None:
+                fresh = sqlite3.connect(f"file:{self._file}?mode=ro", uri=True, timeout=5)
+                try:
+                    fresh.execute("SELECT count(*) FROM _syncd_migrations").fetchone()
+                finally:
+                    fresh.close()
+
+        await self.call(check)
 
     async def wait_available(self, stop: asyncio.Event) -> bool:
         """Wait until the catalog can be used (True) or ``stop`` is set (False)."""

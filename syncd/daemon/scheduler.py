@@ -146,6 +146,10 @@ class Scheduler:
         self._pool = ThreadPoolExecutor(MAX_CONCURRENT, thread_name_prefix="syncd-reconcile")
         # set on shutdown: a reconcile in flight writes its batch and stops at the next page
         self._halt = threading.Event()
+        if catalog is not None:
+            # a reconcile in flight stops at its next page: its writes would go to a file that
+            # is not the catalog any more
+            catalog.on_lost.append(self._halt.set)
         #: on-demand reconciles of datasets the config does not schedule (run_once)
         self._once: dict[str, asyncio.Task[None]] = {}
 
@@ -234,6 +238,9 @@ class Scheduler:
         """Wait until the daemon's catalog is available (False: stopping meanwhile)."""
         if self.catalog is None:
             return not self.stop.is_set()
+        if not self.catalog.available and not self.stop.is_set():
+            # the catalog thread logged why, once
+            log.info("reconciles wait for the catalog to be available again")
         return await self.catalog.wait_available(self.stop)
 
     def _catalog_gone(self, exc: Exception) -> bool:

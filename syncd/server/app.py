@@ -115,9 +115,7 @@ async def healthz(request: web.Request) -> web.Response:
     truncated or corrupt (the check reads ``_syncd_migrations``, which every catalog has)."""
     ctx = request.app[CONTEXT]
     try:
-        await ctx.catalog.call(
-            lambda c: c.db.execute("SELECT count(*) FROM _syncd_migrations").fetchone()
-        )
+        await ctx.catalog.check()
     except Exception as exc:
         known = catalog_error(exc, ctx.catalog.path)
         text = str(known) if isinstance(known, SyncdError) else f"catalog cannot be read: {exc}"

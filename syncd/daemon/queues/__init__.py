@@ -186,10 +186,11 @@ async def poll(
             await handle(messages)
             log.info("%s: %d message(s) in %.3fs", name, len(messages), time.monotonic() - started)
             failures = 0
-        except CatalogUnavailable as exc:
+        except CatalogUnavailable:
             # the gate waits for the catalog's return; no backoff that would delay the catch-up
+            # (and the catalog's owner logged why, once)
             stats.errors += 1
-            log.warning("%s: batch not committed, left on the queue: %s", name, exc)
+            log.warning("%s: batch not committed (catalog unavailable), left on the queue", name)
         except Exception as exc:  # provider or sink: log, back off, carry on
             failures += 1
             stats.errors += 1
