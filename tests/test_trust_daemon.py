@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -280,3 +281,30 @@ def test_a_truncated_catalog_is_unhealthy(s3_world: S3World, tmp_path: Path) -> 
         assert body["status"] == "unavailable" and body["error"], body
     finally:
         stop(daemon)
+
+
+# -- 3. SIGTERM during a long poll --------------------------------------------------------------
+
+
+def test_sigterm_cancels_the_long_poll_and_says_so(s3_world: S3World, tmp_path: Path) -> None:
+    w = s3_world
+    db = tmp_path / "catalog.db"
+    # -vv: the SDK's debug lines show when a long poll (10 s) is in flight
+    daemon = start(["-vv", "run", "--config", str(w.config), "--db", str(db)], w.env, w.port)
+    try:
+        wait_for(
+            lambda: any("name=ReceiveMessage" in line for line in daemon.log),
+            "a long poll in flight",
+            log=daemon.log,
+        )
+        sent = time.monotonic()
+        daemon.proc.send_signal(signal.SIGTERM)
+        code = daemon.proc.wait(timeout=120)
+        took = time.monotonic() - sent
+    finally:
+        stop(daemon)
+    text = "".join(daemon.log)
+    assert code == 0, text
+    assert "the receive in flight was cancelled" in text, text
+    assert text.count("syncd.daemon: stopping...") == 1 and text.count("syncd.daemon: stopped") == 1
+    assert took < 10, f"exit took {took:.1f}s: it waited for the poll"
