@@ -308,3 +308,38 @@ def test_sigterm_cancels_the_long_poll_and_says_so(s3_world: S3World, tmp_path: 
     assert "the receive in flight was cancelled" in text, text
     assert text.count("syncd.daemon: stopping...") == 1 and text.count("syncd.daemon: stopped") == 1
     assert took < 10, f"exit took {took:.1f}s: it waited for the poll"
+
+
+# -- 4. syncd serve over a catalog the CLI built --------------------------------------------------
+
+
+def test_serve_counts_and_syncs_the_catalogs_datasets(s3_world: S3World, tmp_path: Path) -> None:
+    w = s3_world
+    db = tmp_path / "catalog.db"
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "a.txt").write_text("a")
+    for source, name in ((f"s3://{w.bucket}", "photos"), (str(folder), "disk")):
+        done = subprocess.run(
+            [*CLI, "sync", source, "--dataset", name, "--db", str(db)],
+            env=w.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr
+    daemon = start(["serve", "--db", str(db), "--port", str(w.port)], w.env, w.port)
+    try:
+        assert "2 dataset(s)" in daemon.log[-1], daemon.log
+        w.s3.put_object(Bucket=w.bucket, Key="new.jpg", Body=b"new")
+        (folder / "b.txt").write_text("b")
+        for name in ("photos", "disk"):
+            status, body = post(daemon, f"/api/v1/datasets/{name}/sync", b"")
+            assert status == 202 and body == {"dataset": name, "triggered": True}, (status, body)
+        wait_for(lambda: daemon.items("photos") == w.bucket_state(), "photos", log=daemon.log)
+        wait_for(lambda: set(daemon.items("disk")) == {"a.txt", "b.txt"}, "disk", log=daemon.log)
+        status, body = post(daemon, "/api/v1/datasets/nope/sync", b"")
+        assert status == 404, body
+    finally:
+        stop(daemon)
+    assert daemon.proc.returncode == 0, "".join(daemon.log)
