@@ -13,6 +13,8 @@ import json
 import os
 import shutil
 import signal
+import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -26,6 +28,7 @@ from typing import Any
 import boto3
 import pytest
 
+from syncd.store.stamps import parse, stamp
 from tests import pg
 from tests.conftest import unique_bucket
 from tests.emulators import Emulator, free_port, notify_queue
@@ -343,3 +346,74 @@ def test_serve_counts_and_syncs_the_catalogs_datasets(s3_world: S3World, tmp_pat
     finally:
         stop(daemon)
     assert daemon.proc.returncode == 0, "".join(daemon.log)
+
+
+# -- 5. a busy port, a failing dataset, the schedule's times, the change counter -----------------
+
+
+def test_a_busy_port_stops_the_daemon_before_any_reconcile(
+    s3_world: S3World, tmp_path: Path
+) -> None:
+    w = s3_world
+    db = tmp_path / "catalog.db"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", w.port))
+        taken.listen()
+        done = subprocess.run(
+            [*CLI, "run", "--config", str(w.config), "--db", str(db)],
+            env=w.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert done.returncode == 2, done.stderr
+    assert "address already in use" in done.stderr, done.stderr
+    assert "reconciled" not in done.stderr, done.stderr
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT count(*) FROM runs").fetchone() == (0,)
+    assert w.queued() >= 1  # no event was taken off the queue either
+
+
+def test_healthz_reports_failing_datasets_and_the_schedule_speaks_iso(
+    s3_world: S3World, tmp_path: Path
+) -> None:
+    w = s3_world
+    missing = tmp_path / "not-yet"
+    config = w.config.read_text() + (
+        f'[drivers.later]\ntype = "local"\nbucket = "{missing}"\n'
+        '[datasets.later]\ndriver = "later"\nwatch = false\n'
+    )
+    w.config.write_text(config)
+    db = tmp_path / "catalog.db"
+    daemon = start(["run", "--config", str(w.config), "--db", str(db)], w.env, w.port)
+    try:
+        status, body = wait_for(
+            lambda: (r := healthz(daemon))[1].get("status") == "degraded" and r,
+            "healthz degraded",
+            log=daemon.log,
+        )
+        assert status == 200 and set(body["failing"]) == {"later"}, body
+        assert body["failing"]["later"]["failures"] >= 1, body
+        assert "does not exist" in body["failing"]["later"]["last_error"], body
+        missing.mkdir()
+        assert post(daemon, "/api/v1/datasets/later/sync", b"")[0] == 202
+        wait_for(lambda: healthz(daemon) == (200, {"status": "ok"}), "healthz ok", log=daemon.log)
+        # an event from the queue counts as a change, with the queue as its path
+        w.s3.put_object(Bucket=w.bucket, Key="evented.jpg", Body=b"e")
+        wait_for(lambda: "evented.jpg" in daemon.items("photos"), "the event", log=daemon.log)
+        metrics = daemon.api("/metrics")[1]
+        assert (
+            'syncd_items_changed_total{action="created",dataset="photos",via="s3-events"}'
+            in metrics
+        ), metrics
+        status, body = wait_for(
+            lambda: (
+                (r := daemon.api("/api/v1/datasets/photos"))[1]["schedule"]["next_run_at"] and r
+            ),
+            "a next run time",
+            log=daemon.log,
+        )
+        when = body["schedule"]["next_run_at"]
+        assert isinstance(when, str) and when == stamp(parse(when)), when
+    finally:
+        stop(daemon)
