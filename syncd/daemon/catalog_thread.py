@@ -164,12 +164,17 @@ class CatalogThread:
     def _drop(self, exc: BaseException) -> None:
         """The server connection died: forget it and fail fast until the watch reconnects."""
         known = catalog_error(exc if isinstance(exc, Exception) else Exception(exc), self.path)
-        self.problem = redact(str(known))
-        log.warning("catalog unreachable, retrying in the background: %s", self.problem)
+        self._unreachable(str(known))
         catalog, self._catalog = self._catalog, None
         if catalog is not None:
             with contextlib.suppress(Exception):  # the pool discards a broken connection
                 catalog.close()
+
+    def _unreachable(self, why: str) -> None:
+        """Mark the server unreachable, saying so once per outage."""
+        if self.problem is None:
+            self.problem = redact(why)
+            log.warning("catalog unreachable, retrying in the background: %s", self.problem)
 
     def _reconnect(self) -> bool:
         """One reconnection attempt (on the catalog thread); True once the catalog answers."""
@@ -276,8 +281,8 @@ class CatalogThread:
         too, and let the watch reconnect (its first attempt comes at once). Server catalogs
         only (a sqlite error of another connection says nothing of this one's file); called
         on the event loop."""
-        if is_server(self.path) and self.problem is None:
-            self.problem = redact(why)
+        if is_server(self.path):
+            self._unreachable(why)
             self._available.clear()
 
     async def close(self) -> None:

@@ -246,16 +246,18 @@ class Scheduler:
     def _catalog_gone(self, exc: Exception) -> bool:
         """Whether ``exc`` says the catalog server went away (then the daemon's catalog
         thread is told, and the reconcile waits for its return instead of counting a
-        failure). A sqlite catalog's errors are the dataset's failures as before."""
+        failure). A sqlite catalog's errors are the dataset's failures as before, and so is
+        every error of a scheduler without the daemon's catalog thread (nothing to wait on)."""
+        if self.catalog is None:
+            return False
         if not is_server(self.db_path):
             # the sqlite file deleted or replaced: the catalog thread said so; wait, do not count
-            return self.catalog is not None and self.catalog.lost
+            return self.catalog.lost
+        # the catalog thread says it once per outage; this reconcile runs again after it
         known = exc if isinstance(exc, CatalogUnavailable) else catalog_error(exc, self.db_path)
         if not isinstance(known, CatalogUnavailable):
             return False
-        log.warning("reconcile stopped: %s; it runs again once the catalog is back", known)
-        if self.catalog is not None:
-            self.catalog.mark_unreachable(str(known))
+        self.catalog.mark_unreachable(str(known))
         return True
 
     def _check_file(self) -> None:

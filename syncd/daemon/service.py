@@ -16,10 +16,22 @@ clean stop. They share the datasets through the datasets' leases and one schedul
 catalog (:mod:`.scheduler`), and the queues by competing for messages (a message is deleted
 only after its events are committed, so one a worker took and died with comes back to another).
 
-Shutdown (SIGTERM/SIGINT sets ``stop``): the server stops taking requests, consumers stop
-polling (messages received but not committed come back from the queue), watches stop, the
-reconcile in flight writes its batch and is left resumable (its lease released, so another
-worker resumes it at once); then the worker's registration is deleted.
+Start: the catalog is opened and the configured datasets created, then the API binds its
+port (a busy port stops the daemon before any reconcile or event), then the worker
+registers and the scheduler, consumers and watches start. The ready line counts the datasets
+of the catalog (``syncd serve`` serves those a CLI built; the API syncs them on demand).
+
+The catalog may go away while the daemon runs (see :mod:`.catalog_thread`): a PostgreSQL
+server that restarts is reconnected with backoff, a sqlite file deleted or replaced is
+reported and left alone. Meanwhile ``/healthz`` and the API answer 503, consumers receive
+nothing, no message is acknowledged and no reconcile starts; all resume by themselves
+within seconds of the server's return.
+
+Shutdown (SIGTERM/SIGINT sets ``stop``; logged "stopping..." then "stopped"): the server
+stops taking requests, consumers stop polling at once (a long poll in flight is cancelled;
+messages received but not committed come back from the queue), watches stop, the reconcile
+in flight writes its batch and is left resumable (its lease released, so another worker
+resumes it at once); then the worker's registration is deleted.
 """
 
 from __future__ import annotations
