@@ -20,6 +20,10 @@ cluster, which is thrown away anyway). It goes away in three layers:
 initdb and postgres refuse to run as root: as root, both run as ``nobody`` (``subprocess``'s
 ``user=``/``group=``) in a folder made under the system temporary directory and owned by it
 (pytest's own temporary folders are private to root, so ``nobody`` could not enter them).
+Binaries ``nobody`` cannot run where they are (pgserver's inside the ``.venv`` of a checkout
+in a private folder, such as a clone under ``mktemp -d``) are copied, with their install
+folder (``bin``, ``lib``, ``share``), to a folder under the system temporary directory that
+``nobody`` can read, once per session (:func:`runnable_by`); removed at exit.
 """
 
 from __future__ import annotations
@@ -201,6 +205,23 @@ class PostgresServer:
                 sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
             )
 
+    def halt(self) -> None:
+        """Fast shutdown (clients are disconnected), keeping the cluster, its folder and its
+        port: :meth:`resume` starts the same server again (a database server restart)."""
+        with self._lock:
+            if self.process.poll() is None:
+                self.process.send_signal(signal.SIGINT)
+                self.process.wait(timeout=60)
+
+    def resume(self, timeout: float = 60) -> None:
+        """Start the halted cluster again on the same port; returns once it answers."""
+        with self._lock:
+            if self._stopped or self.process.poll() is None:
+                raise RuntimeError("resume() needs a server halted with halt()")
+            source = BinarySource("resume", self.bindir)
+            self.process = _launch(source, self.root, _unprivileged(), self.port)
+            _wait_ready(self.process, self.dsn(), self.root / "postgres.log", timeout)
+
     def stop(self) -> None:
         """Fast shutdown (clients are disconnected), wait for the postmaster (it exits after
         all its children), then remove the folder. Idempotent; safe from ``atexit``."""
@@ -274,6 +295,81 @@ def _launch(
         )
 
 
+#: the copies made for ``nobody`` this session: original bindir -> the copy's bindir
+_copies: dict[Path, Path] = {}
+#: an install folder larger than this is not copied (a bindir like /usr/bin: its parent is /usr)
+MAX_COPY_BYTES = 512 * 1024 * 1024
+
+
+def _runs_as(bindir: Path, owner: tuple[int, int]) -> bool:
+    """Whether ``owner`` can run ``bindir``'s postgres (every folder above it searchable, its
+    libraries readable). A binary that runs and fails otherwise counts as runnable: starting
+    the server reports that failure."""
+    try:
+        done = subprocess.run(
+            [str(bindir / "postgres"), "--version"],
+            capture_output=True,
+            user=owner[0],
+            group=owner[1],
+            timeout=60,
+        )
+    except PermissionError:
+        return False
+    except (OSError, subprocess.SubprocessError):
+        return True
+    out = (done.stdout + done.stderr).decode(errors="replace")
+    return "Permission denied" not in out and "cannot open shared object" not in out
+
+
+def _folder_bytes(root: Path) -> int:
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def runnable_by(source: BinarySource, owner: tuple[int, int] | None) -> BinarySource:
+    """``source`` if ``owner`` (None: ourselves) can run its binaries, else a copy of its
+    install folder that ``owner`` can (made once per session). Raises
+    :class:`PostgresUnavailable` with one line when no such copy can be made."""
+    if owner is None or _runs_as(source.bindir, owner):
+        return source
+    copied = _copies.get(source.bindir)
+    if copied is not None:
+        return BinarySource(f"{source.origin}, copied", copied)
+    prefix = source.bindir.parent
+    why = (
+        f"{source.bindir} cannot be run by uid {owner[0]} (a folder above it is private to "
+        "its owner)"
+    )
+    if not (prefix / "share").is_dir() or _folder_bytes(prefix) > MAX_COPY_BYTES:
+        raise PostgresUnavailable(
+            f"{why} and {prefix} is not a small self-contained install to copy; make the "
+            "folders above it searchable by others (chmod o+x), or point SYNCD_TEST_PG_BINDIR "
+            "at binaries they can run"
+        )
+    root = Path(tempfile.mkdtemp(prefix="syncd-pgbin-"))
+    # pgserver's binaries find their libraries at $ORIGIN/../../../pgserver.libs (a wheel's
+    # vendored libraries): the copy keeps that layout
+    package = prefix.parent
+    libs = package.parent / f"{package.name}.libs"
+    try:
+        shutil.copytree(prefix, root / package.name / prefix.name, symlinks=True)
+        if libs.is_dir():
+            shutil.copytree(libs, root / libs.name, symlinks=True)
+        for path in [root, *root.rglob("*")]:
+            if path.is_symlink():
+                continue
+            mode = path.stat().st_mode
+            # readable by all; searchable / executable by all where the owner may
+            extra = 0o444 | (0o111 if path.is_dir() or mode & 0o100 else 0)
+            path.chmod(mode | extra)
+    except OSError as exc:
+        shutil.rmtree(root, ignore_errors=True)
+        raise PostgresUnavailable(f"{why}, and copying {prefix} failed: {exc}") from exc
+    atexit.register(shutil.rmtree, root, True)
+    bindir = root / package.name / prefix.name / source.bindir.name
+    _copies[source.bindir] = bindir
+    return BinarySource(f"{source.origin}, copied", bindir)
+
+
 def _wait_ready(proc: subprocess.Popen[bytes], dsn: str, log: Path, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     last = ""
@@ -294,6 +390,7 @@ def start_with(source: BinarySource, timeout: float = 60) -> PostgresServer:
     """A new cluster from ``source``'s binaries, running and answering queries."""
     began = time.monotonic()
     owner = _unprivileged()
+    source = runnable_by(source, owner)
     root = Path(tempfile.mkdtemp(prefix="syncd-pg-"))
     try:
         (root / "sock").mkdir()

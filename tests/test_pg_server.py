@@ -165,3 +165,31 @@ def test_without_a_server_postgres_tests_fail_instead_of_skipping(tmp_path: Path
     assert "1 error" in done.stdout
     lines = [ln for ln in done.stdout.splitlines() if "PostgreSQL required but unavailable" in ln]
     assert lines and "nothing-here holds no initdb and postgres" in lines[0]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root runs the server as another user")
+def test_binaries_in_a_folder_nobody_can_enter_still_start_a_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A checkout in a private folder (a clone under ``mktemp -d`` as root): pgserver's
+    binaries inside its ``.venv`` cannot be run by ``nobody`` where they are; they are copied
+    once to a folder it can read."""
+    bundled = pg.pgserver_bindir()
+    assert bundled is not None, "pgserver is not installed: pip install -e '.[test]'"
+    private = tmp_path / "checkout"
+    package = bundled.parent.parent  # site-packages/pgserver; its libraries beside it
+    site = private / ".venv" / "site-packages"
+    shutil.copytree(package / "pginstall", site / "pgserver" / "pginstall", symlinks=True)
+    shutil.copytree(package.parent / "pgserver.libs", site / "pgserver.libs", symlinks=True)
+    private.chmod(0o700)
+    bindir = site / "pgserver" / "pginstall" / "bin"
+    monkeypatch.setenv("SYNCD_TEST_PG_BINDIR", str(bindir))
+    server = pg.start_server()
+    try:
+        with psycopg.connect(server.dsn()) as conn:
+            assert conn.execute("SELECT 1 + 1").fetchone() == (2,)
+        assert not server.bindir.is_relative_to(private)
+        again = pg.runnable_by(pg.BinarySource("again", bindir), pg._unprivileged())
+        assert again.bindir == server.bindir  # copied once per session
+    finally:
+        server.stop()

@@ -8,7 +8,8 @@ Every event source (queue consumers, folder watches, the HTTP API) hands its eve
    time; a HEAD that finds no object means the event is stale (the object is gone again) and
    the event is dropped, never applied as a create;
 2. applies the batch in one catalog transaction on the catalog thread;
-3. counts the outcomes per source for ``/metrics`` and logs one line per batch.
+3. counts the outcomes per source for ``/metrics`` (and the items changed per dataset, with
+   ``via`` the source: a queue's name, ``api``, ``watch:NAME``) and logs one line per batch.
 
 It raises if the batch could not be committed, so the caller does not acknowledge it and the
 queue delivers it again (every source is at-least-once; applying twice is harmless).
@@ -34,6 +35,8 @@ log = logging.getLogger("syncd.daemon")
 
 #: HEAD requests in flight at once while completing events
 HEADS = 16
+#: the outcomes that change an item (``syncd_items_changed_total``)
+CHANGES = ("created", "updated", "deleted")
 
 
 class Intake:
@@ -61,6 +64,10 @@ class Intake:
         for outcome, n in result.as_dict().items():
             if n:
                 self.metrics.events.labels(source, outcome).inc(n)
+        # every path that changes items counts there, reconciles and events alike
+        for (name, outcome), n in result.by_dataset.items():
+            if outcome in CHANGES:
+                self.metrics.items_changed.labels(name, outcome, source).inc(n)
         self.metrics.event_batches.labels(source).inc()
         log.info(
             "applied %d event(s) from %s in %.3fs: %s",

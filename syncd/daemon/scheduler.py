@@ -17,6 +17,16 @@ since it started (events may have been lost while nobody ran); one that joins li
 follows the catalog's schedule. ``trigger(name)`` asks for a reconcile now whatever the
 schedule (the API's ``POST /datasets/{name}/sync``, a folder watch that lost events).
 
+``run_once(name)`` reconciles a dataset of the catalog that the config does not schedule
+(``syncd serve`` over a catalog the CLI built; the API's ``POST /datasets/{name}/sync``), once,
+through :func:`syncd.api.sync` with the source and settings stored in the catalog.
+
+While the daemon's catalog is unavailable (:class:`~.catalog_thread.CatalogThread`: a server
+that went away, a sqlite file deleted or replaced) no reconcile starts: each waits for its
+return, so none opens (and so creates) a new catalog file, and a reconcile that failed because
+the server went away is not counted against its dataset. Reconciles open the catalog with
+``create=False`` and check the sqlite file is still the daemon's.
+
 A reconcile runs in a thread of its own, with its own catalog connection and event loop, so
 neither its listing nor its catalog writes block the daemon's loop. A failed reconcile is
 logged, counted and retried with exponential backoff (capped at the interval); it never stops
@@ -36,7 +46,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from providers.errors import StorageError
 from providers.redact import redact
@@ -44,11 +54,15 @@ from syncd import api
 from syncd.api import NotDue
 from syncd.config import DatasetSpec
 from syncd.daemon.metrics import Metrics
-from syncd.errors import SyncdError
+from syncd.errors import CatalogUnavailable, SyncdError
 from syncd.reconcile.sync import DatasetBusy, SyncOptions, SyncResult, SyncStopped
 from syncd.store import lease, workers
 from syncd.store.catalog import Catalog
+from syncd.store.db import catalog_error, is_server
 from syncd.store.stamps import parse, stamp
+
+if TYPE_CHECKING:
+    from syncd.daemon.catalog_thread import CatalogThread
 
 log = logging.getLogger("syncd.daemon")
 
@@ -88,7 +102,12 @@ class DatasetState:
             "interval": self.interval,
             "running": self.running,
             "failures": self.failures,
-            "next_run_at": self.next_run_at,
+            # ISO text like every other time the API shows (syncd.store.stamps)
+            "next_run_at": (
+                stamp(datetime.fromtimestamp(self.next_run_at, UTC))
+                if self.next_run_at is not None
+                else None
+            ),
             "last_error": self.last_error,
             "last_result": self.last_result,
         }
@@ -106,10 +125,13 @@ class Scheduler:
         stop: asyncio.Event,
         *,
         worker_id: str | None = None,
+        catalog: CatalogThread | None = None,
     ) -> None:
         """``worker_id``: the registered worker this scheduler runs in (its leases are named
-        after it); None for a scheduler outside the registry (tests)."""
+        after it); None for a scheduler outside the registry (tests). ``catalog``: the
+        daemon's catalog thread, whose availability gates every reconcile."""
         self.db_path = db_path
+        self.catalog = catalog
         self.worker_id = worker_id
         #: the first round reconciles every dataset not reconciled after this time (ISO), if
         #: set: the daemon sets it to its start when it found no other live worker
@@ -127,6 +149,12 @@ class Scheduler:
         self._halt = threading.Event()
         #: called on the loop's thread after each reconcile (it may have written changes)
         self.on_change: Callable[[], None] = lambda: None
+        if catalog is not None:
+            # a reconcile in flight stops at its next page: its writes would go to a file that
+            # is not the catalog any more
+            catalog.on_lost.append(self._halt.set)
+        #: on-demand reconciles of datasets the config does not schedule (run_once)
+        self._once: dict[str, asyncio.Task[None]] = {}
 
     def trigger(self, name: str) -> bool:
         """Ask for a reconcile of ``name`` now; False if the daemon does not schedule it."""
@@ -136,6 +164,32 @@ class Scheduler:
         state.forced = True
         state.wake.set()
         return True
+
+    def run_once(self, name: str) -> None:
+        """Reconcile ``name``, a dataset of the catalog this daemon does not schedule, now and
+        once (with the source and settings the catalog holds). A second call while it runs
+        joins the first."""
+        if name in self._once or self._halt.is_set():
+            return
+        state = DatasetState(name, 0.0)
+
+        async def once() -> None:
+            try:
+                async with self._limit:
+                    if not self.stop.is_set() and await self._catalog_ready():
+                        await self._reconcile(state)
+            finally:
+                self._once.pop(name, None)
+
+        self._once[name] = asyncio.create_task(once(), name=f"sync:{name}")
+
+    def failing(self) -> dict[str, dict[str, Any]]:
+        """The scheduled datasets whose last reconciles failed: failures in a row, last error."""
+        return {
+            s.name: {"failures": s.failures, "last_error": s.last_error}
+            for s in self.states.values()
+            if s.failures
+        }
 
     def state(self, name: str) -> dict[str, Any] | None:
         """The schedule of ``name`` (None if this daemon does not schedule it)."""
@@ -150,7 +204,7 @@ class Scheduler:
         self._halt.set()
         for state in self.states.values():
             state.wake.set()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, *self._once.values(), return_exceptions=True)
         self._pool.shutdown(wait=True)
 
     def _cutoff(self, state: DatasetState, first: bool) -> str | None:
@@ -174,12 +228,45 @@ class Scheduler:
             state.wake.clear()
             if self.stop.is_set():
                 return
+            if not await self._catalog_ready():
+                return
             async with self._limit:
                 if self.stop.is_set():
                     return
                 cutoff = self._cutoff(state, first)
                 state.forced, first = False, False
                 delay = await self._reconcile(state, cutoff)
+
+    async def _catalog_ready(self) -> bool:
+        """Wait until the daemon's catalog is available (False: stopping meanwhile)."""
+        if self.catalog is None:
+            return not self.stop.is_set()
+        if not self.catalog.available and not self.stop.is_set():
+            # the catalog thread logged why, once
+            log.info("reconciles wait for the catalog to be available again")
+        return await self.catalog.wait_available(self.stop)
+
+    def _catalog_gone(self, exc: Exception) -> bool:
+        """Whether ``exc`` says the catalog server went away (then the daemon's catalog
+        thread is told, and the reconcile waits for its return instead of counting a
+        failure). A sqlite catalog's errors are the dataset's failures as before, and so is
+        every error of a scheduler without the daemon's catalog thread (nothing to wait on)."""
+        if self.catalog is None:
+            return False
+        if not is_server(self.db_path):
+            # the sqlite file deleted or replaced: the catalog thread said so; wait, do not count
+            return self.catalog.lost
+        # the catalog thread says it once per outage; this reconcile runs again after it
+        known = exc if isinstance(exc, CatalogUnavailable) else catalog_error(exc, self.db_path)
+        if not isinstance(known, CatalogUnavailable):
+            return False
+        self.catalog.mark_unreachable(str(known))
+        return True
+
+    def _check_file(self) -> None:
+        """Raise ``CatalogUnavailable`` if the sqlite file is not the daemon's any more."""
+        if self.catalog is not None and not self.catalog.same_file():
+            raise CatalogUnavailable(self.catalog.problem or "the catalog file was replaced")
 
     def _busy_retry(self) -> float:
         return jittered(min(BUSY_RETRY, lease.ttl()))
@@ -208,23 +295,31 @@ class Scheduler:
             log.debug("%s; looking again in %.0fs", exc, delay)
             self.metrics.sync_runs.labels(state.name, "busy").inc()
             return delay
-        except (SyncdError, StorageError, OSError) as exc:
-            state.failures += 1
-            state.last_error = redact(str(exc))  # shown by the API's schedule
-            delay = min(state.interval, self.backoff_base * 2 ** (state.failures - 1))
-            log.error("reconcile of %r failed (%s); retrying in %.0fs", state.name, exc, delay)
-            self.metrics.sync_runs.labels(state.name, "failed").inc()
-            return jittered(delay)
-        except Exception as exc:  # a bug must not stop the other datasets or the daemon
-            state.failures += 1
-            state.last_error = redact(f"internal error: {type(exc).__name__}: {exc}")
-            log.exception("reconcile of %r failed with an internal error", state.name)
-            self.metrics.sync_runs.labels(state.name, "failed").inc()
-            return jittered(min(state.interval, self.backoff_base * 2 ** (state.failures - 1)))
+        except Exception as exc:
+            if self._catalog_gone(exc):
+                return 0.0  # the loop's gate waits for the catalog
+            return self._failed(state, exc)
         finally:
             state.running = False
             self.on_change()
             self.metrics.sync_duration.labels(state.name).observe(time.monotonic() - started)
+        return self._completed(state, result)
+
+    def _failed(self, state: DatasetState, exc: Exception) -> float:
+        """Count and log a failed reconcile; return the backoff until the next attempt."""
+        state.failures += 1
+        self.metrics.sync_runs.labels(state.name, "failed").inc()
+        delay = min(state.interval, self.backoff_base * 2 ** (state.failures - 1))
+        if isinstance(exc, SyncdError | StorageError | OSError):
+            state.last_error = redact(str(exc))  # shown by the API's schedule
+            log.error("reconcile of %r failed (%s); retrying in %.0fs", state.name, exc, delay)
+        else:  # a bug must not stop the other datasets or the daemon
+            state.last_error = redact(f"internal error: {type(exc).__name__}: {exc}")
+            log.error("reconcile of %r failed with an internal error", state.name, exc_info=exc)
+        return jittered(delay)
+
+    def _completed(self, state: DatasetState, result: SyncResult) -> float:
+        """Record a reconcile that ran; return the delay until the next look."""
         if result.status == "idle":
             # a split run whose every unfinished range another live worker holds
             delay = self._busy_retry()
@@ -270,15 +365,23 @@ class Scheduler:
 
     def _sync_blocking(self, name: str, cutoff: str | None = None) -> SyncResult:
         """One reconcile, on a worker thread with its own connection and event loop: the
-        scheduler's one call into :func:`syncd.api.sync` (``NotDue`` if a reconcile finished
-        after ``cutoff``, ``DatasetBusy`` if another process holds the dataset)."""
-        spec = self.specs[name]
-        options = SyncOptions(
-            max_delete=spec.max_delete, stop=self._halt, list_concurrency=spec.list_concurrency
-        )
+        scheduler's one call into the library (``NotDue`` if a reconcile finished after
+        ``cutoff``, ``DatasetBusy`` if another process holds the dataset). A dataset the
+        config does not declare is synced whole with what the catalog holds (:meth:`run_once`)."""
+        spec = self.specs.get(name)
+        options = SyncOptions(stop=self._halt)
+        if spec is not None:
+            options = SyncOptions(
+                max_delete=spec.max_delete, stop=self._halt, list_concurrency=spec.list_concurrency
+            )
         owner = workers.lease_owner(self.worker_id) if self.worker_id else None
-        catalog = Catalog.open(self.db_path)
+        self._check_file()
+        # never create: the daemon's catalog exists; a file gone meanwhile stays gone
+        catalog = Catalog.open(self.db_path, create=False)
         try:
+            self._check_file()  # replaced between the check and the open
+            if spec is None:
+                return asyncio.run(api.sync(catalog, name, options=options, owner=owner))
             # one unit of work: the whole run of a small dataset, one key range of a split one
             return asyncio.run(
                 api.sync_some(

@@ -16,10 +16,22 @@ clean stop. They share the datasets through the datasets' leases and one schedul
 catalog (:mod:`.scheduler`), and the queues by competing for messages (a message is deleted
 only after its events are committed, so one a worker took and died with comes back to another).
 
-Shutdown (SIGTERM/SIGINT sets ``stop``): the server stops taking requests, consumers stop
-polling (messages received but not committed come back from the queue), watches stop, the
-reconcile in flight writes its batch and is left resumable (its lease released, so another
-worker resumes it at once); then the worker's registration is deleted.
+Start: the catalog is opened and the configured datasets created, then the API binds its
+port (a busy port stops the daemon before any reconcile or event), then the worker
+registers and the scheduler, consumers and watches start. The ready line counts the datasets
+of the catalog (``syncd serve`` serves those a CLI built; the API syncs them on demand).
+
+The catalog may go away while the daemon runs (see :mod:`.catalog_thread`): a PostgreSQL
+server that restarts is reconnected with backoff, a sqlite file deleted or replaced is
+reported and left alone. Meanwhile ``/healthz`` and the API answer 503, consumers receive
+nothing, no message is acknowledged and no reconcile starts; all resume by themselves
+within seconds of the server's return.
+
+Shutdown (SIGTERM/SIGINT sets ``stop``; logged "stopping..." then "stopped"): the server
+stops taking requests, consumers stop polling at once (a long poll in flight is cancelled;
+messages received but not committed come back from the queue), watches stop, the reconcile
+in flight writes its batch and is left resumable (its lease released, so another worker
+resumes it at once); then the worker's registration is deleted.
 """
 
 from __future__ import annotations
@@ -113,6 +125,7 @@ class Daemon:
             self.metrics,
             self.stop,
             worker_id=self.worker_id if register else None,
+            catalog=self.catalog,
         )
         #: set once every component has started (the API answers, consumers poll)
         self.ready = asyncio.Event()
@@ -132,34 +145,44 @@ class Daemon:
                     await self.catalog.call(lambda c: _unregister(c, self.worker_id))
             await self.intake.close()
             await self.catalog.close()
+            if self.ready.is_set():
+                log.info("stopped")
 
-    async def _ensure_datasets(self) -> None:
+    async def _ensure_datasets(self) -> int:
         """Create configured datasets that do not exist yet, so events for them route from
-        the first second (their first reconcile fills them)."""
+        the first second (their first reconcile fills them); return how many datasets the
+        catalog holds (``syncd serve`` serves those of a catalog the CLI built)."""
 
-        def ensure(catalog: Catalog) -> None:
+        def ensure(catalog: Catalog) -> int:
             for name, spec in self.settings.datasets.items():
                 api.ensure_dataset(catalog, name, spec=spec)
+            return len(catalog.list_datasets())
 
-        await self.catalog.call(ensure)
+        return await self.catalog.call(ensure)
 
     async def _serve(self) -> None:
-        await self._ensure_datasets()
+        datasets = await self._ensure_datasets()
         consumers = {q.name: self._open_consumer(q) for q in self.settings.queues.values()}
-        started = now()
-        if self.register:
-            ttl = self.lease_ttl
-            solo = await self.catalog.call(lambda c: _register(c, self.worker_id, ttl, None))
-            if solo:  # nobody ran here a moment ago: events may have been lost, look at all
-                self.scheduler.first_round_after = started
-        tasks: list[asyncio.Task[Any]] = [
-            asyncio.create_task(self.scheduler.run(), name="scheduler"),
-        ]
-        if self.register:
-            tasks.append(asyncio.create_task(self._keep_registered(), name="heartbeat"))
+        tasks: list[asyncio.Task[Any]] = []
         closers: list[Callable[[], Awaitable[None]]] = []
         watches = 0
         try:
+            # the port first: a daemon that cannot serve stops before any reconcile or event
+            if self.settings.server is not None:
+                closers.append(await self._start_server(self.settings.server))
+                # recorded by the next heartbeat, which comes at once: a catalog write here
+                # would hold the ready line up behind another writer's lock
+                self.api_url = f"http://{self.settings.server.host}:{self.port}"
+            started = now()
+            if self.register:
+                ttl = self.lease_ttl
+                solo = await self.catalog.call(lambda c: _register(c, self.worker_id, ttl, None))
+                if solo:  # nobody ran here a moment ago: events may have been lost, look at all
+                    self.scheduler.first_round_after = started
+            tasks.append(asyncio.create_task(self.catalog.watch(self.stop), name="catalog"))
+            tasks.append(asyncio.create_task(self.scheduler.run(), name="scheduler"))
+            if self.register:
+                tasks.append(asyncio.create_task(self._keep_registered(), name="heartbeat"))
             for name, consumer in consumers.items():
                 tasks.append(
                     asyncio.create_task(self._consume(name, consumer), name=f"queue:{name}")
@@ -170,15 +193,10 @@ class Daemon:
                 if spec.driver.type == "local" and spec.watch:
                     closers.append(await self._watch(name, spec))
                     watches += 1
-            if self.settings.server is not None:
-                closers.append(await self._start_server(self.settings.server))
-                # recorded by the next heartbeat, which comes at once: a catalog write here
-                # would hold the ready line up behind another writer's lock
-                self.api_url = f"http://{self.settings.server.host}:{self.port}"
             self.ready.set()
             summary = (
-                f"{len(self.settings.datasets)} dataset(s), {len(self.settings.queues)} "
-                f"queue(s), {watches} folder watch(es)"
+                f"{datasets} dataset(s) ({len(self.settings.datasets)} scheduled), "
+                f"{len(self.settings.queues)} queue(s), {watches} folder watch(es)"
             )
             if self.port is not None:
                 assert self.settings.server is not None
@@ -189,6 +207,8 @@ class Daemon:
                 log.info("running: %s", summary)
             await self.stop.wait()
         finally:
+            if self.ready.is_set():
+                log.info("stopping...")
             self.stop.set()
             for close in reversed(closers):
                 with contextlib.suppress(Exception):
@@ -219,7 +239,8 @@ class Daemon:
                     lambda c: _heartbeat(c, self.worker_id, self.lease_ttl, self.api_url)
                 )
             except Exception as exc:
-                log.warning("worker heartbeat failed (%s); trying again", redact(str(exc)))
+                if self.catalog.available:  # else the catalog thread said why, once
+                    log.warning("worker heartbeat failed (%s); trying again", redact(str(exc)))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stop.wait(), self.lease_ttl / 4)
 
@@ -258,7 +279,12 @@ class Daemon:
             if consumer.stats.lag is not None:
                 self.metrics.queue_lag.labels(name).set(consumer.stats.lag)
 
-        await consumer.run(sink, self.stop)
+        async def gate() -> bool:
+            # nothing is received while the catalog cannot take it: received messages would
+            # only wait out their visibility timeout, delaying the catch-up after its return
+            return await self.catalog.wait_available(self.stop)
+
+        await consumer.run(sink, self.stop, gate=gate)
 
     async def _watch(self, name: str, spec: DatasetSpec) -> Callable[[], Awaitable[None]]:
         from syncd.daemon.watch import FolderWatch

@@ -87,6 +87,8 @@ _MARKER_UPSERT = (
 @dataclass
 class ApplyResult:
     counts: Counter[str] = field(default_factory=Counter)
+    #: the outcomes per (dataset name, outcome), for the daemon's per-dataset metrics
+    by_dataset: Counter[tuple[str, str]] = field(default_factory=Counter)
 
     def as_dict(self) -> dict[str, int]:
         keys = ("created", "updated", "deleted", "unchanged", "stale", "unrouted", "incomplete")
@@ -282,7 +284,9 @@ class EventApplier:
         stamp = now()  # one transaction, one time of writing
         counts = result.counts
         for ds, event in routed:
-            counts[self._decide(ds, event, seq, stamp, state)] += 1
+            outcome = self._decide(ds, event, seq, stamp, state)
+            counts[outcome] += 1
+            result.by_dataset[(ds.name, outcome)] += 1
         # a folder watch names its dataset; bucket events are routed
         state.write(self.catalog, stamp, "watch" if self.only is not None else "event")
 

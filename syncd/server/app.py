@@ -33,7 +33,8 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from syncd.errors import UsageError
+from providers.redact import redact
+from syncd.errors import CatalogUnavailable, SyncdError, UsageError
 from syncd.server.connections import (
     HEADER_TIMEOUT,
     AcceptErrorLog,
@@ -45,6 +46,7 @@ from syncd.server.connections import (
 )
 from syncd.server.lockout import AuthLockout
 from syncd.server.routes import CONTEXT, Context, add_routes
+from syncd.store.db import catalog_error
 
 log = logging.getLogger("syncd.server")
 MAX_BODY = 10 * 1024 * 1024
@@ -81,6 +83,8 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
             raise
         reason = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else exc.reason
         return web.json_response({"error": reason}, status=exc.status, headers=_keep(exc))
+    except CatalogUnavailable as exc:  # the catalog is away for now (see CatalogThread)
+        return web.json_response({"error": redact(str(exc))}, status=503)
     except Exception:
         log.exception("%s %s failed", request.method, request.path)
         return web.json_response({"error": "internal error (see the server log)"}, status=500)
@@ -140,7 +144,23 @@ async def access_log(request: web.Request, handler: Handler) -> web.StreamRespon
 
 
 async def healthz(request: web.Request) -> web.Response:
-    await request.app[CONTEXT].catalog.call(lambda c: c.db.execute("SELECT 1").fetchone())
+    """``200 {"status": "ok"}``; ``200 {"status": "degraded", "failing": {name: {"failures":
+    n, "last_error": ...}}}`` while scheduled datasets' reconciles keep failing (the daemon
+    still works for the others); ``503 {"status": "unavailable", "error": ...}`` while the
+    catalog cannot be used: its server unreachable, its sqlite file deleted, replaced,
+    truncated or corrupt (the check reads ``_syncd_migrations``, which every catalog has)."""
+    ctx = request.app[CONTEXT]
+    try:
+        await ctx.catalog.check()
+    except Exception as exc:
+        known = catalog_error(exc, ctx.catalog.path)
+        text = str(known) if isinstance(known, SyncdError) else f"catalog cannot be read: {exc}"
+        return web.json_response(
+            {"status": "unavailable", "error": redact(" ".join(text.split()))}, status=503
+        )
+    failing = ctx.scheduler.failing() if ctx.scheduler is not None else {}
+    if failing:
+        return web.json_response({"status": "degraded", "failing": failing})
     return web.json_response({"status": "ok"})
 
 

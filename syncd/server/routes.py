@@ -12,7 +12,9 @@ JSON out; errors are ``{"error": "..."}`` with the status that says what is wron
 * ``GET  /api/v1/datasets/{name}/items/{key}``: one item (the key URL-encoded, ``/`` allowed).
 * ``GET  /api/v1/datasets/{name}/items/{key}/url``: ``302`` to a presigned URL of the object.
 * ``POST /api/v1/datasets/{name}/sync``: reconcile now on this worker (``202``; ``409``
-  without a scheduler, or while another worker or process holds the dataset's lease).
+  while another worker or process holds the dataset's lease). A dataset the daemon does not
+  schedule (``syncd serve``, or one the CLI added) is synced once with the source and
+  settings its catalog holds.
 * ``GET  /api/v1/datasets/{name}/runs?limit=``: runs, newest first, with every attempt.
 * ``POST /api/v1/events``: provider event payloads, SNS subscription confirmations, Event Grid
   validation, Pub/Sub push envelopes; ``OPTIONS`` answers Event Grid's CloudEvents handshake.
@@ -64,6 +66,10 @@ class Scheduling(Protocol):
     def trigger(self, name: str) -> bool: ...
 
     def state(self, name: str) -> dict[str, Any] | None: ...
+
+    def run_once(self, name: str) -> None: ...
+
+    def failing(self) -> dict[str, dict[str, Any]]: ...
 
 
 class Delivering(Protocol):
@@ -281,7 +287,8 @@ async def trigger_sync(request: web.Request) -> web.Response:
             + f" (lease until {held.expires_at}); try again when it is done",
         )
     if not ctx.scheduler.trigger(ds.name):
-        return _error(409, f"dataset {ds.name!r} is not in this daemon's configuration")
+        # not scheduled here (syncd serve; a dataset the CLI added): once, as the catalog has it
+        ctx.scheduler.run_once(ds.name)
     return web.json_response({"dataset": ds.name, "triggered": True}, status=202)
 
 

@@ -308,11 +308,24 @@ def _pool(url: str) -> ConnectionPool:
                 min_size=1,
                 max_size=POOL_MAX,
                 kwargs={"autocommit": True},
+                # a connection the server dropped (a restart) is replaced on checkout, so a
+                # catalog that comes back is usable again without restarting the process
+                check=ConnectionPool.check_connection,
                 open=True,
                 name="syncd-catalog",
             )
             _pools[url] = pool
         return pool
+
+
+def probe(url: str, *, timeout: float) -> None:
+    """Connect once, outside the pool, and disconnect: raises ``CatalogUnavailable`` (one
+    line) while the server is down, at once if it refuses (the pool would wait its whole
+    timeout for a connection instead)."""
+    try:
+        psycopg.connect(url, connect_timeout=max(1, int(timeout))).close()
+    except psycopg.Error as exc:
+        raise server_error(exc, url) from None
 
 
 def close_pools() -> None:

@@ -11,8 +11,13 @@ One consumer per ``[queues.NAME]``: SQS (:mod:`.sqs`), Azure Storage Queue
   policy, Pub/Sub dead-letter topic) or, for Azure, moved to ``<queue>-poison`` after five
   deliveries as Azure Functions do; it is counted and logged once per delivery;
 * **never stops the daemon**: a provider error is logged, counted and retried with backoff;
-* **stops promptly**: ``run`` returns within about one poll after ``stop`` is set; messages
-  received but not committed come back after their visibility timeout.
+* **stops promptly**: ``run`` returns at once when ``stop`` is set: a long poll in flight is
+  cancelled (abandoned on its daemon thread, see :func:`in_thread`, so the process does not
+  wait out the poll to exit); messages received but not committed come back after their
+  visibility timeout;
+* **receives nothing the catalog cannot take**: ``run(sink, stop, gate=...)`` awaits ``gate``
+  before each receive (the daemon's waits while the catalog is unreachable), so no message
+  sits out a visibility timeout meanwhile, and the catch-up starts as soon as it is back.
 
 SDK calls are blocking and run in worker threads, never on the event loop.
 """
@@ -22,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +35,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from providers.config import ConfigError, Integration
+from syncd.errors import CatalogUnavailable
 from syncd.events.parse import ObjectEvent
 
 log = logging.getLogger("syncd.daemon.queues")
@@ -36,6 +43,10 @@ T = TypeVar("T")
 
 #: backoff after a provider error: doubles from 1 s to this
 MAX_BACKOFF = 30.0
+
+
+#: awaited before each receive: True to go on, False to stop (see :func:`poll`)
+Gate = Callable[[], Awaitable[bool]]
 
 
 class EventSink(Protocol):
@@ -48,7 +59,9 @@ class Consumer(Protocol):
     name: str
     stats: ConsumerStats
 
-    async def run(self, sink: EventSink, stop: asyncio.Event) -> None: ...
+    async def run(
+        self, sink: EventSink, stop: asyncio.Event, *, gate: Gate | None = None
+    ) -> None: ...
 
 
 @dataclass
@@ -80,6 +93,33 @@ def worker_pool(name: str, threads: int) -> ThreadPoolExecutor:
 
 async def in_pool(pool: ThreadPoolExecutor, fn: Callable[..., T], *args: Any) -> T:
     return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
+
+
+async def in_thread(name: str, fn: Callable[[], T]) -> T:
+    """``fn()`` on a daemon thread of its own: for a long poll, which a shutdown cancels.
+    Cancelling the await abandons the call (its result, if it comes, is dropped; received
+    messages come back after their visibility timeout), and the interpreter does not wait for
+    a daemon thread at exit, as it does for a ``ThreadPoolExecutor``'s."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(outcome: Callable[[], None]) -> None:
+        if not future.done():
+            outcome()
+
+    def work() -> None:
+        try:
+            result = fn()
+        except BaseException as exc:  # handed to the awaiting task
+            error = exc
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+                loop.call_soon_threadsafe(settle, lambda: future.set_exception(error))
+            return
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(settle, lambda: future.set_result(result))
+
+    threading.Thread(target=work, name=f"syncd-queue-{name}", daemon=True).start()
+    return await future
 
 
 def one_line(exc: BaseException) -> str:
@@ -116,16 +156,23 @@ async def poll(
     sent_at: Callable[[Any], float | None],
     *,
     idle: float = 0.0,
+    gate: Gate | None = None,
 ) -> None:
     """The receive loop every consumer runs until ``stop``: receive a batch, record its size
     and lag, ``handle`` it (which commits and acknowledges), log one line; after an empty
     receive wait ``idle`` seconds (queues without long polling); after an error log it, count
     it and back off, never raise. A batch received after ``stop`` is left alone: its messages
-    come back after their visibility timeout."""
+    come back after their visibility timeout. ``gate`` is awaited before each receive (False:
+    return), and a receive in flight when ``stop`` is set is cancelled."""
     failures = 0
     while not stop.is_set():
+        if gate is not None and not await gate():
+            return
         try:
-            messages = await receive()
+            messages = await _unless_stopped(receive(), stop)
+            if messages is None:
+                log.debug("%s: stopping: the receive in flight was cancelled", name)
+                return
             if stop.is_set():
                 return
             if not messages:
@@ -139,11 +186,32 @@ async def poll(
             await handle(messages)
             log.info("%s: %d message(s) in %.3fs", name, len(messages), time.monotonic() - started)
             failures = 0
+        except CatalogUnavailable:
+            # the gate waits for the catalog's return; no backoff that would delay the catch-up
+            # (and the catalog's owner logged why, once)
+            stats.errors += 1
+            log.warning("%s: batch not committed (catalog unavailable), left on the queue", name)
         except Exception as exc:  # provider or sink: log, back off, carry on
             failures += 1
             stats.errors += 1
             log.error("%s: %s (retrying in %.0fs)", name, one_line(exc), backoff(failures))
             await pause(stop, backoff(failures))
+
+
+async def _unless_stopped(work: Awaitable[T], stop: asyncio.Event) -> T | None:
+    """``await work``, or None as soon as ``stop`` is set (``work`` is then cancelled)."""
+    task = asyncio.ensure_future(work)
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task
+    return None
 
 
 def note_lag(stats: ConsumerStats, sent: list[float]) -> None:

@@ -19,7 +19,15 @@ from typing import Any
 
 from providers import faults
 from providers.config import ConfigError, Integration
-from syncd.daemon.queues import ConsumerStats, EventSink, in_pool, one_line, poll, worker_pool
+from syncd.daemon.queues import (
+    ConsumerStats,
+    EventSink,
+    Gate,
+    in_pool,
+    one_line,
+    poll,
+    worker_pool,
+)
 from syncd.events.parse import EventFormatError, ObjectEvent, parse_text
 
 log = logging.getLogger("syncd.daemon.queues")
@@ -171,13 +179,13 @@ class AzureQueueConsumer:
                 continue
             self.stats.acknowledged += 1
 
-    async def run(self, sink: EventSink, stop: asyncio.Event) -> None:
+    async def run(self, sink: EventSink, stop: asyncio.Event, *, gate: Gate | None = None) -> None:
         try:
-            await self._poll(sink, stop)
+            await self._poll(sink, stop, gate)
         finally:
             self._pool.shutdown(wait=False)
 
-    async def _poll(self, sink: EventSink, stop: asyncio.Event) -> None:
+    async def _poll(self, sink: EventSink, stop: asyncio.Event, gate: Gate | None) -> None:
         await poll(
             self.name,
             self.stats,
@@ -186,4 +194,5 @@ class AzureQueueConsumer:
             lambda messages: self.handle(messages, sink),
             lambda m: m.inserted_on.timestamp() if m.inserted_on is not None else None,
             idle=self.idle_seconds,
+            gate=gate,
         )

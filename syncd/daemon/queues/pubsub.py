@@ -24,7 +24,7 @@ import time
 from typing import Any
 
 from providers.config import Integration
-from syncd.daemon.queues import ConsumerStats, EventSink, note_lag
+from syncd.daemon.queues import ConsumerStats, EventSink, Gate, note_lag
 from syncd.events.parse import EventFormatError, ObjectEvent, parse
 
 log = logging.getLogger("syncd.daemon.queues")
@@ -91,7 +91,7 @@ class PubSubConsumer:
             message.ack()
             self.stats.acknowledged += 1
 
-    async def run(self, sink: EventSink, stop: asyncio.Event) -> None:
+    async def run(self, sink: EventSink, stop: asyncio.Event, *, gate: Gate | None = None) -> None:
         from google.cloud import pubsub_v1
 
         loop = asyncio.get_running_loop()
@@ -114,6 +114,12 @@ class PubSubConsumer:
                 batch = [waiter.result()]
                 while not inbox.empty() and len(batch) < MAX_MESSAGES:
                     batch.append(inbox.get_nowait())
+                if gate is not None and not await gate():
+                    # held, not nacked, while the catalog is away (the client extends their
+                    # deadlines); nacked below on the way out
+                    for message in batch:
+                        message.nack()
+                    break
                 started = time.monotonic()
                 self.stats.received += len(batch)
                 note_lag(self.stats, [m.publish_time.timestamp() for m in batch])

@@ -15,7 +15,15 @@ from urllib.parse import urlsplit
 
 from providers import faults
 from providers.config import Integration
-from syncd.daemon.queues import ConsumerStats, EventSink, in_pool, poll, worker_pool
+from syncd.daemon.queues import (
+    ConsumerStats,
+    EventSink,
+    Gate,
+    in_pool,
+    in_thread,
+    poll,
+    worker_pool,
+)
 from syncd.events.parse import EventFormatError, ObjectEvent, parse_text
 
 log = logging.getLogger("syncd.daemon.queues")
@@ -108,23 +116,24 @@ class SqsConsumer:
         if good:
             self.stats.acknowledged += await in_pool(self._pool, self._delete, good)
 
-    async def run(self, sink: EventSink, stop: asyncio.Event) -> None:
+    async def run(self, sink: EventSink, stop: asyncio.Event, *, gate: Gate | None = None) -> None:
         # several receives in flight: one receive returns at most 10 messages and a round trip
         # costs tens of milliseconds, so one poller caps a busy queue's throughput
         try:
-            await asyncio.gather(*(self._poll(sink, stop) for _ in range(POLLERS)))
+            await asyncio.gather(*(self._poll(sink, stop, gate) for _ in range(POLLERS)))
         finally:
-            # a long poll still in flight ends within wait_seconds; do not wait for it
             self._pool.shutdown(wait=False)
 
-    async def _poll(self, sink: EventSink, stop: asyncio.Event) -> None:
+    async def _poll(self, sink: EventSink, stop: asyncio.Event, gate: Gate | None) -> None:
         await poll(
             self.name,
             self.stats,
             stop,
-            lambda: in_pool(self._pool, self._receive),
+            # the long poll on a daemon thread: a shutdown cancels it instead of waiting for it
+            lambda: in_thread(self.name, self._receive),
             lambda messages: self.handle(messages, sink),
             _sent_at,
+            gate=gate,
         )
 
 
