@@ -10,6 +10,7 @@ nothing and exited 0.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -388,3 +389,46 @@ def test_quiet_and_verbose_change_what_sync_prints(tmp_path: Path) -> None:
     dry = run("sync", "--dataset", "d", "--db", db, "--exclude", "n*", "--dry-run")
     assert dry.returncode == 0 and "--replace-filters" in dry.stderr
     assert "- new.txt" in dry.stdout
+
+
+async def test_a_worker_stops_taking_work_once_a_newer_syncd_migrated_the_catalog(
+    postgres_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A rolling upgrade on a shared PostgreSQL catalog: a newer worker migrates it; an older
+    worker still running notices at its next heartbeat, says so in one line and stops, rather
+    than writing on with code that does not know the schema."""
+    import asyncio
+
+    from syncd.config import DaemonConfig, DaemonSettings, DatasetSpec
+    from syncd.daemon.service import Daemon
+    from syncd.reconcile.filters import Filters
+    from syncd.store import pg as pg_store
+
+    src = folder(tmp_path / "src", ["a.txt"])
+    from providers.config import DriverConfig
+
+    spec = DatasetSpec("d", DriverConfig(type="local", bucket=str(src)), Filters())
+    config = DaemonConfig(datasets={"d": spec}, daemon=DaemonSettings(lease_ttl=2))
+    daemon = Daemon(config, postgres_url)
+    task = asyncio.create_task(daemon.run())
+    other = Catalog.open(postgres_url)
+    try:
+        while not daemon.ready.is_set():
+            assert not task.done(), task.result()
+            await asyncio.sleep(0.05)
+        with other.db.transaction():  # what a newer worker's migration leaves
+            other.db.execute(
+                "INSERT INTO _syncd_migrations (name, applied_at) VALUES ('0099_newer', ?)",
+                [now()],
+            )
+        from syncd.store.db import CatalogTooNew
+
+        with pytest.raises(CatalogTooNew, match="0099_newer"):
+            await asyncio.wait_for(task, 60)  # it stops by itself at its next heartbeat
+        assert any("stops taking work" in r.getMessage() for r in caplog.records)
+    finally:
+        daemon.stop.set()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(task, 60)
+        other.close()
+        pg_store.close_pools()

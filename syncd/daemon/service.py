@@ -54,7 +54,7 @@ from syncd.errors import UsageError
 from syncd.store import lease, workers
 from syncd.store.catalog import Catalog
 from syncd.store.changes import ChangeSignal
-from syncd.store.db import transaction
+from syncd.store.db import CatalogTooNew, check_schema, transaction
 from syncd.store.stamps import now
 
 if TYPE_CHECKING:
@@ -71,8 +71,11 @@ def _register(catalog: Catalog, worker_id: str, ttl: float, api_url: str | None)
 
 
 def _heartbeat(catalog: Catalog, worker_id: str, ttl: float, api_url: str | None) -> None:
+    """Renew the worker's registration; ``CatalogTooNew`` once a newer syncd has migrated the
+    catalog (a rolling upgrade: this older worker must stop taking work, not write on)."""
     with transaction(catalog.db):
         workers.heartbeat(catalog.db, worker_id, ttl=ttl, api=api_url)
+    check_schema(catalog.db)
 
 
 def _unregister(catalog: Catalog, worker_id: str) -> None:
@@ -129,6 +132,8 @@ class Daemon:
         )
         #: set once every component has started (the API answers, consumers poll)
         self.ready = asyncio.Event()
+        #: why the daemon stopped by itself (a catalog migrated by a newer syncd), if it did
+        self.fatal: Exception | None = None
         #: pulsed when this daemon commits changes (wakes the API's change long polls)
         self.changed = ChangeSignal()
         self.scheduler.on_change = self.changed.pulse
@@ -147,6 +152,8 @@ class Daemon:
             await self.catalog.close()
             if self.ready.is_set():
                 log.info("stopped")
+        if self.fatal is not None:
+            raise self.fatal  # the command's one line and exit code
 
     async def _ensure_datasets(self) -> int:
         """Create configured datasets that do not exist yet, so events for them route from
@@ -238,6 +245,11 @@ class Daemon:
                 await self.catalog.call(
                     lambda c: _heartbeat(c, self.worker_id, self.lease_ttl, self.api_url)
                 )
+            except CatalogTooNew as exc:
+                log.error("%s; this worker stops taking work", exc)
+                self.fatal = exc
+                self.stop.set()
+                return
             except Exception as exc:
                 if self.catalog.available:  # else the catalog thread said why, once
                     log.warning("worker heartbeat failed (%s); trying again", redact(str(exc)))
