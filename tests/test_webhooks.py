@@ -290,11 +290,16 @@ async def test_every_change_arrives_in_order_through_a_flaky_receiver(
             if round_ == down_round:
                 receiver.down()
 
-                def refused() -> bool:
+                def failing() -> bool:
                     _, state = head_and_state(db, "all")
-                    return bool(state and state.last_error and "cannot connect" in state.last_error)
+                    return bool(
+                        state
+                        and state.failing_since
+                        and "cannot connect" in (state.last_error or "")
+                    )
 
-                await until(refused, "a delivery to the stopped receiver to fail")
+                # down for longer than fail_after (1s): marked failing, and it keeps trying
+                await until(failing, "the webhook to be marked failing")
                 receiver.up()
             await until(lambda: items(db) == {k: len(v) for k, v in folder_state(src).items()},
                         "the watch to apply the round")  # fmt: skip
@@ -303,8 +308,17 @@ async def test_every_change_arrives_in_order_through_a_flaky_receiver(
         try:
             head = changes.head(catalog.db)
             assert changes.pruned(catalog.db) > 0, "retention never pruned"
+            state = delivery.get(catalog.db, "all")
         finally:
             catalog.close()
+        # back by itself: no longer failing, nothing paused
+        assert state and (state.failing_since, state.last_error, state.paused) == (
+            None,
+            None,
+            False,
+        )
+        metric = daemon.metrics.webhook_delivered.labels("all")._value.get()
+        assert metric == head and daemon.metrics.webhook_failures.labels("all")._value.get() > 0
     finally:
         daemon.stop.set()
         await asyncio.wait_for(task, 60)
@@ -329,6 +343,49 @@ async def test_every_change_arrives_in_order_through_a_flaky_receiver(
     wanted = [c["cursor"] for r in got for c in r.json["changes"] if c["kind"] == "created"]
     assert [c["cursor"] for c in created] == wanted
     assert all(len(r.cursors) <= 3 for r in receiver.received("/created"))
+
+
+async def test_workers_sharing_a_catalog_deliver_a_webhook_one_at_a_time(
+    tmp_path: Path, fast_retries: None
+) -> None:
+    """Two daemons on one catalog, both configured with the webhook, while files change: one
+    holds its lease and delivers; when it stops the other takes over. Every change arrives
+    exactly once (no fault, so no batch is sent twice), in order."""
+    receiver = Receiver()
+    src = tmp_path / "src"
+    src.mkdir()
+    (tmp_path / "syncd.toml").write_text(
+        config_text(src, hook("w", receiver, "/hook", batch=2), watch=True)
+    )
+    config = load_daemon_config(str(tmp_path / "syncd.toml"))
+    db = str(tmp_path / "c.db")
+    first, second = Daemon(config, db, poll_seconds=1), Daemon(config, db, poll_seconds=1)
+    tasks = [asyncio.create_task(first.run())]
+
+    def delivered(count: int) -> bool:
+        head, state = head_and_state(db, "w")
+        return bool(state and head >= count and state.cursor == head)
+
+    try:
+        await until(lambda: first.ready.is_set() or tasks[0].done(), "the first daemon")
+        tasks.append(asyncio.create_task(second.run()))
+        await until(lambda: second.ready.is_set() or tasks[1].done(), "the second daemon")
+        for i in range(9):  # both watch the folder, both would deliver but for the lease
+            (src / f"f{i}.txt").write_text(str(i))
+            await until(lambda i=i: delivered(i + 1), f"change {i + 1} to be delivered")
+        first.stop.set()
+        await asyncio.wait_for(tasks[0], 60)
+        for i in range(9, 14):
+            (src / f"f{i}.txt").write_text(str(i))
+        await until(lambda: delivered(14), "the second daemon to deliver the new files")
+    finally:
+        for daemon in (first, second):
+            daemon.stop.set()
+        await asyncio.wait_for(asyncio.gather(*tasks), 60)
+        receiver.close()
+    head, _ = head_and_state(db, "w")
+    check_signed_and_stable(receiver.of("/hook"))
+    assert [c for r in receiver.of("/hook") for c in r.cursors] == list(range(1, head + 1))
 
 
 # -- kill -9 between the acknowledgement and the stored cursor --------------------------------
