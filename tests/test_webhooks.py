@@ -674,3 +674,43 @@ def test_retention_keeps_what_a_webhook_has_not_delivered(tmp_path: Path) -> Non
         assert [c.cursor for c in changes.read(catalog.db, after=2)] == [3, 4, 5]
     finally:
         catalog.close()
+
+
+def test_delivery_state_on_both_stores(catalogs: Any, tmp_path: Path) -> None:
+    """The delivery core on sqlite and PostgreSQL: a batch's end is stored before it is
+    sent and cut again the same after a "crash"; filters pass unwanted changes over; a late
+    acknowledgement after a replay changes nothing; pause, resume, keep_after, listing."""
+    from syncd import api
+
+    catalog = catalogs()
+    src = tmp_path / "src"
+    src.mkdir(exist_ok=True)
+    for i in range(5):
+        (src / f"f{i}.txt").write_text(str(i))
+    asyncio.run(api.sync(catalog, "files", source=str(src)))
+    db = catalog.db
+    assert delivery.ensure(db, "w", "webhook").cursor == 0
+    everything = delivery.Filters()
+    batch, lag = delivery.next_batch(db, "w", everything, 2)
+    assert batch and lag == 5 and (batch.after, batch.end) == (0, 2)
+    again, _ = delivery.next_batch(db, "w", everything, 2)  # as after a crash
+    assert again == batch and again.id == batch.id
+    assert delivery.acknowledge(db, batch)
+    assert not delivery.acknowledge(db, batch)  # once
+    nothing = delivery.Filters(kinds=("deleted",))
+    assert delivery.next_batch(db, "w", nothing, 2) == (None, 0)  # passed over to the head
+    assert delivery.get(db, "w").cursor == 5
+    delivery.replay(db, "w", 1, "webhook")
+    batch, _ = delivery.next_batch(db, "w", everything, 3)
+    assert [c.cursor for c in batch.changes] == [2, 3, 4]
+    delivery.replay(db, "w", 0, "webhook")
+    assert not delivery.acknowledge(db, batch)  # a late answer to the batch before the replay
+    assert not delivery.record_failure(db, batch, "late", None)
+    batch, _ = delivery.next_batch(db, "w", everything, 3)
+    assert delivery.pause(db, batch, "http://x answered HTTP 400")
+    assert delivery.next_batch(db, "w", everything, 3) == (None, 5)
+    (row,) = delivery.listing(db, {"w": "http://x"}, "webhook")
+    assert (row["state"], row["lag"], row["in_flight"]) == ("paused", 5, 3)
+    assert delivery.resume(db, "w").paused is False
+    assert delivery.next_batch(db, "w", everything, 3)[0] == batch  # the refused batch again
+    assert delivery.keep_after(db, ["w"]) == 0 and delivery.keep_after(db, []) is None
