@@ -170,8 +170,6 @@ class WebhookFeed:
         delivery tasks."""
         if not self.webhooks:
             return
-        # no connection reuse across requests to a failing endpoint matters here; a
-        # receiver's own limits apply per webhook
         self._session = aiohttp.ClientSession()
         try:
             senders = self.senders(self._session)
@@ -210,8 +208,8 @@ class WebhookFeed:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for deliverer in self._deliverers:
-            try:
-                await deliverer.release()
+            try:  # bounded: a catalog locked for long must not hold the shutdown up
+                await asyncio.wait_for(deliverer.release(), 10)
             except Exception:  # the lease expires by itself
                 log.debug("could not release the lease of webhook %r", deliverer.name)
         if self._session is not None:
