@@ -32,6 +32,7 @@ from standardwebhooks import Webhook
 from syncd.config import load_daemon_config
 from syncd.daemon import service
 from syncd.daemon.service import Daemon
+from syncd.errors import UsageError
 from syncd.feed import delivery
 from syncd.store import changes
 from syncd.store.catalog import Catalog
@@ -151,9 +152,10 @@ def check_signed_and_stable(requests: list[Request]) -> None:
 
 
 def head_and_state(db: str, name: str) -> tuple[int, delivery.State | None]:
-    if not Path(db).exists():  # the daemon has not created it yet
+    try:
+        catalog = Catalog.open_reader(db)
+    except UsageError:  # the daemon has not created it yet
         return 0, None
-    catalog = Catalog.open_reader(db)
     try:
         return changes.head(catalog.db), delivery.get(catalog.db, name)
     finally:
