@@ -150,21 +150,13 @@ def read(
     limit: int = 1000,
     dataset_id: int | None = None,
     kinds: Sequence[str] = (),
-    datasets: Sequence[str] = (),
-    until: int | None = None,
 ) -> list[Change]:
-    """Up to ``limit`` records with a cursor above ``after`` (and at most ``until``), in
-    cursor order (of one dataset, of some kinds, of the datasets named ``datasets``).
-    :class:`CursorGone` if ``after`` is older than the log holds."""
+    """Up to ``limit`` records with a cursor above ``after``, in cursor order (of one dataset,
+    of some kinds). :class:`CursorGone` if ``after`` is older than the log holds."""
     check_cursor(db, after)
     sql, args = _SELECT + " WHERE cursor > ?", [after]
-    if until is not None:
-        sql, args = sql + " AND cursor <= ?", [*args, until]
     if dataset_id is not None:
         sql, args = sql + " AND dataset_id = ?", [*args, dataset_id]
-    if datasets:
-        sql += f" AND dataset IN ({', '.join('?' * len(datasets))})"
-        args += list(datasets)
     if kinds:
         sql += f" AND kind IN ({', '.join('?' * len(kinds))})"
         args += list(kinds)
