@@ -139,6 +139,10 @@ def printable(text: str) -> str:
     return "".join(out)
 
 
+#: a change as one JSON line (fields in the order Change.public gives them)
+_JSON_LINE = json.JSONEncoder(ensure_ascii=False).encode  # fields in their own order
+
+
 def _emit(obj: dict[str, Any]) -> None:
     click.echo(json.dumps(obj, ensure_ascii=False, sort_keys=True))
 
@@ -328,11 +332,16 @@ def sync(
     path = resolve_catalog(db_path, configured=config.catalog_url if config else "")
     # a dry run writes nothing, not even a new catalog file
     catalog = Catalog.open_preview(path) if dry_run else Catalog.open(path)
+    verbosity = click.get_current_context().find_root().obj["verbosity"]
     try:
         names = [dataset_name] if dataset_name else sorted(specs or {})
         failures = 0
         for name in names:
             spec = specs[name] if specs else None
+            if dry_run and filters is not None:
+                _note_filter_change(catalog, name, filters)
+            # -v names every change applied: the change log's records of this run
+            head = changes_head(catalog) if verbosity >= 1 and not dry_run else None
             progress = Progress(sys.stderr.isatty() and not as_json and not dry_run)
             options = SyncOptions(
                 dry_run=dry_run,
@@ -367,8 +376,11 @@ def sync(
                 click.echo(f"syncd: error: {redact(str(exc))}", err=True)
                 continue
             progress.done()
+            if head is not None:
+                _print_applied(catalog, name, head, as_json)
             source_text = _source_of(catalog, name, source, spec)
-            _print_summary(result, source_text, as_json)
+            if verbosity >= 0 or as_json:  # -q: errors only
+                _print_summary(result, source_text, as_json)
         if failures:
             sys.exit(1)
     finally:
@@ -388,6 +400,41 @@ def _print_plan(change: Change, as_json: bool) -> None:
         _emit({"action": str(change.action), "key": change.key})
     else:
         click.echo(f"{SYMBOL[change.action]} {printable(change.key)}")
+
+
+def changes_head(catalog: Catalog) -> int:
+    from syncd.store import changes
+
+    return changes.head(catalog.db)
+
+
+def _print_applied(catalog: Catalog, name: str, after: int, as_json: bool) -> None:
+    """``+ key`` / ``~ key`` / ``- key`` for each change the sync of ``name`` applied (its
+    listing's records in the change log after cursor ``after``)."""
+    from syncd.store import changes
+
+    ds = catalog.find_dataset(name)
+    if ds is None:
+        return
+    symbol = {"created": "+", "updated": "~", "deleted": "-"}
+    for change in changes.follow(catalog.db, after=after, dataset_id=ds.id):
+        if change.source != "listing" or change.key is None:
+            continue  # an event applied meanwhile: not this sync's doing
+        if as_json:
+            _emit({"action": change.kind, "key": change.key})
+        else:
+            click.echo(f"{symbol[change.kind]} {printable(change.key)}")
+
+
+def _note_filter_change(catalog: Catalog, name: str, filters: Filters) -> None:
+    """A dry run previews other filters without the flag a real sync needs: say so."""
+    found = catalog.find_dataset(name)
+    if found is not None and found.filters != filters:
+        click.echo(
+            f"syncd: note: planned with filters {api.describe_filters(filters)}; the dataset's "
+            f"are {api.describe_filters(found.filters)} (a real sync needs --replace-filters)",
+            err=True,
+        )
 
 
 def _print_summary(result: SyncResult, source: str, as_json: bool) -> None:
@@ -922,14 +969,17 @@ def changes(
             if header:  # after the first read: a refused cursor prints only its error
                 click.echo("CURSOR\tAT\tKIND\tSOURCE\tDATASET\tKEY")
                 header = False
-            for change in found:
-                if as_json:
-                    _emit(change.public())
-                else:
-                    click.echo(
-                        f"{change.cursor}\t{change.at}\t{change.kind}\t{change.source}\t"
-                        f"{printable(change.dataset)}\t{printable(change.key or '')}"
-                    )
+            # one write per page: a feed is read at hundreds of thousands of lines a second
+            if as_json:
+                lines = [_JSON_LINE(change.public()) for change in found]
+            else:
+                lines = [
+                    f"{change.cursor}\t{change.at}\t{change.kind}\t{change.source}\t"
+                    f"{printable(change.dataset)}\t{printable(change.key or '')}"
+                    for change in found
+                ]
+            if lines:
+                sys.stdout.write("\n".join(lines) + "\n")
             if len(found) == 1000:
                 continue
             if not follow:
@@ -1152,21 +1202,29 @@ def events_apply(file: Any, db_path: str | None, as_json: bool) -> None:
 
     FILE holds one JSON payload (object or array) or JSON lines. Events go to every dataset
     whose driver bucket and path contain the key; stale and duplicate events change nothing.
-    JSON lines are read and applied as a stream, in batches of one transaction each: a bad
-    line stops the command with the batches before it applied (applying them again is a no-op).
+    JSON lines are read and applied as a stream, in batches of one transaction each. A record
+    that is not an event (a bad line, a bad element of an array or of a Records list) is
+    refused on its own: one line on stderr naming its position, the rest applied, exit 1 at
+    the end. Input with no record to read at all (not JSON) is refused whole, exit 2.
     """
     from syncd.events.apply import ApplyResult, EventApplier
     from syncd.events.parse import EventFormatError, ObjectEvent
-    from syncd.events.stream import read_payloads
+    from syncd.events.stream import Refused, read_payloads
 
     catalog = Catalog.open(db_path or default_db_path(), create=False)
     total = ApplyResult()
     skipped: list[str] = []
-    seen = 0
+    seen = refused = 0
 
     def events() -> Iterator[ObjectEvent]:
-        nonlocal seen
+        nonlocal seen, refused
         for parsed in read_payloads(file):
+            if isinstance(parsed, Refused):
+                # reported as it is met and only counted: memory stays one batch however
+                # many records are refused
+                refused += 1
+                click.echo(f"syncd: {printable(file.name)}: {printable(str(parsed))}", err=True)
+                continue
             skipped.extend(parsed.skipped)
             seen += len(parsed.events)
             yield from parsed.events
@@ -1175,17 +1233,20 @@ def events_apply(file: Any, db_path: str | None, as_json: bool) -> None:
         for result in EventApplier(catalog).apply_stream(events()):
             total.counts.update(result.counts)
     except EventFormatError as exc:
-        done = sum(total.counts.values())
-        hint = f" ({done} event(s) before it were applied)" if done else ""
-        raise UsageError(f"{file.name}: {exc}{hint}") from None
+        raise UsageError(f"{file.name}: {exc}") from None
     finally:
         catalog.close()
     result = total.as_dict()
     if as_json:
-        _emit({"applied": result, "skipped": skipped, "events": seen})
+        _emit({"applied": result, "skipped": skipped, "events": seen, "refused": refused})
     else:
         counts = ", ".join(f"{v} {k}" for k, v in result.items())
-        click.echo(f"applied {seen} event(s): {counts}; skipped {len(skipped)}")
+        click.echo(f"applied {seen} event(s): {counts}; skipped {len(skipped)}; refused {refused}")
+    if refused:
+        raise SyncdError(
+            f"{file.name}: {refused} record(s) refused (each named above); the other records "
+            "were applied: fix or drop the refused ones and apply them again"
+        )
 
 
 @events.command("unrouted")
@@ -1241,10 +1302,10 @@ def _run_daemon(config: Any, db: str, *, create_catalog: bool, register: bool = 
         raise UsageError(str(MissingExtra("daemon", "syncd run / syncd serve", exc))) from None
 
     token = os.environ.get("SYNCD_API_TOKEN", "")
-    if config.server is not None and len(token) < 16:
-        raise UsageError(
-            "the HTTP API needs SYNCD_API_TOKEN set to a secret of at least 16 characters"
-        )
+    if config.server is not None:
+        from syncd.server.app import check_token
+
+        check_token(token)
 
     async def main() -> None:
         stop = asyncio.Event()

@@ -86,7 +86,12 @@ def test_events_apply_from_files_and_stdin(db: str) -> None:
 def test_events_apply_rejects_malformed_input(db: str, tmp_path: Path) -> None:
     bad = tmp_path / "bad.json"
     bad.write_text('{"Records": [{"eventSource": "aws:s3"}]}')
-    one_line_error(syncd("events", "apply", str(bad), "--db", db), 2, "missing field")
+    proc = syncd("events", "apply", str(bad), "--db", db)
+    assert proc.returncode == 1  # a refused record, named: the others (none) applied
+    assert (
+        "bad.json: line 1, record 1: missing field" in proc.stderr
+        and "Traceback" not in proc.stderr
+    )
     bad.write_text("not json at all")
     one_line_error(syncd("events", "apply", str(bad), "--db", db), 2, "not valid JSON")
 

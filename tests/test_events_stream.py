@@ -10,12 +10,11 @@ import pytest
 
 from providers.config import DriverConfig
 from syncd.events.apply import EventApplier
-from syncd.events.parse import EventFormatError, parse_text
-from syncd.events.stream import read_payloads
+from syncd.events.parse import EventFormatError, Parsed, parse_text
+from syncd.events.stream import Refused, read_payloads
 from syncd.reconcile.filters import Filters
 from syncd.store.catalog import Catalog
 from tests.conftest import catalog_state
-from tests.test_cli_errors import one_line_error
 from tests.test_events_parse import SAMPLES
 from tests.test_sync_cli import syncd
 
@@ -69,33 +68,77 @@ def test_a_multi_line_payload_parses_as_a_whole(sample: str) -> None:
         (b"", "not valid JSON"),
         (b"\n  \n", "not valid JSON"),
         (b"{not json\n", "not valid JSON"),
-        (s3_line("a") + b"\n" + s3_line("b") + b"{oops\n", "line 3 is not valid JSON"),
-        (s3_line("a") + b"\xff\n", "not UTF-8"),
+        (b"{not json\n[1,\n", "not valid JSON"),
+        (b'{"Records": [\xff]}\n  \n', "not UTF-8"),
     ],
 )
-def test_bad_input_says_what_parse_text_says(text: bytes, message: str) -> None:
+def test_input_with_no_record_to_read_says_what_parse_text_says(text: bytes, message: str) -> None:
     with pytest.raises(EventFormatError, match=message):
         list(read_payloads(text.splitlines(keepends=True)))
 
 
-def test_batches_before_a_bad_line_are_applied(tmp_path: Path) -> None:
+def outcome(items: list[Parsed | Refused]) -> list[str]:
+    """Each record read: its keys, or ``refused <position>``."""
+    return [
+        f"refused {r.position}" if isinstance(r, Refused) else ",".join(e.key for e in r.events)
+        for r in items
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (s3_line("a") + b"\n" + s3_line("b") + b"{oops\n", ["a", "b", "refused line 3"]),
+        (s3_line("a") + b"\xff\n" + s3_line("c"), ["a", "refused line 2", "c"]),
+        (b"{oops\n" + s3_line("b"), ["refused line 1", "b"]),  # a broken first line
+        (b"\xff\n" + s3_line("b"), ["refused line 1", "b"]),  # a first line not UTF-8
+        (
+            json.dumps([[[json.loads(s3_line("a"))]] * 2, json.loads(s3_line("b"))]).encode(),
+            ["a,a", "b"],  # arrays in an array: parsed whole
+        ),
+        (
+            json.dumps({"Records": [*json.loads(s3_line("a"))["Records"], {"s3": {}}]}).encode(),
+            ["a", "refused line 1, record 2"],
+        ),
+        (
+            json.dumps([json.loads(s3_line("a")), 7, json.loads(s3_line("b"))], indent=1).encode(),
+            ["a", "refused item 2", "b"],
+        ),
+    ],
+    ids=[
+        "bad-json-line",
+        "not-utf8-line",
+        "bad-first-line",
+        "not-utf8-first-line",
+        "nested-arrays",
+        "bad-record",
+        "bad-array-item",
+    ],
+)
+def test_a_bad_record_is_refused_alone(text: bytes, expected: list[str]) -> None:
+    assert outcome(list(read_payloads(text.splitlines(keepends=True)))) == expected
+
+
+def test_records_after_a_bad_line_are_applied(tmp_path: Path) -> None:
     catalog = Catalog.open(str(tmp_path / "c.db"))
     catalog.create_dataset("ds", "s3://bkt/", DriverConfig(type="s3", bucket="bkt"), Filters())
     lines = [s3_line("a", "b"), s3_line("c"), b"{oops\n", s3_line("d")]
+    refused = []
 
     def events():
         for parsed in read_payloads(lines):
-            yield from parsed.events
+            if isinstance(parsed, Refused):
+                refused.append(str(parsed))
+            else:
+                yield from parsed.events
 
-    committed = []
-    with pytest.raises(EventFormatError, match="line 3"):
-        for result in EventApplier(catalog).apply_stream(events(), batch_size=2):
-            committed.append(result.as_dict()["created"])
-    # "a", "b" came as one batch; "c" was its own batch, cut short by the bad line
-    assert committed == [2]
-    assert sorted(catalog_state(catalog)) == ["a", "b"]
-    # the sequence moved once per committed batch: the failed one rolled back
-    assert catalog.event_seq() == 1
+    committed = [
+        result.as_dict()["created"]
+        for result in EventApplier(catalog).apply_stream(events(), batch_size=2)
+    ]
+    assert committed == [2, 2]
+    assert refused == ["line 3: not valid JSON: Expecting property name enclosed in double quotes"]
+    assert sorted(catalog_state(catalog)) == ["a", "b", "c", "d"]
     catalog.close()
 
 
@@ -109,7 +152,16 @@ def test_cli_applies_json_lines_and_names_the_bad_line(tmp_path: Path) -> None:
     proc = syncd("events", "apply", str(good), "--db", db, "--json")
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
-    assert out["events"] == 3 and out["applied"]["created"] == 3
+    assert out["events"] == 3 and out["applied"]["created"] == 3 and out["refused"] == 0
     bad = tmp_path / "bad.jsonl"
-    bad.write_bytes(s3_line("d") + b"[1, 2\n")
-    one_line_error(syncd("events", "apply", str(bad), "--db", db), 2, "line 2 is not valid JSON")
+    bad.write_bytes(s3_line("d") + b"[1, 2\n" + s3_line("e"))
+    proc = syncd("events", "apply", str(bad), "--db", db, "--json")
+    assert proc.returncode == 1, proc.stderr
+    summary, error = map(json.loads, proc.stdout.splitlines())  # --json: the failure too
+    assert summary["refused"] == 1 and "refused" in error["error"]
+    first, last = proc.stderr.strip().splitlines()
+    assert "bad.jsonl: line 2: not valid JSON" in first
+    assert "1 record(s) refused" in last and "Traceback" not in proc.stderr
+    catalog = Catalog.open(db)
+    assert sorted(catalog_state(catalog)) == ["a", "b", "c", "d", "e"]
+    catalog.close()

@@ -23,7 +23,6 @@ from providers.redact import redact
 from syncd.config import load_daemon_config
 from syncd.errors import UsageError
 from syncd.store.catalog import Catalog
-from syncd.store.db import CatalogTooNew
 from syncd.store.stamps import now
 from tests import emulators
 from tests.conftest import CatalogMaker, unique_bucket
@@ -66,6 +65,8 @@ def test_a_catalog_migrated_by_a_newer_syncd_is_not_written(catalogs: CatalogMak
         )
         catalog.db.execute("UPDATE catalog_info SET value = '9.9.0' WHERE key = 'syncd_version'")
     catalog.close()
+    from syncd.store.db import CatalogTooNew
+
     with pytest.raises(CatalogTooNew) as caught:
         Catalog.open(url)
     message = str(caught.value)
@@ -365,3 +366,25 @@ def test_a_missing_extra_is_named_in_one_line(
         args = (*args, "--db", str(db))
     proc = blocked_run(EXTRA_MODULES, *args)
     one_line_error(proc, 2, f"the '{extra}' extra", f"pip install 'syncd[{extra}]'")
+
+
+def test_quiet_and_verbose_change_what_sync_prints(tmp_path: Path) -> None:
+    src = folder(tmp_path / "src", ["a.txt", "gone.txt"])
+    db = str(tmp_path / "c.db")
+    assert run("sync", str(src), "--dataset", "d", "--db", db).returncode == 0
+    (src / "a.txt").write_text("changed")
+    (src / "gone.txt").unlink()
+    folder(src, ["new.txt"])
+    verbose = run("-v", "sync", "--dataset", "d", "--db", db)
+    assert verbose.returncode == 0, verbose.stderr
+    lines = verbose.stdout.splitlines()
+    assert sorted(lines[:-1]) == ["+ new.txt", "- gone.txt", "~ a.txt"], lines
+    assert lines[-1].startswith("synced dataset 'd'")
+    quiet = run("-q", "sync", "--dataset", "d", "--db", db)
+    assert (quiet.returncode, quiet.stdout, quiet.stderr) == (0, "", "")
+    plain = run("sync", "--dataset", "d", "--db", db)
+    assert plain.stdout.startswith("synced dataset 'd'") and len(plain.stdout.splitlines()) == 1
+    # a dry run previews other filters, and says a real sync needs --replace-filters
+    dry = run("sync", "--dataset", "d", "--db", db, "--exclude", "n*", "--dry-run")
+    assert dry.returncode == 0 and "--replace-filters" in dry.stderr
+    assert "- new.txt" in dry.stdout

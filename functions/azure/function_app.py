@@ -3,8 +3,10 @@
 Function ``syncd_blob_events``, an Event Grid trigger for ``Microsoft.Storage.BlobCreated``
 and ``Microsoft.Storage.BlobDeleted`` (the subscription in ``infra/azure`` filters to those).
 The Event Grid trigger answers subscription validation itself. A malformed event is logged and
-completed (retrying cannot fix it); a delivery failure raises so Event Grid retries, then
-dead-letters.
+completed (retrying cannot fix it), as is one naming a key no catalog can hold (a NUL byte,
+over 1,024 characters); a delivery failure raises so Event Grid retries, then dead-letters:
+syncd unreachable, or with ``SYNCD_DB`` a catalog that is locked, missing, empty or not a
+catalog (it is opened with ``create=False``: the handler never creates one).
 
 Environment (app settings): ``SYNCD_API_URL`` and ``SYNCD_API_TOKEN`` (a Key Vault
 reference), or ``SYNCD_DB``. ``LOG_LEVEL``.

@@ -3,7 +3,10 @@
 Entry point ``on_object_event``, a CloudEvent function for Eventarc triggers on
 ``google.cloud.storage.object.v1.finalized`` and ``...deleted`` (``archived`` and
 ``metadataUpdated`` are understood too). A malformed event is logged and acknowledged
-(retrying cannot fix it); a delivery failure raises so that Eventarc retries the event.
+(retrying cannot fix it), as is one naming a key no catalog can hold (a NUL byte, over 1,024
+bytes); a delivery failure raises so that Eventarc retries the event: syncd unreachable, or
+with ``SYNCD_DB`` a catalog that is locked, missing, empty or not a catalog (it is opened with
+``create=False``: the handler never creates one).
 
 Environment: ``SYNCD_API_URL`` and ``SYNCD_API_TOKEN``, or ``SYNCD_DB``. ``LOG_LEVEL``.
 """

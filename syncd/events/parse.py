@@ -21,13 +21,19 @@ order is their documented order); GCS uses zero-padded ``generation`` then ``met
 Markers compare only between events for the same key. Emulators that send no sequencer
 (moto) give ``marker=None``.
 
-Unknown event types are skipped with a reason (and a log line); a payload that claims a known
-format but lacks what that format requires raises :class:`EventFormatError`. So does one whose
-fields have the wrong shape for what the catalog stores: every text field must be a JSON string
-that encodes to UTF-8 (a ``\\ud800`` escape or Pub/Sub bytes can carry a lone surrogate), a key
-or bucket must not be empty, an encoded key must decode to UTF-8 (never replaced by U+FFFD, which
-would name another object), and a size or generation must be a whole number from 0 to 2**63-1
-(what sqlite's INTEGER holds). A parsed event can therefore always be applied.
+Unknown event types are skipped with a reason (and a log line), and so are SNS
+``SubscriptionConfirmation`` / ``UnsubscribeConfirmation`` messages (raw SNS envelopes that an
+SQS subscription puts in the queue: acknowledging them is all a consumer can do). A payload that
+claims a known format but lacks what that format requires raises :class:`EventFormatError`. So
+does one whose fields have the wrong shape for what the catalog stores: every text field must be
+a JSON string that encodes to UTF-8 (a ``\\ud800`` escape or Pub/Sub bytes can carry a lone
+surrogate) and holds no NUL byte (PostgreSQL's text cannot hold one, so neither store takes it:
+a sync skips such keys too), a key or bucket must not be empty, an encoded key must decode to
+UTF-8 (never replaced by U+FFFD, which would name another object), a key must fit its provider's
+limit (S3 and GCS: 1,024 bytes of UTF-8; Azure: 1,024 characters, counted as UTF-16 code units
+as the service counts them), since no object has a longer name, and a size or generation must
+be a whole number from 0 to 2**63-1 (what sqlite's INTEGER holds). A parsed event can therefore
+always be applied.
 """
 
 from __future__ import annotations
@@ -49,6 +55,13 @@ log = logging.getLogger("syncd.events.parse")
 SEQUENCER_WIDTH = 64
 #: the largest size or generation an event may carry: sqlite's INTEGER (and GCS's int64)
 MAX_INT = 2**63 - 1
+#: the longest key S3 and GCS allow, in bytes of UTF-8
+MAX_KEY_BYTES = 1024
+#: the longest blob name Azure allows, in characters (UTF-16 code units, as .NET counts them)
+MAX_AZURE_KEY_CHARS = 1024
+#: SNS messages about the subscription itself, not a notification: an SQS queue subscribed
+#: with raw delivery off receives them as its first (or last) message
+SNS_SUBSCRIPTION_TYPES = frozenset({"SubscriptionConfirmation", "UnsubscribeConfirmation"})
 
 
 class EventFormatError(ValueError):
@@ -171,12 +184,14 @@ def _opt_text(value: Any, what: str) -> str | None:
         return None
     if not isinstance(value, str):
         raise EventFormatError(f"{what} must be a string, not {type(value).__name__}")
-    if value.isascii():  # a flag of the string in CPython: no scan, and always encodable
-        return value
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise EventFormatError(f"{what} is not valid Unicode (a lone surrogate)") from None
+    if not value.isascii():  # a flag of the string in CPython: no scan, and always encodable
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise EventFormatError(f"{what} is not valid Unicode (a lone surrogate)") from None
+    if "\x00" in value:
+        # PostgreSQL's text cannot hold it; sqlite refuses it too, so the two stores agree
+        raise EventFormatError(f"{what} {_short(value)} holds a NUL byte: no catalog can hold it")
     return value
 
 
@@ -199,6 +214,29 @@ def _decoded(encoded: Any, what: str, *, plus: bool) -> str:
     except UnicodeDecodeError:
         raise EventFormatError(f"{what} {_short(raw)} does not decode to UTF-8") from None
     return _text(key, what)
+
+
+def _key(key: str, provider: str) -> str:
+    """``key`` (already decoded and checked by :func:`_text`) if it fits the provider's key
+    limit; else ``EventFormatError``: no object has a longer name, so the event names none
+    (an item made from it would be a phantom)."""
+    if provider == "azure":
+        # UTF-16 code units: a character outside the BMP counts twice, as Azure counts it
+        size = len(key) if key.isascii() else len(key.encode("utf-16-le")) // 2
+        if size > MAX_AZURE_KEY_CHARS:
+            raise EventFormatError(
+                f"blob name {_short(key)} is {size} characters long: Azure allows "
+                f"{MAX_AZURE_KEY_CHARS:,}"
+            )
+        return key
+    size = len(key) if key.isascii() else len(key.encode("utf-8"))
+    if size > MAX_KEY_BYTES:
+        name = "S3" if provider == "s3" else "GCS"
+        raise EventFormatError(
+            f"object key {_short(key)} is {size:,} bytes long: {name} allows "
+            f"{MAX_KEY_BYTES:,} bytes of UTF-8"
+        )
+    return key
 
 
 def _need(obj: Any, *path: str) -> Any:
@@ -226,7 +264,7 @@ def _s3_record(rec: dict[str, Any]) -> Parsed:
     name = str(_need(rec, "eventName"))
     obj = _need(rec, "s3", "object")
     bucket = _text(_need(rec, "s3", "bucket", "name"), "bucket name")
-    key = _decoded(_need(obj, "key"), "object key", plus=True)  # form-encoded
+    key = _key(_decoded(_need(obj, "key"), "object key", plus=True), "s3")  # form-encoded
     if name.startswith("ObjectCreated:"):
         kind = EventKind.CREATED
     elif name.startswith("ObjectRemoved:"):
@@ -256,7 +294,7 @@ def _s3_record(rec: dict[str, Any]) -> Parsed:
 def _eventbridge(payload: dict[str, Any]) -> Parsed:
     detail_type = payload.get("detail-type")
     detail = _need(payload, "detail")
-    key = _text(_need(detail, "object", "key"), "object key")  # not form-encoded here
+    key = _key(_text(_need(detail, "object", "key"), "object key"), "s3")  # not form-encoded
     if detail_type == "Object Created":
         kind = EventKind.CREATED
     elif detail_type == "Object Deleted":
@@ -316,7 +354,7 @@ def _gcs_object(kind: EventKind, data: dict[str, Any], event_id: Any, time: Any)
         kind=kind,
         provider="gcs",
         bucket=_text(_need(data, "bucket"), "bucket"),
-        key=_text(_need(data, "name"), "object name"),
+        key=_key(_text(_need(data, "name"), "object name"), "gcs"),
         marker=gcs_marker(generation, metageneration),
         size=_int(data.get("size"), "size"),
         etag=_opt_text(data.get("etag") or data.get("md5Hash"), "etag"),
@@ -382,27 +420,46 @@ _AZURE_TYPES = {
 VALIDATION_TYPE = "Microsoft.EventGrid.SubscriptionValidationEvent"
 
 
+def _split_blob_url(url: str) -> tuple[str | None, str]:
+    """(account, path after it) of a blob URL: the account is the first label of the host
+    (``<account>.blob.core.windows.net``), or for an emulator on a loopback address (Azurite's
+    path style, ``127.0.0.1:10000/<account>/<container>/<blob>``) the first path segment."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # a malformed IPv6 host
+        raise EventFormatError(f"malformed blob URL {_short(url)}") from None
+    path = parts.path.lstrip("/")
+    if (parts.hostname or "") in ("127.0.0.1", "localhost", "::1"):
+        account, _, path = path.partition("/")
+        return account or None, path
+    return (parts.hostname or "").split(".")[0] or None, path
+
+
 def _azure_location(
     subject: str | None, url: str | None, source: str | None
 ) -> tuple[str | None, str, str]:
-    """(account, container, key) from the subject, else the blob URL."""
+    """(account, container, key) from the subject, else the blob URL. The account comes from
+    the topic (``source``) when it names one, else from the blob URL: an event without a topic
+    must not reach a container of that name in another account."""
     account = None
     if source and "/storageAccounts/" in source:
-        account = source.rsplit("/storageAccounts/", 1)[1].split("/")[0]
+        account = source.rsplit("/storageAccounts/", 1)[1].split("/")[0] or None
+    # a topic names the account authoritatively; without one the blob URL does (split only
+    # when needed: an event whose topic and subject say everything does not need its URL)
+    split = _split_blob_url(url) if url and account is None else None
+    if split is not None:
+        account = split[0]
     if subject and "/containers/" in subject and "/blobs/" in subject:
         rest = subject.split("/containers/", 1)[1]
         container, _, key = rest.partition("/blobs/")
         if container and key:
             return account, container, key
     if url:
-        parts = urlsplit(url)
-        host_account = parts.netloc.split(".")[0] or None
-        path = parts.path.lstrip("/")
-        if parts.netloc.startswith(("127.0.0.1", "localhost")):  # emulator: /account/container/key
-            host_account, _, path = path.partition("/")
-        container, _, key = path.partition("/")
+        url_account, url_path = split or _split_blob_url(url)
+        account = account or url_account
+        container, _, key = url_path.partition("/")
         if container and key:
-            return account or host_account, container, _decoded(key, "blob URL", plus=False)
+            return account, container, _decoded(key, "blob URL", plus=False)
     raise EventFormatError("Azure event has neither a blob subject nor a blob URL")
 
 
@@ -430,7 +487,7 @@ def _azure(event: dict[str, Any], *, cloudevents: bool) -> Parsed:
                 kind=kind,
                 provider="azure",
                 bucket=_text(container, "container"),
-                key=_text(key, "blob name"),
+                key=_key(_text(key, "blob name"), "azure"),
                 marker=pad_sequencer(seq) if seq else None,
                 size=_int(data.get("contentLength"), "contentLength"),
                 etag=etag.strip('"') or None if etag else None,
@@ -503,6 +560,10 @@ def _parse_object(p: dict[str, Any]) -> Parsed:
         return out
     if p.get("Type") == "Notification" and "Message" in p:  # SNS envelope (SQS raw delivery off)
         return _parse_any(_json_text(p["Message"], "SNS Message"))
+    if p.get("Type") in SNS_SUBSCRIPTION_TYPES and "TopicArn" in p:
+        # the subscription is confirmed where it is made (SQS subscriptions by their owner,
+        # webhooks by POST /api/v1/events); in a queue there is nothing to do but acknowledge
+        return _skip(f"SNS {p['Type']} for topic {_short(p['TopicArn'])}")
     if p.get("source") == "aws.s3" and "detail-type" in p:
         return _eventbridge(p)
     if "specversion" in p and isinstance(p.get("type"), str):

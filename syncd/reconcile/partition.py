@@ -73,7 +73,13 @@ async def boundaries(
             f for f in await driver.folders(prefix) if start_after is None or f > start_after
         ]
         cut = spread(folders, parts) if len(folders) > len(cut) else cut
-    return [b for b in cut if b.startswith(prefix) and (start_after is None or b > start_after)]
+    # a folder name with a NUL byte cannot bound a range a catalog stores (the sync skips
+    # its keys; see syncd.reconcile.sync.NUL_REASON)
+    return [
+        b
+        for b in cut
+        if b.startswith(prefix) and (start_after is None or b > start_after) and "\x00" not in b
+    ]
 
 
 async def _range(

@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import operator
 import threading
 import time
@@ -60,7 +61,25 @@ BATCH_SIZE = 500
 PROGRESS_EVERY = 50000
 PREFETCH_PAGES = 2
 
+log = logging.getLogger("syncd")
 _key = operator.attrgetter("key")
+#: why a listed key with a NUL byte is skipped (PostgreSQL's text cannot hold one; sqlite
+#: skips it too, so both stores hold the same dataset, and events with one are refused)
+NUL_REASON = "NUL byte in the key: no catalog can hold it"
+
+
+def _storable(driver: Driver, page: list[ObjectInfo]) -> tuple[list[ObjectInfo], int]:
+    """``page`` without the keys no catalog can hold, and how many it left out (each logged
+    as a skip). Dropped before anything reads the page's keys: such a key must not become an
+    item, a resume key or a bound of a catalog query either. Counted by the caller, not on
+    the driver: the key ranges of a split run share one driver."""
+    if not any("\x00" in o.key for o in page):
+        return page, 0  # the common page: one scan, no copy
+    kept = [o for o in page if "\x00" not in o.key]
+    for o in page:
+        if "\x00" in o.key:
+            log.warning("skipped %r in %s: %s", o.key, driver.bucket, NUL_REASON)
+    return kept, len(page) - len(kept)
 
 
 class DeleteLimit(Protocol):
@@ -373,6 +392,7 @@ async def sync_dataset(
     prefix = dataset.driver.path
     filters = dataset.filters
     skipped_before, skipped_base = driver.skipped, counts["skipped"]
+    unstorable = 0  # listed keys no catalog can hold (:func:`_storable`)
     parked = 0  # a dry run's planned deletes; a real run's applier counts its own
 
     def report() -> None:
@@ -447,6 +467,8 @@ async def sync_dataset(
         async for seq, page in pages():
             if options.stop is not None and options.stop.is_set():
                 raise SyncStopped("stopped before the listing completed (shutting down)")
+            page, left_out = _storable(driver, page)
+            unstorable += left_out
             if page:
                 check_order(page, decided)
                 if not accepts_all:
@@ -473,7 +495,7 @@ async def sync_dataset(
                     )
                     await take(diff_page(piece, known), upto, len(piece), seq)
                     decided = upto
-            counts["skipped"] = skipped_base + driver.skipped - skipped_before
+            counts["skipped"] = skipped_base + driver.skipped - skipped_before + unstorable
             report()
         # the listing is complete: the items after its last key are gone (``seq`` is what
         # the answer that ended it knew)

@@ -6,9 +6,16 @@
   :data:`~syncd.server.lockout.WINDOW` seconds, that address gets ``429`` with ``Retry-After``
   until the window passes (:mod:`syncd.server.lockout`).
 * Request bodies are limited to ``MAX_BODY`` bytes (``413``, JSON like every error).
-* Every error is JSON, ``{"error": "..."}``, aiohttp's own (404, 405, 413) included; an
-  unexpected exception is logged and answered ``500`` without details.
+* Every error is JSON, ``{"error": "..."}``, aiohttp's own (404, 405, 413) included, and
+  those of its protocol layer (a malformed request line or header: ``400``, never echoing the
+  request); an unexpected exception is logged and answered ``500`` without details.
 * Each request is logged at INFO: method, path, status, duration (never a header or a body).
+* ``SYNCD_API_TOKEN`` (:func:`check_token`): 16+ characters of printable ASCII, no spaces.
+  A header that is not UTF-8 is a wrong token (``401``, counted toward the lockout).
+* A connection must send its request headers within
+  :data:`~syncd.server.connections.HEADER_TIMEOUT` seconds, and at most a cap of connections
+  derived from ``RLIMIT_NOFILE`` are open, the longest-waiting one evicted past it
+  (:mod:`syncd.server.connections`): slow clients cannot take every descriptor.
 * Binds to 127.0.0.1 unless told otherwise. The catalog is only reached through the daemon's
   catalog thread, so the event loop never blocks on sqlite.
 
@@ -17,6 +24,7 @@ The routes are in :mod:`syncd.server.routes`.
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import hmac
 import logging
@@ -26,6 +34,15 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from syncd.errors import UsageError
+from syncd.server.connections import (
+    HEADER_TIMEOUT,
+    AcceptErrorLog,
+    ConnectionGuard,
+    connection_cap,
+    raise_fd_limit,
+    serve,
+    track_requests,
+)
 from syncd.server.lockout import AuthLockout
 from syncd.server.routes import CONTEXT, Context, add_routes
 
@@ -35,6 +52,23 @@ TOKEN = web.AppKey("token", str)
 LOCKOUT = web.AppKey("lockout", AuthLockout)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+#: the shortest SYNCD_API_TOKEN accepted
+MIN_TOKEN = 16
+
+
+def check_token(token: str) -> None:
+    """Refuse (``UsageError``, one line) an API token that is too short, or that is not
+    printable ASCII without spaces: HTTP strips a header's outer whitespace and clients encode
+    headers differently (bytes that are not UTF-8 arrive from the environment as surrogates),
+    so such a token could never be matched, or only by some clients."""
+    what = "the HTTP API needs SYNCD_API_TOKEN set to a secret of at least 16 characters"
+    if len(token) < MIN_TOKEN:
+        raise UsageError(what)
+    if not all("!" <= ch <= "~" for ch in token):
+        raise UsageError(
+            f"{what}, printable ASCII without spaces (e.g. from `openssl rand -hex 32`); "
+            "this one has whitespace, control or non-ASCII characters"
+        )
 
 
 @web.middleware
@@ -76,7 +110,9 @@ async def bearer_token(request: web.Request, handler: Handler) -> web.StreamResp
         )
     given = request.headers.get("Authorization", "")
     expected = f"Bearer {request.app[TOKEN]}"
-    if not hmac.compare_digest(given.encode(), expected.encode()):
+    # aiohttp decodes header bytes that are not UTF-8 as surrogates: encode them back to the
+    # bytes received (never equal to the token, which check_token keeps ASCII)
+    if not hmac.compare_digest(given.encode("utf-8", "surrogateescape"), expected.encode()):
         lockout.failed(address)
         return web.json_response({"error": "missing or wrong bearer token"}, status=401)
     return await handler(request)
@@ -115,9 +151,11 @@ def make_app(
     ``lockout`` defaults to :class:`AuthLockout`'s limits."""
     if not token:
         raise ValueError("the API needs a bearer token")
-    # order: log everything, answer errors as JSON, then check the token
+    # order: mark the connection busy (its headers are in), log everything, answer errors as
+    # JSON, then check the token
     app = web.Application(
-        client_max_size=MAX_BODY, middlewares=[access_log, json_errors, bearer_token]
+        client_max_size=MAX_BODY,
+        middlewares=[track_requests, access_log, json_errors, bearer_token],
     )
     app[CONTEXT] = context
     app[TOKEN] = token
@@ -128,23 +166,44 @@ def make_app(
 
 
 async def start(
-    context: Context, token: str, host: str, port: int, *, lockout: AuthLockout | None = None
+    context: Context,
+    token: str,
+    host: str,
+    port: int,
+    *,
+    lockout: AuthLockout | None = None,
+    header_timeout: float = HEADER_TIMEOUT,
 ) -> tuple[Callable[[], Awaitable[None]], int]:
     """Bind and start serving; returns (stop, the bound port). A busy port or an address that
-    cannot be bound is a ``UsageError`` (one line), raised before anything is served."""
+    cannot be bound is a ``UsageError`` (one line), raised before anything is served.
+
+    Raises the process's open-file limit toward its hard limit and caps the connections
+    below it (:mod:`syncd.server.connections`); until ``stop``, the loop's exception handler
+    logs failed accepts once a minute instead of a traceback each."""
+    loop = asyncio.get_running_loop()
+    guard = ConnectionGuard(connection_cap(raise_fd_limit()), header_timeout)
     runner = web.AppRunner(make_app(context, token, lockout=lockout), access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
     try:
-        await site.start()
+        server = await serve(runner, host, port, guard)
     except OSError as exc:
         await runner.cleanup()
         why = "address already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
         raise UsageError(
             f"cannot listen on {host}:{port}: {why}; pick another port or stop what uses it"
         ) from None
-    bound = port
-    server = getattr(site, "_server", None)
-    if server is not None and server.sockets:
-        bound = server.sockets[0].getsockname()[1]
-    return runner.cleanup, bound
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(AcceptErrorLog(previous))
+    log.debug("serving with at most %d connections", guard.cap)
+
+    async def stop() -> None:
+        server.close()
+        try:
+            await runner.cleanup()
+            await server.wait_closed()
+        finally:
+            guard.close_all()
+            loop.set_exception_handler(previous)
+
+    bound = server.sockets[0].getsockname()[1] if server.sockets else port
+    return stop, bound

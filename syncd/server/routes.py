@@ -134,38 +134,37 @@ async def get_dataset(request: web.Request) -> web.Response:
     return web.json_response(row)
 
 
+def _bad_request(message: str) -> web.HTTPBadRequest:
+    return web.HTTPBadRequest(text=json.dumps({"error": message}), content_type="application/json")
+
+
 def _only_params(request: web.Request, *names: str) -> None:
     """Refuse (400) a query parameter the endpoint does not take: a misspelt ``prefx=``
-    would otherwise silently answer for the whole dataset."""
+    would otherwise silently answer for the whole dataset; and one given twice
+    (``limit=1&limit=2``), which would silently use the first."""
     for name in request.query:
         if name not in names:
-            raise web.HTTPBadRequest(
-                text=json.dumps(
-                    {
-                        "error": f"unknown query parameter {name!r}; this endpoint takes "
-                        + (", ".join(names) or "none")
-                    }
-                ),
-                content_type="application/json",
+            raise _bad_request(
+                f"unknown query parameter {name!r}; this endpoint takes "
+                + (", ".join(names) or "none")
             )
+        if len(request.query.getall(name)) > 1:
+            raise _bad_request(f"query parameter {name!r} is given more than once; give it once")
 
 
 def _int_param(request: web.Request, name: str, default: int, maximum: int) -> int:
+    """``name`` as a whole number in 1..maximum, or ``default`` when absent; else 400. Only
+    ASCII digits: Python's ``int()`` also takes full-width and other Unicode digits, signs,
+    underscores and surrounding spaces."""
     raw = request.query.get(name)
     if raw is None:
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise web.HTTPBadRequest(
-            text=json.dumps({"error": f"{name} must be a whole number"}),
-            content_type="application/json",
-        ) from None
+    if not (raw.isascii() and raw.isdigit()):
+        raise _bad_request(f"{name} must be a whole number (digits 0-9)")
+    # a huge number is out of range without converting it (int() refuses 4,300+ digits)
+    value = int(raw) if len(raw) <= 18 else maximum + 1
     if not 1 <= value <= maximum:
-        raise web.HTTPBadRequest(
-            text=json.dumps({"error": f"{name} must be between 1 and {maximum}"}),
-            content_type="application/json",
-        )
+        raise _bad_request(f"{name} must be between 1 and {maximum}")
     return value
 
 
@@ -401,7 +400,7 @@ async def list_changes(request: web.Request) -> web.Response:
     after = _whole_param(request, "after", 0, 2**63 - 1)
     wait = _whole_param(request, "wait", 0, MAX_WAIT)
     limit = _int_param(request, "limit", DEFAULT_PAGE, MAX_PAGE)
-    kinds = tuple(k for k in request.query.get("kind", "").split(",") if k)
+    kinds = tuple(request.query.get("kind", "").split(",")) if "kind" in request.query else ()
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait
     while True:

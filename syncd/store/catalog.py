@@ -206,18 +206,7 @@ class Catalog:
         recorded in the change log as one ``dataset_removed`` record."""
         with transaction(self.db):
             # one record in the change log, not one per item (a follower drops the dataset)
-            self.db.record_changes(
-                [
-                    (
-                        "dataset_removed",
-                        source,
-                        now(),
-                        dataset.name,
-                        dataset.id,
-                        *([None] * (len(ITEM_COLUMNS) - 1)),
-                    )
-                ]
-            )
+            self.db.record_changes("dataset_removed", source, now(), [(dataset.id, dataset.name)])
             ranges.clear(self.db, "SELECT id FROM runs WHERE dataset_id = ?", [dataset.id])
             for table in ("pending_deletes", "run_attempts"):
                 self.db.execute(
@@ -238,6 +227,8 @@ class Catalog:
             )
 
     def find_dataset(self, name: str) -> Dataset | None:
+        if "\x00" in name:
+            return None  # no dataset has one (and PostgreSQL text cannot hold it)
         row = self.db.execute(_DATASET_SELECT + " WHERE ds.name = ?", [name]).fetchone()
         return _dataset_from_row(row) if row else None
 
@@ -265,6 +256,8 @@ class Catalog:
         return int(self._aggregate("coalesce(sum(size), 0)", dataset_id, prefix))
 
     def _aggregate(self, what: str, dataset_id: int, prefix: str) -> Any:
+        if "\x00" in prefix:
+            return 0  # no key holds a NUL byte
         where, args = key_range(None, prefix)
         sql = f"SELECT {what} FROM items WHERE dataset_id = ?{where}"
         return self.db.execute(sql, [dataset_id, *args]).fetchone()[0]
@@ -337,6 +330,8 @@ class Catalog:
         behind the cursor (the reconciler writes only keys it has already passed) are never
         returned twice and never skipped.
         """
+        if "\x00" in prefix or (after is not None and "\x00" in after):
+            return  # no key holds a NUL byte (listings skip such keys, events refuse them)
         cursor = after
         cols = ", ".join(Item.__dataclass_fields__)
         left = limit
@@ -416,10 +411,7 @@ class Catalog:
         self.db.upsert_items(rows, None)
         if source is not None:
             assert kinds is not None
-            at = now()
-            self.db.record_changes(
-                (kind, source, at, None, *row) for kind, row in zip(kinds, rows, strict=True)
-            )
+            self.db.record_changes(kinds, source, now(), rows)
 
     def _unguarded(
         self,
@@ -536,9 +528,7 @@ class Catalog:
         is recorded in the change log as it was. The caller holds the transaction."""
         keys = list(keys)
         if source is not None and keys:
-            gone = self.item_rows(dataset_id, keys)
-            at = now()
-            self.db.record_changes(("deleted", source, at, None, *row) for row in gone)
+            self.db.record_changes("deleted", source, now(), self.item_rows(dataset_id, keys))
         return self.db.executemany(
             "DELETE FROM items WHERE dataset_id = ? AND key = ?", [(dataset_id, k) for k in keys]
         )

@@ -26,24 +26,71 @@ Contracts:
 from __future__ import annotations
 
 import asyncio
+import functools
+import json
+import operator
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
+from providers.base import object_uri
 from syncd.errors import SyncdError
 from syncd.store.sql import ITEM_COLUMNS, Database
 
 KINDS = ("created", "updated", "deleted", "dataset_removed")
 SOURCES = ("listing", "event", "watch", "push", "admin")
-#: the columns of ``changes`` after ``cursor``, in the order a record carries them
-COLUMNS = ("kind", "source", "at", "dataset", *ITEM_COLUMNS)
+#: one group of changes (see syncd.store.schema.CHANGES)
 INSERT = (
-    f"INSERT INTO changes (cursor, {', '.join(COLUMNS)})"
-    f" VALUES ({', '.join('?' * (len(COLUMNS) + 1))})"
+    "INSERT INTO changes (cursor, last, source, at, dataset_id, dataset, kinds, entries)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
-#: the fields of an item in a change (``dataset_id`` is the change's own)
-_ITEM_FIELDS = ITEM_COLUMNS[1:]
-_SELECT = f"SELECT cursor, {', '.join(COLUMNS)} FROM changes"
+_LETTER = {"created": "c", "updated": "u", "deleted": "d", "dataset_removed": "r"}
+_KIND = {v: k for k, v in _LETTER.items()}
+#: what an entry keeps of an item row (ITEM_COLUMNS): key, size, etag, content_type, mtime,
+#: version, md5, metadata
+_ENTRY = operator.itemgetter(1, 4, 5, 6, 7, 8, 12, 11)
+assert (
+    ITEM_COLUMNS[1] == "key"
+    and ITEM_COLUMNS[4:9] == ("size", "etag", "content_type", "mtime", "version")
+    and ITEM_COLUMNS[11:13] == ("metadata", "md5")
+), "_ENTRY's columns drifted"
+#: a key with a character ``quote`` would change (as providers.local decides)
+_NEEDS_QUOTING = re.compile(r"[^A-Za-z0-9_.~/-]").search
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, check_circular=False).encode
+_SELECT = (
+    "SELECT c.cursor, c.last, c.source, c.at, c.dataset_id, coalesce(c.dataset, d.name),"
+    " c.kinds, c.entries FROM changes c LEFT JOIN datasets d ON d.id = c.dataset_id"
+)
+
+
+def pack(
+    kinds: str | list[str], rows: list[tuple[Any, ...]]
+) -> Iterator[tuple[int, str, str | None, str, int]]:
+    """The rows of ``changes`` for one buffered group (see
+    :meth:`~syncd.store.sql.Database.record_changes`): ``(dataset_id, kinds, name, entries,
+    count)``, one per dataset in the group, in the group's order."""
+    if kinds == "dataset_removed":
+        ((dataset_id, name),) = rows
+        yield dataset_id, "r", name, "[]", 1
+        return
+    start = 0
+    while start < len(rows):
+        dataset_id = rows[start][0]
+        stop = start + 1
+        while stop < len(rows) and rows[stop][0] == dataset_id:
+            stop += 1
+        part = rows[start:stop]
+        if isinstance(kinds, str):
+            letters = _LETTER[kinds]
+        else:
+            letters = "".join(_LETTER[k] for k in kinds[start:stop])
+            if letters.count(letters[0]) == len(letters):
+                letters = letters[0]
+        yield dataset_id, letters, None, _encode(list(map(_ENTRY, part))), len(part)
+        start = stop
 
 
 class ChangeSignal:
@@ -88,7 +135,9 @@ class CursorGone(SyncdError):
 @dataclass(frozen=True)
 class Change:
     """One record of the log. ``item`` is the item after the change (for ``deleted``, as it
-    was), as ``items ls --json`` shows items; None for ``dataset_removed``."""
+    was), as ``items ls --json`` shows items but for ``created_at``/``updated_at`` (the
+    record's ``at`` is when it changed); ``filename`` and ``uri`` are None once the dataset is
+    removed. None for ``dataset_removed``."""
 
     cursor: int
     kind: str
@@ -110,15 +159,77 @@ class Change:
         }
 
 
-def _change(row: Sequence[Any]) -> Change:
-    import json
+class _Bindings:
+    """Each dataset's name, path and URI rule, looked up once per read: an item's
+    ``filename`` and ``uri`` follow from its dataset's binding and its key, so the log does
+    not store them. A dataset removed since has neither (its name comes from its
+    ``dataset_removed`` record)."""
 
-    cursor, kind, source, at, dataset, _dataset_id, key, *item = row
-    fields = dict(zip(_ITEM_FIELDS, (key, *item), strict=True))
-    if key is None:
-        return Change(int(cursor), kind, source, at, dataset, None, None)
-    fields["metadata"] = json.loads(fields["metadata"] or "{}")
-    return Change(int(cursor), kind, source, at, dataset, key, fields)
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self.found: dict[int, tuple[str | None, Any]] = {}
+
+    def of(self, dataset_id: int) -> tuple[str | None, Any]:
+        if dataset_id not in self.found:
+            from syncd.store.catalog import Catalog
+
+            row = self.db.execute("SELECT name FROM datasets WHERE id = ?", [dataset_id]).fetchone()
+            if row is not None:
+                dataset = Catalog(self.db).find_dataset(row[0])
+                self.found[dataset_id] = (row[0], dataset.driver if dataset else None)
+            else:
+                gone = self.db.execute(
+                    "SELECT dataset FROM changes WHERE dataset_id = ? AND kinds = 'r'",
+                    [dataset_id],
+                ).fetchone()
+                self.found[dataset_id] = (gone[0] if gone else None, None)
+        return self.found[dataset_id]
+
+    def unpack(self, row: Sequence[Any], after: int, kinds: Sequence[str]) -> Iterator[Change]:
+        """The changes of one ``changes`` row with a cursor above ``after`` (of ``kinds``)."""
+        cursor, _last, source, at, dataset_id, name, letters, entries = row
+        known, driver = self.of(int(dataset_id)) if name is None or letters != "r" else (name, None)
+        name = name or known or "?"
+        if letters == "r":
+            if int(cursor) > after and (not kinds or "dataset_removed" in kinds):
+                yield Change(int(cursor), "dataset_removed", source, at, name, None, None)
+            return
+        path = driver.path if driver is not None else None
+        for i, entry in enumerate(json.loads(entries)):
+            n = int(cursor) + i
+            kind = _KIND[letters[i] if len(letters) > 1 else letters]
+            if n <= after or (kinds and kind not in kinds):
+                continue
+            key, size, etag, content_type, mtime, version, md5, metadata = entry
+            item = {
+                "key": key,
+                "filename": "/" + key[len(path) :] if path is not None else None,
+                "uri": _uri(driver, key) if driver is not None else None,
+                "size": size,
+                "etag": etag,
+                "content_type": content_type,
+                "mtime": mtime,
+                "version": version,
+                "md5": md5,
+                "metadata": json.loads(metadata) if metadata and metadata != "{}" else {},
+            }
+            yield Change(n, kind, source, at, name, key, item)
+
+
+def _uri(driver: Any, key: str) -> str:
+    """The object's URI, as its driver gives it (without opening the driver)."""
+    if driver.type == "local":
+        return _local_uri_base(driver.bucket) + (quote(key) if _NEEDS_QUOTING(key) else key)
+    if driver.type == "bench":
+        return f"bench://{driver.bucket}/{key}"
+    return object_uri(driver.type, driver.bucket, key, driver.account)
+
+
+@functools.lru_cache(maxsize=64)
+def _local_uri_base(folder: str) -> str:
+    # what providers.local.LocalDriver.uris builds: the folder's URI, "/", the quoted key
+    base = Path(folder).as_uri()
+    return base if base.endswith("/") else base + "/"
 
 
 def head(db: Database) -> int:
@@ -154,14 +265,30 @@ def read(
     """Up to ``limit`` records with a cursor above ``after``, in cursor order (of one dataset,
     of some kinds). :class:`CursorGone` if ``after`` is older than the log holds."""
     check_cursor(db, after)
-    sql, args = _SELECT + " WHERE cursor > ?", [after]
+    where, args = "", []
     if dataset_id is not None:
-        sql, args = sql + " AND dataset_id = ?", [*args, dataset_id]
-    if kinds:
-        sql += f" AND kind IN ({', '.join('?' * len(kinds))})"
-        args += list(kinds)
-    rows = db.execute(sql + " ORDER BY cursor LIMIT ?", [*args, limit]).fetchall()
-    return [_change(r) for r in rows]
+        where, args = " AND c.dataset_id = ?", [dataset_id]
+    # the group holding cursor after + 1 may start at or before ``after``
+    start = db.execute(
+        f"SELECT max(c.cursor) FROM changes c WHERE c.cursor <= ?{where}", [after, *args]
+    ).fetchone()[0]
+    from_cursor = int(start) if start is not None else after + 1
+    bindings = _Bindings(db)
+    found: list[Change] = []
+    while len(found) < limit:
+        rows = db.execute(
+            f"{_SELECT} WHERE c.cursor >= ?{where} ORDER BY c.cursor LIMIT 16",
+            [from_cursor, *args],
+        ).fetchall()
+        for row in rows:
+            for change in bindings.unpack(row, after, kinds):
+                found.append(change)
+                if len(found) == limit:
+                    return found
+        if len(rows) < 16:
+            return found
+        from_cursor = int(rows[-1][0]) + 1
+    return found
 
 
 def follow(db: Database, *, after: int = 0, page: int = 1000, **filters: Any) -> Iterator[Change]:
@@ -174,28 +301,30 @@ def follow(db: Database, *, after: int = 0, page: int = 1000, **filters: Any) ->
         after = found[-1].cursor
 
 
-def prune(db: Database, *, before: str, keep_after: int | None = None, batch: int = 1000) -> int:
-    """Remove records written before ``before`` (catalog time text), oldest first, in
-    transactions of at most ``batch`` records, but none after ``keep_after`` (the cursor the
-    slowest consumer has delivered, if any must be kept). Returns how many were removed."""
+def prune(db: Database, *, before: str, keep_after: int | None = None, batch: int = 100) -> int:
+    """Remove changes recorded before ``before`` (catalog time text), oldest first, a few
+    groups per transaction, but none after ``keep_after`` (the cursor the slowest consumer
+    has delivered, if any must be kept). The log is pruned as a prefix, so "pruned up to N"
+    is exact. Returns how many changes were removed."""
     from syncd.store.db import transaction
 
     removed = 0
     while True:
         with transaction(db):
-            sql = "SELECT cursor FROM changes WHERE at < ?"
+            sql = "SELECT cursor, last FROM changes WHERE at < ?"
             args: list[Any] = [before]
             if keep_after is not None:
-                sql, args = sql + " AND cursor <= ?", [*args, keep_after]
+                sql, args = sql + " AND last <= ?", [*args, keep_after]
             rows = db.execute(sql + " ORDER BY cursor LIMIT ?", [*args, batch]).fetchall()
             if not rows:
                 return removed
-            last = int(rows[-1][0])
-            # every record up to ``last`` goes, also one written later than ``before`` with
-            # a smaller cursor: the log is pruned as a prefix, so "pruned up to N" is exact
-            db.execute("DELETE FROM changes WHERE cursor <= ?", [last])
+            last = int(rows[-1][1])
+            gone = db.execute(
+                "SELECT coalesce(sum(last - cursor + 1), 0) FROM changes WHERE last <= ?", [last]
+            ).fetchone()[0]
+            db.execute("DELETE FROM changes WHERE last <= ?", [last])
             db.execute(
                 "UPDATE counters SET value = ? WHERE name = 'changes_pruned' AND value < ?",
                 [last, last],
             )
-            removed += len(rows)
+            removed += int(gone)

@@ -293,7 +293,7 @@ class Checkpoint:
                 "DELETE FROM items WHERE dataset_id = ? AND key = ?",
                 [(dataset_id, row[1]) for row in gone],
             )
-            self.db.record_changes(("deleted", "listing", written, None, *row) for row in gone)
+            self.db.record_changes("deleted", "listing", written, gone)
             self.db.executemany(
                 _TOMBSTONE,
                 [

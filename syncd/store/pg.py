@@ -386,19 +386,6 @@ class PostgresDatabase(Database):
             cur.execute(_MERGE)
         self._stage_used = True
 
-    def insert_changes(self, rows: list[tuple[Any, ...]]) -> None:
-        if len(rows) < COPY_ROWS:
-            super().insert_changes(rows)
-            return
-        from syncd.store.changes import COLUMNS
-
-        with (
-            self.conn.cursor() as cur,
-            cur.copy(f"COPY changes (cursor, {', '.join(COLUMNS)}) FROM STDIN") as copy,
-        ):
-            for row in rows:
-                copy.write_row(row)
-
     def _upsert_few(self, rows: list[tuple[Any, ...]], seen_seq: list[int] | None) -> None:
         """A handful of rows (an event's item): plain upserts, cheaper than a COPY."""
         if seen_seq is None:

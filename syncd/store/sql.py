@@ -160,50 +160,45 @@ class Database(ABC):
 
     # -- the change log (syncd.store.changes) ----------------------------------------------
 
-    #: change records of the open transaction, written by :meth:`flush_changes` at commit:
-    #: ``(kind, source, at, dataset name or None, *item row)`` with the item row in
-    #: :data:`ITEM_COLUMNS` order (``dataset_id`` first)
+    #: change records of the open transaction, written by :meth:`flush_changes` at commit, in
+    #: groups: ``(kinds, source, at, rows)`` with ``kinds`` one per row (or one for all) and
+    #: each row an item row in :data:`ITEM_COLUMNS` order (``dataset_id`` first); a removed
+    #: dataset is ``("dataset_removed", source, at, [(dataset_id, name)])``
     pending_changes: list[tuple[Any, ...]]
 
-    def record_changes(self, records: Iterable[tuple[Any, ...]]) -> None:
+    def record_changes(
+        self, kinds: str | list[str], source: str, at: str, rows: list[tuple[Any, ...]]
+    ) -> None:
         """Buffer change records for the open transaction (see :data:`pending_changes`)."""
-        self.pending_changes.extend(records)
+        if rows:
+            self.pending_changes.append((kinds, source, at, rows))
 
     def flush_changes(self) -> None:
-        """Give the buffered records their cursors and write them. The transaction calls it
-        as its last statement before ``COMMIT``: the ``change_cursor`` row it updates stays
-        locked until then, so cursors commit in cursor order (see syncd.store.changes)."""
+        """Give the buffered records their cursors and write them, one row per group. The
+        transaction calls it as its last statement before ``COMMIT``: the ``change_cursor``
+        row it updates stays locked until then, so cursors commit in cursor order (see
+        syncd.store.changes)."""
         if not self.pending_changes:
             return
-        records, self.pending_changes = self.pending_changes, []
-        unnamed = {r[4] for r in records if r[3] is None}
-        names: dict[int, str] = {}
-        if unnamed:
-            ids = sorted(unnamed)
-            rows = self.execute(
-                f"SELECT id, name FROM datasets WHERE id IN ({', '.join('?' * len(ids))})", ids
-            ).fetchall()
-            names = {int(i): n for i, n in rows}
+        from syncd.store.changes import INSERT, pack
+
+        groups, self.pending_changes = self.pending_changes, []
+        total = sum(len(g[3]) for g in groups)
         end = int(
             self.execute(
                 "UPDATE counters SET value = value + ? WHERE name = 'change_cursor'"
                 " RETURNING value",
-                [len(records)],
+                [total],
             ).fetchone()[0]
         )
-        start = end - len(records) + 1
-        self.insert_changes(
-            [
-                (start + i, *r[:3], r[3] if r[3] is not None else names.get(r[4], "?"), *r[4:])
-                for i, r in enumerate(records)
-            ]
-        )
-
-    def insert_changes(self, rows: list[tuple[Any, ...]]) -> None:
-        """Insert change rows (``cursor`` first, then :data:`syncd.store.changes.COLUMNS`)."""
-        from syncd.store.changes import INSERT
-
-        self.executemany(INSERT, rows)
+        cursor = end - total + 1
+        for kinds, source, at, rows in groups:
+            for dataset_id, kind_letters, name, entries, n in pack(kinds, rows):
+                self.execute(
+                    INSERT,
+                    [cursor, cursor + n - 1, source, at, dataset_id, name, kind_letters, entries],
+                )
+                cursor += n
 
     @abstractmethod
     def close(self) -> None:
