@@ -166,16 +166,11 @@ def next_batch(db: Database, name: str, filters: Filters, limit: int) -> tuple[B
         head = changes.head(db)
         if state is None or state.paused:
             return None, head - (state.cursor if state else 0)
-        read = dict(limit=limit, kinds=filters.kinds, datasets=filters.datasets)
         try:
-            if state.batch_end is not None:
-                found = changes.read(db, after=state.cursor, until=state.batch_end, **read)
-                end = state.batch_end
-            else:
-                found = changes.read(db, after=state.cursor, until=head, **read)
-                # a full batch ends at its last change; a short one covers everything to the
-                # head (the changes in between are not wanted): the cursor keeps up with the log
-                end = found[-1].cursor if len(found) == limit else head
+            # the batch in flight is cut again from its own range: the same changes
+            until = head if state.batch_end is None else state.batch_end
+            found, end = _wanted(db, state.cursor, until, filters, limit)
+            end = state.batch_end if state.batch_end is not None else end
         except CursorGone as exc:
             db.execute(
                 "UPDATE deliveries SET paused = 1, last_error = ?, updated_at = ? WHERE name = ?",
@@ -197,6 +192,36 @@ def next_batch(db: Database, name: str, filters: Filters, limit: int) -> tuple[B
                 [end, now(), name],
             )
         return Batch(name, state.cursor, end, found), head - state.cursor
+
+
+#: changes read per page while cutting a batch, and the most pages one batch scans (a filter
+#: that passes few changes over: the batch then ends where the scan did, and the cursor moves)
+SCAN_PAGE = 1000
+SCAN_PAGES = 20
+
+
+def _wanted(
+    db: Database, after: int, until: int, filters: Filters, limit: int
+) -> tuple[list[Change], int]:
+    """Up to ``limit`` changes in ``(after, until]`` that ``filters`` pass, and the end of
+    the range they stand for: the last one's cursor for a full batch, ``until`` when the
+    scan reached it, else the last cursor scanned. The same arguments give the same answer
+    (the log below ``until`` never changes, except by pruning, which stops at ``after``)."""
+    found: list[Change] = []
+    scanned = after
+    for _ in range(SCAN_PAGES):
+        page = changes.read(db, after=scanned, limit=SCAN_PAGE, kinds=filters.kinds)
+        for change in page:
+            if change.cursor > until:
+                return found, until
+            scanned = change.cursor
+            if not filters.datasets or change.dataset in filters.datasets:
+                found.append(change)
+                if len(found) == limit:
+                    return found, change.cursor
+        if len(page) < SCAN_PAGE:
+            return found, until
+    return found, scanned
 
 
 def _current(batch: Batch) -> tuple[str, list[Any]]:
