@@ -662,14 +662,16 @@ def test_retention_keeps_what_a_webhook_has_not_delivered(tmp_path: Path) -> Non
 
     src = tmp_path / "src"
     src.mkdir()
-    for i in range(5):
-        (src / f"f{i}.txt").write_text(str(i))
     catalog = Catalog.open(str(tmp_path / "c.db"))
     try:
-        asyncio.run(api.sync(catalog, "files", source=str(src)))
+        for first, count in ((0, 2), (2, 3)):  # two syncs: changes 1-2, then 3-5
+            for i in range(first, first + count):
+                (src / f"f{i}.txt").write_text(str(i))
+            asyncio.run(api.sync(catalog, "files", source=str(src)))
         delivery.replay(catalog.db, "w", 2, "webhook")
         keep = delivery.keep_after(catalog.db, ["w", "new"])  # a new one starts at 0
         assert keep == 0
+        assert api.prune_changes(catalog, older_than=0, keep_after=keep)[0] == 0
         keep = delivery.keep_after(catalog.db, ["w"])
         assert api.prune_changes(catalog, older_than=0, keep_after=keep)[0] == 2
         assert changes.pruned(catalog.db) == 2
@@ -699,6 +701,17 @@ def test_delivery_state_on_both_stores(catalogs: Any, tmp_path: Path) -> None:
     assert again == batch and again.id == batch.id
     assert delivery.acknowledge(db, batch)
     assert not delivery.acknowledge(db, batch)  # once
+    delivery.ensure(db, "other", "webhook")
+    theirs = delivery.Filters(datasets=("files",))
+    assert [c.cursor for c in delivery.next_batch(db, "other", theirs, 4)[0].changes] == [
+        1,
+        2,
+        3,
+        4,
+    ]
+    delivery.replay(db, "other", 0, "webhook")
+    elsewhere = delivery.Filters(datasets=("elsewhere",))
+    assert delivery.next_batch(db, "other", elsewhere, 2) == (None, 0)
     nothing = delivery.Filters(kinds=("deleted",))
     assert delivery.next_batch(db, "w", nothing, 2) == (None, 0)  # passed over to the head
     assert delivery.get(db, "w").cursor == 5
@@ -711,7 +724,8 @@ def test_delivery_state_on_both_stores(catalogs: Any, tmp_path: Path) -> None:
     batch, _ = delivery.next_batch(db, "w", everything, 3)
     assert delivery.pause(db, batch, "http://x answered HTTP 400")
     assert delivery.next_batch(db, "w", everything, 3) == (None, 5)
-    (row,) = delivery.listing(db, {"w": "http://x"}, "webhook")
+    other, row = delivery.listing(db, {"w": "http://x"}, "webhook")  # by name
+    assert (other["name"], other["url"], other["configured"]) == ("other", None, False)
     assert (row["state"], row["lag"], row["in_flight"]) == ("paused", 5, 3)
     assert delivery.resume(db, "w").paused is False
     assert delivery.next_batch(db, "w", everything, 3)[0] == batch  # the refused batch again
