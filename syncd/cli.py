@@ -1354,7 +1354,9 @@ def run(config_path: str | None, db_path: str | None) -> None:
         )
     config = load_daemon_config(path)
     _run_daemon(
-        config, resolve_catalog(db_path, configured=config.catalog_url or ""), create_catalog=True
+        config,
+        resolve_catalog(db_path, configured=config.catalog_url or "", announce=False),
+        create_catalog=True,
     )
 
 

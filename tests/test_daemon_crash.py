@@ -65,6 +65,8 @@ VISIBILITY = 2
 DATASETS = ("images", "docs", "disk")
 #: what the pull trials pull: raw/bulk/00000.bin .. 00099.bin
 PULL_PREFIX = "bulk/000"
+#: the same objects' keys (pull --prefix is an object key prefix, as for items ls)
+PULL_KEYS = "raw/" + PULL_PREFIX
 PAUSED = "fault injection: paused"
 
 
@@ -481,7 +483,7 @@ def test_pull_survives_kill_9_at_seeded_moments(crash_world: World, tmp_path: Pa
             env["SYNCD_FAULT_DOWNLOAD_HANG_AFTER"] = str(nth)
         proc = subprocess.Popen(
             [sys.executable, "-m", "syncd.cli", "pull", "--dataset", "images", str(target),
-             "--prefix", PULL_PREFIX, "--db", str(world.db)],
+             "--prefix", PULL_KEYS, "--db", str(world.db)],
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -504,7 +506,7 @@ def test_pull_survives_kill_9_at_seeded_moments(crash_world: World, tmp_path: Pa
             if not name.endswith(".syncd-tmp"):  # under its final name: whole
                 assert path.stat().st_size == items[name]["size"], (kind, nth, name)
 
-        again = syncd("pull", "--dataset", "images", str(target), "--prefix", PULL_PREFIX,
+        again = syncd("pull", "--dataset", "images", str(target), "--prefix", PULL_KEYS,
                       "--db", str(world.db), env=world.env)  # fmt: skip
         assert again.returncode == 0, again.stderr
         files = folder_files(target)

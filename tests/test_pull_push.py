@@ -346,6 +346,8 @@ async def test_hostile_keys_are_refused_and_the_rest_is_pulled(
     for rel, reason in refused.items():
         assert HOSTILE.get(rel, reason) in reason
     assert "symbolic link" in refused.pop("link/x.txt")
+    # a key with a NUL byte never reaches the dataset: the sync skips it (no catalog holds it)
+    keys = {k for k in keys if "\x00" not in k}
     assert set(refused) == set(keys) - set(good)
     result = lines[-1]["summary"]
     assert (result["transferred"], result["refused"], result["failed"]) == (1, len(keys) - 1, 0)
