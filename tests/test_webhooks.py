@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -730,3 +731,19 @@ def test_delivery_state_on_both_stores(catalogs: Any, tmp_path: Path) -> None:
     assert delivery.resume(db, "w").paused is False
     assert delivery.next_batch(db, "w", everything, 3)[0] == batch  # the refused batch again
     assert delivery.keep_after(db, ["w"]) == 0 and delivery.keep_after(db, []) is None
+
+
+def test_retry_after_and_backoff_stay_within_reason() -> None:
+    from email.utils import format_datetime
+
+    from syncd.feed.webhooks import display_url, retry_after
+
+    assert retry_after("7") == 7.0 and retry_after(None) is None and retry_after("soon") is None
+    later = format_datetime(datetime.now(UTC) + timedelta(seconds=120), usegmt=True)
+    assert 100 < (retry_after(later) or 0) <= 120
+    assert delivery.backoff(1, retry_after=86400) == delivery.RETRY_AFTER_MAX
+    delays = [delivery.backoff(n) for n in range(1, 40)]
+    assert delays[0] <= delivery.BACKOFF_BASE and max(delays) <= delivery.BACKOFF_CAP
+    assert (
+        display_url("https://u:p@h.example:8443/a/b?token=t#f") == "https://h.example:8443/a/b?..."
+    )
