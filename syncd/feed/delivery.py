@@ -459,8 +459,11 @@ class Deliverer:
                 continue
             self.on_lag(lag)
             if batch is None:
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
+                # that lands as the signal fires, and the stop would wait for ever
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.signal.wait(), POLL_SECONDS)
+                    async with asyncio.timeout(POLL_SECONDS):
+                        await self.signal.wait()
                 continue
             await self._deliver(batch)
 

@@ -204,9 +204,11 @@ class WebhookFeed:
     async def stop(self) -> None:
         """Stop every delivery; a batch in flight stays stored, to be sent again by the next
         run (the same id). The leases are released so another worker takes over at once."""
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        pending = set(self._tasks)
+        while pending:  # cancelled again until done: a cancellation can be swallowed once
+            for task in pending:
+                task.cancel()
+            _, pending = await asyncio.wait(pending, timeout=1)
         for deliverer in self._deliverers:
             try:  # bounded: a catalog locked for long must not hold the shutdown up
                 await asyncio.wait_for(deliverer.release(), 10)
