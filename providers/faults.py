@@ -17,7 +17,8 @@ Read by :func:`from_env`:
   ``batch-commit`` (a reconcile's batch written, its transaction not committed),
   ``run-close`` (a run's parked deletes applied and the run closed, not committed),
   ``event-commit`` (an event batch applied, not committed) and ``event-ack`` (a queue batch
-  committed, its messages not yet deleted).
+  committed, its messages not yet deleted) and ``webhook-sent`` (a webhook batch acknowledged
+  by its endpoint, the delivered cursor not yet stored).
 
 Everything else is passed through to the wrapped driver untouched.
 """
@@ -39,7 +40,7 @@ from providers.base import Driver, ObjectInfo
 log = logging.getLogger("providers.faults")
 
 #: the named points :func:`pause_point` can stop at (see the module docstring)
-PAUSE_POINTS = ("batch-commit", "run-close", "event-commit", "event-ack")
+PAUSE_POINTS = ("batch-commit", "run-close", "event-commit", "event-ack", "webhook-sent")
 PAUSE_VARIABLE = "SYNCD_FAULT_PAUSE_AT"
 _reached: dict[str, itertools.count[int]] = {}
 _reached_lock = threading.Lock()

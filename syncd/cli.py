@@ -1095,6 +1095,100 @@ def workers_ls(db_path: str | None, as_json: bool) -> None:
 
 
 @cli.group()
+def webhooks() -> None:
+    """The webhooks `syncd run` delivers the change log to ([webhooks.NAME] in syncd.toml)."""
+
+
+def _configured_webhooks(ctx: click.Context) -> dict[str, Any]:
+    """The ``[webhooks.NAME]`` of the config file the command finds (``--config``, else
+    ``$SYNCD_CONFIG``, else ``./syncd.toml``); none without a config."""
+    from syncd.config import find_config, load_daemon_config
+
+    path = find_config(ctx.meta.get(_CONFIG_KEY))
+    return dict(load_daemon_config(path).webhooks) if path else {}
+
+
+@webhooks.command("ls")
+@_db_option
+@_json_option
+@click.pass_context
+def webhooks_ls(ctx: click.Context, db_path: str, as_json: bool) -> None:
+    """List the webhooks: URL (without credentials), delivered cursor, lag (changes not yet
+    delivered), state (ok, failing, paused) and the last error."""
+    from syncd.feed.delivery import listing
+    from syncd.feed.webhooks import KIND, display_url
+
+    shown = {name: display_url(h.url) for name, h in _configured_webhooks(ctx).items()}
+    catalog = Catalog.open_reader(db_path)
+    try:
+        found = listing(catalog.db, shown, KIND)
+    finally:
+        catalog.close()
+    if as_json:
+        for row in found:
+            _emit(row)
+        return
+    if not found:
+        click.echo("no webhooks: declare [webhooks.NAME] in syncd.toml")
+        return
+    click.echo("NAME\tURL\tCURSOR\tLAG\tSTATE\tLAST ERROR")
+    for row in found:
+        state = row["state"] + ("" if row["configured"] else " (not in the config)")
+        click.echo(
+            f"{printable(row['name'])}\t{printable(row['url'] or '-')}\t{row['cursor']}\t"
+            f"{row['lag']:,}\t{state}\t{printable(row['last_error'] or '-')}"
+        )
+
+
+@webhooks.command("resume")
+@click.argument("name")
+@_db_option
+def webhooks_resume(name: str, db_path: str) -> None:
+    """Deliver again to a paused webhook (one whose endpoint refused a batch with a 4xx):
+    the refused batch is sent again, with the same webhook-id. A running daemon picks it up
+    within a second."""
+    from syncd.feed import delivery
+
+    catalog = Catalog.open(db_path, create=False)
+    try:
+        state = delivery.resume(catalog.db, name)
+    finally:
+        catalog.close()
+    click.echo(f"webhook {name!r} resumed at cursor {state.cursor}")
+
+
+@webhooks.command("replay")
+@click.argument("name")
+@click.option(
+    "--from",
+    "start",
+    required=True,
+    type=click.IntRange(min=0),
+    metavar="CURSOR",
+    help="deliver every change after this cursor again (0: all the log holds)",
+)
+@_db_option
+@click.pass_context
+def webhooks_replay(ctx: click.Context, name: str, start: int, db_path: str) -> None:
+    """Deliver the changes after CURSOR to a webhook again (or skip ahead to it), and resume
+    it if it was paused. A running daemon picks it up within a second."""
+    from syncd.feed import delivery
+    from syncd.feed.webhooks import KIND
+
+    catalog = Catalog.open(db_path, create=False)
+    try:
+        if delivery.get(catalog.db, name) is None and name not in _configured_webhooks(ctx):
+            raise UsageError(
+                f"unknown webhook {name!r}: declare [webhooks.{name}] in syncd.toml (or pass "
+                "--config FILE)"
+            )
+        state = delivery.replay(catalog.db, name, start, KIND)
+    finally:
+        catalog.close()
+    click.echo(f"webhook {name!r} delivers again from cursor {state.cursor}")
+
+
+@cli.group()
 def events() -> None:
     """Bucket events (S3, GCS, Azure formats)."""
 

@@ -37,6 +37,19 @@ Example::
     host = "127.0.0.1"
     port = 8080
 
+    [webhooks.search-index]                        # the change feed, POSTed and signed
+    url = "https://indexer.internal/syncd"
+    secret = "env:SEARCH_WEBHOOK_SECRET"           # whsec_... (Standard Webhooks)
+    datasets = ["birds"]                           # optional filters
+    kinds = ["created", "deleted"]
+    headers = { Authorization = "env:INDEXER_AUTH" }
+    batch = 100                                    # changes per request
+    timeout = 10                                   # seconds per request
+    fail_after = 300                               # seconds of failure until "failing"
+
+    [changes]
+    retention = 604800                             # seconds the change log keeps a change
+
 The whole file is checked against the pydantic models below before anything is used: wrong
 types, out-of-range values, unknown keys and sections (a typo must not silently change what is
 synced), references to undeclared integrations or drivers, and a file without datasets are
@@ -93,6 +106,9 @@ DEFAULT_CONFIG = "syncd.toml"
 DEFAULT_INTERVAL = 3600
 #: seconds a worker's dataset lease lives without renewal (``[daemon] lease_ttl``)
 DEFAULT_LEASE_TTL = 60
+#: seconds the change log keeps a change (``[changes] retention``), unless a webhook still
+#: needs it
+DEFAULT_RETENTION = 7 * 24 * 3600
 #: the integration type a queue of each type authenticates with
 QUEUE_PROVIDER = {"sqs": "s3", "azure-queue": "azure", "pubsub": "gcs"}
 
@@ -165,6 +181,43 @@ class ServerConfig:
 
 
 @dataclass(frozen=True)
+class WebhookConfig:
+    """One ``[webhooks.NAME]`` table: the change feed POSTed to ``url`` (see
+    :mod:`syncd.feed.webhooks`). ``secret`` and header values that are ``env:``/``file:``
+    references are read only when the daemon starts (:meth:`resolve`)."""
+
+    name: str
+    url: str
+    #: a reference to the Standard Webhooks secret (``whsec_...``), never the value
+    secret: str
+    #: only changes of these datasets (names) / kinds; empty: all
+    datasets: tuple[str, ...] = ()
+    kinds: tuple[str, ...] = ()
+    #: extra request headers; a value may be an ``env:``/``file:`` reference
+    headers: tuple[tuple[str, str], ...] = ()
+    batch: int = 100
+    timeout: float = 10.0
+    fail_after: int = 300
+
+    def resolve(self) -> tuple[str, dict[str, str]]:
+        """The secret and the headers with their references read; every value is registered
+        with the redactor (a plain header value too: it may be a token). ``ConfigError`` if a
+        reference cannot be read."""
+        from providers.config import resolve_secret
+        from providers.redact import register
+
+        secret = resolve_secret(self.secret, what=f"webhook {self.name!r} secret")
+        register(secret.removeprefix("whsec_"))
+        headers = {}
+        for key, value in self.headers:
+            if value.startswith(("env:", "file:")):
+                value = resolve_secret(value, what=f"webhook {self.name!r} header {key!r}")
+            register(value)
+            headers[key] = value
+        return secret, headers
+
+
+@dataclass(frozen=True)
 class DaemonConfig:
     """Everything a config file declares, as :func:`load_daemon_config` returns it."""
 
@@ -175,6 +228,9 @@ class DaemonConfig:
     server: ServerConfig | None = None
     #: ``[catalog] url``: the catalog to use when neither ``--db`` nor ``$SYNCD_DB`` names one
     catalog_url: str | None = None
+    webhooks: dict[str, WebhookConfig] = field(default_factory=dict)
+    #: ``[changes] retention``: seconds the change log keeps a change
+    retention: int = DEFAULT_RETENTION
 
 
 # -- the schema -----------------------------------------------------------------------------
@@ -340,6 +396,53 @@ class CatalogTable(_Table):
     url: Annotated[str, Field(min_length=1), AfterValidator(_catalog_url)]
 
 
+def _webhook_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname or re.search(r"\s", value):
+        raise ValueError(f"must be an http:// or https:// URL (got {value.split('://')[0]}://...)")
+    if parts.password is not None:
+        # a config file is shared and committed: credentials go in headers, as references
+        raise ValueError(
+            'must not hold a password: send credentials as headers = { Authorization = "env:..." }'
+        )
+    return value
+
+
+def _reference(value: str) -> str:
+    scheme, sep, target = value.partition(":")
+    if not sep or scheme not in ("env", "file") or not target:
+        raise ValueError(
+            "holds a literal secret; write 'env:VARIABLE' or 'file:/path/to/secret' instead"
+        )
+    return value
+
+
+def _header_name(value: str) -> str:
+    if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", value):
+        raise ValueError("must be an HTTP header name (letters, digits and -)")
+    if value.lower().startswith("webhook-") or value.lower() in ("content-type", "content-length"):
+        raise ValueError("is set by syncd itself (the Standard Webhooks headers, the body's type)")
+    return value
+
+
+ChangeKind = Literal["created", "updated", "deleted", "dataset_removed"]
+
+
+class WebhookTable(_Table):
+    url: Annotated[str, AfterValidator(_webhook_url)]
+    secret: Annotated[str, AfterValidator(_reference)]
+    datasets: list[str] = []
+    kinds: list[ChangeKind] = []
+    headers: dict[Annotated[str, AfterValidator(_header_name)], str] = {}
+    batch: int = Field(100, ge=1, le=1000)
+    timeout: float = Field(10, gt=0, le=300)
+    fail_after: int = Field(300, ge=1, le=MAX_INTERVAL)
+
+
+class ChangesTable(_Table):
+    retention: int = Field(DEFAULT_RETENTION, ge=60, le=10 * MAX_INTERVAL)
+
+
 class FileTable(_Table):
     """The whole file. Cross-references are checked once every table is well-typed."""
 
@@ -350,6 +453,8 @@ class FileTable(_Table):
     queues: dict[str, QueueTable] = {}
     server: ServerTable = Field(default_factory=ServerTable)
     catalog: CatalogTable | None = None
+    webhooks: dict[str, WebhookTable] = {}
+    changes: ChangesTable = Field(default_factory=ChangesTable)
 
     @model_validator(mode="after")
     def _references(self) -> FileTable:
@@ -357,7 +462,9 @@ class FileTable(_Table):
         if not self.datasets:
             problems.append("declares no [datasets.NAME]")
 
-        def check(loc: tuple[str, ...], what: str, name: str, declared: dict[str, Any]) -> bool:
+        def check(
+            loc: tuple[str | int, ...], what: str, name: str, declared: dict[str, Any]
+        ) -> bool:
             if name in declared:
                 return True
             known = ", ".join(sorted(declared)) or "none"
@@ -380,6 +487,9 @@ class FileTable(_Table):
         for name, queue in self.queues.items():
             loc = ("queues", name, "integration")
             check_integration(loc, queue.integration, QUEUE_PROVIDER[queue.type])
+        for name, hook in self.webhooks.items():
+            for i, dataset in enumerate(hook.datasets):
+                check(("webhooks", name, "datasets", i), "dataset", dataset, self.datasets)
         if problems:
             raise ValueError(_first(problems))
         return self
@@ -550,6 +660,21 @@ def _build(table: FileTable) -> DaemonConfig:
         if "server" in table.model_fields_set
         else None,
         catalog_url=table.catalog.url if table.catalog else None,
+        webhooks={
+            name: WebhookConfig(
+                name=name,
+                url=t.url,
+                secret=t.secret,
+                datasets=tuple(t.datasets),
+                kinds=tuple(t.kinds),
+                headers=tuple(t.headers.items()),
+                batch=t.batch,
+                timeout=float(t.timeout),
+                fail_after=t.fail_after,
+            )
+            for name, t in table.webhooks.items()
+        },
+        retention=table.changes.retention,
     )
 
 

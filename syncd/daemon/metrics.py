@@ -60,6 +60,25 @@ class Metrics:
             registry=r,
         )
 
+        self.webhook_lag = Gauge(
+            "syncd_webhook_lag_changes",
+            "Changes in the log after the webhook's delivered cursor (head - delivered)",
+            ["webhook"],
+            registry=r,
+        )
+        self.webhook_failures = Counter(
+            "syncd_webhook_failures_total",
+            "Failed webhook requests (errors, timeouts, refusals)",
+            ["webhook"],
+            registry=r,
+        )
+        self.webhook_delivered = Counter(
+            "syncd_webhook_delivered_total",
+            "Changes a webhook acknowledged",
+            ["webhook"],
+            registry=r,
+        )
+
     def render(self) -> bytes:
         """The registry in Prometheus text format."""
         return generate_latest(self.registry)

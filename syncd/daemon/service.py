@@ -7,6 +7,10 @@ What runs, all on one asyncio loop (blocking work in threads):
   notifications; a message is acknowledged only after its events are committed;
 * one **folder watch** per local-folder dataset with ``watch = true`` (:mod:`.watch`);
 * the **HTTP API** if ``[server]`` is configured (:mod:`syncd.server`);
+* one **webhook delivery** per ``[webhooks.NAME]`` (:mod:`syncd.feed.webhooks`), started once
+  the API is up, and the change log's **retention** (``[changes] retention``, never past what a
+  webhook has not delivered), on a catalog connection of their own (:attr:`Daemon.feed_catalog`)
+  so a slow endpoint or a long prune never holds up syncing;
 * the **intake** (:mod:`.intake`) that every event source hands its events to, and the
   **catalog thread** (:mod:`.catalog_thread`) that owns the daemon's catalog connection.
 
@@ -29,7 +33,8 @@ within seconds of the server's return.
 
 Shutdown (SIGTERM/SIGINT sets ``stop``; logged "stopping..." then "stopped"): the server
 stops taking requests, consumers stop polling at once (a long poll in flight is cancelled;
-messages received but not committed come back from the queue), watches stop, the reconcile
+messages received but not committed come back from the queue), webhook deliveries stop (a
+batch in flight is sent again, with the same id, by the next run), watches stop, the reconcile
 in flight writes its batch and is left resumable (its lease released, so another worker
 resumes it at once); then the worker's registration is deleted.
 """
@@ -61,6 +66,9 @@ if TYPE_CHECKING:
     from syncd.server.lockout import AuthLockout
 
 log = logging.getLogger("syncd.daemon")
+
+#: seconds between two prunes of the change log
+RETENTION_SECONDS = 300.0
 
 
 def _register(catalog: Catalog, worker_id: str, ttl: float, api_url: str | None) -> bool:
@@ -137,14 +145,21 @@ class Daemon:
         #: pulsed when this daemon commits changes (wakes the API's change long polls)
         self.changed = ChangeSignal()
         self.scheduler.on_change = self.changed.pulse
+        #: the connection webhook deliveries and retention use (``syncd run`` only)
+        self.feed_catalog = CatalogThread(db_path, create=False) if register else None
 
     async def run(self) -> None:
         """Run until ``stop`` is set. Raises ``UsageError`` for a configuration that cannot
         start."""
         await self.catalog.start()
         try:
+            if self.feed_catalog is not None:
+                await self.feed_catalog.start()  # after the catalog exists
             await self._serve()
         finally:
+            if self.feed_catalog is not None:
+                with contextlib.suppress(Exception):
+                    await self.feed_catalog.close()
             if self.register:
                 with contextlib.suppress(Exception):  # an unclean stop: the row expires
                     await self.catalog.call(lambda c: _unregister(c, self.worker_id))
@@ -190,6 +205,7 @@ class Daemon:
             tasks.append(asyncio.create_task(self.scheduler.run(), name="scheduler"))
             if self.register:
                 tasks.append(asyncio.create_task(self._keep_registered(), name="heartbeat"))
+                tasks.append(asyncio.create_task(self._keep_retention(), name="retention"))
             for name, consumer in consumers.items():
                 tasks.append(
                     asyncio.create_task(self._consume(name, consumer), name=f"queue:{name}")
@@ -200,11 +216,15 @@ class Daemon:
                 if spec.driver.type == "local" and spec.watch:
                     closers.append(await self._watch(name, spec))
                     watches += 1
+            if self.feed_catalog is not None and self.settings.webhooks:
+                closers.append(await self._start_webhooks())
             self.ready.set()
             summary = (
                 f"{datasets} dataset(s) ({len(self.settings.datasets)} scheduled), "
                 f"{len(self.settings.queues)} queue(s), {watches} folder watch(es)"
             )
+            if self.settings.webhooks:
+                summary += f", {len(self.settings.webhooks)} webhook(s)"
             if self.port is not None:
                 assert self.settings.server is not None
                 summary += f", API on http://{self.settings.server.host}:{self.port}"
@@ -255,6 +275,52 @@ class Daemon:
                     log.warning("worker heartbeat failed (%s); trying again", redact(str(exc)))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stop.wait(), self.lease_ttl / 4)
+
+    async def _start_webhooks(self) -> Callable[[], Awaitable[None]]:
+        """Start delivering to every ``[webhooks.NAME]``; a secret that cannot be read is a
+        ``UsageError`` at start (one line, exit 2)."""
+        from syncd.feed.webhooks import WebhookFeed
+
+        assert self.feed_catalog is not None
+        feed = WebhookFeed(
+            self.settings.webhooks,
+            self.feed_catalog,
+            self.changed,
+            self.metrics,
+            owner=f"{self.worker_id}/webhooks",
+        )
+        try:
+            await feed.start()
+        except ConfigError as exc:
+            raise UsageError(str(exc)) from None
+        return feed.stop
+
+    async def _keep_retention(self) -> None:
+        """Every :data:`RETENTION_SECONDS`, prune changes older than ``[changes] retention``,
+        but none a configured webhook has not delivered yet. A failed prune is logged and
+        tried at the next round."""
+        from syncd.feed.delivery import keep_after
+
+        assert self.feed_catalog is not None
+        await self._stop_or(self.ready.wait())
+        names = list(self.settings.webhooks)
+        retention = float(self.settings.retention)
+
+        def prune(catalog: Catalog) -> tuple[int, int]:
+            keep = keep_after(catalog.db, names)
+            return api.prune_changes(catalog, older_than=retention, keep_after=keep)
+
+        while not self.stop.is_set():
+            try:
+                removed, tombstones = await self.feed_catalog.call(prune)
+                if removed or tombstones:
+                    log.info(
+                        "retention: pruned %d change(s), %d event tombstone(s)", removed, tombstones
+                    )
+            except Exception as exc:
+                log.warning("pruning the change log failed (%s); trying later", redact(str(exc)))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop.wait(), RETENTION_SECONDS)
 
     async def _stop_or(self, waiting: Awaitable[Any]) -> None:
         """Wait for ``waiting`` or ``stop``, whichever comes first."""
@@ -324,6 +390,7 @@ class Daemon:
             self.scheduler,
             worker_id=self.worker_id if self.register else None,
             changed=self.changed,
+            webhooks=self.settings.webhooks,
         )
         stop, self.port = await start(
             context, self.api_token or "", server.host, server.port, lockout=self.api_lockout

@@ -21,6 +21,8 @@ JSON out; errors are ``{"error": "..."}`` with the status that says what is wron
 * ``GET  /api/v1/changes?after=&limit=&dataset=&kind=&wait=`` and
   ``GET  /api/v1/datasets/{name}/changes``: the change log (:mod:`syncd.store.changes`) after a
   cursor, long-polled with ``wait``; ``410`` for a cursor older than the log holds.
+* ``GET  /api/v1/webhooks``: each ``[webhooks.NAME]``'s delivered cursor, lag, state and last
+  error (:mod:`syncd.feed.webhooks`).
 * ``GET  /api/v1/workers``: the live workers sharing the catalog, the leases each holds and
   their expiry, recently gone workers (see :func:`syncd.store.workers.listing`).
 * ``GET  /metrics``: Prometheus text.
@@ -35,6 +37,7 @@ import contextlib
 import json
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -90,6 +93,8 @@ class Context:
     worker_id: str | None = None
     #: pulsed (set, then cleared) when this process commits changes: wakes ``wait=`` polls
     changed: ChangeSignal = field(default_factory=lambda: ChangeSignal())
+    #: the ``[webhooks.NAME]`` this daemon delivers (``syncd serve``: none)
+    webhooks: Mapping[str, Any] = field(default_factory=dict)
 
 
 CONTEXT = web.AppKey("context", Context)
@@ -424,6 +429,19 @@ async def list_changes(request: web.Request) -> web.Response:
     return web.json_response({"changes": [c.public() for c in found], "next": following})
 
 
+async def list_webhooks(request: web.Request) -> web.Response:
+    """``GET /api/v1/webhooks``: each webhook's delivered cursor, lag and state (ok, failing,
+    paused) and last error; URLs without credentials, never a secret or header."""
+    from syncd.feed.delivery import listing
+    from syncd.feed.webhooks import KIND, display_url
+
+    ctx = request.app[CONTEXT]
+    _only_params(request)
+    shown = {name: display_url(hook.url) for name, hook in ctx.webhooks.items()}
+    found = await ctx.catalog.call(lambda c: listing(c.db, shown, KIND))
+    return web.json_response({"webhooks": found})
+
+
 async def list_workers(request: web.Request) -> web.Response:
     ctx = request.app[CONTEXT]
     _only_params(request)
@@ -454,6 +472,7 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/api/v1/datasets/{name}/changes", list_changes)
     r.add_get("/api/v1/changes", list_changes)
     r.add_get("/api/v1/workers", list_workers)
+    r.add_get("/api/v1/webhooks", list_webhooks)
     r.add_post("/api/v1/events", post_events)
     r.add_route("OPTIONS", "/api/v1/events", events_handshake)
     r.add_get("/metrics", metrics)
