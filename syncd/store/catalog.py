@@ -33,7 +33,7 @@ from syncd.store import lease, ranges
 from syncd.store.checkpoint import Checkpoint, Run
 from syncd.store.db import is_server, open_db, transaction
 from syncd.store.ranges import KeyRange
-from syncd.store.sql import ITEM_COLUMNS, MTIME, Database, Seen
+from syncd.store.sql import ITEM_COLUMNS, MTIME, Database, Seen, item_rows
 from syncd.store.stamps import now, stamp_us
 
 ITEM_FIELDS = (
@@ -470,16 +470,9 @@ class Catalog:
         return found
 
     def item_rows(self, dataset_id: int, keys: list[str]) -> list[tuple[Any, ...]]:
-        """The ``items`` rows (all columns, :data:`~syncd.store.sql.ITEM_COLUMNS`) of those
-        of ``keys`` that exist, in key order."""
-        found: list[tuple[Any, ...]] = []
-        for part in _chunks(sorted(set(keys))):
-            found += self.db.execute(
-                f"SELECT {', '.join(ITEM_COLUMNS)} FROM items WHERE dataset_id = ?"
-                f" AND key IN ({', '.join('?' * len(part))}) ORDER BY key",
-                [dataset_id, *part],
-            ).fetchall()
-        return found
+        """The ``items`` rows of those of ``keys`` that exist, in key order
+        (:func:`syncd.store.sql.item_rows`)."""
+        return item_rows(self.db, dataset_id, keys)
 
     def commit_batch(self, batch: Batch) -> bool:
         """Commit one batch of a sync in one transaction: check the run's owner still holds

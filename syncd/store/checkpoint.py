@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 
 from providers.redact import redact
 from syncd.store import lease
-from syncd.store.sql import ITEM_COLUMNS, NEWER_EVENT, Database, Seen
+from syncd.store.sql import NEWER_EVENT, Database, Seen, item_rows
 from syncd.store.stamps import now, parse, us_stamp
 
 #: ``key_markers.deleted`` of a key a listing showed gone (an event's delete writes 1): an event
@@ -126,6 +126,25 @@ _ATTEMPT_COLUMNS = (
 
 def _run_from_row(row: tuple) -> Run:
     return Run(*row[:12], counts=dict(zip(COUNTERS, row[12:], strict=True)))
+
+
+#: keys per ``IN (...)`` list: under sqlite's oldest variable limit (999) with the dataset id
+_IN_KEYS = 500
+
+
+def _markers_since(
+    db: Database, dataset_id: int, keys: list[str], seq: int
+) -> list[tuple[str, int, int | None]]:
+    """``(key, seq, event_us)`` of the markers of ``keys`` stamped after sequence ``seq``."""
+    found: list[tuple[str, int, int | None]] = []
+    for i in range(0, len(keys), _IN_KEYS):
+        part = keys[i : i + _IN_KEYS]
+        found += db.execute(
+            "SELECT key, seq, event_us FROM key_markers WHERE dataset_id = ? AND seq > ?"
+            f" AND key IN ({', '.join('?' * len(part))})",
+            [dataset_id, seq, *part],
+        ).fetchall()
+    return found
 
 
 class Checkpoint:
@@ -277,18 +296,21 @@ class Checkpoint:
             ).fetchall()
             if not rows:
                 return deleted
-            # the items these keys still have, less those a newer event keeps: deleted, and
-            # recorded in the change log as they were
-            gone = self.db.execute(
-                f"SELECT {', '.join('i.' + c for c in ITEM_COLUMNS)} FROM pending_deletes p"
-                " JOIN items i ON i.dataset_id = ? AND i.key = p.key"
-                " WHERE p.run_id = ? AND p.key > ? AND p.key <= ?"
-                " AND NOT EXISTS (SELECT 1 FROM key_markers km WHERE km.dataset_id = i.dataset_id"
-                " AND km.key = p.key AND km.seq > p.seen_seq"
-                " AND (km.event_us IS NULL OR km.event_us >= p.seen_us))"
-                " ORDER BY p.key",
-                [dataset_id, run.id, cursor, rows[-1][0]],
-            ).fetchall()
+            # the items these keys still have (primary-key lookups: a join let PostgreSQL's
+            # planner scan every item of a large dataset per page), less those a newer event
+            # keeps (the guard, decided on their markers: no event commits meanwhile, the
+            # caller holds lock_writes); deleted, and recorded in the change log as they were
+            guard = {k: (seq, us) for k, seq, us in rows}
+            held = {
+                key
+                for key, mseq, event_us in _markers_since(
+                    self.db, dataset_id, list(guard), min(seq for seq, _ in guard.values())
+                )
+                if mseq > guard[key][0] and (event_us is None or event_us >= guard[key][1])
+            }
+            gone = [
+                row for row in item_rows(self.db, dataset_id, list(guard)) if row[1] not in held
+            ]
             deleted += self.db.executemany(
                 "DELETE FROM items WHERE dataset_id = ? AND key = ?",
                 [(dataset_id, row[1]) for row in gone],

@@ -215,3 +215,22 @@ def display_url(url: str) -> str:
     if parts.port:
         netloc += f":{parts.port}"
     return urlunsplit(parts._replace(netloc=netloc))
+
+
+#: keys per ``IN (...)`` list: under sqlite's oldest variable limit (999) with the dataset id
+IN_KEYS = 500
+
+
+def item_rows(db: Database, dataset_id: int, keys: list[str]) -> list[tuple[Any, ...]]:
+    """The ``items`` rows (all of :data:`ITEM_COLUMNS`) of those of ``keys`` the dataset has,
+    in key order: primary-key lookups, a few hundred keys a query."""
+    found: list[tuple[Any, ...]] = []
+    ordered = sorted(set(keys))
+    for i in range(0, len(ordered), IN_KEYS):
+        part = ordered[i : i + IN_KEYS]
+        found += db.execute(
+            f"SELECT {', '.join(ITEM_COLUMNS)} FROM items WHERE dataset_id = ?"
+            f" AND key IN ({', '.join('?' * len(part))}) ORDER BY key",
+            [dataset_id, *part],
+        ).fetchall()
+    return found
