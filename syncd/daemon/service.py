@@ -8,9 +8,10 @@ What runs, all on one asyncio loop (blocking work in threads):
 * one **folder watch** per local-folder dataset with ``watch = true`` (:mod:`.watch`);
 * the **HTTP API** if ``[server]`` is configured (:mod:`syncd.server`);
 * one **webhook delivery** per ``[webhooks.NAME]`` (:mod:`syncd.feed.webhooks`), started once
-  the API is up, and the change log's **retention** (``[changes] retention``, never past what a
-  webhook has not delivered), on a catalog connection of their own (:attr:`Daemon.feed_catalog`)
-  so a slow endpoint or a long prune never holds up syncing;
+  the API is up, one **sink delivery** per ``[sinks.NAME]`` (:mod:`syncd.feed.sinks`: SQS, SNS,
+  Azure Queue, Pub/Sub), and the change log's **retention** (``[changes] retention``, never
+  past what a webhook or sink has not delivered), on a catalog connection of their own
+  (:attr:`Daemon.feed_catalog`) so a slow endpoint or a long prune never holds up syncing;
 * the **intake** (:mod:`.intake`) that every event source hands its events to, and the
   **catalog thread** (:mod:`.catalog_thread`) that owns the daemon's catalog connection.
 
@@ -22,9 +23,9 @@ only after its events are committed, so one a worker took and died with comes ba
 
 Shutdown (SIGTERM/SIGINT sets ``stop``): the server stops taking requests, consumers stop
 polling (messages received but not committed come back from the queue), webhook deliveries
-stop (a batch in flight is sent again, with the same id, by the next run), watches stop, the
-reconcile in flight writes its batch and is left resumable (its lease released, so another
-worker resumes it at once); then the worker's registration is deleted.
+and sink deliveries stop (a batch in flight is sent again, with the same id, by the next run),
+watches stop, the reconcile in flight writes its batch and is left resumable (its lease
+released, so another worker resumes it at once); then the worker's registration is deleted.
 """
 
 from __future__ import annotations
@@ -193,6 +194,8 @@ class Daemon:
                 self.api_url = f"http://{self.settings.server.host}:{self.port}"
             if self.feed_catalog is not None and self.settings.webhooks:
                 closers.append(await self._start_webhooks())
+            if self.feed_catalog is not None and self.settings.sinks:
+                closers.append(await self._start_sinks())
             self.ready.set()
             summary = (
                 f"{len(self.settings.datasets)} dataset(s), {len(self.settings.queues)} "
@@ -200,6 +203,8 @@ class Daemon:
             )
             if self.settings.webhooks:
                 summary += f", {len(self.settings.webhooks)} webhook(s)"
+            if self.settings.sinks:
+                summary += f", {len(self.settings.sinks)} sink(s)"
             if self.port is not None:
                 assert self.settings.server is not None
                 summary += f", API on http://{self.settings.server.host}:{self.port}"
@@ -262,15 +267,34 @@ class Daemon:
             raise UsageError(str(exc)) from None
         return feed.stop
 
+    async def _start_sinks(self) -> Callable[[], Awaitable[None]]:
+        """Start delivering to every ``[sinks.NAME]``; credentials that cannot be read are a
+        ``UsageError`` at start (one line, exit 2)."""
+        from syncd.feed.sinks import SinkFeed
+
+        assert self.feed_catalog is not None
+        feed = SinkFeed(
+            self.settings.sinks,
+            self.feed_catalog,
+            self.changed,
+            self.metrics,
+            owner=f"{self.worker_id}/sinks",
+        )
+        try:
+            await feed.start()
+        except ConfigError as exc:
+            raise UsageError(str(exc)) from None
+        return feed.stop
+
     async def _keep_retention(self) -> None:
         """Every :data:`RETENTION_SECONDS`, prune changes older than ``[changes] retention``,
-        but none a configured webhook has not delivered yet. A failed prune is logged and
-        tried at the next round."""
+        but none a configured webhook or sink has not delivered yet. A failed prune is logged
+        and tried at the next round."""
         from syncd.feed.delivery import keep_after
 
         assert self.feed_catalog is not None
         await self._stop_or(self.ready.wait())
-        names = list(self.settings.webhooks)
+        names = [*self.settings.webhooks, *self.settings.sinks]
         retention = float(self.settings.retention)
 
         def prune(catalog: Catalog) -> tuple[int, int]:

@@ -1,7 +1,8 @@
 """Delivering the change log to one consumer, in order, at least once: the transport-free core.
 
-A *consumer* (a webhook now; a queue sink later) has one row in ``deliveries``: ``cursor``, the
-last change it has acknowledged, and ``batch_end``, the end of the batch in flight. The loop
+A *consumer* (a webhook, :mod:`.webhooks`; a cloud queue or topic, :mod:`.sinks`) has one row
+in ``deliveries``: ``cursor``, the last change it has acknowledged, and ``batch_end``, the end
+of the batch in flight. The loop
 (:class:`Deliverer`) hands batches to a transport's ``send`` and keeps these contracts:
 
 * **Cursor order.** Batches are cut from the log in cursor order; the next batch is cut only
@@ -174,7 +175,11 @@ def next_batch(db: Database, name: str, filters: Filters, limit: int) -> tuple[B
         except CursorGone as exc:
             db.execute(
                 "UPDATE deliveries SET paused = 1, last_error = ?, updated_at = ? WHERE name = ?",
-                [f"{exc}; then syncd webhooks replay {name} --from {exc.head}", now(), name],
+                [
+                    f"{exc}; then syncd {state.kind}s replay {name} --from {exc.head}",
+                    now(),
+                    name,
+                ],
             )
             log.error("%s %r paused: %s", state.kind, name, exc)
             return None, head - state.cursor
@@ -484,8 +489,8 @@ class Deliverer:
             if not outcome.retry:
                 if await self._db(lambda db, e=error: pause(db, batch, e)):
                     log.error(
-                        "%s %r paused: %s; fix it, then `syncd webhooks resume %s`",
-                        self.kind, self.name, error, self.name,
+                        "%s %r paused: %s; fix it, then `syncd %ss resume %s`",
+                        self.kind, self.name, error, self.kind, self.name,
                     )  # fmt: skip
                 return
             if first_failure is None:
