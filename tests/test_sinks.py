@@ -551,3 +551,36 @@ async def test_retention_keeps_what_a_sink_has_not_delivered(
         assert head >= 1 and changes.pruned(catalog.db) == 0 and state and state.cursor == 0
     finally:
         catalog.close()
+
+
+def test_a_batch_in_flight_cut_smaller_skips_nothing(catalogs: Any, tmp_path: Path) -> None:
+    """The delivery core on sqlite and PostgreSQL: a batch of 5 in flight (refused, say for
+    size), then the consumer's batch lowered to 2: the batch is cut again as (0, 2] with a new
+    id, and acknowledging it moves the cursor to 2, not 5 (before, it went to 5: changes 3..5
+    were never sent)."""
+    from syncd import api
+
+    catalog = catalogs()
+    src = tmp_path / "src"
+    src.mkdir(exist_ok=True)
+    for i in range(5):
+        (src / f"f{i}.txt").write_text(str(i))
+    asyncio.run(api.sync(catalog, "files", source=str(src)))
+    db = catalog.db
+    everything = delivery.Filters()
+    delivery.ensure(db, "s", "sink")
+    big, _ = delivery.next_batch(db, "s", everything, 5)
+    assert big and (big.after, big.end) == (0, 5)
+    assert delivery.pause(db, big, "too large")
+    delivery.resume(db, "s")
+    small, _ = delivery.next_batch(db, "s", everything, 2)
+    assert small and (small.after, small.end) == (0, 2) and small.id != big.id
+    assert [c.cursor for c in small.changes] == [1, 2]
+    assert delivery.next_batch(db, "s", everything, 2)[0] == small  # stable from now on
+    assert not delivery.acknowledge(db, big)  # the old range is no longer in flight
+    assert delivery.acknowledge(db, small) and delivery.get(db, "s").cursor == 2
+    rest = []
+    while (batch := delivery.next_batch(db, "s", everything, 2)[0]) is not None:
+        rest += [c.cursor for c in batch.changes]
+        assert delivery.acknowledge(db, batch)
+    assert rest == [3, 4, 5]

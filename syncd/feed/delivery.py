@@ -157,8 +157,9 @@ def ensure(db: Database, name: str, kind: str) -> State:
 def next_batch(db: Database, name: str, filters: Filters, limit: int) -> tuple[Batch | None, int]:
     """The batch to send now and the consumer's lag (changes after its cursor).
 
-    The batch in flight if there is one (the same changes again); else the next up to
-    ``limit`` wanted changes, whose end is stored before this returns. None when the consumer
+    The batch in flight if there is one (the same changes again, and the same id; cut
+    smaller, with a new id, if it holds more than ``limit`` wanted changes); else the next up
+    to ``limit`` wanted changes, whose end is stored before this returns. None when the consumer
     is paused, or has nothing to receive (then a cursor behind changes it does not want is
     moved past them). A cursor the log no longer holds pauses the consumer (a manual prune
     went past it): nothing is skipped silently."""
@@ -168,10 +169,11 @@ def next_batch(db: Database, name: str, filters: Filters, limit: int) -> tuple[B
         if state is None or state.paused:
             return None, head - (state.cursor if state else 0)
         try:
-            # the batch in flight is cut again from its own range: the same changes
+            # the batch in flight is cut again from its own range: the same changes, unless
+            # ``limit`` was lowered since (after a refusal for size): then it ends at the
+            # last change that fits, never past changes it does not carry
             until = head if state.batch_end is None else state.batch_end
             found, end = _wanted(db, state.cursor, until, filters, limit)
-            end = state.batch_end if state.batch_end is not None else end
         except CursorGone as exc:
             db.execute(
                 "UPDATE deliveries SET paused = 1, last_error = ?, updated_at = ? WHERE name = ?",
@@ -191,7 +193,7 @@ def next_batch(db: Database, name: str, filters: Filters, limit: int) -> tuple[B
                     [end, now(), name],
                 )
             return None, head - end
-        if state.batch_end is None:
+        if state.batch_end != end:  # a new batch, or one in flight cut smaller
             db.execute(
                 "UPDATE deliveries SET batch_end = ?, updated_at = ? WHERE name = ?",
                 [end, now(), name],
