@@ -231,7 +231,9 @@ async def test_every_change_arrives_in_order_through_a_restart(
         daemon = Daemon(config, db, poll_seconds=1)
         task = asyncio.create_task(daemon.run())
         try:
-            await until(daemon.ready.is_set, "the daemon to start")
+            await until(lambda d=daemon, t=task: d.ready.is_set() or t.done(), "the start")
+            if task.done():
+                task.result()  # it failed: say why
             await change_files(src, db, rounds)
             if run == 1:
                 await until(delivered, "every change to be delivered")
@@ -247,6 +249,49 @@ async def test_every_change_arrives_in_order_through_a_restart(
     assert state and state.cursor == head and not state.paused
     assert daemon.metrics.sink_delivered.labels("out")._value.get() > 0
     check_messages(messages, "out", head, ordered=target.ordered)
+
+
+def test_kill_9_after_the_send_sends_the_same_batch_again(tmp_path: Path, aws: Emulator) -> None:
+    """``syncd run`` is killed (-9) after SQS accepted its second batch and before the cursor
+    is stored; the next run sends that batch again first (the same id and body: a duplicate
+    the receiver drops by id), then the rest. Every change arrives."""
+    target = sqs_target(aws)
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(7):
+        (src / f"f{i}.txt").write_text(str(i))
+    config = tmp_path / "syncd.toml"
+    config.write_text(config_text(src, sink_table("out", **target.fields, batch=2)))
+    db = str(tmp_path / "c.db")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-m", "syncd.cli", "-v", "run", "--config", str(config), "--db", db]
+    log = tmp_path / "run.log"
+    proc = subprocess.Popen(command, env={**env, "SYNCD_FAULT_PAUSE_AT": "webhook-sent:2"},
+                            stdout=subprocess.DEVNULL, stderr=log.open("wb"))  # fmt: skip
+    try:
+        wait_until(lambda: b"paused at webhook-sent" in log.read_bytes() or proc.poll() is not None,
+                   "the daemon to reach the pause point")  # fmt: skip
+        assert proc.poll() is None, log.read_text()
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    first = target.read()
+    _, state = head_and_state(db, "out")
+    assert state and state.cursor == 2 and state.batch_end == 4 and len(first) == 2
+    [(sent_id, sent_body)] = [m for m in first if m[1]["next"] == 4]
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
+                            stderr=(tmp_path / "after.log").open("wb"))  # fmt: skip
+    try:
+        wait_until(lambda: (h := head_and_state(db, "out"))[1] and h[1].cursor == h[0],
+                   "every change to be delivered")  # fmt: skip
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    second = target.read()
+    assert (sent_id, sent_body) in second  # sent again, the same
+    head, _ = head_and_state(db, "out")
+    assert head == 7
+    check_messages(first + second, "out", head, ordered=False)
 
 
 # -- a batch over the message size limit -------------------------------------------------------
@@ -368,6 +413,7 @@ def test_an_integrations_credentials_appear_nowhere(tmp_path: Path, aws: Emulato
         proc.wait(30)
     text = log.read_text()
     assert "sink 'missing' paused" in text and key_id[:8] not in text
+    assert "Authorization" in text and "botocore" in text  # -vv logged the SDK's requests
     [(_, body)] = good.read()
     assert [c["key"] for c in body["changes"]] == ["a.txt"]
     outputs = {"log": text, "metrics": metrics, "ls": ls[0].stdout + ls[0].stderr,
