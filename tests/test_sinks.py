@@ -630,3 +630,58 @@ def test_a_batch_in_flight_cut_smaller_skips_nothing(catalogs: Any, tmp_path: Pa
         rest += [c.cursor for c in batch.changes]
         assert delivery.acknowledge(db, batch)
     assert rest == [3, 4, 5]
+
+
+async def test_a_stop_as_the_log_changes_ends_the_deliverer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A deliverer waiting for changes is cancelled (the daemon stops) just as a change is
+    signalled, at each point of the wake-up: it ends every time. Before, `asyncio.wait_for`
+    (Python 3.11) swallowed a cancellation that came once the signal had fired: the
+    deliverer went on and the daemon's stop waited for it forever."""
+    from syncd.daemon.catalog_thread import CatalogThread
+    from syncd.feed.delivery import Deliverer, Filters, Outcome
+    from syncd.store.changes import ChangeSignal
+
+    monkeypatch.setattr(delivery, "POLL_SECONDS", 30.0)  # only the signal wakes it
+
+    async def send(batch: Batch) -> Outcome:
+        raise AssertionError("the log is empty: nothing to send")
+
+    catalog = CatalogThread(str(tmp_path / "c.db"), create=True)
+    await catalog.start()
+    try:
+        for yields in range(8):
+            signal = ChangeSignal()
+            deliverer = Deliverer("s", "sink", catalog, send, filters=Filters(), batch=10,
+                                  fail_after=60, signal=signal, owner="me")  # fmt: skip
+            task = asyncio.create_task(deliverer.run())
+            await until(lambda s=signal: s.waiters == 1, "the deliverer to wait for changes")
+            signal.pulse()
+            for _ in range(yields):
+                await asyncio.sleep(0)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await asyncio.wait_for(task, 10)
+    finally:
+        await catalog.close()
+
+
+async def test_a_stop_as_the_folder_changes_ends_the_watch(tmp_path: Path) -> None:
+    """The same for the folder watch: stopped just as it is woken, at each point of the
+    wake-up, it ends every time (before, a swallowed cancellation kept it running and
+    ``stop()`` - the daemon's shutdown - waited forever)."""
+    from syncd.daemon.watch import FolderWatch
+
+    async def sink(events: list[Any]) -> None:
+        pass
+
+    for yields in range(8):
+        watch = FolderWatch(str(tmp_path), sink, settle=30)
+        await watch.start()
+        # waiting for a wake-up (nothing due for 30s): its one waiter is the settle loop
+        await until(lambda w=watch: len(w._wake._waiters) == 1, "the watch to wait")
+        watch._wake.set()
+        for _ in range(yields):
+            await asyncio.sleep(0)
+        await asyncio.wait_for(watch.stop(), 10)

@@ -466,8 +466,11 @@ class Deliverer:
                 continue
             self.on_lag(lag)
             if batch is None:
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a
+                # cancellation that comes once the signal fired, and the stop hangs
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.signal.wait(), POLL_SECONDS)
+                    async with asyncio.timeout(POLL_SECONDS):
+                        await self.signal.wait()
                 continue
             await self._deliver(batch)
 
