@@ -156,8 +156,11 @@ class SinkSender:
         loop = asyncio.get_running_loop()
         sending = loop.run_in_executor(self._pool, self._send, message, batch)
         try:
-            # the SDK's own timeouts end the call; this bounds what they miss (a DNS lookup)
-            await asyncio.wait_for(asyncio.shield(sending), self.config.timeout * 2 + 5)
+            # the SDK's own timeouts end the call; this bounds what they miss (a DNS lookup).
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a stop that
+            # comes as the call returns, and the daemon's shutdown hangs
+            async with asyncio.timeout(self.config.timeout * 2 + 5):
+                await asyncio.shield(sending)
         except TimeoutError:
             return Outcome(False, error=f"{self.where}: no answer in {self.config.timeout:g}s")
         except Exception as exc:
