@@ -685,3 +685,41 @@ async def test_a_stop_as_the_folder_changes_ends_the_watch(tmp_path: Path) -> No
         for _ in range(yields):
             await asyncio.sleep(0)
         await asyncio.wait_for(watch.stop(), 10)
+
+
+def test_sinks_replay_resume_and_ls_from_the_cli(tmp_path: Path) -> None:
+    """`sinks replay` of a configured sink starts it at the cursor given; `ls` shows it with
+    its lag; an unknown sink or a webhook's name is one line, exit 2."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(3):
+        (src / f"f{i}.txt").write_text(str(i))
+    config = tmp_path / "syncd.toml"
+    config.write_text(
+        config_text(
+            src, sink_table("out", type="sqs", url="https://sqs.eu-west-1.amazonaws.com/1/q")
+        )
+    )
+    db = str(tmp_path / "c.db")
+    assert cli("sync", "--config", str(config), "--db", db).returncode == 0
+    replayed = cli("sinks", "replay", "out", "--from", "1", "--db", db, "--config", str(config))
+    assert replayed.stdout.strip() == "sink 'out' delivers again from cursor 1", replayed.stderr
+    row = json.loads(cli("sinks", "ls", "--json", "--db", db, "--config", str(config)).stdout)
+    assert (row["name"], row["type"], row["cursor"], row["lag"], row["state"]) == (
+        "out", "sqs", 1, 2, "ok",
+    )  # fmt: skip
+    assert row["target"] == "https://sqs.eu-west-1.amazonaws.com/1/q"
+    catalog = Catalog.open(db, create=False)
+    try:
+        delivery.ensure(catalog.db, "hook", "webhook")
+    finally:
+        catalog.close()
+    for args, needle in (
+        (("replay", "nope", "--from", "0"), "unknown sink 'nope': declare [sinks.nope]"),
+        (("resume", "nope"), "unknown sink 'nope'"),
+        (("resume", "hook"), "'hook' is a webhook, not a sink: use `syncd webhooks`"),
+        (("replay", "out", "--from", "99"), "cursor 99 is not in the change log"),
+    ):
+        failed = cli("sinks", *args, "--db", db, "--config", str(config))
+        assert failed.returncode == 2 and needle in failed.stderr, failed.stderr
+        assert len(failed.stderr.strip().splitlines()) == 1
