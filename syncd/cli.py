@@ -1189,6 +1189,118 @@ def webhooks_replay(ctx: click.Context, name: str, start: int, db_path: str) -> 
 
 
 @cli.group()
+def sinks() -> None:
+    """The queues and topics `syncd run` sends the change log to ([sinks.NAME] in syncd.toml:
+    SQS, SNS, Azure Queue, Pub/Sub)."""
+
+
+def _configured_sinks(ctx: click.Context) -> dict[str, Any]:
+    """The ``[sinks.NAME]`` of the config file the command finds (as for webhooks)."""
+    from syncd.config import find_config, load_daemon_config
+
+    path = find_config(ctx.meta.get(_CONFIG_KEY))
+    return dict(load_daemon_config(path).sinks) if path else {}
+
+
+def _sink_state(db: Any, name: str, configured: dict[str, Any]) -> None:
+    """``UsageError`` unless ``name`` is a sink: configured, or known to the catalog as one."""
+    from syncd.feed import delivery
+    from syncd.feed.sinks import KIND
+
+    state = delivery.get(db, name)
+    if state is not None and state.kind != KIND:
+        raise UsageError(f"{name!r} is a {state.kind}, not a sink: use `syncd {state.kind}s`")
+    if state is None and name not in configured:
+        raise UsageError(
+            f"unknown sink {name!r}: declare [sinks.{name}] in syncd.toml (or pass --config FILE)"
+        )
+
+
+@sinks.command("ls")
+@_db_option
+@_json_option
+@click.pass_context
+def sinks_ls(ctx: click.Context, db_path: str, as_json: bool) -> None:
+    """List the sinks: type and target (queue URL, topic), delivered cursor, lag (changes not
+    yet delivered), state (ok, failing, paused) and the last error."""
+    from syncd.feed.delivery import listing
+    from syncd.feed.sinks import KIND
+
+    configured = _configured_sinks(ctx)
+    catalog = Catalog.open_reader(db_path)
+    try:
+        found = listing(catalog.db, {n: s.target for n, s in configured.items()}, KIND)
+    finally:
+        catalog.close()
+    rows = []
+    for row in found:
+        target = row.pop("url")
+        sink = configured.get(row["name"])
+        rows.append({"name": row.pop("name"), "type": sink.type if sink else None,
+                     "target": target, **row})  # fmt: skip
+    if as_json:
+        for row in rows:
+            _emit(row)
+        return
+    if not rows:
+        click.echo("no sinks: declare [sinks.NAME] in syncd.toml")
+        return
+    click.echo("NAME\tTYPE\tTARGET\tCURSOR\tLAG\tSTATE\tLAST ERROR")
+    for row in rows:
+        state = row["state"] + ("" if row["configured"] else " (not in the config)")
+        click.echo(
+            f"{printable(row['name'])}\t{row['type'] or '-'}\t{printable(row['target'] or '-')}"
+            f"\t{row['cursor']}\t{row['lag']:,}\t{state}\t{printable(row['last_error'] or '-')}"
+        )
+
+
+@sinks.command("resume")
+@click.argument("name")
+@_db_option
+@click.pass_context
+def sinks_resume(ctx: click.Context, name: str, db_path: str) -> None:
+    """Deliver again to a paused sink (its service refused a batch, or a batch was over the
+    message size limit: lower batch first): the refused batch is cut again, with the same id
+    if its range is unchanged. A running daemon picks it up within a second."""
+    from syncd.feed import delivery
+
+    catalog = Catalog.open(db_path, create=False)
+    try:
+        _sink_state(catalog.db, name, {})
+        state = delivery.resume(catalog.db, name)
+    finally:
+        catalog.close()
+    click.echo(f"sink {name!r} resumed at cursor {state.cursor}")
+
+
+@sinks.command("replay")
+@click.argument("name")
+@click.option(
+    "--from",
+    "start",
+    required=True,
+    type=click.IntRange(min=0),
+    metavar="CURSOR",
+    help="deliver every change after this cursor again (0: all the log holds)",
+)
+@_db_option
+@click.pass_context
+def sinks_replay(ctx: click.Context, name: str, start: int, db_path: str) -> None:
+    """Deliver the changes after CURSOR to a sink again (or skip ahead to it), and resume it
+    if it was paused. A running daemon picks it up within a second."""
+    from syncd.feed import delivery
+    from syncd.feed.sinks import KIND
+
+    catalog = Catalog.open(db_path, create=False)
+    try:
+        _sink_state(catalog.db, name, _configured_sinks(ctx))
+        state = delivery.replay(catalog.db, name, start, KIND)
+    finally:
+        catalog.close()
+    click.echo(f"sink {name!r} delivers again from cursor {state.cursor}")
+
+
+@cli.group()
 def events() -> None:
     """Bucket events (S3, GCS, Azure formats)."""
 

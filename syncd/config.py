@@ -1,5 +1,6 @@
 """The ``syncd.toml`` configuration file: integrations, drivers, datasets, and the daemon's
-settings (``[daemon]``, ``[queues.NAME]``, ``[server]``).
+settings (``[daemon]``, ``[queues.NAME]``, ``[server]``) and the change feed's consumers
+(``[webhooks.NAME]``, ``[sinks.NAME]``).
 
 Example::
 
@@ -46,6 +47,12 @@ Example::
     batch = 100                                    # changes per request
     timeout = 10                                   # seconds per request
     fail_after = 300                               # seconds of failure until "failing"
+
+    [sinks.to-indexer]                             # the change feed as queue messages
+    type = "sqs"                                   # or sns (topic_arn), azure-queue (queue,
+    url = "https://sqs.eu-west-1.amazonaws.com/123456789012/changes"  # account), pubsub (topic)
+    integration = "aws-prod"
+    kinds = ["created", "deleted"]                 # optional filters, as for webhooks
 
     [changes]
     retention = 604800                             # seconds the change log keeps a change
@@ -111,6 +118,12 @@ DEFAULT_LEASE_TTL = 60
 DEFAULT_RETENTION = 7 * 24 * 3600
 #: the integration type a queue of each type authenticates with
 QUEUE_PROVIDER = {"sqs": "s3", "azure-queue": "azure", "pubsub": "gcs"}
+#: the integration type a sink of each type authenticates with
+SINK_PROVIDER = {"sqs": "s3", "sns": "s3", "azure-queue": "azure", "pubsub": "gcs"}
+#: a sink's default changes per message, by type: small enough that a batch of changes with
+#: long keys stays under the service's message size limit (SQS and SNS 256 KiB; an Azure
+#: Queue message 64 KiB after base64, so 48 KiB of JSON; Pub/Sub 10 MB)
+SINK_BATCH = {"sqs": 100, "sns": 100, "azure-queue": 20, "pubsub": 100}
 
 
 # -- the parsed configuration -------------------------------------------------------------
@@ -218,6 +231,45 @@ class WebhookConfig:
 
 
 @dataclass(frozen=True)
+class SinkConfig:
+    """One ``[sinks.NAME]`` table: the change feed sent as messages to a cloud queue or topic
+    (see :mod:`syncd.feed.sinks`). Exactly the fields of its ``type`` are set:
+
+    * ``sqs``: ``url`` (the queue URL); ``sns``: ``topic_arn``;
+    * ``azure-queue``: ``queue`` and optionally ``account`` (else from the integration's
+      connection string or the environment, as for queues);
+    * ``pubsub``: ``topic`` (``projects/P/topics/T``).
+
+    ``integration`` is the credential set to send with (``s3`` for SQS and SNS, ``azure``,
+    ``gcs``), or None for the provider's standard chain; it is read when the daemon starts."""
+
+    name: str
+    type: Literal["sqs", "sns", "azure-queue", "pubsub"]
+    url: str | None = None
+    topic_arn: str | None = None
+    queue: str | None = None
+    account: str | None = None
+    topic: str | None = None
+    integration: Integration | None = None
+    #: only changes of these datasets (names) / kinds; empty: all
+    datasets: tuple[str, ...] = ()
+    kinds: tuple[str, ...] = ()
+    #: changes per message (default :data:`SINK_BATCH` of the type)
+    batch: int = 100
+    #: seconds one sending may take before it counts as failed (and is tried again)
+    timeout: float = 10.0
+    fail_after: int = 300
+
+    @property
+    def target(self) -> str:
+        """Where the sink sends, as ``sinks ls`` shows it (no credentials: an SQS URL, a
+        topic ARN or name, a queue name hold none)."""
+        if self.type == "azure-queue":
+            return f"{self.account}/{self.queue}" if self.account else str(self.queue)
+        return str(self.url or self.topic_arn or self.topic)
+
+
+@dataclass(frozen=True)
 class DaemonConfig:
     """Everything a config file declares, as :func:`load_daemon_config` returns it."""
 
@@ -229,6 +281,7 @@ class DaemonConfig:
     #: ``[catalog] url``: the catalog to use when neither ``--db`` nor ``$SYNCD_DB`` names one
     catalog_url: str | None = None
     webhooks: dict[str, WebhookConfig] = field(default_factory=dict)
+    sinks: dict[str, SinkConfig] = field(default_factory=dict)
     #: ``[changes] retention``: seconds the change log keeps a change
     retention: int = DEFAULT_RETENTION
 
@@ -439,6 +492,60 @@ class WebhookTable(_Table):
     fail_after: int = Field(300, ge=1, le=MAX_INTERVAL)
 
 
+def _topic_arn(value: str) -> str:
+    if not re.fullmatch(
+        r"arn:aws[a-z-]*:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_-]{1,256}(\.fifo)?", value
+    ):
+        raise ValueError(
+            f"must be the topic's ARN, like arn:aws:sns:REGION:ACCOUNT:TOPIC (got {value[:80]!r})"
+        )
+    return value
+
+
+def _pubsub_topic(value: str) -> str:
+    if not re.fullmatch(r"projects/[^/\s]+/topics/[^/\s]+", value):
+        raise ValueError(f"must be projects/PROJECT/topics/TOPIC (got {value[:80]!r})")
+    return value
+
+
+class _SinkTable(_Table):
+    integration: str | None = None
+    datasets: list[str] = []
+    kinds: list[ChangeKind] = []
+    # the default is the type's (SINK_BATCH); a batch still over the message size limit
+    # pauses the sink, with an error naming batch
+    batch: int | None = Field(None, ge=1, le=1000)
+    timeout: float = Field(10, gt=0, le=300)
+    fail_after: int = Field(300, ge=1, le=MAX_INTERVAL)
+
+
+class SqsSinkTable(_SinkTable):
+    type: Literal["sqs"]
+    url: Annotated[str, AfterValidator(_http_url)]
+
+
+class SnsSinkTable(_SinkTable):
+    type: Literal["sns"]
+    topic_arn: Annotated[str, AfterValidator(_topic_arn)]
+
+
+class AzureQueueSinkTable(_SinkTable):
+    type: Literal["azure-queue"]
+    queue: str = Field(min_length=1)
+    account: str | None = Field(None, min_length=1)
+
+
+class PubsubSinkTable(_SinkTable):
+    type: Literal["pubsub"]
+    topic: Annotated[str, AfterValidator(_pubsub_topic)]
+
+
+SinkTable = Annotated[
+    SqsSinkTable | SnsSinkTable | AzureQueueSinkTable | PubsubSinkTable,
+    Field(discriminator="type"),
+]
+
+
 class ChangesTable(_Table):
     retention: int = Field(DEFAULT_RETENTION, ge=60, le=10 * MAX_INTERVAL)
 
@@ -454,6 +561,7 @@ class FileTable(_Table):
     server: ServerTable = Field(default_factory=ServerTable)
     catalog: CatalogTable | None = None
     webhooks: dict[str, WebhookTable] = {}
+    sinks: dict[str, SinkTable] = {}
     changes: ChangesTable = Field(default_factory=ChangesTable)
 
     @model_validator(mode="after")
@@ -490,6 +598,16 @@ class FileTable(_Table):
         for name, hook in self.webhooks.items():
             for i, dataset in enumerate(hook.datasets):
                 check(("webhooks", name, "datasets", i), "dataset", dataset, self.datasets)
+        for name, sink in self.sinks.items():
+            check_integration(("sinks", name, "integration"), sink.integration,
+                              SINK_PROVIDER[sink.type])  # fmt: skip
+            for i, dataset in enumerate(sink.datasets):
+                check(("sinks", name, "datasets", i), "dataset", dataset, self.datasets)
+            if name in self.webhooks:
+                # one delivery record per name (its cursor): the two would share it
+                problems.append(
+                    f"{_render(('sinks', name))}: a webhook has this name too; rename one"
+                )
         if problems:
             raise ValueError(_first(problems))
         return self
@@ -673,6 +791,18 @@ def _build(table: FileTable) -> DaemonConfig:
                 fail_after=t.fail_after,
             )
             for name, t in table.webhooks.items()
+        },
+        sinks={
+            name: SinkConfig(
+                name=name,
+                **t.model_dump(exclude={"integration", "datasets", "kinds", "batch", "timeout"}),
+                integration=integrations[t.integration] if t.integration else None,
+                datasets=tuple(t.datasets),
+                kinds=tuple(t.kinds),
+                batch=t.batch or SINK_BATCH[t.type],
+                timeout=float(t.timeout),
+            )
+            for name, t in table.sinks.items()
         },
         retention=table.changes.retention,
     )

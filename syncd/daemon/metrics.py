@@ -78,6 +78,24 @@ class Metrics:
             ["webhook"],
             registry=r,
         )
+        self.sink_lag = Gauge(
+            "syncd_sink_lag_changes",
+            "Changes in the log after the sink's delivered cursor (head - delivered)",
+            ["sink"],
+            registry=r,
+        )
+        self.sink_failures = Counter(
+            "syncd_sink_failures_total",
+            "Failed sink sendings (errors, timeouts, refusals, batches too large)",
+            ["sink"],
+            registry=r,
+        )
+        self.sink_delivered = Counter(
+            "syncd_sink_delivered_total",
+            "Changes a sink's queue or topic accepted",
+            ["sink"],
+            registry=r,
+        )
 
     def render(self) -> bytes:
         """The registry in Prometheus text format."""

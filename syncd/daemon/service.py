@@ -8,9 +8,10 @@ What runs, all on one asyncio loop (blocking work in threads):
 * one **folder watch** per local-folder dataset with ``watch = true`` (:mod:`.watch`);
 * the **HTTP API** if ``[server]`` is configured (:mod:`syncd.server`);
 * one **webhook delivery** per ``[webhooks.NAME]`` (:mod:`syncd.feed.webhooks`), started once
-  the API is up, and the change log's **retention** (``[changes] retention``, never past what a
-  webhook has not delivered), on a catalog connection of their own (:attr:`Daemon.feed_catalog`)
-  so a slow endpoint or a long prune never holds up syncing;
+  the API is up, one **sink delivery** per ``[sinks.NAME]`` (:mod:`syncd.feed.sinks`: SQS, SNS,
+  Azure Queue, Pub/Sub), and the change log's **retention** (``[changes] retention``, never
+  past what a webhook or sink has not delivered), on a catalog connection of their own
+  (:attr:`Daemon.feed_catalog`) so a slow endpoint or a long prune never holds up syncing;
 * the **intake** (:mod:`.intake`) that every event source hands its events to, and the
   **catalog thread** (:mod:`.catalog_thread`) that owns the daemon's catalog connection.
 
@@ -33,8 +34,8 @@ within seconds of the server's return.
 
 Shutdown (SIGTERM/SIGINT sets ``stop``; logged "stopping..." then "stopped"): the server
 stops taking requests, consumers stop polling at once (a long poll in flight is cancelled;
-messages received but not committed come back from the queue), webhook deliveries stop (a
-batch in flight is sent again, with the same id, by the next run), watches stop, the reconcile
+messages received but not committed come back from the queue), webhook and sink deliveries
+stop (a batch in flight is sent again, with the same id, by the next run), watches stop, the reconcile
 in flight writes its batch and is left resumable (its lease released, so another worker
 resumes it at once); then the worker's registration is deleted.
 """
@@ -218,6 +219,8 @@ class Daemon:
                     watches += 1
             if self.feed_catalog is not None and self.settings.webhooks:
                 closers.append(await self._start_webhooks())
+            if self.feed_catalog is not None and self.settings.sinks:
+                closers.append(await self._start_sinks())
             self.ready.set()
             summary = (
                 f"{datasets} dataset(s) ({len(self.settings.datasets)} scheduled), "
@@ -225,6 +228,8 @@ class Daemon:
             )
             if self.settings.webhooks:
                 summary += f", {len(self.settings.webhooks)} webhook(s)"
+            if self.settings.sinks:
+                summary += f", {len(self.settings.sinks)} sink(s)"
             if self.port is not None:
                 assert self.settings.server is not None
                 summary += f", API on http://{self.settings.server.host}:{self.port}"
@@ -295,15 +300,34 @@ class Daemon:
             raise UsageError(str(exc)) from None
         return feed.stop
 
+    async def _start_sinks(self) -> Callable[[], Awaitable[None]]:
+        """Start delivering to every ``[sinks.NAME]``; credentials that cannot be read are a
+        ``UsageError`` at start (one line, exit 2)."""
+        from syncd.feed.sinks import SinkFeed
+
+        assert self.feed_catalog is not None
+        feed = SinkFeed(
+            self.settings.sinks,
+            self.feed_catalog,
+            self.changed,
+            self.metrics,
+            owner=f"{self.worker_id}/sinks",
+        )
+        try:
+            await feed.start()
+        except ConfigError as exc:
+            raise UsageError(str(exc)) from None
+        return feed.stop
+
     async def _keep_retention(self) -> None:
         """Every :data:`RETENTION_SECONDS`, prune changes older than ``[changes] retention``,
-        but none a configured webhook has not delivered yet. A failed prune is logged and
-        tried at the next round."""
+        but none a configured webhook or sink has not delivered yet. A failed prune is logged
+        and tried at the next round."""
         from syncd.feed.delivery import keep_after
 
         assert self.feed_catalog is not None
         await self._stop_or(self.ready.wait())
-        names = list(self.settings.webhooks)
+        names = [*self.settings.webhooks, *self.settings.sinks]
         retention = float(self.settings.retention)
 
         def prune(catalog: Catalog) -> tuple[int, int]:

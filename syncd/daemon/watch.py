@@ -544,8 +544,11 @@ class FolderWatch:
                 wake_at = self._wake_at(next_step)
                 if wake_at > now:
                     self._wake.clear()
+                    # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a
+                    # cancellation that comes once the wake fired, and stop() hangs
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), wake_at - now)
+                        async with asyncio.timeout(wake_at - now):
+                            await self._wake.wait()
                     continue
                 next_step = now + self.settle / 4
                 await self._step(now)

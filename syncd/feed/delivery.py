@@ -1,7 +1,8 @@
 """Delivering the change log to one consumer, in order, at least once: the transport-free core.
 
-A *consumer* (a webhook now; a queue sink later) has one row in ``deliveries``: ``cursor``, the
-last change it has acknowledged, and ``batch_end``, the end of the batch in flight. The loop
+A *consumer* (a webhook, :mod:`.webhooks`; a cloud queue or topic, :mod:`.sinks`) has one row
+in ``deliveries``: ``cursor``, the last change it has acknowledged, and ``batch_end``, the end
+of the batch in flight. The loop
 (:class:`Deliverer`) hands batches to a transport's ``send`` and keeps these contracts:
 
 * **Cursor order.** Batches are cut from the log in cursor order; the next batch is cut only
@@ -156,8 +157,9 @@ def ensure(db: Database, name: str, kind: str) -> State:
 def next_batch(db: Database, name: str, filters: Filters, limit: int) -> tuple[Batch | None, int]:
     """The batch to send now and the consumer's lag (changes after its cursor).
 
-    The batch in flight if there is one (the same changes again); else the next up to
-    ``limit`` wanted changes, whose end is stored before this returns. None when the consumer
+    The batch in flight if there is one (the same changes again, and the same id; cut
+    smaller, with a new id, if it holds more than ``limit`` wanted changes); else the next up
+    to ``limit`` wanted changes, whose end is stored before this returns. None when the consumer
     is paused, or has nothing to receive (then a cursor behind changes it does not want is
     moved past them). A cursor the log no longer holds pauses the consumer (a manual prune
     went past it): nothing is skipped silently."""
@@ -167,14 +169,19 @@ def next_batch(db: Database, name: str, filters: Filters, limit: int) -> tuple[B
         if state is None or state.paused:
             return None, head - (state.cursor if state else 0)
         try:
-            # the batch in flight is cut again from its own range: the same changes
+            # the batch in flight is cut again from its own range: the same changes, unless
+            # ``limit`` was lowered since (after a refusal for size): then it ends at the
+            # last change that fits, never past changes it does not carry
             until = head if state.batch_end is None else state.batch_end
             found, end = _wanted(db, state.cursor, until, filters, limit)
-            end = state.batch_end if state.batch_end is not None else end
         except CursorGone as exc:
             db.execute(
                 "UPDATE deliveries SET paused = 1, last_error = ?, updated_at = ? WHERE name = ?",
-                [f"{exc}; then syncd webhooks replay {name} --from {exc.head}", now(), name],
+                [
+                    f"{exc}; then syncd {state.kind}s replay {name} --from {exc.head}",
+                    now(),
+                    name,
+                ],
             )
             log.error("%s %r paused: %s", state.kind, name, exc)
             return None, head - state.cursor
@@ -186,7 +193,7 @@ def next_batch(db: Database, name: str, filters: Filters, limit: int) -> tuple[B
                     [end, now(), name],
                 )
             return None, head - end
-        if state.batch_end is None:
+        if state.batch_end != end:  # a new batch, or one in flight cut smaller
             db.execute(
                 "UPDATE deliveries SET batch_end = ?, updated_at = ? WHERE name = ?",
                 [end, now(), name],
@@ -487,8 +494,8 @@ class Deliverer:
             if not outcome.retry:
                 if await self._db(lambda db, e=error: pause(db, batch, e)):
                     log.error(
-                        "%s %r paused: %s; fix it, then `syncd webhooks resume %s`",
-                        self.kind, self.name, error, self.name,
+                        "%s %r paused: %s; fix it, then `syncd %ss resume %s`",
+                        self.kind, self.name, error, self.kind, self.name,
                     )  # fmt: skip
                 return
             if first_failure is None:
