@@ -58,6 +58,7 @@ from syncd.events.parse import EventKind, ObjectEvent
 from syncd.store.catalog import Catalog, Dataset
 from syncd.store.checkpoint import LISTED_GONE
 from syncd.store.db import transaction
+from syncd.store.sql import select_keys
 from syncd.store.stamps import now, stamp_us
 
 log = logging.getLogger("syncd.events")
@@ -70,8 +71,6 @@ MTIME_STAMPED = frozenset({"local"})
 CHUNK = 1000
 #: events per transaction of :meth:`EventApplier.apply_stream`
 BATCH = 5000
-#: keys per ``IN (...)`` list: under sqlite's oldest variable limit (999) with the dataset id
-_IN_KEYS = 500
 _MARKER_UPSERT = (
     "INSERT INTO key_markers"
     " (dataset_id, key, marker, deleted, updated_at, seq, event_time, event_us)"
@@ -385,22 +384,16 @@ class _ChunkState:
         markers: dict[tuple[int, str], MarkerRow] = {}
         items: dict[tuple[int, str], ItemRow | None] = {}
         for dataset_id, key_set in sorted(keys.items()):
-            ordered = sorted(key_set)
-            for i in range(0, len(ordered), _IN_KEYS):
-                part = ordered[i : i + _IN_KEYS]
-                marks = ", ".join("?" * len(part))
-                for key, marker, deleted, event_time in db.execute(
-                    "SELECT key, marker, deleted, event_time FROM key_markers"
-                    f" WHERE dataset_id = ? AND key IN ({marks})",
-                    [dataset_id, *part],
-                ).fetchall():
-                    markers[(dataset_id, key)] = (marker, deleted, event_time)
-                for key, *row in db.execute(
-                    "SELECT key, created_at, etag, size, mtime, version FROM items"
-                    f" WHERE dataset_id = ? AND key IN ({marks})",
-                    [dataset_id, *part],
-                ).fetchall():
-                    items[(dataset_id, key)] = tuple(row)  # type: ignore[assignment]
+            ordered = list(key_set)
+            for key, marker, deleted, event_time in select_keys(
+                db, "t.key, t.marker, t.deleted, t.event_time", "key_markers", dataset_id, ordered
+            ):
+                markers[(dataset_id, key)] = (marker, deleted, event_time)
+            for key, *row in select_keys(
+                db, "t.key, t.created_at, t.etag, t.size, t.mtime, t.version", "items",
+                dataset_id, ordered,
+            ):  # fmt: skip
+                items[(dataset_id, key)] = tuple(row)  # type: ignore[assignment]
         return cls(markers, items)
 
     def mark(self, slot: tuple[int, str], marker: str, deleted: int, seq: int, when: str | None):

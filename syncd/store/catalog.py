@@ -33,7 +33,7 @@ from syncd.store import lease, ranges
 from syncd.store.checkpoint import Checkpoint, Run
 from syncd.store.db import is_server, open_db, transaction
 from syncd.store.ranges import KeyRange
-from syncd.store.sql import ITEM_COLUMNS, MTIME, Database, Seen, item_rows
+from syncd.store.sql import ITEM_COLUMNS, MTIME, Database, Seen, item_rows, select_keys
 from syncd.store.stamps import now, stamp_us
 
 ITEM_FIELDS = (
@@ -424,15 +424,13 @@ class Catalog:
         its key has a marker with a later sequence than the row's page and a time not before
         the listed version's (:data:`~syncd.store.sql.NEWER_EVENT`). A kept row whose key an
         event touched is created or updated by what exists now, not by what the page saw."""
-        markers: dict[str, tuple[int, int | None]] = {}
-        keys = [r[1] for r in rows]
-        for part in _chunks(keys):
-            for key, seq, event_us in self.db.execute(
-                "SELECT key, seq, event_us FROM key_markers WHERE dataset_id = ? AND seq > ?"
-                f" AND key IN ({', '.join('?' * len(part))})",
-                [dataset_id, min(seen_seq), *part],
-            ).fetchall():
-                markers[key] = (int(seq), event_us)
+        markers: dict[str, tuple[int, int | None]] = {
+            key: (int(seq), event_us)
+            for key, seq, event_us in select_keys(
+                self.db, "t.key, t.seq, t.event_us", "key_markers", dataset_id,
+                [r[1] for r in rows], where=" AND t.seq > ?", args=[min(seen_seq)],
+            )
+        }  # fmt: skip
         if not markers:
             return rows, kinds
         kept: list[tuple[Any, ...]] = []
@@ -457,17 +455,7 @@ class Catalog:
 
     def _existing(self, dataset_id: int, keys: list[str]) -> set[str]:
         """Which of ``keys`` the dataset has an item for."""
-        found: set[str] = set()
-        for part in _chunks(keys):
-            found.update(
-                r[0]
-                for r in self.db.execute(
-                    "SELECT key FROM items WHERE dataset_id = ?"
-                    f" AND key IN ({', '.join('?' * len(part))})",
-                    [dataset_id, *part],
-                ).fetchall()
-            )
-        return found
+        return {r[0] for r in select_keys(self.db, "t.key", "items", dataset_id, keys)}
 
     def item_rows(self, dataset_id: int, keys: list[str]) -> list[tuple[Any, ...]]:
         """The ``items`` rows of those of ``keys`` that exist, in key order
@@ -587,15 +575,6 @@ def check_dataset_name(name: str) -> None:
         what = "must be valid Unicode text"
     if what is not None:
         raise UsageError(f"dataset name {name!r}: {what}; pick a name like 'raw-images'")
-
-
-#: keys per ``IN (...)`` list: under sqlite's oldest variable limit (999) with the dataset id
-_IN_KEYS = 500
-
-
-def _chunks(keys: list[str]) -> Iterator[list[str]]:
-    for i in range(0, len(keys), _IN_KEYS):
-        yield keys[i : i + _IN_KEYS]
 
 
 def key_range(after: str | None, prefix: str) -> tuple[str, list[str]]:

@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 
 from providers.redact import redact
 from syncd.store import lease
-from syncd.store.sql import NEWER_EVENT, Database, Seen, item_rows
+from syncd.store.sql import NEWER_EVENT, Database, Seen, item_rows, select_keys
 from syncd.store.stamps import now, parse, us_stamp
 
 #: ``key_markers.deleted`` of a key a listing showed gone (an event's delete writes 1): an event
@@ -128,23 +128,14 @@ def _run_from_row(row: tuple) -> Run:
     return Run(*row[:12], counts=dict(zip(COUNTERS, row[12:], strict=True)))
 
 
-#: keys per ``IN (...)`` list: under sqlite's oldest variable limit (999) with the dataset id
-_IN_KEYS = 500
-
-
 def _markers_since(
     db: Database, dataset_id: int, keys: list[str], seq: int
 ) -> list[tuple[str, int, int | None]]:
     """``(key, seq, event_us)`` of the markers of ``keys`` stamped after sequence ``seq``."""
-    found: list[tuple[str, int, int | None]] = []
-    for i in range(0, len(keys), _IN_KEYS):
-        part = keys[i : i + _IN_KEYS]
-        found += db.execute(
-            "SELECT key, seq, event_us FROM key_markers WHERE dataset_id = ? AND seq > ?"
-            f" AND key IN ({', '.join('?' * len(part))})",
-            [dataset_id, seq, *part],
-        ).fetchall()
-    return found
+    return select_keys(  # type: ignore[return-value]
+        db, "t.key, t.seq, t.event_us", "key_markers", dataset_id, keys,
+        where=" AND t.seq > ?", args=[seq],
+    )  # fmt: skip
 
 
 class Checkpoint:

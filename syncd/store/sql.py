@@ -217,20 +217,41 @@ def display_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-#: keys per ``IN (...)`` list: under sqlite's oldest variable limit (999) with the dataset id
+#: keys per query of :func:`select_keys`: under sqlite's oldest variable limit (999)
 IN_KEYS = 500
 
 
-def item_rows(db: Database, dataset_id: int, keys: list[str]) -> list[tuple[Any, ...]]:
-    """The ``items`` rows (all of :data:`ITEM_COLUMNS`) of those of ``keys`` the dataset has,
-    in key order: primary-key lookups, a few hundred keys a query."""
+def select_keys(
+    db: Database,
+    columns: str,
+    table: str,
+    dataset_id: int,
+    keys: list[str],
+    *,
+    where: str = "",
+    args: Sequence[Any] = (),
+) -> list[tuple[Any, ...]]:
+    """``SELECT columns`` (naming the table ``t``) of ``table``'s rows of the dataset whose key
+    is one of ``keys``, plus ``where`` (terms starting `` AND``, with ``args``), in key order.
+
+    The keys are a ``VALUES`` list joined to the table, so each is one primary-key lookup on
+    both stores: an ``IN (...)`` list let PostgreSQL's planner, with no statistics yet for a
+    freshly loaded table, read every row of the dataset per query (42 ms against 0.7 ms for
+    500 keys of 300,000; a 1% churn re-sync of 1M items took 1.9x as long)."""
     found: list[tuple[Any, ...]] = []
     ordered = sorted(set(keys))
     for i in range(0, len(ordered), IN_KEYS):
         part = ordered[i : i + IN_KEYS]
         found += db.execute(
-            f"SELECT {', '.join(ITEM_COLUMNS)} FROM items WHERE dataset_id = ?"
-            f" AND key IN ({', '.join('?' * len(part))}) ORDER BY key",
-            [dataset_id, *part],
+            f"WITH wanted(k) AS (VALUES {', '.join(['(?)'] * len(part))})"
+            f" SELECT {columns} FROM wanted JOIN {table} t"
+            f" ON t.dataset_id = ? AND t.key = wanted.k{where} ORDER BY t.key",
+            [*part, dataset_id, *args],
         ).fetchall()
     return found
+
+
+def item_rows(db: Database, dataset_id: int, keys: list[str]) -> list[tuple[Any, ...]]:
+    """The ``items`` rows (all of :data:`ITEM_COLUMNS`) of those of ``keys`` the dataset has,
+    in key order (:func:`select_keys`)."""
+    return select_keys(db, ", ".join("t." + c for c in ITEM_COLUMNS), "items", dataset_id, keys)
