@@ -424,8 +424,11 @@ async def list_changes(request: web.Request) -> web.Response:
         left = deadline - loop.time()
         if found or left <= 0:
             break
+        # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation (a
+        # shutdown) that lands as the signal fires, and the request would wait on
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(ctx.changed.wait(), min(left, POLL_SECONDS))
+            async with asyncio.timeout(min(left, POLL_SECONDS)):
+                await ctx.changed.wait()
     return web.json_response({"changes": [c.public() for c in found], "next": following})
 
 
