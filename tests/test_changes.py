@@ -471,3 +471,53 @@ async def _until(condition: Any, what: str, timeout: float = 60) -> Any:
             return value
         await asyncio.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_a_new_dataset_never_takes_the_id_of_a_removed_one(tmp_path: Path) -> None:
+    """sqlite gives the largest rowid again once it is deleted; the log names datasets by id,
+    so a new dataset with a removed one's id would inherit its history."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    (a / "old.txt").write_text("old")
+    (b / "new.txt").write_text("new")
+    catalog = Catalog.open(str(tmp_path / "c.db"))
+    try:
+        sync(catalog, "a", str(a))
+        gone = catalog.get_dataset("a")
+        catalog.drop_dataset(gone)
+        sync(catalog, "b", str(b))
+        assert catalog.get_dataset("b").id != gone.id
+        found = changes.read(catalog.db, dataset_id=catalog.get_dataset("b").id)
+        assert [(c.dataset, c.key) for c in found] == [("b", "new.txt")]
+        state, _ = replay(catalog)
+        assert state == {"b": {"new.txt": items_of(catalog, "b")["new.txt"]}}
+    finally:
+        catalog.close()
+
+
+def test_a_prune_during_a_read_is_a_cursor_gone_not_a_skip(tmp_path: Path) -> None:
+    """The read takes several queries (several snapshots): a prune that commits between them
+    must not let it return what follows the pruned changes as if nothing were missing."""
+    src = tmp_path / "src"
+    src.mkdir()
+    db = str(tmp_path / "c.db")
+    catalog = Catalog.open(db)
+    try:
+        for i in range(3):  # three groups: cursors 1, 2, 3
+            (src / f"f{i}.txt").write_text(str(i))
+            sync(catalog, "ds", str(src) if i == 0 else None)
+        pruner = Catalog.open(db)
+        real = catalog.db.execute
+
+        def execute(sql: str, params: Any = ()) -> Any:
+            if "LIMIT 16" in sql:  # between the cursor check and the page: prune 2 groups
+                changes.prune(pruner.db, before="9999", keep_after=2)
+            return real(sql, params)
+
+        catalog.db.execute = execute  # type: ignore[method-assign]
+        with pytest.raises(changes.CursorGone):
+            changes.read(catalog.db, after=1)
+        pruner.close()
+    finally:
+        catalog.close()

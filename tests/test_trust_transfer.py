@@ -138,6 +138,24 @@ def test_a_catalog_in_the_folder_pushed_is_skipped_and_said(
     assert sorted(os.listdir(bucket)) == ["a.txt"]
 
 
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
+def test_a_link_of_another_name_to_the_catalog_is_not_pushed(
+    backend: Backend, tmp_path: Path
+) -> None:
+    """A symbolic link named otherwise (``snap.db -> catalog``) is the catalog all the same."""
+    bucket = backend.new_bucket()
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_bytes(b"a")
+    db = src / "c.db"  # in the folder pushed: a link inside it is listed like a file
+    summary(syncd("sync", bucket, "--dataset", "ds", "--db", str(db)))
+    os.symlink("c.db", src / "snap.db")
+    proc = syncd("push", str(src), "--dataset", "ds", "--db", str(db))
+    assert summary(proc)["transferred"] == 1
+    assert "'snap.db': syncd's own catalog file, never pushed" in proc.stderr
+    assert sorted(os.listdir(bucket)) == ["a.txt"]
+
+
 # -- 2. symbolic link loops ------------------------------------------------------------------
 
 

@@ -182,12 +182,28 @@ class Catalog:
             if self.find_dataset(name) is not None:
                 raise UsageError(f"dataset {name!r} already exists")
             driver_id = self._ensure_driver(driver.name or f"{name}-driver", driver)
+            columns, values = "name, driver_id, source, filters, created_at", [
+                name, driver_id, source, filters.to_json(), now()
+            ]  # fmt: skip
+            if self.db.dialect == "sqlite":
+                # never an id a removed dataset had (sqlite reuses the largest rowid once
+                # it is deleted): the change log names datasets by id
+                columns, values = "id, " + columns, [self._next_dataset_id(), *values]
             self.db.execute(
-                "INSERT INTO datasets (name, driver_id, source, filters, created_at)"
-                " VALUES (?, ?, ?, ?, ?)",
-                [name, driver_id, source, filters.to_json(), now()],
+                f"INSERT INTO datasets ({columns}) VALUES ({', '.join('?' * len(values))})",
+                values,
             )
         return self.get_dataset(name)
+
+    def _next_dataset_id(self) -> int:
+        """The next sqlite dataset id: above every id the catalog ever gave (``counters``
+        row ``dataset_id``) and every id in use. The caller holds the transaction."""
+        return int(
+            self.db.execute(
+                "UPDATE counters SET value = max(value, (SELECT coalesce(max(id), 0)"
+                " FROM datasets)) + 1 WHERE name = 'dataset_id' RETURNING value"
+            ).fetchone()[0]
+        )
 
     def update_dataset(self, dataset: Dataset, driver: DriverConfig, filters: Filters) -> Dataset:
         """Record a changed driver setting or filter set (declared in a config file). Taken

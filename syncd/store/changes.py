@@ -284,10 +284,14 @@ def read(
             for change in bindings.unpack(row, after, kinds):
                 found.append(change)
                 if len(found) == limit:
+                    check_cursor(db, after)
                     return found
         if len(rows) < 16:
-            return found
+            break
         from_cursor = int(rows[-1][0]) + 1
+    # a prune that committed while this read ran may have removed changes it never saw
+    # (each query reads its own snapshot): then the follower must start over, not skip them
+    check_cursor(db, after)
     return found
 
 

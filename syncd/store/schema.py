@@ -79,6 +79,10 @@ SHARED: list[tuple[str, list[str]]] = [
             # missed changes: 410 Gone)
             "INSERT INTO counters (name, value) VALUES ('change_cursor', 0)",
             "INSERT INTO counters (name, value) VALUES ('changes_pruned', 0)",
+            # the largest dataset id ever given (sqlite: ids are never reused, the log names
+            # datasets by id; PostgreSQL's identity column never reuses one anyway)
+            "INSERT INTO counters (name, value) SELECT 'dataset_id', coalesce(max(id), 0)"
+            " FROM datasets",
             DELIVERIES,
         ],
     ),

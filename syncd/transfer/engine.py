@@ -173,7 +173,11 @@ class Transfer:
 
     def _protected_path(self, path: str) -> str | None:
         """The ``protect`` file ``path`` is (its real path), or None."""
-        if os.path.basename(path).casefold() not in self._protect_names:
+        # the name test spares a realpath per file; a symbolic link of another name may
+        # still lead to the catalog (one lstat to know)
+        if os.path.basename(path).casefold() not in self._protect_names and not (
+            os.path.islink(path)
+        ):
             return None
         real = os.path.realpath(path)
         if real in self.protect:
@@ -312,6 +316,9 @@ class Transfer:
         if self.dry_run or not (self._records or self._forget or self._items or self._gone):
             return
         with transaction(self.catalog.db):
+            # ordered against event batches (which decide from what they read, holding the
+            # lock exclusively): the change log's created/updated/deleted are decided here too
+            self.catalog.db.lock_writes(exclusive=False)
             name = lease.for_dataset(self.dataset.id)
             if self.owner and not lease.renew(self.catalog.db, name, self.owner):
                 raise LeaseLost(
