@@ -514,3 +514,67 @@ class Deliverer:
             await asyncio.sleep(backoff(failures, outcome.retry_after))
             if not await self._hold_lease():
                 return
+
+
+class Deliveries:
+    """The running deliveries of one kind of consumer (every webhook, or every sink): a
+    :class:`Deliverer` task each, reported to one set of metric families, stopped together.
+    What differs between the kinds is only how a batch is sent (``send``)."""
+
+    def __init__(
+        self, kind: str, catalog: Any, signal: ChangeSignal, owner: str, metrics: Any
+    ) -> None:
+        """``metrics``: three families labelled by consumer name, ``(lag, failures,
+        delivered)`` (a gauge and two counters)."""
+        self.kind, self.catalog, self.signal, self.owner = kind, catalog, signal, owner
+        self.lag, self.failures, self.delivered = metrics
+        self._deliverers: list[Deliverer] = []
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    def start(
+        self, name: str, send: Send, *, filters: Filters, batch: int, fail_after: float
+    ) -> None:
+        """Start delivering to consumer ``name`` through ``send``."""
+        deliverer = Deliverer(
+            name,
+            self.kind,
+            self.catalog,
+            send,
+            filters=filters,
+            batch=batch,
+            fail_after=fail_after,
+            signal=self.signal,
+            owner=self.owner,
+            on_lag=self.lag.labels(name).set,
+            on_failure=self.failures.labels(name).inc,
+            on_delivered=self.delivered.labels(name).inc,
+        )
+        self.failures.labels(name)  # every consumer shows, at 0, from the start
+        self.delivered.labels(name)
+        self._deliverers.append(deliverer)
+        task = asyncio.create_task(deliverer.run(), name=f"{self.kind}:{name}")
+        task.add_done_callback(_report_end)
+        self._tasks.append(task)
+
+    async def stop(self) -> None:
+        """Stop every delivery; a batch in flight stays stored, to be sent again by the next
+        run (the same id). The leases are released so another worker takes over at once."""
+        pending = set(self._tasks)
+        while pending:  # cancelled again until done: a cancellation can be swallowed once
+            for task in pending:
+                task.cancel()
+            _, pending = await asyncio.wait(pending, timeout=1)
+        for deliverer in self._deliverers:
+            try:  # bounded: a catalog locked for long must not hold the shutdown up
+                await asyncio.wait_for(deliverer.release(), 10)
+            except Exception:  # the lease expires by itself
+                log.debug("could not release the lease of %s %r", self.kind, deliverer.name)
+
+
+def _report_end(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        error = task.exception()
+        log.error("%s stopped with an error: %s", task.get_name(), error, exc_info=error)

@@ -48,7 +48,7 @@ from providers.redact import register
 from syncd.config import SinkConfig
 from syncd.daemon.metrics import Metrics
 from syncd.daemon.queues import one_line
-from syncd.feed.delivery import Batch, Deliverer, Filters, Outcome
+from syncd.feed.delivery import Batch, Deliveries, Filters, Outcome
 from syncd.store.changes import ChangeSignal
 
 log = logging.getLogger("syncd.feed")
@@ -352,11 +352,15 @@ class SinkFeed:
         self.sinks = sinks
         self.catalog = catalog
         self.signal = signal
-        self.metrics = metrics
         self.owner = owner
         self._senders: list[SinkSender] = []
-        self._deliverers: list[Deliverer] = []
-        self._tasks: list[asyncio.Task[None]] = []
+        self._running = Deliveries(
+            KIND,
+            catalog,
+            signal,
+            owner,
+            (metrics.sink_lag, metrics.sink_failures, metrics.sink_delivered),
+        )
 
     async def start(self) -> None:
         """Open every sink's client (``ConfigError`` naming the first that cannot start: its
@@ -372,46 +376,19 @@ class SinkFeed:
                 sender.close()
             raise
         self._senders = list(senders.values())
-        m = self.metrics
         for name, sink in self.sinks.items():
-            deliverer = Deliverer(
+            self._running.start(
                 name,
-                KIND,
-                self.catalog,
                 senders[name],
                 filters=Filters(sink.datasets, sink.kinds),
                 batch=sink.batch,
                 fail_after=sink.fail_after,
-                signal=self.signal,
-                owner=self.owner,
-                on_lag=m.sink_lag.labels(name).set,
-                on_failure=m.sink_failures.labels(name).inc,
-                on_delivered=m.sink_delivered.labels(name).inc,
             )
-            m.sink_failures.labels(name)  # every sink shows, at 0, from the start
-            m.sink_delivered.labels(name)
-            self._deliverers.append(deliverer)
-            self._tasks.append(asyncio.create_task(deliverer.run(), name=f"sink:{name}"))
-        for task in self._tasks:
-            task.add_done_callback(_report_end)
-        log.info("delivering the change feed to %d sink(s)", len(self._tasks))
+        log.info("delivering the change feed to %d sink(s)", len(self._running))
 
     async def stop(self) -> None:
-        """Stop every delivery; a batch in flight stays stored, to be sent again by the next
-        run (the same id). The leases are released so another worker takes over at once."""
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        for deliverer in self._deliverers:
-            try:  # bounded: a catalog locked for long must not hold the shutdown up
-                await asyncio.wait_for(deliverer.release(), 10)
-            except Exception:  # the lease expires by itself
-                log.debug("could not release the lease of sink %r", deliverer.name)
+        """Stop every delivery (see :meth:`~syncd.feed.delivery.Deliveries.stop`), then
+        close the clients."""
+        await self._running.stop()
         for sender in self._senders:
             sender.close()
-
-
-def _report_end(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        error = task.exception()
-        log.error("%s stopped with an error: %s", task.get_name(), error, exc_info=error)

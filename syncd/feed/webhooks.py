@@ -23,7 +23,6 @@ errors name the URL without its query (which may carry a token) and never a head
 
 from __future__ import annotations
 
-import asyncio
 import binascii
 import json
 import logging
@@ -39,7 +38,7 @@ from standardwebhooks import Webhook
 from providers.config import ConfigError
 from syncd.config import WebhookConfig
 from syncd.daemon.metrics import Metrics
-from syncd.feed.delivery import Batch, Deliverer, Filters, Outcome
+from syncd.feed.delivery import Batch, Deliveries, Filters, Outcome
 from syncd.store.changes import ChangeSignal
 
 log = logging.getLogger("syncd.feed")
@@ -155,11 +154,15 @@ class WebhookFeed:
         self.webhooks = webhooks
         self.catalog = catalog
         self.signal = signal
-        self.metrics = metrics
         self.owner = owner
         self._session: aiohttp.ClientSession | None = None
-        self._deliverers: list[Deliverer] = []
-        self._tasks: list[asyncio.Task[None]] = []
+        self._running = Deliveries(
+            KIND,
+            catalog,
+            signal,
+            owner,
+            (metrics.webhook_lag, metrics.webhook_failures, metrics.webhook_delivered),
+        )
 
     def senders(self, session: aiohttp.ClientSession) -> dict[str, WebhookSender]:
         """Every webhook's sender; ``ConfigError`` naming the first that cannot start."""
@@ -177,48 +180,19 @@ class WebhookFeed:
             await self._session.close()
             self._session = None
             raise
-        m = self.metrics
         for name, hook in self.webhooks.items():
-            deliverer = Deliverer(
+            self._running.start(
                 name,
-                KIND,
-                self.catalog,
                 senders[name],
                 filters=Filters(hook.datasets, hook.kinds),
                 batch=hook.batch,
                 fail_after=hook.fail_after,
-                signal=self.signal,
-                owner=self.owner,
-                on_lag=m.webhook_lag.labels(name).set,
-                on_failure=m.webhook_failures.labels(name).inc,
-                on_delivered=m.webhook_delivered.labels(name).inc,
             )
-            m.webhook_failures.labels(name)  # every webhook shows, at 0, from the start
-            m.webhook_delivered.labels(name)
-            self._deliverers.append(deliverer)
-            self._tasks.append(asyncio.create_task(deliverer.run(), name=f"webhook:{name}"))
-        for task in self._tasks:
-            task.add_done_callback(_report_end)
-        log.info("delivering the change feed to %d webhook(s)", len(self._tasks))
+        log.info("delivering the change feed to %d webhook(s)", len(self._running))
 
     async def stop(self) -> None:
-        """Stop every delivery; a batch in flight stays stored, to be sent again by the next
-        run (the same id). The leases are released so another worker takes over at once."""
-        pending = set(self._tasks)
-        while pending:  # cancelled again until done: a cancellation can be swallowed once
-            for task in pending:
-                task.cancel()
-            _, pending = await asyncio.wait(pending, timeout=1)
-        for deliverer in self._deliverers:
-            try:  # bounded: a catalog locked for long must not hold the shutdown up
-                await asyncio.wait_for(deliverer.release(), 10)
-            except Exception:  # the lease expires by itself
-                log.debug("could not release the lease of webhook %r", deliverer.name)
+        """Stop every delivery (see :meth:`~syncd.feed.delivery.Deliveries.stop`), then
+        close the HTTP session."""
+        await self._running.stop()
         if self._session is not None:
             await self._session.close()
-
-
-def _report_end(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        error = task.exception()
-        log.error("%s stopped with an error: %s", task.get_name(), error, exc_info=error)
