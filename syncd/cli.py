@@ -1099,13 +1099,66 @@ def webhooks() -> None:
     """The webhooks `syncd run` delivers the change log to ([webhooks.NAME] in syncd.toml)."""
 
 
-def _configured_webhooks(ctx: click.Context) -> dict[str, Any]:
-    """The ``[webhooks.NAME]`` of the config file the command finds (``--config``, else
-    ``$SYNCD_CONFIG``, else ``./syncd.toml``); none without a config."""
+def _configured(ctx: click.Context, kind: str) -> dict[str, Any]:
+    """The ``[webhooks.NAME]`` or ``[sinks.NAME]`` (``kind`` ``webhook`` or ``sink``) of the
+    config file the command finds (``--config``, else ``$SYNCD_CONFIG``, else
+    ``./syncd.toml``); none without a config."""
     from syncd.config import find_config, load_daemon_config
 
     path = find_config(ctx.meta.get(_CONFIG_KEY))
-    return dict(load_daemon_config(path).webhooks) if path else {}
+    return dict(getattr(load_daemon_config(path), kind + "s")) if path else {}
+
+
+def _check_consumer(db: Any, name: str, kind: str, configured: dict[str, Any] | None) -> None:
+    """``UsageError`` unless ``name`` is a consumer of ``kind`` (``webhook`` or ``sink``):
+    configured, or known to the catalog as one (``configured`` None: only a consumer of
+    another kind is refused; an unknown name is left to :mod:`syncd.feed.delivery` to say)."""
+    from syncd.feed import delivery
+
+    state = delivery.get(db, name)
+    if state is not None and state.kind != kind:
+        raise UsageError(f"{name!r} is a {state.kind}, not a {kind}: use `syncd {state.kind}s`")
+    if state is None and configured is not None and name not in configured:
+        raise UsageError(
+            f"unknown {kind} {name!r}: declare [{kind}s.{name}] in syncd.toml (or pass "
+            "--config FILE)"
+        )
+
+
+def _resume(kind: str, name: str, db_path: str, configured: dict[str, Any] | None) -> None:
+    """``syncd webhooks|sinks resume NAME`` (``configured``: as for :func:`_check_consumer`)."""
+    from syncd.feed import delivery
+
+    catalog = Catalog.open(db_path, create=False)
+    try:
+        _check_consumer(catalog.db, name, kind, configured)
+        state = delivery.resume(catalog.db, name)
+    finally:
+        catalog.close()
+    click.echo(f"{kind} {name!r} resumed at cursor {state.cursor}")
+
+
+def _replay(ctx: click.Context, kind: str, name: str, start: int, db_path: str) -> None:
+    """``syncd webhooks|sinks replay NAME --from CURSOR``."""
+    from syncd.feed import delivery
+
+    catalog = Catalog.open(db_path, create=False)
+    try:
+        _check_consumer(catalog.db, name, kind, _configured(ctx, kind))
+        state = delivery.replay(catalog.db, name, start, kind)
+    finally:
+        catalog.close()
+    click.echo(f"{kind} {name!r} delivers again from cursor {state.cursor}")
+
+
+_FROM = click.option(
+    "--from",
+    "start",
+    required=True,
+    type=click.IntRange(min=0),
+    metavar="CURSOR",
+    help="deliver every change after this cursor again (0: all the log holds)",
+)
 
 
 @webhooks.command("ls")
@@ -1118,7 +1171,7 @@ def webhooks_ls(ctx: click.Context, db_path: str, as_json: bool) -> None:
     from syncd.feed.delivery import listing
     from syncd.feed.webhooks import KIND, display_url
 
-    shown = {name: display_url(h.url) for name, h in _configured_webhooks(ctx).items()}
+    shown = {name: display_url(h.url) for name, h in _configured(ctx, "webhook").items()}
     catalog = Catalog.open_reader(db_path)
     try:
         found = listing(catalog.db, shown, KIND)
@@ -1147,73 +1200,24 @@ def webhooks_resume(name: str, db_path: str) -> None:
     """Deliver again to a paused webhook (one whose endpoint refused a batch with a 4xx):
     the refused batch is sent again, with the same webhook-id. A running daemon picks it up
     within a second."""
-    from syncd.feed import delivery
-
-    catalog = Catalog.open(db_path, create=False)
-    try:
-        state = delivery.resume(catalog.db, name)
-    finally:
-        catalog.close()
-    click.echo(f"webhook {name!r} resumed at cursor {state.cursor}")
+    _resume("webhook", name, db_path, None)
 
 
 @webhooks.command("replay")
 @click.argument("name")
-@click.option(
-    "--from",
-    "start",
-    required=True,
-    type=click.IntRange(min=0),
-    metavar="CURSOR",
-    help="deliver every change after this cursor again (0: all the log holds)",
-)
+@_FROM
 @_db_option
 @click.pass_context
 def webhooks_replay(ctx: click.Context, name: str, start: int, db_path: str) -> None:
     """Deliver the changes after CURSOR to a webhook again (or skip ahead to it), and resume
     it if it was paused. A running daemon picks it up within a second."""
-    from syncd.feed import delivery
-    from syncd.feed.webhooks import KIND
-
-    catalog = Catalog.open(db_path, create=False)
-    try:
-        if delivery.get(catalog.db, name) is None and name not in _configured_webhooks(ctx):
-            raise UsageError(
-                f"unknown webhook {name!r}: declare [webhooks.{name}] in syncd.toml (or pass "
-                "--config FILE)"
-            )
-        state = delivery.replay(catalog.db, name, start, KIND)
-    finally:
-        catalog.close()
-    click.echo(f"webhook {name!r} delivers again from cursor {state.cursor}")
+    _replay(ctx, "webhook", name, start, db_path)
 
 
 @cli.group()
 def sinks() -> None:
     """The queues and topics `syncd run` sends the change log to ([sinks.NAME] in syncd.toml:
     SQS, SNS, Azure Queue, Pub/Sub)."""
-
-
-def _configured_sinks(ctx: click.Context) -> dict[str, Any]:
-    """The ``[sinks.NAME]`` of the config file the command finds (as for webhooks)."""
-    from syncd.config import find_config, load_daemon_config
-
-    path = find_config(ctx.meta.get(_CONFIG_KEY))
-    return dict(load_daemon_config(path).sinks) if path else {}
-
-
-def _sink_state(db: Any, name: str, configured: dict[str, Any]) -> None:
-    """``UsageError`` unless ``name`` is a sink: configured, or known to the catalog as one."""
-    from syncd.feed import delivery
-    from syncd.feed.sinks import KIND
-
-    state = delivery.get(db, name)
-    if state is not None and state.kind != KIND:
-        raise UsageError(f"{name!r} is a {state.kind}, not a sink: use `syncd {state.kind}s`")
-    if state is None and name not in configured:
-        raise UsageError(
-            f"unknown sink {name!r}: declare [sinks.{name}] in syncd.toml (or pass --config FILE)"
-        )
 
 
 @sinks.command("ls")
@@ -1226,7 +1230,7 @@ def sinks_ls(ctx: click.Context, db_path: str, as_json: bool) -> None:
     from syncd.feed.delivery import listing
     from syncd.feed.sinks import KIND
 
-    configured = _configured_sinks(ctx)
+    configured = _configured(ctx, "sink")
     catalog = Catalog.open_reader(db_path)
     try:
         found = listing(catalog.db, {n: s.target for n, s in configured.items()}, KIND)
@@ -1257,47 +1261,22 @@ def sinks_ls(ctx: click.Context, db_path: str, as_json: bool) -> None:
 @sinks.command("resume")
 @click.argument("name")
 @_db_option
-@click.pass_context
-def sinks_resume(ctx: click.Context, name: str, db_path: str) -> None:
+def sinks_resume(name: str, db_path: str) -> None:
     """Deliver again to a paused sink (its service refused a batch, or a batch was over the
     message size limit: lower batch first): the refused batch is cut again, with the same id
     if its range is unchanged. A running daemon picks it up within a second."""
-    from syncd.feed import delivery
-
-    catalog = Catalog.open(db_path, create=False)
-    try:
-        _sink_state(catalog.db, name, {})
-        state = delivery.resume(catalog.db, name)
-    finally:
-        catalog.close()
-    click.echo(f"sink {name!r} resumed at cursor {state.cursor}")
+    _resume("sink", name, db_path, {})
 
 
 @sinks.command("replay")
 @click.argument("name")
-@click.option(
-    "--from",
-    "start",
-    required=True,
-    type=click.IntRange(min=0),
-    metavar="CURSOR",
-    help="deliver every change after this cursor again (0: all the log holds)",
-)
+@_FROM
 @_db_option
 @click.pass_context
 def sinks_replay(ctx: click.Context, name: str, start: int, db_path: str) -> None:
     """Deliver the changes after CURSOR to a sink again (or skip ahead to it), and resume it
     if it was paused. A running daemon picks it up within a second."""
-    from syncd.feed import delivery
-    from syncd.feed.sinks import KIND
-
-    catalog = Catalog.open(db_path, create=False)
-    try:
-        _sink_state(catalog.db, name, _configured_sinks(ctx))
-        state = delivery.replay(catalog.db, name, start, KIND)
-    finally:
-        catalog.close()
-    click.echo(f"sink {name!r} delivers again from cursor {state.cursor}")
+    _replay(ctx, "sink", name, start, db_path)
 
 
 @cli.group()
