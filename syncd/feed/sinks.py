@@ -199,7 +199,23 @@ def _aws_size(data: bytes, batch: Batch) -> int:
     return len(data) + len(ID_ATTRIBUTE) + len("String") + len(batch.id)
 
 
-class SqsSender(SinkSender):
+class _AwsSender(SinkSender):
+    """What SQS and SNS share: the message (the JSON body, its size as AWS counts it with
+    the attribute) and, on a FIFO queue or topic, the group and deduplication ids."""
+
+    _fifo = False
+
+    def _message(self, batch: Batch) -> tuple[Any, int]:
+        data = body(self.config.name, batch)
+        return data, _aws_size(data, batch)
+
+    def _fifo_args(self, batch: Batch) -> dict[str, str]:
+        if not self._fifo:
+            return {}
+        return {"MessageGroupId": self.config.name, "MessageDeduplicationId": batch.id}
+
+
+class SqsSender(_AwsSender):
     def _open(self, creds: Mapping[str, str]) -> None:
         from syncd.daemon.queues.sqs import _region
 
@@ -211,25 +227,16 @@ class SqsSender(SinkSender):
         )
         self._fifo = self.config.url.endswith(".fifo")
 
-    def _message(self, batch: Batch) -> tuple[Any, int]:
-        data = body(self.config.name, batch)
-        return data, _aws_size(data, batch)
-
     def _send(self, message: Any, batch: Batch) -> None:
-        extra = (
-            {"MessageGroupId": self.config.name, "MessageDeduplicationId": batch.id}
-            if self._fifo
-            else {}
-        )
         self._client.send_message(
             QueueUrl=self.config.url,
             MessageBody=message.decode(),
             MessageAttributes={ID_ATTRIBUTE: _string_attribute(batch.id)},
-            **extra,
+            **self._fifo_args(batch),
         )
 
 
-class SnsSender(SinkSender):
+class SnsSender(_AwsSender):
     def _open(self, creds: Mapping[str, str]) -> None:
         assert self.config.topic_arn
         session = _boto_session(creds)
@@ -239,21 +246,12 @@ class SnsSender(SinkSender):
         )
         self._fifo = self.config.topic_arn.endswith(".fifo")
 
-    def _message(self, batch: Batch) -> tuple[Any, int]:
-        data = body(self.config.name, batch)
-        return data, _aws_size(data, batch)
-
     def _send(self, message: Any, batch: Batch) -> None:
-        extra = (
-            {"MessageGroupId": self.config.name, "MessageDeduplicationId": batch.id}
-            if self._fifo
-            else {}
-        )
         self._client.publish(
             TopicArn=self.config.topic_arn,
             Message=message.decode(),
             MessageAttributes={ID_ATTRIBUTE: _string_attribute(batch.id)},
-            **extra,
+            **self._fifo_args(batch),
         )
 
 
