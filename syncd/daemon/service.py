@@ -218,9 +218,9 @@ class Daemon:
                     closers.append(await self._watch(name, spec))
                     watches += 1
             if self.feed_catalog is not None and self.settings.webhooks:
-                closers.append(await self._start_webhooks())
+                closers.append(await self._start_feed("webhook"))
             if self.feed_catalog is not None and self.settings.sinks:
-                closers.append(await self._start_sinks())
+                closers.append(await self._start_feed("sink"))
             self.ready.set()
             summary = (
                 f"{datasets} dataset(s) ({len(self.settings.datasets)} scheduled), "
@@ -281,37 +281,22 @@ class Daemon:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stop.wait(), self.lease_ttl / 4)
 
-    async def _start_webhooks(self) -> Callable[[], Awaitable[None]]:
-        """Start delivering to every ``[webhooks.NAME]``; a secret that cannot be read is a
-        ``UsageError`` at start (one line, exit 2)."""
-        from syncd.feed.webhooks import WebhookFeed
+    async def _start_feed(self, kind: str) -> Callable[[], Awaitable[None]]:
+        """Start delivering the change log to every ``[webhooks.NAME]`` (``kind``
+        ``webhook``) or ``[sinks.NAME]`` (``sink``); a secret or credentials that cannot be
+        read are a ``UsageError`` at start (one line, exit 2). Returns the feed's stop."""
+        if kind == "webhook":
+            from syncd.feed.webhooks import WebhookFeed as Feed
+        else:
+            from syncd.feed.sinks import SinkFeed as Feed  # type: ignore[assignment]
 
         assert self.feed_catalog is not None
-        feed = WebhookFeed(
-            self.settings.webhooks,
+        feed = Feed(
+            getattr(self.settings, kind + "s"),
             self.feed_catalog,
             self.changed,
             self.metrics,
-            owner=f"{self.worker_id}/webhooks",
-        )
-        try:
-            await feed.start()
-        except ConfigError as exc:
-            raise UsageError(str(exc)) from None
-        return feed.stop
-
-    async def _start_sinks(self) -> Callable[[], Awaitable[None]]:
-        """Start delivering to every ``[sinks.NAME]``; credentials that cannot be read are a
-        ``UsageError`` at start (one line, exit 2)."""
-        from syncd.feed.sinks import SinkFeed
-
-        assert self.feed_catalog is not None
-        feed = SinkFeed(
-            self.settings.sinks,
-            self.feed_catalog,
-            self.changed,
-            self.metrics,
-            owner=f"{self.worker_id}/sinks",
+            owner=f"{self.worker_id}/{kind}s",
         )
         try:
             await feed.start()
