@@ -28,21 +28,9 @@ from syncd.store.stamps import now
 from tests import emulators
 from tests.conftest import CatalogMaker, unique_bucket
 from tests.test_cli_errors import one_line_error
+from tests.test_config import run
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def run(*args: str, cwd: Path | None = None, **env: str) -> subprocess.CompletedProcess[str]:
-    """``syncd ARGS`` in a fresh process, with no inherited SYNCD_* settings."""
-    base = {k: v for k, v in os.environ.items() if k not in ("SYNCD_CONFIG", "SYNCD_DB")}
-    return subprocess.run(
-        [sys.executable, "-m", "syncd.cli", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        env=base | {"PYTHONPATH": str(ROOT)} | env,
-        timeout=120,
-    )
 
 
 def folder(root: Path, names: list[str]) -> Path:
