@@ -424,7 +424,7 @@ class Catalog:
         if source is not None and kinds is None:
             there = self._existing(dataset_id, [r[1] for r in rows])
             kinds = ["updated" if r[1] in there else "created" for r in rows]
-        self.db.upsert_items(rows, None)
+        self.db.upsert_items(rows)
         if source is not None:
             assert kinds is not None
             self.db.record_changes(kinds, source, now(), rows)

@@ -38,14 +38,10 @@ from syncd.store.sql import (
     CATALOG_INFO,
     ITEM_COLUMNS,
     ITEM_UPDATES,
-    MTIME,
     Database,
     display_url,
-    guarded_params,
 )
-from syncd.store.sql import GUARDED_UPSERT as _GUARDED_UPSERT
 from syncd.store.sql import UPSERT as _UPSERT
-from syncd.store.stamps import stamp_us
 
 #: the advisory lock of :meth:`PostgresDatabase.lock_writes` (an arbitrary constant: "syncd")
 _WRITE_LOCK = 0x73796E6364
@@ -259,17 +255,13 @@ COPY_ROWS = 64
 #: a batch's rows land here first (COPY), then one merge statement moves them into ``items``;
 #: emptied at commit (a truncate of a temporary table, which needs no vacuum)
 _STAGE = (
-    "CREATE TEMPORARY TABLE IF NOT EXISTS items_stage (LIKE items INCLUDING DEFAULTS,"
-    " seen_seq BIGINT, mtime_us BIGINT) ON COMMIT DELETE ROWS"
+    "CREATE TEMPORARY TABLE IF NOT EXISTS items_stage (LIKE items INCLUDING DEFAULTS)"
+    " ON COMMIT DELETE ROWS"
 )
-_COPY = f"COPY items_stage ({', '.join(ITEM_COLUMNS)}, seen_seq, mtime_us) FROM STDIN"
-# the guard of syncd.store.sql.GUARDED_UPSERT, for every staged row at once
+_COPY = f"COPY items_stage ({', '.join(ITEM_COLUMNS)}) FROM STDIN"
 _MERGE = (
     f"INSERT INTO items ({', '.join(ITEM_COLUMNS)})"
     f" SELECT {', '.join('s.' + c for c in ITEM_COLUMNS)} FROM items_stage s"
-    " WHERE s.seen_seq IS NULL OR NOT EXISTS (SELECT 1 FROM key_markers km"
-    " WHERE km.dataset_id = s.dataset_id AND km.key = s.key AND km.seq > s.seen_seq"
-    " AND (km.event_us IS NULL OR km.event_us >= s.mtime_us))"
     f" ON CONFLICT (dataset_id, key) DO UPDATE SET {ITEM_UPDATES}"
 )
 
@@ -374,11 +366,12 @@ class PostgresDatabase(Database):
         fn = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
         self.conn.execute(f"SELECT {fn}(%s)", (_WRITE_LOCK,))
 
-    def upsert_items(self, rows: list[tuple[Any, ...]], seen_seq: list[int] | None) -> None:
+    def upsert_items(self, rows: list[tuple[Any, ...]]) -> None:
         if not rows:
             return
         if len(rows) < COPY_ROWS:
-            self._upsert_few(rows, seen_seq)
+            # a handful of rows (an event's item): plain upserts, cheaper than a COPY
+            self.executemany(_UPSERT, rows)
             return
         if not self._staged:
             self.conn.execute(_STAGE)
@@ -390,21 +383,10 @@ class PostgresDatabase(Database):
         # stage before the merge
         with self.conn.transaction(), self.conn.cursor() as cur:
             with cur.copy(_COPY) as copy:
-                if seen_seq is None:
-                    for row in rows:
-                        copy.write_row((*row, None, None))
-                else:
-                    for row, seq in zip(rows, seen_seq, strict=True):
-                        copy.write_row((*row, seq, stamp_us(row[MTIME])))
+                for row in rows:
+                    copy.write_row(row)
             cur.execute(_MERGE)
         self._stage_used = True
-
-    def _upsert_few(self, rows: list[tuple[Any, ...]], seen_seq: list[int] | None) -> None:
-        """A handful of rows (an event's item): plain upserts, cheaper than a COPY."""
-        if seen_seq is None:
-            self.executemany(_UPSERT, rows)
-        else:
-            self.executemany(_GUARDED_UPSERT, guarded_params(rows, seen_seq))
 
     def close(self) -> None:
         conn, self.conn = self.conn, None  # type: ignore[assignment]

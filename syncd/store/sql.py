@@ -10,8 +10,9 @@ handful of methods below:
   front; PostgreSQL runs READ COMMITTED and relies on row locks, conditional writes and
   :meth:`Database.lock_writes`);
 * :meth:`Database.upsert_items`: a batch of item rows in one go (sqlite ``executemany``;
-  PostgreSQL ``COPY`` into a temporary table and one merge statement), the newer-state-wins
-  guard expressed in SQL;
+  PostgreSQL ``COPY`` into a temporary table and one merge statement); the newer-state-wins
+  guard is decided before, on the rows' markers (:meth:`syncd.store.catalog.Catalog.write_rows`),
+  so the rows written are known for the change log;
 * :meth:`Database.lock_writes`: on PostgreSQL, an event batch (which decides in Python from
   what it reads) excludes the sync batches and deletes that could race it, which share the
   lock among themselves; sqlite's single writer makes this a no-op;
@@ -29,8 +30,6 @@ from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, ClassVar, NamedTuple
 from urllib.parse import urlsplit, urlunsplit
-
-from syncd.store.stamps import stamp_us
 
 #: facts about the catalog itself, one value per key (``syncd_version``: the syncd that last
 #: migrated it); the same statement on both stores (migration ``0012_catalog_info``)
@@ -71,17 +70,6 @@ NEWER_EVENT = (
     "EXISTS (SELECT 1 FROM key_markers km WHERE km.dataset_id = ? AND km.key = ?"
     " AND km.seq > ? AND (km.event_us IS NULL OR km.event_us >= ?))"
 )
-#: :data:`UPSERT` for a row a listing saw, unless :data:`NEWER_EVENT` holds for the listed
-#: version's modification time (a version listed with a time after the event's was written
-#: after the event's change: the listing wins).
-#: Parameters: the row, then dataset_id, key, seen_seq, the row's mtime in microseconds
-#: (:func:`guarded_params`). INSERT ... SELECT ... WHERE: no row selected is neither insert
-#: nor update.
-GUARDED_UPSERT = (
-    f"INSERT INTO items ({', '.join(ITEM_COLUMNS)}) SELECT {', '.join('?' * len(ITEM_COLUMNS))}"
-    f" WHERE NOT {NEWER_EVENT}"
-    f" ON CONFLICT (dataset_id, key) DO UPDATE SET {ITEM_UPDATES}"
-)
 
 
 class Seen(NamedTuple):
@@ -103,14 +91,6 @@ class Seen(NamedTuple):
 NEVER = Seen(0, 0)
 #: where an item row holds its ``mtime``
 MTIME = ITEM_COLUMNS.index("mtime")
-
-
-def guarded_params(rows: list[tuple[Any, ...]], seen_seq: list[int]) -> list[tuple[Any, ...]]:
-    """The parameters of :data:`GUARDED_UPSERT` for item rows and their sequences."""
-    return [
-        (*row, row[0], row[1], seq, stamp_us(row[MTIME]))
-        for row, seq in zip(rows, seen_seq, strict=True)
-    ]
 
 
 class Database(ABC):
@@ -141,12 +121,9 @@ class Database(ABC):
         Transactions do not nest."""
 
     @abstractmethod
-    def upsert_items(self, rows: list[tuple[Any, ...]], seen_seq: list[int] | None) -> None:
+    def upsert_items(self, rows: list[tuple[Any, ...]]) -> None:
         """Insert or update item rows (tuples in :data:`ITEM_COLUMNS` order, no two with the
-        same key); an update keeps the stored ``created_at``. With ``seen_seq`` (one value per
-        row) a row is written only if no event stamped its key with a later sequence (the
-        ``key_markers`` guard: a listing never undoes a newer event). In the caller's
-        transaction."""
+        same key); an update keeps the stored ``created_at``. In the caller's transaction."""
 
     @abstractmethod
     def lock_writes(self, *, exclusive: bool) -> None:

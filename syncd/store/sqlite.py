@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from syncd.errors import UsageError
-from syncd.store.sql import GUARDED_UPSERT, UPSERT, Database, guarded_params
+from syncd.store.sql import UPSERT, Database
 
 
 class SqliteDatabase(Database):
@@ -64,11 +64,8 @@ class SqliteDatabase(Database):
     def lock_writes(self, *, exclusive: bool) -> None:
         """Nothing to do: ``BEGIN IMMEDIATE`` already made this the only writer."""
 
-    def upsert_items(self, rows: list[tuple[Any, ...]], seen_seq: list[int] | None) -> None:
-        if seen_seq is None:
-            self.conn.executemany(UPSERT, rows)
-            return
-        self.conn.executemany(GUARDED_UPSERT, guarded_params(rows, seen_seq))
+    def upsert_items(self, rows: list[tuple[Any, ...]]) -> None:
+        self.conn.executemany(UPSERT, rows)
 
     def check_writable(self) -> None:
         """A no-op write: sqlite opens a file it may not write (permissions, an immutable
