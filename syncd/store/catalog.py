@@ -49,12 +49,28 @@ ITEM_FIELDS = (
     "updated_at",
     "metadata",
     "md5",
+    "tags",
 )
 
 
 @dataclass(frozen=True)
 class Item:
-    """One row of ``items``: what the dataset knows about one object."""
+    """One row of ``items``: what the dataset knows about one object.
+
+    The metadata columns hold JSON text (on both stores):
+
+    * ``metadata``: what the provider says, replaced whenever the object is (a listing, a HEAD,
+      an event): an object with the optional members ``provider`` (the object's custom
+      metadata: S3 ``x-amz-meta-*``, GCS custom metadata, Azure metadata; names to strings),
+      ``object_tags`` (S3 object tags, Azure index tags; names to strings) and
+      ``content_type_guessed`` (``true`` when ``content_type`` was guessed from the key's
+      extension, so a HEAD or an event may correct it);
+    * ``user_metadata``: an object the user edits (``metadata.user`` in the public item);
+    * ``tags``: the user's tags, a sorted array of distinct strings.
+
+    The user's two are never written by a sync or an event, so they survive every re-sync and
+    update of the object, and vanish with the item when the object is deleted.
+    """
 
     key: str
     filename: str
@@ -68,11 +84,15 @@ class Item:
     updated_at: str
     metadata: str = "{}"
     md5: str | None = None
+    user_metadata: str = "{}"
+    tags: str = "[]"
 
     def public(self) -> dict[str, Any]:
-        """The item as printed by ``syncd items ls --json``."""
+        """The item as printed by ``syncd items ls --json``: ``metadata`` is the provider's
+        part with the user's under ``user``; ``tags`` a list."""
         out = {f: getattr(self, f) for f in ITEM_FIELDS}
-        out["metadata"] = json.loads(self.metadata)
+        out["metadata"] = {**json.loads(self.metadata), "user": json.loads(self.user_metadata)}
+        out["tags"] = json.loads(self.tags)
         return out
 
 
@@ -531,8 +551,11 @@ class Catalog:
         )
 
 
-_ITEM_VALUES = operator.attrgetter(*Item.__dataclass_fields__)
-assert ("dataset_id", *Item.__dataclass_fields__) == ITEM_COLUMNS, "items columns drifted"
+#: an Item as the row a sync writes: the user's metadata and tags are not part of it (a sync
+#: never writes them)
+_ITEM_VALUES = operator.attrgetter(*ITEM_COLUMNS[1:])
+_ITEM_ROW = ("dataset_id", *Item.__dataclass_fields__)[: len(ITEM_COLUMNS)]
+assert _ITEM_ROW == ITEM_COLUMNS, "items columns drifted"
 _EVENT_SINCE = "SELECT EXISTS (SELECT 1 FROM key_markers WHERE dataset_id = ? AND seq > ?)"
 _KNOWN_RANGE = (
     "SELECT key, size, etag, version FROM items WHERE dataset_id = ? AND key > ? AND key <= ?"

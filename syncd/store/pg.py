@@ -29,6 +29,7 @@ from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 import psycopg
+from psycopg.types.string import TextLoader
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from providers.redact import redact, register
@@ -283,6 +284,13 @@ def to_pyformat(sql: str) -> str:
     return "".join(out)
 
 
+def _configure(conn: psycopg.Connection[Any]) -> None:
+    """Read ``jsonb`` as its text, as sqlite's JSON columns read: the layers above parse
+    item metadata the same way on both stores (and a page of items that is only passed on,
+    like the change feed's entries, is never parsed and dumped again)."""
+    conn.adapters.register_loader("jsonb", TextLoader)
+
+
 _pools: dict[str, ConnectionPool] = {}
 _pools_lock = threading.Lock()
 
@@ -303,6 +311,7 @@ def _pool(url: str) -> ConnectionPool:
                 # a connection the server dropped (a restart) is replaced on checkout, so a
                 # catalog that comes back is usable again without restarting the process
                 check=ConnectionPool.check_connection,
+                configure=_configure,
                 open=True,
                 name="syncd-catalog",
             )

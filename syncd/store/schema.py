@@ -9,15 +9,31 @@ differences between the dialects live in :data:`TYPES`:
 * ``{bigint}``: a 64-bit integer (sqlite's INTEGER is 64-bit already);
 * ``{key}``: a column compared in code point order, like object keys (PostgreSQL's default
   collation is the database's locale; ``COLLATE "C"`` sorts by code point as sqlite does);
-* ``{rowid}``: an integer primary key that is the storage order (sqlite's rowid alias).
+* ``{rowid}``: an integer primary key that is the storage order (sqlite's rowid alias);
+* ``{json}``: a JSON document (sqlite keeps the text and queries it with its JSON functions;
+  PostgreSQL's ``jsonb`` can carry a GIN index). Both read back as JSON *text*: the PostgreSQL
+  store loads ``jsonb`` as text (:mod:`syncd.store.pg`), so code above the store parses it the
+  same way on both.
+
+A statement that only one dialect needs is written as ``{dialect: sql}``; the other dialect
+skips it.
 """
 
 from __future__ import annotations
 
 TYPES: dict[str, dict[str, str]] = {
-    "sqlite": {"bigint": "INTEGER", "key": "TEXT", "rowid": "INTEGER PRIMARY KEY"},
-    "postgresql": {"bigint": "BIGINT", "key": 'TEXT COLLATE "C"', "rowid": "BIGINT PRIMARY KEY"},
+    "sqlite": {"bigint": "INTEGER", "key": "TEXT", "rowid": "INTEGER PRIMARY KEY", "json": "TEXT"},
+    "postgresql": {
+        "bigint": "BIGINT",
+        "key": 'TEXT COLLATE "C"',
+        "rowid": "BIGINT PRIMARY KEY",
+        "json": "JSONB",
+    },
 }
+
+#: a statement of a shared migration: SQL for both dialects, or ``{dialect: sql}`` for the
+#: dialects that need it
+Statement = str | dict[str, str]
 
 
 def render(statement: str, dialect: str) -> str:
@@ -27,7 +43,17 @@ def render(statement: str, dialect: str) -> str:
 
 def migrations(dialect: str) -> list[tuple[str, list[str]]]:
     """The migrations declared once (here), in order, as ``dialect``'s SQL."""
-    return [(name, [render(s, dialect) for s in statements]) for name, statements in SHARED]
+    out = []
+    for name, statements in SHARED:
+        sql = []
+        for s in statements:
+            if isinstance(s, dict):
+                if dialect not in s:
+                    continue
+                s = s[dialect]
+            sql.append(render(s, dialect))
+        out.append((name, sql))
+    return out
 
 
 #: the change log (see :mod:`syncd.store.changes`), one row per *group* of changes written
@@ -68,7 +94,7 @@ DELIVERIES = """CREATE TABLE deliveries (
     updated_at TEXT NOT NULL
 )"""
 
-SHARED: list[tuple[str, list[str]]] = [
+SHARED: list[tuple[str, list[Statement]]] = [
     (
         "0013_changes",
         [
@@ -84,6 +110,24 @@ SHARED: list[tuple[str, list[str]]] = [
             "INSERT INTO counters (name, value) SELECT 'dataset_id', coalesce(max(id), 0)"
             " FROM datasets",
             DELIVERIES,
+        ],
+    ),
+    (
+        # An item's metadata has three parts, kept apart so that each writer owns one:
+        # ``metadata`` is what the provider says (written by listings, HEADs and events, and
+        # replaced with the object), ``user_metadata`` and ``tags`` are the user's (written only
+        # by item edits, kept across re-syncs and events, gone with the item). See
+        # syncd.store.catalog.Item for the shape of each.
+        "0014_item_metadata",
+        [
+            {"postgresql": "ALTER TABLE items ALTER COLUMN metadata DROP DEFAULT"},
+            {
+                "postgresql": "ALTER TABLE items ALTER COLUMN metadata TYPE JSONB"
+                " USING metadata::jsonb"
+            },
+            {"postgresql": "ALTER TABLE items ALTER COLUMN metadata SET DEFAULT '{{}}'"},
+            "ALTER TABLE items ADD COLUMN user_metadata {json} NOT NULL DEFAULT '{{}}'",
+            "ALTER TABLE items ADD COLUMN tags {json} NOT NULL DEFAULT '[]'",
         ],
     ),
 ]
