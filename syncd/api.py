@@ -16,13 +16,13 @@ from typing import TYPE_CHECKING, Any
 from providers import faults, open_driver
 from providers.base import Driver
 from providers.config import ConfigError, DriverConfig
-from syncd.errors import SyncFailed, UsageError
+from syncd.errors import NotFound, SyncFailed, UsageError
 from syncd.reconcile import split
 from syncd.reconcile.filters import Filters
 from syncd.reconcile.source import canonical, parse_source
 from syncd.reconcile.sync import DatasetBusy, SyncOptions, SyncResult, sync_dataset
 from syncd.store import lease, ranges, workers
-from syncd.store.catalog import Catalog, Dataset
+from syncd.store.catalog import Catalog, Dataset, Item
 from syncd.store.checkpoint import COUNTERS, Checkpoint, Run
 from syncd.store.db import transaction
 from syncd.transfer.common import FileHook, ProblemHook, TransferResult
@@ -221,6 +221,29 @@ def open_dataset_driver(dataset: Dataset, spec: DatasetSpec | None = None) -> Dr
         return faults.from_env(open_driver(cfg))
     except ConfigError as exc:
         raise UsageError(str(exc)) from None
+
+
+def get_item(catalog: Catalog, dataset: Dataset, key: str) -> Item:
+    """The dataset's item ``key``; :class:`NotFound` saying so if it has none."""
+    found = catalog.get_item(dataset.id, key)
+    if found is None:
+        raise NotFound(f"dataset {dataset.name!r} has no item {key!r}; list them: syncd items ls")
+    return found
+
+
+#: the longest a presigned URL may live: S3's SigV4 limit, the shortest of the providers'
+MAX_URL_TTL = 7 * 24 * 3600
+
+
+async def item_url(catalog: Catalog, dataset: Dataset, key: str, *, ttl: int = 3600) -> str:
+    """A URL that reads the item's object for ``ttl`` seconds, signed here with the dataset's
+    credentials (no server involved; a local folder's item: its ``file://`` URL).
+    :class:`NotFound` for a key the dataset does not have: it signs only what it lists."""
+    if not 1 <= ttl <= MAX_URL_TTL:
+        raise UsageError(f"--ttl must be 1 to {MAX_URL_TTL} seconds (7 days), not {ttl}")
+    get_item(catalog, dataset, key)
+    async with open_dataset_driver(dataset) as driver:
+        return await driver.presign(key, ttl=ttl)
 
 
 #: how often a sync started with ``wait=True`` asks again for a busy dataset's lease

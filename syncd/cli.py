@@ -599,6 +599,52 @@ def items_count(dataset_name: str, db_path: str | None, prefix: str) -> None:
         catalog.close()
 
 
+@items.command("get")
+@click.option("--dataset", "dataset_name", required=True, metavar="NAME")
+@click.argument("key")
+@_db_option
+@_json_option
+def items_get(dataset_name: str, key: str, db_path: str | None, as_json: bool) -> None:
+    """Show one item: every field, its metadata and tags (exit 1 if the dataset lacks it)."""
+    catalog = Catalog.open_reader(db_path or default_db_path())
+    try:
+        item = api.get_item(catalog, catalog.get_dataset(dataset_name), key).public()
+    finally:
+        catalog.close()
+    if as_json:
+        _emit(item)
+        return
+    for name, value in item.items():
+        shown = json.dumps(value, sort_keys=True) if isinstance(value, dict | list) else value
+        click.echo(f"{name}\t{printable(str(shown))}")
+
+
+@items.command("url")
+@click.option("--dataset", "dataset_name", required=True, metavar="NAME")
+@click.argument("key")
+@_db_option
+@click.option(
+    "--ttl",
+    type=int,
+    default=3600,
+    show_default=True,
+    metavar="SECONDS",
+    help="how long the URL works (at most 7 days)",
+)
+@_json_option
+def items_url(dataset_name: str, key: str, db_path: str | None, ttl: int, as_json: bool) -> None:
+    """Print a presigned URL that reads the item's object (signed here: no server needed)."""
+    catalog = Catalog.open_reader(db_path or default_db_path())
+    try:
+        url = asyncio.run(api.item_url(catalog, catalog.get_dataset(dataset_name), key, ttl=ttl))
+    finally:
+        catalog.close()
+    if as_json:
+        _emit({"key": key, "url": url, "ttl": ttl})
+    else:
+        click.echo(url)
+
+
 class ByteBar:
     """A progress bar of bytes with rate and ETA (tqdm) on a terminal (stderr); silent
     elsewhere. The total grows and shrinks as files are judged (see ``engine.Meter``)."""

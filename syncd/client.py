@@ -32,9 +32,10 @@ from typing import TypeVar
 
 from syncd import api
 from syncd.limits import MaxDelete
+from syncd.model import Item
 from syncd.reconcile.filters import Filters
 from syncd.reconcile.sync import SyncOptions, SyncResult
-from syncd.store.catalog import Catalog, Item
+from syncd.store.catalog import Catalog
 from syncd.store.changes import Change
 from syncd.store.db import default_db_path
 from syncd.transfer.common import TransferResult
@@ -48,14 +49,15 @@ def _run(
     *,
     dry_run: bool = False,
     create: bool = False,
+    reader: bool = False,
 ) -> T:
     """Run ``work(catalog)`` to completion, on this thread, or on a new one if an event loop
     is already running here. The catalog is opened on the thread that uses it (sqlite
-    connections belong to one thread)."""
+    connections belong to one thread); only to read it with ``dry_run`` or ``reader``."""
 
     async def main() -> T:
         path = db or default_db_path()
-        if dry_run:
+        if dry_run or reader:
             catalog = Catalog.open_preview(path) if create else Catalog.open_reader(path)
         else:
             catalog = Catalog.open(path, create=create)
@@ -185,11 +187,33 @@ def changes(
 def items(
     dataset: str, *, db: str | None = None, prefix: str = "", limit: int | None = None
 ) -> Iterator[Item]:
-    """The dataset's items in key order (``prefix``: of the key), streamed a page at a time;
-    ``syncd items ls``. Consume it on the thread that started it."""
+    """The dataset's items in key order (``prefix``: of the key), streamed a page at a time,
+    as Python values (:class:`syncd.model.Item`); ``syncd items ls``. Consume it on the thread
+    that started it."""
     catalog = Catalog.open_reader(db or default_db_path())
     try:
         found = catalog.get_dataset(dataset)
-        yield from catalog.iter_items(found.id, prefix=prefix, limit=limit)
+        for row in catalog.iter_items(found.id, prefix=prefix, limit=limit):
+            yield row.value()
     finally:
         catalog.close()
+
+
+def get_item(dataset: str, key: str, *, db: str | None = None) -> Item:
+    """The dataset's item ``key`` (``syncd items get``); :class:`syncd.errors.NotFound` if the
+    dataset has none."""
+    catalog = Catalog.open_reader(db or default_db_path())
+    try:
+        return api.get_item(catalog, catalog.get_dataset(dataset), key).value()
+    finally:
+        catalog.close()
+
+
+def item_url(dataset: str, key: str, *, db: str | None = None, ttl: int = 3600) -> str:
+    """A presigned URL that reads the item's object for ``ttl`` seconds (``syncd items url``),
+    signed in this process with the dataset's credentials; no server involved."""
+
+    async def call(catalog: Catalog) -> str:
+        return await api.item_url(catalog, catalog.get_dataset(dataset), key, ttl=ttl)
+
+    return _run(call, db, reader=True)

@@ -15,6 +15,12 @@ class UsageError(SyncdError):
     exit_code = 2
 
 
+class NotFound(SyncdError):
+    """What was asked for (an item of a dataset) is not in the catalog."""
+
+    exit_code = 1
+
+
 class CatalogUnavailable(SyncdError):
     """The catalog file cannot be used now: another process holds its write lock past the
     busy timeout, or it cannot grow (disk full, file-size limit, I/O error). What it held

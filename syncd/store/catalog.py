@@ -26,6 +26,7 @@ from typing import Any
 
 from providers import faults
 from providers.config import PUBLIC_FIELDS, DriverConfig, Integration
+from syncd import model
 from syncd.errors import UsageError
 from syncd.reconcile.filters import Filters
 from syncd.reconcile.march import KnownRow
@@ -94,6 +95,10 @@ class Item:
         out["metadata"] = {**json.loads(self.metadata), "user": json.loads(self.user_metadata)}
         out["tags"] = json.loads(self.tags)
         return out
+
+    def value(self) -> model.Item:
+        """The item as Python values (:class:`syncd.model.Item`), for the Python API."""
+        return model.Item.from_public(self.public())
 
 
 @dataclass(frozen=True)
@@ -383,6 +388,14 @@ class Catalog:
             if len(rows) < size:
                 return
             cursor = rows[-1][0]
+
+    def get_item(self, dataset_id: int, key: str) -> Item | None:
+        """The dataset's item ``key``, or None."""
+        cols = ", ".join(Item.__dataclass_fields__)
+        row = self.db.execute(
+            f"SELECT {cols} FROM items WHERE dataset_id = ? AND key = ?", [dataset_id, key]
+        ).fetchone()
+        return None if row is None else Item(*row)
 
     def known_range(
         self, dataset_id: int, after: str | None, upto: str, *, since: str | None = None
