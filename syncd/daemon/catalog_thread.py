@@ -35,6 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 from providers.redact import redact
+from syncd.daemon.waiting import wait_at_most
 from syncd.errors import CatalogUnavailable
 from syncd.store.catalog import Catalog
 from syncd.store.db import catalog_error, is_server
@@ -273,8 +274,7 @@ class CatalogThread:
                     continue
                 wait = max(0.0, delay - (time.monotonic() - started))
                 delay = min(RETRY_MAX, delay * 2)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), wait)
+            await wait_at_most(stop, wait)
 
     def mark_unreachable(self, why: str) -> None:
         """Another connection (a reconcile's) found the catalog server gone: fail fast here

@@ -37,7 +37,6 @@ the daemon. Every reconcile goes through :meth:`Scheduler._sync_blocking`, the o
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import threading
@@ -54,6 +53,7 @@ from syncd import api
 from syncd.api import NotDue
 from syncd.config import DatasetSpec
 from syncd.daemon.metrics import Metrics
+from syncd.daemon.waiting import wait_at_most
 from syncd.errors import CatalogUnavailable, SyncdError
 from syncd.reconcile.sync import DatasetBusy, SyncOptions, SyncResult, SyncStopped
 from syncd.store import lease, workers
@@ -223,8 +223,7 @@ class Scheduler:
         while not self.stop.is_set():
             state.next_run_at = time.time() + delay
             if delay > 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(state.wake.wait(), timeout=delay)
+                await wait_at_most(state.wake, delay)
             state.wake.clear()
             if self.stop.is_set():
                 return

@@ -56,6 +56,7 @@ from syncd.daemon.catalog_thread import CatalogThread
 from syncd.daemon.intake import Intake
 from syncd.daemon.metrics import Metrics
 from syncd.daemon.scheduler import Scheduler
+from syncd.daemon.waiting import wait_at_most
 from syncd.errors import UsageError
 from syncd.store import lease, workers
 from syncd.store.catalog import Catalog
@@ -278,8 +279,7 @@ class Daemon:
             except Exception as exc:
                 if self.catalog.available:  # else the catalog thread said why, once
                     log.warning("worker heartbeat failed (%s); trying again", redact(str(exc)))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stop.wait(), self.lease_ttl / 4)
+            await wait_at_most(self.stop, self.lease_ttl / 4)
 
     async def _start_feed(self, kind: str) -> Callable[[], Awaitable[None]]:
         """Start delivering the change log to every ``[webhooks.NAME]`` (``kind``
@@ -328,8 +328,7 @@ class Daemon:
                     )
             except Exception as exc:
                 log.warning("pruning the change log failed (%s); trying later", redact(str(exc)))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stop.wait(), RETENTION_SECONDS)
+            await wait_at_most(self.stop, RETENTION_SECONDS)
 
     async def _stop_or(self, waiting: Awaitable[Any]) -> None:
         """Wait for ``waiting`` or ``stop``, whichever comes first."""

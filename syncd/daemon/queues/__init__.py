@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from providers.config import ConfigError, Integration
+from syncd.daemon.waiting import wait_at_most
 from syncd.errors import CatalogUnavailable
 from syncd.events.parse import ObjectEvent
 
@@ -81,8 +82,7 @@ class ConsumerStats:
 
 async def pause(stop: asyncio.Event, seconds: float) -> None:
     """Sleep ``seconds`` unless ``stop`` is set first (backoff that does not delay shutdown)."""
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), timeout=seconds)
+    await wait_at_most(stop, seconds)
 
 
 def worker_pool(name: str, threads: int) -> ThreadPoolExecutor:
