@@ -1330,6 +1330,11 @@ def events() -> None:
     """Bucket events (S3, GCS, Azure formats)."""
 
 
+#: how many reasons for skipped records ``events apply --json`` lists (it counts them all):
+#: memory stays bounded however many records a file skips
+SKIPPED_SHOWN = 100
+
+
 @events.command("apply")
 @click.argument("file", type=click.File("rb"))
 @_db_option
@@ -1350,11 +1355,11 @@ def events_apply(file: Any, db_path: str | None, as_json: bool) -> None:
 
     catalog = Catalog.open(db_path or default_db_path(), create=False)
     total = ApplyResult()
-    skipped: list[str] = []
-    seen = refused = 0
+    skipped: list[str] = []  # the first SKIPPED_SHOWN reasons; all are counted
+    seen = refused = skipped_total = 0
 
     def events() -> Iterator[ObjectEvent]:
-        nonlocal seen, refused
+        nonlocal seen, refused, skipped_total
         for parsed in read_payloads(file):
             if isinstance(parsed, Refused):
                 # reported as it is met and only counted: memory stays one batch however
@@ -1362,7 +1367,8 @@ def events_apply(file: Any, db_path: str | None, as_json: bool) -> None:
                 refused += 1
                 click.echo(f"syncd: {printable(file.name)}: {printable(str(parsed))}", err=True)
                 continue
-            skipped.extend(parsed.skipped)
+            skipped_total += len(parsed.skipped)
+            skipped.extend(parsed.skipped[: SKIPPED_SHOWN - len(skipped)])
             seen += len(parsed.events)
             yield from parsed.events
 
@@ -1375,10 +1381,18 @@ def events_apply(file: Any, db_path: str | None, as_json: bool) -> None:
         catalog.close()
     result = total.as_dict()
     if as_json:
-        _emit({"applied": result, "skipped": skipped, "events": seen, "refused": refused})
+        _emit(
+            {
+                "applied": result,
+                "skipped": skipped,
+                "skipped_total": skipped_total,
+                "events": seen,
+                "refused": refused,
+            }
+        )
     else:
         counts = ", ".join(f"{v} {k}" for k, v in result.items())
-        click.echo(f"applied {seen} event(s): {counts}; skipped {len(skipped)}; refused {refused}")
+        click.echo(f"applied {seen} event(s): {counts}; skipped {skipped_total}; refused {refused}")
     if refused:
         raise SyncdError(
             f"{file.name}: {refused} record(s) refused (each named above); the other records "

@@ -165,3 +165,22 @@ def test_cli_applies_json_lines_and_names_the_bad_line(tmp_path: Path) -> None:
     catalog = Catalog.open(db)
     assert sorted(catalog_state(catalog)) == ["a", "b", "c", "d", "e"]
     catalog.close()
+
+
+def test_cli_counts_every_skipped_record_and_names_the_first_hundred(tmp_path: Path) -> None:
+    """A file of many skipped records (test events) keeps memory bounded: the reasons listed
+    stop at SKIPPED_SHOWN, the count does not."""
+    from syncd.cli import SKIPPED_SHOWN
+
+    db = str(tmp_path / "c.db")
+    Catalog.open(db).close()
+    test_event = json.dumps({"Service": "Amazon S3", "Event": "s3:TestEvent", "Bucket": "b"})
+    lines = tmp_path / "tests.jsonl"
+    lines.write_text("\n".join([test_event] * (SKIPPED_SHOWN + 50)) + "\n")
+    proc = syncd("events", "apply", str(lines), "--db", db, "--json")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["skipped_total"] == SKIPPED_SHOWN + 50 and out["events"] == 0
+    assert out["skipped"] == ["s3:TestEvent"] * SKIPPED_SHOWN
+    proc = syncd("events", "apply", str(lines), "--db", db)
+    assert f"skipped {SKIPPED_SHOWN + 50};" in proc.stdout
