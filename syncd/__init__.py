@@ -10,7 +10,7 @@ Layout (each concern has one home; a package uses another only through its publi
 * :mod:`syncd.transfer`: bytes between a dataset's bucket and a local folder (pull, push).
 * :mod:`syncd.cli`: the ``syncd`` command, a thin layer over :mod:`syncd.api`.
 * :mod:`syncd.client`: the Python API, ``syncd.sync / pull / push / items / changes``
-  (blocking calls).
+  (blocking calls); ``syncd.items.update`` edits items' user metadata and tags.
 """
 
 from __future__ import annotations
