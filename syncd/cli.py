@@ -643,7 +643,7 @@ def items_tag(
 
     if bool(keys) == (prefix is not None):
         raise UsageError("give the items as KEY arguments or as --prefix P, one of the two")
-    edit = edits.Edit.of(None, _tag_list(add), _tag_list(remove))
+    edit = edits.Edit.of(None, _tag_list(add) or None, _tag_list(remove) or None)
     selection = edits.Selection.of(list(keys) if keys else None, prefix)
     catalog = Catalog.open(db_path or default_db_path(), create=False)
     try:

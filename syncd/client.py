@@ -214,8 +214,8 @@ class Items:
         *,
         prefix: str | None = None,
         metadata: Mapping[str, Any] | None = None,
-        add_tags: Iterable[str] = (),
-        remove_tags: Iterable[str] = (),
+        add_tags: Iterable[str] | None = None,
+        remove_tags: Iterable[str] | None = None,
         db: str | None = None,
     ) -> Item | UpdateResult:
         """Edit the user's part of items; ``syncd items meta`` / ``syncd items tag``.
@@ -239,8 +239,8 @@ class Items:
         and are deleted with the item when its object is deleted."""
         edit = Edit.of(
             dict(metadata) if metadata is not None else None,
-            list(add_tags) if add_tags is not None else [],
-            list(remove_tags) if remove_tags is not None else [],
+            _tags(add_tags, "add_tags"),
+            _tags(remove_tags, "remove_tags"),
         )
         path = db or default_db_path()
         if isinstance(key_or_keys, str):
@@ -251,6 +251,14 @@ class Items:
         keys = list(key_or_keys) if key_or_keys is not None else None
         selection = Selection.of(keys, prefix)
         return _with_catalog(path, lambda c: edits.update(c, dataset, selection, edit))
+
+
+def _tags(tags: Iterable[str] | None, name: str) -> list[str] | None:
+    if tags is None:
+        return None
+    if isinstance(tags, str):  # one tag, not its characters
+        raise UsageError(f"{name} must be a list of tags, like [{tags!r}]")
+    return list(tags)
 
 
 def _with_catalog(path: str, work: Callable[[Catalog], T]) -> T:

@@ -105,10 +105,9 @@ def check_tags(tags: Any, field: str) -> tuple[str, ...]:
     """A list of tags as a tuple of distinct valid tags, else ``UsageError``."""
     if isinstance(tags, str) or not isinstance(tags, list | tuple | set | frozenset):
         raise UsageError(f"{field} must be a list of tags, got {_kind(tags)}")
-    found = tuple(dict.fromkeys(check_tag(t) for t in tags))
-    if len(found) > MAX_TAGS:
-        raise UsageError(f"{field} has {len(found)} tags; an item holds at most {MAX_TAGS}")
-    return found
+    if len(tags) > MAX_TAGS:
+        raise UsageError(f"{field} has {len(tags)} tags; an item holds at most {MAX_TAGS}")
+    return tuple(dict.fromkeys(check_tag(t) for t in tags))
 
 
 def check_patch(patch: Any) -> dict[str, Any]:

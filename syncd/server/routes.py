@@ -287,9 +287,7 @@ async def _edit_body(request: web.Request, fields: tuple[str, ...]) -> dict[str,
 
 
 def _edit_of(body: dict[str, Any]) -> edits.Edit:
-    return edits.Edit.of(
-        body.get("metadata"), body.get("add_tags", ()), body.get("remove_tags", ())
-    )
+    return edits.Edit.of(body.get("metadata"), body.get("add_tags"), body.get("remove_tags"))
 
 
 async def patch_item(request: web.Request) -> web.Response:

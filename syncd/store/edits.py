@@ -65,17 +65,17 @@ class Edit:
     remove_tags: tuple[str, ...] = ()
 
     @classmethod
-    def of(cls, metadata: Any = None, add_tags: Any = (), remove_tags: Any = ()) -> Edit:
-        """A checked edit; ``UsageError`` (one line) for anything past the limits, a tag
-        both added and removed, or an edit that names nothing to change."""
+    def of(cls, metadata: Any = None, add_tags: Any = None, remove_tags: Any = None) -> Edit:
+        """A checked edit (None: not given); ``UsageError`` (one line) for anything past
+        the limits, a tag both added and removed, or none of the three given."""
+        if metadata is None and add_tags is None and remove_tags is None:
+            raise UsageError("nothing to change: give metadata, tags to add or tags to remove")
         patch = usermeta.check_patch(metadata) if metadata is not None else None
-        add = usermeta.check_tags(add_tags, "add_tags")
-        remove = usermeta.check_tags(remove_tags, "remove_tags")
+        add = usermeta.check_tags(add_tags, "add_tags") if add_tags is not None else ()
+        remove = usermeta.check_tags(remove_tags, "remove_tags") if remove_tags is not None else ()
         both = sorted(set(add) & set(remove))
         if both:
             raise UsageError(f"tag {both[0]!r} is both added and removed; give it once")
-        if patch is None and not add and not remove:
-            raise UsageError("nothing to change: give metadata, tags to add or tags to remove")
         return cls(patch, add, remove)
 
     def can_grow(self) -> bool:
