@@ -290,12 +290,12 @@ def _edit_of(body: dict[str, Any]) -> edits.Edit:
     return edits.Edit.of(body.get("metadata"), body.get("add_tags"), body.get("remove_tags"))
 
 
-async def patch_item(request: web.Request) -> web.Response:
+async def patch_item(request: web.Request, suffix: str = "") -> web.Response:
     """Edit one item's metadata and tags; ``404`` for an unknown dataset or item, ``400``
     (nothing written) for a body that is malformed or past the limits."""
     ctx = request.app[CONTEXT]
     ds = await _dataset_or_404(request)
-    key = request.match_info["key"]
+    key = request.match_info["key"] + suffix
     try:
         _only_params(request)
         edit = _edit_of(await _edit_body(request, EDIT_FIELDS))
@@ -306,6 +306,12 @@ async def patch_item(request: web.Request) -> web.Response:
         return _error(400, str(exc))
     ctx.changed.pulse()
     return web.json_response(item.public())
+
+
+async def patch_item_url(request: web.Request) -> web.Response:
+    """``PATCH .../items/{key}/url``: the item whose key ends in ``/url`` (the ``/url`` route
+    takes the path first; only ``GET`` presigns)."""
+    return await patch_item(request, "/url")
 
 
 async def update_items(request: web.Request) -> web.Response:
@@ -558,6 +564,7 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/api/v1/datasets/{name}/items", list_items)
     # the /url route first: it strips exactly one trailing "/url" from the key
     r.add_get("/api/v1/datasets/{name}/items/{key:.+}/url", item_url)
+    r.add_patch("/api/v1/datasets/{name}/items/{key:.+}/url", patch_item_url)
     r.add_get("/api/v1/datasets/{name}/items/{key:.+}", get_item)
     r.add_patch("/api/v1/datasets/{name}/items/{key:.+}", patch_item)
     r.add_post("/api/v1/datasets/{name}/items:update", update_items)
