@@ -175,12 +175,12 @@ class Selection:
         if "\x00" in (self.prefix or "") or (after is not None and "\x00" in after):
             return [], None
         where, args = key_range(after, self.prefix or "")
-        rows = db.execute(
-            f"SELECT {columns} FROM items t WHERE t.dataset_id = ?{where}"
+        keyed = db.execute(
+            f"SELECT t.key, {columns} FROM items t WHERE t.dataset_id = ?{where}"
             f" ORDER BY t.key LIMIT ?{suffix}",
             [dataset_id, *args, BATCH],
         ).fetchall()
-        return rows, (rows[-1][0] if len(rows) == BATCH else None)
+        return [tuple(r[1:]) for r in keyed], (keyed[-1][0] if len(keyed) == BATCH else None)
 
 
 @dataclass
