@@ -10,7 +10,8 @@ Layout (each concern has one home; a package uses another only through its publi
 * :mod:`syncd.transfer`: bytes between a dataset's bucket and a local folder (pull, push).
 * :mod:`syncd.cli`: the ``syncd`` command, a thin layer over :mod:`syncd.api`.
 * :mod:`syncd.client`: the Python API, ``syncd.sync / pull / push / items / get_item /
-  item_url / changes`` (blocking calls).
+  item_url / changes`` (blocking calls); ``syncd.items.update`` edits items' user metadata
+  and tags, ``syncd.items.get`` / ``.url`` are ``get_item`` / ``item_url``.
 * :mod:`syncd.model`: plain value types every layer may use (the Python API's ``Item``).
 """
 

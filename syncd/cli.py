@@ -7,6 +7,7 @@ Errors print as one line on stderr; ``--debug`` adds the traceback and debug log
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import json
 import logging
@@ -643,6 +644,234 @@ def items_url(dataset_name: str, key: str, db_path: str | None, ttl: int, as_jso
         _emit({"key": key, "url": url, "ttl": ttl})
     else:
         click.echo(url)
+
+
+# -- item edits (syncd.store.edits) ----------------------------------------------------------
+
+
+def _tag_list(values: tuple[str, ...]) -> list[str]:
+    """Repeated ``--add``/``--remove`` values, each possibly a comma-separated list (a tag
+    holds no comma)."""
+    return [t.strip() for v in values for t in v.split(",") if t.strip()]
+
+
+@items.command("tag")
+@click.option("--dataset", "dataset_name", required=True, metavar="NAME")
+@click.argument("keys", nargs=-1, metavar="[KEY]...")
+@click.option("--add", "add", multiple=True, metavar="TAG", help="tag to add (repeatable; a,b)")
+@click.option(
+    "--remove", "remove", multiple=True, metavar="TAG", help="tag to remove (repeatable; a,b)"
+)
+@click.option(
+    "--prefix", default=None, metavar="P", help='every item whose key starts with P ("": all)'
+)
+@_db_option
+@_json_option
+def items_tag(
+    dataset_name: str,
+    keys: tuple[str, ...],
+    add: tuple[str, ...],
+    remove: tuple[str, ...],
+    prefix: str | None,
+    db_path: str | None,
+    as_json: bool,
+) -> None:
+    """Add and remove tags of items: the KEYs given, or every item under --prefix.
+
+    Tags are the user's: a re-sync or a bucket event keeps them, deleting the object deletes
+    them. A KEY that is not an item is an error, and then nothing is changed.
+
+    \b
+    syncd items tag --dataset birds raw/0001.jpg raw/0002.jpg --add review
+    syncd items tag --dataset birds --prefix raw/2026/ --add site:berlin --remove draft
+    """
+    from syncd.store import edits
+
+    if bool(keys) == (prefix is not None):
+        raise UsageError("give the items as KEY arguments or as --prefix P, one of the two")
+    edit = edits.Edit.of(None, _tag_list(add) or None, _tag_list(remove) or None)
+    selection = edits.Selection.of(list(keys) if keys else None, prefix)
+    catalog = Catalog.open(db_path or default_db_path(), create=False)
+    try:
+        result = edits.update(catalog, dataset_name, selection, edit, require_all=True)
+    finally:
+        catalog.close()
+    if as_json:
+        _emit({**result.public(), "added": list(edit.add_tags), "removed": list(edit.remove_tags)})
+        return
+    what = " ".join([*(f"+{t}" for t in edit.add_tags), *(f"-{t}" for t in edit.remove_tags)])
+    same = result.matched - result.changed
+    click.echo(
+        f"{printable(what)} in dataset {printable(result.dataset)!r}: "
+        f"{_count(result.changed, 'item')} changed"
+        + (f", {same:,} already so" if same else "")
+        + ("" if result.matched else " (no item matched)")
+    )
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n:,} {what}" + ("" if n == 1 else "s")
+
+
+def _meta_patch(
+    merge: tuple[str, ...], sets: tuple[str, ...], unsets: tuple[str, ...]
+) -> dict[str, Any]:
+    """One merge patch from ``--json-merge`` objects, ``--set path=value`` and ``--unset
+    path``, in that order (a later one wins where two touch the same member)."""
+    from syncd import usermeta
+
+    patch: dict[str, Any] = {}
+    for text in merge:
+        value = usermeta.parse_json(text, "--json-merge")
+        if not isinstance(value, dict):
+            raise UsageError('--json-merge takes a JSON object, like \'{"site": "berlin"}\'')
+        _compose(patch, value)
+    for item in sets:
+        path, eq, raw = item.partition("=")
+        if not eq:
+            raise UsageError(f"--set {item!r}: expected PATH=VALUE, like site=berlin or a.b=3")
+        _compose(patch, _nested(path, _typed(raw), "--set"))
+    for path in unsets:
+        _compose(patch, _nested(path, None, "--unset"))
+    return patch
+
+
+def _typed(raw: str) -> Any:
+    """A ``--set`` value: JSON when it is a JSON number, true/false, a quoted string, an
+    array or an object; otherwise the text as it is (``site=berlin``, ``zip=01234``)."""
+    try:
+        return json.loads(raw, parse_constant=lambda c: raw)
+    except (ValueError, RecursionError):
+        return raw
+
+
+def _nested(path: str, value: Any, option: str) -> dict[str, Any]:
+    """``{"a": {"b": value}}`` for ``a.b`` (each part a member name, checked later)."""
+    from syncd import usermeta
+
+    parts = path.split(".")
+    for part in parts:
+        usermeta.check_name(part, f" in {option} {path!r}")
+    out: Any = value
+    for part in reversed(parts):
+        out = {part: out}
+    return out
+
+
+def _compose(patch: dict[str, Any], later: dict[str, Any]) -> None:
+    """Fold the merge patch ``later`` into ``patch`` (objects merge; anything else wins)."""
+    for name, value in later.items():
+        if isinstance(value, dict) and isinstance(patch.get(name), dict):
+            _compose(patch[name], value)
+        else:
+            patch[name] = value
+
+
+def _leaves(value: Any, path: str = "") -> dict[str, Any]:
+    """An object as ``{dotted path: value}`` of its non-object members."""
+    if isinstance(value, dict) and (value or not path):
+        out: dict[str, Any] = {}
+        for name, member in value.items():
+            out.update(_leaves(member, f"{path}.{name}" if path else name))
+        return out
+    return {path: value}
+
+
+def _meta_changes(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    """What an edit changed in ``metadata.user``, one phrase per member path."""
+    old, new = _leaves(before), _leaves(after)
+    dump = functools.partial(json.dumps, ensure_ascii=False, sort_keys=True)
+    lines = []
+
+    def inside(path: str, paths: dict[str, Any]) -> bool:
+        # an empty object that gained members, or lost its last one: its members say it
+        return any(p.startswith(path + ".") for p in paths)
+
+    for path in sorted(old.keys() | new.keys()):
+        if (path not in new and inside(path, new)) or (path not in old and inside(path, old)):
+            continue
+        if path not in new:
+            lines.append(f"removed {path} (was {dump(old[path])})")
+        elif path not in old:
+            lines.append(f"set {path} = {dump(new[path])}")
+        elif dump(old[path]) != dump(new[path]):
+            lines.append(f"set {path} = {dump(new[path])} (was {dump(old[path])})")
+    return lines
+
+
+@items.command("meta")
+@click.option("--dataset", "dataset_name", required=True, metavar="NAME")
+@click.argument("key")
+@click.option(
+    "--set",
+    "sets",
+    multiple=True,
+    metavar="PATH=VALUE",
+    help="set a member (a.b=value; VALUE is JSON if it parses, else text)",
+)
+@click.option("--unset", "unsets", multiple=True, metavar="PATH", help="remove a member (a.b)")
+@click.option(
+    "--json-merge",
+    "merge",
+    multiple=True,
+    metavar="JSON",
+    help="merge a JSON object (RFC 7386 merge patch: null removes a member)",
+)
+@_db_option
+@_json_option
+def items_meta(
+    dataset_name: str,
+    key: str,
+    sets: tuple[str, ...],
+    unsets: tuple[str, ...],
+    merge: tuple[str, ...],
+    db_path: str | None,
+    as_json: bool,
+) -> None:
+    """Edit the user metadata of the item KEY (its metadata.user); print what changed.
+
+    The metadata is the user's: a re-sync or a bucket event keeps it, deleting the object
+    deletes it. With no option, print the item's user metadata.
+
+    \b
+    syncd items meta --dataset birds raw/0001.jpg --set site=berlin --set camera.id=3
+    syncd items meta --dataset birds raw/0001.jpg --unset camera.id
+    syncd items meta --dataset birds raw/0001.jpg --json-merge '{"review": {"by": "ana"}}'
+    """
+    from syncd.store import edits
+
+    if not (sets or unsets or merge):
+        catalog = Catalog.open_reader(db_path or default_db_path())
+        try:
+            ds = catalog.get_dataset(dataset_name)
+            item = edits.get_item(catalog, ds.id, key)
+        finally:
+            catalog.close()
+        if item is None:
+            raise edits.ItemNotFound(
+                f"dataset {dataset_name!r} has no item {key!r} (see `syncd items ls`)"
+            )
+        user = json.loads(item.user_metadata)
+        if as_json:
+            _emit({"dataset": ds.name, "key": key, "metadata": user})
+        else:
+            for path, value in _leaves(user).items():
+                click.echo(
+                    f"{printable(path)} = {printable(json.dumps(value, ensure_ascii=False))}"
+                )
+        return
+    edit = edits.Edit.of(_meta_patch(merge, sets, unsets))
+    catalog = Catalog.open(db_path or default_db_path(), create=False)
+    try:
+        before, after = edits.edit_item(catalog, dataset_name, key, edit)
+    finally:
+        catalog.close()
+    changes = _meta_changes(json.loads(before.user_metadata), json.loads(after.user_metadata))
+    if as_json:
+        _emit({"dataset": dataset_name, "key": key, "changed": changes, "item": after.public()})
+        return
+    for line in changes or ["unchanged (it already had these values)"]:
+        click.echo(f"{printable(key)}: {printable(line)}")
 
 
 class ByteBar:

@@ -7,6 +7,8 @@ engine as the ``syncd`` command (:mod:`syncd.api`)::
     print(run.counts["created"], "new items")
     for item in syncd.items("birds", db="syncd.db", prefix="train/"):
         print(item.filename, item.size, item.uri)
+    syncd.items.update("birds", "train/0001.jpg", metadata={"site": "berlin"},
+                       add_tags=["review"], db="syncd.db")   # metadata.user and tags
     got = syncd.pull("birds", "data/birds", db="syncd.db")      # bytes to disk
     sent = syncd.push("field-photos/", dataset="birds", db="syncd.db")
     assert got.ok and sent.ok
@@ -14,7 +16,7 @@ engine as the ``syncd`` command (:mod:`syncd.api`)::
 Contracts:
 
 * Each call opens the catalog (``db``, default ``$SYNCD_DB`` else ``./syncd.db``), does its
-  work and closes it; :func:`items` streams, holding one page of items at a time.
+  work and closes it; ``items`` streams, holding one page of items at a time.
 * Failures raise, as the CLI reports them: :class:`syncd.errors.UsageError` (bad input,
   unknown dataset), :class:`syncd.errors.SyncFailed`, :class:`providers.errors.StorageError`.
   A pull or push that moved what it could returns a result with ``ok`` False and its
@@ -27,17 +29,21 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-from collections.abc import Awaitable, Callable, Iterator
-from typing import TypeVar
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, TypeVar
 
 from syncd import api
+from syncd.errors import UsageError
 from syncd.limits import MaxDelete
 from syncd.model import Item
 from syncd.reconcile.filters import Filters
 from syncd.reconcile.sync import SyncOptions, SyncResult
+from syncd.store import edits
 from syncd.store.catalog import Catalog
 from syncd.store.changes import Change
 from syncd.store.db import default_db_path
+from syncd.store.edits import Edit, Selection
+from syncd.store.edits import Result as UpdateResult
 from syncd.transfer.common import TransferResult
 
 T = TypeVar("T")
@@ -184,12 +190,96 @@ def changes(
         catalog.close()
 
 
-def items(
-    dataset: str, *, db: str | None = None, prefix: str = "", limit: int | None = None
-) -> Iterator[Item]:
-    """The dataset's items in key order (``prefix``: of the key), streamed a page at a time,
-    as Python values (:class:`syncd.model.Item`); ``syncd items ls``. Consume it on the thread
-    that started it."""
+class Items:
+    """``syncd.items``: the items of a dataset, and edits of their user metadata and tags.
+
+    ``syncd.items(dataset, db=..., prefix=..., limit=...)`` iterates the dataset's items (see
+    :meth:`__call__`); ``syncd.items.update(dataset, key_or_keys, metadata=..., add_tags=...,
+    remove_tags=...)`` edits them (see :meth:`update`)::
+
+        syncd.items.update("birds", "raw/0001.jpg", metadata={"site": "berlin"},
+                           add_tags=["review"], db="syncd.db")
+        syncd.items.update("birds", prefix="raw/2026/", remove_tags=["draft"], db="syncd.db")
+    """
+
+    def __call__(
+        self, dataset: str, *, db: str | None = None, prefix: str = "", limit: int | None = None
+    ) -> Iterator[Item]:
+        """The dataset's items in key order (``prefix``: of the key), streamed a page at a
+        time; ``syncd items ls``. Consume it on the thread that started it."""
+        return _iter_items(dataset, db, prefix, limit)
+
+    def get(self, dataset: str, key: str, *, db: str | None = None) -> Item:
+        """The item ``key``; :func:`get_item`."""
+        return get_item(dataset, key, db=db)
+
+    def url(self, dataset: str, key: str, *, db: str | None = None, ttl: int = 3600) -> str:
+        """A presigned URL of the item's object; :func:`item_url`."""
+        return item_url(dataset, key, db=db, ttl=ttl)
+
+    def update(
+        self,
+        dataset: str,
+        key_or_keys: str | Sequence[str] | None = None,
+        *,
+        prefix: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        add_tags: Iterable[str] | None = None,
+        remove_tags: Iterable[str] | None = None,
+        db: str | None = None,
+    ) -> Item | UpdateResult:
+        """Edit the user's part of items; ``syncd items meta`` / ``syncd items tag``.
+
+        ``metadata`` is merged into each item's ``metadata.user`` as a JSON merge patch
+        (RFC 7386): a member set replaces the item's, ``None`` removes it, nested dicts merge
+        member by member, lists and other values are replaced whole. ``add_tags`` and
+        ``remove_tags`` add and remove tags (a tag in both is refused).
+
+        With one key (a ``str``): edits that item and returns it as it now is
+        (``UsageError`` if the dataset has no such item). With a list of keys, or
+        ``prefix`` (``""``: every item), or both (items matching both): edits every item
+        selected, :data:`~syncd.store.edits.BATCH` per transaction, and returns an
+        :class:`~syncd.store.edits.Result` (``matched``, ``changed``, ``missing``: keys
+        given that are not items, which are skipped).
+
+        Each item changed is one change-log record (kind ``updated``, source ``edit``); an
+        edit to the values an item already has records and writes nothing. Input past the
+        limits of :mod:`syncd.usermeta` (size, depth, names, tags) raises ``UsageError`` and
+        nothing is written. The user's metadata and tags survive re-syncs and bucket events
+        and are deleted with the item when its object is deleted."""
+        edit = Edit.of(
+            dict(metadata) if metadata is not None else None,
+            _tags(add_tags, "add_tags"),
+            _tags(remove_tags, "remove_tags"),
+        )
+        path = db or default_db_path()
+        if isinstance(key_or_keys, str):
+            if prefix is not None:
+                raise UsageError("give one key, or keys and a prefix, not one key and a prefix")
+            key = key_or_keys
+            return _with_catalog(path, lambda c: edits.update_item(c, dataset, key, edit).value())
+        keys = list(key_or_keys) if key_or_keys is not None else None
+        selection = Selection.of(keys, prefix)
+        return _with_catalog(path, lambda c: edits.update(c, dataset, selection, edit))
+
+
+def _tags(tags: Iterable[str] | None, name: str) -> list[str] | None:
+    if tags is None:
+        return None
+    if isinstance(tags, str):  # one tag, not its characters
+        raise UsageError(f"{name} must be a list of tags, like [{tags!r}]")
+    return list(tags)
+
+
+def _with_catalog(path: str, work: Callable[[Catalog], T]) -> T:
+    catalog = Catalog.open(path, create=False)
+    try:
+        return work(catalog)
+    finally:
+        catalog.close()
+
+
+def _iter_items(dataset: str, db: str | None, prefix: str, limit: int | None) -> Iterator[Item]:
     catalog = Catalog.open_reader(db or default_db_path())
     try:
         found = catalog.get_dataset(dataset)
@@ -217,3 +307,7 @@ def item_url(dataset: str, key: str, *, db: str | None = None, ttl: int = 3600) 
         return await api.item_url(catalog, catalog.get_dataset(dataset), key, ttl=ttl)
 
     return _run(call, db, reader=True)
+
+
+#: ``syncd.items(...)`` iterates a dataset's items, ``syncd.items.update(...)`` edits them
+items = Items()

@@ -150,6 +150,10 @@ def test_every_operation_conforms_and_never_fails(case: schemathesis.Case, serve
     # fuzzing is in tests/test_events_fuzz.py); a cursor is opaque, and one this server did
     # not issue (base64url of something that is no key) is refused
     loose = case.operation.path == "/api/v1/events" or "cursor" in (case.query or {})
+    # an item edit's limits (member names, nesting, size, a tag both added and removed) are
+    # more than OpenAPI 3.0 can state (it has no propertyNames); tests/test_item_edits.py
+    # tests them
+    loose = loose or (case.method == "PATCH" or case.operation.path.endswith(":update"))
     excluded = [positive_data_acceptance] if loose else []
     # a case made negative by leaving out the Authorization header is made whole again by
     # the header this test sends with every request: its rejection cannot be expected

@@ -11,6 +11,12 @@ JSON out; errors are ``{"error": "..."}`` with the status that says what is wron
   pagination: ``next_cursor`` is passed back as ``cursor`` (opaque; absent on the last page).
 * ``GET  /api/v1/datasets/{name}/items/{key}``: one item (the key URL-encoded, ``/`` allowed).
 * ``GET  /api/v1/datasets/{name}/items/{key}/url``: ``302`` to a presigned URL of the object.
+* ``PATCH /api/v1/datasets/{name}/items/{key}``: edit the user's part of one item
+  (``{"metadata": {...}, "add_tags": [...], "remove_tags": [...]}``: ``metadata`` is a JSON
+  merge patch, RFC 7386, of ``metadata.user``); answers the item as it now is.
+* ``POST /api/v1/datasets/{name}/items:update``: the same edit for every item a selection
+  picks (``keys``, ``prefix``), in bounded batches (:mod:`syncd.store.edits`); answers how
+  many matched and changed.
 * ``POST /api/v1/datasets/{name}/sync``: reconcile now on this worker (``202``; ``409``
   while another worker or process holds the dataset's lease). A dataset the daemon does not
   schedule (``syncd serve``, or one the CLI added) is synced once with the source and
@@ -34,6 +40,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -45,13 +52,13 @@ from urllib.parse import urlsplit
 from aiohttp import ClientSession, ClientTimeout, web
 
 from providers.redact import redact
-from syncd import api
+from syncd import api, usermeta
 from syncd.daemon.catalog_thread import CatalogThread
 from syncd.daemon.metrics import Metrics
 from syncd.errors import UsageError
 from syncd.events.apply import ApplyResult
 from syncd.events.parse import EventFormatError, ObjectEvent, Parsed, parse_text
-from syncd.store import lease, workers
+from syncd.store import edits, lease, workers
 from syncd.store.catalog import Catalog, Dataset
 from syncd.store.changes import ChangeSignal
 from syncd.store.checkpoint import Checkpoint
@@ -252,6 +259,94 @@ async def item_url(request: web.Request) -> web.Response:
         log.warning("presign of %r in %r failed: %s", key, ds.name, exc)
         return _error(502, f"cannot presign {key!r}: {exc}")
     raise web.HTTPFound(location=url)
+
+
+# -- item edits ---------------------------------------------------------------------------
+
+#: the members of an edit's body
+EDIT_FIELDS = ("metadata", "add_tags", "remove_tags")
+#: the members of a bulk edit's body that select its items
+SELECTION_FIELDS = ("keys", "prefix")
+
+
+async def _edit_body(request: web.Request, fields: tuple[str, ...]) -> dict[str, Any]:
+    """The request's JSON object with only ``fields`` as members, none of them null; else
+    ``UsageError`` (400)."""
+    body = usermeta.parse_json(await request.read(), "the request body")
+    if not isinstance(body, dict):
+        raise UsageError("the request body must be a JSON object with any of " + ", ".join(fields))
+    unknown = sorted(set(body) - set(fields))
+    if unknown:
+        raise UsageError(
+            f"unknown member {unknown[0]!r} in the request body; it takes " + ", ".join(fields)
+        )
+    for name, value in body.items():
+        if value is None:
+            raise UsageError(f"{name} may not be null; leave it out")
+    return body
+
+
+def _edit_of(body: dict[str, Any]) -> edits.Edit:
+    return edits.Edit.of(body.get("metadata"), body.get("add_tags"), body.get("remove_tags"))
+
+
+async def patch_item(request: web.Request, suffix: str = "") -> web.Response:
+    """Edit one item's metadata and tags; ``404`` for an unknown dataset or item, ``400``
+    (nothing written) for a body that is malformed or past the limits."""
+    ctx = request.app[CONTEXT]
+    ds = await _dataset_or_404(request)
+    key = request.match_info["key"] + suffix
+    try:
+        _only_params(request)
+        edit = _edit_of(await _edit_body(request, EDIT_FIELDS))
+        item = await ctx.catalog.call(lambda c: edits.update_item(c, ds.name, key, edit))
+    except edits.ItemNotFound as exc:
+        return _error(404, str(exc))
+    except UsageError as exc:
+        return _error(400, str(exc))
+    ctx.changed.pulse()
+    return web.json_response(item.public())
+
+
+async def patch_item_url(request: web.Request) -> web.Response:
+    """``PATCH .../items/{key}/url``: the item whose key ends in ``/url`` (the ``/url`` route
+    takes the path first; only ``GET`` presigns)."""
+    return await patch_item(request, "/url")
+
+
+async def update_items(request: web.Request) -> web.Response:
+    """Edit every selected item of a dataset, a batch per transaction; the catalog thread
+    serves other requests between batches. ``400`` (nothing written) for a body that is
+    malformed, selects nothing, or would take an item past the limits."""
+    ctx = request.app[CONTEXT]
+    ds = await _dataset_or_404(request)
+    result = edits.Result(ds.name)
+    try:
+        _only_params(request)
+        body = await _edit_body(request, EDIT_FIELDS + SELECTION_FIELDS)
+        edit = _edit_of(body)
+        selection = edits.Selection.of(body.get("keys"), body.get("prefix"))
+        await ctx.catalog.call(lambda c: edits.precheck(c, ds.id, selection, edit))
+        after: str | None = None
+        while True:
+            after = await ctx.catalog.call(
+                functools.partial(
+                    edits.edit_batch,
+                    dataset_id=ds.id,
+                    selection=selection,
+                    edit=edit,
+                    after=after,
+                    result=result,
+                )
+            )
+            if result.changed:
+                ctx.changed.pulse()
+            if after is None:
+                break
+    except UsageError as exc:
+        done = f" ({result.changed} items were changed before it)" if result.changed else ""
+        return _error(400, str(exc) + done)
+    return web.json_response(result.public())
 
 
 # -- runs and triggers ---------------------------------------------------------------------
@@ -469,7 +564,10 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/api/v1/datasets/{name}/items", list_items)
     # the /url route first: it strips exactly one trailing "/url" from the key
     r.add_get("/api/v1/datasets/{name}/items/{key:.+}/url", item_url)
+    r.add_patch("/api/v1/datasets/{name}/items/{key:.+}/url", patch_item_url)
     r.add_get("/api/v1/datasets/{name}/items/{key:.+}", get_item)
+    r.add_patch("/api/v1/datasets/{name}/items/{key:.+}", patch_item)
+    r.add_post("/api/v1/datasets/{name}/items:update", update_items)
     r.add_get("/api/v1/datasets/{name}/runs", list_runs)
     r.add_post("/api/v1/datasets/{name}/sync", trigger_sync)
     r.add_get("/api/v1/datasets/{name}/changes", list_changes)

@@ -2,9 +2,11 @@
 
 Every write that changes items records what it changed (:meth:`~syncd.store.sql.Database.
 record_changes`): a reconcile's creates, updates and deletes (``source`` ``listing``), applied
-bucket events (``event``), folder-watch events (``watch``), ``syncd push`` (``push``), and the
-removal of a dataset (one ``dataset_removed`` record, not one per item, ``admin``). A write that changes
-nothing (a confirming event, an unchanged listing) records nothing.
+bucket events (``event``), folder-watch events (``watch``), ``syncd push`` (``push``), item
+edits of the user's metadata and tags (``edit``, :mod:`syncd.store.edits`; only these carry
+the item's ``metadata.user`` and ``tags``), and the removal of a dataset (one
+``dataset_removed`` record, not one per item, ``admin``). A write that changes nothing (a
+confirming event, an unchanged listing, an edit to the values an item has) records nothing.
 
 Contracts:
 
@@ -41,7 +43,7 @@ from syncd.errors import SyncdError
 from syncd.store.sql import ITEM_COLUMNS, Database
 
 KINDS = ("created", "updated", "deleted", "dataset_removed")
-SOURCES = ("listing", "event", "watch", "push", "admin")
+SOURCES = ("listing", "event", "watch", "push", "admin", "edit")
 #: one group of changes (see syncd.store.schema.CHANGES)
 INSERT = (
     "INSERT INTO changes (cursor, last, source, at, dataset_id, dataset, kinds, entries)"
@@ -89,8 +91,31 @@ def pack(
             letters = "".join(_LETTER[k] for k in kinds[start:stop])
             if letters.count(letters[0]) == len(letters):
                 letters = letters[0]
-        yield dataset_id, letters, None, _encode(list(map(_ENTRY, part))), len(part)
+        entry = _ENTRY if len(part[0]) == len(ITEM_COLUMNS) else _edit_entry
+        yield dataset_id, letters, None, _encode(list(map(entry, part))), len(part)
         start = stop
+
+
+# -- item edits (source ``edit``, syncd.store.edits) ---------------------------------------
+# An edit's rows carry the user's part after the item's columns: ``(*ITEM_COLUMNS,
+# user_metadata, tags)``. Its entry is an item entry whose metadata text also holds the
+# user's object under ``user`` (as the public item shows it), plus a ninth member: the tags
+# (JSON text). Only edits carry the user's part: a follower replaces it only then.
+
+
+def _edit_entry(row: tuple[Any, ...]) -> list[Any]:
+    """The entry of an edited item's row (see above)."""
+    entry = list(_ENTRY(row))
+    user_metadata, tags = row[len(ITEM_COLUMNS) :]
+    entry[-1] = _encode({**json.loads(entry[-1]), "user": json.loads(user_metadata)})
+    entry.append(tags)
+    return entry
+
+
+def _user_part(item: dict[str, Any], rest: list[Any]) -> None:
+    """Add an edit's tags (an entry's ninth member) to its public item."""
+    if rest:
+        item["tags"] = json.loads(rest[0])
 
 
 class ChangeSignal:
@@ -200,7 +225,7 @@ class _Bindings:
             kind = _KIND[letters[i] if len(letters) > 1 else letters]
             if n <= after or (kinds and kind not in kinds):
                 continue
-            key, size, etag, content_type, mtime, version, md5, metadata = entry
+            key, size, etag, content_type, mtime, version, md5, metadata, *rest = entry
             item = {
                 "key": key,
                 "filename": "/" + key[len(path) :] if path is not None else None,
@@ -213,6 +238,7 @@ class _Bindings:
                 "md5": md5,
                 "metadata": json.loads(metadata) if metadata and metadata != "{}" else {},
             }
+            _user_part(item, rest)  # item edits
             yield Change(n, kind, source, at, name, key, item)
 
 

@@ -61,7 +61,7 @@ def migrations(dialect: str) -> list[tuple[str, list[str]]]:
 #: records a change per object, and one row per change doubled the rows such a sync writes
 #: (measured: +54% on a first sync), where a packed group costs one row per batch.
 #: The group's changes have the consecutive cursors ``cursor`` .. ``last``; ``source`` (listing,
-#: event, watch, push, admin) and ``at`` are the group's; ``kinds`` is one letter for all
+#: event, watch, push, edit, admin) and ``at`` are the group's; ``kinds`` is one letter for all
 #: (``c`` created, ``u`` updated, ``d`` deleted, ``r`` dataset_removed) or one per change;
 #: ``entries`` is a JSON array with one array per change: the item's key, size, etag,
 #: content_type, mtime, version, md5 and metadata after the change (for a delete, as they
