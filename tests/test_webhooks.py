@@ -67,8 +67,9 @@ class Request:
 
 class Receiver:
     """A webhook endpoint on 127.0.0.1. ``answer(path)`` chooses each answer: an HTTP status,
-    or ``"hang"`` (read the request, answer nothing for longer than the sender waits: the
-    request did arrive, the sender never learns it). :meth:`down` stops listening
+    ``"hang"`` (read the request, answer nothing for longer than the sender waits: the
+    request did arrive, the sender never learns it) or ``"hold"`` (read it, and answer nothing
+    until :meth:`let_go`: the test kills the sender meanwhile). :meth:`down` stops listening
     (connection refused) until :meth:`up`."""
 
     def __init__(self, answer: Callable[[str], int | str] = lambda path: 200) -> None:
@@ -77,6 +78,7 @@ class Receiver:
         self.requests: list[Request] = []
         self.lock = threading.Lock()
         self._release = threading.Event()
+        self._held = threading.Event()
         self._server: ThreadingHTTPServer | None = None
         self.up()
 
@@ -88,11 +90,15 @@ class Receiver:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 answer = receiver.answer(self.path)
                 headers = {k.lower(): v for k, v in self.headers.items()}
+                held = receiver._held  # before the request shows: a let_go after it ends this
                 with receiver.lock:
                     receiver.requests.append(Request(str(answer), headers, body))
                 if answer == "hang":
                     # the receiver is slow: the sender gives up first (its timeout is 0.5s)
                     receiver._release.wait(5)
+                    return
+                if answer == "hold":
+                    held.wait(120)
                     return
                 self.send_response(int(answer))
                 self.send_header("Content-Length", "0")
@@ -111,8 +117,14 @@ class Receiver:
         self._server.server_close()
         self._server = None
 
+    def let_go(self) -> None:
+        """End the requests held now, unanswered; a later ``"hold"`` holds again."""
+        held, self._held = self._held, threading.Event()
+        held.set()
+
     def close(self) -> None:
         self._release.set()
+        self._held.set()
         if self._server is not None:
             self.down()
 
@@ -131,7 +143,7 @@ class Receiver:
         with self.lock:
             found = list(self.requests)
         for r in found:
-            if r.headers.get("x-path") != path or r.answer not in ("200", "hang"):
+            if r.headers.get("x-path") != path or r.answer not in ("200", "hang", "hold"):
                 continue
             if r.id not in seen:
                 seen.add(r.id)
@@ -403,68 +415,130 @@ def run_daemon(config: Path, db: str, log: Path, **env: str) -> subprocess.Popen
     )
 
 
-def test_kill_9_after_the_post_resends_the_same_batch_with_the_same_id(tmp_path: Path) -> None:
-    """``syncd run`` is killed (-9) at seeded moments right after its webhook acknowledged a
-    batch and before the cursor is stored (the folder changes before each run, so the run's
-    first reconcile has changes to deliver). The next run sends that batch first, with the
-    same id and body; in the end every change arrived, in order."""
-    rng = random.Random(7)
-    receiver = Receiver()
+#: where a ``kill -9`` lands (see the test below)
+KILL_MOMENTS = ("acknowledged", "held", "received", "started")
+
+
+def test_kill_9_at_20_seeded_moments_mid_delivery_loses_nothing(tmp_path: Path) -> None:
+    """``syncd run`` is killed (-9) 20 times, each at a moment a seeded RNG picks, and started
+    again on the same catalog and the same receiver; the folder changes before each run (8
+    changes or more, so the run's first reconcile has 4 batches or more to deliver). The
+    moments, at the run's Nth POST (N from 1 to 3):
+
+    * ``acknowledged``: the endpoint answered 200, the cursor is not stored yet (the
+      ``webhook-sent`` pause point): the next run sends that batch first, same id and body;
+    * ``held``: the receiver read the batch and holds its answer: the same;
+    * ``received``: the receiver answered 200 (the cursor may be stored or not): the next run
+      starts with that batch again (same id) or with the one after it;
+    * ``started``: the daemon said it runs (its reconcile and delivery under way).
+
+    In the end every change arrived, in cursor order, nothing skipped; every request verifies
+    (``standardwebhooks``); a webhook-id always carries the same body; and the changes, applied
+    in order to an empty map, give the dataset's items."""
+    rng = random.Random(22)
+    run = {"posts": 0, "hold_at": 0}
+
+    def answer(path: str) -> int | str:
+        run["posts"] += 1  # one POST at a time: a webhook sends its batches one by one
+        return "hold" if run["posts"] == run["hold_at"] else 200
+
+    receiver = Receiver(answer)
     src = tmp_path / "src"
     src.mkdir()
     config = tmp_path / "syncd.toml"
-    config.write_text(config_text(src, hook("all", receiver, "/hook", batch=2), watch=False))
+    # the sender waits for its answer longer than any kill takes to land
+    config.write_text(
+        config_text(src, hook("all", receiver, "/hook", batch=2, timeout=120), watch=False)
+    )
     db = str(tmp_path / "c.db")
+    killed: list[str] = []
+    #: each kill's moment and how many requests the receiver had got by then
+    cuts: list[tuple[str, int]] = []
 
     def delivered() -> bool:
         head, state = head_and_state(db, "all")
         return bool(state and head and state.cursor == head)
 
     try:
-        for kill in range(3):
+        for kill in range(20):
             for i in range(4):  # 8 changes at least: 4 batches of 2
                 (src / f"n{kill}-{i}.txt").write_text("new")
             for old in sorted(src.glob(f"n{kill - 1}-*"))[:2]:
                 old.unlink()
             for old in sorted(src.glob(f"n{kill - 1}-*"))[2:]:
                 old.write_text("overwritten")
-            nth = rng.randint(1, 3)
-            log = tmp_path / f"run{kill}.log"
+            moment, nth = rng.choice(KILL_MOMENTS), rng.randint(1, 3)
+            killed.append(f"{moment}:{nth}")
             before = len(receiver.of("/hook"))
-            proc = run_daemon(config, db, log, SYNCD_FAULT_PAUSE_AT=f"webhook-sent:{nth}")
+            run.update(posts=0, hold_at=nth if moment == "held" else 0)
+            env = (
+                {"SYNCD_FAULT_PAUSE_AT": f"webhook-sent:{nth}"} if moment == "acknowledged" else {}
+            )
+            log = tmp_path / f"run{kill}.log"
+            proc = run_daemon(config, db, log, **env)
+
+            def there(
+                log: Path = log,
+                proc: subprocess.Popen[bytes] = proc,
+                moment: str = moment,
+                nth: int = nth,
+                before: int = before,
+            ) -> bool:
+                if proc.poll() is not None:
+                    return True  # it ended by itself: the assert below says so
+                if moment == "acknowledged":
+                    return b"paused at webhook-sent" in log.read_bytes()
+                if moment == "started":
+                    return b"syncd: running on catalog" in log.read_bytes()
+                return len(receiver.of("/hook")) >= before + nth  # held, or answered 200
+
             try:
-                wait_until(
-                    lambda log=log, proc=proc: (
-                        b"paused at webhook-sent" in log.read_bytes() or proc.poll() is not None
-                    ),
-                    "the daemon to reach the pause point",
-                )
+                wait_until(there, f"the kill point {moment}:{nth} of run {kill}")
                 assert proc.poll() is None, log.read_text()
             finally:
                 proc.send_signal(signal.SIGKILL)
                 proc.wait(30)
+                receiver.let_go()
             sent = receiver.of("/hook")[before:]
-            acknowledged = sent[-1]  # the batch the endpoint took and the cursor never saw
-            assert len(sent) == nth
             _, state = head_and_state(db, "all")
-            assert state is not None and state.batch_end == acknowledged.json["next"]
-            assert state.cursor < state.batch_end  # delivered, not recorded as delivered
-            # the next run: the same batch first, then the rest
-            nxt = len(receiver.of("/hook"))
-            proc = run_daemon(config, db, tmp_path / f"after{kill}.log")
-            try:
-                wait_until(delivered, "every change to be delivered")
-            finally:
-                proc.send_signal(signal.SIGTERM)
-                assert proc.wait(30) == 0
-            again = receiver.of("/hook")[nxt]
-            assert (again.id, again.body) == (acknowledged.id, acknowledged.body)
+            assert state is not None
+            if moment in ("acknowledged", "held"):
+                # the batch the endpoint got and the cursor never saw: it is still in flight
+                last = sent[-1]
+                assert len(sent) == nth and (last.answer == "hold") == (moment == "held")
+                assert state.batch_end == last.json["next"] and state.cursor < state.batch_end
+            cuts.append((moment, len(receiver.of("/hook"))))
+        # the last run delivers everything, then stops cleanly
+        proc = run_daemon(config, db, tmp_path / "last.log")
+        try:
+            wait_until(delivered, "every change to be delivered")
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(30) == 0
         head, _ = head_and_state(db, "all")
     finally:
         receiver.close()
-    check_signed_and_stable(receiver.of("/hook"))
-    cursors = [c for r in receiver.received("/hook") for c in r.cursors]
-    assert cursors == list(range(1, head + 1))
+    assert {k.split(":")[0] for k in killed} == set(KILL_MOMENTS), killed  # each moment seen
+    everything = receiver.of("/hook")
+    check_signed_and_stable(everything)
+    got = receiver.received("/hook")
+    assert [c for r in got for c in r.cursors] == list(range(1, head + 1))
+    # each run after a kill starts with the batch the kill cut off, or the one after it
+    for moment, boundary in cuts:
+        if boundary == 0:  # killed before its first POST: nothing was cut off
+            continue
+        first, last = everything[boundary], everything[boundary - 1]
+        if moment in ("acknowledged", "held"):
+            assert (first.id, first.body) == (last.id, last.body), moment
+        else:
+            assert first.id == last.id or first.cursors[0] == last.json["next"] + 1, moment
+    follower: dict[str, int] = {}
+    for change in (c for r in got for c in r.json["changes"]):
+        if change["kind"] == "deleted":
+            del follower[change["key"]]
+        else:
+            follower[change["key"]] = change["item"]["size"]
+    assert follower == items(db) == {k: len(v) for k, v in folder_state(src).items()}
 
 
 # -- a refusal pauses; resume and replay -----------------------------------------------------
