@@ -6,6 +6,8 @@ older than the log holds is refused (CLI one line + exit 1, HTTP 410)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import json
 import os
 import subprocess
@@ -17,7 +19,7 @@ from typing import Any
 
 import pytest
 from aiohttp import ClientSession
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import syncd
@@ -26,7 +28,7 @@ from syncd import api
 from syncd.config import load_daemon_config
 from syncd.daemon.service import Daemon
 from syncd.events.apply import apply_events
-from syncd.events.parse import EventKind, ObjectEvent
+from syncd.events.parse import EventKind, ObjectEvent, parse_text
 from syncd.store import changes
 from syncd.store.catalog import Catalog
 from syncd.store.db import transaction
@@ -79,9 +81,56 @@ def watch_event(root: Path, key: str) -> ObjectEvent:
     )  # fmt: skip
 
 
+class Bucket:
+    """The bucket of the s3 variant below, on moto, with the S3 notifications of every write
+    to it (a push's uploads included, as S3 sends them) that have not been delivered yet."""
+
+    def __init__(self, s3: Any, name: str) -> None:
+        self.s3, self.name = s3, name
+        self.pending: dict[str, list[dict[str, Any]]] = {}
+        self._sequencer = itertools.count(0x1000)  # S3's per-key order of writes
+
+    def written(self, key: str) -> None:
+        """Note the notification for ``key`` as it is now (created, or removed)."""
+        try:
+            head = self.s3.head_object(Bucket=self.name, Key=key)
+        except self.s3.exceptions.ClientError:
+            head = None
+        obj: dict[str, Any] = {"key": key, "sequencer": f"{next(self._sequencer):016X}"}
+        if head is not None:
+            obj.update(size=head["ContentLength"], eTag=head["ETag"].strip('"'))
+        self.pending.setdefault(key, []).append(
+            {
+                "eventSource": "aws:s3",
+                "eventTime": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z",
+                "eventName": "ObjectCreated:Put" if head else "ObjectRemoved:Delete",
+                "s3": {"bucket": {"name": self.name}, "object": obj},
+            }
+        )
+
+    def etags(self, keys: list[str]) -> dict[str, Any]:
+        """``{key: (ETag, LastModified)}`` of those of ``keys`` the bucket holds now."""
+        out = {}
+        for key in keys:
+            with contextlib.suppress(self.s3.exceptions.ClientError):
+                head = self.s3.head_object(Bucket=self.name, Key=key)
+                out[key] = (head["ETag"], head["LastModified"])
+        return out
+
+    def deliver(self, catalog: Catalog, key: str, backwards: bool) -> None:
+        """Apply the pending notifications of ``key`` as the events intake does: parsed from
+        the JSON S3 sends, routed to the datasets on the bucket; in the order they were
+        written, or ``backwards`` (a queue gives no order: the sequencers decide)."""
+        records = self.pending.pop(key, [])
+        if records:
+            parsed = parse_text(json.dumps({"Records": records[::-1] if backwards else records}))
+            assert not parsed.skipped and len(parsed.events) == len(records), parsed
+            apply_events(catalog, parsed.events)
+
+
 OPS = st.lists(
     st.tuples(
-        st.sampled_from(["put", "delete", "sync", "watch", "push"]),
+        st.sampled_from(["put", "delete", "sync", "notify", "push"]),
         st.sampled_from(NAMES),
         st.binary(max_size=3),
     ),
@@ -90,38 +139,92 @@ OPS = st.lists(
 )
 
 
+#: an interleaving in which each path surely writes: a notification that creates and one that
+#: deletes, a push, a listing that creates
+EVERY_PATH = [("put", "a.txt", b"x"), ("notify", "a.txt", b""), ("push", "b.txt", b""),
+              ("delete", "a.txt", b""), ("notify", "a.txt", b"\x01"), ("put", "z.bin", b""),
+              ("sync", "z.bin", b"")]  # fmt: skip
+
+
+@pytest.mark.parametrize("where", ["folder", "bucket"])
 @settings(max_examples=12)
 @given(ops=OPS)
+@example(ops=EVERY_PATH)
 def test_a_follower_replaying_the_log_ends_equal_to_the_dataset(
-    catalogs: CatalogMaker, tmp_path_factory: pytest.TempPathFactory, ops: list
+    catalogs: CatalogMaker,
+    tmp_path_factory: pytest.TempPathFactory,
+    request: pytest.FixtureRequest,
+    where: str,
+    ops: list,
 ) -> None:
-    """A reconcile, folder-watch events and pushes change one dataset in random order; the
+    """A reconcile, change notifications and pushes change one dataset in random order; the
     log, replayed from cursor 0, gives the dataset's items, with no cursor skipped or
-    repeated."""
+    repeated. The notifications are, for a ``folder`` dataset, its folder watch's events,
+    and for a ``bucket`` one (an s3 dataset on moto), the S3 notifications of the bucket's
+    writes (the push's uploads too), delivered late, some backwards, through the bucket
+    events path. Both kinds cannot reach one dataset: bucket events route by provider and
+    bucket, and no bucket's notification names a local folder, whose only events are its
+    watch's."""
     catalog = catalogs()
-    root = tmp_path_factory.mktemp("src")
     staging = tmp_path_factory.mktemp("push")
-    (root / "seed.txt").write_text("seed")
-    sync(catalog, "ds", str(root))
+    if where == "folder":
+        root = tmp_path_factory.mktemp("src")
+        (root / "seed.txt").write_text("seed")
+        sync(catalog, "ds", str(root))
+    else:
+        moto = request.getfixturevalue("moto")
+        request.getfixturevalue("monkeypatch").setenv("AWS_ENDPOINT_URL", moto.url)
+        import boto3
+
+        from tests.conftest import unique_bucket
+
+        bucket = Bucket(boto3.client("s3", endpoint_url=moto.url), unique_bucket())
+        bucket.s3.create_bucket(Bucket=bucket.name)
+        bucket.s3.put_object(Bucket=bucket.name, Key="seed.txt", Body=b"seed")
+        sync(catalog, "ds", f"s3://{bucket.name}")
     for op, name, data in ops:
-        path = root / name
-        if op == "put":
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(data + name.encode())
-        elif op == "delete":
-            path.unlink(missing_ok=True)
-        elif op == "sync":
+        if op == "sync":
             sync(catalog, "ds")
-        elif op == "watch":
-            apply_events(catalog, [watch_event(root, name)], dataset="ds")
-        else:  # push a file from another folder into the dataset's folder
+        elif op == "push":  # a file from another folder, uploaded into the dataset's source
             target = staging / name
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(b"pushed" + data)
+            if where == "folder":
+                asyncio.run(api.push(catalog, "ds", str(staging)))
+                continue
+            staged = [str(p.relative_to(staging)) for p in staging.rglob("*") if p.is_file()]
+            before = bucket.etags(staged)
             asyncio.run(api.push(catalog, "ds", str(staging)))
+            for key, now in bucket.etags(staged).items():
+                if before.get(key) != now:  # uploaded: S3 notifies it
+                    bucket.written(key)
+        elif where == "folder":
+            path = root / name
+            if op == "put":
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(data + name.encode())
+            elif op == "delete":
+                path.unlink(missing_ok=True)
+            else:
+                apply_events(catalog, [watch_event(root, name)], dataset="ds")
+        elif op == "put":
+            bucket.s3.put_object(Bucket=bucket.name, Key=name, Body=data + name.encode())
+            bucket.written(name)
+        elif op == "delete":
+            bucket.s3.delete_object(Bucket=bucket.name, Key=name)
+            bucket.written(name)  # S3 notifies a delete of a missing key too
+        else:
+            bucket.deliver(catalog, name, backwards=bool(data) and data[0] % 2 == 1)
     state, cursors = replay(catalog)
     assert state["ds"] == items_of(catalog, "ds")
     assert cursors == list(range(1, changes.head(catalog.db) + 1))  # none skipped or repeated
+    sources = {c.source for c in changes.read(catalog.db)}
+    notified = "watch" if where == "folder" else "event"
+    assert sources <= {"listing", notified, "push"}, sources
+    if ops == EVERY_PATH:
+        seen = {(c.kind, c.source) for c in changes.read(catalog.db)}
+        assert {("created", notified), ("deleted", notified), ("created", "push"),
+                ("created", "listing")} <= seen, seen  # fmt: skip
 
 
 def test_what_changes_nothing_records_nothing(tmp_path: Path) -> None:

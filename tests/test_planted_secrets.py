@@ -5,13 +5,19 @@ session token (environment, and ``env:``/``file:`` references of an integration)
 service-account key (``credentials_file`` and ``GOOGLE_APPLICATION_CREDENTIALS``) and the OAuth
 access token its exchange returns; an Azure account key of an Azurite account of its own
 (``account_key`` reference, ``AZURE_STORAGE_CONNECTION_STRING``, a ``connection_string``
-reference), a SAS token (``file:`` reference); the API token (``SYNCD_API_TOKEN``).
+reference), a SAS token (``file:`` reference); the API token (``SYNCD_API_TOKEN``); the change
+feed's (issue 22): a webhook's signing secret (``env:``), its header values (an ``env:``
+``Authorization`` and a literal one) and a token in its URL's query, and the key id and secret
+of the integration an SQS sink sends with (``env:``).
 
 Then the commands that touch them run for real against moto, fake-gcs-server and Azurite: syncs
 that succeed and syncs that FAIL on wrong credentials (moto with authentication enforced, a
 token service that refuses the key, a wrong account key), at ``--debug`` and ``-vv`` with text
 and JSON logs and ``--json`` output; pull and push; ``datasets ls/show``, ``runs ls``, ``items
-ls``; the daemon with its API (every endpoint, ``/metrics``, wrong tokens) at ``--debug``.
+ls``, ``webhooks ls`` and ``sinks ls`` (plain and ``--json``); the daemon with its API (every
+endpoint, ``/api/v1/webhooks`` and ``/api/v1/sinks`` included, ``/metrics``, wrong tokens) at
+``--debug``, while its webhook's receiver answers 500, 500, then 401 (failing, then paused) and
+one sink delivers while the other's queue does not exist (paused).
 Everything they print, every API answer, and the raw bytes of the catalog and its ``-wal`` and
 ``-shm`` files (read while the daemon runs, and after) are searched for each value, and for its
 URL-encoded and base64 forms.
@@ -49,6 +55,8 @@ from tests.conftest import (
     write_service_account,
 )
 from tests.emulators import Emulator, free_port, start_azurite, start_process
+from tests.test_sinks import sqs_target
+from tests.test_webhooks import Receiver, Request, head_and_state, wait_until
 
 PYTHON_SYNCD = (sys.executable, "-m", "syncd.cli")
 
@@ -62,6 +70,13 @@ AZ_KEY = base64.b64encode(b"planted-azure-account-key/d0-not-print/" + bytes(ran
 AZ_WRONG_KEY = base64.b64encode(
     b"wrong-azure-account-key/d0-not-print/" + bytes(range(27))
 ).decode()
+WEBHOOK_KEY = "planted-webhook-key/d0-not-print!"  # 32 bytes: the HMAC key
+WEBHOOK_SECRET = "whsec_" + base64.b64encode(WEBHOOK_KEY.encode()).decode()
+HOOK_AUTH = "Bearer planted-hook-auth-d0-not-print-8431"
+HOOK_PLAIN = "planted-plain-header-d0-not-print-5530"
+HOOK_QUERY = "planted-query-token-d0-not-print-2291"
+SINK_KEY_ID = "AKIAPLANTEDSINK00001"
+SINK_SECRET = "pLaNtEd/SinkSecret+d0NotPrint/77aa1b"
 
 
 class GrantingTokenService(TokenService):
@@ -96,6 +111,10 @@ class World:
     #: S3 presigned URLs the API redirected to (checked apart, see the module docstring)
     presigned: dict[str, str] = field(default_factory=dict)
     results: dict[str, subprocess.CompletedProcess[str]] = field(default_factory=dict)
+    #: what the webhook's endpoint received: (path with query, request) per request
+    hook_requests: list[tuple[str, Request]] = field(default_factory=list)
+    #: the messages the delivering sink's queue got (batch id, body)
+    sink_messages: list[tuple[str, dict]] = field(default_factory=list)
 
     def run(self, name: str, *args: str, env: dict[str, str] | None = None) -> None:
         proc = subprocess.run(
@@ -170,6 +189,20 @@ def world(
     service.create_container(container)
     service.get_blob_client(container, "a.txt").upload_blob(b"a")
     sas = _sas_token(container)
+
+    # the change feed's consumers: a webhook endpoint that fails, then refuses; a queue, and
+    # one that does not exist
+    answers = iter([500, 500, 401])
+    paths: list[str] = []
+
+    def answer(path: str) -> int:
+        paths.append(path)
+        return next(answers, 200)
+
+    receiver = Receiver(answer)
+    request.addfinalizer(receiver.close)
+    queue = sqs_target(moto)
+    missing_queue = queue.fields["url"].rsplit("/", 1)[0] + "/no-such-queue"
 
     (tmp / "aws-secret").write_text(AWS_SECRET)
     (tmp / "sas").write_text(sas)
@@ -275,6 +308,27 @@ driver = "azconn"
 [datasets.azwrong]
 driver = "azwrong"
 
+[integrations.aws-sink]
+type = "s3"
+access_key_id = "env:PLANTED_SINK_KEY_ID"
+secret_access_key = "env:PLANTED_SINK_SECRET"
+
+[webhooks.hook]
+url = "{receiver.url("/hook")}?token={HOOK_QUERY}"
+secret = "env:PLANTED_WEBHOOK_SECRET"
+headers = {{ Authorization = "env:PLANTED_HOOK_AUTH", X-Team = "{HOOK_PLAIN}", X-Path = "/hook" }}
+fail_after = 1
+
+[sinks.queue]
+type = "sqs"
+url = "{queue.fields["url"]}"
+integration = "aws-sink"
+
+[sinks.missing]
+type = "sqs"
+url = "{missing_queue}"
+integration = "aws-sink"
+
 [server]
 port = {api_port}
 """
@@ -295,6 +349,12 @@ port = {api_port}
         "PLANTED_AZ_CONN": conn,
         "SYNCD_API_TOKEN": API_TOKEN,
         "SYNCD_RETRY_ATTEMPTS": "2",
+        "PLANTED_WEBHOOK_SECRET": WEBHOOK_SECRET,
+        "PLANTED_HOOK_AUTH": HOOK_AUTH,
+        "PLANTED_SINK_KEY_ID": SINK_KEY_ID,
+        "PLANTED_SINK_SECRET": SINK_SECRET,
+        # the sinks' SQS is moto's (the S3 drivers name their endpoints)
+        "AWS_ENDPOINT_URL_SQS": moto.url,
     }
     w = World(tmp, env)
     sa_keys = {
@@ -312,6 +372,15 @@ port = {api_port}
         "sas token": sas,
         "sas signature": urllib.parse.parse_qs(sas)["sig"][0],
         "api token": API_TOKEN,
+        "webhook secret": WEBHOOK_SECRET,
+        "webhook secret, its key in base64": WEBHOOK_SECRET.removeprefix("whsec_"),
+        "webhook secret, its key": WEBHOOK_KEY,
+        "webhook Authorization header": HOOK_AUTH,
+        "webhook Authorization token": HOOK_AUTH.removeprefix("Bearer "),
+        "webhook plain header": HOOK_PLAIN,
+        "webhook URL query token": HOOK_QUERY,
+        "sink access key id": SINK_KEY_ID,
+        "sink secret access key": SINK_SECRET,
         **sa_keys,
     }
     for name, pem_body in sa_keys.items():
@@ -400,12 +469,19 @@ port = {api_port}
     argv = [*PYTHON_SYNCD, "--debug", "run", "--config", cfg, "--db", db]
     daemon = start_process("planted-daemon", argv, tmp, "/healthz", api_port, env)
     try:
+        # the feed's consumers reach their states before the API is asked about them
+        wait_until(lambda: (s := head_and_state(db, "hook")[1]) and s.paused, "the 401")
+        wait_until(lambda: (s := head_and_state(db, "missing")[1]) and s.paused, "no queue")
+        wait_until(lambda: (h := head_and_state(db, "queue"))[1] and h[1].cursor == h[0] > 0,
+                   "the sink to deliver")  # fmt: skip
         _exercise_api(w, api_port)
         w.read_catalog("while the daemon runs")
     finally:
         daemon.process.send_signal(signal.SIGTERM)
         daemon.process.wait(timeout=60)
     w.seen["daemon log"] = daemon.log_path.read_text(errors="replace")
+    w.hook_requests = list(zip(paths, receiver.of("/hook"), strict=True))
+    w.sink_messages = queue.read()
     w.results["daemon"] = subprocess.CompletedProcess(argv, daemon.process.returncode, "", "")
     # the daemon created the datasets whose first sync failed: their runs hold the errors
     _read_back(w, db, "after the daemon")
@@ -428,6 +504,11 @@ def _read_back(w: World, db: str, when: str) -> None:
         if name in REFUSED:  # the text table of runs whose errors are credential errors
             w.run(f"runs ls {name} text ({when})", "runs", "ls", "--dataset", name, "--db", db)
     w.run(f"items ls s3ok ({when})", "items", "ls", "--dataset", "s3ok", "--db", db, "--json")
+    config = str(w.tmp / "syncd.toml")
+    for kind in ("webhooks", "sinks"):
+        for form in ((), ("--json",)):
+            name = f"{kind} ls{' --json' if form else ''} ({when})"
+            w.run(name, kind, "ls", *form, "--db", db, "--config", config)
 
 
 def _exercise_api(w: World, port: int) -> None:
@@ -469,6 +550,9 @@ def _exercise_api(w: World, port: int) -> None:
         ]
     }
     call("POST", "/api/v1/events", json.dumps(event).encode())
+    call("GET", "/api/v1/webhooks")
+    call("GET", "/api/v1/sinks")
+    call("GET", "/api/v1/changes?limit=1000")
     call("GET", "/api/v1/datasets", token=API_TOKEN[:-1] + "x", as_="api wrong token")
     call("GET", "/metrics")
 
@@ -539,3 +623,47 @@ def test_the_scenario_really_used_and_refused_the_credentials(world: World) -> N
     assert "syncd_sync_runs_total" in r["api GET /metrics"].stdout
     assert r["daemon"].returncode == 0
     assert any(name.endswith(".db-wal") for name in world.seen if name.startswith("while"))
+
+
+def test_the_feed_really_used_and_was_refused_its_secrets(world: World) -> None:
+    """The webhook's endpoint got the signed requests with the planted headers and query (so
+    the daemon held them), answered 500, 500, 401 (failing, then paused: errors that name the
+    endpoint were logged, stored and listed); one sink delivered with the planted key while
+    the other was refused; the API, metrics and both ``ls`` commands show it all."""
+    from standardwebhooks import Webhook
+
+    verifier = Webhook(WEBHOOK_SECRET)
+    requests = world.hook_requests
+    assert [r.answer for _, r in requests] == ["500", "500", "401"]
+    for path, r in requests:
+        assert path == f"/hook?token={urllib.parse.quote(HOOK_QUERY)}"
+        assert (r.headers["authorization"], r.headers["x-team"]) == (HOOK_AUTH, HOOK_PLAIN)
+        verifier.verify(r.body, r.headers)
+    assert len({r.id for _, r in requests}) == 1  # one batch, tried three times
+    log = world.seen["daemon log"]
+    assert "answered HTTP 500" in log and "webhook 'hook' paused" in log
+    assert "sink 'missing' paused" in log
+    r = world.results
+    (hook,) = json.loads(r["api GET /api/v1/webhooks"].stdout)["webhooks"]
+    assert hook["url"].endswith("/hook?...") and hook["state"] == "paused", hook
+    assert "HTTP 401" in hook["last_error"]
+    sinks = json.loads(r["api GET /api/v1/sinks"].stdout)["sinks"]
+    assert [(s["name"], s["state"]) for s in sinks] == [("missing", "paused"), ("queue", "ok")]
+    metrics = r["api GET /metrics"].stdout
+    assert 'syncd_webhook_failures_total{webhook="hook"} 3.0' in metrics
+    assert 'syncd_webhook_lag_changes{webhook="hook"}' in metrics
+    assert 'syncd_sink_failures_total{sink="missing"} 1.0' in metrics
+    assert 'syncd_sink_delivered_total{sink="queue"}' in metrics
+    for kind in ("webhooks", "sinks"):
+        plain, as_json = (
+            r[f"{kind} ls (after the daemon)"],
+            r[f"{kind} ls --json (after the daemon)"],
+        )
+        assert plain.returncode == 0 and as_json.returncode == 0, (plain.stderr, as_json.stderr)
+        assert "paused" in plain.stdout
+        assert "paused" in {json.loads(line)["state"] for line in as_json.stdout.splitlines()}
+    assert world.sink_messages and all(body["sink"] == "queue" for _, body in world.sink_messages)
+    # every change the log held while the API was asked reached the queue (more may follow)
+    changes = json.loads(r["api GET /api/v1/changes?limit=1000"].stdout)["changes"]
+    sent = sorted({c["cursor"] for _, body in world.sink_messages for c in body["changes"]})
+    assert changes and sent[: len(changes)] == [c["cursor"] for c in changes]

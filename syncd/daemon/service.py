@@ -399,6 +399,7 @@ class Daemon:
             worker_id=self.worker_id if self.register else None,
             changed=self.changed,
             webhooks=self.settings.webhooks,
+            sinks=self.settings.sinks,
         )
         stop, self.port = await start(
             context, self.api_token or "", server.host, server.port, lockout=self.api_lockout

@@ -29,6 +29,8 @@ JSON out; errors are ``{"error": "..."}`` with the status that says what is wron
   cursor, long-polled with ``wait``; ``410`` for a cursor older than the log holds.
 * ``GET  /api/v1/webhooks``: each ``[webhooks.NAME]``'s delivered cursor, lag, state and last
   error (:mod:`syncd.feed.webhooks`).
+* ``GET  /api/v1/sinks``: each ``[sinks.NAME]``'s type, target (queue URL, topic), delivered
+  cursor, lag, state and last error (:mod:`syncd.feed.sinks`), as ``syncd sinks ls --json``.
 * ``GET  /api/v1/workers``: the live workers sharing the catalog, the leases each holds and
   their expiry, recently gone workers (see :func:`syncd.store.workers.listing`).
 * ``GET  /metrics``: Prometheus text.
@@ -102,6 +104,8 @@ class Context:
     changed: ChangeSignal = field(default_factory=lambda: ChangeSignal())
     #: the ``[webhooks.NAME]`` this daemon delivers (``syncd serve``: none)
     webhooks: Mapping[str, Any] = field(default_factory=dict)
+    #: the ``[sinks.NAME]`` this daemon delivers (``syncd serve``: none)
+    sinks: Mapping[str, Any] = field(default_factory=dict)
 
 
 CONTEXT = web.AppKey("context", Context)
@@ -540,6 +544,27 @@ async def list_webhooks(request: web.Request) -> web.Response:
     return web.json_response({"webhooks": found})
 
 
+async def list_sinks(request: web.Request) -> web.Response:
+    """``GET /api/v1/sinks``: each sink's type and target, delivered cursor, lag and state
+    (ok, failing, paused) and last error, the rows of ``syncd sinks ls --json``. A target
+    holds no credentials (a queue URL, a topic ARN or name, an account and queue name), and
+    the integration a sink sends with is not named: its credentials never reach the API."""
+    from syncd.feed.delivery import listing
+    from syncd.feed.sinks import KIND
+
+    ctx = request.app[CONTEXT]
+    _only_params(request)
+    targets = {name: sink.target for name, sink in ctx.sinks.items()}
+    found = await ctx.catalog.call(lambda c: listing(c.db, targets, KIND))
+    rows = []
+    for row in found:
+        target = row.pop("url")
+        sink = ctx.sinks.get(row["name"])
+        rows.append({"name": row.pop("name"), "type": sink.type if sink else None,
+                     "target": target, **row})  # fmt: skip
+    return web.json_response({"sinks": rows})
+
+
 async def list_workers(request: web.Request) -> web.Response:
     ctx = request.app[CONTEXT]
     _only_params(request)
@@ -574,6 +599,7 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/api/v1/changes", list_changes)
     r.add_get("/api/v1/workers", list_workers)
     r.add_get("/api/v1/webhooks", list_webhooks)
+    r.add_get("/api/v1/sinks", list_sinks)
     r.add_post("/api/v1/events", post_events)
     r.add_route("OPTIONS", "/api/v1/events", events_handshake)
     r.add_get("/metrics", metrics)
