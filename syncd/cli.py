@@ -1502,21 +1502,14 @@ def sinks() -> None:
 def sinks_ls(ctx: click.Context, db_path: str, as_json: bool) -> None:
     """List the sinks: type and target (queue URL, topic), delivered cursor, lag (changes not
     yet delivered), state (ok, failing, paused) and the last error."""
-    from syncd.feed.delivery import listing
-    from syncd.feed.sinks import KIND
+    from syncd.feed.sinks import sink_rows
 
     configured = _configured(ctx, "sink")
     catalog = Catalog.open_reader(db_path)
     try:
-        found = listing(catalog.db, {n: s.target for n, s in configured.items()}, KIND)
+        rows = sink_rows(catalog.db, configured)
     finally:
         catalog.close()
-    rows = []
-    for row in found:
-        target = row.pop("url")
-        sink = configured.get(row["name"])
-        rows.append({"name": row.pop("name"), "type": sink.type if sink else None,
-                     "target": target, **row})  # fmt: skip
     if as_json:
         for row in rows:
             _emit(row)

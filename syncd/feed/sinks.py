@@ -48,8 +48,9 @@ from providers.redact import register
 from syncd.config import SinkConfig
 from syncd.daemon.metrics import Metrics
 from syncd.daemon.queues import one_line
-from syncd.feed.delivery import Batch, Deliveries, Filters, Outcome
+from syncd.feed.delivery import Batch, Deliveries, Filters, Outcome, listing
 from syncd.store.changes import ChangeSignal
+from syncd.store.sql import Database
 
 log = logging.getLogger("syncd.feed")
 
@@ -65,6 +66,19 @@ THROTTLED = frozenset(
     {"Throttling", "ThrottlingException", "ThrottledException", "RequestThrottled",
      "TooManyRequestsException", "KMSThrottlingException", "RequestLimitExceeded"}
 )  # fmt: skip
+
+
+def sink_rows(db: Database, configured: Mapping[str, SinkConfig]) -> list[dict[str, Any]]:
+    """Each sink's row for ``syncd sinks ls --json`` and ``GET /api/v1/sinks``: name, type,
+    target (a queue URL, a topic ARN or name: never a credential), and the delivery state of
+    :func:`syncd.feed.delivery.listing`. The integration a sink sends with is not named."""
+    rows = []
+    for row in listing(db, {n: s.target for n, s in configured.items()}, KIND):
+        target = row.pop("url")
+        sink = configured.get(row["name"])
+        rows.append({"name": row.pop("name"), "type": sink.type if sink else None,
+                     "target": target, **row})  # fmt: skip
+    return rows
 
 
 def body(name: str, batch: Batch, *, with_id: bool = False) -> bytes:

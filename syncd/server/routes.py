@@ -549,20 +549,13 @@ async def list_sinks(request: web.Request) -> web.Response:
     (ok, failing, paused) and last error, the rows of ``syncd sinks ls --json``. A target
     holds no credentials (a queue URL, a topic ARN or name, an account and queue name), and
     the integration a sink sends with is not named: its credentials never reach the API."""
-    from syncd.feed.delivery import listing
-    from syncd.feed.sinks import KIND
+    from syncd.feed.sinks import sink_rows
 
     ctx = request.app[CONTEXT]
     _only_params(request)
-    targets = {name: sink.target for name, sink in ctx.sinks.items()}
-    found = await ctx.catalog.call(lambda c: listing(c.db, targets, KIND))
-    rows = []
-    for row in found:
-        target = row.pop("url")
-        sink = ctx.sinks.get(row["name"])
-        rows.append({"name": row.pop("name"), "type": sink.type if sink else None,
-                     "target": target, **row})  # fmt: skip
-    return web.json_response({"sinks": rows})
+    return web.json_response(
+        {"sinks": await ctx.catalog.call(lambda c: sink_rows(c.db, ctx.sinks))}
+    )
 
 
 async def list_workers(request: web.Request) -> web.Response:
