@@ -36,18 +36,16 @@ def _open(cfg: DriverConfig) -> Driver:
             raise ConfigError(f"local driver needs an absolute folder path, got {cfg.bucket!r}")
         return LocalDriver(cfg.bucket, page_size=cfg.page_size)
     if cfg.type == "s3":
+        from providers.credentials import aws_session
         from providers.s3 import S3Driver
 
         return S3Driver(
             cfg.bucket,
             endpoint=cfg.endpoint,
             region=cfg.region,
-            access_key_id=creds.get("access_key_id"),
-            secret_access_key=creds.get("secret_access_key"),
-            session_token=creds.get("session_token"),
-            profile=creds.get("profile"),
             storage_class=cfg.storage_class,
             page_size=cfg.page_size,
+            session=aws_session(creds, region=cfg.region, label=cfg.bucket),
         )
     if cfg.type == "gcs":
         from providers.gcs import GCSDriver

@@ -1,0 +1,529 @@
+"""Role-based credentials (issue 24, item 3): AWS AssumeRole with an external ID, an Azure
+service principal, GCP service-account impersonation.
+
+AWS runs on a moto server of this module's own whose IAM checks are switched on after the
+setup (``POST /moto-api/reset-auth``): moto then checks every signature, the caller's
+identity policy (action *and* resource) and, for ``sts:AssumeRole`` on a role that exists, the
+role's trust policy with its ``StringEquals sts:ExternalId`` condition. So a wrong role ARN and
+a wrong external ID are really refused, and the role's own policy (list and read, nothing else)
+is what the S3 and SQS requests are checked against. What moto does not do: it lets an
+AssumeRole *without* an ExternalId through a trust policy that demands one (its condition check
+only compares the values it was sent), and it never expires assumed credentials (so the refresh
+test counts AssumeRole calls and looks at which key signs each request, through a recording
+proxy, instead of waiting for a refusal).
+
+Azure and GCP have no emulator for their token services; their SDK seams are used honestly:
+loopback servers stand in for the Microsoft Entra token endpoint (``AZURE_AUTHORITY_HOST``) and
+for Google's IAM credentials ``generateAccessToken``, check what the SDK sends, and the token
+they hand out is then checked on the storage requests (through a recording proxy in front of
+fake-gcs-server and Azurite-less loopback for Azure; see each test).
+
+The secret checks of these credentials live here, not in test_planted_secrets.py (another
+change is editing that file).
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import os
+import re
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import boto3
+import pytest
+
+from providers import DriverConfig, Integration, errors, open_driver
+from providers.config import ConfigError
+from providers.credentials import aws_session, refresh_margins
+from providers.s3 import S3Driver
+from tests.conftest import unique_bucket
+from tests.emulators import Emulator, start_moto
+
+ROOT = Path(__file__).resolve().parent.parent
+ACCOUNT = "123456789012"  # moto's default account
+USER = "syncd-base"
+ROLE = "syncd-reader"
+ROLE_ARN = f"arn:aws:iam::{ACCOUNT}:role/{ROLE}"
+#: a typo of the role's name: the base user may not assume it (nor does it exist)
+WRONG_ROLE_ARN = f"arn:aws:iam::{ACCOUNT}:role/syncd-raeder"
+EXTERNAL_ID = "tenant-7f3a9c-ext"
+WRONG_EXTERNAL_ID = "tenant-0000-ext"
+OBJECTS = [f"data/{i:02d}.txt" for i in range(7)]
+
+
+# -- a recording loopback proxy ------------------------------------------------------------
+
+
+@dataclass
+class Seen:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass
+class RecordingProxy:
+    """Forwards every request to ``upstream`` unchanged and records it (headers and body),
+    so a test can read what an SDK really sent."""
+
+    upstream: str
+    seen: list[Seen] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        up = urlsplit(self.upstream)
+        proxy = self
+        self.lock = threading.Lock()
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _handle(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                with proxy.lock:
+                    proxy.seen.append(Seen(self.command, self.path, dict(self.headers), body))
+                conn = http.client.HTTPConnection(up.hostname, up.port, timeout=30)
+                conn.request(self.command, self.path, body=body or None, headers=dict(self.headers))
+                resp = conn.getresponse()
+                data = resp.read()
+                conn.close()
+                self.send_response(resp.status)
+                for k, v in resp.getheaders():
+                    if k.lower() not in ("transfer-encoding", "connection", "content-length"):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def assume_role_calls(self) -> list[dict[str, str]]:
+        """The parameters of every AssumeRole request seen (STS's query protocol)."""
+        with self.lock:
+            forms = [parse_qs(s.body.decode()) for s in self.seen if s.method == "POST"]
+        return [
+            {k: v[0] for k, v in form.items()}
+            for form in forms
+            if form.get("Action") == ["AssumeRole"]
+        ]
+
+    def signing_keys(self, path_part: str) -> list[str]:
+        """The access key id that signed each request whose path contains ``path_part``."""
+        with self.lock:
+            found = [s for s in self.seen if path_part in s.path]
+        keys = []
+        for s in found:
+            auth = s.headers.get("Authorization") or s.headers.get("authorization") or ""
+            match = re.search(r"Credential=([^/]+)/", auth)
+            keys.append(match.group(1) if match else "")
+        return keys
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+# -- the AWS world: a moto with IAM checks on -----------------------------------------------
+
+
+@dataclass
+class AwsWorld:
+    moto: Emulator
+    bucket: str
+    queue_url: str
+    key_id: str
+    secret: str
+
+
+def _policy(*statements: dict[str, Any]) -> str:
+    return json.dumps({"Version": "2012-10-17", "Statement": list(statements)})
+
+
+def _template_policies(principal: str, external_id: str, bucket: str) -> tuple[str, str]:
+    """The trust and permissions policies of infra/aws/bucket-owner-role.yaml as JSON, with
+    its parameters filled in (the YAML reader turns ``!Ref X`` into ``X``)."""
+    from tests.test_infra import cloudformation
+
+    role = cloudformation(ROOT / "infra" / "aws" / "bucket-owner-role.yaml")["Resources"][
+        "SyncdReadRole"
+    ]["Properties"]
+    text = json.dumps(role["AssumeRolePolicyDocument"])
+    text = text.replace('"SyncdPrincipalArn"', json.dumps(principal))
+    trust = text.replace('"ExternalId"', json.dumps(external_id))
+    permissions = json.dumps(role["Policies"][0]["PolicyDocument"])
+    permissions = permissions.replace("${AWS::Partition}", "aws").replace("${BucketName}", bucket)
+    return trust, permissions
+
+
+@pytest.fixture(scope="module")
+def aws(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AwsWorld]:
+    """A moto of its own: a base IAM user allowed only ``sts:AssumeRole`` on ROLE_ARN; the role
+    trusts that user with ``sts:ExternalId`` = EXTERNAL_ID and may list and read one bucket and
+    receive/delete/send on one queue. IAM checks go on once this is set up."""
+    emu = start_moto(tmp_path_factory.mktemp("moto-roles"))
+    try:
+        kw = {"endpoint_url": emu.url, "region_name": "us-east-1"}
+        iam = boto3.client("iam", **kw)
+        iam.create_user(UserName=USER)
+        key = iam.create_access_key(UserName=USER)["AccessKey"]
+        user_arn = f"arn:aws:iam::{ACCOUNT}:user/{USER}"
+        iam.put_user_policy(
+            UserName=USER,
+            PolicyName="assume-the-reader",
+            PolicyDocument=_policy(
+                {"Effect": "Allow", "Action": "sts:AssumeRole", "Resource": ROLE_ARN}
+            ),
+        )
+        bucket = unique_bucket()
+        # the role exactly as infra/aws/bucket-owner-role.yaml makes it, parameters filled in
+        trust, permissions = _template_policies(user_arn, EXTERNAL_ID, bucket)
+        iam.create_role(RoleName=ROLE, AssumeRolePolicyDocument=trust)
+        iam.put_role_policy(RoleName=ROLE, PolicyName="template", PolicyDocument=permissions)
+        s3 = boto3.client("s3", **kw)
+        s3.create_bucket(Bucket=bucket)
+        for name in OBJECTS:
+            s3.put_object(Bucket=bucket, Key=name, Body=name.encode())
+        sqs = boto3.client("sqs", **kw)
+        queue_url = sqs.create_queue(QueueName=f"q-{bucket}")["QueueUrl"]
+        queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])[
+            "Attributes"
+        ]["QueueArn"]
+        # and the queue a daemon reads events from (and a sink could send to)
+        iam.put_role_policy(
+            RoleName=ROLE,
+            PolicyName="one-queue",
+            PolicyDocument=_policy(
+                {
+                    "Effect": "Allow",
+                    # moto checks DeleteMessageBatch under its own name; AWS checks it as
+                    # sqs:DeleteMessage (what infra/aws/daemon-queue.yaml grants)
+                    "Action": [
+                        "sqs:ReceiveMessage",
+                        "sqs:DeleteMessage",
+                        "sqs:DeleteMessageBatch",
+                        "sqs:SendMessage",
+                    ],
+                    "Resource": queue_arn,
+                }
+            ),
+        )
+        # from here on every request is authenticated and authorized
+        req = urllib.request.Request(
+            f"{emu.url}/moto-api/reset-auth",
+            data=b"0",
+            method="POST",
+            headers={"Content-Type": "text/plain"},  # a form body would be parsed away
+        )
+        urllib.request.urlopen(req, timeout=10).close()
+        yield AwsWorld(emu, bucket, queue_url, key["AccessKeyId"], key["SecretAccessKey"])
+    finally:
+        emu.stop()
+
+
+def _fields(world: AwsWorld, tmp: Path, **extra: str) -> dict[str, str]:
+    secret_file = tmp / "base-secret"
+    secret_file.write_text(world.secret)
+    os.environ["ROLES_TEST_KEY_ID"] = world.key_id
+    return {
+        "access_key_id": "env:ROLES_TEST_KEY_ID",
+        "secret_access_key": f"file:{secret_file}",
+        **extra,
+    }
+
+
+def _config(world: AwsWorld, tmp: Path, **integration: str) -> Path:
+    fields = _fields(world, tmp, **integration)
+    lines = "\n".join(f"{k} = {json.dumps(v)}" for k, v in fields.items())
+    cfg = tmp / "syncd.toml"
+    cfg.write_text(
+        f"""
+[integrations.role]
+type = "s3"
+{lines}
+
+[drivers.d]
+type = "s3"
+bucket = "{world.bucket}"
+endpoint = "{world.moto.url}"
+integration = "role"
+
+[datasets.ds]
+driver = "d"
+"""
+    )
+    return cfg
+
+
+def _syncd(world: AwsWorld, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("AWS_", "AZURE_", "GOOGLE_", "STORAGE_EMULATOR"))
+    }
+    env |= {
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL_STS": world.moto.url,  # STS at the emulator; S3 by the driver
+        "SYNCD_RETRY_ATTEMPTS": "2",
+        "ROLES_TEST_KEY_ID": world.key_id,
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "syncd.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        cwd=ROOT,
+    )
+
+
+def _catalog_bytes(db: Path) -> bytes:
+    return b"".join(p.read_bytes() for p in db.parent.glob(db.name + "*"))
+
+
+# -- AWS -------------------------------------------------------------------------------------
+
+
+def test_the_right_external_id_syncs_and_no_secret_is_printed_or_stored(
+    aws: AwsWorld, tmp_path: Path
+) -> None:
+    cfg = _config(aws, tmp_path, role_arn=ROLE_ARN, external_id=EXTERNAL_ID, session_name="t1")
+    db = tmp_path / "catalog.db"
+    proc = _syncd(aws, "-vv", "sync", "--config", str(cfg), "--dataset", "ds", "--db", str(db))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with sqlite3.connect(db) as conn:
+        keys = sorted(k for (k,) in conn.execute("SELECT key FROM items"))
+    assert keys == OBJECTS
+    # the base secret, and every temporary secret or token STS handed out (in the -vv output
+    # botocore logs STS's answer: each value must be masked there)
+    out = proc.stdout + proc.stderr
+    assert aws.secret not in out and aws.secret.encode() not in _catalog_bytes(db)
+    for tag in ("SecretAccessKey", "SessionToken"):
+        for value in re.findall(rf"<{tag}>([^<]*)</{tag}>", out):
+            assert value == "***", f"{tag} printed"
+    assert "Traceback" not in out
+    # the catalog keeps the integration as written: references and plain values only
+    stored = _catalog_bytes(db)
+    assert ROLE_ARN.encode() in stored and b"env:ROLES_TEST_KEY_ID" in stored
+
+
+@pytest.mark.parametrize(
+    ("role_arn", "external_id"),
+    [(ROLE_ARN, WRONG_EXTERNAL_ID), (WRONG_ROLE_ARN, EXTERNAL_ID)],
+    ids=["wrong-external-id", "wrong-role-arn"],
+)
+def test_a_refused_role_fails_in_one_line_naming_the_role(
+    aws: AwsWorld, tmp_path: Path, role_arn: str, external_id: str
+) -> None:
+    cfg = _config(aws, tmp_path, role_arn=role_arn, external_id=external_id)
+    db = tmp_path / "catalog.db"
+    proc = _syncd(aws, "sync", "--config", str(cfg), "--dataset", "ds", "--db", str(db))
+    assert proc.returncode == 1
+    err = proc.stderr.strip()
+    assert len(err.splitlines()) == 1, err
+    assert "Traceback" not in err
+    assert f"cannot assume role {role_arn}: STS AccessDenied" in err
+    assert "external_id" in err  # the hint says what to check
+    for secret in (aws.secret, external_id, aws.key_id):
+        assert secret not in proc.stdout + proc.stderr
+    if db.exists():
+        with sqlite3.connect(db) as conn:
+            assert conn.execute("SELECT count(*) FROM items").fetchone()[0] == 0
+
+
+async def test_the_role_signs_every_request_and_grants_only_what_it_holds(
+    aws: AwsWorld, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The base user may only assume the role: its own keys list nothing. Through the role,
+    listing, HEAD and GET work (what the role's policy grants) and a PUT is refused."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL_STS", aws.moto.url)
+    fields = _fields(aws, tmp_path)
+    base = Integration("base", "s3", fields)
+    role = Integration("role", "s3", {**fields, "role_arn": ROLE_ARN, "external_id": EXTERNAL_ID})
+    url = aws.moto.url
+    async with open_driver(DriverConfig("s3", aws.bucket, endpoint=url, integration=base)) as d:
+        with pytest.raises(errors.PermissionDenied):
+            [o async for page in d.list() for o in page]
+    async with open_driver(DriverConfig("s3", aws.bucket, endpoint=url, integration=role)) as d:
+        keys = [o.key async for page in d.list() for o in page]
+        assert keys == OBJECTS
+        assert (await d.head(OBJECTS[0])).size == len(OBJECTS[0])
+        assert b"".join([c async for c in d.get(OBJECTS[1])]) == OBJECTS[1].encode()
+        with pytest.raises(errors.PermissionDenied):
+            await d.put("new.txt", b"x")
+
+
+async def test_role_credentials_are_refreshed_before_they_expire_during_a_long_listing(
+    aws: AwsWorld, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A clock the test moves: pages listed while the credentials are fresh need one
+    AssumeRole; once the clock is inside the mandatory refresh window (150 s before a 900 s
+    session ends), the next request waits for a new AssumeRole and is signed with its key.
+    Every AssumeRole carries the external ID, the session name and the duration."""
+    proxy = RecordingProxy(aws.moto.url)
+    try:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_STS", proxy.url)
+        offset = timedelta(0)
+
+        def clock() -> datetime:
+            return datetime.now(UTC) + offset
+
+        fields = {
+            "access_key_id": aws.key_id,
+            "secret_access_key": aws.secret,
+            "role_arn": ROLE_ARN,
+            "external_id": EXTERNAL_ID,
+            "session_name": "long-run",
+            "duration_seconds": "900",
+        }
+        session = aws_session(fields, label=aws.bucket, clock=clock)
+        driver = S3Driver(aws.bucket, endpoint=proxy.url, page_size=2, session=session)
+        assert proxy.assume_role_calls() == []  # opening fetches nothing
+        pages = driver.list()
+        first = await anext(pages)
+        second = await anext(pages)
+        assert len(proxy.assume_role_calls()) == 1
+        advisory, mandatory = refresh_margins(900)
+        offset = timedelta(seconds=900 - mandatory + 5)
+        rest = [o async for page in pages for o in page]
+        assert [o.key for o in first + second + rest] == OBJECTS
+        await driver.close()
+        calls = proxy.assume_role_calls()
+        assert len(calls) >= 2
+        for call in calls:
+            assert call["RoleArn"] == ROLE_ARN
+            assert call["ExternalId"] == EXTERNAL_ID
+            assert call["RoleSessionName"] == "long-run"
+            assert call["DurationSeconds"] == "900"
+        signers = proxy.signing_keys(f"/{aws.bucket}")
+        assert len(signers) == 4  # 7 objects, 2 a page
+        assert signers[0] == signers[1] != signers[2]  # the third page: the new key
+        assert all(k.startswith("ASIA") for k in signers)  # temporary keys, not the user's
+        assert aws.key_id not in signers
+    finally:
+        proxy.close()
+
+
+def test_refresh_margins_scale_with_the_session() -> None:
+    assert refresh_margins(3600) == (900, 600)  # botocore's own for an hour
+    assert refresh_margins(900) == (300, 150)  # not inside the window from the start
+    assert refresh_margins(43200) == (900, 600)
+
+
+async def test_the_sqs_consumer_and_sink_use_the_role(
+    aws: AwsWorld, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The queue consumer receives and deletes, the sink sends, all as the role (the base user
+    has no SQS permission at all); a refused role is one line naming it."""
+    from syncd.config import SinkConfig
+    from syncd.daemon.queues.sqs import SqsConsumer
+    from syncd.feed.sinks import open_sender, outcome_of
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", aws.moto.url)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    fields = _fields(aws, tmp_path)
+    role = Integration("role", "s3", {**fields, "role_arn": ROLE_ARN, "external_id": EXTERNAL_ID})
+    sender = open_sender(SinkConfig("s", "sqs", url=aws.queue_url, integration=role))
+    try:
+        sender._client.send_message(QueueUrl=aws.queue_url, MessageBody="{}")
+    finally:
+        sender.close()
+    consumer = SqsConsumer("q", aws.queue_url, integration=role, wait_seconds=0)
+    messages = consumer._receive()
+    assert len(messages) == 1
+    assert consumer._delete(messages) == 1
+
+    wrong = Integration(
+        "wrong", "s3", {**fields, "role_arn": ROLE_ARN, "external_id": WRONG_EXTERNAL_ID}
+    )
+    refused = SqsConsumer("q", aws.queue_url, integration=wrong, wait_seconds=0)
+    with pytest.raises(Exception) as caught:
+        refused._receive()
+    text = str(caught.value)
+    assert len(text.splitlines()) == 1
+    assert f"sqs: cannot assume role {ROLE_ARN}: STS AccessDenied" in text
+    assert WRONG_EXTERNAL_ID not in text and aws.secret not in text
+    # a sink meeting it pauses (a refusal) instead of retrying for ever
+    outcome = outcome_of(caught.value, "sqs sink")
+    assert not outcome.ok and not outcome.retry
+
+
+# -- config ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kind", "fields", "message"),
+    [
+        ("s3", {"external_id": "abc123"}, "external_id: only used with role_arn"),
+        ("s3", {"role_arn": "my-role"}, "is not a role ARN"),
+        ("s3", {"role_arn": ROLE_ARN, "duration_seconds": "60"}, "from 900 to 43200"),
+        ("s3", {"role_arn": ROLE_ARN, "session_name": "a b"}, "session_name must be"),
+        ("azure", {"tenant_id": "t", "client_secret": "env:X"}, "needs tenant_id and client_id"),
+        ("azure", {"tenant_id": "t", "client_id": "c"}, "exactly one of client_secret"),
+        ("azure", {"tenant_id": "t", "client_id": "c", "client_secret": "s3cr3t-literal"},
+         "holds a literal secret"),
+        ("azure", {"tenant_id": "t", "client_id": "c", "client_secret": "env:X",
+                   "account_key": "env:Y"}, "cannot be combined with account_key"),
+        ("gcs", {"impersonate": "not-an-email"}, "is not a service account's email"),
+    ],
+)  # fmt: skip
+def test_role_fields_are_checked_when_the_config_loads(
+    kind: str, fields: dict[str, str], message: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        Integration("i", kind, fields)
+    assert message in str(caught.value)
+    assert "s3cr3t-literal" not in str(caught.value)
+
+
+def test_a_config_file_takes_role_fields_and_a_numeric_duration(tmp_path: Path) -> None:
+    from syncd.config import load_config
+
+    cfg = tmp_path / "syncd.toml"
+    cfg.write_text(
+        f"""
+[integrations.r]
+type = "s3"
+role_arn = "{ROLE_ARN}"
+external_id = "{EXTERNAL_ID}"
+duration_seconds = 1800
+
+[drivers.d]
+type = "s3"
+bucket = "b"
+integration = "r"
+
+[datasets.ds]
+driver = "d"
+"""
+    )
+    integ = load_config(str(cfg))["ds"].driver.integration
+    assert integ is not None
+    assert integ.fields == {
+        "role_arn": ROLE_ARN,
+        "external_id": EXTERNAL_ID,
+        "duration_seconds": "1800",
+    }
