@@ -48,7 +48,7 @@ PLAIN_FIELDS: dict[str, frozenset[str]] = {
     # the *path* to a service-account file is not a secret; its content is
     "gcs": frozenset({"credentials_file", "project", "impersonate"}),
     # a certificate's path, like a service-account file's, is not a secret; its content is
-    "azure": frozenset({"account_name", "tenant_id", "client_id", "certificate_path"}),
+    "azure": frozenset({"account_name", "tenant_id", "client_id", "certificate_path", "authority"}),
     "local": frozenset(),
 }
 #: fields a config file may give as a whole number (kept as its decimal string)
@@ -177,8 +177,9 @@ def _role_problem(kind: str, fields: dict[str, str]) -> str | None:
     if kind == "azure":
         principal = has & {"tenant_id", "client_id", "client_secret", "certificate_path"}
         if not principal:
-            if "certificate_password" in has:
-                return "certificate_password needs certificate_path"
+            extra = sorted(has & {"certificate_password", "authority"})
+            if extra:
+                return f"{', '.join(extra)}: only used with a service principal (tenant_id, ...)"
             return None
         if not {"tenant_id", "client_id"} <= has:
             return "a service principal needs tenant_id and client_id"

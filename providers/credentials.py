@@ -300,22 +300,116 @@ def boto3_session(fields: Mapping[str, str], *, service: str, region: str | None
     )
 
 
+class PrincipalRefused(Exception):
+    """No token for a service principal: one line naming the principal and the OAuth error
+    code (never the secret or the service's prose). ``transient``: no OAuth error came back
+    (the token endpoint was unreachable or failed), so trying again may help. Raised as an
+    azure-core ``ClientAuthenticationError`` subclass, see :func:`azure_credential`."""
+
+    transient = False
+    message = ""
+
+
+def _principal_refused(fields: Mapping[str, str]) -> type[Exception]:
+    from azure.core.exceptions import ClientAuthenticationError
+
+    class Refused(PrincipalRefused, ClientAuthenticationError):
+        def __init__(self, exc: Exception) -> None:
+            text = str(getattr(exc, "message", None) or exc)
+            found = re.search(r"\b(invalid_\w+|unauthorized_client|AADSTS\d+)\b", text)
+            self.transient = found is None
+            why = found.group(1) if found else f"no answer ({type(exc).__name__})"
+            ClientAuthenticationError.__init__(
+                self,
+                message=f"no token for service principal {fields.get('client_id')} in tenant "
+                f"{fields.get('tenant_id')}: {why}",
+            )
+
+    return Refused
+
+
+class _QuietPrincipal(logging.Filter):
+    """azure-identity logs a failed token request at WARNING with the service's prose before
+    it raises; the caller reports :class:`PrincipalRefused`'s one line instead (the same
+    failure, once)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        return not (
+            record.levelno == logging.WARNING
+            and args[:1] in (("ClientSecretCredential",), ("CertificateCredential",))
+            and str(record.msg).endswith("failed: %s")
+        )
+
+
+logging.getLogger("azure.identity._internal.get_token_mixin").addFilter(_QuietPrincipal())
+
+
+class _Principal:
+    """azure-identity's credential, with its failures made :class:`PrincipalRefused`."""
+
+    def __init__(self, credential: Any, refused: type[Exception]) -> None:
+        self._credential, self._refused = credential, refused
+
+    def get_token(self, *scopes: str, **kwargs: Any) -> Any:
+        return self._call(self._credential.get_token, scopes, kwargs)
+
+    def get_token_info(self, *scopes: str, **kwargs: Any) -> Any:
+        return self._call(self._credential.get_token_info, scopes, kwargs)
+
+    def _call(self, method: Any, scopes: tuple[str, ...], kwargs: dict[str, Any]) -> Any:
+        from azure.core.exceptions import ClientAuthenticationError
+
+        try:
+            return method(*scopes, **kwargs)
+        except ClientAuthenticationError as exc:
+            if isinstance(exc, PrincipalRefused):
+                raise
+            raise self._refused(exc) from None
+
+    def close(self) -> None:
+        self._credential.close()
+
+
 def azure_credential(fields: Mapping[str, str], *, what: str = "integration") -> Any | None:
-    """azure-identity's credential for a service principal in ``fields`` (an azure
-    integration's resolved fields), else None. The authority is azure-identity's default
-    (``AZURE_AUTHORITY_HOST``, else the public cloud). A certificate that cannot be read or
+    """A token credential for a service principal in ``fields`` (an azure integration's
+    resolved fields), else None: azure-identity's ``ClientSecretCredential`` or
+    ``CertificateCredential`` (they cache the token and fetch a new one before it expires),
+    whose failures raise :class:`PrincipalRefused`. The authority is ``authority``, else
+    azure-identity's default (``AZURE_AUTHORITY_HOST``, else the public cloud); a host that is
+    none of Microsoft's clouds (Azure Stack, a private cloud) is used without MSAL's instance
+    discovery, which knows Microsoft's clouds only. A certificate that cannot be read or
     parsed is a ``ConfigError`` naming its path."""
     if not fields.get("tenant_id"):
         return None
-    from azure.identity import CertificateCredential, ClientSecretCredential
+    from azure.identity import AzureAuthorityHosts, CertificateCredential, ClientSecretCredential
 
+    options: dict[str, Any] = {}
+    authority = fields.get("authority")
+    if authority:
+        options["authority"] = authority
+        host = authority.split("://")[-1].strip("/")
+        known = {
+            AzureAuthorityHosts.AZURE_PUBLIC_CLOUD,
+            AzureAuthorityHosts.AZURE_CHINA,
+            AzureAuthorityHosts.AZURE_GOVERNMENT,
+        }
+        if host not in known:
+            options["disable_instance_discovery"] = True
     tenant, client = fields["tenant_id"], fields.get("client_id") or ""
+    refused = _principal_refused(fields)
     if fields.get("client_secret"):
-        return ClientSecretCredential(tenant, client, fields["client_secret"])
+        return _Principal(
+            ClientSecretCredential(tenant, client, fields["client_secret"], **options), refused
+        )
     path = fields.get("certificate_path") or ""
     try:
-        return CertificateCredential(
-            tenant, client, certificate_path=path, password=fields.get("certificate_password")
+        credential = CertificateCredential(
+            tenant,
+            client,
+            certificate_path=path,
+            password=fields.get("certificate_password"),
+            **options,
         )
     except OSError as exc:
         raise ConfigError(
@@ -328,6 +422,7 @@ def azure_credential(fields: Mapping[str, str], *, what: str = "integration") ->
             f"{what} field 'certificate_path': {path} is not a PEM or PKCS12 certificate with "
             f"its private key (or certificate_password is wrong): {type(exc).__name__}"
         ) from None
+    return _Principal(credential, refused)
 
 
 #: what the impersonating (source) credentials need: the IAM credentials API

@@ -27,6 +27,10 @@ def open_driver(cfg: DriverConfig) -> Driver:
         raise MissingExtra(EXTRAS[cfg.type], f"the {cfg.type} driver", exc) from None
 
 
+def _what(cfg: DriverConfig) -> str:
+    return f"integration {cfg.integration.name!r}" if cfg.integration else "integration"
+
+
 def _open(cfg: DriverConfig) -> Driver:
     creds = cfg.integration.resolve() if cfg.integration else {}
     if cfg.type == "local":
@@ -60,6 +64,7 @@ def _open(cfg: DriverConfig) -> Driver:
         )
     if cfg.type == "azure":
         from providers.azure import AzureBlobDriver
+        from providers.credentials import azure_credential
 
         if not creds:
             # no integration: the variables the Azure CLI and SDK samples use
@@ -82,6 +87,7 @@ def _open(cfg: DriverConfig) -> Driver:
             endpoint=cfg.endpoint,
             storage_class=cfg.storage_class,
             page_size=cfg.page_size,
+            credential=azure_credential(creds, what=_what(cfg)),
         )
     if cfg.type == "bench":
         from providers.synthetic import SyntheticDriver

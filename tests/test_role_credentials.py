@@ -527,3 +527,337 @@ driver = "d"
         "external_id": EXTERNAL_ID,
         "duration_seconds": "1800",
     }
+
+
+# -- TLS on loopback (Entra ID and Azure token credentials speak HTTPS only) ----------------
+
+
+def _self_signed(tmp: Path) -> tuple[Path, Path]:
+    """A certificate and key for 127.0.0.1, made here; the SDKs trust it through
+    ``REQUESTS_CA_BUNDLE`` (both azure-core and MSAL send with requests)."""
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)  # MSAL signs RS256
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(hours=1))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp / "cert.pem", tmp / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+def _jwt(claims: dict[str, Any]) -> str:
+    """An unsigned-looking JWT (Azurite's ``--oauth basic`` checks the claims, not the
+    signature, as its README says)."""
+
+    def part(data: dict[str, Any]) -> str:
+        raw = json.dumps(data).encode()
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+    return f"{part({'alg': 'RS256', 'typ': 'JWT'})}.{part(claims)}.c2lnbmF0dXJl"
+
+
+TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
+CLIENT_ID = "2f1e4d3c-aaaa-bbbb-cccc-0123456789ab"
+CLIENT_SECRET = "sp-secret-d0-not-print-me"
+
+
+@dataclass
+class TokenService:
+    """Stands in for the Microsoft Entra ID token endpoint (the integration's ``authority``): hands
+    a storage token to the right client secret, ``invalid_client`` to any other; records
+    every token request's form."""
+
+    url: str
+    forms: list[dict[str, str]]
+    audience: list[str]
+
+
+@pytest.fixture
+def entra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[TokenService, Path]]:
+    import ssl
+
+    cert, key = _self_signed(tmp_path)
+    forms: list[dict[str, str]] = []
+    audience = ["https://storage.azure.com"]
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def _json(self, status: int, payload: dict[str, Any]) -> None:
+            data = json.dumps(payload).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self) -> None:  # MSAL reads the tenant's OpenID configuration first
+            base = f"https://127.0.0.1:{self.server.server_address[1]}/{TENANT}"
+            self._json(
+                200,
+                {
+                    "token_endpoint": f"{base}/oauth2/v2.0/token",
+                    "authorization_endpoint": f"{base}/oauth2/v2.0/authorize",
+                    "issuer": f"{base}/v2.0",
+                },
+            )
+
+        def do_POST(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            form = {k: v[0] for k, v in parse_qs(self.rfile.read(length).decode()).items()}
+            forms.append(form | {"path": self.path})
+            if form.get("client_secret") != CLIENT_SECRET:
+                self._json(
+                    401,
+                    {
+                        "error": "invalid_client",
+                        "error_description": "AADSTS7000215: Invalid client secret provided.",
+                    },
+                )
+                return
+            now = int(time.time())
+            token = _jwt(
+                {
+                    "aud": audience[0],
+                    "iss": f"https://sts.windows.net/{TENANT}/",
+                    "tid": TENANT,
+                    "appid": CLIENT_ID,
+                    "oid": CLIENT_ID,
+                    "nbf": now - 60,
+                    "iat": now - 60,
+                    "exp": now + 3600,
+                }
+            )
+            self._json(200, {"token_type": "Bearer", "expires_in": 3600, "access_token": token})
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"https://127.0.0.1:{server.server_address[1]}"
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(cert))
+    try:
+        yield TokenService(url, forms, audience), tmp_path
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def azurite_oauth(entra: tuple[TokenService, Path]) -> Iterator[str]:
+    """Azurite over HTTPS with ``--oauth basic``: it takes bearer tokens, checking their
+    issuer, audience and lifetime (not their signature). Yields its blob endpoint."""
+    import socket
+    import ssl
+
+    from tests.emulators import AZURITE_ACCOUNT, _azurite_binary, free_port
+
+    _, tmp = entra
+    port = free_port()
+    (tmp / "azurite").mkdir()
+    log = (tmp / "azurite.log").open("wb")
+    proc = subprocess.Popen(
+        [
+            _azurite_binary(),
+            "--blobHost", "127.0.0.1", "--blobPort", str(port),
+            "--location", str(tmp / "azurite"),
+            "--cert", str(tmp / "cert.pem"), "--key", str(tmp / "key.pem"),
+            "--oauth", "basic", "--skipApiVersionCheck", "--silent",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    context = ssl.create_default_context(cafile=str(tmp / "cert.pem"))
+    deadline = time.monotonic() + 60
+    try:
+        while True:  # up when it answers a TLS handshake
+            assert proc.poll() is None, (tmp / "azurite.log").read_text()[-2000:]
+            assert time.monotonic() < deadline, "Azurite (https) did not come up in 60 s"
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1) as raw:
+                    context.wrap_socket(raw, server_hostname="127.0.0.1").close()
+                break
+            except OSError:
+                time.sleep(0.1)  # polling a starting process, not waiting on a test outcome
+        yield f"https://127.0.0.1:{port}/{AZURITE_ACCOUNT}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+def _sp_config(authority: str, endpoint: str, container: str) -> DriverConfig:
+    from tests.emulators import AZURITE_ACCOUNT
+
+    integ = Integration(
+        "sp",
+        "azure",
+        {
+            "account_name": AZURITE_ACCOUNT,
+            "authority": authority,
+            "tenant_id": TENANT,
+            "client_id": CLIENT_ID,
+            "client_secret": "env:ROLES_AZ_SECRET",
+        },
+    )
+    return DriverConfig(type="azure", bucket=container, endpoint=endpoint, integration=integ)
+
+
+def _azurite_container(endpoint: str) -> str:
+    from azure.storage.blob import BlobServiceClient
+
+    from tests.emulators import AZURITE_ACCOUNT, AZURITE_KEY
+
+    container = unique_bucket()
+    service = BlobServiceClient(
+        endpoint, credential={"account_name": AZURITE_ACCOUNT, "account_key": AZURITE_KEY}
+    )
+    service.create_container(container).upload_blob("a.txt", b"a")
+    return container
+
+
+async def test_an_azure_service_principal_gets_a_token_and_lists_with_it(
+    entra: tuple[TokenService, Path], azurite_oauth: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """azure-identity's ClientSecretCredential asks the token endpoint for a storage token
+    with the client's id and secret (checked here); Azurite then takes the token (a token of
+    another audience is refused, so it is the token that lets the listing through)."""
+    service, _ = entra
+    monkeypatch.setenv("ROLES_AZ_SECRET", CLIENT_SECRET)
+    container = _azurite_container(azurite_oauth)
+    async with open_driver(_sp_config(service.url, azurite_oauth, container)) as driver:
+        assert [o.key async for page in driver.list() for o in page] == ["a.txt"]
+    assert len(service.forms) == 1
+    form = service.forms[0]
+    assert form["path"] == f"/{TENANT}/oauth2/v2.0/token"
+    assert form["grant_type"] == "client_credentials"
+    assert form["client_id"] == CLIENT_ID and form["client_secret"] == CLIENT_SECRET
+    assert form["scope"] == "https://storage.azure.com/.default"
+
+    service.audience[0] = "https://management.azure.com"  # a token for something else
+    async with open_driver(_sp_config(service.url, azurite_oauth, container)) as driver:
+        with pytest.raises(errors.Unauthenticated):
+            [o async for page in driver.list() for o in page]
+
+
+async def test_a_wrong_client_secret_is_one_line_without_the_secret(
+    entra: tuple[TokenService, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    service, _ = entra
+    monkeypatch.setenv("ROLES_AZ_SECRET", "not-the-secret-either")
+    endpoint = "https://127.0.0.1:9/devstoreaccount1"  # never reached: no token, no request
+    async with open_driver(_sp_config(service.url, endpoint, "c")) as driver:
+        with pytest.raises(errors.Unauthenticated) as caught:
+            [o async for page in driver.list() for o in page]
+    text = str(caught.value)
+    assert len(text.splitlines()) == 1
+    assert "not-the-secret-either" not in text
+    assert len(service.forms) == 1  # asked once, refused, not retried
+
+
+def test_an_unreadable_certificate_is_a_config_error_naming_its_path(tmp_path: Path) -> None:
+    from providers.credentials import azure_credential
+
+    missing = tmp_path / "nope.pem"
+    fields = {"tenant_id": TENANT, "client_id": CLIENT_ID, "certificate_path": str(missing)}
+    with pytest.raises(ConfigError) as caught:
+        azure_credential(fields, what="integration 'sp'")
+    assert str(missing) in str(caught.value) and "cannot be read" in str(caught.value)
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----\n")
+    fields["certificate_path"] = str(garbage)
+    with pytest.raises(ConfigError) as caught:
+        azure_credential(fields, what="integration 'sp'")
+    assert "not a PEM or PKCS12 certificate" in str(caught.value)
+    assert "not a key" not in str(caught.value)
+
+
+async def test_an_azure_certificate_principal_signs_its_assertion_with_the_certificate(
+    entra: tuple[TokenService, Path], azurite_oauth: str
+) -> None:
+    """CertificateCredential sends a client assertion (a JWT signed with the certificate's
+    key, its thumbprint in the header) instead of a secret."""
+    service, tmp = entra
+    combined = tmp / "sp.pem"  # azure-identity wants the key and the certificate in one file
+    combined.write_bytes((tmp / "key.pem").read_bytes() + (tmp / "cert.pem").read_bytes())
+    container = _azurite_container(azurite_oauth)
+    cfg = _sp_config(service.url, azurite_oauth, container)
+    fields = {k: v for k, v in cfg.integration.fields.items() if k != "client_secret"}
+    integ = Integration("cert", "azure", {**fields, "certificate_path": str(combined)})
+    cfg = DriverConfig(type="azure", bucket=container, endpoint=azurite_oauth, integration=integ)
+    with pytest.raises(errors.Unauthenticated):
+        # the stand-in hands tokens only for the secret: the assertion reached it instead
+        async with open_driver(cfg) as driver:
+            [o async for page in driver.list() for o in page]
+    form = service.forms[-1]
+    assert form["client_assertion_type"] == (
+        "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+    )
+    header = json.loads(base64.urlsafe_b64decode(form["client_assertion"].split(".")[0] + "=="))
+    assert "x5t" in header or "x5t#S256" in header
+    assert "client_secret" not in form
+
+
+def test_sdk_warnings_of_a_refused_role_or_principal_are_not_repeated(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """botocore's and azure-identity's own warnings about the failures the callers report in
+    one line are dropped (botocore's carried a traceback); others pass."""
+    import logging
+
+    from providers.credentials import _role_failure
+
+    failure = _role_failure(TimeoutError(), ROLE_ARN, "s3", "b")
+    botocore_log = logging.getLogger("botocore.credentials")
+    identity_log = logging.getLogger("azure.identity._internal.get_token_mixin")
+    with caplog.at_level(logging.WARNING):
+        try:
+            raise failure
+        except Exception:
+            msg = "Refreshing temporary credentials failed during %s refresh period."
+            botocore_log.warning(msg, "mandatory", exc_info=True)
+            botocore_log.warning(msg, "advisory", exc_info=True)
+        identity_log.warning("%s.%s failed: %s", "ClientSecretCredential", "get_token", "x")
+        identity_log.warning("%s.%s failed: %s", "ManagedIdentityCredential", "get_token", "y")
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == [
+        f"refreshing role credentials failed, the current ones stay in use: {failure}",
+        "ManagedIdentityCredential.get_token failed: y",
+    ]
+    assert all(r.exc_info is None for r in caplog.records[:1])
