@@ -52,7 +52,8 @@ def _open(cfg: DriverConfig) -> Driver:
             session=aws_session(creds, region=cfg.region, label=cfg.bucket),
         )
     if cfg.type == "gcs":
-        from providers.gcs import GCSDriver
+        from providers.credentials import gcp_credentials
+        from providers.gcs import SCOPES, GCSDriver
 
         return GCSDriver(
             cfg.bucket,
@@ -61,6 +62,7 @@ def _open(cfg: DriverConfig) -> Driver:
             project=creds.get("project"),
             storage_class=cfg.storage_class,
             page_size=cfg.page_size,
+            credentials=gcp_credentials(creds, scopes=SCOPES, what=_what(cfg)),
         )
     if cfg.type == "azure":
         from providers.azure import AzureBlobDriver

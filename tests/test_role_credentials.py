@@ -861,3 +861,186 @@ def test_sdk_warnings_of_a_refused_role_or_principal_are_not_repeated(
         "ManagedIdentityCredential.get_token failed: y",
     ]
     assert all(r.exc_info is None for r in caplog.records[:1])
+
+
+# -- GCP impersonation -------------------------------------------------------------------------
+
+TARGET_SA = "reader@bucket-owner.iam.gserviceaccount.com"
+
+
+@dataclass
+class GoogleStandIn:
+    """Stands in for Google's OAuth token endpoint (the source service account's
+    ``token_uri``) and the IAM credentials API's ``generateAccessToken``: the source gets
+    ``source-token``; the target's token is handed only to a request carrying it, unless
+    ``refuse`` is set (then 403 PERMISSION_DENIED, as IAM answers a caller without
+    roles/iam.serviceAccountTokenCreator)."""
+
+    url: str
+    token_requests: list[dict[str, str]]
+    impersonations: list[tuple[str, str, dict[str, Any]]]
+    refuse: list[bool]
+
+
+@pytest.fixture
+def google_stand_in() -> Iterator[GoogleStandIn]:
+    token_requests: list[dict[str, str]] = []
+    impersonations: list[tuple[str, str, dict[str, Any]]] = []
+    refuse = [False]
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def _json(self, status: int, payload: dict[str, Any]) -> None:
+            data = json.dumps(payload).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_POST(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            raw = self.rfile.read(length).decode()
+            if self.path == "/token":
+                token_requests.append({k: v[0] for k, v in parse_qs(raw).items()})
+                self._json(200, {"access_token": "source-token", "expires_in": 3600})
+                return
+            auth = self.headers.get("Authorization", "")
+            impersonations.append((self.path, auth, json.loads(raw)))
+            if refuse[0] or auth != "Bearer source-token":
+                self._json(
+                    403,
+                    {
+                        "error": {
+                            "code": 403,
+                            "message": "Permission 'iam.serviceAccounts.getAccessToken' denied",
+                            "status": "PERMISSION_DENIED",
+                        }
+                    },
+                )
+                return
+            expires = (datetime.now(UTC) + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+            self._json(200, {"accessToken": "impersonated-token", "expireTime": expires})
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield GoogleStandIn(
+            f"http://127.0.0.1:{server.server_address[1]}", token_requests, impersonations, refuse
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+async def test_gcp_impersonation_asks_iam_for_the_target_token_and_the_driver_sends_it(
+    google_stand_in: GoogleStandIn, fake_gcs: Emulator, tmp_path: Path
+) -> None:
+    """The source service account gets its token, calls generateAccessToken on the target
+    with it (scope and lifetime checked), and every storage request then carries the
+    target's token (read at a recording proxy in front of fake-gcs-server, which takes any)."""
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    from providers.credentials import gcp_credentials
+    from providers.gcs import SCOPES, GCSDriver
+    from tests.conftest import write_service_account
+
+    bucket = unique_bucket()
+    admin = storage.Client(
+        project="t",
+        credentials=AnonymousCredentials(),
+        client_options={"api_endpoint": fake_gcs.url},
+    )
+    admin.create_bucket(bucket).blob("a.txt").upload_from_string(b"a")
+    source = write_service_account(tmp_path / "sa.json", f"{google_stand_in.url}/token")
+    fields = {"credentials_file": str(source), "impersonate": TARGET_SA}
+    credentials = gcp_credentials(fields, scopes=SCOPES, iam_endpoint=google_stand_in.url)
+    proxy = RecordingProxy(fake_gcs.url)
+    try:
+        driver = GCSDriver(bucket, endpoint=proxy.url, credentials=credentials)
+        try:
+            assert [o.key async for page in driver.list() for o in page] == ["a.txt"]
+            assert (await driver.head("a.txt")).size == 1
+            asked = len(google_stand_in.impersonations)
+            for _ in range(3):  # the target's token is kept until it nears its expiry
+                assert (await driver.head("a.txt")).size == 1
+            assert len(google_stand_in.impersonations) == asked
+        finally:
+            await driver.close()
+        with proxy.lock:
+            # google-auth writes the header name in lower case
+            storage_auth = {
+                next((v for k, v in s.headers.items() if k.lower() == "authorization"), None)
+                for s in proxy.seen
+            }
+        assert storage_auth == {"Bearer impersonated-token"}, [
+            (s.method, s.path) for s in proxy.seen
+        ]
+    finally:
+        proxy.close()
+    # the source's own token: a JWT-bearer grant signed with its key (never the key itself)
+    assert google_stand_in.token_requests
+    for form in google_stand_in.token_requests:
+        assert form["grant_type"] == "urn:ietf:params:oauth:grant-type:jwt-bearer"
+    assert google_stand_in.impersonations
+    for path, auth, body in google_stand_in.impersonations:
+        assert path == f"/v1/projects/-/serviceAccounts/{TARGET_SA}:generateAccessToken"
+        assert auth == "Bearer source-token"
+        assert body["scope"] == list(SCOPES) and body["lifetime"] == "3600s"
+
+
+async def test_a_refused_impersonation_is_one_line_without_the_key(
+    google_stand_in: GoogleStandIn, fake_gcs: Emulator, tmp_path: Path
+) -> None:
+    from providers.credentials import gcp_credentials
+    from providers.gcs import SCOPES, GCSDriver
+    from tests.conftest import private_key_of, write_service_account
+
+    google_stand_in.refuse[0] = True
+    source = write_service_account(tmp_path / "sa.json", f"{google_stand_in.url}/token")
+    fields = {"credentials_file": str(source), "impersonate": TARGET_SA}
+    credentials = gcp_credentials(fields, scopes=SCOPES, iam_endpoint=google_stand_in.url)
+    driver = GCSDriver(unique_bucket(), endpoint=fake_gcs.url, credentials=credentials)
+    try:
+        with pytest.raises(errors.Unauthenticated) as caught:
+            [o async for page in driver.list() for o in page]
+    finally:
+        await driver.close()
+    text = str(caught.value)
+    assert len(text.splitlines()) == 1
+    assert private_key_of(str(source))[:64] not in text and "source-token" not in text
+
+
+def test_open_driver_and_the_pubsub_clients_impersonate_through_the_one_function(
+    tmp_path: Path, google_stand_in: GoogleStandIn
+) -> None:
+    """Wiring (no request is made): the GCS driver from a config, the Pub/Sub consumer's and
+    the sink's clients all hold google-auth impersonated credentials for the target."""
+    from google.auth import impersonated_credentials
+
+    from syncd.config import SinkConfig
+    from syncd.daemon.queues.pubsub import PubSubConsumer
+    from syncd.feed.sinks import open_sender
+    from tests.conftest import write_service_account
+
+    source = write_service_account(tmp_path / "sa.json", f"{google_stand_in.url}/token")
+    integ = Integration("imp", "gcs", {"credentials_file": str(source), "impersonate": TARGET_SA})
+    driver = open_driver(
+        DriverConfig(type="gcs", bucket="b", endpoint="http://127.0.0.1:9", integration=integ)
+    )
+    held = [driver._client._credentials]
+    consumer = PubSubConsumer("p", "projects/p/subscriptions/s", integration=integ)
+    subscriber = consumer._client()
+    held.append(subscriber._transport._credentials)
+    sender = open_sender(SinkConfig("s", "pubsub", topic="projects/p/topics/t", integration=integ))
+    held.append(sender._client._transport._credentials)
+    for credentials in held:
+        assert isinstance(credentials, impersonated_credentials.Credentials)
+        assert credentials.service_account_email == TARGET_SA
+    subscriber.close()
+    sender.close()
+    assert google_stand_in.impersonations == []

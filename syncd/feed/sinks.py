@@ -283,7 +283,15 @@ class PubSubSender(SinkSender):
 
         # one message per publish call, sent at once: the deliverer batches, not the client
         settings = pubsub_v1.types.BatchSettings(max_messages=1)
-        if creds.get("credentials_file"):
+        if creds.get("impersonate"):
+            from providers.credentials import gcp_credentials
+            from syncd.daemon.queues.pubsub import PUBSUB_SCOPES
+
+            impersonated = gcp_credentials(creds, scopes=PUBSUB_SCOPES, what=self.where)
+            self._client = pubsub_v1.PublisherClient(
+                credentials=impersonated, batch_settings=settings
+            )
+        elif creds.get("credentials_file"):
             self._client = pubsub_v1.PublisherClient.from_service_account_file(
                 creds["credentials_file"], batch_settings=settings
             )
