@@ -16,7 +16,7 @@ client syncd builds (drivers, event queue consumers, sinks), so a role works eve
   ``CertificateCredential`` for a service principal (the SDK refreshes its tokens itself), else
   None (the caller keeps its key / SAS / connection string / ``DefaultAzureCredential`` rules).
 * :func:`gcp_credentials`: google-auth's ``impersonated_credentials.Credentials`` for
-  ``impersonate``, with the integration's service-account file or application default
+  ``impersonate``, with the integration's service-account key file or application default
   credentials as the source (refreshed by google-auth before expiry), else None.
 
 Failures say what is wrong in one line naming the role or principal, never a key, a token or
@@ -437,8 +437,8 @@ def gcp_credentials(
     what: str = "integration",
 ) -> Any | None:
     """google-auth credentials impersonating ``fields["impersonate"]`` (a gcs integration's
-    resolved fields), else None. The source is the integration's ``credentials_file`` (any
-    kind google-auth loads) or application default credentials; it needs
+    resolved fields), else None. The source is the integration's ``credentials_file`` (a
+    service-account key file) or application default credentials; it needs
     ``roles/iam.serviceAccountTokenCreator`` on the target. ``iam_endpoint`` overrides
     google-auth's ``generateAccessToken`` URL (regional endpoints; tests). A source that cannot
     be loaded is a ``ConfigError``."""
@@ -448,10 +448,12 @@ def gcp_credentials(
     import google.auth
     import google.auth.exceptions
     from google.auth import impersonated_credentials
+    from google.oauth2 import service_account
 
     try:
         if fields.get("credentials_file"):
-            source, _ = google.auth.load_credentials_from_file(
+            # a service-account key file, as everywhere else ``credentials_file`` is read
+            source = service_account.Credentials.from_service_account_file(
                 fields["credentials_file"], scopes=list(SOURCE_SCOPES)
             )
         else:

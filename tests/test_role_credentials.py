@@ -406,7 +406,7 @@ async def test_role_credentials_are_refreshed_before_they_expire_during_a_long_l
         first = await anext(pages)
         second = await anext(pages)
         assert len(proxy.assume_role_calls()) == 1
-        advisory, mandatory = refresh_margins(900)
+        _, mandatory = refresh_margins(900)
         offset = timedelta(seconds=900 - mandatory + 5)
         rest = [o async for page in pages for o in page]
         assert [o.key for o in first + second + rest] == OBJECTS
