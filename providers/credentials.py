@@ -107,6 +107,11 @@ def _role_failure(exc: BaseException, role_arn: str, provider: str, label: str) 
         cause += f": STS {code}"
         if cls in (errors.PermissionDenied, errors.Unauthenticated):
             hint = _ROLE_HINT
+        elif code == "ValidationError":
+            hint = (
+                "check duration_seconds against the role's maximum session duration, and "
+                "session_name"
+            )
     elif isinstance(exc, bexc.NoCredentialsError | bexc.PartialCredentialsError):
         cls, cause = errors.Unauthenticated, cause + ": no base credentials to call STS with"
         hint = (

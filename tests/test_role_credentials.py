@@ -328,6 +328,11 @@ def test_the_right_external_id_syncs_and_no_secret_is_printed_or_stored(
     # the catalog keeps the integration as written: references and plain values only
     stored = _catalog_bytes(db)
     assert ROLE_ARN.encode() in stored and b"env:ROLES_TEST_KEY_ID" in stored
+    assert aws.key_id.encode() not in stored
+    # what the CLI lists of the dataset names the integration, nothing of its credentials
+    listed = _syncd(aws, "datasets", "ls", "--db", str(db), "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert aws.secret not in listed.stdout and aws.key_id not in listed.stdout
 
 
 @pytest.mark.parametrize(
@@ -1044,3 +1049,20 @@ def test_open_driver_and_the_pubsub_clients_impersonate_through_the_one_function
     subscriber.close()
     sender.close()
     assert google_stand_in.impersonations == []
+
+
+def test_the_azure_queue_clients_use_the_service_principal(tmp_path: Path) -> None:
+    """Wiring (no request is made): the Storage Queue consumer's and sink's clients hold the
+    same service-principal credential the blob driver gets. No Azurite queue here takes
+    bearer tokens (that needs its own HTTPS instance): the token flow itself is the blob
+    tests' above."""
+    from syncd.daemon.queues.azure_queue import _clients
+
+    os.environ["ROLES_AZ_SECRET"] = CLIENT_SECRET
+    integ = _sp_config("https://127.0.0.1:9", "https://127.0.0.1:9/a", "c").integration
+    queue, poison = _clients("events", None, integ)
+    for client in (queue, poison):
+        assert type(client.credential).__name__ == "_Principal"
+        assert client.url.startswith("https://devstoreaccount1.queue.core.windows.net/")
+    queue.close()
+    poison.close()
