@@ -324,11 +324,17 @@ def test_the_right_external_id_syncs_and_no_secret_is_printed_or_stored(
     for tag in ("SecretAccessKey", "SessionToken"):
         for value in re.findall(rf"<{tag}>([^<]*)</{tag}>", out):
             assert value == "***", f"{tag} printed"
+    # every session token moto issues starts so: none is printed anywhere (the S3 requests'
+    # X-Amz-Security-Token headers included)
+    from moto.sts.utils import SESSION_TOKEN_PREFIX
+
+    assert "<SessionToken>***" in out  # the -vv output did show STS's answer, masked
+    assert SESSION_TOKEN_PREFIX not in out
     assert "Traceback" not in out
     # the catalog keeps the integration as written: references and plain values only
     stored = _catalog_bytes(db)
     assert ROLE_ARN.encode() in stored and b"env:ROLES_TEST_KEY_ID" in stored
-    assert aws.key_id.encode() not in stored
+    assert aws.key_id.encode() not in stored and SESSION_TOKEN_PREFIX.encode() not in stored
     # what the CLI lists of the dataset names the integration, nothing of its credentials
     listed = _syncd(aws, "datasets", "ls", "--db", str(db), "--json")
     assert listed.returncode == 0, listed.stderr
