@@ -207,7 +207,9 @@ def _role_credentials(
     }
     if fields.get("external_id"):
         params["ExternalId"] = fields["external_id"]
-    sts_client: list[Any] = []  # made on first use, on the thread that first needs it
+    # made on first use, by the thread that first needs it: botocore calls ``fetch`` under
+    # the credentials' refresh lock, so one thread at a time
+    sts_client: list[Any] = []
 
     def fetch() -> dict[str, Any]:
         try:
@@ -254,10 +256,10 @@ def aws_session(
     clock: Callable[[], datetime] | None = None,
 ) -> Any:
     """A ``botocore.session.Session`` whose credentials follow ``fields`` (an s3 integration's
-    resolved fields; empty: the standard chain). ``label`` (the bucket or queue) and
-    ``provider`` name the failing resource in a role's errors (no label:
-    :class:`RoleRefused`). ``clock`` is what the role
-    credentials read the time with (tests advance it to cross an expiry)."""
+    resolved fields; empty: the standard chain). ``provider`` and ``label`` (a driver's
+    bucket) name the failing resource in a role's errors; without a label they are
+    :class:`RoleRefused`. ``clock`` is what the role credentials read the time with (tests
+    move it to cross into the refresh window)."""
     import botocore.session
     from botocore.credentials import CredentialProvider, CredentialResolver
     from botocore.exceptions import PartialCredentialsError
