@@ -12,11 +12,16 @@ only compares the values it was sent), and it never expires assumed credentials 
 test counts AssumeRole calls and looks at which key signs each request, through a recording
 proxy, instead of waiting for a refusal).
 
-Azure and GCP have no emulator for their token services; their SDK seams are used honestly:
-loopback servers stand in for the Microsoft Entra token endpoint (``AZURE_AUTHORITY_HOST``) and
-for Google's IAM credentials ``generateAccessToken``, check what the SDK sends, and the token
-they hand out is then checked on the storage requests (through a recording proxy in front of
-fake-gcs-server and Azurite-less loopback for Azure; see each test).
+Azure and GCP have no emulator for their token services; their SDK seams are used instead:
+loopback servers stand in for the Microsoft Entra ID token endpoint (the integration's
+``authority``, over TLS with a certificate made here, as azure-identity demands) and for
+Google's OAuth token endpoint and IAM credentials ``generateAccessToken`` (google-auth's
+``iam_endpoint_override``). They check what the SDK sends; the token they hand out is then
+checked where storage receives it: Azurite over HTTPS with ``--oauth basic`` (it checks a
+bearer token's issuer, audience and lifetime, not its signature) and a recording proxy in
+front of fake-gcs-server (which checks nothing). Not covered: real Entra ID and IAM decisions
+(which roles a principal holds), token signatures, and the Azure queues' and Pub/Sub's use
+of the token on the wire (their clients' credentials are checked, not their requests).
 
 The secret checks of these credentials live here, not in test_planted_secrets.py (another
 change is editing that file).
