@@ -1,9 +1,11 @@
 """Azure Blob Storage, through azure-storage-blob.
 
 Credentials, first match wins: a connection string; an account name with an account key; an
-account name with a SAS token; an account name with azure-identity's
-``DefaultAzureCredential`` (environment, managed identity, CLI login). The SDK's retry policy
-is disabled (``retry_total=0``) so :mod:`providers.retry` is the only retry loop.
+account name with a SAS token; an account name with a service principal's credential (built
+by :func:`providers.credentials.azure_credential`: client secret or certificate); an account
+name with azure-identity's ``DefaultAzureCredential`` (environment, managed identity, CLI
+login). The SDK's retry policy is disabled (``retry_total=0``) so :mod:`providers.retry` is the
+only retry loop.
 
 List Blobs pages with an opaque marker and filters by prefix only, so ``start_after`` is
 applied by skipping keys client-side (still one page in memory at a time) and ``end_before``
@@ -28,6 +30,7 @@ from azure.storage.blob import (
 
 from providers import errors
 from providers.base import MULTIPART_THRESHOLD, PART_CONCURRENCY, Driver, ObjectInfo, object_uri
+from providers.credentials import PrincipalRefused
 from providers.retry import NO_RETRY, RetryPolicy, Translate, call
 
 _CODE_MAP: dict[str, type[errors.StorageError]] = {
@@ -64,7 +67,10 @@ class AzureBlobDriver(Driver):
         storage_class: str | None = None,
         page_size: int = 5000,
         retry: RetryPolicy | None = None,
+        credential: Any = None,
     ) -> None:
+        """``credential``: an azure-identity token credential (a service principal) used with
+        ``account_name`` when no key or SAS is given, instead of ``DefaultAzureCredential``."""
         super().__init__(container, page_size=min(page_size, 5000))
         self.retry = retry or RetryPolicy.from_env()
         self.storage_class = storage_class
@@ -88,12 +94,11 @@ class AzureBlobDriver(Driver):
                         hint="set AZURE_STORAGE_CONNECTION_STRING or AZURE_STORAGE_ACCOUNT",
                     )
                 url = endpoint or f"https://{account_name}.blob.core.windows.net"
-                credential: Any
                 if account_key:
                     credential = {"account_name": account_name, "account_key": account_key}
                 elif sas_token:
                     credential = sas_token
-                else:
+                elif credential is None:
                     from azure.identity import DefaultAzureCredential
 
                     credential = DefaultAzureCredential()
@@ -108,6 +113,9 @@ class AzureBlobDriver(Driver):
 
     def _translate(self, key: str | None = None) -> Translate:
         def translate(exc: BaseException) -> errors.StorageError:
+            if isinstance(exc, PrincipalRefused):  # its message is syncd's own, one line
+                cls = errors.TransientError if exc.transient else errors.Unauthenticated
+                return cls(self.provider, self.bucket, str(exc.message), key=key)
             if isinstance(exc, aexc.IncompleteReadError | errors.CUT_SHORT):
                 # an HttpResponseError too (of the 200 whose body stopped short): not the
                 # service's refusal but a dropped connection

@@ -6,6 +6,11 @@
   syncd stores or prints can contain one. An integration with no fields means "the provider's
   standard chain" (AWS env/profile/instance role, GCP application default credentials, Azure
   ``DefaultAzureCredential``).
+* Role-based fields (built into SDK credentials by :mod:`providers.credentials`): AWS
+  ``role_arn`` (+ ``external_id``, ``session_name``, ``duration_seconds``) assumes that role
+  through STS with the integration's other credentials; Azure ``tenant_id`` + ``client_id`` +
+  ``client_secret`` (a reference) or ``certificate_path`` signs in as a service principal; GCP
+  ``impersonate`` (a service account's email) impersonates it with the other credentials.
 * A :class:`DriverConfig` is type + bucket/container + optional path prefix + region/endpoint/
   storage class + ``allow_external_delete``, optionally bound to an integration.
 """
@@ -13,6 +18,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,17 +33,36 @@ SOURCE_ONLY = ("bench",)
 SECRET_FIELDS: dict[str, frozenset[str]] = {
     "s3": frozenset({"access_key_id", "secret_access_key", "session_token"}),
     "gcs": frozenset(),
-    "azure": frozenset({"connection_string", "account_key", "sas_token"}),
+    "azure": frozenset(
+        {"connection_string", "account_key", "sas_token", "client_secret", "certificate_password"}
+    ),
     "local": frozenset(),
 }
 #: non-secret integration fields, per provider
 PLAIN_FIELDS: dict[str, frozenset[str]] = {
-    "s3": frozenset({"profile"}),
+    # ``external_id`` is plain on purpose: AWS documents it as an identifier, not a secret (it
+    # stands in clear text in the customer's trust policy and in CloudTrail), and an operator
+    # must be able to read it back to compare it with the trust policy. What keeps a confused
+    # deputy out is that the *platform* chooses it per tenant, not that it is hidden.
+    "s3": frozenset({"profile", "role_arn", "external_id", "session_name", "duration_seconds"}),
     # the *path* to a service-account file is not a secret; its content is
-    "gcs": frozenset({"credentials_file", "project"}),
-    "azure": frozenset({"account_name"}),
+    "gcs": frozenset({"credentials_file", "project", "impersonate"}),
+    # a certificate's path, like a service-account file's, is not a secret; its content is
+    "azure": frozenset({"account_name", "tenant_id", "client_id", "certificate_path", "authority"}),
     "local": frozenset(),
 }
+#: fields a config file may give as a whole number (kept as its decimal string)
+INT_FIELDS = frozenset({"duration_seconds"})
+
+#: what the role fields must look like (AWS's own constraints, so a typo fails at load time,
+#: not at the first request). ARNs of S3-compatible stores' STS (MinIO's ``arn:minio:iam:::
+#: role/...``) have an empty account.
+_ROLE_ARN = re.compile(r"arn:[\w-]+:iam::\d{0,12}:role/[\w+=,.@/-]{1,512}")
+_SESSION_NAME = re.compile(r"[\w+=,.@-]{2,64}")
+_EXTERNAL_ID = re.compile(r"[\w+=,.@:/-]{2,1224}")
+_EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
+#: AssumeRole's DurationSeconds bounds (the role's own maximum may be lower, up to 12 hours)
+MIN_ROLE_SECONDS, MAX_ROLE_SECONDS = 900, 43200
 
 
 class ConfigError(ValueError):
@@ -98,6 +123,9 @@ class Integration:
                     f"integration {self.name!r}: unknown field {name!r} for type {self.type} "
                     f"(allowed: {', '.join(sorted(allowed)) or 'none'})"
                 )
+            if name in INT_FIELDS and isinstance(value, int) and not isinstance(value, bool):
+                value = str(value)  # kept as text, like every other field
+                object.__setattr__(self, "fields", {**self.fields, name: value})
             if not isinstance(value, str):
                 raise ConfigError(f"integration {self.name!r}: field {name!r} must be a string")
             if name in SECRET_FIELDS[self.type] and not value.startswith(("env:", "file:")):
@@ -105,6 +133,9 @@ class Integration:
                     f"integration {self.name!r}: field {name!r} holds a literal secret; "
                     f"write 'env:VARIABLE' or 'file:/path/to/secret' instead"
                 )
+        problem = _role_problem(self.type, self.fields)
+        if problem:
+            raise ConfigError(f"integration {self.name!r}: {problem}")
 
     def resolve(self) -> dict[str, str]:
         """Field values with secret references read. Call only when opening a driver."""
@@ -115,6 +146,56 @@ class Integration:
             else:
                 out[name] = value
         return out
+
+
+def _role_problem(kind: str, fields: dict[str, str]) -> str | None:
+    """What is wrong with an integration's role-based fields, or None. Values are named only
+    when they are not secrets (a role ARN, a duration), never a secret's reference target."""
+    has = fields.keys()
+    if kind == "s3":
+        if "role_arn" not in has:
+            extra = sorted(has & {"external_id", "session_name", "duration_seconds"})
+            if extra:
+                return f"{', '.join(extra)}: only used with role_arn (the role to assume)"
+            return None
+        if not _ROLE_ARN.fullmatch(fields["role_arn"]):
+            return (
+                f"role_arn {fields['role_arn']!r} is not a role ARN "
+                "(expected arn:aws:iam::<12-digit account>:role/<name>)"
+            )
+        if "external_id" in has and not _EXTERNAL_ID.fullmatch(fields["external_id"]):
+            return "external_id must be 2-1224 characters of letters, digits and +=,.@:/-"
+        if "session_name" in has and not _SESSION_NAME.fullmatch(fields["session_name"]):
+            return "session_name must be 2-64 characters of letters, digits and +=,.@-"
+        if "duration_seconds" in has:
+            raw = fields["duration_seconds"]
+            if not raw.isdigit() or not MIN_ROLE_SECONDS <= int(raw) <= MAX_ROLE_SECONDS:
+                return (
+                    f"duration_seconds must be a whole number from {MIN_ROLE_SECONDS} to "
+                    f"{MAX_ROLE_SECONDS} (AssumeRole's bounds), got {raw!r}"
+                )
+    if kind == "azure":
+        principal = has & {"tenant_id", "client_id", "client_secret", "certificate_path"}
+        if not principal:
+            extra = sorted(has & {"certificate_password", "authority"})
+            if extra:
+                return f"{', '.join(extra)}: only used with a service principal (tenant_id, ...)"
+            return None
+        if not {"tenant_id", "client_id"} <= has:
+            return "a service principal needs tenant_id and client_id"
+        if ("client_secret" in has) == ("certificate_path" in has):
+            return "a service principal needs exactly one of client_secret and certificate_path"
+        if "certificate_password" in has and "certificate_path" not in has:
+            return "certificate_password needs certificate_path"
+        clash = sorted(has & {"connection_string", "account_key", "sas_token"})
+        if clash:
+            return f"a service principal cannot be combined with {', '.join(clash)}"
+    if kind == "gcs" and "impersonate" in has and not _EMAIL.fullmatch(fields["impersonate"]):
+        return (
+            f"impersonate {fields['impersonate']!r} is not a service account's email "
+            "(expected NAME@PROJECT.iam.gserviceaccount.com)"
+        )
+    return None
 
 
 def normalize_path(path: str) -> str:

@@ -1,7 +1,8 @@
 """Google Cloud Storage, through google-cloud-storage.
 
 Credentials: a service-account JSON file named by the integration's ``credentials_file``, else
-application default credentials. When ``STORAGE_EMULATOR_HOST`` (or the driver's ``endpoint``)
+application default credentials; with ``impersonate``, those impersonate that service account
+(:func:`providers.credentials.gcp_credentials`, handed in as ``credentials``). When ``STORAGE_EMULATOR_HOST`` (or the driver's ``endpoint``)
 points at an emulator and neither a file nor ``GOOGLE_APPLICATION_CREDENTIALS`` is given,
 requests are anonymous, as emulators expect.
 The library's own retries are disabled (``retry=None``) so :mod:`providers.retry` is the only
@@ -72,14 +73,21 @@ class GCSDriver(Driver):
         storage_class: str | None = None,
         page_size: int = 1000,
         retry: RetryPolicy | None = None,
+        credentials: Any = None,
     ) -> None:
+        """``credentials``: google-auth credentials to use as they are (an impersonation);
+        without them, ``credentials_file``, the emulator's anonymity or ADC, as described."""
         super().__init__(bucket, page_size=min(page_size, 1000))
         self.retry = retry or RetryPolicy.from_env()
         self.storage_class = storage_class
         self.endpoint = endpoint or os.environ.get("STORAGE_EMULATOR_HOST")
         options = {"api_endpoint": endpoint} if endpoint else None
         try:
-            if credentials_file:
+            if credentials is not None:
+                self._client = storage.Client(
+                    project=project, credentials=credentials, client_options=options
+                )
+            elif credentials_file:
                 self._client = storage.Client.from_service_account_json(
                     credentials_file, project=project, client_options=options
                 )

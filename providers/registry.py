@@ -27,6 +27,10 @@ def open_driver(cfg: DriverConfig) -> Driver:
         raise MissingExtra(EXTRAS[cfg.type], f"the {cfg.type} driver", exc) from None
 
 
+def _what(cfg: DriverConfig) -> str:
+    return f"integration {cfg.integration.name!r}" if cfg.integration else "integration"
+
+
 def _open(cfg: DriverConfig) -> Driver:
     creds = cfg.integration.resolve() if cfg.integration else {}
     if cfg.type == "local":
@@ -36,21 +40,20 @@ def _open(cfg: DriverConfig) -> Driver:
             raise ConfigError(f"local driver needs an absolute folder path, got {cfg.bucket!r}")
         return LocalDriver(cfg.bucket, page_size=cfg.page_size)
     if cfg.type == "s3":
+        from providers.credentials import aws_session
         from providers.s3 import S3Driver
 
         return S3Driver(
             cfg.bucket,
             endpoint=cfg.endpoint,
             region=cfg.region,
-            access_key_id=creds.get("access_key_id"),
-            secret_access_key=creds.get("secret_access_key"),
-            session_token=creds.get("session_token"),
-            profile=creds.get("profile"),
             storage_class=cfg.storage_class,
             page_size=cfg.page_size,
+            session=aws_session(creds, region=cfg.region, label=cfg.bucket),
         )
     if cfg.type == "gcs":
-        from providers.gcs import GCSDriver
+        from providers.credentials import gcp_credentials
+        from providers.gcs import SCOPES, GCSDriver
 
         return GCSDriver(
             cfg.bucket,
@@ -59,9 +62,11 @@ def _open(cfg: DriverConfig) -> Driver:
             project=creds.get("project"),
             storage_class=cfg.storage_class,
             page_size=cfg.page_size,
+            credentials=gcp_credentials(creds, scopes=SCOPES, what=_what(cfg)),
         )
     if cfg.type == "azure":
         from providers.azure import AzureBlobDriver
+        from providers.credentials import azure_credential
 
         if not creds:
             # no integration: the variables the Azure CLI and SDK samples use
@@ -84,6 +89,7 @@ def _open(cfg: DriverConfig) -> Driver:
             endpoint=cfg.endpoint,
             storage_class=cfg.storage_class,
             page_size=cfg.page_size,
+            credential=azure_credential(creds, what=_what(cfg)),
         )
     if cfg.type == "bench":
         from providers.synthetic import SyntheticDriver

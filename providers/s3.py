@@ -1,7 +1,9 @@
 """Amazon S3 and S3-compatible stores (MinIO, R2, moto), through botocore (boto3's core).
 
 Credentials: explicit key/secret/session token from an integration, else a named profile,
-else botocore's standard chain (environment, shared files, instance/role). The endpoint is the
+else botocore's standard chain (environment, shared files, instance/role); with a ``role_arn``,
+that role assumed through STS with those and refreshed before it expires (the session comes
+from :func:`providers.credentials.aws_session`, as every AWS client syncd makes). The endpoint is the
 driver's ``endpoint``, else botocore's own ``AWS_ENDPOINT_URL`` handling. The client's retry
 loop is switched off (one attempt) so that :mod:`providers.retry` is the only one.
 
@@ -33,6 +35,7 @@ from botocore.configprovider import ConfiguredEndpointProvider
 from providers import errors
 from providers.base import MULTIPART_THRESHOLD, PART_CONCURRENCY, Driver, ObjectInfo, object_uri
 from providers.config import ConfigError
+from providers.credentials import aws_session
 from providers.retry import NO_RETRY, RetryPolicy, Translate, call
 
 if TYPE_CHECKING:
@@ -159,20 +162,26 @@ class S3Driver(Driver):
         storage_class: str | None = None,
         page_size: int = 1000,
         retry: RetryPolicy | None = None,
+        session: botocore.session.Session | None = None,
     ) -> None:
+        """``session``: the botocore session to make clients from (its credentials are the
+        driver's); without one, a session from the key, secret, token and profile given."""
         super().__init__(bucket, page_size=min(page_size, 1000))
         self.retry = retry or RetryPolicy.from_env()
         self.storage_class = storage_class
-        self._session = botocore.session.Session(profile=profile)
+        if session is None:
+            keys = {
+                "access_key_id": access_key_id,
+                "secret_access_key": secret_access_key,
+                "session_token": session_token,
+                "profile": profile,
+            }
+            session = aws_session({k: v for k, v in keys.items() if v}, region=region, label=bucket)
+        self._session = session
         parsers = self._session.get_component("response_parser_factory")
         parsers.set_parser_defaults(timestamp_parser=_timestamp)
-        self._client_args: dict[str, Any] = {
-            "region_name": region,
-            "endpoint_url": endpoint,
-            "aws_access_key_id": access_key_id,
-            "aws_secret_access_key": secret_access_key,
-            "aws_session_token": session_token,
-        }
+        # credentials come from the session (keys, profile, chain or an assumed role)
+        self._client_args: dict[str, Any] = {"region_name": region, "endpoint_url": endpoint}
         # over plain HTTP botocore signs every body's SHA-256 (the service checks it), so
         # the default CRC32 would be a second pass over each file before it is sent (about a
         # second of a 200 MB push on this machine); over HTTPS botocore signs no body and

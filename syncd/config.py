@@ -86,6 +86,7 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainValidator,
+    StrictInt,
     StrictStr,
     ValidationError,
     create_model,
@@ -93,6 +94,7 @@ from pydantic import (
 )
 
 from providers.config import (
+    INT_FIELDS,
     PLAIN_FIELDS,
     PROVIDERS,
     SECRET_FIELDS,
@@ -304,7 +306,11 @@ ProviderType = Literal["s3", "gcs", "azure", "local"]  # == providers.config.PRO
 def _integration_model(kind: str) -> type[_Table]:
     """The table of one integration type; its fields come from ``providers.config``."""
     allowed = sorted(SECRET_FIELDS[kind] | PLAIN_FIELDS[kind])
-    fields: dict[str, Any] = {name: (StrictStr | None, None) for name in allowed}
+    # a duration may be written as a TOML number; every other field is text
+    fields: dict[str, Any] = {
+        name: ((StrictStr | StrictInt | None) if name in INT_FIELDS else (StrictStr | None), None)
+        for name in allowed
+    }
     return create_model(
         f"{kind.capitalize()}IntegrationTable",
         __base__=_Table,

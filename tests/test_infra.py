@@ -84,6 +84,7 @@ def test_cfn_lint_passes() -> None:
             tool("cfn-lint"),
             str(ROOT / "infra" / "aws" / "template.yaml"),
             str(ROOT / "infra" / "aws" / "daemon-queue.yaml"),
+            str(ROOT / "infra" / "aws" / "bucket-owner-role.yaml"),
         ],
         capture_output=True,
         text=True,
@@ -136,6 +137,28 @@ def test_the_daemon_permissions_are_read_only_on_objects() -> None:
         "roles/pubsub.subscriber",
         "roles/storage.objectViewer",
     }
+
+
+def test_the_bucket_owner_role_trusts_only_syncd_and_only_with_the_external_id() -> None:
+    """infra/aws/bucket-owner-role.yaml: one trust statement, for the one principal syncd runs
+    as, conditioned on the external ID; the role may list and read one bucket, nothing else.
+    (tests/test_role_credentials.py assumes this very role on moto, with IAM checks on.)"""
+    template = cloudformation(ROOT / "infra" / "aws" / "bucket-owner-role.yaml")
+    role = template["Resources"]["SyncdReadRole"]["Properties"]
+    [trust] = role["AssumeRolePolicyDocument"]["Statement"]
+    assert trust["Effect"] == "Allow" and trust["Action"] == "sts:AssumeRole"
+    assert trust["Principal"] == {"AWS": "SyncdPrincipalArn"}  # !Ref: one ARN, no wildcard
+    assert trust["Condition"] == {"StringEquals": {"sts:ExternalId": "ExternalId"}}
+    assert role["MaxSessionDuration"] <= 3600
+    [policy] = role["Policies"]
+    statements = policy["PolicyDocument"]["Statement"]
+    assert {(s["Action"], s["Resource"]) for s in statements} == {
+        ("s3:ListBucket", "arn:${AWS::Partition}:s3:::${BucketName}"),
+        ("s3:GetObject", "arn:${AWS::Partition}:s3:::${BucketName}/*"),
+    }
+    assert all(s["Effect"] == "Allow" for s in statements)
+    security = (ROOT / "SECURITY.md").read_text()
+    assert all(f"`{s['Action']}`" in security for s in statements)
 
 
 def cloudformation(path: Path) -> dict:

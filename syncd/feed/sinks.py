@@ -186,15 +186,11 @@ class SinkSender:
         self._pool.shutdown(wait=False)
 
 
-def _boto_session(creds: Mapping[str, str]) -> Any:
-    import boto3
+def _boto_session(creds: Mapping[str, str], service: str, region: str | None) -> Any:
+    """Keys, profile, chain, or a role assumed with them: the drivers' and consumers' rules."""
+    from providers.credentials import boto3_session
 
-    return boto3.session.Session(
-        aws_access_key_id=creds.get("access_key_id"),
-        aws_secret_access_key=creds.get("secret_access_key"),
-        aws_session_token=creds.get("session_token"),
-        profile_name=creds.get("profile"),
-    )
+    return boto3_session(creds, service=service, region=region)
 
 
 def _boto_config(timeout: float) -> Any:
@@ -234,7 +230,7 @@ class SqsSender(_AwsSender):
         from syncd.daemon.queues.sqs import _region
 
         assert self.config.url
-        session = _boto_session(creds)
+        session = _boto_session(creds, "sqs", _region(self.config.url))
         region = _region(self.config.url) or session.region_name or "us-east-1"
         self._client = session.client(
             "sqs", region_name=region, config=_boto_config(self.config.timeout)
@@ -253,8 +249,8 @@ class SqsSender(_AwsSender):
 class SnsSender(_AwsSender):
     def _open(self, creds: Mapping[str, str]) -> None:
         assert self.config.topic_arn
-        session = _boto_session(creds)
         region = self.config.topic_arn.split(":")[3]
+        session = _boto_session(creds, "sns", region)
         self._client = session.client(
             "sns", region_name=region, config=_boto_config(self.config.timeout)
         )
@@ -301,7 +297,15 @@ class PubSubSender(SinkSender):
 
         # one message per publish call, sent at once: the deliverer batches, not the client
         settings = pubsub_v1.types.BatchSettings(max_messages=1)
-        if creds.get("credentials_file"):
+        if creds.get("impersonate"):
+            from providers.credentials import gcp_credentials
+            from syncd.daemon.queues.pubsub import PUBSUB_SCOPES
+
+            impersonated = gcp_credentials(creds, scopes=PUBSUB_SCOPES, what=self.where)
+            self._client = pubsub_v1.PublisherClient(
+                credentials=impersonated, batch_settings=settings
+            )
+        elif creds.get("credentials_file"):
             self._client = pubsub_v1.PublisherClient.from_service_account_file(
                 creds["credentials_file"], batch_settings=settings
             )

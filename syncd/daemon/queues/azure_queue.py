@@ -74,6 +74,12 @@ def _clients(queue: str, account: str | None, integration: Integration | None) -
         credential = {"account_name": name, "account_key": creds["account_key"]}
     elif creds.get("sas_token"):
         credential = creds["sas_token"]
+    elif creds.get("tenant_id"):
+        # a service principal, built as for the blob driver
+        from providers.credentials import azure_credential
+
+        what = f"integration {integration.name!r}" if integration else "integration"
+        credential = azure_credential(creds, what=what)
     else:
         from azure.identity import DefaultAzureCredential
 

@@ -29,6 +29,8 @@ from syncd.events.parse import EventFormatError, ObjectEvent, parse
 
 log = logging.getLogger("syncd.daemon.queues")
 
+#: what an impersonated service account's token is asked for
+PUBSUB_SCOPES = ("https://www.googleapis.com/auth/pubsub",)
 #: messages held at once (flow control) and gathered into one batch
 MAX_MESSAGES = 500
 
@@ -54,6 +56,12 @@ class PubSubConsumer:
         from google.cloud import pubsub_v1
 
         creds = self.integration.resolve() if self.integration else {}
+        if creds.get("impersonate"):
+            from providers.credentials import gcp_credentials
+
+            what = f"integration {self.integration.name!r}" if self.integration else ""
+            impersonated = gcp_credentials(creds, scopes=PUBSUB_SCOPES, what=what)
+            return pubsub_v1.SubscriberClient(credentials=impersonated)
         if creds.get("credentials_file"):
             return pubsub_v1.SubscriberClient.from_service_account_file(creds["credentials_file"])
         return pubsub_v1.SubscriberClient()

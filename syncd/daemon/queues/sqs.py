@@ -50,19 +50,16 @@ class SqsConsumer:
         integration: Integration | None = None,
         wait_seconds: int = 10,
     ) -> None:
-        import boto3
         from botocore.config import Config
+
+        from providers.credentials import boto3_session
 
         self.name, self.url, self.wait_seconds = name, url, max(0, min(20, wait_seconds))
         self.stats = ConsumerStats()
         self._pool = worker_pool(name, POLLERS + 1)
         creds = integration.resolve() if integration else {}
-        session = boto3.session.Session(
-            aws_access_key_id=creds.get("access_key_id"),
-            aws_secret_access_key=creds.get("secret_access_key"),
-            aws_session_token=creds.get("session_token"),
-            profile_name=creds.get("profile"),
-        )
+        # keys, profile, chain, or a role assumed with them (refreshed before it expires)
+        session = boto3_session(creds, service="sqs", region=_region(url))
         region = _region(url) or session.region_name or "us-east-1"
         self._client: Any = session.client(
             "sqs",
