@@ -762,3 +762,193 @@ async def push(
     finally:
         with transaction(catalog.db):
             lease.release(catalog.db, lease.for_dataset(dataset.id), owner)
+
+
+# -- datasets and integrations at run time (the HTTP API's POST/PATCH/DELETE) ---------------
+
+#: the SOURCE schemes a dataset created over the HTTP API may name: buckets and containers.
+#: A local folder (or a benchmark's synthetic source) is the server's own disk: only a config
+#: file, which the server's operator writes, may declare one
+REMOTE_TYPES = ("s3", "gcs", "azure")
+
+
+class Conflict(UsageError):
+    """The request is well-formed but the catalog's state refuses it (a name that exists, a
+    dataset a config declares, one being synced): HTTP ``409``."""
+
+
+def _request(model: Any, body: Any, what: str) -> Any:
+    """``body`` validated by the pydantic ``model``; ``UsageError`` (one line) if it is not."""
+    from pydantic import ValidationError
+
+    from syncd.config import describe_errors
+
+    if not isinstance(body, dict):
+        raise UsageError(f"{what} must be a JSON object")
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        raise UsageError(f"{what}: {describe_errors(exc, body, whole_file=False)}") from None
+
+
+def _declared_refusal(name: str, declared: Any, doing: str) -> None:
+    if name in declared:
+        raise Conflict(
+            f"dataset {name!r} is declared in the daemon's config file; {doing} it there "
+            "(a config's declaration wins over the API)"
+        )
+
+
+def _settings_of(body: Any, base: Any = None) -> Any:
+    """The :class:`~syncd.store.catalog.DatasetSettings` a request asks for (a patch: over
+    ``base``, only the members it sets)."""
+    from syncd.store.catalog import DatasetSettings
+
+    given = body.model_fields_set
+    base = base or DatasetSettings()
+
+    def pick(member: str, old: Any, convert: Any = lambda v: v) -> Any:
+        if member not in given:
+            return old
+        value = getattr(body, member)
+        return None if value is None else convert(value)
+
+    return DatasetSettings(
+        interval=pick("interval", base.interval),
+        max_delete=pick("max_delete", base.max_delete, str),
+        watch=base.watch if "watch" not in given or body.watch is None else body.watch,
+    )
+
+
+def create_dataset(catalog: Catalog, body: Any, *, declared: Any = ()) -> Dataset:
+    """Create the dataset a ``POST /api/v1/datasets`` body describes (see
+    :class:`syncd.config.DatasetRequest`), with its run-time settings, in one transaction: it
+    is then scheduled by every daemon sharing the catalog. Nothing is listed here; its first
+    reconcile fills it.
+
+    ``UsageError`` (400) for a body that is malformed, a SOURCE that is no bucket URI, an
+    unknown integration or one of another type; :class:`Conflict` (409) for a name that
+    exists or that ``declared`` (the daemon's config) holds."""
+    from syncd.config import DatasetRequest
+
+    req = _request(DatasetRequest, body, "request body")
+    _declared_refusal(req.name, declared, "change")
+    integration_name = req.integration
+    if req.source is not None:
+        if "://" not in req.source:
+            raise UsageError(
+                f"source {req.source!r} is not a bucket URI; expected s3://, gs:// or az:// URIs"
+            )
+        cfg = _azure_account(parse_source(req.source))
+    else:
+        table = req.driver
+        integration_name = integration_name or table.integration
+        cfg = DriverConfig(**table.model_dump(exclude={"integration", "page_size"}))
+        cfg = _azure_account(cfg)
+    if cfg.type not in REMOTE_TYPES:
+        raise UsageError(
+            f"a {cfg.type} source cannot be added over the API (it is the server's own disk); "
+            "declare it in the config file"
+        )
+    if integration_name is not None:
+        integration = catalog.find_integration(integration_name)
+        if integration is None:
+            raise UsageError(
+                f"unknown integration {integration_name!r}; create it first: "
+                "POST /api/v1/integrations"
+            )
+        if integration.type != cfg.type:
+            raise UsageError(
+                f"integration {integration_name!r} is of type {integration.type}, not {cfg.type}"
+            )
+        cfg = dataclasses.replace(cfg, integration=integration)
+    filters = Filters(tuple(req.include), tuple(req.exclude), req.max_size)
+    try:
+        return catalog.create_dataset(
+            req.name, canonical(cfg), cfg, filters, settings=_settings_of(req)
+        )
+    except UsageError as exc:
+        if "already exists" in str(exc):
+            raise Conflict(str(exc)) from None
+        raise
+
+
+def patch_dataset(catalog: Catalog, name: str, body: Any, *, declared: Any = ()) -> Dataset:
+    """Change a dataset's filters and run-time settings (a ``PATCH /api/v1/datasets/{name}``
+    body, :class:`syncd.config.DatasetPatch`), in one transaction; the next reconcile uses
+    them. A dataset the CLI made gets run-time settings by it, and so is scheduled by the
+    daemons from then on. A ``source`` other than the dataset's is refused as on the CLI
+    (``UsageError``); ``NotFound`` for an unknown dataset, :class:`Conflict` for one the
+    config declares."""
+    from syncd.config import DatasetPatch
+
+    req = _request(DatasetPatch, body, "request body")
+    existing = catalog.find_dataset(name)
+    if existing is None:
+        raise NotFound(f"unknown dataset {name!r}")
+    _declared_refusal(name, declared, "change")
+    if req.source is not None:
+        _wanted(catalog, name, req.source, None, None)  # raises for another source
+    given = req.model_fields_set
+    old = existing.filters
+    filters = Filters(
+        tuple(req.include) if req.include is not None else old.include,
+        tuple(req.exclude) if req.exclude is not None else old.exclude,
+        req.max_size if "max_size" in given else old.max_size,
+    )
+    settings = _settings_of(req, catalog.dataset_settings(existing.id))
+    return catalog.update_dataset(existing, existing.driver, filters, settings=settings)
+
+
+def remove_dataset(catalog: Catalog, name: str, *, declared: Any = ()) -> int:
+    """Remove a dataset with its items and run history, as ``syncd datasets rm`` does (the
+    bucket is not touched); return how many items it had. ``NotFound`` for an unknown
+    dataset; :class:`Conflict` while a sync of it runs (its lease is held) or for one the
+    config declares."""
+    existing = catalog.find_dataset(name)
+    if existing is None:
+        raise NotFound(f"unknown dataset {name!r}")
+    _declared_refusal(name, declared, "remove")
+    count = catalog.count_items(existing.id)
+    owner = lease.new_owner()
+    with transaction(catalog.db):
+        holder = lease.acquire(catalog.db, lease.for_dataset(existing.id), owner)
+        if holder is None:
+            holder = _range_holder(catalog, existing)
+    if holder is not None:
+        with transaction(catalog.db):
+            lease.release(catalog.db, lease.for_dataset(existing.id), owner)
+        raise Conflict(
+            f"dataset {name!r} is being synced by {holder.describe()}; try again when it is done"
+        )
+    catalog.drop_dataset(existing)  # with its lease
+    return count
+
+
+def dataset_settings_summary(catalog: Catalog, dataset: Dataset) -> dict[str, Any] | None:
+    """A dataset's run-time settings as the API shows them (None: not created over the API)."""
+    found = catalog.dataset_settings(dataset.id)
+    return None if found is None else found.public()
+
+
+def create_integration(catalog: Catalog, body: Any) -> dict[str, Any]:
+    """Record the integration a ``POST /api/v1/integrations`` body declares (references
+    only: a literal secret is refused, ``UsageError``); :class:`Conflict` if the name exists.
+    Returns it as :func:`integration_summary` shows it."""
+    from syncd.config import integration_request
+
+    integration = integration_request(body)
+    try:
+        catalog.create_integration(integration)
+    except UsageError as exc:
+        raise Conflict(str(exc)) from None
+    return integration_summary(integration)
+
+
+def integration_summary(integration: Any, created_at: str | None = None) -> dict[str, Any]:
+    """An integration as the API shows it: name, kind and its fields as stored (references
+    and plain values; a secret's value is never read here)."""
+    out = {"name": integration.name, "type": integration.type, "fields": dict(integration.fields)}
+    if created_at is not None:
+        out["created_at"] = created_at
+    return out

@@ -57,6 +57,10 @@ Example::
     [changes]
     retention = 604800                             # seconds the change log keeps a change
 
+    [tokens.dashboard]                             # more API tokens, each with a scope
+    token = "env:SYNCD_DASHBOARD_TOKEN"            # read, write or admin
+    scope = "read"
+
 The whole file is checked against the pydantic models below before anything is used: wrong
 types, out-of-range values, unknown keys and sections (a typo must not silently change what is
 synced), references to undeclared integrations or drivers, and a file without datasets are
@@ -88,6 +92,7 @@ from pydantic import (
     PlainValidator,
     StrictInt,
     StrictStr,
+    TypeAdapter,
     ValidationError,
     create_model,
     model_validator,
@@ -272,6 +277,25 @@ class SinkConfig:
 
 
 @dataclass(frozen=True)
+class TokenConfig:
+    """One ``[tokens.NAME]``: a bearer token of the HTTP API (``token``, a reference read when
+    the daemon starts) with its ``scope``: ``read`` (datasets, items, runs, changes),
+    ``write`` (read, and syncs, events and item metadata edits), ``admin`` (write, and creating,
+    changing and removing datasets and integrations). ``SYNCD_API_TOKEN`` is ``admin``."""
+
+    name: str
+    token: str
+    scope: str
+
+    def resolve(self) -> str:
+        """The token's value (registered with the redactor); ``ConfigError`` if the reference
+        cannot be read."""
+        from providers.config import resolve_secret
+
+        return resolve_secret(self.token, what=f"tokens.{self.name}.token")
+
+
+@dataclass(frozen=True)
 class DaemonConfig:
     """Everything a config file declares, as :func:`load_daemon_config` returns it."""
 
@@ -286,6 +310,8 @@ class DaemonConfig:
     sinks: dict[str, SinkConfig] = field(default_factory=dict)
     #: ``[changes] retention``: seconds the change log keeps a change
     retention: int = DEFAULT_RETENTION
+    #: ``[tokens.NAME]``: API tokens with a scope, besides ``SYNCD_API_TOKEN`` (admin)
+    tokens: dict[str, TokenConfig] = field(default_factory=dict)
 
 
 # -- the schema -----------------------------------------------------------------------------
@@ -324,6 +350,10 @@ IntegrationTable = Annotated[
     functools.reduce(operator.or_, (_integration_model(kind) for kind in PROVIDERS)),
     Field(discriminator="type"),
 ]
+
+
+#: validates one integration table on its own (an API request's)
+_INTEGRATION: TypeAdapter[Any] = TypeAdapter(IntegrationTable)
 
 
 class DriverTable(_Table):
@@ -380,16 +410,77 @@ def _dataset_name(name: str) -> str:
 DatasetName = Annotated[str, AfterValidator(_dataset_name)]
 
 
-class DatasetTable(_Table):
-    driver: str
+class DatasetSettingsTable(_Table):
+    """The settings a dataset has whether a config declares it or the HTTP API creates it
+    (:class:`DatasetRequest`): filters, delete limit, interval, watch."""
+
     include: list[str] = []
     exclude: list[str] = []
     max_size: Size | None = None
     max_delete: MaxDeleteValue | None = None
     interval: Seconds | None = None
     watch: bool = True
+
+
+class DatasetTable(DatasetSettingsTable):
+    driver: str
     list_concurrency: Annotated[int, Field(ge=1, le=256)] = 1
     ranges: Annotated[int, Field(ge=1, le=256)] | None = None
+
+
+class DatasetRequest(DatasetSettingsTable):
+    """The body of ``POST /api/v1/datasets``: a name, where its objects are (``source``, a
+    bucket URI like ``s3://bucket/prefix/``, or ``driver``, a table like a config's
+    ``[drivers.NAME]``), optionally the ``integration`` (by name, one the catalog holds) to
+    read it with, and the settings a config's ``[datasets.NAME]`` takes."""
+
+    name: DatasetName
+    source: Annotated[str, Field(min_length=1)] | None = None
+    driver: DriverTable | None = None
+    integration: Annotated[str, Field(min_length=1)] | None = None
+
+    @model_validator(mode="after")
+    def _one_location(self) -> DatasetRequest:
+        if (self.source is None) == (self.driver is None):
+            raise ValueError("give exactly one of source (a bucket URI) and driver (a table)")
+        if self.driver is not None and self.driver.integration and self.integration:
+            raise ValueError("give the integration once: in driver or beside it, not both")
+        return self
+
+
+class DatasetPatch(_Table):
+    """The body of ``PATCH /api/v1/datasets/{name}``: any of these; ``null`` clears
+    ``max_size``, ``max_delete`` and ``interval``. ``source`` may only repeat the dataset's own
+    (a dataset does not move, as on the CLI)."""
+
+    source: Annotated[str, Field(min_length=1)] | None = None
+    include: list[str] | None = None
+    exclude: list[str] | None = None
+    max_size: Size | None = None
+    max_delete: MaxDeleteValue | None = None
+    interval: Seconds | None = None
+    watch: bool | None = None
+
+
+def integration_request(raw: Any) -> Integration:
+    """The integration a ``POST /api/v1/integrations`` body declares: ``{"name": ..., "type":
+    ..., fields}`` with the fields of a config's ``[integrations.NAME]``; a literal secret is
+    refused as in the config. ``UsageError`` (one line) for a body that is not one."""
+    if not isinstance(raw, dict):
+        raise UsageError("the request body must be a JSON object with name, type and fields")
+    body = dict(raw)
+    name = body.pop("name", None)
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}", name):
+        raise UsageError(
+            "name: must be 1-100 letters, digits, '_', '.' or '-', starting with a letter or digit"
+        )
+    try:
+        table = _INTEGRATION.validate_python(body)
+        return Integration(name, table.type, table.model_dump(exclude={"type"}, exclude_none=True))
+    except ValidationError as exc:
+        raise UsageError(describe_errors(exc, body, whole_file=False)) from None
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
 
 
 class DaemonTable(_Table):
@@ -552,6 +643,16 @@ SinkTable = Annotated[
 ]
 
 
+TokenScope = Literal["read", "write", "admin"]
+
+
+class TokenTable(_Table):
+    """One ``[tokens.NAME]``: an API bearer token, by reference, and what it may do."""
+
+    token: Annotated[str, AfterValidator(_reference)]
+    scope: TokenScope
+
+
 class ChangesTable(_Table):
     retention: int = Field(DEFAULT_RETENTION, ge=60, le=10 * MAX_INTERVAL)
 
@@ -569,12 +670,14 @@ class FileTable(_Table):
     webhooks: dict[str, WebhookTable] = {}
     sinks: dict[str, SinkTable] = {}
     changes: ChangesTable = Field(default_factory=ChangesTable)
+    tokens: dict[str, TokenTable] = {}
 
     @model_validator(mode="after")
     def _references(self) -> FileTable:
         problems: list[str] = []
-        if not self.datasets:
-            problems.append("declares no [datasets.NAME]")
+        if not self.datasets and "server" not in self.model_fields_set:
+            # a daemon with an API may start empty: datasets are then created over the API
+            problems.append("declares no [datasets.NAME] (nor a [server] to create them over)")
 
         def check(
             loc: tuple[str | int, ...], what: str, name: str, declared: dict[str, Any]
@@ -720,9 +823,10 @@ def _why(error: Mapping[str, Any]) -> str:
     return error["msg"]
 
 
-def describe_errors(exc: ValidationError, raw: Any) -> str:
-    """One line for a validation of ``raw`` (the parsed file): the first fault as
-    ``LOCATION: why`` (or just ``why`` for a fault of the whole file), then ``(+N more)``."""
+def describe_errors(exc: ValidationError, raw: Any, *, whole_file: bool = True) -> str:
+    """One line for a validation of ``raw`` (the parsed file; with ``whole_file`` False, one
+    table, such as an API request's body): the first fault as ``LOCATION: why`` (or just
+    ``why`` for a fault of the whole), then ``(+N more)``."""
     problems = []
     for error in exc.errors(include_url=False):
         kind = error["type"]
@@ -730,7 +834,7 @@ def describe_errors(exc: ValidationError, raw: Any) -> str:
         if kind.startswith("union_tag_"):
             loc = (*loc, "type")  # the table's type is what is missing or wrong
         why = _why(error)
-        if kind == "extra_forbidden" and len(loc) == 1:
+        if kind == "extra_forbidden" and len(loc) == 1 and whole_file:
             why = f"unknown section (expected {', '.join(FileTable.model_fields)})"
         problems.append(f"{_render(loc)}: {why}" if loc else why)
     return _first(problems)
@@ -811,6 +915,10 @@ def _build(table: FileTable) -> DaemonConfig:
             for name, t in table.sinks.items()
         },
         retention=table.changes.retention,
+        tokens={
+            name: TokenConfig(name=name, token=t.token, scope=t.scope)
+            for name, t in table.tokens.items()
+        },
     )
 
 

@@ -17,6 +17,12 @@ since it started (events may have been lost while nobody ran); one that joins li
 follows the catalog's schedule. ``trigger(name)`` asks for a reconcile now whatever the
 schedule (the API's ``POST /datasets/{name}/sync``, a folder watch that lost events).
 
+Datasets created over the HTTP API (their settings in the catalog's ``dataset_settings``)
+are scheduled like declared ones: the daemon polls the catalog and hands them to
+:meth:`Scheduler.set_runtime`, which starts, changes and stops their tasks. Their reconciles
+read source and filters from the catalog, so a patch applies from the next run on; a dataset
+the config declares is the config's (its declaration wins).
+
 ``run_once(name)`` reconciles a dataset of the catalog that the config does not schedule
 (``syncd serve`` over a catalog the CLI built; the API's ``POST /datasets/{name}/sync``), once,
 through :func:`syncd.api.sync` with the source and settings stored in the catalog.
@@ -55,6 +61,7 @@ from syncd.config import DatasetSpec
 from syncd.daemon.metrics import Metrics
 from syncd.daemon.waiting import wait_at_most
 from syncd.errors import CatalogUnavailable, SyncdError
+from syncd.limits import MaxDelete
 from syncd.reconcile.sync import DatasetBusy, SyncOptions, SyncResult, SyncStopped
 from syncd.store import lease, workers
 from syncd.store.catalog import Catalog
@@ -81,6 +88,16 @@ def jittered(seconds: float) -> float:
     return seconds * random.uniform(1 - JITTER, 1 + JITTER)
 
 
+@dataclass(frozen=True)
+class RuntimeSpec:
+    """How the daemon runs a dataset created at run time (its catalog ``dataset_settings``):
+    its binding and filters are read from the catalog by each reconcile."""
+
+    interval: float
+    max_delete: MaxDelete | None = None
+    watch: bool = True
+
+
 @dataclass
 class DatasetState:
     """What the daemon knows of one dataset's schedule (read by the API and metrics)."""
@@ -96,6 +113,8 @@ class DatasetState:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     #: set by trigger(): the next reconcile runs whatever the catalog's schedule says
     forced: bool = False
+    #: set when a dataset created at run time is removed: its task ends at its next look
+    removed: bool = False
 
     def public(self) -> dict[str, Any]:
         return {
@@ -155,6 +174,12 @@ class Scheduler:
             catalog.on_lost.append(self._halt.set)
         #: on-demand reconciles of datasets the config does not schedule (run_once)
         self._once: dict[str, asyncio.Task[None]] = {}
+        #: the datasets created at run time (the catalog's ``dataset_settings``) this
+        #: scheduler runs, with what it runs them with (see :meth:`set_runtime`)
+        self.runtime: dict[str, RuntimeSpec] = {}
+        #: each scheduled dataset's task, once :meth:`run` started
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._running = False
 
     def trigger(self, name: str) -> bool:
         """Ask for a reconcile of ``name`` now; False if the daemon does not schedule it."""
@@ -196,15 +221,58 @@ class Scheduler:
         found = self.states.get(name)
         return found.public() if found is not None else None
 
+    def set_runtime(self, wanted: dict[str, RuntimeSpec]) -> None:
+        """Schedule exactly the run-time datasets of ``wanted`` (by name; a dataset the config
+        declares is never in it): start the new ones' tasks, stop the removed ones' (a
+        reconcile in flight finishes: removing a dataset waits for its lease anyway), and give
+        a changed one its new interval and delete limit (its task looks again at once and
+        sleeps to the new schedule). Filters are read from the catalog by every reconcile."""
+        for name in list(self.runtime):
+            if name not in wanted:
+                del self.runtime[name]
+                state = self.states.pop(name, None)
+                if state is not None:
+                    state.removed = True
+                    state.wake.set()
+                log.info("dataset %r was removed; no longer scheduled", name)
+        for name, spec in wanted.items():
+            if name in self.specs:
+                continue  # the config declares it: the config wins
+            old = self.runtime.get(name)
+            self.runtime[name] = spec
+            if old is None:
+                state = self.states[name] = DatasetState(name, spec.interval)
+                log.info("dataset %r was created; scheduled every %.0fs", name, spec.interval)
+                if self._running:
+                    self._start(state)
+            elif old != spec:
+                state = self.states[name]
+                state.interval = spec.interval
+                state.wake.set()  # sleep again, to the new interval
+                log.info("dataset %r was changed; scheduled every %.0fs", name, spec.interval)
+
+    def _start(self, state: DatasetState) -> None:
+        task = asyncio.create_task(self._loop(state), name=f"schedule:{state.name}")
+        self._tasks[state.name] = task
+
+        def forget(done: asyncio.Task[None]) -> None:
+            # the dataset may have a newer task by now (removed, then created again)
+            if self._tasks.get(state.name) is done:
+                del self._tasks[state.name]
+
+        task.add_done_callback(forget)
+
     async def run(self) -> None:
         """One task per dataset; returns when ``stop`` is set and every reconcile has stopped
         (the one in flight writes its batch and is left resumable)."""
-        tasks = [asyncio.create_task(self._loop(state)) for state in self.states.values()]
+        self._running = True
+        for state in self.states.values():
+            self._start(state)
         await self.stop.wait()
         self._halt.set()
         for state in self.states.values():
             state.wake.set()
-        await asyncio.gather(*tasks, *self._once.values(), return_exceptions=True)
+        await asyncio.gather(*self._tasks.values(), *self._once.values(), return_exceptions=True)
         self._pool.shutdown(wait=True)
 
     def _cutoff(self, state: DatasetState, first: bool) -> str | None:
@@ -220,12 +288,12 @@ class Scheduler:
 
     async def _loop(self, state: DatasetState) -> None:
         delay, first = 0.0, True  # every dataset is looked at at start
-        while not self.stop.is_set():
+        while not self.stop.is_set() and not state.removed:
             state.next_run_at = time.time() + delay
             if delay > 0:
                 await wait_at_most(state.wake, delay)
             state.wake.clear()
-            if self.stop.is_set():
+            if self.stop.is_set() or state.removed:
                 return
             if not await self._catalog_ready():
                 return
@@ -368,7 +436,10 @@ class Scheduler:
         ``cutoff``, ``DatasetBusy`` if another process holds the dataset). A dataset the
         config does not declare is synced whole with what the catalog holds (:meth:`run_once`)."""
         spec = self.specs.get(name)
+        runtime = self.runtime.get(name) if spec is None else None
         options = SyncOptions(stop=self._halt)
+        if runtime is not None:
+            options = SyncOptions(max_delete=runtime.max_delete, stop=self._halt)
         if spec is not None:
             options = SyncOptions(
                 max_delete=spec.max_delete, stop=self._halt, list_concurrency=spec.list_concurrency
@@ -379,7 +450,7 @@ class Scheduler:
         catalog = Catalog.open(self.db_path, create=False)
         try:
             self._check_file()  # replaced between the check and the open
-            if spec is None:
+            if spec is None and runtime is None:
                 return asyncio.run(api.sync(catalog, name, options=options, owner=owner))
             # one unit of work: the whole run of a small dataset, one key range of a split one
             return asyncio.run(

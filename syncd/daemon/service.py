@@ -6,7 +6,12 @@ What runs, all on one asyncio loop (blocking work in threads):
 * one **queue consumer** per ``[queues.NAME]`` (:mod:`.queues`): the fast path from bucket
   notifications; a message is acknowledged only after its events are committed;
 * one **folder watch** per local-folder dataset with ``watch = true`` (:mod:`.watch`);
-* the **HTTP API** if ``[server]`` is configured (:mod:`syncd.server`);
+* the **HTTP API** if ``[server]`` is configured (:mod:`syncd.server`), with the tokens of
+  ``[tokens.NAME]`` besides ``SYNCD_API_TOKEN``;
+* the **dataset follower** (``syncd run`` only): every :data:`DATASET_POLL_SECONDS` it reads
+  the catalog's datasets created at run time (over the API, by any worker) and starts,
+  changes or stops their schedules (:meth:`.scheduler.Scheduler.set_runtime`); a dataset
+  the config declares is the config's;
 * one **webhook delivery** per ``[webhooks.NAME]`` (:mod:`syncd.feed.webhooks`), started once
   the API is up, one **sink delivery** per ``[sinks.NAME]`` (:mod:`syncd.feed.sinks`: SQS, SNS,
   Azure Queue, Pub/Sub), and the change log's **retention** (``[changes] retention``, never
@@ -71,6 +76,9 @@ log = logging.getLogger("syncd.daemon")
 
 #: seconds between two prunes of the change log
 RETENTION_SECONDS = 300.0
+#: seconds between two looks at the catalog's datasets created at run time (the API of this
+#: daemon looks at once after its own change; other workers' changes show within this)
+DATASET_POLL_SECONDS = 2.0
 
 
 def _register(catalog: Catalog, worker_id: str, ttl: float, api_url: str | None) -> bool:
@@ -149,6 +157,8 @@ class Daemon:
         self.scheduler.on_change = self.changed.pulse
         #: the connection webhook deliveries and retention use (``syncd run`` only)
         self.feed_catalog = CatalogThread(db_path, create=False) if register else None
+        #: set when this daemon's API created, changed or removed a dataset: look at once
+        self._datasets_nudge = asyncio.Event()
 
     async def run(self) -> None:
         """Run until ``stop`` is set. Raises ``UsageError`` for a configuration that cannot
@@ -204,8 +214,12 @@ class Daemon:
                 if solo:  # nobody ran here a moment ago: events may have been lost, look at all
                     self.scheduler.first_round_after = started
             tasks.append(asyncio.create_task(self.catalog.watch(self.stop), name="catalog"))
+            if self.register:
+                # the datasets created at run time are scheduled from the first round on
+                await self._refresh_datasets()
             tasks.append(asyncio.create_task(self.scheduler.run(), name="scheduler"))
             if self.register:
+                tasks.append(asyncio.create_task(self._follow_datasets(), name="datasets"))
                 tasks.append(asyncio.create_task(self._keep_registered(), name="heartbeat"))
                 tasks.append(asyncio.create_task(self._keep_retention(), name="retention"))
             for name, consumer in consumers.items():
@@ -224,7 +238,7 @@ class Daemon:
                 closers.append(await self._start_feed("sink"))
             self.ready.set()
             summary = (
-                f"{datasets} dataset(s) ({len(self.settings.datasets)} scheduled), "
+                f"{datasets} dataset(s) ({len(self.scheduler.states)} scheduled), "
                 f"{len(self.settings.queues)} queue(s), {watches} folder watch(es)"
             )
             if self.settings.webhooks:
@@ -260,6 +274,49 @@ class Daemon:
         error = task.exception()
         if error is not None:
             log.error("%s stopped with an error: %s", task.get_name(), error, exc_info=error)
+
+    async def _refresh_datasets(self) -> None:
+        """Hand the scheduler the catalog's datasets created at run time, as they are now
+        (a failed look is logged and tried at the next round)."""
+        from syncd.daemon.scheduler import RuntimeSpec
+        from syncd.limits import parse_max_delete
+
+        default = float(self.settings.daemon.interval)
+
+        def look(catalog: Catalog) -> dict[str, RuntimeSpec]:
+            return {
+                ds.name: RuntimeSpec(
+                    interval=float(settings.interval or default),
+                    max_delete=parse_max_delete(settings.max_delete)
+                    if settings.max_delete
+                    else None,
+                    watch=settings.watch,
+                )
+                for ds, settings in catalog.runtime_datasets()
+                if ds.name not in self.settings.datasets  # the config's declaration wins
+            }
+
+        try:
+            wanted = await self.catalog.call(look)
+        except Exception as exc:
+            if self.catalog.available:  # else the catalog thread said why, once
+                log.warning("looking for created datasets failed (%s)", redact(str(exc)))
+            return
+        self.scheduler.set_runtime(wanted)
+
+    async def _follow_datasets(self) -> None:
+        """Every :data:`DATASET_POLL_SECONDS`, or at once after this daemon's API changed
+        one, pick up datasets created, changed and removed at run time by any process on the
+        catalog (one cheap query: the datasets that have run-time settings)."""
+        while not self.stop.is_set():
+            await wait_at_most(self._datasets_nudge, DATASET_POLL_SECONDS)
+            self._datasets_nudge.clear()
+            if self.stop.is_set():
+                return
+            await self._refresh_datasets()
+
+    def _datasets_changed(self) -> None:
+        self._datasets_nudge.set()
 
     async def _keep_registered(self) -> None:
         """Heartbeat every quarter of the ttl; a failed heartbeat (a catalog locked for long)
@@ -400,8 +457,38 @@ class Daemon:
             changed=self.changed,
             webhooks=self.settings.webhooks,
             sinks=self.settings.sinks,
+            declared=frozenset(self.settings.datasets),
+            datasets_changed=self._datasets_changed,
         )
         stop, self.port = await start(
-            context, self.api_token or "", server.host, server.port, lockout=self.api_lockout
+            context,
+            self.api_token or "",
+            server.host,
+            server.port,
+            lockout=self.api_lockout,
+            tokens=self._resolve_tokens(),
         )
         return stop
+
+    def _resolve_tokens(self) -> dict[str, tuple[str, str]]:
+        """The ``[tokens.NAME]`` read from their references, ``{name: (value, scope)}``; a
+        reference that cannot be read, a token too short or one that another token also is,
+        is a ``UsageError`` at start (one line naming the token, never its value)."""
+        from syncd.server.app import check_token
+
+        out: dict[str, tuple[str, str]] = {}
+        seen = {self.api_token or "": "SYNCD_API_TOKEN"}
+        for name, token in self.settings.tokens.items():
+            try:
+                value = token.resolve()
+                check_token(value)
+            except (ConfigError, UsageError) as exc:
+                why = str(exc).replace("the HTTP API needs SYNCD_API_TOKEN set to", "must be")
+                raise UsageError(f"tokens.{name}.token: {why}") from None
+            if value in seen:
+                raise UsageError(
+                    f"tokens.{name}.token: the same token as {seen[value]}; give each its own"
+                )
+            seen[value] = f"tokens.{name}"
+            out[name] = (value, token.scope)
+        return out

@@ -10,7 +10,10 @@
   those of its protocol layer (a malformed request line or header: ``400``, never echoing the
   request); an unexpected exception is logged and answered ``500`` without details.
 * Each request is logged at INFO: method, path, status, duration (never a header or a body).
-* ``SYNCD_API_TOKEN`` (:func:`check_token`): 16+ characters of printable ASCII, no spaces.
+* ``SYNCD_API_TOKEN`` (:func:`check_token`): 16+ characters of printable ASCII, no spaces;
+  it is ``admin``. ``[tokens.NAME]`` add tokens with a scope (``read``, ``write``, ``admin``);
+  a request its token's scope does not allow is ``403`` with a JSON body (the route's scope
+  comes from the one table in :mod:`syncd.server.scopes`).
   A header that is not UTF-8 is a wrong token (``401``, counted toward the lockout).
 * A connection must send its request headers within
   :data:`~syncd.server.connections.HEADER_TIMEOUT` seconds, and at most a cap of connections
@@ -29,12 +32,14 @@ import errno
 import hmac
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 
 from aiohttp import web
 
 from providers.redact import redact
 from syncd.errors import CatalogUnavailable, SyncdError, UsageError
+from syncd.server import scopes
 from syncd.server.connections import (
     HEADER_TIMEOUT,
     AcceptErrorLog,
@@ -51,6 +56,19 @@ from syncd.store.db import catalog_error
 log = logging.getLogger("syncd.server")
 MAX_BODY = 10 * 1024 * 1024
 TOKEN = web.AppKey("token", str)
+
+
+@dataclass(frozen=True)
+class Token:
+    """An accepted bearer token: its name (``SYNCD_API_TOKEN`` or a ``[tokens.NAME]``), the
+    ``Authorization`` header that carries it, and its scope (:mod:`syncd.server.scopes`)."""
+
+    name: str
+    header: bytes
+    scope: str
+
+
+TOKENS = web.AppKey("tokens", tuple)
 LOCKOUT = web.AppKey("lockout", AuthLockout)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -112,13 +130,28 @@ async def bearer_token(request: web.Request, handler: Handler) -> web.StreamResp
             status=429,
             headers={"Retry-After": str(wait)},
         )
-    given = request.headers.get("Authorization", "")
-    expected = f"Bearer {request.app[TOKEN]}"
     # aiohttp decodes header bytes that are not UTF-8 as surrogates: encode them back to the
-    # bytes received (never equal to the token, which check_token keeps ASCII)
-    if not hmac.compare_digest(given.encode("utf-8", "surrogateescape"), expected.encode()):
+    # bytes received (never equal to a token, which check_token keeps ASCII)
+    given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
+    matched: Token | None = None
+    for token in request.app[TOKENS]:
+        # every token is compared, whichever matches: the time says nothing about which
+        if hmac.compare_digest(given, token.header) and matched is None:
+            matched = token
+    if matched is None:
         lockout.failed(address)
         return web.json_response({"error": "missing or wrong bearer token"}, status=401)
+    route = request.match_info.route
+    if route.resource is not None:  # else no route matched: the handler answers 404 or 405
+        need = scopes.scope_of(request.method, route.resource.canonical) or scopes.ADMIN
+        if not scopes.allows(matched.scope, need):
+            return web.json_response(
+                {
+                    "error": f"token {matched.name!r} has scope {matched.scope}; "
+                    f"{request.method} {route.resource.canonical} needs {need}"
+                },
+                status=403,
+            )
     return await handler(request)
 
 
@@ -165,12 +198,22 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 def make_app(
-    context: Context, token: str, *, lockout: AuthLockout | None = None
+    context: Context,
+    token: str,
+    *,
+    lockout: AuthLockout | None = None,
+    tokens: Mapping[str, tuple[str, str]] | None = None,
 ) -> web.Application:
-    """The API app. ``token`` must be non-empty (the CLI requires 16+ characters);
-    ``lockout`` defaults to :class:`AuthLockout`'s limits."""
+    """The API app. ``token`` (``SYNCD_API_TOKEN``, scope ``admin``) must be non-empty (the
+    CLI requires 16+ characters); ``tokens``: more, ``{name: (value, scope)}`` (the resolved
+    ``[tokens.NAME]``); ``lockout`` defaults to :class:`AuthLockout`'s limits."""
     if not token:
         raise ValueError("the API needs a bearer token")
+    accepted = [Token("SYNCD_API_TOKEN", f"Bearer {token}".encode(), scopes.ADMIN)]
+    for name, (value, scope) in (tokens or {}).items():
+        if scope not in scopes.ORDER:
+            raise ValueError(f"token {name!r}: unknown scope {scope!r}")
+        accepted.append(Token(name, f"Bearer {value}".encode(), scope))
     # order: mark the connection busy (its headers are in), log everything, answer errors as
     # JSON, then check the token
     app = web.Application(
@@ -179,6 +222,7 @@ def make_app(
     )
     app[CONTEXT] = context
     app[TOKEN] = token
+    app[TOKENS] = tuple(accepted)
     app[LOCKOUT] = lockout if lockout is not None else AuthLockout()
     app.router.add_get("/healthz", healthz)
     add_routes(app)
@@ -193,6 +237,7 @@ async def start(
     *,
     lockout: AuthLockout | None = None,
     header_timeout: float = HEADER_TIMEOUT,
+    tokens: Mapping[str, tuple[str, str]] | None = None,
 ) -> tuple[Callable[[], Awaitable[None]], int]:
     """Bind and start serving; returns (stop, the bound port). A busy port or an address that
     cannot be bound is a ``UsageError`` (one line), raised before anything is served.
@@ -202,7 +247,9 @@ async def start(
     logs failed accepts once a minute instead of a traceback each."""
     loop = asyncio.get_running_loop()
     guard = ConnectionGuard(connection_cap(raise_fd_limit()), header_timeout)
-    runner = web.AppRunner(make_app(context, token, lockout=lockout), access_log=None)
+    runner = web.AppRunner(
+        make_app(context, token, lockout=lockout, tokens=tokens), access_log=None
+    )
     await runner.setup()
     try:
         server = await serve(runner, host, port, guard)

@@ -34,6 +34,15 @@ JSON out; errors are ``{"error": "..."}`` with the status that says what is wron
 * ``GET  /api/v1/workers``: the live workers sharing the catalog, the leases each holds and
   their expiry, recently gone workers (see :func:`syncd.store.workers.listing`).
 * ``GET  /metrics``: Prometheus text.
+* ``POST /api/v1/datasets``, ``PATCH`` and ``DELETE /api/v1/datasets/{name}``: create a dataset
+  (validated like a config's ``[datasets.NAME]``, with its run-time settings in the catalog),
+  change its filters and settings, remove it as ``syncd datasets rm`` does
+  (:func:`syncd.api.create_dataset` and its neighbours); every daemon sharing the catalog
+  picks the change up within seconds. A dataset the daemon's config declares is refused
+  (``409``): the config wins.
+* ``GET``/``POST /api/v1/integrations``: integrations holding references only.
+
+What each bearer token may call is decided by :mod:`syncd.server.scopes`.
 """
 
 from __future__ import annotations
@@ -46,10 +55,10 @@ import functools
 import json
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from aiohttp import ClientSession, ClientTimeout, web
 
@@ -57,7 +66,7 @@ from providers.redact import redact
 from syncd import api, usermeta
 from syncd.daemon.catalog_thread import CatalogThread
 from syncd.daemon.metrics import Metrics
-from syncd.errors import UsageError
+from syncd.errors import NotFound, UsageError
 from syncd.events.apply import ApplyResult
 from syncd.events.parse import EventFormatError, ObjectEvent, Parsed, parse_text
 from syncd.store import edits, lease, workers
@@ -106,6 +115,12 @@ class Context:
     webhooks: Mapping[str, Any] = field(default_factory=dict)
     #: the ``[sinks.NAME]`` this daemon delivers (``syncd serve``: none)
     sinks: Mapping[str, Any] = field(default_factory=dict)
+    #: the datasets the daemon's config declares: the API refuses to create, change or
+    #: remove them (the config wins)
+    declared: frozenset[str] = frozenset()
+    #: called after the API created, changed or removed a dataset: the daemon looks at the
+    #: catalog's datasets at once instead of at its next poll
+    datasets_changed: Callable[[], None] = lambda: None
 
 
 CONTEXT = web.AppKey("context", Context)
@@ -133,9 +148,14 @@ async def _dataset_or_404(request: web.Request) -> Dataset:
 
 async def list_datasets(request: web.Request) -> web.Response:
     ctx = request.app[CONTEXT]
-    rows = await ctx.catalog.call(
-        lambda c: [api.dataset_summary(c, ds) for ds in c.list_datasets()]
-    )
+
+    def summaries(c: Catalog) -> list[dict[str, Any]]:
+        return [
+            {**api.dataset_summary(c, ds), "settings": api.dataset_settings_summary(c, ds)}
+            for ds in c.list_datasets()
+        ]
+
+    rows = await ctx.catalog.call(summaries)
     if ctx.scheduler is not None:
         for row in rows:
             row["schedule"] = ctx.scheduler.state(row["name"])
@@ -145,10 +165,7 @@ async def list_datasets(request: web.Request) -> web.Response:
 async def get_dataset(request: web.Request) -> web.Response:
     ctx = request.app[CONTEXT]
     ds = await _dataset_or_404(request)
-    row = await ctx.catalog.call(lambda c: api.dataset_summary(c, ds))
-    if ctx.scheduler is not None:
-        row["schedule"] = ctx.scheduler.state(ds.name)
-    return web.json_response(row)
+    return web.json_response(await _dataset_row(ctx, ds))
 
 
 def _bad_request(message: str) -> web.HTTPBadRequest:
@@ -574,6 +591,111 @@ async def metrics(request: web.Request) -> web.Response:
     )
 
 
+# -- datasets and integrations at run time (admin) ----------------------------------------
+
+
+async def _json_body(request: web.Request) -> Any:
+    return usermeta.parse_json(await request.read(), "the request body")
+
+
+def _refusal(exc: Exception) -> web.Response:
+    """The status of a refused run-time change: 409 for the catalog's state, 404 for an
+    unknown dataset, else 400."""
+    if isinstance(exc, api.Conflict):
+        return _error(409, str(exc))
+    if isinstance(exc, NotFound):
+        return _error(404, str(exc))
+    return _error(400, str(exc))
+
+
+async def _dataset_row(ctx: Context, ds: Dataset) -> dict[str, Any]:
+    def row(c: Catalog) -> dict[str, Any]:
+        out = api.dataset_summary(c, ds)
+        out["settings"] = api.dataset_settings_summary(c, ds)
+        return out
+
+    found = await ctx.catalog.call(row)
+    if ctx.scheduler is not None:
+        found["schedule"] = ctx.scheduler.state(ds.name)
+    return found
+
+
+async def create_dataset(request: web.Request) -> web.Response:
+    """``POST /api/v1/datasets``: create a dataset, scheduled by every daemon on the catalog
+    within seconds. ``400`` for a malformed body, ``409`` for a name that exists or that the
+    config declares; nothing is written unless all of it is."""
+    ctx = request.app[CONTEXT]
+    try:
+        _only_params(request)
+        body = await _json_body(request)
+        ds = await ctx.catalog.call(lambda c: api.create_dataset(c, body, declared=ctx.declared))
+    except (UsageError, NotFound) as exc:
+        return _refusal(exc)
+    ctx.datasets_changed()
+    return web.json_response(
+        await _dataset_row(ctx, ds),
+        status=201,
+        headers={"Location": f"/api/v1/datasets/{quote(ds.name, safe='')}"},
+    )
+
+
+async def patch_dataset(request: web.Request) -> web.Response:
+    """``PATCH /api/v1/datasets/{name}``: change filters, interval, max_delete, watch; the
+    next reconcile uses them. A different ``source`` is ``400``."""
+    ctx = request.app[CONTEXT]
+    name = request.match_info["name"]
+    try:
+        _only_params(request)
+        body = await _json_body(request)
+        ds = await ctx.catalog.call(
+            lambda c: api.patch_dataset(c, name, body, declared=ctx.declared)
+        )
+    except (UsageError, NotFound) as exc:
+        return _refusal(exc)
+    ctx.datasets_changed()
+    return web.json_response(await _dataset_row(ctx, ds))
+
+
+async def delete_dataset(request: web.Request) -> web.Response:
+    """``DELETE /api/v1/datasets/{name}``: remove the dataset with its items and runs (the
+    bucket is not touched), as ``syncd datasets rm``; ``409`` while it is being synced."""
+    ctx = request.app[CONTEXT]
+    name = request.match_info["name"]
+    try:
+        _only_params(request)
+        count = await ctx.catalog.call(lambda c: api.remove_dataset(c, name, declared=ctx.declared))
+    except (UsageError, NotFound) as exc:
+        return _refusal(exc)
+    ctx.changed.pulse()
+    ctx.datasets_changed()
+    return web.json_response({"dataset": name, "removed": True, "items": count})
+
+
+async def list_integrations(request: web.Request) -> web.Response:
+    """``GET /api/v1/integrations``: every integration the catalog holds (created over the
+    API, or recorded with a dataset of a config): name, type, fields as references; no
+    secret's value is ever read here."""
+    ctx = request.app[CONTEXT]
+    _only_params(request)
+    rows = await ctx.catalog.call(
+        lambda c: [api.integration_summary(i, at) for i, at in c.list_integrations()]
+    )
+    return web.json_response({"integrations": rows})
+
+
+async def create_integration(request: web.Request) -> web.Response:
+    """``POST /api/v1/integrations``: record an integration of references (``env:``,
+    ``file:``); a literal secret is ``400``, an existing name ``409``."""
+    ctx = request.app[CONTEXT]
+    try:
+        _only_params(request)
+        body = await _json_body(request)
+        row = await ctx.catalog.call(lambda c: api.create_integration(c, body))
+    except UsageError as exc:
+        return _refusal(exc)
+    return web.json_response(row, status=201)
+
+
 def add_routes(app: web.Application) -> None:
     """Register the API's routes (the auth, size and error middlewares are the app's)."""
     r = app.router
@@ -596,3 +718,9 @@ def add_routes(app: web.Application) -> None:
     r.add_post("/api/v1/events", post_events)
     r.add_route("OPTIONS", "/api/v1/events", events_handshake)
     r.add_get("/metrics", metrics)
+    # datasets and integrations at run time
+    r.add_post("/api/v1/datasets", create_dataset)
+    r.add_patch("/api/v1/datasets/{name}", patch_dataset)
+    r.add_delete("/api/v1/datasets/{name}", delete_dataset)
+    r.add_get("/api/v1/integrations", list_integrations)
+    r.add_post("/api/v1/integrations", create_integration)

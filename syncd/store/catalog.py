@@ -102,6 +102,22 @@ class Item:
 
 
 @dataclass(frozen=True)
+class DatasetSettings:
+    """The run-time settings of a dataset created over the HTTP API (table
+    ``dataset_settings``): its row makes every daemon on the catalog schedule it.
+    ``interval`` None: the daemon's ``[daemon] interval``; ``max_delete`` as written
+    (``"25%"``, ``"100"``) or None; ``updated_at`` changes with every write."""
+
+    interval: int | None = None
+    max_delete: str | None = None
+    watch: bool = True
+    updated_at: str = ""
+
+    def public(self) -> dict[str, Any]:
+        return {"interval": self.interval, "max_delete": self.max_delete, "watch": self.watch}
+
+
+@dataclass(frozen=True)
 class Dataset:
     id: int
     name: str
@@ -192,7 +208,13 @@ class Catalog:
     # -- datasets ----------------------------------------------------------------------
 
     def create_dataset(
-        self, name: str, source: str, driver: DriverConfig, filters: Filters
+        self,
+        name: str,
+        source: str,
+        driver: DriverConfig,
+        filters: Filters,
+        *,
+        settings: DatasetSettings | None = None,
     ) -> Dataset:
         """Create dataset ``name`` bound to ``driver``. Raises ``UsageError`` if it exists.
 
@@ -200,6 +222,9 @@ class Catalog:
         (:meth:`~syncd.store.sql.Database.lock_writes`: PostgreSQL would otherwise let two
         transactions both find no dataset), so of two processes creating the same dataset one
         succeeds and the other gets the ``UsageError``.
+
+        ``settings``: the dataset's run-time settings (a dataset created over the HTTP API),
+        written in the same transaction.
         """
         check_dataset_name(name)
         with transaction(self.db):
@@ -218,6 +243,9 @@ class Catalog:
                 f"INSERT INTO datasets ({columns}) VALUES ({', '.join('?' * len(values))})",
                 values,
             )
+            if settings is not None:
+                found = self.db.execute("SELECT id FROM datasets WHERE name = ?", [name])
+                self._write_settings(int(found.fetchone()[0]), settings)
         return self.get_dataset(name)
 
     def _next_dataset_id(self) -> int:
@@ -230,17 +258,89 @@ class Catalog:
             ).fetchone()[0]
         )
 
-    def update_dataset(self, dataset: Dataset, driver: DriverConfig, filters: Filters) -> Dataset:
-        """Record a changed driver setting or filter set (declared in a config file). Taken
-        exclusively, as :meth:`create_dataset`: two workers may apply one config at once."""
+    def update_dataset(
+        self,
+        dataset: Dataset,
+        driver: DriverConfig,
+        filters: Filters,
+        *,
+        settings: DatasetSettings | None = None,
+    ) -> Dataset:
+        """Record a changed driver setting or filter set (declared in a config file, or
+        patched over the HTTP API with its ``settings``, written in the same transaction).
+        Taken exclusively, as :meth:`create_dataset`: two workers may apply one config at
+        once. ``UsageError`` if the dataset was removed meanwhile."""
         with transaction(self.db):
             self.db.lock_writes(exclusive=True)
             driver_id = self._ensure_driver(driver.name or f"{dataset.name}-driver", driver)
-            self.db.execute(
+            updated = self.db.execute(
                 "UPDATE datasets SET driver_id = ?, filters = ? WHERE id = ?",
                 [driver_id, filters.to_json(), dataset.id],
-            )
+            ).rowcount
+            if updated == 0:
+                raise UsageError(f"dataset {dataset.name!r} was removed meanwhile")
+            if settings is not None:
+                self._write_settings(dataset.id, settings)
         return self.get_dataset(dataset.name)
+
+    def _write_settings(self, dataset_id: int, settings: DatasetSettings) -> None:
+        """Insert or replace a dataset's run-time settings. The caller holds the transaction."""
+        self.db.execute(
+            "INSERT INTO dataset_settings (dataset_id, interval_seconds, max_delete, watch,"
+            " updated_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT (dataset_id) DO UPDATE SET"
+            " interval_seconds = excluded.interval_seconds, max_delete = excluded.max_delete,"
+            " watch = excluded.watch, updated_at = excluded.updated_at",
+            [dataset_id, settings.interval, settings.max_delete, int(settings.watch), now()],
+        )
+
+    def dataset_settings(self, dataset_id: int) -> DatasetSettings | None:
+        """A dataset's run-time settings, None for one no API call created or patched."""
+        row = self.db.execute(
+            "SELECT interval_seconds, max_delete, watch, updated_at FROM dataset_settings"
+            " WHERE dataset_id = ?",
+            [dataset_id],
+        ).fetchone()
+        return None if row is None else DatasetSettings(row[0], row[1], bool(row[2]), row[3])
+
+    def runtime_datasets(self) -> list[tuple[Dataset, DatasetSettings]]:
+        """Every dataset with run-time settings, by name: what a daemon polls (one query,
+        cheap: a dataset row and its settings each)."""
+        rows = self.db.execute(
+            _DATASET_SELECT.replace(
+                "SELECT ", "SELECT s.interval_seconds, s.max_delete, s.watch, s.updated_at, ", 1
+            )
+            + " JOIN dataset_settings s ON s.dataset_id = ds.id ORDER BY ds.name"
+        ).fetchall()
+        return [
+            (_dataset_from_row(r[4:]), DatasetSettings(r[0], r[1], bool(r[2]), r[3])) for r in rows
+        ]
+
+    # -- integrations created over the HTTP API --------------------------------------------
+
+    def create_integration(self, integ: Integration) -> None:
+        """Record a new integration (references and plain values only, as
+        :class:`~providers.config.Integration` guarantees). ``UsageError`` if one of that name
+        exists."""
+        with transaction(self.db):
+            self.db.lock_writes(exclusive=True)
+            if self.find_integration(integ.name) is not None:
+                raise UsageError(f"integration {integ.name!r} already exists")
+            self._ensure_integration(integ)
+
+    def find_integration(self, name: str) -> Integration | None:
+        if "\x00" in name:
+            return None
+        row = self.db.execute(
+            "SELECT type, fields FROM integrations WHERE name = ?", [name]
+        ).fetchone()
+        return None if row is None else Integration(name, row[0], json.loads(row[1] or "{}"))
+
+    def list_integrations(self) -> list[tuple[Integration, str]]:
+        """Every recorded integration with its creation time, by name."""
+        rows = self.db.execute(
+            "SELECT name, type, fields, created_at FROM integrations ORDER BY name"
+        ).fetchall()
+        return [(Integration(r[0], r[1], json.loads(r[2] or "{}")), r[3]) for r in rows]
 
     def drop_dataset(self, dataset: Dataset, *, source: str = "admin") -> None:
         """Remove a dataset with its items and runs (and its driver if nothing else uses it),
@@ -255,7 +355,7 @@ class Catalog:
                     " (SELECT id FROM runs WHERE dataset_id = ?)",
                     [dataset.id],
                 )
-            for table in ("runs", "items", "key_markers", "local_copies"):
+            for table in ("runs", "items", "key_markers", "local_copies", "dataset_settings"):
                 self.db.execute(f"DELETE FROM {table} WHERE dataset_id = ?", [dataset.id])
             self.db.execute("DELETE FROM leases WHERE name = ?", [f"dataset:{dataset.id}"])
             driver_id = self.db.execute(

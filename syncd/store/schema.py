@@ -130,4 +130,21 @@ SHARED: list[tuple[str, list[Statement]]] = [
             "ALTER TABLE items ADD COLUMN tags {json} NOT NULL DEFAULT '[]'",
         ],
     ),
+    (
+        # The run-time settings of a dataset created over the HTTP API (syncd.api.create_dataset):
+        # a row here makes every daemon sharing the catalog schedule the dataset, as if a config
+        # declared it. ``interval`` is seconds (null: the daemon's [daemon] interval),
+        # ``max_delete`` the limit as written ("25%", "100"; null: none), ``watch`` 0 or 1.
+        # ``updated_at`` changes with every write, so a daemon's poll tells a patch apart.
+        "0016_dataset_settings",
+        [
+            """CREATE TABLE dataset_settings (
+    dataset_id {bigint} PRIMARY KEY,
+    interval_seconds INTEGER,
+    max_delete TEXT,
+    watch INTEGER NOT NULL DEFAULT 1,
+    updated_at TEXT NOT NULL
+)""",
+        ],
+    ),
 ]
