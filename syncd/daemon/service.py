@@ -480,9 +480,12 @@ class Daemon:
         seen = {self.api_token or "": "SYNCD_API_TOKEN"}
         for name, token in self.settings.tokens.items():
             try:
-                value = token.resolve()
+                value = token.resolve()  # its errors name tokens.NAME.token
+            except ConfigError as exc:
+                raise UsageError(str(exc)) from None
+            try:
                 check_token(value)
-            except (ConfigError, UsageError) as exc:
+            except UsageError as exc:
                 why = str(exc).replace("the HTTP API needs SYNCD_API_TOKEN set to", "must be")
                 raise UsageError(f"tokens.{name}.token: {why}") from None
             if value in seen:
