@@ -667,3 +667,144 @@ def test_the_feed_really_used_and_was_refused_its_secrets(world: World) -> None:
     changes = json.loads(r["api GET /api/v1/changes?limit=1000"].stdout)["changes"]
     sent = sorted({c["cursor"] for _, body in world.sink_messages for c in body["changes"]})
     assert changes and sent[: len(changes)] == [c["cursor"] for c in changes]
+
+
+# -- an integration created over the HTTP API (issue 24) -----------------------------------
+
+RT_KEY_ID = "AKIAPLANTEDRUNT1ME01"
+RT_SECRET = "pLaNtEd/RuntimeSecret+d0NotPrint/19c3e7"
+RT_LITERAL = "pLaNtEd/LiteralSecret+d0NotPrint/a4b2c9"
+RT_TOKEN = "planted-runtime-api-token-d0-not-print-77e1"
+
+
+def test_an_integration_created_over_the_api_leaks_nowhere(
+    tmp_path: Path, moto: Emulator, moto_auth: Emulator
+) -> None:
+    """A daemon started with no dataset (``--debug``): an integration of ``env:`` references
+    to planted AWS keys is created over the API, a literal secret is refused, and two datasets
+    use the integration: one on moto (synced with the planted keys), one on moto enforcing
+    authentication (refused). Every API answer (integrations, datasets, runs, health), the
+    daemon's log and the catalog's bytes are searched for the planted values."""
+    bucket = unique_bucket()
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=moto.url,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        region_name="us-east-1",
+    )
+    s3.create_bucket(Bucket=bucket)
+    s3.put_object(Bucket=bucket, Key="a.txt", Body=b"a")
+    port = free_port()
+    config = tmp_path / "syncd.toml"
+    config.write_text(f'[server]\nhost = "127.0.0.1"\nport = {port}\n')
+    db = str(tmp_path / "c.db")
+    env = {
+        "SYNCD_API_TOKEN": RT_TOKEN,
+        "SYNCD_PLANTED_KEY_ID": RT_KEY_ID,
+        "SYNCD_PLANTED_SECRET": RT_SECRET,
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": moto.url,
+    }
+    seen: dict[str, str] = {}
+    answers: dict[str, tuple[int, str]] = {}
+
+    def call(method: str, path: str, body: object = None) -> tuple[int, str]:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        try:
+            data = None if body is None else json.dumps(body).encode()
+            conn.request(method, path, body=data, headers={"Authorization": f"Bearer {RT_TOKEN}"})
+            resp = conn.getresponse()
+            text = resp.read().decode("utf-8", errors="replace")
+        finally:
+            conn.close()
+        seen[f"api {method} {path} {len(seen)}"] = text
+        return resp.status, text
+
+    argv = [*PYTHON_SYNCD, "--debug", "run", "--config", str(config), "--db", db]
+    daemon = start_process("planted-runtime", argv, tmp_path, "/healthz", port, env)
+    try:
+        answers["integration"] = call(
+            "POST",
+            "/api/v1/integrations",
+            {
+                "name": "rt-aws",
+                "type": "s3",
+                "access_key_id": "env:SYNCD_PLANTED_KEY_ID",
+                "secret_access_key": "env:SYNCD_PLANTED_SECRET",
+            },
+        )
+        answers["literal"] = call(
+            "POST",
+            "/api/v1/integrations",
+            {"name": "rt-leak", "type": "s3", "secret_access_key": RT_LITERAL},
+        )
+        answers["ok dataset"] = call(
+            "POST",
+            "/api/v1/datasets",
+            {"name": "rtok", "source": f"s3://{bucket}/", "integration": "rt-aws"},
+        )
+        answers["refused dataset"] = call(
+            "POST",
+            "/api/v1/datasets",
+            {
+                "name": "rtrefused",
+                "driver": {"type": "s3", "bucket": bucket, "endpoint": moto_auth.url},
+                "integration": "rt-aws",
+            },
+        )
+
+        def runs(name: str) -> list[dict]:
+            status, text = call("GET", f"/api/v1/datasets/{name}/runs")
+            return json.loads(text)["runs"] if status == 200 else []
+
+        wait_until(
+            lambda: any(r["status"] == "completed" for r in runs("rtok")), "rtok to be synced"
+        )
+        wait_until(lambda: any(r["status"] == "failed" for r in runs("rtrefused")), "the refusal")
+        for path in (
+            "/api/v1/integrations",
+            "/api/v1/datasets",
+            "/api/v1/datasets/rtok",
+            "/api/v1/datasets/rtrefused",
+            "/api/v1/datasets/rtok/items",
+            "/healthz",
+            "/metrics",
+        ):
+            call("GET", path)
+        for path in sorted(tmp_path.glob("c.db*")):
+            seen[f"while running: {path.name}"] = path.read_bytes().decode("latin-1")
+    finally:
+        daemon.process.send_signal(signal.SIGTERM)
+        daemon.process.wait(timeout=60)
+    seen["daemon log"] = daemon.log_path.read_text(errors="replace")
+    for path in sorted(tmp_path.glob("c.db*")):
+        seen[f"after: {path.name}"] = path.read_bytes().decode("latin-1")
+
+    # the scenario really used the references and refused the literal
+    assert answers["integration"][0] == 201, answers["integration"]
+    assert json.loads(answers["integration"][1])["fields"] == {
+        "access_key_id": "env:SYNCD_PLANTED_KEY_ID",
+        "secret_access_key": "env:SYNCD_PLANTED_SECRET",
+    }
+    assert answers["literal"][0] == 400 and "literal secret" in answers["literal"][1]
+    assert answers["ok dataset"][0] == 201 and answers["refused dataset"][0] == 201
+    refused = [r for r in runs_of(seen, "rtrefused") if r["status"] == "failed"]
+    assert refused and all("credentials" in r["error"] for r in refused), refused
+    assert daemon.process.returncode == 0
+
+    planted = {"key id": RT_KEY_ID, "secret": RT_SECRET, "literal": RT_LITERAL, "token": RT_TOKEN}
+    found = [
+        f"{what} in {surface}"
+        for surface, text in seen.items()
+        for what, value in planted.items()
+        for form in forms(value)
+        if form in text
+    ]
+    assert found == []
+
+
+def runs_of(seen: dict[str, str], name: str) -> list[dict]:
+    """The runs of ``name`` in the last answer of its runs endpoint that was seen."""
+    texts = [t for k, t in seen.items() if k.startswith(f"api GET /api/v1/datasets/{name}/runs")]
+    return json.loads(texts[-1])["runs"] if texts else []
