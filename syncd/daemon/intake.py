@@ -113,6 +113,12 @@ class Intake:
             version=event.version or info.version,
         )
 
+    async def forget(self, name: str) -> None:
+        """Close the driver kept for dataset ``name`` (removed, or bound anew), if any."""
+        driver = self._drivers.pop(name, None)
+        if driver is not None:
+            await driver.close()
+
     async def close(self) -> None:
         for driver in self._drivers.values():
             await driver.close()

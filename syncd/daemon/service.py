@@ -130,7 +130,10 @@ class Daemon:
         self.api_token = api_token
         self.metrics = Metrics()
         self.catalog = CatalogThread(db_path, create=create_catalog)
-        self.intake = Intake(self.catalog, settings.datasets, self.metrics)
+        #: the datasets events may need a HEAD for (:class:`Intake`): the config's, and
+        #: those created at run time (kept current by :meth:`_refresh_datasets`)
+        self._event_specs: dict[str, DatasetSpec] = dict(settings.datasets)
+        self.intake = Intake(self.catalog, self._event_specs, self.metrics)
         intervals = {name: float(spec.interval) for name, spec in settings.datasets.items()}
         self.register = register
         #: this worker's id in the registry; its dataset leases are owned by "<id>/<run>"
@@ -283,26 +286,37 @@ class Daemon:
 
         default = float(self.settings.daemon.interval)
 
-        def look(catalog: Catalog) -> dict[str, RuntimeSpec]:
-            return {
-                ds.name: RuntimeSpec(
-                    interval=float(settings.interval or default),
-                    max_delete=parse_max_delete(settings.max_delete)
-                    if settings.max_delete
-                    else None,
-                    watch=settings.watch,
-                )
+        def look(catalog: Catalog) -> list[tuple[Any, Any]]:
+            return [
+                (ds, settings)
                 for ds, settings in catalog.runtime_datasets()
                 if ds.name not in self.settings.datasets  # the config's declaration wins
-            }
+            ]
 
         try:
-            wanted = await self.catalog.call(look)
+            found = await self.catalog.call(look)
         except Exception as exc:
             if self.catalog.available:  # else the catalog thread said why, once
                 log.warning("looking for created datasets failed (%s)", redact(str(exc)))
             return
+        wanted = {
+            ds.name: RuntimeSpec(
+                interval=float(settings.interval or default),
+                max_delete=parse_max_delete(settings.max_delete) if settings.max_delete else None,
+                watch=settings.watch,
+            )
+            for ds, settings in found
+        }
         self.scheduler.set_runtime(wanted)
+        # events that lack a size or an ETag are completed with a HEAD through the dataset's
+        # driver: the intake needs the created datasets' too (binding and filters only)
+        specs = {ds.name: DatasetSpec(ds.name, ds.driver, ds.filters) for ds, _ in found}
+        for name in [n for n in self._event_specs if n not in self.settings.datasets]:
+            old = self._event_specs[name]
+            if name not in specs or specs[name].driver != old.driver:
+                del self._event_specs[name]
+                await self.intake.forget(name)
+        self._event_specs.update(specs)
 
     async def _follow_datasets(self) -> None:
         """Every :data:`DATASET_POLL_SECONDS`, or at once after this daemon's API changed
