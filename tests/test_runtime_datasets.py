@@ -351,3 +351,45 @@ async def test_two_workers_on_postgresql_both_see_each_change(
                 assert status == 404
         finally:
             await _stop(*workers)
+
+
+async def test_created_datasets_are_scheduled_at_start_and_a_declaration_wins(
+    aws: tuple[Any, Any, str, str], tmp_path: Path
+) -> None:
+    """The settings live in the catalog: a restarted daemon schedules a created dataset from
+    its first round, with its interval. A config that declares the same name takes it over:
+    the daemon runs it as declared, and the API refuses to change or remove it."""
+    _, _, bucket, _ = aws
+    db = str(tmp_path / "c.db")
+    async with ClientSession() as session:
+        r = await _start(_config(tmp_path, None), db, session)
+        try:
+            status, body = await r.call(
+                "POST",
+                "/api/v1/datasets",
+                {"name": "kept", "source": f"s3://{bucket}/", "interval": 1234},
+            )
+            assert status == 201, body
+        finally:
+            await _stop(r)
+        r = await _start(_config(tmp_path, None), db, session)
+        try:
+            # no poll needed: scheduled before the daemon said it was ready
+            assert r.daemon.scheduler.states["kept"].interval == 1234
+            await until(lambda: _equals(r.keys("kept"), set(KEYS)), "the reconcile at start")
+        finally:
+            await _stop(r)
+        declared = _config(
+            tmp_path,
+            None,
+            f'[drivers.b]\ntype = "s3"\nbucket = "{bucket}"\n'
+            '[datasets.kept]\ndriver = "b"\ninterval = 777\ninclude = ["*.jpg"]\n',
+        )
+        r = await _start(declared, db, session)
+        try:
+            assert "kept" not in r.daemon.scheduler.runtime
+            assert r.daemon.scheduler.states["kept"].interval == 777
+            status, body = await r.call("DELETE", "/api/v1/datasets/kept")
+            assert status == 409 and "config file" in body["error"], body
+        finally:
+            await _stop(r)
