@@ -9,7 +9,7 @@ Layout (each concern has one home; a package uses another only through its publi
 * :mod:`syncd.server`: the HTTP API.
 * :mod:`syncd.transfer`: bytes between a dataset's bucket and a local folder (pull, push).
 * :mod:`syncd.cli`: the ``syncd`` command, a thin layer over :mod:`syncd.api`.
-* :mod:`syncd.client`: the Python API, ``syncd.sync / pull / push / items / changes``
+* :mod:`syncd.client`: the Python API, ``syncd.sync / pull / push / items / count / summary / changes``
   (blocking calls).
 """
 
@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["changes", "items", "pull", "push", "sync"]
+__all__ = ["changes", "count", "items", "pull", "push", "summary", "sync"]
 
 
 def __getattr__(name: str) -> Any:

@@ -27,11 +27,13 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-from collections.abc import Awaitable, Callable, Iterator
-from typing import TypeVar
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from typing import Any, TypeVar
 
 from syncd import api
+from syncd.errors import UsageError
 from syncd.limits import MaxDelete
+from syncd.query import Query, QueryError, parse_where
 from syncd.reconcile.filters import Filters
 from syncd.reconcile.sync import SyncOptions, SyncResult
 from syncd.store.catalog import Catalog, Item
@@ -183,13 +185,71 @@ def changes(
 
 
 def items(
-    dataset: str, *, db: str | None = None, prefix: str = "", limit: int | None = None
+    dataset: str,
+    *,
+    db: str | None = None,
+    prefix: str = "",
+    limit: int | None = None,
+    where: str | Sequence[str] = (),
+    sort: str = "key",
+    order: str = "asc",
 ) -> Iterator[Item]:
-    """The dataset's items in key order (``prefix``: of the key), streamed a page at a time;
-    ``syncd items ls``. Consume it on the thread that started it."""
+    """The dataset's items matching ``where`` (one ``--where`` expression or a list of them,
+    all of which must hold; see :mod:`syncd.query`) under ``prefix``, ordered by ``sort``
+    (``key``, ``size`` or ``mtime``; ties by key) ``order`` (``asc``/``desc``), at most
+    ``limit``, streamed a page at a time; ``syncd items ls``. A bad expression raises
+    ``UsageError`` here, when called (not when iterated). Consume it on the thread that
+    started it."""
+    query = _query(where, prefix, sort, order)
+
+    def stream() -> Iterator[Item]:
+        catalog = Catalog.open_reader(db or default_db_path())
+        try:
+            found = catalog.get_dataset(dataset)
+            yield from catalog.iter_query(found.id, query, limit=limit)
+        finally:
+            catalog.close()
+
+    return stream()
+
+
+def count(
+    dataset: str, *, db: str | None = None, prefix: str = "", where: str | Sequence[str] = ()
+) -> tuple[int, int]:
+    """``(items, total bytes)`` of the dataset's items matching ``where`` under ``prefix``;
+    ``syncd items count``."""
+    query = _query(where, prefix, "key", "asc")
     catalog = Catalog.open_reader(db or default_db_path())
     try:
-        found = catalog.get_dataset(dataset)
-        yield from catalog.iter_items(found.id, prefix=prefix, limit=limit)
+        return catalog.count_query(catalog.get_dataset(dataset).id, query)
     finally:
         catalog.close()
+
+
+def summary(
+    dataset: str,
+    *,
+    by: str = "content_type",
+    db: str | None = None,
+    prefix: str = "",
+    where: str | Sequence[str] = (),
+) -> dict[str, Any]:
+    """Items and bytes of the dataset's items matching ``where``, in total and per group
+    ``by`` ``content_type`` or ``folder`` (see :meth:`~syncd.store.catalog.Catalog.summarize`);
+    ``syncd items summary``."""
+    query = _query(where, prefix, "key", "asc")
+    catalog = Catalog.open_reader(db or default_db_path())
+    try:
+        return catalog.summarize(catalog.get_dataset(dataset).id, query, by=by)
+    finally:
+        catalog.close()
+
+
+def _query(where: str | Sequence[str], prefix: str, sort: str, order: str) -> Query:
+    """The :class:`~syncd.query.Query` of the Python API's arguments; ``UsageError`` for a
+    bad one."""
+    expressions = [where] if isinstance(where, str) else list(where)
+    try:
+        return parse_where(expressions, prefix=prefix, sort=sort, order=order)
+    except QueryError as exc:
+        raise UsageError(str(exc)) from None
