@@ -133,41 +133,46 @@ SHARED: list[tuple[str, list[Statement]]] = [
     (
         # The indexes of item queries (syncd.store.query_sql, which repeats the partial
         # indexes' predicates). Each index costs every write of an item, so only these:
-        # content type and size (the common filters, and sorting by size) as B-trees on both
-        # stores; the items that have user metadata, tags, provider metadata or object tags as
+        # content type with size (a type and a size range is one range of it, and a count
+        # of it reads the index alone) and size (sorting by size) as B-trees on both stores;
+        # the items that have user metadata, tags, provider metadata or object tags as
         # partial indexes, which a sync writing items without them never touches (sqlite:
-        # the items' keys, read then through the JSON functions; PostgreSQL: GIN
-        # jsonb_path_ops, for the containment queries ``@>``).
+        # key, size and the JSON, so a query or a count reads the index alone; PostgreSQL:
+        # GIN jsonb_path_ops, for the containment queries ``@>``).
         "0015_item_queries",
         [
             {
                 "sqlite": "CREATE INDEX items_content_type"
-                " ON items (dataset_id, content_type, key)",
+                " ON items (dataset_id, content_type, size, key)",
                 "postgresql": "CREATE INDEX items_content_type"
-                ' ON items (dataset_id, (content_type COLLATE "C"), key)',
+                ' ON items (dataset_id, (content_type COLLATE "C"), size, key)',
             },
             "CREATE INDEX items_size ON items (dataset_id, size, key)",
             {
-                "sqlite": "CREATE INDEX items_user_metadata ON items (dataset_id, key)"
+                "sqlite": "CREATE INDEX items_user_metadata"
+                " ON items (dataset_id, key, size, user_metadata)"
                 " WHERE user_metadata <> '{{}}'",
                 "postgresql": "CREATE INDEX items_user_metadata"
                 " ON items USING gin (user_metadata jsonb_path_ops)"
                 " WHERE user_metadata <> '{{}}'::jsonb",
             },
             {
-                "sqlite": "CREATE INDEX items_tags ON items (dataset_id, key) WHERE tags <> '[]'",
+                "sqlite": "CREATE INDEX items_tags ON items (dataset_id, key, size, tags)"
+                " WHERE tags <> '[]'",
                 "postgresql": "CREATE INDEX items_tags ON items USING gin (tags jsonb_path_ops)"
                 " WHERE tags <> '[]'::jsonb",
             },
             {
-                "sqlite": "CREATE INDEX items_provider_metadata ON items (dataset_id, key)"
+                "sqlite": "CREATE INDEX items_provider_metadata"
+                " ON items (dataset_id, key, size, metadata)"
                 " WHERE json_type(metadata, '$.provider') IS NOT NULL",
                 "postgresql": "CREATE INDEX items_provider_metadata"
                 " ON items USING gin (metadata jsonb_path_ops)"
                 " WHERE (metadata -> 'provider') IS NOT NULL",
             },
             {
-                "sqlite": "CREATE INDEX items_object_tags ON items (dataset_id, key)"
+                "sqlite": "CREATE INDEX items_object_tags"
+                " ON items (dataset_id, key, size, metadata)"
                 " WHERE json_type(metadata, '$.object_tags') IS NOT NULL",
                 "postgresql": "CREATE INDEX items_object_tags"
                 " ON items USING gin (metadata jsonb_path_ops)"
