@@ -216,14 +216,19 @@ def page(
         # partial metadata indexes hold the JSON they test), where selecting every column
         # looks up each candidate's row in the table before testing it (116 ms instead of
         # a few for a metadata value one item of 1M has)
-        by = f"+{order}" if rare and query.sort == "key" else order
-        inner = f"SELECT key FROM items WHERE dataset_id = ?{terms} ORDER BY {by} LIMIT ?"
+        source = "items" + along_key(query, dialect)
+        if rare and query.sort == "key" and not along_key(query, dialect):
+            by = f"+{order}"
+        else:
+            by = order
+        inner = f"SELECT key FROM {source} WHERE dataset_id = ?{terms} ORDER BY {by} LIMIT ?"
         sql = (
             f"SELECT {columns} FROM items WHERE dataset_id = ? AND key IN ({inner})"
             f" ORDER BY {order}"
         )
         return sql, [dataset_id, dataset_id, *args, limit]
-    sql = f"SELECT {columns} FROM items WHERE dataset_id = ?{terms} ORDER BY {order} LIMIT ?"
+    source = "items" + along_key(query, dialect)
+    sql = f"SELECT {columns} FROM {source} WHERE dataset_id = ?{terms} ORDER BY {order} LIMIT ?"
     return sql, [dataset_id, *args, limit]
 
 
@@ -288,11 +293,31 @@ def window_end(query: Query, dataset_id: int, *, after: str | None) -> tuple[str
     )
 
 
+#: sqlite's name for the primary key of ``items`` (a WITHOUT ROWID table: the table itself)
+SQLITE_ITEMS_PK = "sqlite_autoindex_items_1"
+
+
+def along_key(query: Query, dialect: str) -> str:
+    """`` INDEXED BY`` the primary key when sqlite should read the dataset's rows in key
+    order rather than through an index: the query reads the modification or catalog time
+    (no index holds them) and has no condition an index narrows (content type, metadata,
+    tags). sqlite's planner otherwise walks the content type index and looks each row up
+    (2.2 s for an mtime range count on 1M items, 0.21 s along the key)."""
+    if dialect != "sqlite":
+        return ""
+    times = query.sort == "mtime" or any(
+        isinstance(c, Compare) and c.field != "size" for c in query.where
+    )
+    narrowed = any(isinstance(c, (ContentType, Meta, Tags)) for c in query.where)
+    return f" INDEXED BY {SQLITE_ITEMS_PK}" if times and not narrowed else ""
+
+
 def count(query: Query, dialect: str, dataset_id: int) -> tuple[str, list[Any]]:
     """``SELECT count, total bytes`` of the dataset's matching items."""
     terms, args = where(query, dialect)
     return (
-        f"SELECT count(*), coalesce(sum(size), 0) FROM items WHERE dataset_id = ?{terms}",
+        f"SELECT count(*), coalesce(sum(size), 0) FROM items{along_key(query, dialect)}"
+        f" WHERE dataset_id = ?{terms}",
         [dataset_id, *args],
     )
 
@@ -321,7 +346,8 @@ def summary(
     grouped = 'grp COLLATE "C"' if dialect == "postgresql" else "grp"
     sql = (
         f"SELECT grp, count(*), coalesce(sum(size), 0) FROM"
-        f" (SELECT {group} AS grp, size FROM items WHERE dataset_id = ?{terms}) AS matched"
+        f" (SELECT {group} AS grp, size FROM items{along_key(query, dialect)}"
+        f" WHERE dataset_id = ?{terms}) AS matched"
         f" GROUP BY grp ORDER BY {grouped}{nulls} LIMIT ?"
     )
     return sql, [*gargs, dataset_id, *args, limit]

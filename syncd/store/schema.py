@@ -143,11 +143,10 @@ SHARED: list[tuple[str, list[Statement]]] = [
         [
             {
                 "sqlite": "CREATE INDEX items_content_type"
-                " ON items (dataset_id, content_type, size, key)",
+                " ON items (dataset_id, content_type, key, size)",
                 "postgresql": "CREATE INDEX items_content_type"
-                ' ON items (dataset_id, (content_type COLLATE "C"), size, key)',
+                ' ON items (dataset_id, (content_type COLLATE "C"), key, size)',
             },
-            "CREATE INDEX items_size ON items (dataset_id, size, key)",
             {
                 "sqlite": "CREATE INDEX items_user_metadata"
                 " ON items (dataset_id, key, size, user_metadata)"
@@ -165,18 +164,10 @@ SHARED: list[tuple[str, list[Statement]]] = [
             {
                 "sqlite": "CREATE INDEX items_provider_metadata"
                 " ON items (dataset_id, key, size, metadata)"
-                " WHERE json_type(metadata, '$.provider') IS NOT NULL",
+                " WHERE instr(metadata, '\"provider\"') + instr(metadata, '\"object_tags\"') > 0",
                 "postgresql": "CREATE INDEX items_provider_metadata"
                 " ON items USING gin (metadata jsonb_path_ops)"
-                " WHERE (metadata -> 'provider') IS NOT NULL",
-            },
-            {
-                "sqlite": "CREATE INDEX items_object_tags"
-                " ON items (dataset_id, key, size, metadata)"
-                " WHERE json_type(metadata, '$.object_tags') IS NOT NULL",
-                "postgresql": "CREATE INDEX items_object_tags"
-                " ON items USING gin (metadata jsonb_path_ops)"
-                " WHERE (metadata -> 'object_tags') IS NOT NULL",
+                " WHERE (metadata -> 'provider') IS NOT NULL OR (metadata -> 'object_tags') IS NOT NULL",
             },
         ],
     ),
