@@ -58,7 +58,7 @@ SITES = [f"site-{n:02d}" for n in range(19)] + ["berlin"]
 PAGES: list[tuple[str, list[str], str, str, float | None]] = [
     ("type + size range, by key", ["content_type=image/jpeg", "size>=1MB", "size<3MB"], "key", "asc", 50),
     ("image/* + size range, by key", ["content_type=image/*", "size>4MB"], "key", "asc", 50),
-    ("type + size range, by size desc", ["content_type=image/jpeg", "size>=1MB", "size<3MB"], "size", "desc", 50),
+    ("type + size range, by size desc", ["content_type=image/jpeg", "size>=1MB", "size<3MB"], "size", "desc", None),
     ("user metadata = common value", ["metadata.user.site=berlin"], "key", "asc", 100),
     ("user metadata = rare value (1 item)", ["metadata.user.camera={rare}"], "key", "asc", 100),
     ("provider metadata = value", ["metadata.provider.team=vision"], "key", "asc", 100),

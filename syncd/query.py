@@ -46,7 +46,7 @@ import binascii
 import json
 import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, date, datetime, time
 from functools import lru_cache
 from typing import Annotated, Any, Literal
@@ -65,8 +65,10 @@ MAX_SEGMENT = 256
 #: the largest number a metadata value may be compared with (beyond it JSON numbers lose
 #: precision in one store or the other)
 MAX_NUMBER = 2**53
-#: the largest size (bytes) and page a query may ask for
+#: the largest size (bytes) a query may name
 MAX_SIZE = 2**63 - 1
+#: at most this many wildcards (``*``, ``**``, ``?``) in one key pattern
+MAX_WILDCARDS = 16
 
 SORTS = ("key", "size", "mtime")
 ORDERS = ("asc", "desc")
@@ -279,6 +281,10 @@ def parse_expression(text: str) -> Any:
             _need(op, ("=",), field)
             if not value:
                 raise QueryError("key= needs a key or a pattern, like key=raw/**/*.jpg")
+            if _wildcards(value) > MAX_WILDCARDS:
+                raise QueryError(
+                    f"key={_show(value)}: at most {MAX_WILDCARDS} wildcards in a pattern"
+                )
             return KeyGlob(pattern=value)
         if field == "content_type":
             _need(op, ("=",), field)
@@ -491,6 +497,97 @@ def _literal(ch: str) -> str:
 def compiled_glob(pattern: str) -> re.Pattern[str]:
     """The compiled :func:`glob_regex` (``.`` matches a newline too, as in PostgreSQL)."""
     return re.compile(glob_regex(pattern), re.DOTALL)
+
+
+@lru_cache(maxsize=256)
+def glob_matcher(pattern: str) -> Callable[[str], bool]:
+    """A function telling whether a key matches ``pattern``, in time bounded by the key's
+    length times the pattern's: Python's backtracking ``re`` for a pattern with at most two
+    stars (a quadratic worst case), else :class:`_GlobNFA`. A pattern like ``*a*a*a*a*b``
+    would otherwise make ``re`` try every way to place the ``a``s in a long key of ``a``s."""
+    if sum(1 for t in _tokens(pattern) if t[0] in ("star", "dstar", "dskip")) <= 2:
+        match = compiled_glob(pattern).match
+        return lambda key: match(key) is not None
+    return _GlobNFA(pattern).matches
+
+
+def _tokens(pattern: str) -> list[tuple[str, str]]:
+    """The pattern as tokens: ``("lit", c)``, ``("any", "")`` for ``?``, ``("star", "")``,
+    ``("dstar", "")`` for ``**``, and for ``**/`` (none, or any run ending in ``/``) two:
+    ``("dskip", "")`` (may skip the run) then ``("dloop", "")`` (the run, left on a ``/``)."""
+    out: list[tuple[str, str]] = []
+    i, n = 0, len(pattern)
+    while i < n:
+        ch = pattern[i]
+        if ch == "\\" and i + 1 < n:
+            out.append(("lit", pattern[i + 1]))
+            i += 2
+        elif pattern.startswith("**/", i):
+            out += [("dskip", ""), ("dloop", "")]
+            i += 3
+        elif pattern.startswith("**", i):
+            out.append(("dstar", ""))
+            i += 2
+        elif ch == "*":
+            out.append(("star", ""))
+            i += 1
+        elif ch == "?":
+            out.append(("any", ""))
+            i += 1
+        else:
+            out.append(("lit", ch))
+            i += 1
+    return out
+
+
+class _GlobNFA:
+    """The glob as a nondeterministic automaton run over the key one character at a time,
+    all states at once as the bits of an int (bit ``i``: the first ``i`` tokens matched):
+    linear in the key's length whatever the pattern."""
+
+    def __init__(self, pattern: str) -> None:
+        tokens = _tokens(pattern)
+        self.final = 1 << len(tokens)
+        self.lit: dict[str, int] = {}
+        self.any = 0  # "?" tokens: any character but "/"
+        self.star = 0  # "*": stays on any character but "/"; may match nothing
+        self.dstar = 0  # "**": stays on any character; may match nothing
+        self.dskip = 0  # "**/", entry: into its run, or past it (matching nothing)
+        self.dloop = 0  # "**/", run: stays on any character, leaves on "/"
+        for i, (kind, ch) in enumerate(tokens):
+            bit = 1 << i
+            if kind == "lit":
+                self.lit[ch] = self.lit.get(ch, 0) | bit
+            else:
+                setattr(self, kind, getattr(self, kind) | bit)
+        self.empty = self.star | self.dstar | self.dskip
+
+    def _close(self, state: int) -> int:
+        while True:
+            more = state | ((state & self.empty) << 1) | ((state & self.dskip) << 2)
+            if more == state:
+                return state
+            state = more
+
+    def matches(self, key: str) -> bool:
+        state = self._close(1)
+        for ch in key:
+            if ch == "/":
+                step = ((state & (self.lit.get(ch, 0) | self.dloop)) << 1) | (
+                    state & (self.dstar | self.dloop)
+                )
+            else:
+                step = ((state & (self.lit.get(ch, 0) | self.any)) << 1) | (
+                    state & (self.star | self.dstar | self.dloop)
+                )
+            state = self._close(step)
+            if not state:
+                return False
+        return bool(state & self.final)
+
+
+def _wildcards(pattern: str) -> int:
+    return sum(1 for kind, _ in _tokens(pattern) if kind not in ("lit", "dloop"))
 
 
 # -- cursors -----------------------------------------------------------------------------

@@ -764,3 +764,38 @@ def test_sqlite_key_order_window_then_index(catalogs: CatalogMaker, window: Any)
                     if cursor is None:
                         break
                 assert seen == expected(query, data), (where, size, page)
+
+
+@settings(max_examples=500, deadline=None)
+@given(pattern=globs | st.text(st.sampled_from(list("ab/*?\\")), max_size=10), key=keys)
+def test_both_glob_matchers_agree_with_the_reference(pattern: str, key: str) -> None:
+    """The bounded-time automaton (patterns with many stars), the regex (few stars) and the
+    recursive reference say the same for every pattern and key."""
+    from syncd.query import _GlobNFA, compiled_glob, glob_matcher
+
+    want = glob_match(pattern, key)
+    assert _GlobNFA(pattern).matches(key) == want
+    assert (compiled_glob(pattern).match(key) is not None) == want
+    assert glob_matcher(pattern)(key) == want
+
+
+def test_a_pattern_of_many_stars_is_matched_by_the_automaton(catalogs: CatalogMaker) -> None:
+    """``*a*a*...*b`` against a long key of ``a``s: a backtracking regex would try every way
+    to place the ``a``s (it would not return); sqlite's matcher uses the automaton for such a
+    pattern, PostgreSQL's regex engine does not backtrack. Both stores answer."""
+    from syncd.query import _GlobNFA, glob_matcher
+
+    pattern = "*a" * 15 + "*b"
+    assert isinstance(glob_matcher(pattern).__self__, _GlobNFA)  # type: ignore[attr-defined]
+    assert glob_matcher(pattern)("a" * 1000) is False
+    with pytest.raises(QueryError, match="at most 16 wildcards"):
+        parse_where(["key=" + "*a" * 17])
+    catalog = catalogs()
+    ds = make_dataset(catalog)
+    row = {
+        "size": 1, "content_type": None, "mtime": "2026-01-01T00:00:00Z", "updated_at": now(),
+        "metadata": {}, "user_metadata": {}, "tags": [],
+    }  # fmt: skip
+    put(catalog, ds, {"a" * 1000: row, "a" * 20 + "b": row})
+    found = catalog.iter_query(ds, parse_where(["key=" + pattern]))
+    assert [i.key for i in found] == ["a" * 20 + "b"]

@@ -33,7 +33,7 @@ from syncd.query import (
     Meta,
     Query,
     Tags,
-    compiled_glob,
+    glob_matcher,
 )
 
 #: what each sort orders by, per dialect (PostgreSQL compares text by code point, as sqlite
@@ -361,4 +361,4 @@ def register(conn: Any) -> None:
 
 
 def _glob(pattern: str, key: str) -> bool:
-    return compiled_glob(pattern).match(key) is not None
+    return glob_matcher(pattern)(key)
