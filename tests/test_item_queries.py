@@ -28,7 +28,6 @@ from hypothesis import strategies as st
 from providers.config import DriverConfig
 from syncd.query import Query, QueryError, parse_where
 from syncd.reconcile.filters import Filters
-from syncd.store import query_sql
 from syncd.store.catalog import Catalog, Item
 from syncd.store.db import transaction
 from syncd.store.stamps import now, stamp
@@ -334,27 +333,14 @@ SETTINGS = settings(
 # -- the tests ------------------------------------------------------------------------------
 
 
-#: how many keys sqlite's first read in key order takes (query_sql.WINDOW): small ones so that
-#: pages go on past the window on these small datasets
-windows = st.sampled_from([1, 3, 10, query_sql.WINDOW])
-
-
-@pytest.fixture
-def window(monkeypatch: pytest.MonkeyPatch) -> Any:
-    return lambda size: monkeypatch.setattr(query_sql, "WINDOW", size)
-
-
 @SETTINGS
-@given(data=datasets, query=queries, page=st.integers(1, 7), size=windows)
+@given(data=datasets, query=queries, page=st.integers(1, 7))
 def test_query_results_equal_a_brute_force_filter(
     catalogs: CatalogMaker,
-    window: Any,
     data: dict[str, dict[str, Any]],
     query: Query,
     page: int,
-    size: int,
 ) -> None:
-    window(size)
     catalog = catalogs()
     ds = make_dataset(catalog)
     put(catalog, ds, data)
@@ -396,21 +382,17 @@ def test_query_results_equal_a_brute_force_filter(
     query=queries,
     page=st.integers(1, 4),
     churn=st.lists(st.tuples(st.lists(keys, max_size=3), datasets), max_size=6),
-    size=windows,
 )
 def test_pages_neither_skip_nor_repeat_items_while_the_dataset_changes(
     catalogs: CatalogMaker,
-    window: Any,
     data: dict[str, dict[str, Any]],
     query: Query,
     page: int,
     churn: list[tuple[list[str], dict[str, dict[str, Any]]]],
-    size: int,
 ) -> None:
     """Between pages, some items are removed and others added (new keys only: an item that
     exists throughout keeps its values). Every item that exists and matches throughout is
     returned exactly once, and nothing is returned twice."""
-    window(size)
     catalog = catalogs()
     ds = make_dataset(catalog)
     put(catalog, ds, data)
@@ -731,39 +713,6 @@ def test_metadata_paths_through_arrays_and_json_types(catalogs: CatalogMaker) ->
     for expr, want in cases.items():
         query = parse_where([expr])
         assert [i.key for i in catalog.iter_query(ds, query)] == want == expected(query, data)
-
-
-def test_sqlite_key_order_window_then_index(catalogs: CatalogMaker, window: Any) -> None:
-    """A page in key order first reads a bounded window of keys along the primary key (sqlite),
-    then goes on after the window's last key through an index: at every window size and page
-    size, every boundary between the two reads loses and repeats nothing."""
-    catalog = catalogs()
-    ds = make_dataset(catalog)
-    data = {
-        f"k{i:02d}": {
-            "size": i % 4,
-            "content_type": "image/png" if i % 3 else "text/plain",
-            "mtime": "2026-01-01T00:00:00Z",
-            "updated_at": now(),
-            "metadata": {},
-            "user_metadata": {},
-            "tags": [],
-        }
-        for i in range(24)
-    }
-    put(catalog, ds, data)
-    for where in (["size>=2"], ["size=3", "content_type=image/*"], ["size>5"], ["size<4"]):
-        for size in range(1, 9):
-            window(size)
-            for page in (1, 2, 3, 5, 100):
-                query = parse_where(where)
-                seen, cursor = [], None
-                while True:
-                    items, cursor = catalog.query_page(ds, query, cursor=cursor, limit=page)
-                    seen += [i.key for i in items]
-                    if cursor is None:
-                        break
-                assert seen == expected(query, data), (where, size, page)
 
 
 @settings(max_examples=500, deadline=None)

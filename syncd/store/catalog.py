@@ -479,27 +479,10 @@ class Catalog:
     ) -> list[Item]:
         self._prepare_queries()
         cols = ", ".join(Item.__dataclass_fields__)
-        dialect = self.db.dialect
-        found: list[Item] = []
-        rare = False
-        if query_sql.uses_window(query, dialect):
-            # a bounded read in key order first (see query_sql.uses_window)
-            after_key = after[1] if after is not None else None
-            sql, args = query_sql.window(
-                query, dialect, dataset_id, cols, after=after_key, limit=limit
-            )
-            found = [Item(*row) for row in self.db.execute(sql, args).fetchall()]
-            if len(found) == limit:
-                return found
-            end = self.db.execute(*query_sql.window_end(query, dataset_id, after=after_key))
-            last = end.fetchone()
-            if last is None:
-                return found  # the window held every key left
-            after, limit, rare = (last[0], last[0]), limit - len(found), True
         sql, args = query_sql.page(
-            query, dialect, dataset_id, cols, after=after, limit=limit, rare=rare
+            query, self.db.dialect, dataset_id, cols, after=after, limit=limit
         )
-        return found + [Item(*row) for row in self.db.execute(sql, args).fetchall()]
+        return [Item(*row) for row in self.db.execute(sql, args).fetchall()]
 
     def _prepare_queries(self) -> None:
         if not getattr(self, "_queries_ready", False):

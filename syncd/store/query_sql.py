@@ -7,23 +7,22 @@ names :func:`~syncd.query.check_segment` accepted, each in double quotes, passed
 ``text[]`` path for ``#>``, both parameters). The only text this module puts in SQL comes from
 its own constants, chosen by the query's shape.
 
-The indexes these queries use (migration ``0015_item_queries``, :mod:`syncd.store.schema`),
-chosen for what they cost a sync (each is written with every item) as much as for queries:
+The indexes these queries use (migration ``0015_item_queries``, :mod:`syncd.store.schema`) are
+chosen for what they cost a sync (every index is written with every item) as much as for
+what they give queries:
 
-* ``(dataset_id, content_type, key, size)``: a content type in key order, and (size
-  included) counts and sums of a content type and size range read from the index alone.
-  Written in key order during a first sync, so nearly free compared with an index led by size
-  or time (measured: a size-led index made a 1M first sync on sqlite several times slower);
 * partial indexes over the items that *have* user metadata, tags, or provider metadata/object
-  tags (sqlite: ``(dataset_id, key, size, <the JSON>)``, read alone; PostgreSQL: GIN
-  ``jsonb_path_ops``). A condition on one of them adds the partial index's own predicate
-  (:data:`HAS`), which the condition implies, so the planner may use the index; on a dataset
-  where 10% of the items have metadata, a metadata query reads a tenth of the rows.
-
-No index holds size or times in order: sorting by them sorts the matches, and on sqlite a
-query reading times with nothing else narrowing it reads the dataset along its primary key
-(:func:`along_key`). A page in key order on sqlite reads a bounded window along the key
-first (:func:`uses_window`).
+  tags, which a sync writing items without them hardly touches (sqlite:
+  ``(dataset_id, key, size, <the JSON>)``, so a query or a count reads the index alone;
+  PostgreSQL: GIN ``jsonb_path_ops`` for the containment queries ``@>``). A condition on one
+  of them adds the partial index's own predicate (:data:`HAS`), which the condition implies,
+  so the planner may use the index: where 10% of the items have metadata, a metadata query
+  reads a tenth of the rows;
+* on PostgreSQL, ``(dataset_id, content_type, key, size)``. On sqlite no index on content
+  type, size or time: each cost a 1M first sync 10-25% (measured; an index led by size made
+  it several times slower), and the first page of a query in key order reads the dataset
+  along its primary key and stops at the page's end, which for the common filters is a few
+  thousand rows; a count reads the dataset once (about 0.1-0.2 s per 1M items).
 
 The ``mtime`` order is :func:`syncd.query.mtime_order` (the text without its ``Z``).
 """
@@ -204,13 +203,10 @@ def page(
     *,
     after: tuple[Any, str] | None,
     limit: int,
-    rare: bool = False,
 ) -> tuple[str, list[Any]]:
     """``SELECT columns`` of the next at most ``limit`` matching items of the dataset in the query's order, after ``after`` (``(sort value, key)`` of the last
     item of the previous page): keyset pagination, so rows added or removed elsewhere never
-    shift a page. ``rare``: the caller found the matches rare (:func:`window`), so on sqlite
-    the keys are not read in key order (``ORDER BY +key``: the planner then picks an index
-    for the conditions and sorts the few matches)."""
+    shift a page."""
     terms, args = where(query, dialect)
     sort = SORT_SQL[dialect][query.sort]
     direction = "DESC" if query.order == "desc" else "ASC"
@@ -228,108 +224,21 @@ def page(
         # partial metadata indexes hold the JSON they test), where selecting every column
         # looks up each candidate's row in the table before testing it (116 ms instead of
         # a few for a metadata value one item of 1M has)
-        source = "items" + along_key(query, dialect)
-        if rare and query.sort == "key" and not along_key(query, dialect):
-            by = f"+{order}"
-        else:
-            by = order
-        inner = f"SELECT key FROM {source} WHERE dataset_id = ?{terms} ORDER BY {by} LIMIT ?"
+        inner = f"SELECT key FROM items WHERE dataset_id = ?{terms} ORDER BY {order} LIMIT ?"
         sql = (
             f"SELECT {columns} FROM items WHERE dataset_id = ? AND key IN ({inner})"
             f" ORDER BY {order}"
         )
         return sql, [dataset_id, dataset_id, *args, limit]
-    source = "items" + along_key(query, dialect)
-    sql = f"SELECT {columns} FROM {source} WHERE dataset_id = ?{terms} ORDER BY {order} LIMIT ?"
+    sql = f"SELECT {columns} FROM items WHERE dataset_id = ?{terms} ORDER BY {order} LIMIT ?"
     return sql, [dataset_id, *args, limit]
-
-
-#: how many keys a sqlite page in key order reads in key order before it lets the planner pick
-#: an index (see :func:`window`)
-WINDOW = 20_000
-
-
-def uses_window(query: Query, dialect: str) -> bool:
-    """Whether a page of ``query`` is read through :func:`window` first: on sqlite, in key
-    order, with conditions only on columns whose indexes are not in key order (content type,
-    size, time, glob). sqlite's planner does not weigh ``LIMIT``: for ``content_type=... AND
-    size>...`` it reads every item in the size range through the size index and sorts them
-    (1.1 s on 1M items) where reading in key order finds the first 100 of a common match in a
-    few thousand rows. Metadata and tag conditions have partial indexes in key order, and a
-    glob bounds the key range: no window."""
-    return (
-        dialect == "sqlite"
-        and query.sort == "key"
-        and bool(query.where)
-        and not any(isinstance(c, (Meta, Tags, KeyGlob)) for c in query.where)
-    )
-
-
-def window(
-    query: Query,
-    dialect: str,
-    dataset_id: int,
-    columns: str,
-    *,
-    after: str | None,
-    limit: int,
-) -> tuple[str, list[Any]]:
-    """The matches among the next :data:`WINDOW` keys (after ``after``, under the prefix) in
-    key order, at most ``limit``: a bounded read along the primary key. If it returns fewer
-    than ``limit``, the caller goes on after the window's last key (:func:`window_end`)
-    with :func:`page`, which then lets the planner use an index: the matches are rare."""
-    from syncd.store.catalog import key_range
-
-    inner, args = key_range(after, query.prefix)
-    terms, more = "", []
-    for cond in query.where:
-        term, cond_args = _condition(cond, dialect)
-        terms += term
-        more += cond_args
-    sql = (
-        f"SELECT {columns} FROM (SELECT * FROM items WHERE dataset_id = ?{inner}"
-        f" ORDER BY key LIMIT ?) AS items WHERE 1 = 1{terms} ORDER BY key LIMIT ?"
-    )
-    return sql, [dataset_id, *args, WINDOW, *more, limit]
-
-
-def window_end(query: Query, dataset_id: int, *, after: str | None) -> tuple[str, list[Any]]:
-    """The last key of the window :func:`window` read (no row: the window held every key
-    left, and the page is complete)."""
-    from syncd.store.catalog import key_range
-
-    inner, args = key_range(after, query.prefix)
-    return (
-        f"SELECT key FROM items WHERE dataset_id = ?{inner} ORDER BY key LIMIT 1 OFFSET ?",
-        [dataset_id, *args, WINDOW - 1],
-    )
-
-
-#: sqlite's name for the primary key of ``items`` (a WITHOUT ROWID table: the table itself)
-SQLITE_ITEMS_PK = "sqlite_autoindex_items_1"
-
-
-def along_key(query: Query, dialect: str) -> str:
-    """`` INDEXED BY`` the primary key when sqlite should read the dataset's rows in key
-    order rather than through an index: the query reads the modification or catalog time
-    (no index holds them) and has no condition an index narrows (content type, metadata,
-    tags). sqlite's planner otherwise walks the content type index and looks each row up
-    (2.2 s for an mtime range count on 1M items, 0.21 s along the key)."""
-    if dialect != "sqlite":
-        return ""
-    times = query.sort == "mtime" or any(
-        isinstance(c, Compare) and c.field != "size" for c in query.where
-    )
-    narrowed = any(isinstance(c, (ContentType, Meta, Tags)) for c in query.where)
-    return f" INDEXED BY {SQLITE_ITEMS_PK}" if times and not narrowed else ""
 
 
 def count(query: Query, dialect: str, dataset_id: int) -> tuple[str, list[Any]]:
     """``SELECT count, total bytes`` of the dataset's matching items."""
     terms, args = where(query, dialect)
     return (
-        f"SELECT count(*), coalesce(sum(size), 0) FROM items{along_key(query, dialect)}"
-        f" WHERE dataset_id = ?{terms}",
+        f"SELECT count(*), coalesce(sum(size), 0) FROM items WHERE dataset_id = ?{terms}",
         [dataset_id, *args],
     )
 
@@ -358,7 +267,7 @@ def summary(
     grouped = 'grp COLLATE "C"' if dialect == "postgresql" else "grp"
     sql = (
         f"SELECT grp, count(*), coalesce(sum(size), 0) FROM"
-        f" (SELECT {group} AS grp, size FROM items{along_key(query, dialect)}"
+        f" (SELECT {group} AS grp, size FROM items"
         f" WHERE dataset_id = ?{terms}) AS matched"
         f" GROUP BY grp ORDER BY {grouped}{nulls} LIMIT ?"
     )
