@@ -665,7 +665,7 @@ def items_summary(
     as_json: bool,
 ) -> None:
     """Items and bytes (matching --where), in total and per content type or folder, like
-    ``aws s3 ls --summarize``."""
+    aws s3 ls --summarize."""
     query = _parse_query(where, prefix)
     catalog = Catalog.open_reader(db_path or default_db_path())
     try:
