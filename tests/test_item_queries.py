@@ -47,9 +47,10 @@ content_types = st.sampled_from(
     [None, "image/jpeg", "image/png", "imagex/y", "text/plain", "video/mp4", "image/"]
 )
 meta_names = st.sampled_from(["site", "n", "a.b", "x y", "0", "it's"])
+#: few values, so that queries drawn from the same few find some items and miss others
 scalars = st.one_of(
     st.sampled_from(["berlin", "paris", "5", "", "true", "x,y"]),
-    st.integers(-3, 6),
+    st.integers(-1, 6),
     st.sampled_from([5.0, 2.5]),
     st.booleans(),
     st.none(),
@@ -59,7 +60,13 @@ meta_values = st.recursive(
     lambda inner: st.dictionaries(meta_names, inner, max_size=3) | st.lists(inner, max_size=2),
     max_leaves=4,
 )
-user_metadata = st.dictionaries(meta_names, meta_values, max_size=3)
+user_metadata = st.one_of(
+    st.just({}),
+    st.dictionaries(meta_names, meta_values, max_size=3),
+    st.fixed_dictionaries(
+        {}, optional={"site": scalars, "n": scalars, "a.b": st.dictionaries(meta_names, scalars)}
+    ),
+)
 provider_metadata = st.one_of(
     st.just({}),
     st.just({"content_type_guessed": True}),
@@ -92,7 +99,7 @@ rows = st.fixed_dictionaries(
         "tags": tag_lists,
     }
 )
-datasets = st.dictionaries(keys, rows, max_size=25)
+datasets = st.dictionaries(keys, rows, min_size=2, max_size=25)
 
 # -- random queries ---------------------------------------------------------------------------
 
@@ -145,8 +152,9 @@ expressions = st.one_of(
                 else "=" + (raw if raw is not None else ",".join(map(_value_text, values)))
             )
         ),
-        st.sampled_from(["user.", "provider.", "object_tags.", ""]),
-        st.lists(meta_names, min_size=1, max_size=2),
+        st.sampled_from(["user.", "user.", "user.", "provider.", "object_tags.", ""]),
+        st.lists(meta_names, min_size=1, max_size=2)
+        | st.sampled_from([["site"], ["n"], ["a.b", "n"]]),
         st.none() | st.lists(scalars, min_size=1, max_size=2),
         st.none() | st.sampled_from(["5", "true", "berlin", "null", "2.5", "5,berlin"]),
     ),
@@ -164,6 +172,72 @@ queries = st.builds(
     st.sampled_from(["key", "size", "mtime"]),
     st.sampled_from(["asc", "desc"]),
 )
+
+
+def _leaves(doc: Any, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], Any]]:
+    """Every (path, value) of a JSON object, objects walked by name."""
+    out = []
+    if isinstance(doc, dict):
+        for name, value in doc.items():
+            out.append(((*path, name), value))
+            out += _leaves(value, (*path, name))
+    return out
+
+
+def _path_text(path: tuple[str, ...]) -> str:
+    return ".".join(_quoted(p) for p in path)
+
+
+@st.composite
+def expression_about(draw: Any, data: dict[str, dict[str, Any]]) -> str:
+    """An expression drawn from one item of ``data``, so that it matches that item and,
+    often, not all the others."""
+    key = draw(st.sampled_from(sorted(data)))
+    row = data[key]
+    kinds = ["key", "size", "mtime"]
+    kinds += ["ct"] if row["content_type"] else []
+    kinds += ["user"] * 3 if _leaves(row["user_metadata"]) else []
+    kinds += ["provider"] * 2 if _leaves(row["metadata"]) else []
+    kinds += ["tags"] * 2 if row["tags"] else []
+    kind = draw(st.sampled_from(kinds))
+    op = draw(st.sampled_from(["=", "<", "<=", ">", ">="]))
+    if kind == "key":
+        cut = draw(st.integers(0, len(key)))
+        tail = draw(st.sampled_from(["*", "**", "?" * max(0, len(key) - cut), ""]))
+        escaped = "".join("\\" + c if c in "*?\\" else c for c in key[:cut])
+        return f"key={escaped}{tail}" if escaped + tail else "key=**"
+    if kind == "ct" and row["content_type"]:
+        ct = row["content_type"]
+        return "content_type=" + (ct.split("/")[0] + "/*" if draw(st.booleans()) else ct)
+    if kind == "mtime":
+        return f"mtime{op}{row['mtime']}"
+    if kind in ("user", "provider"):
+        doc = row["user_metadata"] if kind == "user" else row["metadata"]
+        leaves = _leaves(doc)
+        if leaves:
+            path, value = draw(st.sampled_from(leaves))
+            head = "metadata.user." if kind == "user" else "metadata."
+            if isinstance(value, (dict, list)) or draw(st.booleans()):
+                return head + _path_text(path)
+            text = _value_text(value) if draw(st.booleans()) else json.dumps(value).strip('"')
+            if "," in text or not text:
+                text = _value_text(value)
+            return f"{head}{_path_text(path)}={text}"
+    if kind == "tags" and row["tags"]:
+        return f"tags{draw(st.sampled_from(['~', '=']))}{json.dumps(draw(st.sampled_from(row['tags'])))}"
+    return f"size{op}{row['size']}"
+
+
+@st.composite
+def dataset_and_query(draw: Any) -> tuple[dict[str, dict[str, Any]], Query]:
+    """A dataset, and a query of expressions drawn from its items or at random."""
+    data = draw(datasets)
+    about = expression_about(data)
+    exprs = draw(st.lists(st.one_of(about, about, about, expressions), max_size=3))
+    sort = draw(st.sampled_from(["key", "size", "mtime"]))
+    order = draw(st.sampled_from(["asc", "desc"]))
+    return data, parse_where(exprs, sort=sort, order=order)
+
 
 # -- the brute-force reference -----------------------------------------------------------------
 
@@ -334,13 +408,13 @@ SETTINGS = settings(
 
 
 @SETTINGS
-@given(data=datasets, query=queries, page=st.integers(1, 7))
+@given(case=dataset_and_query(), page=st.integers(1, 7))
 def test_query_results_equal_a_brute_force_filter(
     catalogs: CatalogMaker,
-    data: dict[str, dict[str, Any]],
-    query: Query,
+    case: tuple[dict[str, dict[str, Any]], Query],
     page: int,
 ) -> None:
+    data, query = case
     catalog = catalogs()
     ds = make_dataset(catalog)
     put(catalog, ds, data)
@@ -378,21 +452,20 @@ def test_query_results_equal_a_brute_force_filter(
 
 @SETTINGS
 @given(
-    data=datasets,
-    query=queries,
+    case=dataset_and_query(),
     page=st.integers(1, 4),
     churn=st.lists(st.tuples(st.lists(keys, max_size=3), datasets), max_size=6),
 )
 def test_pages_neither_skip_nor_repeat_items_while_the_dataset_changes(
     catalogs: CatalogMaker,
-    data: dict[str, dict[str, Any]],
-    query: Query,
+    case: tuple[dict[str, dict[str, Any]], Query],
     page: int,
     churn: list[tuple[list[str], dict[str, dict[str, Any]]]],
 ) -> None:
     """Between pages, some items are removed and others added (new keys only: an item that
     exists throughout keeps its values). Every item that exists and matches throughout is
     returned exactly once, and nothing is returned twice."""
+    data, query = case
     catalog = catalogs()
     ds = make_dataset(catalog)
     put(catalog, ds, data)
