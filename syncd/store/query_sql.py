@@ -18,11 +18,11 @@ what they give queries:
   of them adds the partial index's own predicate (:data:`HAS`), which the condition implies,
   so the planner may use the index: where 10% of the items have metadata, a metadata query
   reads a tenth of the rows;
-* on PostgreSQL, ``(dataset_id, content_type, key, size)``. On sqlite no index on content
-  type, size or time: each cost a 1M first sync 10-25% (measured; an index led by size made
-  it several times slower), and the first page of a query in key order reads the dataset
-  along its primary key and stops at the page's end, which for the common filters is a few
-  thousand rows; a count reads the dataset once (about 0.1-0.2 s per 1M items).
+* no index on content type, size or time: ``(dataset_id, content_type, key, size)`` cost a 1M
+  first sync 15% on sqlite and 14% on PostgreSQL (an index led by size made it several times
+  slower on sqlite), while the first page of a query in key order reads the dataset along its
+  primary key and stops at the page's end (for the common filters a few thousand rows), and
+  a count reads the dataset once (0.1-0.25 s per 1M items; bench/bench_query.py).
 
 The ``mtime`` order is :func:`syncd.query.mtime_order` (the text without its ``Z``).
 """
