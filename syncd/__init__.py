@@ -9,8 +9,8 @@ Layout (each concern has one home; a package uses another only through its publi
 * :mod:`syncd.server`: the HTTP API.
 * :mod:`syncd.transfer`: bytes between a dataset's bucket and a local folder (pull, push).
 * :mod:`syncd.cli`: the ``syncd`` command, a thin layer over :mod:`syncd.api`.
-* :mod:`syncd.client`: the Python API, ``syncd.sync / pull / push / items / get_item /
-  item_url / changes`` (blocking calls); ``syncd.items.update`` edits items' user metadata
+* :mod:`syncd.client`: the Python API, ``syncd.sync / pull / push / items / count / summary /
+  get_item / item_url / changes`` (blocking calls); ``syncd.items.update`` edits items' user metadata
   and tags, ``syncd.items.get`` / ``.url`` are ``get_item`` / ``item_url``.
 * :mod:`syncd.model`: plain value types every layer may use (the Python API's ``Item``).
 """
@@ -20,7 +20,7 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["changes", "get_item", "item_url", "items", "pull", "push", "sync"]
+__all__ = ["changes", "count", "get_item", "item_url", "items", "pull", "push", "summary", "sync"]
 
 
 def __getattr__(name: str) -> Any:

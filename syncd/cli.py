@@ -559,22 +559,59 @@ def items() -> None:
     """Items of a dataset."""
 
 
+def _where_options(f: Any) -> Any:
+    """``--where`` (repeated), ``--prefix``: the item query of :mod:`syncd.query`."""
+    f = click.option(
+        "--where",
+        "where",
+        multiple=True,
+        metavar="EXPR",
+        help="only items matching EXPR, like size>1MB, content_type=image/*,"
+        " metadata.user.site=berlin, tags~review, key=raw/**/*.jpg, mtime>=2026-01-01"
+        " (repeat: all must hold)",
+    )(f)
+    return click.option(
+        "--prefix", default="", metavar="P", help="only items whose key starts with P"
+    )(f)
+
+
+def _parse_query(where: tuple[str, ...], prefix: str, sort: str = "key", order: str = "asc"):  # type: ignore[no-untyped-def]
+    from syncd.query import QueryError, parse_where
+
+    try:
+        return parse_where(where, prefix=prefix, sort=sort, order=order)
+    except QueryError as exc:
+        raise UsageError(f"--where: {exc}") from None
+
+
 @items.command("ls")
 @click.option("--dataset", "dataset_name", required=True, metavar="NAME")
 @_db_option
-@click.option("--prefix", default="", metavar="P", help="only items whose key starts with P")
+@_where_options
+@click.option(
+    "--sort", type=click.Choice(["key", "size", "mtime"]), default="key", help="order by (then key)"
+)
+@click.option("--desc", is_flag=True, help="descending order")
 @click.option("--limit", type=click.IntRange(min=1), metavar="N", help="at most N items")
 @_json_option
 def items_ls(
-    dataset_name: str, db_path: str | None, prefix: str, limit: int | None, as_json: bool
+    dataset_name: str,
+    db_path: str | None,
+    where: tuple[str, ...],
+    prefix: str,
+    sort: str,
+    desc: bool,
+    limit: int | None,
+    as_json: bool,
 ) -> None:
-    """List a dataset's items in key order (streamed)."""
+    """List a dataset's items (matching --where), in key order or by --sort (streamed)."""
+    query = _parse_query(where, prefix, sort, "desc" if desc else "asc")
     catalog = Catalog.open_reader(db_path or default_db_path())
     try:
         ds = catalog.get_dataset(dataset_name)
         if not as_json:
             click.echo("FILENAME\tSIZE\tETAG\tURI")
-        for item in catalog.iter_items(ds.id, prefix=prefix, limit=limit):
+        for item in catalog.iter_query(ds.id, query, limit=limit):
             if as_json:
                 _emit(item.public())
             else:
@@ -589,13 +626,69 @@ def items_ls(
 @items.command("count")
 @click.option("--dataset", "dataset_name", required=True, metavar="NAME")
 @_db_option
-@click.option("--prefix", default="", metavar="P", help="only items whose key starts with P")
-def items_count(dataset_name: str, db_path: str | None, prefix: str) -> None:
-    """Print how many items a dataset has (under a key prefix)."""
+@_where_options
+@_json_option
+def items_count(
+    dataset_name: str, db_path: str | None, where: tuple[str, ...], prefix: str, as_json: bool
+) -> None:
+    """Print how many items a dataset has (matching --where, under a key prefix); with
+    --json, items and bytes."""
+    query = _parse_query(where, prefix)
     catalog = Catalog.open_reader(db_path or default_db_path())
     try:
         ds = catalog.get_dataset(dataset_name)
-        click.echo(catalog.count_items(ds.id, prefix=prefix))
+        n, total = catalog.count_query(ds.id, query)
+        if as_json:
+            _emit({"items": n, "bytes": total})
+        else:
+            click.echo(n)
+    finally:
+        catalog.close()
+
+
+@items.command("summary")
+@click.option("--dataset", "dataset_name", required=True, metavar="NAME")
+@_db_option
+@_where_options
+@click.option(
+    "--by",
+    type=click.Choice(["content_type", "folder"]),
+    default="content_type",
+    help="group by content type or by folder (below --prefix)",
+)
+@_json_option
+def items_summary(
+    dataset_name: str,
+    db_path: str | None,
+    where: tuple[str, ...],
+    prefix: str,
+    by: str,
+    as_json: bool,
+) -> None:
+    """Items and bytes (matching --where), in total and per content type or folder, like
+    aws s3 ls --summarize."""
+    query = _parse_query(where, prefix)
+    catalog = Catalog.open_reader(db_path or default_db_path())
+    try:
+        ds = catalog.get_dataset(dataset_name)
+        found = catalog.summarize(ds.id, query, by=by)
+        if as_json:
+            _emit(found)
+            return
+        label = "CONTENT TYPE" if by == "content_type" else "FOLDER"
+        click.echo(f"{label}\tITEMS\tBYTES")
+        for g in found["groups"]:
+            name = g["group"]
+            shown = (
+                printable(name)
+                if name is not None
+                else ("(none)" if by == "content_type" else "(top level)")
+            )
+            click.echo(f"{shown}\t{g['items']}\t{g['bytes']}")
+        if found["truncated"]:
+            click.echo(f"(only the first {len(found['groups']):,} groups)")
+        click.echo(f"Total Objects: {found['items']}")
+        click.echo(f"Total Size: {found['bytes']}")
     finally:
         catalog.close()
 
@@ -665,6 +758,13 @@ def _tag_list(values: tuple[str, ...]) -> list[str]:
 @click.option(
     "--prefix", default=None, metavar="P", help='every item whose key starts with P ("": all)'
 )
+@click.option(
+    "--where",
+    "where",
+    multiple=True,
+    metavar="EXPR",
+    help="every item matching EXPR, as in items ls (repeatable: all must hold)",
+)
 @_db_option
 @_json_option
 def items_tag(
@@ -673,10 +773,12 @@ def items_tag(
     add: tuple[str, ...],
     remove: tuple[str, ...],
     prefix: str | None,
+    where: tuple[str, ...],
     db_path: str | None,
     as_json: bool,
 ) -> None:
-    """Add and remove tags of items: the KEYs given, or every item under --prefix.
+    """Add and remove tags of items: the KEYs given, or every item under --prefix and/or
+    matching --where.
 
     Tags are the user's: a re-sync or a bucket event keeps them, deleting the object deletes
     them. A KEY that is not an item is an error, and then nothing is changed.
@@ -684,13 +786,16 @@ def items_tag(
     \b
     syncd items tag --dataset birds raw/0001.jpg raw/0002.jpg --add review
     syncd items tag --dataset birds --prefix raw/2026/ --add site:berlin --remove draft
+    syncd items tag --dataset birds --where 'size>10MB' --where 'content_type=image/*' --add big
     """
     from syncd.store import edits
 
-    if bool(keys) == (prefix is not None):
-        raise UsageError("give the items as KEY arguments or as --prefix P, one of the two")
+    if bool(keys) == (prefix is not None or bool(where)):
+        raise UsageError(
+            "give the items as KEY arguments or as --prefix P / --where EXPR, one of the two"
+        )
     edit = edits.Edit.of(None, _tag_list(add) or None, _tag_list(remove) or None)
-    selection = edits.Selection.of(list(keys) if keys else None, prefix)
+    selection = edits.Selection.of(list(keys) if keys else None, prefix, list(where) or None)
     catalog = Catalog.open(db_path or default_db_path(), create=False)
     try:
         result = edits.update(catalog, dataset_name, selection, edit, require_all=True)

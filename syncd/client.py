@@ -36,6 +36,7 @@ from syncd import api
 from syncd.errors import UsageError
 from syncd.limits import MaxDelete
 from syncd.model import Item
+from syncd.query import Query, QueryError, parse_where
 from syncd.reconcile.filters import Filters
 from syncd.reconcile.sync import SyncOptions, SyncResult
 from syncd.store import edits
@@ -203,11 +204,24 @@ class Items:
     """
 
     def __call__(
-        self, dataset: str, *, db: str | None = None, prefix: str = "", limit: int | None = None
+        self,
+        dataset: str,
+        *,
+        db: str | None = None,
+        prefix: str = "",
+        limit: int | None = None,
+        where: str | Sequence[str] = (),
+        sort: str = "key",
+        order: str = "asc",
     ) -> Iterator[Item]:
-        """The dataset's items in key order (``prefix``: of the key), streamed a page at a
-        time; ``syncd items ls``. Consume it on the thread that started it."""
-        return _iter_items(dataset, db, prefix, limit)
+        """The dataset's items matching ``where`` (one ``--where`` expression or a list of
+        them, all of which must hold; see :mod:`syncd.query`) under ``prefix``, ordered by
+        ``sort`` (``key``, ``size`` or ``mtime``; ties by key) ``order`` (``asc``/``desc``), at
+        most ``limit``, streamed a page at a time as Python values (:class:`syncd.model.Item`);
+        ``syncd items ls``. A bad expression raises ``UsageError`` here, when called (not when
+        iterated). Consume it on the thread that started it."""
+        query = _query(where, prefix, sort, order)
+        return _iter_items(dataset, db, query, limit)
 
     def get(self, dataset: str, key: str, *, db: str | None = None) -> Item:
         """The item ``key``; :func:`get_item`."""
@@ -223,6 +237,7 @@ class Items:
         key_or_keys: str | Sequence[str] | None = None,
         *,
         prefix: str | None = None,
+        where: str | Sequence[str] | None = None,
         metadata: Mapping[str, Any] | None = None,
         add_tags: Iterable[str] | None = None,
         remove_tags: Iterable[str] | None = None,
@@ -237,7 +252,8 @@ class Items:
 
         With one key (a ``str``): edits that item and returns it as it now is
         (``UsageError`` if the dataset has no such item). With a list of keys, or
-        ``prefix`` (``""``: every item), or both (items matching both): edits every item
+        ``prefix`` (``""``: every item), or ``where`` (query expressions, as for
+        :meth:`__call__`), or several (items matching all): edits every item
         selected, :data:`~syncd.store.edits.BATCH` per transaction, and returns an
         :class:`~syncd.store.edits.Result` (``matched``, ``changed``, ``missing``: keys
         given that are not items, which are skipped).
@@ -254,12 +270,12 @@ class Items:
         )
         path = db or default_db_path()
         if isinstance(key_or_keys, str):
-            if prefix is not None:
-                raise UsageError("give one key, or keys and a prefix, not one key and a prefix")
+            if prefix is not None or where is not None:
+                raise UsageError("give one key, or keys, a prefix or where: not one key and more")
             key = key_or_keys
             return _with_catalog(path, lambda c: edits.update_item(c, dataset, key, edit).value())
         keys = list(key_or_keys) if key_or_keys is not None else None
-        selection = Selection.of(keys, prefix)
+        selection = Selection.of(keys, prefix, where)
         return _with_catalog(path, lambda c: edits.update(c, dataset, selection, edit))
 
 
@@ -279,12 +295,25 @@ def _with_catalog(path: str, work: Callable[[Catalog], T]) -> T:
         catalog.close()
 
 
-def _iter_items(dataset: str, db: str | None, prefix: str, limit: int | None) -> Iterator[Item]:
+def _iter_items(dataset: str, db: str | None, query: Query, limit: int | None) -> Iterator[Item]:
     catalog = Catalog.open_reader(db or default_db_path())
     try:
         found = catalog.get_dataset(dataset)
-        for row in catalog.iter_items(found.id, prefix=prefix, limit=limit):
+        for row in catalog.iter_query(found.id, query, limit=limit):
             yield row.value()
+    finally:
+        catalog.close()
+
+
+def count(
+    dataset: str, *, db: str | None = None, prefix: str = "", where: str | Sequence[str] = ()
+) -> tuple[int, int]:
+    """``(items, total bytes)`` of the dataset's items matching ``where`` under ``prefix``;
+    ``syncd items count``."""
+    query = _query(where, prefix, "key", "asc")
+    catalog = Catalog.open_reader(db or default_db_path())
+    try:
+        return catalog.count_query(catalog.get_dataset(dataset).id, query)
     finally:
         catalog.close()
 
@@ -295,6 +324,25 @@ def get_item(dataset: str, key: str, *, db: str | None = None) -> Item:
     catalog = Catalog.open_reader(db or default_db_path())
     try:
         return api.get_item(catalog, catalog.get_dataset(dataset), key).value()
+    finally:
+        catalog.close()
+
+
+def summary(
+    dataset: str,
+    *,
+    by: str = "content_type",
+    db: str | None = None,
+    prefix: str = "",
+    where: str | Sequence[str] = (),
+) -> dict[str, Any]:
+    """Items and bytes of the dataset's items matching ``where``, in total and per group
+    ``by`` ``content_type`` or ``folder`` (see :meth:`~syncd.store.catalog.Catalog.summarize`);
+    ``syncd items summary``."""
+    query = _query(where, prefix, "key", "asc")
+    catalog = Catalog.open_reader(db or default_db_path())
+    try:
+        return catalog.summarize(catalog.get_dataset(dataset).id, query, by=by)
     finally:
         catalog.close()
 
@@ -311,3 +359,13 @@ def item_url(dataset: str, key: str, *, db: str | None = None, ttl: int = 3600) 
 
 #: ``syncd.items(...)`` iterates a dataset's items, ``syncd.items.update(...)`` edits them
 items = Items()
+
+
+def _query(where: str | Sequence[str], prefix: str, sort: str, order: str) -> Query:
+    """The :class:`~syncd.query.Query` of the Python API's arguments; ``UsageError`` for a
+    bad one."""
+    expressions = [where] if isinstance(where, str) else list(where)
+    try:
+        return parse_where(expressions, prefix=prefix, sort=sort, order=order)
+    except QueryError as exc:
+        raise UsageError(str(exc)) from None

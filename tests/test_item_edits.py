@@ -38,6 +38,7 @@ from syncd.daemon.service import Daemon
 from syncd.errors import UsageError
 from syncd.events.apply import apply_events
 from syncd.events.parse import EventKind, ObjectEvent, pad_sequencer
+from syncd.query import parse_where
 from syncd.reconcile.filters import Filters
 from syncd.reconcile.sync import SyncOptions
 from syncd.store import changes, edits
@@ -183,6 +184,43 @@ def test_a_bulk_edit_goes_in_bounded_batches_over_keys_and_prefixes(
     with pytest.raises(edits.ItemNotFound, match=r"raw/nope\.jpg"):
         edits.update(catalog, "ds", picked, Edit.of(None, ["z"]), require_all=True)
     assert user_part(catalog)["raw/00001.jpg"] == ({"s": 1}, [])
+    catalog.close()
+
+
+def test_a_bulk_edit_by_query_changes_exactly_the_items_the_query_lists(
+    catalogs: CatalogMaker,
+) -> None:
+    """``where`` selects like ``items ls --where``: the items edited are the ones the same
+    query lists, with keys and prefix intersecting it; a bad or empty query writes nothing."""
+    catalog = catalogs()
+    keys = [f"raw/{i:04d}.{'jpg' if i % 3 else 'png'}" for i in range(1100)] + ["top.jpg"]
+    ds = seeded(catalog, keys)
+    edits.update(catalog, "ds", Selection.of(prefix="raw/00"), Edit.of({"site": "berlin"}))
+    where = ["key=raw/**/*.png", "metadata.user.site=berlin"]
+    listed = [i.key for i in catalog.iter_query(ds.id, parse_where(where))]
+    assert 0 < len(listed) < 100  # some match, most do not
+    result = edits.update(catalog, "ds", Selection.of(where=where), Edit.of(None, ["png"]))
+    assert (result.matched, result.changed) == (len(listed), len(listed))
+    assert sorted(k for k, (_, tags) in user_part(catalog).items() if tags) == listed
+
+    both = Selection.of([listed[0], "top.jpg"], None, "tags~png")
+    result = edits.update(catalog, "ds", both, Edit.of(None, None, ["png"]))
+    assert (result.matched, result.changed) == (1, 1)
+    assert user_part(catalog)[listed[0]][1] == []
+
+    many = edits.update(catalog, "ds", Selection.of(where="key=raw/**"), Edit.of({"n": 1}))
+    assert (many.matched, many.changed) == (1100, 1100)  # three batches of matching items
+    groups = catalog.db.execute(
+        "SELECT last - cursor + 1 FROM changes WHERE source = 'edit' ORDER BY cursor DESC LIMIT 3"
+    ).fetchall()
+    assert sorted(int(g[0]) for g in groups) == [100, edits.BATCH, edits.BATCH]
+    assert user_part(catalog)["top.jpg"] == ({}, [])
+
+    before = snapshot(catalog)
+    for bad, says in [("size>>1", "size"), ([], "names no condition"), (3, "where must be")]:
+        with pytest.raises(UsageError, match=says):
+            edits.update(catalog, "ds", Selection.of(where=bad), Edit.of(None, ["x"]))
+    assert snapshot(catalog) == before
     catalog.close()
 
 
@@ -608,6 +646,9 @@ async def test_bulk_selections_that_are_wrong_are_a_400(served: tuple[Served, Ht
         ({"add_tags": ["x"], "keys": ["\ud800"]}, "valid Unicode"),
         ({"add_tags": ["x"], "prefix": 3}, "prefix must be"),
         ({"add_tags": ["x"], "keys": ["k"] * (edits.MAX_KEYS + 1)}, "at most 10,000"),
+        ({"add_tags": ["x"], "where": "size>>1"}, "size"),
+        ({"add_tags": ["x"], "where": ['metadata.user."a\\"b"=1']}, "metadata"),
+        ({"add_tags": ["x"], "where": {"size": 1}}, "where must be"),
     ]:
         status, answer = await http.call("POST", "/api/v1/datasets/files/items:update", body)
         assert status == 400 and says in answer["error"], (body, answer)

@@ -7,8 +7,13 @@ JSON out; errors are ``{"error": "..."}`` with the status that says what is wron
 * ``GET  /api/v1/datasets``: every dataset: source, driver, filters, item count, last run, and
   (in the daemon) its schedule.
 * ``GET  /api/v1/datasets/{name}``: one dataset.
-* ``GET  /api/v1/datasets/{name}/items?prefix=&limit=&cursor=``: items in key order, keyset
-  pagination: ``next_cursor`` is passed back as ``cursor`` (opaque; absent on the last page).
+* ``GET  /api/v1/datasets/{name}/items?where=&prefix=&sort=&order=&limit=&cursor=``: the
+  items matching a query (:mod:`syncd.query`; ``where`` repeated, one expression each), in
+  its order, keyset pagination: ``next_cursor`` is passed back as ``cursor`` (opaque; null
+  on the last page).
+* ``GET  /api/v1/datasets/{name}/items:count?where=&prefix=``: items and bytes matching.
+* ``GET  /api/v1/datasets/{name}/items:summary?by=content_type|folder&where=&prefix=``:
+  items and bytes in total and per group, like ``aws s3 ls --summarize``.
 * ``GET  /api/v1/datasets/{name}/items/{key}``: one item (the key URL-encoded, ``/`` allowed).
 * ``GET  /api/v1/datasets/{name}/items/{key}/url``: ``302`` to a presigned URL of the object.
 * ``PATCH /api/v1/datasets/{name}/items/{key}``: edit the user's part of one item
@@ -69,6 +74,7 @@ from syncd.daemon.metrics import Metrics
 from syncd.errors import NotFound, UsageError
 from syncd.events.apply import ApplyResult
 from syncd.events.parse import EventFormatError, ObjectEvent, Parsed, parse_text
+from syncd.query import GROUPS, Query, QueryError, parse_where
 from syncd.store import edits, lease, workers
 from syncd.store.catalog import Catalog, Dataset
 from syncd.store.changes import ChangeSignal
@@ -217,26 +223,69 @@ def decode_cursor(cursor: str) -> str:
         ) from None
 
 
+def _query(request: web.Request, *extra: str) -> Query:
+    """The item query of a request: repeated ``where=`` expressions (:mod:`syncd.query`),
+    ``prefix``, ``sort`` and ``order``; 400 with one line for anything wrong. Every other
+    parameter but ``extra`` is refused, and each of these but ``where`` may be given once."""
+    for name in request.query:
+        if name not in ("where", "prefix", "sort", "order", *extra):
+            raise _bad_request(
+                f"unknown query parameter {name!r}; this endpoint takes "
+                + ", ".join(("where", "prefix", "sort", "order", *extra))
+            )
+        if name != "where" and len(request.query.getall(name)) > 1:
+            raise _bad_request(f"query parameter {name!r} is given more than once; give it once")
+    try:
+        return parse_where(
+            request.query.getall("where", []),
+            prefix=request.query.get("prefix", ""),
+            sort=request.query.get("sort", "key"),
+            order=request.query.get("order", "asc"),
+        )
+    except QueryError as exc:
+        raise _bad_request(str(exc)) from None
+
+
 async def list_items(request: web.Request) -> web.Response:
+    """Items matching the query (``where``, ``prefix``), in its order (``sort``, ``order``),
+    a page of ``limit`` at a time: ``next_cursor`` is passed back as ``cursor`` (opaque; None
+    on the last page)."""
     ctx = request.app[CONTEXT]
     ds = await _dataset_or_404(request)
-    _only_params(request, "prefix", "limit", "cursor")
+    query = _query(request, "limit", "cursor")
     limit = _int_param(request, "limit", DEFAULT_PAGE, MAX_PAGE)
-    prefix = request.query.get("prefix", "")
-    cursor = request.query.get("cursor")
-    after = decode_cursor(cursor) if cursor else None
+    cursor = request.query.get("cursor") or None
 
-    def page(c: Catalog) -> list[dict[str, Any]]:
-        # one more than asked tells whether there is a next page
-        items = c.iter_items(ds.id, after=after, prefix=prefix, limit=limit + 1)
-        return [i.public() for i in items]
+    def page(c: Catalog) -> tuple[list[dict[str, Any]], str | None]:
+        items, nxt = c.query_page(ds.id, query, cursor=cursor, limit=limit)
+        return [i.public() for i in items], nxt
 
-    rows = await ctx.catalog.call(page)
-    more = len(rows) > limit
-    rows = rows[:limit]
-    body: dict[str, Any] = {"items": rows, "next_cursor": None}
-    if more:
-        body["next_cursor"] = encode_cursor(rows[-1]["key"])
+    try:
+        rows, nxt = await ctx.catalog.call(page)
+    except QueryError as exc:  # a cursor of another query
+        raise _bad_request(str(exc)) from None
+    return web.json_response({"items": rows, "next_cursor": nxt})
+
+
+async def count_items(request: web.Request) -> web.Response:
+    """``{"items": N, "bytes": B}`` of the items matching the query."""
+    ctx = request.app[CONTEXT]
+    ds = await _dataset_or_404(request)
+    query = _query(request)
+    n, total = await ctx.catalog.call(lambda c: c.count_query(ds.id, query))
+    return web.json_response({"items": n, "bytes": total})
+
+
+async def summarize_items(request: web.Request) -> web.Response:
+    """Items and bytes of the items matching the query, in total and per content type or
+    top-level folder (``by``)."""
+    ctx = request.app[CONTEXT]
+    ds = await _dataset_or_404(request)
+    query = _query(request, "by")
+    by = request.query.get("by", "content_type")
+    if by not in GROUPS:
+        raise _bad_request(f"by={by!r}: summarize by one of {', '.join(GROUPS)}")
+    body = await ctx.catalog.call(lambda c: c.summarize(ds.id, query, by=by))
     return web.json_response(body)
 
 
@@ -287,7 +336,7 @@ async def item_url(request: web.Request) -> web.Response:
 #: the members of an edit's body
 EDIT_FIELDS = ("metadata", "add_tags", "remove_tags")
 #: the members of a bulk edit's body that select its items
-SELECTION_FIELDS = ("keys", "prefix")
+SELECTION_FIELDS = ("keys", "prefix", "where")
 
 
 async def _edit_body(request: web.Request, fields: tuple[str, ...]) -> dict[str, Any]:
@@ -346,7 +395,7 @@ async def update_items(request: web.Request) -> web.Response:
         _only_params(request)
         body = await _edit_body(request, EDIT_FIELDS + SELECTION_FIELDS)
         edit = _edit_of(body)
-        selection = edits.Selection.of(body.get("keys"), body.get("prefix"))
+        selection = edits.Selection.of(body.get("keys"), body.get("prefix"), body.get("where"))
         await ctx.catalog.call(lambda c: edits.precheck(c, ds.id, selection, edit))
         after: str | None = None
         while True:
@@ -702,6 +751,8 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/api/v1/datasets", list_datasets)
     r.add_get("/api/v1/datasets/{name}", get_dataset)
     r.add_get("/api/v1/datasets/{name}/items", list_items)
+    r.add_get("/api/v1/datasets/{name}/items:count", count_items)
+    r.add_get("/api/v1/datasets/{name}/items:summary", summarize_items)
     # the /url route first: it strips exactly one trailing "/url" from the key
     r.add_get("/api/v1/datasets/{name}/items/{key:.+}/url", item_url)
     r.add_patch("/api/v1/datasets/{name}/items/{key:.+}/url", patch_item_url)

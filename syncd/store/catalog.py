@@ -28,9 +28,10 @@ from providers import faults
 from providers.config import PUBLIC_FIELDS, DriverConfig, Integration
 from syncd import model
 from syncd.errors import UsageError
+from syncd.query import GROUPS, Query, QueryError, decode_cursor, encode_cursor, sort_value
 from syncd.reconcile.filters import Filters
 from syncd.reconcile.march import KnownRow
-from syncd.store import lease, ranges
+from syncd.store import lease, query_sql, ranges
 from syncd.store.checkpoint import Checkpoint, Run
 from syncd.store.db import is_server, open_db, transaction
 from syncd.store.ranges import KeyRange
@@ -496,6 +497,111 @@ class Catalog:
             f"SELECT {cols} FROM items WHERE dataset_id = ? AND key = ?", [dataset_id, key]
         ).fetchone()
         return None if row is None else Item(*row)
+
+    # -- item queries (syncd.query; SQL in syncd.store.query_sql) -----------------------
+
+    def query_page(
+        self, dataset_id: int, query: Query, *, cursor: str | None = None, limit: int = 100
+    ) -> tuple[list[Item], str | None]:
+        """One page of the items matching ``query``, in its order: at most ``limit`` items
+        after ``cursor`` (a ``next_cursor`` of the previous page, for the same query's sort),
+        and the cursor of the next page (None on the last page).
+
+        Keyset pagination: the cursor holds the last item's sort value and key, and the next
+        page starts right after them, so an item that matches throughout is returned exactly
+        once however many items are added or removed between pages. ``QueryError`` for a
+        cursor that is not one of this query's."""
+        after = decode_cursor(query, cursor) if cursor else None
+        items = self._query_rows(dataset_id, query, after=after, limit=limit + 1)
+        more = len(items) > limit
+        items = items[:limit]
+        nxt = None
+        if more:
+            last = items[-1]
+            nxt = encode_cursor(query, sort_value(query, last), last.key)
+        return items, nxt
+
+    def iter_query(
+        self, dataset_id: int, query: Query, *, page: int = 1000, limit: int | None = None
+    ) -> Iterator[Item]:
+        """Every item matching ``query`` (at most ``limit``), in its order, read in pages of
+        ``page`` (bounded memory; keyset pagination as :meth:`query_page`)."""
+        after: tuple[Any, str] | None = None
+        left = limit
+        while left is None or left > 0:
+            size = page if left is None else min(page, left)
+            items = self._query_rows(dataset_id, query, after=after, limit=size)
+            yield from items
+            if left is not None:
+                left -= len(items)
+            if len(items) < size:
+                return
+            after = (sort_value(query, items[-1]), items[-1].key)
+
+    def query_keys(self, dataset_id: int, query: Query, *, page: int = 1000) -> Iterator[list[str]]:
+        """The keys of the items matching ``query``, in key order, in lists of at most
+        ``page``: each a fresh query after the last key of the one before, so a caller may
+        change the items of one list (a bulk edit) before asking for the next, holding one
+        list at a time. The query's sort is ignored (key order)."""
+        query = query.model_copy(update={"sort": "key", "order": "asc"})
+        after: tuple[Any, str] | None = None
+        while True:
+            self.prepare_queries()
+            sql, args = query_sql.page(
+                query, self.db.dialect, dataset_id, "key", after=after, limit=page
+            )
+            keys = [r[0] for r in self.db.execute(sql, args).fetchall()]
+            if keys:
+                yield keys
+            if len(keys) < page:
+                return
+            after = (keys[-1], keys[-1])
+
+    def count_query(self, dataset_id: int, query: Query) -> tuple[int, int]:
+        """``(items, total bytes)`` of the items matching ``query``."""
+        self.prepare_queries()
+        sql, args = query_sql.count(query, self.db.dialect, dataset_id)
+        n, total = self.db.execute(sql, args).fetchone()
+        return int(n), int(total)
+
+    def summarize(
+        self, dataset_id: int, query: Query, *, by: str, limit: int = 10000
+    ) -> dict[str, Any]:
+        """Items and bytes of the items matching ``query``, in total and per group ``by``
+        ``content_type`` or ``folder`` (the key below the query's prefix up to its next
+        ``/``; ``None`` groups the items directly under the prefix, or without a content
+        type), like ``aws s3 ls --summarize``: ``{"items", "bytes", "by", "groups":
+        [{"group", "items", "bytes"}, ...], "truncated"}``, groups in code point order, at
+        most ``limit`` of them (``truncated`` when there were more)."""
+        if by not in GROUPS:
+            raise QueryError(f"cannot summarize by {by!r}; use one of {', '.join(GROUPS)}")
+        n, total = self.count_query(dataset_id, query)
+        sql, args = query_sql.summary(query, self.db.dialect, dataset_id, by, limit + 1)
+        rows = self.db.execute(sql, args).fetchall()
+        groups = [{"group": g, "items": int(c), "bytes": int(b)} for g, c, b in rows[:limit]]
+        return {
+            "items": n,
+            "bytes": total,
+            "by": by,
+            "groups": groups,
+            "truncated": len(rows) > limit,
+        }
+
+    def _query_rows(
+        self, dataset_id: int, query: Query, *, after: tuple[Any, str] | None, limit: int
+    ) -> list[Item]:
+        self.prepare_queries()
+        cols = ", ".join(Item.__dataclass_fields__)
+        sql, args = query_sql.page(
+            query, self.db.dialect, dataset_id, cols, after=after, limit=limit
+        )
+        return [Item(*row) for row in self.db.execute(sql, args).fetchall()]
+
+    def prepare_queries(self) -> None:
+        """Make the query functions known to this connection (sqlite: ``syncd_glob``)."""
+        if not getattr(self, "_queries_ready", False):
+            query_sql.register(getattr(self.db, "conn", None))
+            self._queries_ready = True
 
     def known_range(
         self, dataset_id: int, after: str | None, upto: str, *, since: str | None = None

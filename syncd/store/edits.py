@@ -36,6 +36,8 @@ from typing import Any
 
 from syncd import usermeta
 from syncd.errors import UsageError
+from syncd.query import Query, QueryError, parse_where
+from syncd.store import query_sql
 from syncd.store.catalog import Catalog, Item, key_range
 from syncd.store.db import transaction
 from syncd.store.sql import ITEM_COLUMNS
@@ -113,17 +115,30 @@ def _sets_something(patch: dict[str, Any]) -> bool:
 class Selection:
     """Which items of a dataset a bulk edit applies to: those matching *every* criterion
     given (``keys``: the key is one of them; ``prefix``: the key starts with it, ``""`` for
-    every item). At least one must be given, so an edit never applies to a whole dataset by
-    omission. (A query will be a further criterion: its SQL joins :meth:`page`'s.)"""
+    every item; ``where``: the item matches the query, :mod:`syncd.query`). At least one must
+    be given, so an edit never applies to a whole dataset by omission."""
 
     keys: tuple[str, ...] | None = None
     prefix: str | None = None
+    where: Query | None = None
 
     @classmethod
-    def of(cls, keys: Any = None, prefix: Any = None) -> Selection:
-        """A checked selection; ``UsageError`` for a malformed or missing one."""
-        if keys is None and prefix is None:
-            raise UsageError('name the items to change: keys (a list) or a prefix ("": all)')
+    def of(cls, keys: Any = None, prefix: Any = None, where: Any = None) -> Selection:
+        """A checked selection; ``UsageError`` for a malformed or missing one. ``where`` is
+        one ``--where`` expression or a list of them (all must hold)."""
+        if keys is None and prefix is None and where is None:
+            raise UsageError('name the items to change: keys (a list), a prefix ("": all) or where')
+        query = None
+        if where is not None:
+            exprs = [where] if isinstance(where, str) else where
+            if not isinstance(exprs, list | tuple) or not all(isinstance(e, str) for e in exprs):
+                raise UsageError("where must be a query expression or a list of them")
+            if not exprs:
+                raise UsageError('where names no condition; to change every item give prefix ""')
+            try:
+                query = parse_where(list(exprs))
+            except QueryError as exc:
+                raise UsageError(str(exc)) from None
         if keys is not None:
             if isinstance(keys, str) or not isinstance(keys, list | tuple):
                 raise UsageError("keys must be a list of item keys")
@@ -137,7 +152,7 @@ class Selection:
             keys = tuple(sorted(set(keys)))
         if prefix is not None and not (isinstance(prefix, str) and _is_text(prefix)):
             raise UsageError("prefix must be a string of text (valid Unicode)")
-        return cls(keys, prefix)
+        return cls(keys, prefix, query)
 
     def candidates(self, after: str | None) -> list[str]:
         """The next :data:`BATCH` listed keys after ``after`` that the prefix admits."""
@@ -159,27 +174,50 @@ class Selection:
         ``lock``: lock the rows for this transaction (PostgreSQL)."""
         db = catalog.db
         suffix = " FOR UPDATE OF t" if lock and db.dialect == "postgresql" else ""
+        # a query's terms name ``items`` unaliased: they filter a subquery of their own,
+        # bounded to this batch's keys (else each batch would match the whole dataset again)
+        matching, margs = "", []
+        if self.where is not None:
+            catalog.prepare_queries()
+            matching, margs = query_sql.where(self.where, db.dialect)
         if self.keys is not None:
             listed = self.candidates(after)
             following = listed[-1] if len(listed) == BATCH else None
             wanted = [k for k in listed if "\x00" not in k]  # no key holds a NUL byte
             if not wanted:
                 return [], following
+            terms, targs = "", []
+            if self.where is not None:
+                terms = (
+                    " AND t.key IN (SELECT key FROM items WHERE dataset_id = ?"
+                    f" AND key >= ? AND key <= ?{matching})"
+                )
+                targs = [dataset_id, wanted[0], wanted[-1], *margs]
             rows = db.execute(
                 f"WITH wanted(k) AS (VALUES {', '.join(['(?)'] * len(wanted))})"
                 f" SELECT {columns} FROM wanted JOIN items t"
-                f" ON t.dataset_id = ? AND t.key = wanted.k ORDER BY t.key{suffix}",
-                [*wanted, dataset_id],
+                f" ON t.dataset_id = ? AND t.key = wanted.k{terms} ORDER BY t.key{suffix}",
+                [*wanted, dataset_id, *targs],
             ).fetchall()
             return rows, following
         if "\x00" in (self.prefix or "") or (after is not None and "\x00" in after):
             return [], None
         where, args = key_range(after, self.prefix or "")
-        keyed = db.execute(
-            f"SELECT t.key, {columns} FROM items t WHERE t.dataset_id = ?{where}"
-            f" ORDER BY t.key LIMIT ?{suffix}",
-            [dataset_id, *args, BATCH],
-        ).fetchall()
+        if self.where is not None:
+            inner = (
+                f"SELECT key FROM items WHERE dataset_id = ?{where}{matching} ORDER BY key LIMIT ?"
+            )
+            keyed = db.execute(
+                f"SELECT t.key, {columns} FROM items t WHERE t.dataset_id = ? AND t.key IN"
+                f" ({inner}) ORDER BY t.key{suffix}",
+                [dataset_id, dataset_id, *args, *margs, BATCH],
+            ).fetchall()
+        else:
+            keyed = db.execute(
+                f"SELECT t.key, {columns} FROM items t WHERE t.dataset_id = ?{where}"
+                f" ORDER BY t.key LIMIT ?{suffix}",
+                [dataset_id, *args, BATCH],
+            ).fetchall()
         return [tuple(r[1:]) for r in keyed], (keyed[-1][0] if len(keyed) == BATCH else None)
 
 
