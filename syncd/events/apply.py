@@ -341,6 +341,7 @@ class EventApplier:
             event.content_type,
             guessed=event.provider in MTIME_STAMPED,
             metadata=dict(event.metadata) if event.metadata else None,
+            tags=dict(event.tags) if event.tags else None,
         )
         # a row of the items columns (Catalog.write_rows): dataset_id, then the Item fields
         state.put(

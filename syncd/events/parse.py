@@ -92,6 +92,8 @@ class ObjectEvent:
     #: the object's custom metadata where the event carries it (GCS notifications do), as
     #: sorted (name, value) pairs (hashable, as the event is); None: the event does not say
     metadata: tuple[tuple[str, str], ...] | None = None
+    #: the object's tags, likewise (no event format carries them: a HEAD step adds them)
+    tags: tuple[tuple[str, str], ...] | None = None
 
 
 @dataclass
