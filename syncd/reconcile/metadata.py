@@ -33,7 +33,22 @@ MODES: tuple[str, ...] = ("listing", "head")
 #: milliseconds, few enough that a throttling service sees a steady client
 HEAD_CONCURRENCY = 16
 #: ``metadata`` of an item whose content type was guessed and that has nothing else
-GUESSED = '{"content_type_guessed":true}'
+GUESSED = '{"content_type_guessed": true}'
+
+
+def _jsonb_order(value: object) -> object:
+    """``value`` with every object's members in PostgreSQL ``jsonb``'s order (shorter names
+    first, then by their UTF-8 bytes), so the text written equals the text PostgreSQL reads
+    back and both stores hold the same text for the same item."""
+    if isinstance(value, dict):
+        names = sorted(value, key=lambda n: (len(n.encode()), n.encode()))
+        return {n: _jsonb_order(value[n]) for n in names}
+    return value
+
+
+def to_json(value: object) -> str:
+    """JSON text as PostgreSQL's ``jsonb`` prints it (``{"a": 1, "bb": 2}``)."""
+    return json.dumps(_jsonb_order(value), separators=(", ", ": "), ensure_ascii=False)
 
 
 def provider_part(
@@ -50,7 +65,7 @@ def provider_part(
         out["provider"] = metadata
     if tags:
         out["object_tags"] = tags
-    return json.dumps(out, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
+    return to_json(out)
 
 
 def page_fields(driver: Driver, objs: list[ObjectInfo]) -> list[tuple[str, str]]:
