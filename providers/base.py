@@ -182,8 +182,9 @@ class Driver(abc.ABC):
         """Return the object's record; raise ``NotFound`` if it does not exist."""
 
     async def object_tags(self, key: str) -> dict[str, str] | None:
-        """The object's tags (S3 object tags, Azure blob index tags), one request; None where
-        the provider has no such thing. Raises ``NotFound`` if the object does not exist."""
+        """The object's tags (S3 object tags, Azure blob index tags), one request; ``{}`` for
+        an object without. Raises ``NotFound`` if the object does not exist. Drivers whose
+        provider has no object tags (GCS, a local folder) return None without a request."""
         return None
 
     @abc.abstractmethod
