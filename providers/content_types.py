@@ -87,14 +87,24 @@ def guess(key: str) -> str | None:
     itself only where the answer may depend on more than the last suffix (an encoding or
     alias suffix such as ``.gz`` or ``.tgz``, a name with no extension past leading dots, a
     key with ``:``, which ``guess_type`` reads as a URL)."""
+    head, dot, ext = key.rpartition(".")
+    if not dot:
+        # no suffix at all: nothing to go by (a million synthetic keys are such)
+        return None if ":" not in key else mimetypes.guess_type(key)[0]
+    # the common key: a plain name before a suffix seen before (no "/" in it: a dot in a
+    # folder's name is no suffix, and no such entry exists)
+    known = _BY_SUFFIX.get(ext)
+    if known is not None and head and head[-1] not in "/." and ":" not in key:
+        return known
+    return _slow(key)
+
+
+def _slow(key: str) -> str | None:
     name = key[key.rfind("/") + 1 :]
     dot = name.rfind(".")
     if dot <= 0 or ":" in key or not name[:dot].strip("."):
         return mimetypes.guess_type(key)[0]
     suffix = name[dot:]
-    known = _BY_SUFFIX.get(suffix)
-    if known is not None:
-        return known
     if not mimetypes.inited:
         mimetypes.init()
     lower = suffix.lower()
@@ -105,8 +115,9 @@ def guess(key: str) -> str | None:
     return _type_of_suffix(suffix)
 
 
-#: the table under the suffixes as keys spell them (``.JPG`` as well as ``.jpg``): filled by
-#: :func:`_type_of_suffix` as suffixes are seen, so the common key costs one lookup
+#: the answers of plain suffixes (no encoding or alias suffix), under the suffix as keys
+#: spell it, without its dot (``JPG`` as well as ``jpg``): filled by :func:`_type_of_suffix`
+#: as suffixes are seen, so the common key costs one lookup
 _BY_SUFFIX: dict[str, str] = {}
 
 
@@ -114,7 +125,7 @@ _BY_SUFFIX: dict[str, str] = {}
 def _type_of_suffix(suffix: str) -> str | None:
     found = TYPES.get(suffix.lower()) or mimetypes.guess_type("x" + suffix)[0]
     if found is not None and len(_BY_SUFFIX) < 1024:
-        _BY_SUFFIX[suffix] = found
+        _BY_SUFFIX[suffix[1:]] = found
     return found
 
 
