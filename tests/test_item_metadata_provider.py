@@ -433,3 +433,19 @@ def test_s3_event_gets_a_guessed_content_type(catalog: Catalog) -> None:
     }
     assert apply_events(catalog, parse({"Records": [record]}).events).counts["created"] == 1
     assert items(catalog) == {"e/b.avif": ("image/avif", {"content_type_guessed": True})}
+
+
+def test_head_mode_split_run_counts_every_ranges_heads(s3: Backend, catalog: Catalog) -> None:
+    """A run split into key ranges HEADs in each range; the result counts them all."""
+    bucket = s3.new_bucket()
+    for i in range(12):
+        write_object(s3, bucket, f"{'ab'[i % 2]}/{i:02d}.png", b"%d" % i, metadata={"n": str(i)})
+    spec = DatasetSpec("ds", s3.config(bucket), Filters())
+    options = SyncOptions(metadata="head", ranges=2)
+    result = asyncio.run(api.sync(catalog, "ds", spec=spec, options=options))
+    assert (result.counts["created"], result.counts["heads"]) == (12, 12)
+    ranges = catalog.db.execute("SELECT count(*) FROM run_ranges").fetchone()[0]
+    assert ranges == 2  # it was split
+    assert {meta["provider"]["n"] for _, meta in items(catalog).values()} == {
+        str(i) for i in range(12)
+    }
