@@ -449,3 +449,15 @@ def test_head_mode_split_run_counts_every_ranges_heads(s3: Backend, catalog: Cat
     assert {meta["provider"]["n"] for _, meta in items(catalog).values()} == {
         str(i) for i in range(12)
     }
+
+
+def test_metadata_entries_no_store_can_hold_are_left_out() -> None:
+    """A NUL in a listed metadata name or value (PostgreSQL's jsonb refuses it) drops that
+    entry, not the sync; events with one are refused by the parser already."""
+    from syncd.reconcile.metadata import provider_part
+
+    text = provider_part(False, {"a\x00": "1", "b": "2", "c": "x\x00"}, {"t": "\x00"})
+    assert text == '{"provider": {"b": "2"}}'
+    assert provider_part(True, {"k": "v"}, None) == (
+        '{"provider": {"k": "v"}, "content_type_guessed": true}'
+    )

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from typing import Literal
 
 from providers.base import Driver, ObjectInfo
@@ -27,6 +28,7 @@ from providers.content_types import UNKNOWN, guess
 from providers.errors import NotFound
 from syncd.reconcile.march import PageDiff
 
+log = logging.getLogger("syncd")
 MetadataMode = Literal["listing", "head"]
 MODES: tuple[str, ...] = ("listing", "head")
 #: HEADs (and tag reads) in flight at once per sync: enough to hide a round trip of tens of
@@ -58,6 +60,7 @@ def provider_part(
     and ``object_tags``, each only when there is something to say (``{}`` for nothing)."""
     if not metadata and not tags:
         return GUESSED if guessed else "{}"
+    metadata, tags = _storable(metadata), _storable(tags)
     out: dict[str, object] = {}
     if guessed:
         out["content_type_guessed"] = True
@@ -85,6 +88,17 @@ def page_fields(driver: Driver, objs: list[ObjectInfo]) -> list[tuple[str, str]]
         else:
             append((guess(o.key) or UNKNOWN, GUESSED))
     return out
+
+
+def _storable(pairs: dict[str, str] | None) -> dict[str, str] | None:
+    """``pairs`` without the entries PostgreSQL's ``jsonb`` cannot hold (a NUL character in
+    the name or value; sqlite keeps the same, so both stores agree), each left out with a
+    warning rather than failing the whole sync."""
+    if not pairs or not any("\x00" in k or "\x00" in v for k, v in pairs.items()):
+        return pairs
+    kept = {k: v for k, v in pairs.items() if "\x00" not in k and "\x00" not in v}
+    log.warning("left out %d metadata or tag entries holding a NUL", len(pairs) - len(kept))
+    return kept
 
 
 def item_fields(

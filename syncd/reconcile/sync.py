@@ -135,6 +135,8 @@ class SyncResult:
             "dataset": self.dataset,
             "status": self.status,
             **self.counts,
+            # objects HEADed (metadata = "head"): this invocation's, not kept with the run
+            "heads": self.counts.get("heads", 0),
             "seconds": round(self.seconds, 3),
             "dry_run": self.dry_run,
             "run_id": self.run_id,
