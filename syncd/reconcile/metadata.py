@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import operator
 from typing import Literal
 
 from providers.base import Driver, ObjectInfo
@@ -29,6 +30,9 @@ from providers.errors import NotFound
 from syncd.reconcile.march import PageDiff
 
 log = logging.getLogger("syncd")
+_CT, _META, _TAGS, _KEY = (
+    operator.attrgetter(a) for a in ("content_type", "metadata", "tags", "key")
+)
 MetadataMode = Literal["listing", "head"]
 MODES: tuple[str, ...] = ("listing", "head")
 #: HEADs (and tag reads) in flight at once per sync: enough to hide a round trip of tens of
@@ -75,6 +79,9 @@ def page_fields(driver: Driver, objs: list[ObjectInfo]) -> list[tuple[str, str]]
     """:func:`item_fields` of each listed object, ``driver`` having listed them. Built for a
     page at a time: the common page (no custom metadata, no tags) costs a guess per key where
     the listing stated no type, and nothing else."""
+    if not any(map(_CT, objs)) and not any(map(_META, objs)) and not any(map(_TAGS, objs)):
+        # an S3 or synthetic page: nothing stated but keys (C-level passes, one guess each)
+        return [(t or UNKNOWN, GUESSED) for t in map(guess, map(_KEY, objs))]
     guessed = driver.guesses_content_type
     out: list[tuple[str, str]] = []
     append = out.append
