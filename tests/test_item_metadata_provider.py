@@ -483,3 +483,11 @@ def test_metadata_entries_no_store_can_hold_are_left_out() -> None:
     assert provider_part(True, {"k": "v"}, None) == (
         '{"provider": {"k": "v"}, "content_type_guessed": true}'
     )
+
+
+def test_gcs_event_without_metadata_says_there_is_none() -> None:
+    """The object resource lists custom metadata whenever there is some: its absence is "none"
+    (``()``), not "unknown" (None), so a head-mode dataset does not HEAD the object for it."""
+    resource = {"bucket": "bkt", "name": "k", "generation": "1", "size": "1", "etag": "e"}
+    [event] = parse(gcs_message(resource)).events
+    assert event.metadata == ()

@@ -383,7 +383,8 @@ def _gcs_object(kind: EventKind, data: dict[str, Any], event_id: Any, time: Any)
         size=_int(data.get("size"), "size"),
         etag=_opt_text(data.get("etag") or data.get("md5Hash"), "etag"),
         content_type=_opt_text(data.get("contentType"), "contentType"),
-        metadata=_metadata(data.get("metadata")),
+        # the object resource names its custom metadata whenever it has some
+        metadata=_metadata(data.get("metadata", {})),
         event_time=_time(time or data.get("updated")),
         version=f"{generation}.{metageneration}",
         # Pub/Sub message ids are strings; some senders give numbers
