@@ -339,7 +339,7 @@ class EventApplier:
         content_type, meta = item_fields(
             event.key,
             event.content_type,
-            guessed=event.provider in MTIME_STAMPED,
+            guessed=event.provider == "local",
             metadata=dict(event.metadata) if event.metadata else None,
             tags=dict(event.tags) if event.tags else None,
         )
