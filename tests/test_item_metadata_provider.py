@@ -491,3 +491,21 @@ def test_gcs_event_without_metadata_says_there_is_none() -> None:
     resource = {"bucket": "bkt", "name": "k", "generation": "1", "size": "1", "etag": "e"}
     [event] = parse(gcs_message(resource)).events
     assert event.metadata == ()
+
+
+def test_folder_watch_event_type_is_marked_guessed(catalog: Catalog, tmp_path: Path) -> None:
+    """A folder watch's content type comes from the file's name: recorded as a guess."""
+    root = tmp_path / "folder"
+    root.mkdir()
+    catalog.create_dataset("ds", str(root), _driver("local", str(root)), Filters())
+    event = ObjectEvent(
+        EventKind.CREATED,
+        "local",
+        str(root),
+        "a/b.png",
+        size=1,
+        etag="1-2",
+        content_type="image/png",
+    )
+    assert apply_events(catalog, [event], dataset="ds").counts["created"] == 1
+    assert items(catalog) == {"a/b.png": ("image/png", {"content_type_guessed": True})}
