@@ -9,7 +9,8 @@ only retry loop.
 
 List Blobs pages with an opaque marker and filters by prefix only, so ``start_after`` is
 applied by skipping keys client-side (still one page in memory at a time) and ``end_before``
-stops the listing early. Results come in key order.
+stops the listing early. Results come in key order. Listings include each blob's metadata, and
+its index tags when ``listing_tags`` is set (``include=tags``).
 """
 
 from __future__ import annotations
@@ -170,7 +171,9 @@ class AzureBlobDriver(Driver):
         (Drivers whose keys are stored as given have no such method.)"""
         return key.replace("\\", "/")
 
-    def _info(self, props: Any) -> ObjectInfo:
+    def _info(self, props: Any, tags: bool = False) -> ObjectInfo:
+        """The record of a blob's properties; ``tags``: they were asked for (a listing with
+        ``include=tags``), so none means the blob has none."""
         settings = props.content_settings
         return ObjectInfo(
             key=props.name,
@@ -180,6 +183,8 @@ class AzureBlobDriver(Driver):
             content_type=settings.content_type if settings else None,
             version=props.version_id,
             md5=bytes(settings.content_md5).hex() if settings and settings.content_md5 else None,
+            metadata=dict(props.metadata) if props.metadata else {},
+            tags=(dict(props.tags) if props.tags else {}) if tags else None,
         )
 
     async def list(
@@ -187,12 +192,15 @@ class AzureBlobDriver(Driver):
     ) -> AsyncIterator[list[ObjectInfo]]:
         translate = self._translate()
 
+        tags = self.listing_tags
+        include = ["metadata", "tags"] if tags else ["metadata"]
+
         def fetch(token: str | None) -> tuple[list[ObjectInfo], str | None]:
             pages = self._container.list_blobs(
-                name_starts_with=prefix or None, results_per_page=self.page_size
+                name_starts_with=prefix or None, results_per_page=self.page_size, include=include
             ).by_page(continuation_token=token)
             page = next(pages, None)
-            items = [self._info(b) for b in page] if page is not None else []
+            items = [self._info(b, tags) for b in page] if page is not None else []
             return items, pages.continuation_token
 
         token: str | None = None
@@ -224,6 +232,10 @@ class AzureBlobDriver(Driver):
         client = self._container.get_blob_client(key)
         props = await call(client.get_blob_properties, self._translate(key), self.retry)
         return self._info(props)
+
+    async def object_tags(self, key: str) -> dict[str, str] | None:
+        client = self._container.get_blob_client(key)
+        return dict(await call(client.get_blob_tags, self._translate(key), self.retry) or {})
 
     async def get(self, key: str) -> AsyncIterator[bytes]:
         translate = self._translate(key)

@@ -57,6 +57,12 @@ class ObjectInfo:
     ``md5`` is the content's MD5 (hex) where the provider states one: the ETag of a
     single-part S3 upload, GCS ``md5Hash``, Azure ``Content-MD5``; ``None`` otherwise
     (multipart and block uploads that carry none, local files: a listing never reads content).
+
+    ``metadata`` is the object's custom metadata (S3 ``x-amz-meta-*`` without the prefix, GCS
+    custom metadata, Azure metadata), ``tags`` its tags (S3 object tags, Azure blob index
+    tags); each a name -> string mapping, or None where this record was not told (an S3
+    listing states neither; a HEAD states metadata but never tags, which
+    :meth:`Driver.object_tags` reads). Treat both as read-only.
     """
 
     key: str
@@ -66,6 +72,8 @@ class ObjectInfo:
     content_type: str | None = None
     version: str | None = None
     md5: str | None = None
+    metadata: dict[str, str] | None = None
+    tags: dict[str, str] | None = None
 
     # written by hand, not generated: a frozen dataclass's own __init__ sets each field
     # through object.__setattr__ by name, which was a third of the cost of listing a
@@ -79,6 +87,8 @@ class ObjectInfo:
         content_type: str | None = None,
         version: str | None = None,
         md5: str | None = None,
+        metadata: dict[str, str] | None = None,
+        tags: dict[str, str] | None = None,
     ) -> None:
         if last_modified.tzinfo is None:
             raise ValueError(f"last_modified for {key!r} must be timezone-aware")
@@ -89,6 +99,8 @@ class ObjectInfo:
         _set_content_type(self, content_type)
         _set_version(self, version)
         _set_md5(self, md5)
+        _set_metadata(self, metadata)
+        _set_tags(self, tags)
 
 
 _set_key = ObjectInfo.key.__set__  # type: ignore[attr-defined]
@@ -98,6 +110,8 @@ _set_last_modified = ObjectInfo.last_modified.__set__  # type: ignore[attr-defin
 _set_content_type = ObjectInfo.content_type.__set__  # type: ignore[attr-defined]
 _set_version = ObjectInfo.version.__set__  # type: ignore[attr-defined]
 _set_md5 = ObjectInfo.md5.__set__  # type: ignore[attr-defined]
+_set_metadata = ObjectInfo.metadata.__set__  # type: ignore[attr-defined]
+_set_tags = ObjectInfo.tags.__set__  # type: ignore[attr-defined]
 
 
 def object_uri(provider: str, bucket: str, key: str, account: str | None = None) -> str:
@@ -126,6 +140,9 @@ class Driver(abc.ABC):
 
     #: short provider name used in errors and URIs: "s3", "gcs", "azure", "local"
     provider: str = ""
+    #: True where every ``content_type`` this driver states is a guess from the key (a local
+    #: folder has nothing else); the catalog marks such items ``content_type_guessed``
+    guesses_content_type: bool = False
 
     def __init__(self, bucket: str, *, page_size: int = DEFAULT_PAGE_SIZE) -> None:
         if page_size < 1:
@@ -136,6 +153,10 @@ class Driver(abc.ABC):
         #: symlink leaving a folder, a file name that is not UTF-8): counted and logged, so a
         #: sync can report them instead of dropping them silently
         self.skipped = 0
+        #: ``list`` states each object's tags too, where the provider's listing can (Azure's
+        #: ``include=tags``, which a SAS token may not allow); set by a sync of a dataset with
+        #: ``tags = true``. Off by default: the listing then needs no more than it always did
+        self.listing_tags = False
 
     def skip(self, name: str, reason: str) -> None:
         """Record an object ``list`` leaves out, with why (one warning line each)."""
@@ -159,6 +180,12 @@ class Driver(abc.ABC):
     @abc.abstractmethod
     async def head(self, key: str) -> ObjectInfo:
         """Return the object's record; raise ``NotFound`` if it does not exist."""
+
+    async def object_tags(self, key: str) -> dict[str, str] | None:
+        """The object's tags (S3 object tags, Azure blob index tags), one request; ``{}`` for
+        an object without. Raises ``NotFound`` if the object does not exist. Drivers whose
+        provider has no object tags (GCS, a local folder) return None without a request."""
+        return None
 
     @abc.abstractmethod
     def get(self, key: str) -> AsyncIterator[bytes]:

@@ -113,8 +113,24 @@ class FaultyDriver(Driver):
     def skipped(self, value: int) -> None:
         pass  # Driver.__init__ sets it; the count lives on the wrapped driver
 
+    @property  # type: ignore[override]
+    def listing_tags(self) -> bool:
+        return self.inner.listing_tags
+
+    @listing_tags.setter
+    def listing_tags(self, value: bool) -> None:
+        if hasattr(self, "inner"):  # Driver.__init__ sets it before there is an inner
+            self.inner.listing_tags = value
+
+    @property  # type: ignore[override]
+    def guesses_content_type(self) -> bool:
+        return self.inner.guesses_content_type
+
     async def head(self, key: str) -> ObjectInfo:
         return await self.inner.head(key)
+
+    async def object_tags(self, key: str) -> dict[str, str] | None:
+        return await self.inner.object_tags(key)
 
     def observed_at(self) -> datetime | None:
         return self.inner.observed_at()

@@ -10,7 +10,8 @@ retry loop.
 
 ``objects.list`` pages by token and takes ``startOffset`` (inclusive) / ``endOffset``
 (exclusive); ``start_after`` is exclusive, so the one key equal to it is dropped. The version
-marker is ``"<generation>.<metageneration>"``.
+marker is ``"<generation>.<metageneration>"``. Listings and ``head`` state the objects' custom
+metadata; GCS has no object tags.
 """
 
 from __future__ import annotations
@@ -157,6 +158,8 @@ class GCSDriver(Driver):
             content_type=blob.content_type,
             version=f"{blob.generation}.{blob.metageneration}",
             md5=base64.b64decode(blob.md5_hash).hex() if blob.md5_hash else None,
+            # the object resource always carries its custom metadata (absent: none)
+            metadata=dict(blob.metadata) if blob.metadata else {},
         )
 
     async def list(

@@ -20,9 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import functools
 import hashlib
-import mimetypes
 import operator
 import os
 import re
@@ -38,6 +36,7 @@ from urllib.parse import quote
 
 from providers import errors
 from providers.base import Driver, ObjectInfo
+from providers.content_types import guess as content_type
 
 CHUNK = 1024 * 1024
 #: a character urllib.parse.quote (safe="/") would percent-encode: keys without one are
@@ -63,6 +62,7 @@ def temp_path(path: str) -> str:
 
 class LocalDriver(Driver):
     provider = "local"
+    guesses_content_type = True
 
     def __init__(self, root: str, *, page_size: int = 1000) -> None:
         real = os.path.realpath(root)
@@ -363,31 +363,6 @@ def _object_info(key: str, st: os.stat_result) -> ObjectInfo:
         _fromtimestamp(st.st_mtime_ns / 1e9, UTC),
         content_type(key),
     )
-
-
-def content_type(key: str) -> str | None:
-    """``mimetypes.guess_type(key)[0]``, looked up once per file extension: the answer
-    depends on nothing else unless the extension is an encoding or alias (``.gz``, ``.tgz``),
-    the name has no extension past leading dots, or the key has a ``:`` (a URL scheme to
-    ``guess_type``); those take ``guess_type`` itself."""
-    name = key[key.rfind("/") + 1 :]
-    dot = name.rfind(".")
-    if dot <= 0 or ":" in key or not name[:dot].strip("."):
-        return mimetypes.guess_type(key)[0]
-    suffix = name[dot:]
-    if not mimetypes.inited:
-        mimetypes.init()
-    lower = suffix.lower()
-    if any(
-        s in m for s in (suffix, lower) for m in (mimetypes.suffix_map, mimetypes.encodings_map)
-    ):
-        return mimetypes.guess_type(key)[0]
-    return _type_of_suffix(suffix)
-
-
-@functools.lru_cache(maxsize=1024)
-def _type_of_suffix(suffix: str) -> str | None:
-    return mimetypes.guess_type("x" + suffix)[0]
 
 
 _FIRST = operator.itemgetter(0)

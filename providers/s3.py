@@ -13,7 +13,8 @@ by every ``syncd`` command). s3transfer, the SDK's transfer manager, is imported
 file at or above the multipart cutoff moves.
 
 ``ListObjectsV2`` returns keys in UTF-8 binary order and takes ``StartAfter`` for resuming; it
-does not return content types or version ids, so those come only from ``head``.
+does not return content types, version ids or custom metadata (``x-amz-meta-*``), so those
+come only from ``head``; object tags only from ``object_tags`` (GetObjectTagging).
 """
 
 from __future__ import annotations
@@ -347,7 +348,16 @@ class S3Driver(Driver):
             content_type=resp.get("ContentType"),
             version=None if version in (None, "null") else version,
             md5=_md5_of(etag),
+            metadata=resp.get("Metadata"),
         )
+
+    async def object_tags(self, key: str) -> dict[str, str] | None:
+        resp = await call(
+            lambda: self._client.get_object_tagging(Bucket=self.bucket, Key=key),
+            self._translate(key),
+            self.retry,
+        )
+        return {t["Key"]: t["Value"] for t in resp.get("TagSet", [])}
 
     async def get(self, key: str) -> AsyncIterator[bytes]:
         translate = self._translate(key)

@@ -274,6 +274,21 @@ def cli(ctx: click.Context, debug: bool, verbose: int, quiet: bool, log_format: 
     help="split a new run into N key ranges, reconciled side by side and resumed one by one "
     "[default: the config's ranges, else one per 50,000 items, at most 32]",
 )
+@click.option(
+    "--metadata",
+    "metadata_mode",
+    type=click.Choice(["listing", "head"]),
+    help="what items record of the provider's metadata: what the listing states, or also a "
+    "HEAD of each new or changed object (S3 x-amz-meta-* and Content-Type) [default: the "
+    "config's metadata, else listing]",
+)
+@click.option(
+    "--tags/--no-tags",
+    "with_tags",
+    default=None,
+    help="record object tags (S3 object tags with --metadata head, Azure index tags) "
+    "[default: the config's tags, else no]",
+)
 @_json_option
 def sync(
     source: str | None,
@@ -291,6 +306,8 @@ def sync(
     replace_filters: bool,
     list_concurrency: int | None,
     ranges: int | None,
+    metadata_mode: str | None,
+    with_tags: bool | None,
     as_json: bool,
 ) -> None:
     """Make a dataset equal to SOURCE (or to its bound source, or to --config's datasets).
@@ -344,6 +361,7 @@ def sync(
             # -v names every change applied: the change log's records of this run
             head = changes_head(catalog) if verbosity >= 1 and not dry_run else None
             progress = Progress(sys.stderr.isatty() and not as_json and not dry_run)
+            mode = metadata_mode or (spec.metadata if spec else "listing")
             options = SyncOptions(
                 dry_run=dry_run,
                 restart=restart,
@@ -353,6 +371,8 @@ def sync(
                 on_progress=progress,
                 list_concurrency=list_concurrency or (spec.list_concurrency if spec else 1),
                 ranges=ranges or (spec.ranges if spec else None),
+                metadata="head" if mode == "head" else "listing",
+                tags=with_tags if with_tags is not None else bool(spec and spec.tags),
             )
             try:
                 result = asyncio.run(
@@ -449,6 +469,8 @@ def _print_summary(result: SyncResult, source: str, as_json: bool) -> None:
     extra = f", {c['filtered']:,} filtered" + (
         f", {c['skipped']:,} skipped" if c["skipped"] else ""
     )
+    if c.get("heads"):  # --metadata head: the objects HEADed (new and changed only)
+        extra += f", {c['heads']:,} HEADed"
     click.echo(
         f"{verb} dataset {result.dataset!r} from {source}{resumed}: {c['listed']:,} listed, "
         f"{c['created']:,} created, {c['updated']:,} updated, {c['deleted']:,} deleted, "

@@ -24,6 +24,8 @@ Example::
     max_delete = "25%"                             # or a number of items
     interval = 600                                 # daemon: seconds between syncs
     watch = true                                   # daemon: apply queue events to it
+    metadata = "listing"                           # or "head": HEAD new/changed objects
+    tags = false                                   # record S3 object tags / Azure index tags
 
     [daemon]
     interval = 3600
@@ -110,6 +112,7 @@ from providers.config import (
 from syncd.errors import UsageError
 from syncd.limits import MaxDelete, parse_max_delete
 from syncd.reconcile.filters import Filters
+from syncd.reconcile.metadata import MetadataMode
 from syncd.units import parse_size
 
 #: environment variable naming the config file when ``--config`` is not given
@@ -156,6 +159,11 @@ class DatasetSpec:
     #: key ranges a run is split into, each leased on its own (syncd.reconcile.split); None:
     #: automatic (one per 50,000 items, at most 32), 1: never split
     ranges: int | None = None
+    #: what items record of the provider's metadata: "listing" or "head"
+    #: (:mod:`syncd.reconcile.metadata`)
+    metadata: MetadataMode = "listing"
+    #: record the objects' tags (S3 object tags, Azure blob index tags)
+    tags: bool = False
 
 
 @dataclass(frozen=True)
@@ -426,6 +434,8 @@ class DatasetTable(DatasetSettingsTable):
     driver: str
     list_concurrency: Annotated[int, Field(ge=1, le=256)] = 1
     ranges: Annotated[int, Field(ge=1, le=256)] | None = None
+    metadata: MetadataMode = "listing"
+    tags: bool = False
 
 
 class DatasetRequest(DatasetSettingsTable):
@@ -869,6 +879,8 @@ def _build(table: FileTable) -> DaemonConfig:
             watch=t.watch,
             list_concurrency=t.list_concurrency,
             ranges=t.ranges,
+            metadata=t.metadata,
+            tags=t.tags,
         )
         for name, t in table.datasets.items()
     }

@@ -21,7 +21,9 @@ from providers import (
     open_driver,
 )
 from providers.base import MULTIPART_THRESHOLD
+from providers.content_types import guess
 from tests.conftest import BAD_SECRET, BAD_SECRET_B64, Backend, private_key_of
+from tests.test_item_metadata_provider import write_object
 
 ODD_KEYS = [
     "with space.txt",
@@ -82,6 +84,51 @@ async def test_content_type_round_trip(backend: Backend, bucket_driver: Driver) 
         pytest.xfail("local files carry no content type; it is guessed from the extension")
     await bucket_driver.put("img.bin", b"\x89PNG", content_type="image/png")
     assert (await bucket_driver.head("img.bin")).content_type == "image/png"
+
+
+async def test_content_type_stated_or_declared_a_guess(
+    backend: Backend, bucket_driver: Driver
+) -> None:
+    """A listing states the stored content type (GCS, Azure) or none (S3); a driver whose
+    types are guesses from the name (local) says so, so the catalog marks them guessed."""
+    await bucket_driver.put("img.bin", b"\x89PNG", content_type="image/png")
+    [listed] = keys_of_records(await collect(bucket_driver))
+    expected = {"gcs": "image/png", "azure": "image/png", "s3": None, "local": guess("img.bin")}
+    assert listed.content_type == expected[backend.name]
+    assert bucket_driver.guesses_content_type is (backend.name == "local")
+
+
+#: what each driver's records state of custom metadata and tags: (HEAD's metadata, the
+#: listing's metadata, the listing's tags with ``listing_tags``, ``object_tags``); True: the
+#: object's own, None: this record never states it (see ObjectInfo)
+METADATA_STATED = {
+    "s3": (True, None, None, True),
+    "gcs": (True, True, None, None),
+    "azure": (True, True, True, True),
+    "local": (None, None, None, None),
+}
+
+
+async def test_custom_metadata_and_tags(backend: Backend, bucket_driver: Driver) -> None:
+    meta, tags = {"site": "berlin", "n": "1"}, {"team": "cv"}
+    write_object(backend, bucket_driver.bucket, "m/a.png", b"a", metadata=meta, tags=tags)
+    write_object(backend, bucket_driver.bucket, "m/b.png", b"b")
+    head_meta, list_meta, list_tags, own_tags = METADATA_STATED[backend.name]
+    head_a, head_b = [await bucket_driver.head(k) for k in ("m/a.png", "m/b.png")]
+    assert (head_a.metadata, head_b.metadata) == ((meta, {}) if head_meta else (None, None))
+    assert (head_a.tags, head_b.tags) == (None, None)  # a HEAD never states tags
+    bucket_driver.listing_tags = True
+    a, b = keys_of_records(await collect(bucket_driver))
+    assert (a.metadata, b.metadata) == ((meta, {}) if list_meta else (None, None))
+    assert (a.tags, b.tags) == ((tags, {}) if list_tags else (None, None))
+    bucket_driver.listing_tags = False
+    a, _ = keys_of_records(await collect(bucket_driver))
+    assert a.tags is None  # not asked for: not stated
+    found = [await bucket_driver.object_tags(k) for k in ("m/a.png", "m/b.png")]
+    assert found == ([tags, {}] if own_tags else [None, None])
+    if own_tags:
+        with pytest.raises(NotFound):
+            await bucket_driver.object_tags("m/missing.png")
 
 
 async def test_zero_byte_object(bucket_driver: Driver) -> None:

@@ -474,3 +474,13 @@ def test_azure_handler_with_mutated_events(
             data_version=sample["dataVersion"],
         )
     )
+
+
+@pytest.mark.parametrize("records", [9223372036854775808, 5, "aws:sqs", {"eventSource": "aws:sqs"}])
+def test_lambda_handler_rejects_records_that_are_no_list(handler_env: str, records: Any) -> None:
+    """Found by test_lambda_handler_with_mutated_direct_events: ``{"Records": <int>}`` raised a
+    TypeError from the batch check instead of the parser's EventFormatError."""
+    from functions.aws_lambda import handler
+
+    with pytest.raises(EventFormatError, match="Records must be a list"):
+        handler({"Records": records}, None)

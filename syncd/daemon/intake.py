@@ -6,7 +6,8 @@ Every event source (queue consumers, folder watches, the HTTP API) hands its eve
 1. completes events that lack a size or an ETag (some notification formats and configurations
    omit them) with a HEAD of the object through the dataset's driver, at most ``HEADS`` at a
    time; a HEAD that finds no object means the event is stale (the object is gone again) and
-   the event is dropped, never applied as a create;
+   the event is dropped, never applied as a create; for a dataset with ``metadata = "head"``
+   a create that carries no metadata (S3, Azure) is HEADed for it too;
 2. applies the batch in one catalog transaction on the catalog thread;
 3. counts the outcomes per source for ``/metrics`` (and the items changed per dataset, with
    ``via`` the source: a queue's name, ``api``, ``watch:NAME``) and logs one line per batch.
@@ -21,9 +22,10 @@ import asyncio
 import dataclasses
 import logging
 import time
+from datetime import UTC, datetime
 
 from providers import open_driver
-from providers.base import Driver
+from providers.base import Driver, ObjectInfo
 from providers.errors import NotFound
 from syncd.config import DatasetSpec
 from syncd.daemon.catalog_thread import CatalogThread
@@ -88,15 +90,23 @@ class Intake:
         return None
 
     async def _complete(self, event: ObjectEvent) -> ObjectEvent | None:
-        """The event with size and ETag, from a HEAD if it lacked them; None if stale."""
-        if event.kind is not EventKind.CREATED or (
-            event.size is not None and event.etag is not None
-        ):
+        """The event with size and ETag, from a HEAD if it lacked them; None if stale. A
+        create for a dataset with ``metadata = "head"`` whose event carries no metadata (S3,
+        Azure) is HEADed too, for its content type, metadata and (``tags``) tags, unless the
+        object was overwritten since (the HEAD's ETag differs): then it applies as it came."""
+        if event.kind is not EventKind.CREATED:
+            return event
+        complete = event.size is not None and event.etag is not None
+        if complete and event.metadata is not None:
             return event
         found = self._spec_for(event)
         if found is None:
             return event  # routed nowhere: apply counts it as unrouted
         name, spec = found
+        if complete:
+            if spec.metadata != "head":
+                return event
+            return await self._described(name, spec, event)
         driver = self._drivers.get(name)
         if driver is None:
             driver = self._drivers[name] = open_driver(spec.driver)
@@ -111,6 +121,29 @@ class Intake:
             etag=info.etag,
             content_type=event.content_type or info.content_type,
             version=event.version or info.version,
+            metadata=event.metadata
+            if event.metadata is not None or info.metadata is None or spec.metadata != "head"
+            else tuple(sorted(info.metadata.items())),
+        )
+
+    async def _described(self, name: str, spec: DatasetSpec, event: ObjectEvent) -> ObjectEvent:
+        """``event`` with the content type, metadata and tags a HEAD of its object gives."""
+        from syncd.reconcile.metadata import head_objects
+
+        driver = self._drivers.get(name)
+        if driver is None:
+            driver = self._drivers[name] = open_driver(spec.driver)
+        assert event.size is not None and event.etag is not None
+        listed = ObjectInfo(event.key, event.size, event.etag, datetime.now(UTC))
+        async with self._heads:
+            (info,) = await head_objects(driver, [listed], tags=spec.tags, concurrency=1)
+        if info is listed:
+            return event  # gone or overwritten since: nothing to add
+        return dataclasses.replace(
+            event,
+            content_type=info.content_type or event.content_type,
+            metadata=tuple(sorted((info.metadata or {}).items())),
+            tags=tuple(sorted(info.tags.items())) if info.tags is not None else None,
         )
 
     async def forget(self, name: str) -> None:

@@ -442,7 +442,11 @@ class Scheduler:
             options = SyncOptions(max_delete=runtime.max_delete, stop=self._halt)
         if spec is not None:
             options = SyncOptions(
-                max_delete=spec.max_delete, stop=self._halt, list_concurrency=spec.list_concurrency
+                max_delete=spec.max_delete,
+                stop=self._halt,
+                list_concurrency=spec.list_concurrency,
+                metadata=spec.metadata,
+                tags=spec.tags,
             )
         owner = workers.lease_owner(self.worker_id) if self.worker_id else None
         self._check_file()

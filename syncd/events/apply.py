@@ -55,6 +55,7 @@ from typing import Any
 from providers import faults
 from providers.base import object_uri
 from syncd.events.parse import EventKind, ObjectEvent
+from syncd.reconcile.metadata import item_fields
 from syncd.store.catalog import Catalog, Dataset
 from syncd.store.checkpoint import LISTED_GONE
 from syncd.store.db import transaction
@@ -333,6 +334,15 @@ class EventApplier:
         assert event.size is not None and event.etag is not None
         if unchanged_create:
             return "unchanged"
+        # the event's content type, else a guess from the key (S3 events carry none), marked
+        # as guessed; a folder watch's type is itself a guess from the name
+        content_type, meta = item_fields(
+            event.key,
+            event.content_type,
+            guessed=event.provider == "local",
+            metadata=dict(event.metadata) if event.metadata else None,
+            tags=dict(event.tags) if event.tags else None,
+        )
         # a row of the items columns (Catalog.write_rows): dataset_id, then the Item fields
         state.put(
             slot,
@@ -343,12 +353,12 @@ class EventApplier:
                 _uri(ds, event),
                 event.size,
                 event.etag,
-                event.content_type,
+                content_type,
                 when or _stamp(datetime.now(UTC)),
                 event.version,
                 existing[0] if existing else stamp,
                 stamp,
-                "{}",
+                meta,
                 None,
             ),
         )

@@ -89,6 +89,11 @@ class ObjectEvent:
     version: str | None = None  # as the listing driver reports it (GCS "gen.metagen")
     account: str | None = None  # Azure storage account
     event_id: str | None = None
+    #: the object's custom metadata where the event carries it (GCS notifications do), as
+    #: sorted (name, value) pairs (hashable, as the event is); None: the event does not say
+    metadata: tuple[tuple[str, str], ...] | None = None
+    #: the object's tags, likewise (no event format carries them: a HEAD step adds them)
+    tags: tuple[tuple[str, str], ...] | None = None
 
 
 @dataclass
@@ -176,6 +181,25 @@ def _int(value: Any, what: str) -> int | None:
     if not 0 <= number <= MAX_INT:
         raise EventFormatError(f"{what} {_short(value)} is out of range (0 to 2**63-1)")
     return number
+
+
+#: GCS's own limit on an object's custom metadata (names and values together): a notification
+#: claiming more is not GCS's
+MAX_METADATA_BYTES = 8 * 1024
+
+
+def _metadata(value: Any) -> tuple[tuple[str, str], ...] | None:
+    """An event's custom metadata (a JSON object of strings), checked as the other fields."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise EventFormatError(f"metadata must be a JSON object, not {type(value).__name__}")
+    pairs = []
+    for name, text in value.items():
+        pairs.append((_text(name, "metadata name"), _opt_text(text, "metadata value") or ""))
+    if sum(len(n.encode()) + len(v.encode()) for n, v in pairs) > MAX_METADATA_BYTES:
+        raise EventFormatError(f"metadata is larger than GCS allows ({MAX_METADATA_BYTES} bytes)")
+    return tuple(sorted(pairs))
 
 
 def _opt_text(value: Any, what: str) -> str | None:
@@ -359,6 +383,8 @@ def _gcs_object(kind: EventKind, data: dict[str, Any], event_id: Any, time: Any)
         size=_int(data.get("size"), "size"),
         etag=_opt_text(data.get("etag") or data.get("md5Hash"), "etag"),
         content_type=_opt_text(data.get("contentType"), "contentType"),
+        # the object resource names its custom metadata whenever it has some
+        metadata=_metadata(data.get("metadata", {})),
         event_time=_time(time or data.get("updated")),
         version=f"{generation}.{metageneration}",
         # Pub/Sub message ids are strings; some senders give numbers

@@ -185,6 +185,7 @@ async def work(
     failed: set[int] = set()
     halt = threading.Event()
     shown: dict[int, dict[str, int]] = {}  # each range's latest counters, for one progress line
+    heads = 0  # HEADs of this invocation's ranges (a run's row keeps no such counter)
 
     def progress_of(idx: int) -> Callable[[dict[str, int]], None] | None:
         report = options.on_progress
@@ -198,12 +199,13 @@ async def work(
         return add_up
 
     async def worker() -> None:
+        nonlocal heads
         while not halt.is_set():
             rng = claim(catalog, run, owner, frozenset(failed))
             if rng is None:
                 return
             try:
-                await sync_dataset(
+                done = await sync_dataset(
                     catalog,
                     dataset,
                     driver,
@@ -211,6 +213,7 @@ async def work(
                     owner=owner,
                     key_range=rng,
                 )
+                heads += (done.own or done.counts).get("heads", 0)
             except DeletesHeldBack as exc:  # this task closed the run: raised once, below
                 failures.append(exc)
                 return
@@ -232,6 +235,7 @@ async def work(
         if result.status == "held":
             raise DeletesHeldBack(result.error or "deletes held back")
         if result.status != "running":
+            result.counts["heads"] = heads
             return result
         if options.stop is not None and options.stop.is_set():
             raise SyncStopped(f"sync of dataset {dataset.name!r} stopped (shutting down)")

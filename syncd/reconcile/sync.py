@@ -46,6 +46,7 @@ from providers.redact import redact
 from syncd.errors import SyncdError, SyncFailed
 from syncd.reconcile import partition
 from syncd.reconcile.march import Change, PageDiff, check_order, diff_page
+from syncd.reconcile.metadata import MetadataMode, head_changed, page_fields
 from syncd.store import lease, ranges
 from syncd.store.catalog import Batch, Catalog, Dataset
 from syncd.store.checkpoint import COUNTERS, DEFAULT_RESUME_WITHIN, Checkpoint, Run
@@ -134,6 +135,8 @@ class SyncResult:
             "dataset": self.dataset,
             "status": self.status,
             **self.counts,
+            # objects HEADed (metadata = "head"): this invocation's, not kept with the run
+            "heads": self.counts.get("heads", 0),
             "seconds": round(self.seconds, 3),
             "dry_run": self.dry_run,
             "run_id": self.run_id,
@@ -167,6 +170,11 @@ class SyncOptions:
     ranges: int | None = None
     #: ranges of a split run one ``syncd sync`` reconciles at once in-process
     range_workers: int = 4
+    #: what items record of the provider's metadata (:mod:`syncd.reconcile.metadata`):
+    #: "listing" what the listing states, "head" also a HEAD of each new or changed object
+    metadata: MetadataMode = "listing"
+    #: record the objects' tags (S3 object tags, Azure index tags)
+    tags: bool = False
 
 
 def fingerprint(dataset: Dataset) -> str:
@@ -270,15 +278,17 @@ class _Applier:
                 uri,
                 o.size,
                 o.etag,
-                o.content_type,
+                content_type,
                 o.last_modified.isoformat().replace("+00:00", "Z"),
                 o.version,
                 stamp,
                 stamp,
-                "{}",
+                meta,
                 o.md5,
             )
-            for o, uri in zip(objs, uris, strict=True)
+            for o, uri, (content_type, meta) in zip(
+                objs, uris, page_fields(self.driver, objs), strict=True
+            )
         ]
 
     async def add(self, diff: PageDiff, last_key: str | None, listed: int, seen: Seen) -> None:
@@ -449,8 +459,13 @@ async def sync_dataset(
     decided = start_after
     seq = NEVER  # what the page being merged knew when it was requested
 
+    counts.setdefault("heads", 0)  # not kept in the run's row: this invocation's HEADs
+    driver.listing_tags = options.tags
+
     async def take(diff: PageDiff, last_key: str | None, listed: int, seen: Seen) -> None:
         nonlocal parked
+        if options.metadata == "head" and applier:
+            counts["heads"] += await head_changed(driver, diff, tags=options.tags)
         counts["created"] += len(diff.creates)
         counts["updated"] += len(diff.updates)
         counts["unchanged"] += diff.unchanged
