@@ -241,3 +241,36 @@ def test_an_unknown_catalog_scheme_in_the_config_is_refused(tmp_path: Path, text
     proc = sync_with_catalog_url(tmp_path, text)
     assert proc.returncode == 2
     assert "catalog.url" in proc.stderr and "postgresql://" in proc.stderr
+
+
+def test_key_lists_are_looked_up_by_primary_key_on_sqlite(tmp_path: Path) -> None:
+    """A list of keys (a listing's parked deletes, a bulk edit's keys) is one primary-key
+    lookup per key, never a walk of the dataset: with a plain JOIN, sqlite walked every item
+    in key order and probed the list per row (a 1% churn re-sync of 100,000 items took 8x as
+    long). Checked on the plans of the statements the two callers run."""
+    from syncd.store import edits
+    from syncd.store.sql import item_rows
+
+    catalog = Catalog.open(str(tmp_path / "c.db"))
+    ds = catalog.create_dataset(
+        "ds", "file:///nowhere/", DriverConfig(type="local", bucket="/nowhere"), Filters()
+    )
+    stamp = now()
+    rows = [
+        Item(f"k{i:05d}", "/", "u", 1, "e", None, stamp, None, stamp, stamp) for i in range(3000)
+    ]
+    with transaction(catalog.db):
+        catalog.write_items(ds.id, rows, source="listing")
+    seen: list[str] = []
+    catalog.db.conn.set_trace_callback(seen.append)
+    wanted = [f"k{i:05d}" for i in range(0, 3000, 6)]  # 500 keys: a full list
+    assert [r[1] for r in item_rows(catalog.db, ds.id, [*wanted, "nope"])] == wanted
+    found, _ = edits.Selection.of(wanted).page(catalog, ds.id, None, columns="t.key", lock=False)
+    assert [r[0] for r in found] == wanted
+    catalog.db.conn.set_trace_callback(None)
+    lookups = [sql for sql in seen if "wanted(k)" in sql]
+    assert len(lookups) == 3  # two lists of item_rows (500 keys, then "nope"), one of page
+    for sql in lookups:
+        plan = " | ".join(r[3] for r in catalog.db.execute("EXPLAIN QUERY PLAN " + sql))
+        assert "SEARCH t USING PRIMARY KEY (dataset_id=? AND key=?)" in plan, plan
+    catalog.close()

@@ -195,8 +195,9 @@ class Selection:
                 targs = [dataset_id, wanted[0], wanted[-1], *margs]
             rows = db.execute(
                 f"WITH wanted(k) AS (VALUES {', '.join(['(?)'] * len(wanted))})"
-                f" SELECT {columns} FROM wanted JOIN items t"
-                f" ON t.dataset_id = ? AND t.key = wanted.k{terms} ORDER BY t.key{suffix}",
+                # CROSS JOIN: the list drives the lookups on sqlite (see sql.select_keys)
+                f" SELECT {columns} FROM wanted CROSS JOIN items t"
+                f" WHERE t.dataset_id = ? AND t.key = wanted.k{terms} ORDER BY t.key{suffix}",
                 [*wanted, dataset_id, *targs],
             ).fetchall()
             return rows, following
