@@ -817,6 +817,8 @@ def _settings_of(body: Any, base: Any = None) -> Any:
         interval=pick("interval", base.interval),
         max_delete=pick("max_delete", base.max_delete, str),
         watch=base.watch if "watch" not in given or body.watch is None else body.watch,
+        metadata=base.metadata if getattr(body, "metadata", None) is None else body.metadata,
+        tags=base.tags if getattr(body, "tags", None) is None else body.tags,
     )
 
 

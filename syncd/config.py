@@ -420,7 +420,8 @@ DatasetName = Annotated[str, AfterValidator(_dataset_name)]
 
 class DatasetSettingsTable(_Table):
     """The settings a dataset has whether a config declares it or the HTTP API creates it
-    (:class:`DatasetRequest`): filters, delete limit, interval, watch."""
+    (:class:`DatasetRequest`): filters, delete limit, interval, watch, what items record of
+    the provider's metadata and tags."""
 
     include: list[str] = []
     exclude: list[str] = []
@@ -428,14 +429,14 @@ class DatasetSettingsTable(_Table):
     max_delete: MaxDeleteValue | None = None
     interval: Seconds | None = None
     watch: bool = True
+    metadata: MetadataMode = "listing"
+    tags: bool = False
 
 
 class DatasetTable(DatasetSettingsTable):
     driver: str
     list_concurrency: Annotated[int, Field(ge=1, le=256)] = 1
     ranges: Annotated[int, Field(ge=1, le=256)] | None = None
-    metadata: MetadataMode = "listing"
-    tags: bool = False
 
 
 class DatasetRequest(DatasetSettingsTable):
@@ -470,6 +471,8 @@ class DatasetPatch(_Table):
     max_delete: MaxDeleteValue | None = None
     interval: Seconds | None = None
     watch: bool | None = None
+    metadata: MetadataMode | None = None
+    tags: bool | None = None
 
 
 def integration_request(raw: Any) -> Integration:

@@ -143,7 +143,13 @@ async def test_created_dataset_is_reconciled_follows_events_patched_and_removed(
                 {"name": "pics", "source": f"s3://{bucket}/", "max_delete": "50%"},
             )
             assert status == 201, body
-            assert body["settings"] == {"interval": None, "max_delete": "50%", "watch": True}
+            assert body["settings"] == {
+                "interval": None,
+                "max_delete": "50%",
+                "watch": True,
+                "metadata": "listing",
+                "tags": False,
+            }
             # reconciled without a restart
             await until(lambda: _equals(r.keys("pics"), set(KEYS)), "the first reconcile of pics")
             assert r.daemon.scheduler.states["pics"].interval == 3600
@@ -152,12 +158,15 @@ async def test_created_dataset_is_reconciled_follows_events_patched_and_removed(
             s3.put_object(Bucket=bucket, Key="d.jpg", Body=b"dddd")
             await until(lambda: _equals(r.keys("pics"), {*KEYS, "d.jpg"}), "the SQS event")
 
-            # patched filters apply on the next run
+            # patched filters and metadata mode apply on the next run
             status, body = await r.call(
-                "PATCH", "/api/v1/datasets/pics", {"include": ["*.jpg"], "interval": 600}
+                "PATCH",
+                "/api/v1/datasets/pics",
+                {"include": ["*.jpg"], "interval": 600, "metadata": "head", "tags": True},
             )
             assert status == 200, body
             assert body["filters"]["include"] == ["*.jpg"]
+            assert (body["settings"]["metadata"], body["settings"]["tags"]) == ("head", True)
             await until(
                 lambda: _true(r.daemon.scheduler.states["pics"].interval == 600),
                 "the new interval to be scheduled",
@@ -168,12 +177,24 @@ async def test_created_dataset_is_reconciled_follows_events_patched_and_removed(
                 lambda: _equals(r.keys("pics"), {"a.jpg", "sub/c.jpg", "d.jpg"}),
                 "the next run to apply the patched filters",
             )
+            # head mode: a new object's custom metadata and tags are read (by its event's
+            # HEAD or the next listing's, whichever comes first)
+            s3.put_object(
+                Bucket=bucket, Key="e.jpg", Body=b"e", Metadata={"site": "berlin"}, Tagging="t=1"
+            )
+
+            async def e_metadata() -> dict[str, Any] | None:
+                status, item = await r.call("GET", "/api/v1/datasets/pics/items/e.jpg")
+                return item["metadata"] if status == 200 else None
+
+            got = await until(e_metadata, "e.jpg with its metadata")
+            assert got["provider"] == {"site": "berlin"} and got["object_tags"] == {"t": "1"}
 
             # deleted, it stops and its items go
             status, body = await r.call("GET", "/api/v1/datasets/pics")
             dataset_id = _dataset_id(db, "pics")
             removed = await _delete(r, "pics")
-            assert removed == {"dataset": "pics", "removed": True, "items": 3}
+            assert removed == {"dataset": "pics", "removed": True, "items": 4}
             await until(
                 lambda: _true("pics" not in r.daemon.scheduler.states), "pics to be unscheduled"
             )

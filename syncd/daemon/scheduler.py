@@ -62,6 +62,7 @@ from syncd.daemon.metrics import Metrics
 from syncd.daemon.waiting import wait_at_most
 from syncd.errors import CatalogUnavailable, SyncdError
 from syncd.limits import MaxDelete
+from syncd.reconcile.metadata import MetadataMode
 from syncd.reconcile.sync import DatasetBusy, SyncOptions, SyncResult, SyncStopped
 from syncd.store import lease, workers
 from syncd.store.catalog import Catalog
@@ -96,6 +97,8 @@ class RuntimeSpec:
     interval: float
     max_delete: MaxDelete | None = None
     watch: bool = True
+    metadata: MetadataMode = "listing"
+    tags: bool = False
 
 
 @dataclass
@@ -439,7 +442,12 @@ class Scheduler:
         runtime = self.runtime.get(name) if spec is None else None
         options = SyncOptions(stop=self._halt)
         if runtime is not None:
-            options = SyncOptions(max_delete=runtime.max_delete, stop=self._halt)
+            options = SyncOptions(
+                max_delete=runtime.max_delete,
+                stop=self._halt,
+                metadata=runtime.metadata,
+                tags=runtime.tags,
+            )
         if spec is not None:
             options = SyncOptions(
                 max_delete=spec.max_delete,

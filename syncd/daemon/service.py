@@ -304,13 +304,21 @@ class Daemon:
                 interval=float(settings.interval or default),
                 max_delete=parse_max_delete(settings.max_delete) if settings.max_delete else None,
                 watch=settings.watch,
+                metadata=settings.metadata,
+                tags=settings.tags,
             )
             for ds, settings in found
         }
         self.scheduler.set_runtime(wanted)
         # events that lack a size or an ETag are completed with a HEAD through the dataset's
-        # driver: the intake needs the created datasets' too (binding and filters only)
-        specs = {ds.name: DatasetSpec(ds.name, ds.driver, ds.filters) for ds, _ in found}
+        # driver, and in ``head`` mode a create is HEADed for its metadata: the intake needs
+        # the created datasets' binding, filters and metadata settings too
+        specs = {
+            ds.name: DatasetSpec(
+                ds.name, ds.driver, ds.filters, metadata=settings.metadata, tags=settings.tags
+            )
+            for ds, settings in found
+        }
         for name in [n for n in self._event_specs if n not in self.settings.datasets]:
             old = self._event_specs[name]
             if name not in specs or specs[name].driver != old.driver:

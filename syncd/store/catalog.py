@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import operator
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -113,9 +113,28 @@ class DatasetSettings:
     max_delete: str | None = None
     watch: bool = True
     updated_at: str = ""
+    #: what items record of the provider's metadata, ``listing`` or ``head``, and whether
+    #: they record the objects' tags (:mod:`syncd.reconcile.metadata`)
+    metadata: str = "listing"
+    tags: bool = False
 
     def public(self) -> dict[str, Any]:
-        return {"interval": self.interval, "max_delete": self.max_delete, "watch": self.watch}
+        return {
+            "interval": self.interval,
+            "max_delete": self.max_delete,
+            "watch": self.watch,
+            "metadata": self.metadata,
+            "tags": self.tags,
+        }
+
+
+#: the columns of ``dataset_settings s`` that :func:`_settings_from_row` reads
+_SETTINGS = "s.interval_seconds, s.max_delete, s.watch, s.updated_at, s.metadata, s.tags"
+
+
+def _settings_from_row(row: Sequence[Any]) -> DatasetSettings:
+    interval, max_delete, watch, updated_at, metadata, tags = row
+    return DatasetSettings(interval, max_delete, bool(watch), updated_at, metadata, bool(tags))
 
 
 @dataclass(frozen=True)
@@ -288,33 +307,38 @@ class Catalog:
         """Insert or replace a dataset's run-time settings. The caller holds the transaction."""
         self.db.execute(
             "INSERT INTO dataset_settings (dataset_id, interval_seconds, max_delete, watch,"
-            " updated_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT (dataset_id) DO UPDATE SET"
+            " metadata, tags, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (dataset_id) DO UPDATE SET"
             " interval_seconds = excluded.interval_seconds, max_delete = excluded.max_delete,"
-            " watch = excluded.watch, updated_at = excluded.updated_at",
-            [dataset_id, settings.interval, settings.max_delete, int(settings.watch), now()],
+            " watch = excluded.watch, metadata = excluded.metadata, tags = excluded.tags,"
+            " updated_at = excluded.updated_at",
+            [
+                dataset_id,
+                settings.interval,
+                settings.max_delete,
+                int(settings.watch),
+                settings.metadata,
+                int(settings.tags),
+                now(),
+            ],
         )
 
     def dataset_settings(self, dataset_id: int) -> DatasetSettings | None:
         """A dataset's run-time settings, None for one no API call created or patched."""
         row = self.db.execute(
-            "SELECT interval_seconds, max_delete, watch, updated_at FROM dataset_settings"
-            " WHERE dataset_id = ?",
-            [dataset_id],
+            f"SELECT {_SETTINGS} FROM dataset_settings s WHERE dataset_id = ?", [dataset_id]
         ).fetchone()
-        return None if row is None else DatasetSettings(row[0], row[1], bool(row[2]), row[3])
+        return None if row is None else _settings_from_row(row)
 
     def runtime_datasets(self) -> list[tuple[Dataset, DatasetSettings]]:
         """Every dataset with run-time settings, by name: what a daemon polls (one query,
         cheap: a dataset row and its settings each)."""
         rows = self.db.execute(
-            _DATASET_SELECT.replace(
-                "SELECT ", "SELECT s.interval_seconds, s.max_delete, s.watch, s.updated_at, ", 1
-            )
+            _DATASET_SELECT.replace("SELECT ", f"SELECT {_SETTINGS}, ", 1)
             + " JOIN dataset_settings s ON s.dataset_id = ds.id ORDER BY ds.name"
         ).fetchall()
-        return [
-            (_dataset_from_row(r[4:]), DatasetSettings(r[0], r[1], bool(r[2]), r[3])) for r in rows
-        ]
+        n = _SETTINGS.count(",") + 1
+        return [(_dataset_from_row(r[n:]), _settings_from_row(r[:n])) for r in rows]
 
     # -- integrations created over the HTTP API --------------------------------------------
 

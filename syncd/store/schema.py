@@ -170,7 +170,8 @@ SHARED: list[tuple[str, list[Statement]]] = [
         # The run-time settings of a dataset created over the HTTP API (syncd.api.create_dataset):
         # a row here makes every daemon sharing the catalog schedule the dataset, as if a config
         # declared it. ``interval`` is seconds (null: the daemon's [daemon] interval),
-        # ``max_delete`` the limit as written ("25%", "100"; null: none), ``watch`` 0 or 1.
+        # ``max_delete`` the limit as written ("25%", "100"; null: none), ``watch`` 0 or 1,
+        # ``metadata`` "listing" or "head" and ``tags`` 0 or 1 (syncd.reconcile.metadata).
         # ``updated_at`` changes with every write, so a daemon's poll tells a patch apart.
         "0016_dataset_settings",
         [
@@ -179,6 +180,8 @@ SHARED: list[tuple[str, list[Statement]]] = [
     interval_seconds INTEGER,
     max_delete TEXT,
     watch INTEGER NOT NULL DEFAULT 1,
+    metadata TEXT NOT NULL DEFAULT 'listing',
+    tags INTEGER NOT NULL DEFAULT 0,
     updated_at TEXT NOT NULL
 )""",
         ],
