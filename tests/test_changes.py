@@ -522,6 +522,16 @@ async def test_the_http_feed_long_polls_and_answers_410(tmp_path: Path) -> None:
             assert status == 200
             assert [(c["cursor"], c["key"]) for c in body["changes"]] == [(2, "b.txt")]
             assert body["next"] == 2
+            # the answer's text is what json.dumps gives for the records (built from the log's
+            # rows without them: read_json's text, checked against the records above)
+            async with http.get(base + "/changes?after=0") as resp:
+                text = await resp.text()
+            reader = Catalog.open_reader(db)
+            try:
+                records = [c.public() for c in changes.read(reader.db)]
+            finally:
+                reader.close()
+            assert text == json.dumps({"changes": records, "next": 2})
             status, body = await get("/changes?after=2&wait=0")
             assert (status, body) == (200, {"changes": [], "next": 2})
             # prune everything, then an old cursor is 410 with the oldest and newest cursor
