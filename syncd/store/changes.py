@@ -68,8 +68,8 @@ _DUMPS = {
     True: json.JSONEncoder(ensure_ascii=True).encode,
 }
 _STRING = {
-    False: json.encoder.encode_basestring,  # type: ignore[attr-defined]
-    True: json.encoder.encode_basestring_ascii,  # type: ignore[attr-defined]
+    False: json.encoder.encode_basestring,
+    True: json.encoder.encode_basestring_ascii,
 }
 _SELECT = (
     "SELECT c.cursor, c.last, c.source, c.at, c.dataset_id, coalesce(c.dataset, d.name),"
