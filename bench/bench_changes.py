@@ -8,8 +8,10 @@ one), interleaved, ``--repeat`` times, each in a fresh process on a fresh catalo
 sync of ``bench://N`` (every object a create: one change record each), a re-sync with no
 change, and a re-sync after a round of churn (1% changed, deleted, added: ``SYNCD_BENCH_ROUND``).
 Then, on this checkout only, the feed's read rate: ``syncd changes --after 0 --json`` over the
-first sync's N records into /dev/null. Prints medians, the ratio to the base, and the child's
-peak RSS. ``--store postgresql`` uses the tests' throwaway server (tests/pg.py).
+first sync's N records into /dev/null. Prints medians with the range over the rounds
+(min..max), the ratio of the medians to the base, the child's peak RSS, and the load average
+when the run started and ended. ``--store postgresql`` uses the tests' throwaway server
+(tests/pg.py).
 """
 
 from __future__ import annotations
@@ -46,6 +48,12 @@ def run(tree: Path, args: list[str], env: dict[str, str] | None = None) -> tuple
     return wall, usage.ru_maxrss / 1024
 
 
+def spread(values: list[float], fmt: str = "{:.2f}") -> str:
+    """``median (min..max)`` of ``values``, each formatted with ``fmt``."""
+    low, mid, high = min(values), statistics.median(values), max(values)
+    return f"{fmt.format(mid)} ({fmt.format(low)}..{fmt.format(high)})"
+
+
 def worktree(base: str, where: Path) -> Path:
     path = where / "base"
     subprocess.run(
@@ -78,6 +86,7 @@ def main() -> None:
     rss: dict[tuple[str, str], float] = {}
     read_rate: list[float] = []
     n = 0
+    load_start = Path("/proc/loadavg").read_text().strip()
     with tempfile.TemporaryDirectory(prefix="bench-changes-") as tmp_name:
         tmp = Path(tmp_name)
         base = worktree(opts.base, tmp)
@@ -110,17 +119,19 @@ def main() -> None:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(base)])
             if pg is not None:
                 pg.stop()  # type: ignore[attr-defined]
-    load = os.getloadavg()[0]
-    print(f"{opts.objects:,} objects, {opts.store}, medians of {opts.repeat}, load {load:.2f}")
+    load_end = Path("/proc/loadavg").read_text().strip()
+    print(f"{opts.objects:,} objects, {opts.store}, medians (min..max) of {opts.repeat} rounds")
+    print(f"  load average at the start: {load_start}; at the end: {load_end}")
     for step in ("first sync", "no change", "1% churn"):
-        b = statistics.median(times[("base", step)])
-        h = statistics.median(times[("head", step)])
+        b, h = times[("base", step)], times[("head", step)]
+        ratio = statistics.median(h) / statistics.median(b)
         print(
-            f"  {step:<11} base {opts.base}: {b:6.2f} s   head: {h:6.2f} s   ratio {h / b:4.2f}x"
-            f"   (RSS head {rss[('head', step)]:.0f} MiB)"
+            f"  {step:<11} base {opts.base}: {spread(b)} s   head: {spread(h)} s"
+            f"   ratio {ratio:4.2f}x   (RSS head {rss[('head', step)]:.0f} MiB)"
         )
     print(
-        f"  feed read (syncd changes --json > /dev/null): {statistics.median(read_rate):,.0f} changes/s"
+        "  feed read (syncd changes --after 0 --json > /dev/null):"
+        f" {spread(read_rate, '{:,.0f}')} changes/s"
     )
 
 

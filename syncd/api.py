@@ -565,14 +565,44 @@ def read_changes(
     dataset or kind."""
     from syncd.store import changes
 
+    dataset_id = _change_filter(catalog, after, dataset, kinds)
+    found = changes.read(catalog.db, after=after, limit=limit, dataset_id=dataset_id, kinds=kinds)
+    return found, found[-1].cursor if found else after
+
+
+def read_change_lines(
+    catalog: Catalog,
+    *,
+    after: int = 0,
+    limit: int = 1000,
+    dataset: str | None = None,
+    kinds: tuple[str, ...] = (),
+    ascii: bool = False,
+) -> tuple[list[str], int]:
+    """:func:`read_changes` as the JSON text of each record's ``public()`` (json's default
+    separators; ``ascii``: non-ASCII escaped), made without the records: the feed's fast
+    path (``syncd changes --json``, the HTTP feed)."""
+    from syncd.store import changes
+
+    dataset_id = _change_filter(catalog, after, dataset, kinds)
+    return changes.read_json(
+        catalog.db, after=after, limit=limit, dataset_id=dataset_id, kinds=kinds, ascii=ascii
+    )
+
+
+def _change_filter(
+    catalog: Catalog, after: int, dataset: str | None, kinds: tuple[str, ...]
+) -> int | None:
+    """The dataset id to read the change log of (None: all); ``UsageError`` for an unknown
+    dataset or kind or a negative cursor."""
+    from syncd.store import changes
+
     bad = [k for k in kinds if k not in changes.KINDS]
     if bad:
         raise UsageError(f"unknown change kind {bad[0]!r}; kinds are {', '.join(changes.KINDS)}")
     if after < 0:
         raise UsageError("a change cursor is a whole number >= 0")
-    dataset_id = catalog.get_dataset(dataset).id if dataset is not None else None
-    found = changes.read(catalog.db, after=after, limit=limit, dataset_id=dataset_id, kinds=kinds)
-    return found, found[-1].cursor if found else after
+    return catalog.get_dataset(dataset).id if dataset is not None else None
 
 
 #: no bucket notification arrives later than this (SQS keeps a message at most 14 days, the

@@ -140,8 +140,8 @@ def printable(text: str) -> str:
     return "".join(out)
 
 
-#: a change as one JSON line (fields in the order Change.public gives them)
-_JSON_LINE = json.JSONEncoder(ensure_ascii=False).encode  # fields in their own order
+#: changes read (and written out) at a time by ``syncd changes``
+_FEED_PAGE = 1000
 
 
 def _emit(obj: dict[str, Any]) -> None:
@@ -1365,24 +1365,26 @@ def changes(
     try:
         header = not as_json
         while True:
-            found, after = api.read_changes(
-                catalog, after=after, limit=1000, dataset=dataset_name, kinds=kinds
-            )
-            if header:  # after the first read: a refused cursor prints only its error
-                click.echo("CURSOR\tAT\tKIND\tSOURCE\tDATASET\tKEY")
-                header = False
-            # one write per page: a feed is read at hundreds of thousands of lines a second
-            if as_json:
-                lines = [_JSON_LINE(change.public()) for change in found]
+            if as_json:  # the JSON text straight from the log's rows, no records
+                lines, after = api.read_change_lines(
+                    catalog, after=after, limit=_FEED_PAGE, dataset=dataset_name, kinds=kinds
+                )
             else:
+                found, after = api.read_changes(
+                    catalog, after=after, limit=_FEED_PAGE, dataset=dataset_name, kinds=kinds
+                )
                 lines = [
                     f"{change.cursor}\t{change.at}\t{change.kind}\t{change.source}\t"
                     f"{printable(change.dataset)}\t{printable(change.key or '')}"
                     for change in found
                 ]
+            if header:  # after the first read: a refused cursor prints only its error
+                click.echo("CURSOR\tAT\tKIND\tSOURCE\tDATASET\tKEY")
+                header = False
+            # one write per page: a feed is read at hundreds of thousands of lines a second
             if lines:
                 sys.stdout.write("\n".join(lines) + "\n")
-            if len(found) == 1000:
+            if len(lines) == _FEED_PAGE:
                 continue
             if not follow:
                 return

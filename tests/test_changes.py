@@ -426,6 +426,93 @@ def _row(dataset_id: int, key: str) -> tuple:
             stamp, "{}", None)  # fmt: skip
 
 
+# -- the feed's JSON text ------------------------------------------------------------------
+
+#: text a key, a tag or metadata may hold: quotes, backslashes, control characters, U+2028,
+#: astral characters (no NUL: PostgreSQL text cannot hold it)
+TEXT = st.text(st.characters(blacklist_categories=["Cs"], blacklist_characters="\x00"))
+ENTRY = st.tuples(
+    TEXT,  # key, after the dataset's path
+    st.one_of(st.none(), st.integers(0, 2**63 - 1)),  # size
+    st.one_of(st.none(), TEXT),  # etag; content_type, version, md5 below
+    st.one_of(st.none(), TEXT),
+    st.one_of(st.none(), TEXT),
+    st.one_of(st.none(), st.just("{}"), st.dictionaries(TEXT, st.one_of(
+        st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), TEXT
+    ), max_size=3).map(lambda m: json.dumps(m, ensure_ascii=False))),  # metadata as stored
+)  # fmt: skip
+GROUPS = st.lists(
+    st.tuples(
+        st.sampled_from(["local", "s3", "azure", "gone"]),
+        st.one_of(
+            st.sampled_from(["created", "updated", "deleted"]),
+            st.lists(st.sampled_from(["created", "updated", "deleted"]), min_size=3, max_size=3),
+        ),
+        st.sampled_from(["listing", "event", "watch", "push"]),
+        st.lists(ENTRY, min_size=3, max_size=3),
+    ),
+    min_size=1,
+    max_size=5,
+)
+
+
+@settings(max_examples=25)
+@given(groups=GROUPS, picks=st.lists(st.tuples(st.integers(0, 16), st.integers(1, 17)), max_size=4))
+def test_the_feeds_json_text_is_the_records_encoded(
+    catalogs: CatalogMaker, groups: list, picks: list
+) -> None:
+    """``read_json`` (``syncd changes --json``, the HTTP feed) builds each line from the log's
+    rows without making the records: it gives exactly what encoding :func:`changes.read`'s
+    records gives, with non-ASCII as it is and escaped, for any key, tag and metadata, keys
+    that need quoting in a folder's URI, a path prefix, mixed kinds in a group, a removed
+    dataset, and any cursor, limit, kind and dataset filter."""
+    from providers.config import DriverConfig
+
+    catalog = catalogs()
+    drivers = {
+        "local": DriverConfig(type="local", bucket="/x y/ü"),
+        "s3": DriverConfig(type="s3", bucket="bkt", path="pre/"),
+        "azure": DriverConfig(type="azure", bucket="cont", account="acct"),
+        "gone": DriverConfig(type="gcs", bucket="g"),
+    }
+    ids = {
+        name: catalog.create_dataset(name, f"{name}://", driver, _no_filters()).id
+        for name, driver in drivers.items()
+    }
+    stamp = "2026-12-07T00:00:00.000000Z"
+    for name, kinds, source, entries in groups:
+        path = drivers[name].path
+        rows = [
+            (ids[name], path + key, None, None, size, etag, ctype, "2026-01-01T00:00:00Z",
+             version, stamp, stamp, metadata, None)
+            for key, size, etag, ctype, version, metadata in entries
+        ]  # fmt: skip
+        with transaction(catalog.db):
+            catalog.db.record_changes(kinds, source, stamp, rows)
+    # an item edit's rows carry the user's part (metadata.user, tags) after the item's columns
+    edited = [
+        (ids["s3"], "pre/é d", None, None, 1, "e", None, "2026-01-01T00:00:00Z", None, stamp,
+         stamp, '{"provider": {"k": "v"}}', None, '{"site": "Zürich"}', '["a", "ß"]'),
+    ]  # fmt: skip
+    with transaction(catalog.db):
+        catalog.db.record_changes("updated", "edit", stamp, edited)
+    catalog.drop_dataset(catalog.get_dataset("gone"))
+    head = changes.head(catalog.db)
+    last_edit = changes.read(catalog.db, after=head - 2, limit=2)
+    assert [c.item["tags"] for c in last_edit if c.source == "edit"] == [["a", "ß"]]
+    for ascii in (False, True):
+        dumps = json.JSONEncoder(ensure_ascii=ascii).encode
+        for after, limit in [(0, head + 1), *picks]:
+            for filters in [{}, {"kinds": ("updated", "dataset_removed")},
+                            {"dataset_id": ids["s3"]}, {"dataset_id": ids["gone"]}]:  # fmt: skip
+                records = changes.read(catalog.db, after=after, limit=limit, **filters)
+                lines, last = changes.read_json(
+                    catalog.db, after=after, limit=limit, ascii=ascii, **filters
+                )
+                assert lines == [dumps(c.public()) for c in records]
+                assert last == (records[-1].cursor if records else after)
+
+
 # -- retention: a cursor too old ---------------------------------------------------------
 
 
@@ -547,6 +634,16 @@ async def test_the_http_feed_long_polls_and_answers_410(tmp_path: Path) -> None:
             assert status == 200
             assert [(c["cursor"], c["key"]) for c in body["changes"]] == [(2, "b.txt")]
             assert body["next"] == 2
+            # the answer's text is what json.dumps gives for the records (built from the log's
+            # rows without them: read_json's text, checked against the records above)
+            async with http.get(base + "/changes?after=0") as resp:
+                text = await resp.text()
+            reader = Catalog.open_reader(db)
+            try:
+                records = [c.public() for c in changes.read(reader.db)]
+            finally:
+                reader.close()
+            assert text == json.dumps({"changes": records, "next": 2})
             status, body = await get("/changes?after=2&wait=0")
             assert (status, body) == (200, {"changes": [], "next": 2})
             # prune everything, then an old cursor is 410 with the oldest and newest cursor

@@ -32,7 +32,7 @@ import functools
 import json
 import operator
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,6 +62,17 @@ assert (
 #: a key with a character ``quote`` would change (as providers.local decides)
 _NEEDS_QUOTING = re.compile(r"[^A-Za-z0-9_.~/-]").search
 _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, check_circular=False).encode
+#: a change as the feed shows it (``syncd changes --json``, the HTTP answer): json's default
+#: separators, non-ASCII text as it is (False) or escaped (True, as ``json.dumps`` and
+#: aiohttp's ``json_response`` give it); with the C encoder's string escaping for each
+_DUMPS = {
+    False: json.JSONEncoder(ensure_ascii=False).encode,
+    True: json.JSONEncoder(ensure_ascii=True).encode,
+}
+_STRING = {
+    False: json.encoder.encode_basestring,
+    True: json.encoder.encode_basestring_ascii,
+}
 _SELECT = (
     "SELECT c.cursor, c.last, c.source, c.at, c.dataset_id, coalesce(c.dataset, d.name),"
     " c.kinds, c.entries FROM changes c LEFT JOIN datasets d ON d.id = c.dataset_id"
@@ -188,11 +199,18 @@ class _Bindings:
     """Each dataset's name, path and URI rule, looked up once per read: an item's
     ``filename`` and ``uri`` follow from its dataset's binding and its key, so the log does
     not store them. A dataset removed since has neither (its name comes from its
-    ``dataset_removed`` record)."""
+    ``dataset_removed`` record).
+
+    :meth:`changes` and :meth:`lines` unpack one ``changes`` row, as :class:`Change` records
+    or as the feed's JSON text of each (what ``_DUMPS(change.public())`` gives, built from
+    the row without the records: the feed's read rate is bound by this per-change work)."""
 
     def __init__(self, db: Database) -> None:
         self.db = db
         self.found: dict[int, tuple[str | None, Any]] = {}
+        self.places: dict[int, _Place] = {}
+        #: the cursor of the last change :meth:`lines` returned
+        self.last = 0
 
     def of(self, dataset_id: int) -> tuple[str | None, Any]:
         if dataset_id not in self.found:
@@ -210,26 +228,41 @@ class _Bindings:
                 self.found[dataset_id] = (gone[0] if gone else None, None)
         return self.found[dataset_id]
 
-    def unpack(self, row: Sequence[Any], after: int, kinds: Sequence[str]) -> Iterator[Change]:
-        """The changes of one ``changes`` row with a cursor above ``after`` (of ``kinds``)."""
+    def place(self, dataset_id: int, name: str | None) -> _Place:
+        """The row's dataset name (its own for a removal, else the dataset's, ``?`` if
+        unknown) and where its items are (:class:`_Place`)."""
+        found = self.places.get(dataset_id)
+        if found is None or name is not None:
+            known, driver = self.of(dataset_id) if name is None else (name, None)
+            found = _Place(name or known or "?", driver)
+            if name is None:
+                self.places[dataset_id] = found
+        return found
+
+    def changes(
+        self, row: Sequence[Any], after: int, kinds: Sequence[str], room: int
+    ) -> list[Change]:
+        """Up to ``room`` changes of one ``changes`` row with a cursor above ``after`` (of
+        ``kinds``)."""
         cursor, _last, source, at, dataset_id, name, letters, entries = row
-        known, driver = self.of(int(dataset_id)) if name is None or letters != "r" else (name, None)
-        name = name or known or "?"
+        cursor = int(cursor)
         if letters == "r":
-            if int(cursor) > after and (not kinds or "dataset_removed" in kinds):
-                yield Change(int(cursor), "dataset_removed", source, at, name, None, None)
-            return
-        path = driver.path if driver is not None else None
-        for i, entry in enumerate(json.loads(entries)):
-            n = int(cursor) + i
-            kind = _KIND[letters[i] if len(letters) > 1 else letters]
-            if n <= after or (kinds and kind not in kinds):
+            if cursor > after and (not kinds or "dataset_removed" in kinds):
+                name = self.place(int(dataset_id), name).name
+                return [Change(cursor, "dataset_removed", source, at, name, None, None)]
+            return []
+        place = self.place(int(dataset_id), None)
+        found: list[Change] = []
+        first = max(after + 1 - cursor, 0)
+        for i, entry in enumerate(json.loads(entries)[first:], cursor + first):
+            kind = _KIND[letters[i - cursor] if len(letters) > 1 else letters]
+            if kinds and kind not in kinds:
                 continue
             key, size, etag, content_type, mtime, version, md5, metadata, *rest = entry
             item = {
                 "key": key,
-                "filename": "/" + key[len(path) :] if path is not None else None,
-                "uri": _uri(driver, key) if driver is not None else None,
+                "filename": place.filename(key),
+                "uri": place.uri(key),
                 "size": size,
                 "etag": etag,
                 "content_type": content_type,
@@ -239,16 +272,111 @@ class _Bindings:
                 "metadata": json.loads(metadata) if metadata and metadata != "{}" else {},
             }
             _user_part(item, rest)  # item edits
-            yield Change(n, kind, source, at, name, key, item)
+            found.append(Change(i, kind, source, at, name or place.name, key, item))
+            if len(found) == room:
+                break
+        return found
+
+    def lines(
+        self, row: Sequence[Any], after: int, kinds: Sequence[str], room: int, ascii: bool
+    ) -> list[str]:
+        """What :meth:`changes` finds in the row, as the feed's JSON text of each
+        (``ascii``: non-ASCII escaped); :attr:`last` becomes the last one's cursor."""
+        cursor, _last, source, at, dataset_id, name, letters, entries = row
+        cursor = int(cursor)
+        dumps = _DUMPS[ascii]
+        if letters == "r":
+            removed = self.changes(row, after, kinds, room)
+            if removed:
+                self.last = cursor
+            return [dumps(c.public()) for c in removed]
+        string = _STRING[ascii]
+
+        def value(v: Any) -> str:
+            if v is None:
+                return "null"
+            return string(v) if v.__class__ is str else dumps(v)
+
+        place = self.place(int(dataset_id), None)
+        # everything of a line before the key is the group's but the cursor and the kind
+        heads = {
+            letter: f', "kind": "{_KIND[letter]}", "source": {value(source)}, "at": {value(at)},'
+            f' "dataset": {string(name or place.name)}, "key": '
+            for letter in set(letters)
+            if not kinds or _KIND[letter] in kinds
+        }
+        if not heads:
+            return []
+        single = heads.get(letters) if len(letters) == 1 else None
+        path, prefix, quoting = place.path, place.prefix, place.quoting
+        found: list[str] = []
+        first = max(after + 1 - cursor, 0)
+        for i, entry in enumerate(json.loads(entries)[first:], cursor + first):
+            head = single or heads.get(letters[i - cursor])
+            if head is None:
+                continue
+            key, size, etag, content_type, mtime, version, md5, metadata, *rest = entry
+            k = string(key)
+            if path is None:
+                filename = "null"
+            elif not path:
+                filename = '"/' + k[1:]  # the key escaped after a "/"
+            else:
+                filename = string("/" + key[len(path) :])
+            if prefix is None:
+                uri = "null"
+            elif quoting and _NEEDS_QUOTING(key):
+                uri = string(prefix + quote(key))
+            else:
+                uri = string(prefix + key)
+            found.append(
+                f'{{"cursor": {i}{head}{k}, "item": {{"key": {k}, "filename": {filename},'
+                f' "uri": {uri}, "size": {size if size.__class__ is int else value(size)},'
+                f' "etag": {value(etag)}, "content_type": {value(content_type)},'
+                f' "mtime": {value(mtime)}, "version": {value(version)}, "md5": {value(md5)},'
+                ' "metadata": '
+                + (dumps(json.loads(metadata)) if metadata and metadata != "{}" else "{}")
+                # an item edit's tags (its user part is inside the metadata already)
+                + (f', "tags": {dumps(json.loads(rest[0]))}' if rest else "")
+                + "}}"
+            )
+            self.last = i
+            if len(found) == room:
+                break
+        return found
 
 
-def _uri(driver: Any, key: str) -> str:
-    """The object's URI, as its driver gives it (without opening the driver)."""
-    if driver.type == "local":
-        return _local_uri_base(driver.bucket) + (quote(key) if _NEEDS_QUOTING(key) else key)
-    if driver.type == "bench":
-        return f"bench://{driver.bucket}/{key}"
-    return object_uri(driver.type, driver.bucket, key, driver.account)
+class _Place:
+    """Where one dataset's items are: its name, the key prefix its folder starts at
+    (``path``) and how a key becomes a URI (``prefix`` + the key, quoted when ``quoting`` and
+    the key needs it, as the drivers do); ``path`` and ``prefix`` are None once the dataset
+    is removed."""
+
+    __slots__ = ("name", "path", "prefix", "quoting")
+
+    def __init__(self, name: str, driver: Any) -> None:
+        self.name = name
+        self.path: str | None = driver.path if driver is not None else None
+        self.prefix: str | None = None
+        self.quoting = False
+        if driver is None:
+            pass
+        elif driver.type == "local":
+            self.prefix, self.quoting = _local_uri_base(driver.bucket), True
+        elif driver.type == "bench":
+            self.prefix = f"bench://{driver.bucket}/"
+        else:  # every cloud's URI is its bucket's URI and the key
+            self.prefix = object_uri(driver.type, driver.bucket, "", driver.account)
+
+    def filename(self, key: str) -> str | None:
+        return "/" + key[len(self.path) :] if self.path is not None else None
+
+    def uri(self, key: str) -> str | None:
+        if self.prefix is None:
+            return None
+        if self.quoting and _NEEDS_QUOTING(key):
+            return self.prefix + quote(key)
+        return self.prefix + key
 
 
 @functools.lru_cache(maxsize=64)
@@ -290,6 +418,44 @@ def read(
 ) -> list[Change]:
     """Up to ``limit`` records with a cursor above ``after``, in cursor order (of one dataset,
     of some kinds). :class:`CursorGone` if ``after`` is older than the log holds."""
+    bindings = _Bindings(db)
+    return _read(db, after, limit, dataset_id, kinds, bindings.changes)
+
+
+def read_json(
+    db: Database,
+    *,
+    after: int = 0,
+    limit: int = 1000,
+    dataset_id: int | None = None,
+    kinds: Sequence[str] = (),
+    ascii: bool = False,
+) -> tuple[list[str], int]:
+    """What :func:`read` finds, as the JSON text of each record's :meth:`Change.public`
+    (json's default separators; ``ascii``: non-ASCII escaped, as ``json.dumps`` does), and
+    the cursor to pass next time: the last record's, or ``after`` when there is none. The
+    text is the same as encoding the records, made without them (several times faster: the
+    feed's read rate)."""
+    bindings = _Bindings(db)
+    bindings.last = after
+
+    def unpack(row: Sequence[Any], after: int, kinds: Sequence[str], room: int) -> list[str]:
+        return bindings.lines(row, after, kinds, room, ascii)
+
+    found = _read(db, after, limit, dataset_id, kinds, unpack)
+    return found, bindings.last
+
+
+def _read(
+    db: Database,
+    after: int,
+    limit: int,
+    dataset_id: int | None,
+    kinds: Sequence[str],
+    unpack: Callable[[Sequence[Any], int, Sequence[str], int], list[Any]],
+) -> list[Any]:
+    """:func:`read`'s walk over the rows, each row's changes made by ``unpack(row, after,
+    kinds, room)`` (at most ``room`` of them)."""
     check_cursor(db, after)
     where, args = "", []
     if dataset_id is not None:
@@ -299,19 +465,16 @@ def read(
         f"SELECT max(c.cursor) FROM changes c WHERE c.cursor <= ?{where}", [after, *args]
     ).fetchone()[0]
     from_cursor = int(start) if start is not None else after + 1
-    bindings = _Bindings(db)
-    found: list[Change] = []
+    found: list[Any] = []
     while len(found) < limit:
         rows = db.execute(
             f"{_SELECT} WHERE c.cursor >= ?{where} ORDER BY c.cursor LIMIT 16",
             [from_cursor, *args],
         ).fetchall()
         for row in rows:
-            for change in bindings.unpack(row, after, kinds):
-                found.append(change)
-                if len(found) == limit:
-                    check_cursor(db, after)
-                    return found
+            found += unpack(row, after, kinds, limit - len(found))
+            if len(found) == limit:
+                break
         if len(rows) < 16:
             break
         from_cursor = int(rows[-1][0]) + 1
