@@ -33,6 +33,10 @@ os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 os.environ.pop("AWS_PROFILE", None)
+# gRPC (Pub/Sub) restarts its poller in a forked child, which crashes a subprocess that closes
+# descriptors before exec (grpc/grpc#43055): a test worker that used Pub/Sub and then started
+# PostgreSQL saw it abort. The tests start many subprocesses and fork nothing else.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 settings.register_profile(
     "syncd",

@@ -328,7 +328,8 @@ async def test_a_batch_over_the_message_size_limit_pauses_the_sink(
     assert daemon.metrics.sink_failures.labels("out")._value.get() == 1
     assert await asyncio.to_thread(target.read) == []
 
-    config_file.write_text(config_text(src, sink_table("out", **target.fields, batch=40)))
+    # under the limit: each change's record is about 1.6 KB once base64-encoded
+    config_file.write_text(config_text(src, sink_table("out", **target.fields, batch=20)))
     listed = cli("sinks", "ls", "--json", "--db", db, "--config", str(config_file))
     row = json.loads(listed.stdout)
     assert (row["state"], row["type"], row["target"]) == (

@@ -493,10 +493,11 @@ class Deliverer:
             error = redact(outcome.error)
             if not outcome.retry:
                 if await self._db(lambda db, e=error: pause(db, batch, e)):
-                    log.error(
-                        "%s %r paused: %s; fix it, then `syncd %ss resume %s`",
-                        self.kind, self.name, error, self.kind, self.name,
-                    )  # fmt: skip
+                    # an error that says how to resume (a batch over a size limit) is not told
+                    # twice
+                    resume = f"`syncd {self.kind}s resume {self.name}`"
+                    hint = "" if resume in error else f"; fix it, then {resume}"
+                    log.error("%s %r paused: %s%s", self.kind, self.name, error, hint)
                 return
             if first_failure is None:
                 first_failure, first_failure_at = time.monotonic(), now()
