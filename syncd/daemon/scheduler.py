@@ -99,6 +99,8 @@ class RuntimeSpec:
     watch: bool = True
     metadata: MetadataMode = "listing"
     tags: bool = False
+    #: a created dataset lists serially (the config's ``list_concurrency`` is a declaration's)
+    list_concurrency: int = 1
 
 
 @dataclass
@@ -441,20 +443,14 @@ class Scheduler:
         spec = self.specs.get(name)
         runtime = self.runtime.get(name) if spec is None else None
         options = SyncOptions(stop=self._halt)
-        if runtime is not None:
+        settings = spec if spec is not None else runtime  # a declaration wins
+        if settings is not None:
             options = SyncOptions(
-                max_delete=runtime.max_delete,
+                max_delete=settings.max_delete,
                 stop=self._halt,
-                metadata=runtime.metadata,
-                tags=runtime.tags,
-            )
-        if spec is not None:
-            options = SyncOptions(
-                max_delete=spec.max_delete,
-                stop=self._halt,
-                list_concurrency=spec.list_concurrency,
-                metadata=spec.metadata,
-                tags=spec.tags,
+                list_concurrency=settings.list_concurrency,
+                metadata=settings.metadata,
+                tags=settings.tags,
             )
         owner = workers.lease_owner(self.worker_id) if self.worker_id else None
         self._check_file()
