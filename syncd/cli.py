@@ -971,7 +971,7 @@ def items_meta(
         catalog = Catalog.open_reader(db_path or default_db_path())
         try:
             ds = catalog.get_dataset(dataset_name)
-            item = edits.get_item(catalog, ds.id, key)
+            item = catalog.get_item(ds.id, key)
         finally:
             catalog.close()
         if item is None:

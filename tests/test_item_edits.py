@@ -70,7 +70,7 @@ def seeded(catalog: Catalog, keys: list[str], name: str = "ds") -> Dataset:
 
 
 def item(catalog: Catalog, key: str, dataset: str = "ds") -> dict[str, Any] | None:
-    found = edits.get_item(catalog, catalog.get_dataset(dataset).id, key)
+    found = catalog.get_item(catalog.get_dataset(dataset).id, key)
     return found.public() if found is not None else None
 
 

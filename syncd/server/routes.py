@@ -291,8 +291,8 @@ async def summarize_items(request: web.Request) -> web.Response:
 
 async def _item(ctx: Context, ds: Dataset, key: str) -> dict[str, Any] | None:
     def one(c: Catalog) -> dict[str, Any] | None:
-        found = next(iter(c.iter_items(ds.id, after=None, prefix=key, limit=1)), None)
-        return found.public() if found is not None and found.key == key else None
+        found = c.get_item(ds.id, key)
+        return found.public() if found is not None else None
 
     return await ctx.catalog.call(one)
 

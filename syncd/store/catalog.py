@@ -22,21 +22,23 @@ import operator
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from providers import faults
 from providers.config import PUBLIC_FIELDS, DriverConfig, Integration
 from syncd import model
 from syncd.errors import UsageError
-from syncd.query import GROUPS, Query, QueryError, decode_cursor, encode_cursor, sort_value
 from syncd.reconcile.filters import Filters
 from syncd.reconcile.march import KnownRow
-from syncd.store import lease, query_sql, ranges
+from syncd.store import lease, ranges
 from syncd.store.checkpoint import Checkpoint, Run
 from syncd.store.db import is_server, open_db, transaction
 from syncd.store.ranges import KeyRange
 from syncd.store.sql import ITEM_COLUMNS, MTIME, Database, Seen, item_rows, select_keys
 from syncd.store.stamps import now, stamp_us
+
+if TYPE_CHECKING:  # the query model loads pydantic: only commands that query pay for it
+    from syncd.query import Query
 
 ITEM_FIELDS = (
     "filename",
@@ -152,6 +154,7 @@ class Catalog:
 
     def __init__(self, db: Database) -> None:
         self.db = db
+        self._queries_ready = False  # prepare_queries ran on this connection
 
     @classmethod
     def open(cls, path: str, *, create: bool = True) -> Catalog:
@@ -515,7 +518,15 @@ class Catalog:
             cursor = rows[-1][0]
 
     def get_item(self, dataset_id: int, key: str) -> Item | None:
-        """The dataset's item ``key``, or None."""
+        """The dataset's item ``key``, or None (also for a key no item can have: a NUL byte,
+        or an unpaired surrogate that a URL path or JSON body can smuggle in, which neither
+        store could even be asked about)."""
+        if "\x00" in key:
+            return None
+        try:
+            key.encode("utf-8")
+        except UnicodeEncodeError:
+            return None
         cols = ", ".join(Item.__dataclass_fields__)
         row = self.db.execute(
             f"SELECT {cols} FROM items WHERE dataset_id = ? AND key = ?", [dataset_id, key]
@@ -535,6 +546,8 @@ class Catalog:
         page starts right after them, so an item that matches throughout is returned exactly
         once however many items are added or removed between pages. ``QueryError`` for a
         cursor that is not one of this query's."""
+        from syncd.query import decode_cursor, encode_cursor, sort_value
+
         after = decode_cursor(query, cursor) if cursor else None
         items = self._query_rows(dataset_id, query, after=after, limit=limit + 1)
         more = len(items) > limit
@@ -550,6 +563,8 @@ class Catalog:
     ) -> Iterator[Item]:
         """Every item matching ``query`` (at most ``limit``), in its order, read in pages of
         ``page`` (bounded memory; keyset pagination as :meth:`query_page`)."""
+        from syncd.query import sort_value
+
         after: tuple[Any, str] | None = None
         left = limit
         while left is None or left > 0:
@@ -567,6 +582,8 @@ class Catalog:
         ``page``: each a fresh query after the last key of the one before, so a caller may
         change the items of one list (a bulk edit) before asking for the next, holding one
         list at a time. The query's sort is ignored (key order)."""
+        from syncd.store import query_sql
+
         query = query.model_copy(update={"sort": "key", "order": "asc"})
         after: tuple[Any, str] | None = None
         while True:
@@ -583,6 +600,8 @@ class Catalog:
 
     def count_query(self, dataset_id: int, query: Query) -> tuple[int, int]:
         """``(items, total bytes)`` of the items matching ``query``."""
+        from syncd.store import query_sql
+
         self.prepare_queries()
         sql, args = query_sql.count(query, self.db.dialect, dataset_id)
         n, total = self.db.execute(sql, args).fetchone()
@@ -597,6 +616,9 @@ class Catalog:
         type), like ``aws s3 ls --summarize``: ``{"items", "bytes", "by", "groups":
         [{"group", "items", "bytes"}, ...], "truncated"}``, groups in code point order, at
         most ``limit`` of them (``truncated`` when there were more)."""
+        from syncd.query import GROUPS, QueryError
+        from syncd.store import query_sql
+
         if by not in GROUPS:
             raise QueryError(f"cannot summarize by {by!r}; use one of {', '.join(GROUPS)}")
         n, total = self.count_query(dataset_id, query)
@@ -614,6 +636,8 @@ class Catalog:
     def _query_rows(
         self, dataset_id: int, query: Query, *, after: tuple[Any, str] | None, limit: int
     ) -> list[Item]:
+        from syncd.store import query_sql
+
         self.prepare_queries()
         cols = ", ".join(Item.__dataclass_fields__)
         sql, args = query_sql.page(
@@ -623,7 +647,9 @@ class Catalog:
 
     def prepare_queries(self) -> None:
         """Make the query functions known to this connection (sqlite: ``syncd_glob``)."""
-        if not getattr(self, "_queries_ready", False):
+        if not self._queries_ready:
+            from syncd.store import query_sql
+
             query_sql.register(getattr(self.db, "conn", None))
             self._queries_ready = True
 

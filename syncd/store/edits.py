@@ -375,24 +375,13 @@ def edit_item(catalog: Catalog, dataset: str, key: str, edit: Edit) -> tuple[Ite
         raise ItemNotFound(f"dataset {ds.name!r} has no item {key!r} (see `syncd items ls`)")
     with transaction(catalog.db):
         rows, _ = Selection(keys=(key,)).page(catalog, ds.id, None, columns=_SELECT, lock=True)
-        before = get_item(catalog, ds.id, key) if rows else None
+        before = catalog.get_item(ds.id, key) if rows else None
         if before is None:
             raise ItemNotFound(f"dataset {ds.name!r} has no item {key!r} (see `syncd items ls`)")
         _write(catalog, rows, edit)
-        after = get_item(catalog, ds.id, key)
+        after = catalog.get_item(ds.id, key)
     assert after is not None  # locked in this transaction: it cannot have gone
     return before, after
-
-
-def get_item(catalog: Catalog, dataset_id: int, key: str) -> Item | None:
-    """The item ``key`` of the dataset, or None."""
-    if "\x00" in key or not _is_text(key):
-        return None  # no key holds either
-    cols = ", ".join(Item.__dataclass_fields__)
-    row = catalog.db.execute(
-        f"SELECT {cols} FROM items WHERE dataset_id = ? AND key = ?", [dataset_id, key]
-    ).fetchone()
-    return Item(*row) if row is not None else None
 
 
 class ItemNotFound(UsageError):
