@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from providers import faults
 from providers.config import PUBLIC_FIELDS, DriverConfig, Integration
+from providers.content_types import guessed_by_default, public_metadata
 from syncd import model
 from syncd.errors import UsageError
 from syncd.reconcile.filters import Filters
@@ -155,6 +156,7 @@ class Catalog:
     def __init__(self, db: Database) -> None:
         self.db = db
         self._queries_ready = False  # prepare_queries ran on this connection
+        self._guessing: dict[int, bool] = {}  # guesses_content_types, per dataset id
 
     @classmethod
     def open(cls, path: str, *, create: bool = True) -> Catalog:
@@ -509,8 +511,7 @@ class Catalog:
             where, args = key_range(cursor, prefix)
             sql = f"SELECT {cols} FROM items WHERE dataset_id = ?{where} ORDER BY key LIMIT ?"
             rows = self.db.execute(sql, [dataset_id, *args, size]).fetchall()
-            for row in rows:
-                yield Item(*row)
+            yield from self._items(dataset_id, rows)
             if left is not None:
                 left -= len(rows)
             if len(rows) < size:
@@ -531,7 +532,7 @@ class Catalog:
         row = self.db.execute(
             f"SELECT {cols} FROM items WHERE dataset_id = ? AND key = ?", [dataset_id, key]
         ).fetchone()
-        return None if row is None else Item(*row)
+        return None if row is None else self._items(dataset_id, [row])[0]
 
     # -- item queries (syncd.query; SQL in syncd.store.query_sql) -----------------------
 
@@ -589,7 +590,13 @@ class Catalog:
         while True:
             self.prepare_queries()
             sql, args = query_sql.page(
-                query, self.db.dialect, dataset_id, "key", after=after, limit=page
+                query,
+                self.db.dialect,
+                dataset_id,
+                "key",
+                after=after,
+                limit=page,
+                guesses=self.guesses_content_types(dataset_id),
             )
             keys = [r[0] for r in self.db.execute(sql, args).fetchall()]
             if keys:
@@ -603,7 +610,9 @@ class Catalog:
         from syncd.store import query_sql
 
         self.prepare_queries()
-        sql, args = query_sql.count(query, self.db.dialect, dataset_id)
+        sql, args = query_sql.count(
+            query, self.db.dialect, dataset_id, self.guesses_content_types(dataset_id)
+        )
         n, total = self.db.execute(sql, args).fetchone()
         return int(n), int(total)
 
@@ -622,7 +631,14 @@ class Catalog:
         if by not in GROUPS:
             raise QueryError(f"cannot summarize by {by!r}; use one of {', '.join(GROUPS)}")
         n, total = self.count_query(dataset_id, query)
-        sql, args = query_sql.summary(query, self.db.dialect, dataset_id, by, limit + 1)
+        sql, args = query_sql.summary(
+            query,
+            self.db.dialect,
+            dataset_id,
+            by,
+            limit + 1,
+            self.guesses_content_types(dataset_id),
+        )
         rows = self.db.execute(sql, args).fetchall()
         groups = [{"group": g, "items": int(c), "bytes": int(b)} for g, c, b in rows[:limit]]
         return {
@@ -641,9 +657,36 @@ class Catalog:
         self.prepare_queries()
         cols = ", ".join(Item.__dataclass_fields__)
         sql, args = query_sql.page(
-            query, self.db.dialect, dataset_id, cols, after=after, limit=limit
+            query,
+            self.db.dialect,
+            dataset_id,
+            cols,
+            after=after,
+            limit=limit,
+            guesses=self.guesses_content_types(dataset_id),
         )
-        return [Item(*row) for row in self.db.execute(sql, args).fetchall()]
+        return self._items(dataset_id, self.db.execute(sql, args).fetchall())
+
+    def _items(self, dataset_id: int, rows: Sequence[Sequence[Any]]) -> list[Item]:
+        """``items`` rows (the :class:`Item` columns) of one dataset as Items, their provider
+        metadata in its public form (:func:`providers.content_types.public_metadata`: a guessed
+        type is marked by its source's rule, not in every row)."""
+        rule = self.guesses_content_types(dataset_id)
+        return [Item(*r[:10], public_metadata(r[10], rule), *r[11:]) for r in rows]
+
+    def guesses_content_types(self, dataset_id: int) -> bool:
+        """Whether the content types of the dataset's items are guesses unless an item says
+        otherwise (:func:`providers.content_types.guessed_by_default` of its provider; True
+        for a dataset that is gone). Looked up once per dataset and catalog."""
+        found = self._guessing.get(dataset_id)
+        if found is None:
+            row = self.db.execute(
+                "SELECT d.type FROM datasets ds JOIN drivers d ON d.id = ds.driver_id"
+                " WHERE ds.id = ?",
+                [dataset_id],
+            ).fetchone()
+            found = self._guessing[dataset_id] = guessed_by_default(row[0] if row else "")
+        return found
 
     def prepare_queries(self) -> None:
         """Make the query functions known to this connection (sqlite: ``syncd_glob``)."""

@@ -179,7 +179,9 @@ class Selection:
         matching, margs = "", []
         if self.where is not None:
             catalog.prepare_queries()
-            matching, margs = query_sql.where(self.where, db.dialect)
+            matching, margs = query_sql.where(
+                self.where, db.dialect, catalog.guesses_content_types(dataset_id)
+            )
         if self.keys is not None:
             listed = self.candidates(after)
             following = listed[-1] if len(listed) == BATCH else None
