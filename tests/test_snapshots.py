@@ -483,3 +483,39 @@ def test_snapshots_taken_while_a_reconcile_and_events_write_equal_the_log_at_the
         assert (snap.items, snap.bytes) == (len(state), sum(s for s, _ in state.values()))
     main.close()
     pg_store.close_pools()
+
+
+def test_kill_9_during_create_leaves_no_half_snapshot(
+    catalogs: CatalogMaker, tmp_path: Path
+) -> None:
+    """``syncd snapshot create`` killed (SIGKILL) after writing its row, before the commit:
+    no snapshot is listed, and the same command then succeeds."""
+    import os
+    import signal
+    import time
+
+    url = catalogs.new_url()
+    catalog = Catalog.open(url)
+    ds = new_dataset(catalog)
+    put(catalog, ds, "a", 1, "e")
+    catalog.close()
+    log = tmp_path / "create.log"
+    with log.open("wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "syncd.cli", "snapshot", "create", "--dataset", "ds", "v1",
+             "--db", url],
+            stderr=err, stdout=subprocess.DEVNULL,
+            env={**os.environ, "SYNCD_FAULT_PAUSE_AT": "snapshot-create"},
+        )  # fmt: skip
+        deadline = time.monotonic() + 120
+        while b"paused at snapshot-create" not in log.read_bytes():
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, "the command never reached the pause point"
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(60)
+    listed = cli("snapshot", "ls", "--dataset", "ds", "--db", url, "--json")
+    assert listed.returncode == 0 and listed.stdout == "", listed
+    again = cli("snapshot", "create", "--dataset", "ds", "v1", "--db", url, "--json")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["items"] == 1

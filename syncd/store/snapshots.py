@@ -41,6 +41,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from providers import faults
 from syncd.errors import NotFound, UsageError
 from syncd.store.sql import Database, select_keys
 from syncd.store.stamps import now
@@ -243,6 +244,7 @@ def create(catalog: Catalog, dataset: Dataset, tag: str, message: str | None = N
             " VALUES (?, ?, ?, ?, ?, ?, ?)",
             [dataset.id, tag, message, at, cursor, int(n), int(total)],
         )
+        faults.pause_point("snapshot-create")  # a crash test kills the process here
     return Snapshot(dataset.name, tag, message, at, cursor, int(n), int(total))
 
 
