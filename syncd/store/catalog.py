@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import operator
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -214,12 +214,12 @@ class Catalog:
             self._ensure_integration(cfg.integration)
         values = cfg.public()
         values["allow_external_delete"] = int(values["allow_external_delete"])
+        values["versioned"] = int(values["versioned"])
         row = self.db.execute("SELECT id FROM drivers WHERE name = ?", [name]).fetchone()
         if row is None:
             cur = self.db.execute(
-                "INSERT INTO drivers (name, type, bucket, path, region, endpoint, storage_class,"
-                " account, allow_external_delete, integration, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                f"INSERT INTO drivers (name, {', '.join(_DRIVER_COLUMNS)}, created_at)"
+                f" VALUES ({', '.join('?' * (len(_DRIVER_COLUMNS) + 2))}) RETURNING id",
                 [name, *(values[k] for k in _DRIVER_COLUMNS), now()],
             )
             return int(cur.fetchone()[0])
@@ -372,10 +372,16 @@ class Catalog:
         ).fetchall()
         return [(Integration(r[0], r[1], json.loads(r[2] or "{}")), r[3]) for r in rows]
 
-    def drop_dataset(self, dataset: Dataset, *, source: str = "admin") -> None:
+    def drop_dataset(
+        self, dataset: Dataset, *, source: str = "admin", with_snapshots: bool = False
+    ) -> None:
         """Remove a dataset with its items and runs (and its driver if nothing else uses it),
-        recorded in the change log as one ``dataset_removed`` record."""
+        recorded in the change log as one ``dataset_removed`` record. ``UsageError`` while it
+        has snapshots, unless ``with_snapshots`` (they go with it)."""
+        from syncd.store import snapshots
+
         with transaction(self.db):
+            snapshots.check_drop(self.db, dataset, with_snapshots=with_snapshots)
             # one record in the change log, not one per item (a follower drops the dataset)
             self.db.record_changes("dataset_removed", source, now(), [(dataset.id, dataset.name)])
             ranges.clear(self.db, "SELECT id FROM runs WHERE dataset_id = ?", [dataset.id])
@@ -668,11 +674,22 @@ class Catalog:
         return self._items(dataset_id, self.db.execute(sql, args).fetchall())
 
     def _items(self, dataset_id: int, rows: Sequence[Sequence[Any]]) -> list[Item]:
-        """``items`` rows (the :class:`Item` columns) of one dataset as Items, their provider
-        metadata in its public form (:func:`providers.content_types.public_metadata`: a guessed
-        type is marked by its source's rule, not in every row)."""
+        """``items`` rows (the :class:`Item` columns) of one dataset as Items
+        (:meth:`item_maker`)."""
+        make = self.item_maker(dataset_id)
+        return [make(*r) for r in rows]
+
+    def item_maker(self, dataset_id: int) -> Callable[..., Item]:
+        """A function making an :class:`Item` of the dataset from its stored columns (those of
+        ``items``, in :class:`Item` order), its provider metadata in the public form
+        (:func:`providers.content_types.public_metadata`: a guessed type is marked by its
+        source's rule, not in every row)."""
         rule = self.guesses_content_types(dataset_id)
-        return [Item(*r[:10], public_metadata(r[10], rule), *r[11:]) for r in rows]
+
+        def make(*r: Any) -> Item:
+            return Item(*r[:10], public_metadata(r[10], rule), *r[11:])
+
+        return make
 
     def guesses_content_types(self, dataset_id: int) -> bool:
         """Whether the content types of the dataset's items are guesses unless an item says
@@ -756,10 +773,10 @@ class Catalog:
         if source is not None and kinds is None:
             there = self._existing(dataset_id, [r[1] for r in rows])
             kinds = ["updated" if r[1] in there else "created" for r in rows]
-        self.db.upsert_items(rows)
-        if source is not None:
+        if source is not None:  # first: it keeps what the rows replace for snapshots
             assert kinds is not None
             self.db.record_changes(kinds, source, now(), rows)
+        self.db.upsert_items(rows)
 
     def _unguarded(
         self,
@@ -860,6 +877,28 @@ class Catalog:
             self.db.record_changes("deleted", source, now(), self.item_rows(dataset_id, keys))
         return self.db.executemany(
             "DELETE FROM items WHERE dataset_id = ? AND key = ?", [(dataset_id, k) for k in keys]
+        )
+
+    def snapshot_items(
+        self,
+        dataset: str,
+        tag: str,
+        *,
+        after_key: str | None = None,
+        limit: int | None = None,
+        prefix: str = "",
+    ) -> Iterator[Item]:
+        """The items of snapshot ``tag`` of dataset ``dataset`` (a name), as :meth:`iter_items`
+        gives live ones: :class:`Item` s in key order after ``after_key`` (under ``prefix``),
+        at most ``limit``, in constant memory (:func:`syncd.store.snapshots.iter_items`).
+        ``UsageError`` for an unknown dataset or a bad tag, ``NotFound`` for an unknown tag
+        (raised by the call, before any item)."""
+        from syncd.store import snapshots
+
+        found = self.get_dataset(dataset)
+        snap = snapshots.get(self, found, tag)
+        return snapshots.items_at(
+            self, found.id, snap.cursor, after_key=after_key, limit=limit, prefix=prefix
         )
 
 
@@ -981,6 +1020,7 @@ def _dataset_from_row(row: tuple[Any, ...]) -> Dataset:
     values = dict(zip(_DRIVER_COLUMNS, driver_values, strict=True))
     integ_name = values.pop("integration")
     values["allow_external_delete"] = bool(values["allow_external_delete"])
+    values["versioned"] = bool(values["versioned"])
     # references and plain values only: the secrets are read when the driver opens
     integration = (
         Integration(integ_name, integ_type, json.loads(integ_fields or "{}"))
