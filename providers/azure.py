@@ -20,6 +20,7 @@ import os
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any, BinaryIO
+from urllib.parse import quote
 
 import azure.core.exceptions as aexc
 from azure.storage.blob import (
@@ -382,6 +383,11 @@ class AzureBlobDriver(Driver):
             await call(client.delete_blob, self._translate(key), self.retry)
 
     async def presign(self, key: str, ttl: int = 3600) -> str:
+        return await self.presign_version(key, None, ttl)
+
+    async def presign_version(self, key: str, version: str | None, ttl: int = 3600) -> str:
+        """A SAS URL of the blob, or of its ``version`` (``versionid``: a SAS for a version
+        is signed for it, and the parameter is added to the URL)."""
         client = self._container.get_blob_client(key)
         expiry = datetime.now(UTC) + timedelta(seconds=ttl)
         credential = self._service.credential
@@ -412,8 +418,11 @@ class AzureBlobDriver(Driver):
             key,
             permission=BlobSasPermissions(read=True),
             expiry=expiry,
+            version_id=version,
             **signing,
         )
+        if version is not None:
+            return f"{client.url}?versionid={quote(version, safe='')}&{sas}"
         return f"{client.url}?{sas}"
 
     def uri(self, key: str) -> str:

@@ -282,6 +282,20 @@ class Driver(abc.ABC):
     async def presign(self, key: str, ttl: int = 3600) -> str:
         """Return a URL that reads the object for ``ttl`` seconds (local: a ``file://`` URL)."""
 
+    async def presign_version(self, key: str, version: str | None, ttl: int = 3600) -> str:
+        """A URL that reads the object's ``version`` (as :meth:`download_version` names it)
+        for ``ttl`` seconds; with ``version`` None, :meth:`presign` (the current object).
+        This default, for providers without versions, refuses a version
+        (:class:`~providers.errors.VersionGone`)."""
+        if version is not None:
+            raise errors.VersionGone(
+                self.provider,
+                self.bucket,
+                f"version {version!r} asked for, but a {self.provider} bucket keeps no versions",
+                key=key,
+            )
+        return await self.presign(key, ttl)
+
     @abc.abstractmethod
     def uri(self, key: str) -> str:
         """The object's canonical URI, e.g. ``s3://bucket/key``."""

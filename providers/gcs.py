@@ -344,6 +344,28 @@ class GCSDriver(Driver):
             self.retry,
         )
 
+    async def presign_version(self, key: str, version: str | None, ttl: int = 3600) -> str:
+        """The URL of the generation in ``version`` (``"<generation>.<metageneration>"``)."""
+        if version is None:
+            return await self.presign(key, ttl)
+        generation = version.split(".", 1)[0]
+        if not generation.isdigit():
+            raise errors.VersionGone(
+                self.provider, self.bucket, f"{version!r} is no GCS generation", key=key
+            )
+        if self.endpoint:
+            return f"{await self.presign(key, ttl)}&generation={generation}"
+        blob = self._bucket.blob(key, generation=int(generation))
+        return await call(
+            lambda: blob.generate_signed_url(
+                version="v4",
+                expiration=timedelta(seconds=ttl),
+                query_parameters={"generation": generation},
+            ),
+            self._translate(key),
+            self.retry,
+        )
+
     def uri(self, key: str) -> str:
         return object_uri(self.provider, self.bucket, key)
 

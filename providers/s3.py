@@ -595,6 +595,16 @@ class S3Driver(Driver):
             self.retry,
         )
 
+    async def presign_version(self, key: str, version: str | None, ttl: int = 3600) -> str:
+        if version is None:
+            return await self.presign(key, ttl)
+        params = {"Bucket": self.bucket, "Key": key, "VersionId": version}
+        return await call(
+            lambda: self._client.generate_presigned_url("get_object", Params=params, ExpiresIn=ttl),
+            self._translate(key),
+            self.retry,
+        )
+
     def uri(self, key: str) -> str:
         return object_uri(self.provider, self.bucket, key)
 
