@@ -1,0 +1,190 @@
+"""``syncd items export``: a manifest of a dataset's items (or a snapshot's) for training
+loaders, as JSON Lines, CSV or Parquet.
+
+Contracts:
+
+* One row per item, in key order, with the columns :data:`COLUMNS` (and ``url`` when URLs are
+  asked for): ``key``, ``uri``, ``size``, ``etag``, ``md5``, ``version``, ``content_type``,
+  ``mtime``, ``metadata`` (the provider's part with the user's under ``user``, as
+  ``syncd items get`` shows it) and ``tags`` (the user's tags).
+* JSON Lines: one JSON object per line, ``metadata`` an object, ``tags`` a list, none
+  ``null``. CSV (RFC 4180, a header row): ``metadata`` and ``tags`` as JSON text, none an
+  empty field; keys holding commas, quotes or line breaks are quoted, so they read back as
+  they were. Parquet: ``size`` int64, ``tags`` a list of strings, ``metadata`` JSON text,
+  the rest strings (null for none); written in row groups of :data:`ROW_GROUP` rows.
+* Constant memory: the items come from an iterator (keyset pages of the catalog) and at most
+  one row group (Parquet) or one row (JSON Lines, CSV) is held at a time.
+* Parquet needs pyarrow (``pip install 'syncd[parquet]'``); without it, one line says so
+  before anything is written.
+* A URL (``url``) reads the object for the ``ttl`` asked; a snapshot's rows are signed for the
+  recorded version where one was recorded (:meth:`providers.base.Driver.presign_version`).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, BinaryIO
+
+from syncd.errors import UsageError
+from syncd.store.catalog import Item
+
+FORMATS = ("jsonl", "csv", "parquet")
+COLUMNS = (
+    "key",
+    "uri",
+    "size",
+    "etag",
+    "md5",
+    "version",
+    "content_type",
+    "mtime",
+    "metadata",
+    "tags",
+)
+#: rows per Parquet row group: large enough for fast scans, small enough to hold (~20 MB)
+ROW_GROUP = 65536
+
+#: ``presign(item)``: the URL of one item's object (a coroutine)
+Presign = Callable[[Item], Awaitable[str]]
+
+_DURATION = re.compile(r"([0-9]+)\s*([smhd]?)", re.IGNORECASE)
+_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> int:
+    """Seconds in ``text``: a number of seconds, or one with a unit ``s``, ``m``, ``h``,
+    ``d`` (``90``, ``15m``, ``1h``, ``7d``). ``ValueError`` with one line otherwise."""
+    match = _DURATION.fullmatch(text.strip())
+    if match is None:
+        raise ValueError(f"{text!r} is not a duration (like 3600, 15m, 1h or 7d)")
+    return int(match[1]) * _SECONDS[match[2].lower()]
+
+
+def need_pyarrow() -> Any:
+    """``pyarrow.parquet`` (and pyarrow), or a :class:`UsageError` saying how to get it."""
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise UsageError(
+            "--format parquet needs pyarrow, which is not installed: "
+            "pip install 'syncd[parquet]' (or use --format jsonl or csv)"
+        ) from None
+    return pa, pq
+
+
+def row_of(item: Item) -> dict[str, Any]:
+    """The manifest row of ``item`` (without ``url``), metadata and tags as values."""
+    return {
+        "key": item.key,
+        "uri": item.uri,
+        "size": item.size,
+        "etag": item.etag,
+        "md5": item.md5,
+        "version": item.version,
+        "content_type": item.content_type,
+        "mtime": item.mtime,
+        "metadata": {**json.loads(item.metadata), "user": json.loads(item.user_metadata)},
+        "tags": json.loads(item.tags),
+    }
+
+
+async def write_manifest(
+    items: Iterable[Item], out: BinaryIO, fmt: str, *, presign: Presign | None = None
+) -> int:
+    """Write the manifest of ``items`` (consumed one at a time, never collected) to ``out``
+    in format ``fmt`` (one of :data:`FORMATS`), with a ``url`` column signed by ``presign``
+    when given. Returns the rows written."""
+    if fmt not in FORMATS:
+        raise UsageError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
+    if fmt == "parquet":
+        return await _parquet(items, out, presign)
+    text = io.TextIOWrapper(out, encoding="utf-8", newline="", write_through=False)
+    try:
+        return await (_jsonl if fmt == "jsonl" else _csv)(items, text, presign)
+    finally:
+        text.flush()
+        text.detach()  # ``out`` stays open: the caller's
+
+
+async def _jsonl(items: Iterable[Item], out: io.TextIOWrapper, presign: Presign | None) -> int:
+    n = 0
+    for item in items:
+        row = row_of(item)
+        if presign is not None:
+            row["url"] = await presign(item)
+        out.write(json.dumps(row, ensure_ascii=False, separators=(",", ":")))
+        out.write("\n")
+        n += 1
+    return n
+
+
+async def _csv(items: Iterable[Item], out: io.TextIOWrapper, presign: Presign | None) -> int:
+    # every field quoted: a key of spaces or one that starts with "=" reads back as it was,
+    # and no spreadsheet takes a quoted field for a formula
+    writer = csv.writer(out, quoting=csv.QUOTE_ALL, lineterminator="\r\n")
+    writer.writerow([*COLUMNS, *(["url"] if presign else [])])
+    n = 0
+    for item in items:
+        row = row_of(item)
+        row["metadata"] = json.dumps(row["metadata"], ensure_ascii=False, sort_keys=True)
+        row["tags"] = json.dumps(row["tags"], ensure_ascii=False)
+        cells = ["" if row[c] is None else row[c] for c in COLUMNS]
+        if presign is not None:
+            cells.append(await presign(item))
+        writer.writerow(cells)
+        n += 1
+    return n
+
+
+async def _parquet(items: Iterable[Item], out: BinaryIO, presign: Presign | None) -> int:
+    pa, pq = need_pyarrow()
+    fields = [
+        pa.field("key", pa.string(), nullable=False),
+        pa.field("uri", pa.string()),
+        pa.field("size", pa.int64()),
+        pa.field("etag", pa.string()),
+        pa.field("md5", pa.string()),
+        pa.field("version", pa.string()),
+        pa.field("content_type", pa.string()),
+        pa.field("mtime", pa.string()),
+        pa.field("metadata", pa.string()),
+        pa.field("tags", pa.list_(pa.string())),
+    ]
+    if presign is not None:
+        fields.append(pa.field("url", pa.string()))
+    schema = pa.schema(fields)
+    names = [f.name for f in fields]
+    columns: dict[str, list[Any]] = {name: [] for name in names}
+    n = 0
+    with pq.ParquetWriter(pa.PythonFile(out, mode="w"), schema, compression="zstd") as writer:
+
+        def flush() -> None:
+            writer.write_batch(pa.record_batch(columns, schema=schema), row_group_size=ROW_GROUP)
+            for values in columns.values():
+                values.clear()
+
+        for item in items:
+            columns["key"].append(item.key)
+            columns["uri"].append(item.uri)
+            columns["size"].append(item.size)
+            columns["etag"].append(item.etag)
+            columns["md5"].append(item.md5)
+            columns["version"].append(item.version)
+            columns["content_type"].append(item.content_type)
+            columns["mtime"].append(item.mtime)
+            meta = {**json.loads(item.metadata), "user": json.loads(item.user_metadata)}
+            columns["metadata"].append(json.dumps(meta, ensure_ascii=False, sort_keys=True))
+            columns["tags"].append(json.loads(item.tags))
+            if presign is not None:
+                columns["url"].append(await presign(item))
+            n += 1
+            if len(columns["key"]) >= ROW_GROUP:
+                flush()
+        if columns["key"]:
+            flush()
+    return n
