@@ -159,7 +159,7 @@ class CatalogMaker:
 def wipe(catalog: Catalog) -> None:
     """Empty every table of a catalog but its migrations (the schema stays)."""
     tables = [
-        "deliveries", "changes", "local_copies", "unrouted_events", "range_attempts", "run_ranges", "run_attempts",
+        "snapshots", "item_undo", "deliveries", "changes", "local_copies", "unrouted_events", "range_attempts", "run_ranges", "run_attempts",
         "pending_deletes", "runs",
         "key_markers", "leases", "workers", "items", "datasets", "drivers", "integrations",
     ]  # fmt: skip

@@ -370,10 +370,16 @@ class Catalog:
         ).fetchall()
         return [(Integration(r[0], r[1], json.loads(r[2] or "{}")), r[3]) for r in rows]
 
-    def drop_dataset(self, dataset: Dataset, *, source: str = "admin") -> None:
+    def drop_dataset(
+        self, dataset: Dataset, *, source: str = "admin", with_snapshots: bool = False
+    ) -> None:
         """Remove a dataset with its items and runs (and its driver if nothing else uses it),
-        recorded in the change log as one ``dataset_removed`` record."""
+        recorded in the change log as one ``dataset_removed`` record. ``UsageError`` while it
+        has snapshots, unless ``with_snapshots`` (they go with it)."""
+        from syncd.store import snapshots
+
         with transaction(self.db):
+            snapshots.check_drop(self.db, dataset, with_snapshots=with_snapshots)
             # one record in the change log, not one per item (a follower drops the dataset)
             self.db.record_changes("dataset_removed", source, now(), [(dataset.id, dataset.name)])
             ranges.clear(self.db, "SELECT id FROM runs WHERE dataset_id = ?", [dataset.id])
@@ -713,10 +719,10 @@ class Catalog:
         if source is not None and kinds is None:
             there = self._existing(dataset_id, [r[1] for r in rows])
             kinds = ["updated" if r[1] in there else "created" for r in rows]
-        self.db.upsert_items(rows)
-        if source is not None:
+        if source is not None:  # first: it keeps what the rows replace for snapshots
             assert kinds is not None
             self.db.record_changes(kinds, source, now(), rows)
+        self.db.upsert_items(rows)
 
     def _unguarded(
         self,
@@ -817,6 +823,28 @@ class Catalog:
             self.db.record_changes("deleted", source, now(), self.item_rows(dataset_id, keys))
         return self.db.executemany(
             "DELETE FROM items WHERE dataset_id = ? AND key = ?", [(dataset_id, k) for k in keys]
+        )
+
+    def snapshot_items(
+        self,
+        dataset: str,
+        tag: str,
+        *,
+        after_key: str | None = None,
+        limit: int | None = None,
+        prefix: str = "",
+    ) -> Iterator[Item]:
+        """The items of snapshot ``tag`` of dataset ``dataset`` (a name), as :meth:`iter_items`
+        gives live ones: :class:`Item` s in key order after ``after_key`` (under ``prefix``),
+        at most ``limit``, in constant memory (:func:`syncd.store.snapshots.iter_items`).
+        ``UsageError`` for an unknown dataset or a bad tag, ``NotFound`` for an unknown tag
+        (raised by the call, before any item)."""
+        from syncd.store import snapshots
+
+        found = self.get_dataset(dataset)
+        snap = snapshots.get(self, found, tag)
+        return snapshots.items_at(
+            self, found.id, snap.cursor, after_key=after_key, limit=limit, prefix=prefix
         )
 
 

@@ -336,12 +336,13 @@ def _write(catalog: Catalog, rows: Sequence[tuple[Any, ...]], edit: Edit) -> int
         item_row[_UPDATED_AT] = at
         records.append((*item_row, new_meta, new_tags))
     if writes:
+        # first: it keeps what the edit replaces for the dataset's snapshots
+        catalog.db.record_changes("updated", "edit", at, records)
         catalog.db.executemany(
             "UPDATE items SET user_metadata = ?, tags = ?, updated_at = ?"
             " WHERE dataset_id = ? AND key = ?",
             writes,
         )
-        catalog.db.record_changes("updated", "edit", at, records)
     return len(writes)
 
 

@@ -22,12 +22,19 @@ skips it.
 from __future__ import annotations
 
 TYPES: dict[str, dict[str, str]] = {
-    "sqlite": {"bigint": "INTEGER", "key": "TEXT", "rowid": "INTEGER PRIMARY KEY", "json": "TEXT"},
+    "sqlite": {
+        "bigint": "INTEGER",
+        "key": "TEXT",
+        "rowid": "INTEGER PRIMARY KEY",
+        "json": "TEXT",
+        "without_rowid": " WITHOUT ROWID",
+    },
     "postgresql": {
         "bigint": "BIGINT",
         "key": 'TEXT COLLATE "C"',
         "rowid": "BIGINT PRIMARY KEY",
         "json": "JSONB",
+        "without_rowid": "",
     },
 }
 
@@ -93,6 +100,43 @@ DELIVERIES = """CREATE TABLE deliveries (
     paused INTEGER NOT NULL DEFAULT 0,
     updated_at TEXT NOT NULL
 )"""
+
+#: a dataset frozen at change-log cursor ``cursor`` (:mod:`syncd.store.snapshots`), with the
+#: count and bytes of its items then
+SNAPSHOTS = """CREATE TABLE snapshots (
+    dataset_id {bigint} NOT NULL,
+    tag TEXT NOT NULL,
+    message TEXT,
+    created_at TEXT NOT NULL,
+    cursor {bigint} NOT NULL,
+    items {bigint} NOT NULL,
+    bytes {bigint} NOT NULL,
+    PRIMARY KEY (dataset_id, tag)
+)"""
+
+#: what item writes replaced while the dataset had snapshots: the key's state before the
+#: change at ``cursor`` (``present`` 0: the key did not exist; the other columns are null);
+#: the columns are the ``items`` columns of the same names (:mod:`syncd.store.snapshots`)
+ITEM_UNDO = """CREATE TABLE item_undo (
+    dataset_id {bigint} NOT NULL,
+    key {key} NOT NULL,
+    cursor {bigint} NOT NULL,
+    present INTEGER NOT NULL,
+    filename TEXT,
+    uri TEXT,
+    size {bigint},
+    etag TEXT,
+    content_type TEXT,
+    mtime TEXT,
+    version TEXT,
+    created_at TEXT,
+    updated_at TEXT,
+    metadata {json},
+    md5 TEXT,
+    user_metadata {json},
+    tags {json},
+    PRIMARY KEY (dataset_id, key, cursor)
+){without_rowid}"""
 
 SHARED: list[tuple[str, list[Statement]]] = [
     (
@@ -185,5 +229,11 @@ SHARED: list[tuple[str, list[Statement]]] = [
     updated_at TEXT NOT NULL
 )""",
         ],
+    ),
+    (
+        # snapshots (issue 25): the snapshot rows and the undo log of what item writes
+        # replaced while a dataset had one; see syncd.store.snapshots for the design
+        "0017_snapshots",
+        [SNAPSHOTS, ITEM_UNDO],
     ),
 ]

@@ -1,0 +1,204 @@
+"""Snapshots (issue 25): a snapshot's items are the dataset as it was at its cursor, whatever
+was created, overwritten, deleted or edited since; a diff equals a brute-force diff of two
+item sets; removing snapshots frees what only they needed; on both stores."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from providers.config import DriverConfig
+from syncd.errors import NotFound, UsageError
+from syncd.reconcile.filters import Filters
+from syncd.store import edits, snapshots
+from syncd.store.catalog import Catalog, Dataset
+from syncd.store.db import transaction
+from tests.conftest import CatalogMaker
+
+STAMP = "2026-12-07T00:00:00.000000Z"
+
+
+def new_dataset(catalog: Catalog, name: str = "ds") -> Dataset:
+    return catalog.create_dataset(
+        name, "file:///x/", DriverConfig(type="local", bucket="/x"), Filters()
+    )
+
+
+def put(catalog: Catalog, ds: Dataset, key: str, size: int, etag: str) -> None:
+    """Create or overwrite ``key`` as a push would."""
+    row = (ds.id, key, "/" + key, f"file:///x/{key}", size, etag, None, STAMP, None, STAMP,
+           STAMP, "{}", None)  # fmt: skip
+    with transaction(catalog.db):
+        catalog.write_rows(ds.id, [row], source="push")
+
+
+def delete(catalog: Catalog, ds: Dataset, key: str) -> None:
+    with transaction(catalog.db):
+        catalog.delete_items(ds.id, [key], source="push")
+
+
+def tag(catalog: Catalog, key: str, value: str) -> None:
+    edits.update_item(catalog, "ds", key, edits.Edit.of(metadata={"label": value}))
+
+
+def state(item: Any) -> tuple:
+    """What a snapshot must keep of an item: its object and the user's part."""
+    return (item.size, item.etag, item.user_metadata.replace(" ", ""), item.tags)
+
+
+def live(catalog: Catalog, ds: Dataset) -> dict[str, tuple]:
+    return {i.key: state(i) for i in catalog.iter_items(ds.id)}
+
+
+def frozen(catalog: Catalog, name: str, t: str, **kw: Any) -> dict[str, tuple]:
+    found = list(catalog.snapshot_items(name, t, **kw))
+    assert [i.key for i in found] == sorted(i.key for i in found)  # key order
+    return {i.key: state(i) for i in found}
+
+
+def test_a_snapshot_keeps_its_items_through_every_kind_of_write(catalogs: CatalogMaker) -> None:
+    catalog = catalogs()
+    ds = new_dataset(catalog)
+    for k in "abcd":
+        put(catalog, ds, k, 1, "e1")
+    tag(catalog, "d", "cat")
+    before = live(catalog, ds)
+    snap = snapshots.create(catalog, ds, "v1", "first")
+    assert (snap.items, snap.bytes) == (4, 4)
+    put(catalog, ds, "a", 2, "e2")  # overwritten
+    delete(catalog, ds, "b")  # deleted
+    put(catalog, ds, "e", 5, "e5")  # created
+    tag(catalog, "c", "dog")  # edited
+    tag(catalog, "d", "cow")  # edited again
+    put(catalog, ds, "a", 3, "e3")  # overwritten again: the first state is kept
+    assert frozen(catalog, "ds", "v1") == before
+    assert frozen(catalog, "ds", "v1", after_key="b", limit=1) == {"c": before["c"]}
+    assert frozen(catalog, "ds", "v1", prefix="d") == {"d": before["d"]}
+    found = {d.key: d.kind for d in snapshots.differences(catalog, ds, "v1")}
+    assert found == {"a": "changed", "b": "removed", "e": "added", "c": "changed", "d": "changed"}
+    # one entry per changed key, however often it changed
+    assert catalog.db.execute("SELECT count(*) FROM item_undo").fetchone()[0] == 5
+
+
+def test_each_snapshot_reads_the_state_it_froze(catalogs: CatalogMaker) -> None:
+    """A key changed after each of several snapshots: each reads its own state (the
+    earliest entry after its cursor), and removing the middle one keeps the others whole."""
+    catalog = catalogs()
+    ds = new_dataset(catalog)
+    seen = {}
+    for n in range(4):
+        put(catalog, ds, "a", n, f"e{n}")
+        put(catalog, ds, "b", n, f"e{n}")
+        snapshots.create(catalog, ds, f"v{n}")
+        seen[f"v{n}"] = live(catalog, ds)
+    delete(catalog, ds, "a")
+    for t, want in seen.items():
+        assert frozen(catalog, "ds", t) == want, t
+    snapshots.remove(catalog, ds, "v1")
+    del seen["v1"]
+    for t, want in seen.items():
+        assert frozen(catalog, "ds", t) == want, t
+    assert {d.key: d.kind for d in snapshots.differences(catalog, ds, "v0", "v3")} == {
+        "a": "changed", "b": "changed"
+    }  # fmt: skip
+    for t in list(seen):
+        snapshots.remove(catalog, ds, t)
+    assert catalog.db.execute("SELECT count(*) FROM item_undo").fetchone()[0] == 0
+
+
+def test_clear_errors_for_tags(catalogs: CatalogMaker) -> None:
+    catalog = catalogs()
+    ds = new_dataset(catalog)
+    snapshots.create(catalog, ds, "v1")
+    with pytest.raises(UsageError, match="exists already"):
+        snapshots.create(catalog, ds, "v1")
+    for bad in ["", "-x", "a b", "x" * 101, "a/b", "é"]:
+        with pytest.raises(UsageError, match="not valid"):
+            snapshots.create(catalog, ds, bad)
+    with pytest.raises(NotFound, match=r"unknown snapshot 'v2'.*v1"):
+        catalog.snapshot_items("ds", "v2")
+    with pytest.raises(UsageError, match="has 1 snapshot"):
+        catalog.drop_dataset(ds)
+    assert catalog.find_dataset("ds") is not None
+    catalog.drop_dataset(ds, with_snapshots=True)
+    assert catalog.db.execute("SELECT count(*) FROM snapshots").fetchone()[0] == 0
+
+
+def test_without_snapshots_writes_keep_nothing(catalogs: CatalogMaker) -> None:
+    catalog = catalogs()
+    ds = new_dataset(catalog)
+    other = new_dataset(catalog, "other")
+    snapshots.create(catalog, other, "v1")
+    for k in "abc":
+        put(catalog, ds, k, 1, "e")
+    delete(catalog, ds, "a")
+    assert catalog.db.execute("SELECT count(*) FROM item_undo").fetchone()[0] == 0
+
+
+# -- random histories against a model ---------------------------------------------------------
+
+KEYS = st.sampled_from(["a", "b", "c/d", "é"])
+OP = st.one_of(
+    st.tuples(st.just("put"), KEYS, st.integers(0, 3)),
+    st.tuples(st.just("delete"), KEYS, st.just(0)),
+    st.tuples(st.just("edit"), KEYS, st.integers(0, 3)),
+    st.tuples(st.just("snap"), st.just(""), st.just(0)),
+    st.tuples(st.just("rm"), st.just(""), st.integers(0, 5)),
+)
+
+
+@settings(
+    max_examples=100,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(ops=st.lists(OP, max_size=40))
+def test_random_histories_match_a_model(catalogs: CatalogMaker, ops: list) -> None:
+    """Random creates, overwrites, deletes, edits, snapshots and snapshot removals: each
+    snapshot's items equal the model's dataset when it was taken; every diff (between two
+    snapshots, and against the live dataset) equals a brute-force diff of the two item sets;
+    and after the removals no undo entry is kept that no snapshot needs."""
+    catalog = catalogs()
+    ds = new_dataset(catalog)
+    model: dict[str, tuple] = {}
+    taken: dict[str, dict[str, tuple]] = {}
+    n = 0
+    for op, key, value in ops:
+        if op == "put":
+            put(catalog, ds, key, value, f"e{value}")
+        elif op == "delete":
+            delete(catalog, ds, key)
+        elif op == "edit":
+            if key in model:
+                tag(catalog, key, str(value))
+        elif op == "snap":
+            n += 1
+            snapshots.create(catalog, ds, f"s{n}")
+            taken[f"s{n}"] = dict(model)
+        elif taken:
+            gone = sorted(taken)[value % len(taken)]
+            snapshots.remove(catalog, ds, gone)
+            del taken[gone]
+        model = live(catalog, ds)
+    versions = sorted(taken)
+    for t in versions:
+        assert frozen(catalog, "ds", t) == taken[t], t
+    for a in versions:
+        for b in [*versions, None]:
+            other = taken[b] if b is not None else model
+            want = brute_diff(taken[a], other)
+            got = {d.key: d.kind for d in snapshots.differences(catalog, ds, a, b)}
+            assert got == want, (a, b)
+    # nothing kept that no snapshot needs: pruning again finds nothing
+    with transaction(catalog.db):
+        assert snapshots.prune(catalog.db, ds.id) == 0
+
+
+def brute_diff(a: dict[str, tuple], b: dict[str, tuple]) -> dict[str, str]:
+    out = {k: "removed" for k in a if k not in b}
+    out.update({k: "added" for k in b if k not in a})
+    out.update({k: "changed" for k in a if k in b and a[k] != b[k]})
+    return out
