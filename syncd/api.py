@@ -757,12 +757,12 @@ def snapshot_source(
     catalog: Catalog, dataset: Dataset, tag: str
 ) -> Callable[[str], Iterator[Item]]:
     """``items(prefix)``: the items of snapshot ``tag`` of ``dataset`` whose keys start with
-    ``prefix``, in key order, read in pages (see :func:`syncd.export` too). ``NotFound`` for
-    a snapshot the dataset does not have."""
-    raise UsageError(
-        f"dataset {dataset.name!r} has no snapshot {tag!r}: this build of syncd keeps no "
-        "snapshots yet"
-    )
+    ``prefix``, in key order, read in pages (:meth:`Catalog.snapshot_items`). ``NotFound``
+    for a snapshot the dataset does not have, raised here, before any item is asked for."""
+    from syncd.store import snapshots
+
+    snapshots.get(catalog, dataset, tag)
+    return lambda prefix: catalog.snapshot_items(dataset.name, tag, prefix=prefix)
 
 
 async def push(
@@ -1061,6 +1061,13 @@ async def export_items(
 
 
 def _snapshot_matching(catalog: Catalog, dataset: Dataset, tag: str, query: Any) -> Iterator[Item]:
-    """The items of snapshot ``tag`` matching ``query``, in key order."""
+    """The items of snapshot ``tag`` matching ``query``, in key order: the snapshot's items
+    under the query's prefix, read in pages, each tested by :func:`syncd.export.matcher` (a
+    snapshot's items are the live rows and the undo log's, which no SQL query spans)."""
+    from syncd.export import matcher
+
     source = snapshot_source(catalog, dataset, tag)
-    return source(query.prefix)
+    if not query.where:
+        return source(query.prefix)
+    test = matcher(query)
+    return (item for item in source(query.prefix) if test(item))

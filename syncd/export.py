@@ -25,12 +25,16 @@ from __future__ import annotations
 import csv
 import io
 import json
+import operator
 import re
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from syncd.errors import UsageError
 from syncd.store.catalog import Item
+
+if TYPE_CHECKING:  # the query model loads pydantic: only an export with --where needs it
+    from syncd.query import Query
 
 FORMATS = ("jsonl", "csv", "parquet")
 COLUMNS = (
@@ -62,6 +66,83 @@ def parse_duration(text: str) -> int:
     if match is None:
         raise ValueError(f"{text!r} is not a duration (like 3600, 15m, 1h or 7d)")
     return int(match[1]) * _SECONDS[match[2].lower()]
+
+
+def matcher(query: Query) -> Callable[[Item], bool]:
+    """Whether an item matches ``query``'s prefix and every condition of its ``where``, in
+    Python, as the store's SQL (:mod:`syncd.store.query_sql`) decides it: for items no SQL
+    query can reach (a snapshot's, partly in the undo log). The tests hold it to the SQL's
+    answer on the same items."""
+    from syncd.query import glob_matcher
+
+    tests: list[Callable[[Item], bool]] = []
+    for cond in query.where:
+        if cond.kind == "glob":
+            match = glob_matcher(cond.pattern)
+            tests.append(lambda i, m=match: m(i.key))
+        elif cond.kind == "content_type":
+            tests.append(lambda i, c=cond: _content_type(i.content_type, c.value))
+        elif cond.kind == "compare":
+            tests.append(lambda i, c=cond: _compare(i, c.field, c.op, c.value))
+        elif cond.kind == "meta":
+            tests.append(lambda i, c=cond: _meta(i, c.column, c.path, c.scalars()))
+        else:  # tags
+            tests.append(lambda i, c=cond: _tags(i, c.mode, c.tags))
+    prefix = query.prefix
+    return lambda item: item.key.startswith(prefix) and all(t(item) for t in tests)
+
+
+def _content_type(have: str | None, want: str) -> bool:
+    if have is None:
+        return False
+    return have.startswith(want[:-1]) if want.endswith("/*") else have == want
+
+
+def _compare(item: Item, field: str, op: str, value: int | str) -> bool:
+    from syncd.query import mtime_order
+
+    mine: Any
+    if field == "size":
+        mine = item.size
+    elif field == "mtime":
+        mine = mtime_order(item.mtime)  # the query's bound is in that form (time_bound)
+    else:
+        mine = item.updated_at
+    return bool(_OPS[op](mine, value))
+
+
+_OPS: dict[str, Callable[[Any, Any], Any]] = {
+    "=": operator.eq,
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
+}
+
+
+def _same(a: Any, b: Any) -> bool:
+    """JSON equality with types: true is not 1, "5" is not 5, 5 is 5.0."""
+    if isinstance(a, bool) or isinstance(b, bool) or a is None or b is None:
+        return a is b
+    if isinstance(a, str) or isinstance(b, str):
+        return isinstance(a, str) and isinstance(b, str) and a == b
+    if isinstance(a, int | float) and isinstance(b, int | float):
+        return a == b
+    return False
+
+
+def _meta(item: Item, column: str, path: tuple[str, ...], values: list[Any]) -> bool:
+    doc: Any = json.loads(item.user_metadata if column == "user_metadata" else item.metadata)
+    for segment in path:
+        if not isinstance(doc, dict) or segment not in doc:
+            return False
+        doc = doc[segment]
+    return not values or any(_same(doc, v) for v in values)
+
+
+def _tags(item: Item, mode: str, wanted: tuple[str, ...]) -> bool:
+    have = set(json.loads(item.tags))
+    return bool(have.intersection(wanted)) if mode == "any" else set(wanted) <= have
 
 
 def need_pyarrow() -> Any:
