@@ -957,15 +957,18 @@ def patch_dataset(catalog: Catalog, name: str, body: Any, *, declared: Any = ())
     return catalog.update_dataset(existing, existing.driver, filters, settings=settings)
 
 
-def remove_dataset(catalog: Catalog, name: str, *, declared: Any = ()) -> int:
+def remove_dataset(
+    catalog: Catalog, name: str, *, declared: Any = (), with_snapshots: bool = False
+) -> int:
     """Remove a dataset with its items and run history, as ``syncd datasets rm`` does (the
     bucket is not touched); return how many items it had. ``NotFound`` for an unknown
-    dataset; :class:`Conflict` while a sync of it runs (its lease is held) or for one the
-    config declares."""
+    dataset; :class:`Conflict` while a sync of it runs (its lease is held), for one the
+    config declares, or while it has snapshots (unless ``with_snapshots``: they go too)."""
     existing = catalog.find_dataset(name)
     if existing is None:
         raise NotFound(f"unknown dataset {name!r}")
     _declared_refusal(name, declared, "remove")
+    refuse_snapshots(catalog, existing, with_snapshots)
     count = catalog.count_items(existing.id)
     owner = lease.new_owner()
     with transaction(catalog.db):
@@ -978,8 +981,34 @@ def remove_dataset(catalog: Catalog, name: str, *, declared: Any = ()) -> int:
         raise Conflict(
             f"dataset {name!r} is being synced by {holder.describe()}; try again when it is done"
         )
-    catalog.drop_dataset(existing)  # with its lease
+    drop_leased(catalog, existing, owner, with_snapshots=with_snapshots)
     return count
+
+
+def refuse_snapshots(catalog: Catalog, dataset: Dataset, with_snapshots: bool) -> None:
+    """:class:`Conflict` for removing a dataset that has snapshots without
+    ``with_snapshots`` (checked again when it is removed, in that transaction)."""
+    if with_snapshots:
+        return
+    n = catalog.db.execute(
+        "SELECT count(*) FROM snapshots WHERE dataset_id = ?", [dataset.id]
+    ).fetchone()[0]
+    if n:
+        raise Conflict(
+            f"dataset {dataset.name!r} has {n} snapshot(s); remove them first (`syncd snapshot"
+            " rm`) or pass --with-snapshots (HTTP: with_snapshots=true) to remove them with it"
+        )
+
+
+def drop_leased(catalog: Catalog, dataset: Dataset, owner: str, *, with_snapshots: bool) -> None:
+    """Remove a dataset whose lease ``owner`` holds (with the lease); if that is refused (a
+    snapshot taken meanwhile), the lease is given back."""
+    try:
+        catalog.drop_dataset(dataset, with_snapshots=with_snapshots)  # with its lease
+    except UsageError as exc:
+        with transaction(catalog.db):
+            lease.release(catalog.db, lease.for_dataset(dataset.id), owner)
+        raise Conflict(str(exc)) from None
 
 
 def dataset_settings_summary(catalog: Catalog, dataset: Dataset) -> dict[str, Any] | None:
@@ -1071,3 +1100,60 @@ def _snapshot_matching(catalog: Catalog, dataset: Dataset, tag: str, query: Any)
         return source(query.prefix)
     test = matcher(query)
     return (item for item in source(query.prefix) if test(item))
+
+
+# -- snapshots (issue 25; storage and contracts in syncd.store.snapshots) ----------------------
+
+
+def create_snapshot(
+    catalog: Catalog, dataset: str, tag: str, *, message: str | None = None
+) -> dict[str, Any]:
+    """Freeze dataset ``dataset`` as snapshot ``tag`` (``syncd snapshot create``); the
+    snapshot as :meth:`~syncd.store.snapshots.Snapshot.public` shows it. ``UsageError`` for an
+    unknown dataset, a bad tag or one the dataset has already (:class:`Conflict`)."""
+    from syncd.store import snapshots
+
+    found = catalog.get_dataset(dataset)
+    snapshots.check_tag(tag)
+    try:
+        return snapshots.create(catalog, found, tag, message).public()
+    except UsageError as exc:
+        if "exists already" in str(exc):
+            raise Conflict(str(exc)) from None
+        raise
+
+
+def list_snapshots(catalog: Catalog, dataset: str) -> list[dict[str, Any]]:
+    """The dataset's snapshots, oldest first (``syncd snapshot ls``)."""
+    from syncd.store import snapshots
+
+    return [s.public() for s in snapshots.list_snapshots(catalog, catalog.get_dataset(dataset))]
+
+
+def get_snapshot(catalog: Catalog, dataset: str, tag: str) -> dict[str, Any]:
+    """One snapshot (``syncd snapshot show``); ``NotFound`` for an unknown tag."""
+    from syncd.store import snapshots
+
+    return snapshots.get(catalog, catalog.get_dataset(dataset), tag).public()
+
+
+def remove_snapshot(catalog: Catalog, dataset: str, tag: str) -> dict[str, Any]:
+    """Remove a snapshot and what only it kept (``syncd snapshot rm``); the removed one."""
+    from syncd.store import snapshots
+
+    found = catalog.get_dataset(dataset)
+    snapshots.check_tag(tag)
+    return snapshots.remove(catalog, found, tag).public()
+
+
+def diff_snapshots(
+    catalog: Catalog, dataset: str, a: str, b: str | None = None, *, keys: int | None = None
+) -> dict[str, Any]:
+    """What changed from snapshot ``a`` to snapshot ``b`` (None: the live dataset), as
+    :func:`syncd.store.snapshots.diff_summary` counts it, with ``dataset``, ``a`` and ``b``
+    (``null``: live); at most ``keys`` keys listed per kind."""
+    from syncd.store import snapshots
+
+    found = catalog.get_dataset(dataset)
+    summary = snapshots.diff_summary(snapshots.differences(catalog, found, a, b), keys=keys)
+    return {"dataset": dataset, "a": a, "b": b, **summary}

@@ -549,13 +549,16 @@ def datasets_show(name: str, db_path: str | None, as_json: bool) -> None:
 @click.argument("name")
 @_db_option
 @click.option("--yes", is_flag=True, help="do not ask for confirmation")
-def datasets_rm(name: str, db_path: str | None, yes: bool) -> None:
+@click.option("--with-snapshots", is_flag=True, help="remove the dataset's snapshots with it")
+def datasets_rm(name: str, db_path: str | None, yes: bool, with_snapshots: bool) -> None:
     """Remove a dataset with its items and run history (the bucket is not touched).
 
-    Refuses while a sync of the dataset is running."""
+    Refuses while a sync of the dataset is running, and while it has snapshots unless
+    --with-snapshots."""
     catalog = Catalog.open(db_path or default_db_path(), create=False)
     try:
         ds = catalog.get_dataset(name)
+        api.refuse_snapshots(catalog, ds, with_snapshots)
         count = catalog.count_items(ds.id)
         if not yes:
             if not sys.stdin.isatty():
@@ -571,7 +574,7 @@ def datasets_rm(name: str, db_path: str | None, yes: bool) -> None:
             holder = lease.acquire(catalog.db, lease.for_dataset(ds.id), owner)
         if holder is not None:
             raise DatasetBusy(name, holder)
-        catalog.drop_dataset(ds)
+        api.drop_leased(catalog, ds, owner, with_snapshots=with_snapshots)
         click.echo(f"removed dataset {name!r} ({count:,} items)")
     finally:
         catalog.close()
@@ -616,6 +619,9 @@ def _parse_query(where: tuple[str, ...], prefix: str, sort: str = "key", order: 
 )
 @click.option("--desc", is_flag=True, help="descending order")
 @click.option("--limit", type=click.IntRange(min=1), metavar="N", help="at most N items")
+@click.option(
+    "--snapshot", "snapshot_tag", metavar="TAG", help="the items of snapshot TAG (key order)"
+)
 @_json_option
 def items_ls(
     dataset_name: str,
@@ -625,16 +631,25 @@ def items_ls(
     sort: str,
     desc: bool,
     limit: int | None,
+    snapshot_tag: str | None,
     as_json: bool,
 ) -> None:
-    """List a dataset's items (matching --where), in key order or by --sort (streamed)."""
+    """List a dataset's items (matching --where), in key order or by --sort (streamed);
+    with --snapshot, those of a snapshot (key order, --prefix and --limit only)."""
+    if snapshot_tag is not None and (where or sort != "key" or desc):
+        raise UsageError("--snapshot lists in key order with --prefix and --limit only")
     query = _parse_query(where, prefix, sort, "desc" if desc else "asc")
     catalog = Catalog.open_reader(db_path or default_db_path())
     try:
         ds = catalog.get_dataset(dataset_name)
+        found = (
+            catalog.iter_query(ds.id, query, limit=limit)
+            if snapshot_tag is None
+            else catalog.snapshot_items(ds.name, snapshot_tag, prefix=prefix, limit=limit)
+        )
         if not as_json:
             click.echo("FILENAME\tSIZE\tETAG\tURI")
-        for item in catalog.iter_query(ds.id, query, limit=limit):
+        for item in found:
             if as_json:
                 _emit(item.public())
             else:
@@ -1990,6 +2005,135 @@ def run(config_path: str | None, db_path: str | None) -> None:
         resolve_catalog(db_path, configured=config.catalog_url or "", announce=False),
         create_catalog=True,
     )
+
+
+@cli.group()
+def snapshot() -> None:
+    """Snapshots: a dataset's items frozen under a tag, read-only (issue 25)."""
+
+
+def _snapshot_line(row: dict[str, Any]) -> str:
+    message = printable(row["message"]) if row["message"] else ""
+    return (
+        f"{row['tag']}\t{row['created_at']}\t{row['items']}\t{row['bytes']}"
+        f"\t{row['cursor']}\t{message}"
+    )
+
+
+_SNAPSHOT_HEADER = "TAG\tCREATED\tITEMS\tBYTES\tCURSOR\tMESSAGE"
+
+
+@snapshot.command("create")
+@click.option("--dataset", "dataset_name", required=True, metavar="NAME")
+@click.argument("tag")
+@click.option("--message", "-m", metavar="TEXT", help="what this snapshot is for")
+@_db_option
+@_json_option
+def snapshot_create(
+    dataset_name: str, tag: str, message: str | None, db_path: str | None, as_json: bool
+) -> None:
+    """Freeze the dataset's items as snapshot TAG (cheap: no item is copied; later writes
+    keep what they replace)."""
+    catalog = Catalog.open(db_path or default_db_path(), create=False)
+    try:
+        row = api.create_snapshot(catalog, dataset_name, tag, message=message)
+    finally:
+        catalog.close()
+    if as_json:
+        _emit(row)
+    else:
+        click.echo(
+            f"created snapshot {tag!r} of dataset {dataset_name!r}: {row['items']:,} items,"
+            f" {row['bytes']:,} bytes (cursor {row['cursor']})"
+        )
+
+
+@snapshot.command("ls")
+@click.option("--dataset", "dataset_name", required=True, metavar="NAME")
+@_db_option
+@_json_option
+def snapshot_ls(dataset_name: str, db_path: str | None, as_json: bool) -> None:
+    """List the dataset's snapshots, oldest first."""
+    catalog = Catalog.open_reader(db_path or default_db_path())
+    try:
+        rows = api.list_snapshots(catalog, dataset_name)
+    finally:
+        catalog.close()
+    if not as_json:
+        click.echo(_SNAPSHOT_HEADER)
+    for row in rows:
+        if as_json:
+            _emit(row)
+        else:
+            click.echo(_snapshot_line(row))
+
+
+@snapshot.command("show")
+@click.option("--dataset", "dataset_name", required=True, metavar="NAME")
+@click.argument("tag")
+@_db_option
+@_json_option
+def snapshot_show(dataset_name: str, tag: str, db_path: str | None, as_json: bool) -> None:
+    """Show one snapshot: when, its message, items, bytes and change-log cursor."""
+    catalog = Catalog.open_reader(db_path or default_db_path())
+    try:
+        row = api.get_snapshot(catalog, dataset_name, tag)
+    finally:
+        catalog.close()
+    if as_json:
+        _emit(row)
+        return
+    for label in ("dataset", "tag", "message", "created_at", "cursor", "items", "bytes"):
+        value = row[label]
+        text = printable(value) if isinstance(value, str) else ("" if value is None else value)
+        click.echo(f"{label + ':':<12} {text}")
+
+
+@snapshot.command("rm")
+@click.option("--dataset", "dataset_name", required=True, metavar="NAME")
+@click.argument("tag")
+@_db_option
+@_json_option
+def snapshot_rm(dataset_name: str, tag: str, db_path: str | None, as_json: bool) -> None:
+    """Remove snapshot TAG (the items are not touched; what only it kept is freed)."""
+    catalog = Catalog.open(db_path or default_db_path(), create=False)
+    try:
+        row = api.remove_snapshot(catalog, dataset_name, tag)
+    finally:
+        catalog.close()
+    if as_json:
+        _emit({**row, "removed": True})
+    else:
+        click.echo(f"removed snapshot {tag!r} of dataset {dataset_name!r}")
+
+
+@snapshot.command("diff")
+@click.option("--dataset", "dataset_name", required=True, metavar="NAME")
+@click.argument("a")
+@click.argument("b", required=False)
+@_db_option
+@_json_option
+def snapshot_diff(
+    dataset_name: str, a: str, b: str | None, db_path: str | None, as_json: bool
+) -> None:
+    """What changed from snapshot A to snapshot B (without B: to the live dataset): added,
+    removed and changed keys, with counts and bytes."""
+    catalog = Catalog.open_reader(db_path or default_db_path())
+    try:
+        found = api.diff_snapshots(catalog, dataset_name, a, b)
+    finally:
+        catalog.close()
+    if as_json:
+        _emit(found)
+        return
+    for kind, mark in (("added", "+"), ("removed", "-"), ("changed", "~")):
+        for key in found[kind]["keys"]:
+            click.echo(f"{mark} {printable(key)}")
+    parts = [
+        f"{kind} {found[kind]['count']:,} ({found[kind]['bytes']:,} bytes)"
+        for kind in ("added", "removed", "changed")
+    ]
+    click.echo(f"{a} -> {b or 'live'}: " + ", ".join(parts), err=True)
 
 
 #: flags of the ``syncd`` group that users also put after the command

@@ -4,6 +4,11 @@ item sets; removing snapshots frees what only they needed; on both stores."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,6 +22,7 @@ from syncd.store import edits, snapshots
 from syncd.store.catalog import Catalog, Dataset
 from syncd.store.db import transaction
 from tests.conftest import CatalogMaker
+from tests.test_cli_errors import one_line_error
 
 STAMP = "2026-12-07T00:00:00.000000Z"
 
@@ -202,3 +208,175 @@ def brute_diff(a: dict[str, tuple], b: dict[str, tuple]) -> dict[str, str]:
     out.update({k: "added" for k in b if k not in a})
     out.update({k: "changed" for k in a if k in b and a[k] != b[k]})
     return out
+
+
+# -- the command, the Python API, HTTP ---------------------------------------------------------
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "syncd.cli", *args], capture_output=True, text=True, timeout=120
+    )
+
+
+def test_the_commands_and_their_errors(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("a.txt", "b.txt"):
+        (src / name).write_text(name)
+    db = str(tmp_path / "c.db")
+    assert cli("sync", str(src), "--dataset", "ds", "--db", db).returncode == 0
+    made = cli("snapshot", "create", "--dataset", "ds", "v1", "-m", "first", "--db", db, "--json")
+    assert made.returncode == 0, made.stderr
+    assert json.loads(made.stdout) | {"created_at": "", "cursor": 0} == {
+        "dataset": "ds", "tag": "v1", "message": "first", "items": 2, "bytes": 10,
+        "created_at": "", "cursor": 0,
+    }  # fmt: skip
+    (src / "a.txt").write_text("changed a")
+    (src / "b.txt").unlink()
+    (src / "c.txt").write_text("c")
+    assert cli("sync", "--dataset", "ds", "--db", db).returncode == 0
+    assert cli("snapshot", "create", "--dataset", "ds", "v2", "--db", db).returncode == 0
+    diff = cli("snapshot", "diff", "--dataset", "ds", "v1", "v2", "--db", db, "--json")
+    found = json.loads(diff.stdout)
+    assert (found["added"]["keys"], found["removed"]["keys"], found["changed"]["keys"]) == (
+        ["c.txt"], ["b.txt"], ["a.txt"]
+    )  # fmt: skip
+    assert (found["added"]["bytes"], found["removed"]["bytes"], found["changed"]["bytes"]) == (
+        1, 5, 9
+    )  # fmt: skip
+    text = cli("snapshot", "diff", "--dataset", "ds", "v1", "--db", db)
+    assert text.stdout.splitlines() == ["+ c.txt", "- b.txt", "~ a.txt"]
+    listed = cli("items", "ls", "--dataset", "ds", "--snapshot", "v1", "--db", db, "--json")
+    assert [json.loads(line)["key"] for line in listed.stdout.splitlines()] == ["a.txt", "b.txt"]
+    ls = cli("snapshot", "ls", "--dataset", "ds", "--db", db, "--json")
+    assert [json.loads(line)["tag"] for line in ls.stdout.splitlines()] == ["v1", "v2"]
+    one_line_error(cli("snapshot", "create", "--dataset", "ds", "v1", "--db", db), 2,
+                   "exists already")  # fmt: skip
+    one_line_error(cli("snapshot", "show", "--dataset", "ds", "v9", "--db", db), 2,
+                   "unknown snapshot 'v9'", "v1, v2")  # fmt: skip
+    one_line_error(cli("snapshot", "create", "--dataset", "ds", "a b", "--db", db), 2,
+                   "not valid")  # fmt: skip
+    one_line_error(cli("snapshot", "diff", "--dataset", "nope", "v1", "--db", db), 2,
+                   "unknown dataset")  # fmt: skip
+    one_line_error(cli("datasets", "rm", "ds", "--yes", "--db", db), 2, "--with-snapshots")
+    assert cli("snapshot", "rm", "--dataset", "ds", "v1", "--db", db).returncode == 0
+    gone = cli("datasets", "rm", "ds", "--yes", "--with-snapshots", "--db", db)
+    assert gone.returncode == 0, gone.stderr
+
+
+def test_the_python_api(tmp_path: Path) -> None:
+    import syncd
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("a")
+    db = str(tmp_path / "c.db")
+    syncd.sync(str(src), dataset="ds", db=db)
+    made = syncd.snapshot("ds", "v1", message="m", db=db)
+    assert (made["tag"], made["items"]) == ("v1", 1)
+    (src / "a.txt").write_text("aa")
+    syncd.sync(dataset="ds", db=db)
+    assert [i.size for i in syncd.items("ds", snapshot="v1", db=db)] == [1]
+    assert [i.size for i in syncd.items("ds", db=db)] == [2]
+    assert [s["tag"] for s in syncd.snapshot.ls("ds", db=db)] == ["v1"]
+    assert syncd.snapshot.diff("ds", "v1", db=db)["changed"]["keys"] == ["a.txt"]
+    with pytest.raises(UsageError):
+        syncd.items("ds", snapshot="v1", where="size>1", db=db)
+    syncd.snapshot.rm("ds", "v1", db=db)
+    assert syncd.snapshot.ls("ds", db=db) == []
+
+
+async def test_http_snapshots(tmp_path: Path) -> None:
+    from aiohttp import ClientSession
+
+    from syncd.config import load_daemon_config
+    from syncd.daemon.service import Daemon
+    from tests.emulators import free_port
+    from tests.test_daemon_api import until
+
+    src = tmp_path / "src"
+    src.mkdir()
+    keys = [f"k{i:03d}" for i in range(250)]
+    for k in keys:
+        (src / k).write_text(k)
+    db = str(tmp_path / "c.db")
+    port = free_port()
+    (tmp_path / "syncd.toml").write_text(
+        f'[drivers.disk]\ntype = "local"\nbucket = "{src}"\n'
+        '[datasets.files]\ndriver = "disk"\nwatch = false\n'
+        f'[server]\nhost = "127.0.0.1"\nport = {port}\n'
+    )
+    token = "snap-token-0123456789abcdef"
+    auth = {"Authorization": f"Bearer {token}"}
+    daemon = Daemon(load_daemon_config(str(tmp_path / "syncd.toml")), db, api_token=token,
+                    poll_seconds=1)  # fmt: skip
+    task = asyncio.create_task(daemon.run())
+    base = f"http://127.0.0.1:{port}/api/v1/datasets/files"
+
+    async def call(method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        async with session.request(method, base + path, json=body, headers=auth) as resp:
+            return resp.status, await resp.json(content_type=None)
+
+    async def ready() -> bool:
+        if task.done():
+            task.result()
+        return daemon.ready.is_set()
+
+    await until(ready, "the daemon to start")
+    async with ClientSession() as session:
+
+        async def synced() -> bool:
+            status, body = await call("GET", "")
+            return status == 200 and body["items"] == len(keys) and body["last_run"] is not None
+
+        await until(synced, "the first reconcile")
+        status, made = await call("POST", "/snapshots", {"tag": "v1", "message": "m"})
+        assert (status, made["items"]) == (201, 250), made
+        assert (await call("POST", "/snapshots", {"tag": "v1"}))[0] == 409
+        assert (await call("POST", "/snapshots", {"tag": "a b"}))[0] == 400
+        assert (await call("POST", "/snapshots", {"tagg": "v2"}))[0] == 400
+        assert (await call("GET", "/snapshots/v9"))[0] == 404
+        assert (await call("GET", "/snapshots/v1"))[1]["tag"] == "v1"
+        # change the dataset behind the snapshot: another connection writes as a push would
+        writer = Catalog.open(db)
+        try:
+            ds = writer.get_dataset("files")
+            put(writer, ds, "k000", 99, "new")
+            delete(writer, ds, "k001")
+        finally:
+            writer.close()
+        seen: list[str] = []
+        cursor = None
+        while True:
+            path = "/snapshots/v1/items?limit=100" + (f"&cursor={cursor}" if cursor else "")
+            status, page = await call("GET", path)
+            assert status == 200, page
+            seen += [i["key"] for i in page["items"]]
+            assert page["items"][0]["size"] == 4 if not cursor else True
+            cursor = page["next_cursor"]
+            if cursor is None:
+                break
+        assert seen == keys
+        status, diff = await call("GET", "/snapshots/v1/diff?limit=1")
+        assert status == 200, diff
+        assert (diff["changed"]["count"], diff["removed"]["keys"], diff["b"]) == (1, ["k001"], None)
+        assert (await call("GET", "/snapshots/v1/diff?against=v9"))[0] == 404
+        assert [s["tag"] for s in (await call("GET", "/snapshots"))[1]["snapshots"]] == ["v1"]
+        status, gone = await call("DELETE", "/snapshots/v1")
+        assert (status, gone["removed"]) == (200, True)
+        assert (await call("GET", "/snapshots"))[1]["snapshots"] == []
+    daemon.stop.set()
+    await asyncio.wait_for(task, 60)
+
+
+def test_removing_a_dataset_with_snapshots_is_refused_by_the_api(catalogs: CatalogMaker) -> None:
+    from syncd import api
+
+    catalog = catalogs()
+    ds = new_dataset(catalog)
+    snapshots.create(catalog, ds, "v1")
+    with pytest.raises(api.Conflict, match="with_snapshots"):
+        api.remove_dataset(catalog, "ds")
+    assert api.remove_dataset(catalog, "ds", with_snapshots=True) == 0
+    assert catalog.find_dataset("ds") is None

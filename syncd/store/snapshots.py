@@ -92,6 +92,12 @@ _STATE_COLS = ", ".join("t." + c for c in STATE)
 PAGE = 2000
 
 
+class UnknownSnapshot(NotFound):
+    """No snapshot of that tag: a usage error on the command line (exit 2), 404 over HTTP."""
+
+    exit_code = 2
+
+
 @dataclass(frozen=True)
 class Snapshot:
     """One snapshot of a dataset: ``cursor`` is the change-log cursor it freezes; ``items``
@@ -246,13 +252,14 @@ def _find(db: Database, dataset: Dataset, tag: str) -> Snapshot | None:
 
 
 def get(catalog: Catalog, dataset: Dataset, tag: str) -> Snapshot:
-    """Snapshot ``tag`` of the dataset; ``NotFound`` naming the known tags if none."""
+    """Snapshot ``tag`` of the dataset; :class:`UnknownSnapshot` naming the known tags if
+    none."""
     check_tag(tag)
     found = _find(catalog.db, dataset, tag)
     if found is None:
         tags = [s.tag for s in list_snapshots(catalog, dataset)]
         known = f"; its snapshots: {', '.join(tags)}" if tags else "; it has none"
-        raise NotFound(f"unknown snapshot {tag!r} of dataset {dataset.name!r}{known}")
+        raise UnknownSnapshot(f"unknown snapshot {tag!r} of dataset {dataset.name!r}{known}")
     return found
 
 
