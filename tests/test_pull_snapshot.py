@@ -19,9 +19,10 @@ from providers import open_driver
 from syncd import api
 from syncd.store.catalog import Catalog, Item
 from syncd.transfer.pull import Pull
-from tests.conftest import Backend
+from tests.conftest import Backend, CatalogMaker
 from tests.test_pull_push import PREFIX, put_all, syncd, tree
 from tests.test_sync_cli import summary
+from tests.test_sync_cli import syncd as run_syncd
 from tests.test_versioned_downloads import VERSIONED, versioned_bucket
 
 ORIGINAL = {
@@ -33,19 +34,29 @@ ORIGINAL = {
 }
 
 
+#: what history() changes after the record (relative to PREFIX); "added.txt" is new
+CHANGED = ("over/written.bin", "same-size.txt", "deleted.txt")
+
+
 def md5s(files: dict[str, bytes]) -> dict[str, str]:
     return {k: hashlib.md5(v).hexdigest() for k, v in files.items()}
 
 
-async def history(backend: Backend, db: Path, *, versioned: bool) -> tuple[str, list[Item]]:
+async def history(
+    backend: Backend, db: Path | str, *, versioned: bool, snapshot: str | None = None
+) -> tuple[str, list[Item]]:
     """A bucket holding ORIGINAL under PREFIX, synced into dataset ``ds``; its items as
-    recorded then; the bucket then changed (one overwritten, one deleted, one of the same
-    size rewritten, one added) and synced again. Returns the bucket and the recorded items."""
+    recorded then (and, with ``snapshot``, ``syncd snapshot create`` of that tag); the bucket
+    then changed (one overwritten, one deleted, one of the same size rewritten, one added)
+    and synced again. Returns the bucket and the recorded items."""
     bucket = versioned_bucket(backend) if versioned else backend.new_bucket()
     async with open_driver(backend.config(bucket)) as driver:
         await put_all(driver, ORIGINAL)
         source = backend.source(bucket, PREFIX)
         summary(syncd("sync", source, "--dataset", "ds", "--db", str(db), env=backend.env))
+        if snapshot is not None:
+            made = syncd("snapshot", "create", "--dataset", "ds", "--db", str(db), snapshot)
+            assert made.returncode == 0, made.stderr
         catalog = Catalog.open(str(db))
         try:
             recorded = list(catalog.iter_items(catalog.get_dataset("ds").id))
@@ -146,3 +157,64 @@ async def test_pull_of_recorded_items_without_versions_fails_the_changed_ones(
     kept = {k: v for k, v in ORIGINAL.items() if key_of[k] not in changed}
     # the file that was there stays as it was; no temp file is left behind
     assert tree(out) == {**kept, "same-size.txt": b"BBBB"}
+
+
+# -- acceptance (issue 25): the command, on every backend and both stores ------------------
+
+
+def _variants(backend: Backend) -> list[bool]:
+    return [True, False] if backend.name in VERSIONED else [False]
+
+
+async def test_pull_snapshot_brings_back_the_snapshot_or_says_what_is_gone(
+    backend: Backend, catalogs: CatalogMaker, tmp_path: Path
+) -> None:
+    """sync, ``snapshot create``, overwrite / rewrite / delete / add in the bucket, sync
+    again, ``pull --snapshot``: on a versioned bucket (moto, fake-gcs-server) every file has
+    the checksum it had at snapshot time (exit 0); on an unversioned one (every backend) the
+    changed objects fail with one line each naming the key and why, exit 1, nothing is under
+    their names, and the rest arrive."""
+    for versioned in _variants(backend):
+        db = catalogs.new_url()
+        _, recorded = await history(backend, db, versioned=versioned, snapshot="t1")
+        out = tmp_path / f"out-{versioned}"
+        proc = run_syncd(
+            "pull", str(out), "--dataset", "ds", "--db", db, "--snapshot", "t1", env=backend.env
+        )
+        changed = {i.key for i in recorded if i.filename[1:] in CHANGED}
+        if versioned:
+            assert proc.returncode == 0, proc.stderr
+            assert md5s(tree(out)) == md5s(ORIGINAL)
+            assert "pull of snapshot 't1' of dataset 'ds'" in proc.stdout
+            continue
+        assert proc.returncode == 1, proc.stderr
+        lines = proc.stderr.splitlines()
+        failed = [line for line in lines if line.startswith("syncd: failed ")]
+        assert sorted(failed) == sorted(
+            line for line in failed if any(f"failed {k}: " in line for k in changed)
+        )
+        assert {k for k in changed if any(f"failed {k}: " in line for line in failed)} == changed
+        assert len(failed) == len(changed)
+        assert "Traceback" not in proc.stderr
+        assert "no recorded bytes left in the bucket" in lines[-1]
+        kept = {k: v for k, v in ORIGINAL.items() if k not in CHANGED}
+        assert tree(out) == kept  # the rest arrived; nothing under a changed one's name
+
+
+def test_pull_snapshot_refuses_an_unknown_tag_and_sync(tmp_path: Path) -> None:
+    """An unknown tag, or --sync with --snapshot: one line, exit 2, no folder made."""
+    folder = tmp_path / "f"
+    folder.mkdir()
+    (folder / "x.txt").write_bytes(b"x")
+    db = str(tmp_path / "c.db")
+    summary(syncd("sync", str(folder), "--dataset", "ds", "--db", db))
+    for extra, message in (
+        ([], "snapshot 'nope'"),
+        (["--sync"], "--sync and --snapshot"),
+    ):
+        out = tmp_path / "out"
+        proc = run_syncd("pull", str(out), "--dataset", "ds", "--db", db, "--snapshot", "nope",
+                         *extra)  # fmt: skip
+        assert proc.returncode == 2, proc.stderr
+        assert len(proc.stderr.splitlines()) == 1 and message in proc.stderr
+        assert not out.exists()
