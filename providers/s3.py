@@ -172,10 +172,14 @@ class S3Driver(Driver):
         page_size: int = 1000,
         retry: RetryPolicy | None = None,
         session: botocore.session.Session | None = None,
+        versioned: bool = False,
     ) -> None:
         """``session``: the botocore session to make clients from (its credentials are the
-        driver's); without one, a session from the key, secret, token and profile given."""
+        driver's); without one, a session from the key, secret, token and profile given.
+        ``versioned``: list with ``ListObjectVersions`` (:meth:`list`), so each object's
+        record carries its VersionId."""
         super().__init__(bucket, page_size=min(page_size, 1000))
+        self.versioned = versioned
         self.retry = retry or RetryPolicy.from_env()
         self.storage_class = storage_class
         if session is None:
@@ -291,6 +295,10 @@ class S3Driver(Driver):
     async def list(
         self, prefix: str = "", start_after: str | None = None, end_before: str | None = None
     ) -> AsyncIterator[list[ObjectInfo]]:
+        if self.versioned:
+            async for page in self._list_versions(prefix, start_after, end_before):
+                yield page
+            return
         params: dict[str, Any] = {
             "Bucket": self.bucket,
             "Prefix": prefix,
@@ -324,6 +332,54 @@ class S3Driver(Driver):
             if not resp.get("IsTruncated") or not token:
                 return
             params["ContinuationToken"] = token
+
+    async def _list_versions(
+        self, prefix: str, start_after: str | None, end_before: str | None
+    ) -> AsyncIterator[list[ObjectInfo]]:
+        """:meth:`list` of a versioned bucket: ``ListObjectVersions``, keeping of each key its
+        latest version (``IsLatest``) with its ``VersionId``; a key whose latest version is a
+        delete marker is gone, as a plain listing shows it. Versions come in key order, the
+        newest first, so the latest is met once whatever the page boundaries. ``KeyMarker``
+        resumes after ``start_after`` (exclusive, as ``StartAfter``)."""
+        params: dict[str, Any] = {
+            "Bucket": self.bucket,
+            "Prefix": prefix,
+            "MaxKeys": self.page_size,
+        }
+        if start_after is not None:
+            params["KeyMarker"] = start_after
+        translate = self._translate()
+        while True:
+            resp = await call(
+                lambda p=dict(params): self._client.list_object_versions(**p), translate, self.retry
+            )
+            page = []
+            for obj in resp.get("Versions", []):
+                if not obj.get("IsLatest"):
+                    continue
+                if end_before is not None and obj["Key"] >= end_before:
+                    if page:
+                        yield page
+                    return
+                page.append(
+                    ObjectInfo(
+                        key=obj["Key"],
+                        size=int(obj["Size"]),
+                        etag=(etag := self._etag(obj["ETag"])),
+                        last_modified=_utc(obj["LastModified"]),
+                        version=obj.get("VersionId"),
+                        md5=_md5_of(etag),
+                    )
+                )
+            if page:
+                yield page
+            if not resp.get("IsTruncated"):
+                return
+            params["KeyMarker"] = resp["NextKeyMarker"]
+            if resp.get("NextVersionIdMarker"):
+                params["VersionIdMarker"] = resp["NextVersionIdMarker"]
+            else:
+                params.pop("VersionIdMarker", None)
 
     async def folders(self, prefix: str = "") -> list[str]:
         def fetch() -> list[str]:

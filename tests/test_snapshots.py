@@ -5,6 +5,7 @@ item sets; removing snapshots frees what only they needed; on both stores."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import subprocess
 import sys
@@ -380,3 +381,141 @@ def test_removing_a_dataset_with_snapshots_is_refused_by_the_api(catalogs: Catal
         api.remove_dataset(catalog, "ds")
     assert api.remove_dataset(catalog, "ds", with_snapshots=True) == 0
     assert catalog.find_dataset("ds") is None
+
+
+# -- consistency under concurrent writers (PostgreSQL) -----------------------------------------
+
+
+def test_snapshots_taken_while_a_reconcile_and_events_write_equal_the_log_at_their_cursor(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """A reconcile (repeated syncs of a folder), folder-watch events and item edits write one
+    dataset from three threads, each on its own connection, while snapshots are taken: each
+    snapshot's items equal the dataset at its recorded cursor, i.e. the change log replayed
+    up to that cursor (keys, sizes, etags), and its count and bytes."""
+    import random
+    import threading
+
+    from syncd import api
+    from syncd.events.apply import apply_events
+    from syncd.store import changes
+    from syncd.store import pg as pg_store
+    from tests.test_changes import watch_event
+
+    src = tmp_path / "src"
+    src.mkdir()
+    names = [f"d{i % 4}/f{i:02d}" for i in range(40)]
+    for name in names[:20]:
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
+        (src / name).write_text(name)
+    main = Catalog.open(postgres_url)
+    asyncio.run(api.sync(main, "ds", source=str(src)))
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def worker(work: Any) -> None:
+        catalog = Catalog.open(postgres_url)
+        try:
+            while not stop.is_set():
+                work(catalog)
+        except BaseException as exc:
+            errors.append(exc)
+            stop.set()
+        finally:
+            catalog.close()
+
+    rnd = random.Random(25)
+
+    def reconcile(catalog: Catalog) -> None:
+        asyncio.run(api.sync(catalog, "ds", wait=True))
+
+    def events(catalog: Catalog) -> None:
+        name = rnd.choice(names)
+        path = src / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if rnd.random() < 0.3:
+            path.unlink(missing_ok=True)
+        else:
+            path.write_text(name * rnd.randint(1, 5))
+        apply_events(catalog, [watch_event(src, name)], dataset="ds")
+
+    def edit(catalog: Catalog) -> None:
+        found = [i.key for i in catalog.iter_items(catalog.get_dataset("ds").id, limit=40)]
+        if found:
+            with contextlib.suppress(UsageError):  # deleted meanwhile
+                edits.update_item(catalog, "ds", rnd.choice(found),
+                                  edits.Edit.of(metadata={"n": rnd.randint(0, 9)}))  # fmt: skip
+
+    threads = [threading.Thread(target=worker, args=(w,)) for w in (reconcile, events, edit)]
+    for t in threads:
+        t.start()
+    ds = main.get_dataset("ds")
+    taken = []
+    try:
+        while len(taken) < 15 and not stop.is_set():
+            before = changes.head(main.db)
+            # wait for the writers to move on, on a condition (not a sleep)
+            deadline = threading.Event()
+            for _ in range(2000):
+                if changes.head(main.db) > before + 2 or stop.is_set():
+                    break
+                deadline.wait(0.005)
+            taken.append(snapshots.create(main, ds, f"s{len(taken)}"))
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(120)
+    assert not errors, errors
+    assert len(taken) == 15
+    assert len({s.cursor for s in taken}) > 5  # the writers did write in between
+    log = list(changes.follow(main.db, dataset_id=ds.id))
+    for snap in taken:
+        state: dict[str, tuple] = {}
+        for change in log:
+            if change.cursor > snap.cursor:
+                break
+            if change.kind == "deleted":
+                state.pop(change.key, None)
+            elif change.item is not None:
+                state[change.key] = (change.item["size"], change.item["etag"])
+        found = {i.key: (i.size, i.etag) for i in main.snapshot_items("ds", snap.tag)}
+        assert found == state, snap
+        assert (snap.items, snap.bytes) == (len(state), sum(s for s, _ in state.values()))
+    main.close()
+    pg_store.close_pools()
+
+
+def test_kill_9_during_create_leaves_no_half_snapshot(
+    catalogs: CatalogMaker, tmp_path: Path
+) -> None:
+    """``syncd snapshot create`` killed (SIGKILL) after writing its row, before the commit:
+    no snapshot is listed, and the same command then succeeds."""
+    import os
+    import signal
+    import time
+
+    url = catalogs.new_url()
+    catalog = Catalog.open(url)
+    ds = new_dataset(catalog)
+    put(catalog, ds, "a", 1, "e")
+    catalog.close()
+    log = tmp_path / "create.log"
+    with log.open("wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "syncd.cli", "snapshot", "create", "--dataset", "ds", "v1",
+             "--db", url],
+            stderr=err, stdout=subprocess.DEVNULL,
+            env={**os.environ, "SYNCD_FAULT_PAUSE_AT": "snapshot-create"},
+        )  # fmt: skip
+        deadline = time.monotonic() + 120
+        while b"paused at snapshot-create" not in log.read_bytes():
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, "the command never reached the pause point"
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(60)
+    listed = cli("snapshot", "ls", "--dataset", "ds", "--db", url, "--json")
+    assert listed.returncode == 0 and listed.stdout == "", listed
+    again = cli("snapshot", "create", "--dataset", "ds", "v1", "--db", url, "--json")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["items"] == 1

@@ -212,12 +212,12 @@ class Catalog:
             self._ensure_integration(cfg.integration)
         values = cfg.public()
         values["allow_external_delete"] = int(values["allow_external_delete"])
+        values["versioned"] = int(values["versioned"])
         row = self.db.execute("SELECT id FROM drivers WHERE name = ?", [name]).fetchone()
         if row is None:
             cur = self.db.execute(
-                "INSERT INTO drivers (name, type, bucket, path, region, endpoint, storage_class,"
-                " account, allow_external_delete, integration, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                f"INSERT INTO drivers (name, {', '.join(_DRIVER_COLUMNS)}, created_at)"
+                f" VALUES ({', '.join('?' * (len(_DRIVER_COLUMNS) + 2))}) RETURNING id",
                 [name, *(values[k] for k in _DRIVER_COLUMNS), now()],
             )
             return int(cur.fetchone()[0])
@@ -966,6 +966,7 @@ def _dataset_from_row(row: tuple[Any, ...]) -> Dataset:
     values = dict(zip(_DRIVER_COLUMNS, driver_values, strict=True))
     integ_name = values.pop("integration")
     values["allow_external_delete"] = bool(values["allow_external_delete"])
+    values["versioned"] = bool(values["versioned"])
     # references and plain values only: the secrets are read when the driver opens
     integration = (
         Integration(integ_name, integ_type, json.loads(integ_fields or "{}"))

@@ -234,6 +234,11 @@ SHARED: list[tuple[str, list[Statement]]] = [
         # snapshots (issue 25): the snapshot rows and the undo log of what item writes
         # replaced while a dataset had one; see syncd.store.snapshots for the design
         "0017_snapshots",
-        [SNAPSHOTS, ITEM_UNDO],
+        [
+            SNAPSHOTS,
+            ITEM_UNDO,
+            # an s3 driver that lists object versions (providers.config.DriverConfig.versioned)
+            "ALTER TABLE drivers ADD COLUMN versioned INTEGER NOT NULL DEFAULT 0",
+        ],
     ),
 ]

@@ -41,6 +41,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from providers import faults
 from syncd.errors import NotFound, UsageError
 from syncd.store.sql import Database, select_keys
 from syncd.store.stamps import now
@@ -243,6 +244,7 @@ def create(catalog: Catalog, dataset: Dataset, tag: str, message: str | None = N
             " VALUES (?, ?, ?, ?, ?, ?, ?)",
             [dataset.id, tag, message, at, cursor, int(n), int(total)],
         )
+        faults.pause_point("snapshot-create")  # a crash test kills the process here
     return Snapshot(dataset.name, tag, message, at, cursor, int(n), int(total))
 
 
@@ -391,7 +393,10 @@ def items_at(
             f"SELECT 0, 0, 1, {_ITEM_COLS} FROM items WHERE dataset_id = ?{where}"
             f" UNION ALL SELECT 1, cursor, present, {_ITEM_COLS} FROM item_undo"
             f" WHERE dataset_id = ?{where} AND cursor > ?"
-            " ORDER BY 4, 1, 2 LIMIT ?",
+            # key, then cursor: a live row (cursor 0) before its key's entries (each > the
+            # snapshot's cursor >= 0); both parts come in their primary key's order, so sqlite
+            # merges them without sorting (ORDER BY 4, 1, 2 sorted the undo part per page)
+            " ORDER BY 4, 2 LIMIT ?",
             [dataset_id, *args, dataset_id, *args, cursor, size],
         ).fetchall()
         full = len(rows) == size
@@ -485,7 +490,7 @@ def differences(
             f" UNION ALL SELECT 1, t.cursor, t.present, t.key, {_STATE_COLS}"
             " FROM wanted CROSS JOIN item_undo t"
             " WHERE t.dataset_id = ? AND t.key = wanted.k AND t.cursor > ?"
-            " ORDER BY 4, 1, 2",
+            " ORDER BY 4, 2",
             [*keys, dataset.id, dataset.id, lo],
         ).fetchall()
         by_key: dict[str, list[tuple[Any, ...]]] = {}
