@@ -43,17 +43,34 @@ def md5s(files: dict[str, bytes]) -> dict[str, str]:
 
 
 async def history(
-    backend: Backend, db: Path | str, *, versioned: bool, snapshot: str | None = None
+    backend: Backend,
+    db: Path | str,
+    *,
+    versioned: bool,
+    snapshot: str | None = None,
+    s3_versions: bool = False,
 ) -> tuple[str, list[Item]]:
     """A bucket holding ORIGINAL under PREFIX, synced into dataset ``ds``; its items as
     recorded then (and, with ``snapshot``, ``syncd snapshot create`` of that tag); the bucket
     then changed (one overwritten, one deleted, one of the same size rewritten, one added)
-    and synced again. Returns the bucket and the recorded items."""
+    and synced again. Returns the bucket and the recorded items. ``s3_versions``: the
+    dataset's S3 driver is declared ``versioned = true`` (a syncd.toml), so its items record
+    VersionIds (else an S3 listing states none)."""
     bucket = versioned_bucket(backend) if versioned else backend.new_bucket()
     async with open_driver(backend.config(bucket)) as driver:
         await put_all(driver, ORIGINAL)
-        source = backend.source(bucket, PREFIX)
-        summary(syncd("sync", source, "--dataset", "ds", "--db", str(db), env=backend.env))
+        if s3_versions:
+            config = Path(str(db) + ".toml") if "://" not in str(db) else None
+            config = config or Path(backend.tmp) / f"{bucket}.toml"
+            config.write_text(
+                f'[drivers.d]\ntype = "s3"\nbucket = "{bucket}"\npath = "{PREFIX}"\n'
+                f'endpoint = "{backend.emulator.url}"\nversioned = true\n\n'
+                '[datasets.ds]\ndriver = "d"\n'
+            )
+            args = ["sync", "--config", str(config), "--dataset", "ds", "--db", str(db)]
+        else:
+            args = ["sync", backend.source(bucket, PREFIX), "--dataset", "ds", "--db", str(db)]
+        summary(syncd(*args, env=backend.env))
         if snapshot is not None:
             made = syncd("snapshot", "create", "--dataset", "ds", "--db", str(db), snapshot)
             assert made.returncode == 0, made.stderr
@@ -70,7 +87,7 @@ async def history(
         await driver.put(PREFIX + "same-size.txt", b"BBBB")
         await driver.delete(PREFIX + "deleted.txt")
         await driver.put(PREFIX + "added.txt", b"not in the record")
-    summary(syncd("sync", source, "--dataset", "ds", "--db", str(db), env=backend.env))
+    summary(syncd(*args, env=backend.env))
     return bucket, recorded
 
 
@@ -162,8 +179,11 @@ async def test_pull_of_recorded_items_without_versions_fails_the_changed_ones(
 # -- acceptance (issue 25): the command, on every backend and both stores ------------------
 
 
-def _variants(backend: Backend) -> list[bool]:
-    return [True, False] if backend.name in VERSIONED else [False]
+def _variants(backend: Backend) -> list[tuple[bool, bool]]:
+    """(versioned bucket, S3 driver declared ``versioned = true``) of each run on ``backend``."""
+    if backend.name == "s3":
+        return [(True, True), (True, False), (False, False)]
+    return [(True, False), (False, False)] if backend.name in VERSIONED else [(False, False)]
 
 
 async def test_pull_snapshot_brings_back_the_snapshot_or_says_what_is_gone(
@@ -174,10 +194,14 @@ async def test_pull_snapshot_brings_back_the_snapshot_or_says_what_is_gone(
     the checksum it had at snapshot time (exit 0); on an unversioned one (every backend) the
     changed objects fail with one line each naming the key and why, exit 1, nothing is under
     their names, and the rest arrive."""
-    for versioned in _variants(backend):
+    for versioned, s3_versions in _variants(backend):
         db = catalogs.new_url()
-        _, recorded = await history(backend, db, versioned=versioned, snapshot="t1")
-        out = tmp_path / f"out-{versioned}"
+        _, recorded = await history(
+            backend, db, versioned=versioned, snapshot="t1", s3_versions=s3_versions
+        )
+        # recorded versions where the listing states them (GCS always, S3 when declared)
+        assert all(i.version for i in recorded) == (backend.name == "gcs" or s3_versions)
+        out = tmp_path / f"out-{versioned}-{s3_versions}"
         proc = run_syncd(
             "pull", str(out), "--dataset", "ds", "--db", db, "--snapshot", "t1", env=backend.env
         )
