@@ -116,11 +116,11 @@ _set_metadata = ObjectInfo.metadata.__set__  # type: ignore[attr-defined]
 _set_tags = ObjectInfo.tags.__set__  # type: ignore[attr-defined]
 
 
-#: why an unversioned object's recorded bytes are gone: deleted (see :func:`changed_unversioned`)
-_DELETED_UNVERSIONED = (
-    "deleted since it was recorded, and no version was recorded to read the old bytes by "
-    "(turn on the bucket's versioning so recorded bytes survive deletes and overwrites)"
-)
+def _no_versions(provider: str) -> str:
+    """What to do about bytes lost for want of versions, on ``provider``."""
+    if provider == "local":
+        return "a folder keeps no old versions of its files"
+    return "turn on the bucket's versioning so recorded bytes survive deletes and overwrites"
 
 
 def changed_unversioned(
@@ -133,15 +133,20 @@ def changed_unversioned(
         provider,
         bucket,
         f"changed since it was recorded (ETag {recorded!r} then{seen}), and no version was "
-        "recorded to read the old bytes by (turn on the bucket's versioning so recorded bytes "
-        "survive deletes and overwrites)",
+        f"recorded to read the old bytes by ({_no_versions(provider)})",
         key=key,
     )
 
 
 def deleted_unversioned(provider: str, bucket: str, key: str) -> errors.VersionGone:
     """The error for an object read without a version that was deleted since its record."""
-    return errors.VersionGone(provider, bucket, _DELETED_UNVERSIONED, key=key)
+    return errors.VersionGone(
+        provider,
+        bucket,
+        "deleted since it was recorded, and no version was recorded to read the old bytes by "
+        f"({_no_versions(provider)})",
+        key=key,
+    )
 
 
 def object_uri(provider: str, bucket: str, key: str, account: str | None = None) -> str:
