@@ -116,6 +116,31 @@ def test_each_snapshot_reads_the_state_it_froze(catalogs: CatalogMaker) -> None:
     assert catalog.db.execute("SELECT count(*) FROM item_undo").fetchone()[0] == 0
 
 
+@pytest.mark.parametrize("page", [1, 2, 3, 5])
+def test_pages_merge_live_rows_and_entries_whatever_their_size(
+    catalogs: CatalogMaker, monkeypatch: pytest.MonkeyPatch, page: int
+) -> None:
+    """A snapshot read in pages of a few rows, where live rows and undo entries of other keys
+    fill pages unevenly: every key once, in order, in its frozen state."""
+    monkeypatch.setattr(snapshots, "PAGE", page)
+    catalog = catalogs()
+    ds = new_dataset(catalog)
+    for n in range(10):
+        put(catalog, ds, f"k{n}", n, "e")
+    snapshots.create(catalog, ds, "v1")
+    want = live(catalog, ds)
+    for n in (7, 9):
+        put(catalog, ds, f"k{n}", 99, "x")
+    delete(catalog, ds, "k8")
+    put(catalog, ds, "k10", 1, "new")
+    snapshots.create(catalog, ds, "v2")
+    put(catalog, ds, "k7", 100, "y")
+    assert frozen(catalog, "ds", "v1") == want
+    assert frozen(catalog, "ds", "v1", after_key="k3", limit=4) == {
+        k: want[k] for k in ("k4", "k5", "k6", "k7")
+    }
+
+
 def test_clear_errors_for_tags(catalogs: CatalogMaker) -> None:
     catalog = catalogs()
     ds = new_dataset(catalog)
@@ -163,11 +188,15 @@ OP = st.one_of(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
 @given(ops=st.lists(OP, max_size=40))
-def test_random_histories_match_a_model(catalogs: CatalogMaker, ops: list) -> None:
+def test_random_histories_match_a_model(
+    catalogs: CatalogMaker, monkeypatch: pytest.MonkeyPatch, ops: list
+) -> None:
     """Random creates, overwrites, deletes, edits, snapshots and snapshot removals: each
     snapshot's items equal the model's dataset when it was taken; every diff (between two
     snapshots, and against the live dataset) equals a brute-force diff of the two item sets;
-    and after the removals no undo entry is kept that no snapshot needs."""
+    and after the removals no undo entry is kept that no snapshot needs. Pages of 2 rows,
+    so a key's live row and entries fall on different pages."""
+    monkeypatch.setattr(snapshots, "PAGE", 2)
     catalog = catalogs()
     ds = new_dataset(catalog)
     model: dict[str, tuple] = {}
