@@ -61,6 +61,62 @@ def table_bytes(catalog: Catalog, table: str) -> int | None:
     return int(row[0] or 0)
 
 
+def check_cost(url: str) -> None:
+    """The write path's cost for a dataset without snapshots (another one has a snapshot):
+    the check :func:`syncd.store.snapshots.capture` makes per batch, against writing a whole
+    1000-row batch (upsert and change log), in this process."""
+    from providers.config import DriverConfig
+    from syncd.reconcile.filters import Filters
+    from syncd.store.db import transaction
+
+    stamp = "2026-12-07T00:00:00.000000Z"
+    catalog = Catalog.open(url)
+    ds = catalog.create_dataset(
+        "plain", "file:///x/", DriverConfig(type="local", bucket="/x"), Filters()
+    )
+    other = catalog.create_dataset(
+        "other", "file:///y/", DriverConfig(type="local", bucket="/y"), Filters()
+    )
+    snapshots.create(catalog, other, "v1")
+
+    def rows(prefix: str) -> list[tuple]:
+        return [
+            (
+                ds.id,
+                f"{prefix}{i:06d}",
+                "/k",
+                "file:///x/k",
+                1,
+                "e",
+                None,
+                stamp,
+                None,
+                stamp,
+                stamp,
+                "{}",
+                None,
+            )
+            for i in range(1000)
+        ]
+
+    batch = rows("k")
+    with transaction(catalog.db):
+        t0 = time.perf_counter()
+        for _ in range(200):
+            snapshots.capture(catalog.db, batch)
+        check = (time.perf_counter() - t0) / 200
+    t0 = time.perf_counter()
+    for b in range(20):
+        with transaction(catalog.db):
+            catalog.write_rows(ds.id, rows(f"b{b:03d}"), source="listing", kinds=["created"] * 1000)
+    write = (time.perf_counter() - t0) / 20
+    catalog.close()
+    print(
+        f"  snapshot check per 1000-row batch (dataset without snapshots): {check * 1e6:.0f} us,"
+        f" {check / write:.2%} of writing the batch ({write * 1e3:.1f} ms)"
+    )
+
+
 def timed(what: str, work: object) -> object:
     t0 = time.perf_counter()
     out = work()  # type: ignore[operator]
@@ -81,10 +137,13 @@ def main() -> None:
 
             server = pg.start_server()
             db = server.create_database("bench_snapshots")
+            cost_db = server.create_database("bench_snapshot_check")
         else:
             db = str(Path(tmp) / "c.db")
+            cost_db = str(Path(tmp) / "cost.db")
         try:
             print(f"{opts.objects:,} objects, {opts.store}; load average {load_start:.2f}")
+            check_cost(cost_db)
             wall, rss = sync(db, f"bench://{opts.objects}")
             print(f"  {'first sync (no snapshot)':<44} {wall:7.3f} s   (RSS {rss:.0f} MiB)")
             catalog = Catalog.open(db)

@@ -387,11 +387,14 @@ def items_at(
     left = limit
     after = after_key
     size = PAGE
+    # the undo part's LIMIT follows what the last page used of it: entries are sparse after
+    # light churn (a full LIMIT of them reached far past the live rows, read again and again)
+    undo_size = PAGE
     while left is None or left > 0:
         where, args = key_range(after, prefix)
         # one statement (one consistent read): the next ``size`` live rows and the next
-        # ``size`` undo entries after the snapshot's cursor, each along its primary key (a
-        # LIMIT per part: one union under one LIMIT made PostgreSQL's planner, without
+        # ``undo_size`` undo entries after the snapshot's cursor, each along its primary key
+        # (a LIMIT per part: one union under one LIMIT made PostgreSQL's planner, without
         # statistics, sort every remaining row per page), then key, cursor: a live row
         # (cursor 0) before its key's entries (each > the snapshot's cursor >= 0)
         rows = db.execute(
@@ -400,22 +403,27 @@ def items_at(
             f" UNION ALL SELECT * FROM (SELECT 1, cursor, present, {_ITEM_COLS} FROM item_undo"
             f" WHERE dataset_id = ?{where} AND cursor > ? ORDER BY key, cursor LIMIT ?) AS u"
             " ORDER BY 4, 2",
-            [dataset_id, *args, size, dataset_id, *args, cursor, size],
+            [dataset_id, *args, size, dataset_id, *args, cursor, undo_size],
         ).fetchall()
         # a part that filled its LIMIT may go on past its last key: the keys up to the
         # smaller such last key are complete (for that key itself: its live row, and its
         # earliest entry, which is all that counts, as entries come by key, then cursor)
         bound = None
-        live = [r for r in rows if r[0] == 0]
-        undo_n = len(rows) - len(live)
-        if len(live) == size:
-            bound = live[-1][3]
-        if undo_n == size:
+        live_n = sum(1 for r in rows if r[0] == 0)
+        if live_n == size:
+            bound = max(r[3] for r in rows if r[0] == 0)
+        undo_full = len(rows) - live_n == undo_size
+        if undo_full:
             last_undo = max(r[3] for r in rows if r[0] == 1)
             bound = last_undo if bound is None else min(bound, last_undo)
         full = bound is not None
         if full:
             rows = [r for r in rows if r[3] <= bound]
+            used = sum(1 for r in rows if r[0] == 1)
+            if undo_full and bound == last_undo:
+                undo_size = min(undo_size * 2, PAGE)  # the entries held the page back
+            else:
+                undo_size = max(2 * used, 16, PAGE // 16)
         for item in _resolve(rows, Item):
             yield item
             if left is not None:
