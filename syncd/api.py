@@ -11,7 +11,8 @@ import dataclasses
 import json
 import logging
 import os
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from providers import faults, open_driver
 from providers.base import Driver
@@ -689,9 +690,13 @@ async def pull(
     on_file: FileHook | None = None,
     sync_first: bool = False,
     wait: bool = False,
+    snapshot: str | None = None,
 ) -> TransferResult:
     """Make ``folder`` mirror dataset ``name`` (see :mod:`syncd.transfer.pull`); the library
     call behind ``syncd pull``. Reads the catalog's items; the bucket is read, never written.
+
+    ``snapshot``: the items of that snapshot of the dataset instead, each read exactly as
+    recorded (its version); an object whose recorded bytes are gone fails with the reason.
 
     ``prefix`` limits it to objects whose key starts with it, as in ``items ls``; a prefix
     no key under the dataset's driver path can start with selects nothing (one warning).
@@ -702,7 +707,13 @@ async def pull(
         raise UsageError("--jobs must be at least 1")
     if sync_first and dry_run:
         raise UsageError("--sync writes the catalog; it cannot be combined with --dry-run")
+    if sync_first and snapshot is not None:
+        raise UsageError(
+            "--sync and --snapshot: a snapshot's items never change, so no sync is needed "
+            "to pull it; drop --sync"
+        )
     dataset = catalog.get_dataset(name)
+    source = None if snapshot is None else snapshot_source(catalog, dataset, snapshot)
     root = _transfer_folder(dataset, folder, must_exist=False)
     relative = _relative_prefix(dataset, prefix)
     if relative is None:
@@ -737,7 +748,21 @@ async def pull(
             meter=meter,
             protect=_catalog_files(catalog),
             on_file=on_file,
+            snapshot=snapshot,
+            items=source,
         ).run()
+
+
+def snapshot_source(
+    catalog: Catalog, dataset: Dataset, tag: str
+) -> Callable[[str], Iterator[Item]]:
+    """``items(prefix)``: the items of snapshot ``tag`` of ``dataset`` whose keys start with
+    ``prefix``, in key order, read in pages (:meth:`Catalog.snapshot_items`). ``NotFound``
+    for a snapshot the dataset does not have, raised here, before any item is asked for."""
+    from syncd.store import snapshots
+
+    snapshots.get(catalog, dataset, tag)
+    return lambda prefix: catalog.snapshot_items(dataset.name, tag, prefix=prefix)
 
 
 async def push(
@@ -1013,6 +1038,68 @@ def integration_summary(integration: Any, created_at: str | None = None) -> dict
     if created_at is not None:
         out["created_at"] = created_at
     return out
+
+
+async def export_items(
+    catalog: Catalog,
+    name: str,
+    out: BinaryIO,
+    *,
+    fmt: str = "jsonl",
+    snapshot: str | None = None,
+    where: tuple[str, ...] | list[str] = (),
+    prefix: str = "",
+    urls: bool = False,
+    ttl: int = 3600,
+) -> int:
+    """Write the manifest of dataset ``name``'s items (or of its ``snapshot``'s), those
+    matching ``where`` and ``prefix`` (:mod:`syncd.query`), to ``out`` in format ``fmt``
+    (:mod:`syncd.export`), with a presigned URL per row with ``urls`` (valid ``ttl``
+    seconds; a snapshot's rows signed for their recorded versions). Streams: the items are
+    read in keyset pages and written as they come. Returns the rows written; the library call
+    behind ``syncd items export``."""
+    from syncd import export
+    from syncd.query import QueryError, parse_where
+
+    if fmt not in export.FORMATS:
+        raise UsageError(f"--format must be one of {', '.join(export.FORMATS)}, not {fmt!r}")
+    if fmt == "parquet":
+        export.need_pyarrow()  # before anything is read or written
+    if urls and not 1 <= ttl <= MAX_URL_TTL:
+        raise UsageError(f"--expires must be 1 second to 7 days, not {ttl} seconds")
+    try:
+        query = parse_where(where, prefix=prefix)
+    except QueryError as exc:
+        raise UsageError(f"--where: {exc}") from None
+    dataset = catalog.get_dataset(name)
+    items: Iterator[Item]
+    if snapshot is None:
+        items = catalog.iter_query(dataset.id, query)
+    else:
+        items = _snapshot_matching(catalog, dataset, snapshot, query)
+    if not urls:
+        return await export.write_manifest(items, out, fmt)
+    async with open_dataset_driver(dataset) as driver:
+
+        async def presign(item: Item) -> str:
+            if snapshot is None:
+                return await driver.presign(item.key, ttl)
+            return await driver.presign_version(item.key, item.version, ttl)
+
+        return await export.write_manifest(items, out, fmt, presign=presign)
+
+
+def _snapshot_matching(catalog: Catalog, dataset: Dataset, tag: str, query: Any) -> Iterator[Item]:
+    """The items of snapshot ``tag`` matching ``query``, in key order: the snapshot's items
+    under the query's prefix, read in pages, each tested by :func:`syncd.export.matcher` (a
+    snapshot's items are the live rows and the undo log's, which no SQL query spans)."""
+    from syncd.export import matcher
+
+    source = snapshot_source(catalog, dataset, tag)
+    if not query.where:
+        return source(query.prefix)
+    test = matcher(query)
+    return (item for item in source(query.prefix) if test(item))
 
 
 # -- snapshots (issue 25; storage and contracts in syncd.store.snapshots) ----------------------

@@ -7,6 +7,7 @@ Errors print as one line on stderr; ``--debug`` adds the traceback and debug log
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import itertools
 import json
@@ -776,6 +777,117 @@ def items_url(dataset_name: str, key: str, db_path: str | None, ttl: int, as_jso
         click.echo(url)
 
 
+@items.command("export")
+@click.option("--dataset", "dataset_name", required=True, metavar="NAME")
+@_db_option
+@click.option("--snapshot", metavar="TAG", help="the items of this snapshot of the dataset")
+@_where_options
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["jsonl", "csv", "parquet"]),
+    default="jsonl",
+    show_default=True,
+    help="JSON Lines, CSV, or Parquet (needs pyarrow: pip install 'syncd[parquet]')",
+)
+@click.option("--urls", is_flag=True, help="a presigned URL per row (column url)")
+@click.option(
+    "--expires",
+    default=None,
+    metavar="DURATION",
+    help="how long the URLs work, like 3600, 15m, 1h, 7d (at most 7 days; default 1h)",
+)
+@click.option(
+    "-o",
+    "--output",
+    "output",
+    metavar="FILE",
+    help="write to FILE (complete or not at all: a temp file renamed at the end); default stdout",
+)
+@_json_option
+def items_export(
+    dataset_name: str,
+    db_path: str | None,
+    snapshot: str | None,
+    where: tuple[str, ...],
+    prefix: str,
+    fmt: str,
+    urls: bool,
+    expires: str | None,
+    output: str | None,
+    as_json: bool,
+) -> None:
+    """Write a manifest of a dataset's items (matching --where; of --snapshot TAG) for
+    training loaders: key, uri, size, etag, md5, version, content_type, mtime, metadata,
+    tags and with --urls a presigned url, one row per item in key order (streamed)."""
+    from syncd import export
+
+    if expires is not None and not urls:
+        raise UsageError("--expires sets how long --urls work; add --urls")
+    try:
+        ttl = export.parse_duration(expires or "1h")
+    except ValueError as exc:
+        raise UsageError(f"--expires: {exc}") from None
+    if fmt == "parquet":
+        export.need_pyarrow()
+        if output is None and sys.stdout.isatty():
+            raise UsageError("Parquet is binary: write it to a file (-o FILE) or a pipe")
+    _parse_query(where, prefix)  # a bad --where fails before any file is made
+    catalog = Catalog.open_reader(db_path or default_db_path())
+    try:
+
+        def run(out: Any) -> int:
+            return asyncio.run(
+                api.export_items(
+                    catalog,
+                    dataset_name,
+                    out,
+                    fmt=fmt,
+                    snapshot=snapshot,
+                    where=where,
+                    prefix=prefix,
+                    urls=urls,
+                    ttl=ttl,
+                )
+            )
+
+        if output is None:
+            run(sys.stdout.buffer)
+            sys.stdout.buffer.flush()
+            return
+        rows = _export_to_file(output, run)
+    finally:
+        catalog.close()
+    if as_json:
+        _emit({"rows": rows, "file": output, "format": fmt})
+    else:
+        click.echo(f"exported {rows:,} items of dataset {dataset_name!r} to {output}", err=True)
+
+
+def _export_to_file(output: str, run: Any) -> int:
+    """Run ``run(file)`` into a temp file beside ``output`` and rename it there when done:
+    a failed or interrupted export leaves no partial manifest under the name asked for."""
+    from providers.local import temp_path
+
+    path = os.path.abspath(output)
+    if os.path.isdir(path):
+        raise UsageError(f"-o {output!r} is a folder; name a file")
+    tmp = temp_path(path)
+    try:
+        handle = open(tmp, "wb")  # noqa: SIM115 - closed below, renamed only when complete
+    except OSError as exc:
+        raise UsageError(f"cannot write {output!r}: {exc.strerror}") from None
+    try:
+        with handle:
+            rows = run(handle)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+    return rows
+
+
 # -- item edits (syncd.store.edits) ----------------------------------------------------------
 
 
@@ -1136,15 +1248,25 @@ def _transfer(direction: str, db_path: str | None, dry_run: bool, as_json: bool,
         if c["skipped"]:
             parts.append(f"{c['skipped']:,} skipped (each named in a warning)")
         where = "into" if direction == "pull" else "from"
+        of = f" snapshot {result.snapshot!r} of" if result.snapshot is not None else ""
         click.echo(
-            f"{direction} of dataset {result.dataset!r} {where} {result.folder}: "
+            f"{direction} of{of} dataset {result.dataset!r} {where} {result.folder}: "
             f"{', '.join(parts)} in {result.seconds:.2f}s"
         )
     if not result.ok:
         # one closing line however many files failed: what to look at and what to do
         c = result.counts
         advice = "run it again to retry the failed ones"
-        if c["gone"]:
+        if c["gone"] and result.snapshot is not None:
+            # no sync or retry brings those bytes back: the bucket no longer has them
+            advice = (
+                f"{c['gone']:,} of the failed have no recorded bytes left in the bucket "
+                f"(changed or deleted since snapshot {result.snapshot!r} without a version "
+                "kept, or that version deleted); no retry fetches them"
+            )
+            if c["failed"] > c["gone"]:
+                advice += "; run it again to retry the other failed ones"
+        elif c["gone"]:
             # a retry of those can only fail again: the catalog must learn of them first
             name, folder = shlex.quote(result.dataset), shlex.quote(result.folder)
             advice = (
@@ -1187,6 +1309,12 @@ def _transfer(direction: str, db_path: str | None, dry_run: bool, as_json: bool,
     help="sync the dataset with its bucket first (objects gone since the last sync are "
     "then not asked for)",
 )
+@click.option(
+    "--snapshot",
+    metavar="TAG",
+    help="pull that snapshot of the dataset: each object exactly as recorded (its version), "
+    "checked by size and checksum; one whose recorded bytes are gone fails, with why",
+)
 def pull(
     folder: str,
     dataset_name: str,
@@ -1197,6 +1325,7 @@ def pull(
     prefix: str,
     delete: bool,
     sync_first: bool,
+    snapshot: str | None,
 ) -> None:
     """Make folder DIR mirror a dataset: download what is missing or changed.
 
@@ -1221,6 +1350,7 @@ def pull(
             meter=meter,
             on_file=on_file,
             sync_first=sync_first,
+            snapshot=snapshot,
         ),
     )
 

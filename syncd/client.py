@@ -124,12 +124,22 @@ def pull(
     delete: bool = False,
     dry_run: bool = False,
     jobs: int = 8,
+    snapshot: str | None = None,
 ) -> TransferResult:
     """Make ``target_dir`` mirror ``dataset``: download what is missing or changed;
-    ``syncd pull``."""
+    ``syncd pull``. ``snapshot``: mirror that snapshot instead, each object exactly as
+    recorded (``syncd pull --snapshot``); objects whose recorded bytes are gone are in the
+    result's ``problems``, with why."""
     return _run(
         lambda catalog: api.pull(
-            catalog, dataset, target_dir, prefix=prefix, delete=delete, dry_run=dry_run, jobs=jobs
+            catalog,
+            dataset,
+            target_dir,
+            prefix=prefix,
+            delete=delete,
+            dry_run=dry_run,
+            jobs=jobs,
+            snapshot=snapshot,
         ),
         db,
         dry_run=dry_run,
