@@ -177,6 +177,9 @@ def test_a_new_file_appears_in_recent_changes_without_a_reload(dash: Dash, web_p
     # no reload happened: the page's own state is still there
     assert page.evaluate("() => window.__same_page") == 1
     assert "created" in page.locator("#recent tbody tr").first.inner_text()
+    # the three charts are drawn (uPlot's canvas in each)
+    for chart in ("duration", "changes", "items"):
+        page.locator(f"#chart-{chart} canvas").wait_for()
     DOCS.mkdir(exist_ok=True)
     page.screenshot(path=str(DOCS / "dashboard-dataset.png"), full_page=True)
 

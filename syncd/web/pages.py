@@ -352,7 +352,8 @@ async def dataset(request: web.Request) -> dict[str, Any]:
         }
         for r in reversed(found["runs"])
     ]
-    return {"ds": found, "recent": recent, "cursor": cursor, "chart": chart}
+    chart_data = {"runs": chart, "items": found["items_history"]}
+    return {"ds": found, "recent": recent, "cursor": cursor, "chart": chart_data}
 
 
 @page("runs_table.html")
