@@ -88,6 +88,17 @@ def overview(catalog: Catalog, totals: Totals) -> dict[str, Any]:
     return {"datasets": rows, **api.workers_with_ages(catalog)}
 
 
+def dataset_runs(catalog: Catalog, name: str) -> dict[str, Any] | None:
+    """One dataset's latest runs with every attempt (newest first), for the runs table's
+    refresh: nothing counted. None when there is no such dataset."""
+    ds = catalog.find_dataset(name)
+    if ds is None:
+        return None
+    checkpoint = Checkpoint(catalog.db)
+    runs = [api.run_summary(r, checkpoint) for r in checkpoint.history(ds.id, RUN_HISTORY)]
+    return {"name": ds.name, "runs": runs}
+
+
 def dataset_page(catalog: Catalog, totals: Totals, name: str) -> dict[str, Any] | None:
     """One dataset: its summary, health, totals and its latest runs with every attempt
     (newest first); None when there is no such dataset."""
