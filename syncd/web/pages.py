@@ -271,6 +271,7 @@ async def overview(request: web.Request) -> web.StreamResponse:
     ctx = request.app[CONTEXT]
     totals = request.app[TOTALS]
     found = await ctx.catalog.call(lambda c: data.overview(c, totals))
+    totals.refresh(ctx.catalog)
     schedules = {}
     if ctx.scheduler is not None:
         schedules = {row["name"]: ctx.scheduler.state(row["name"]) for row in found["datasets"]}
@@ -298,6 +299,7 @@ async def _dataset(request: web.Request, *, full: bool = True) -> dict[str, Any]
     )
     if found is None:
         raise _not_found(request, f"There is no dataset named {name!r}.")
+    totals.refresh(ctx.catalog)
     found["schedule"] = ctx.scheduler.state(name) if ctx.scheduler is not None else None
     return found
 
