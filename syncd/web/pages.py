@@ -395,6 +395,7 @@ async def live_changes(request: web.Request) -> web.StreamResponse:
     process's commits at once, by other processes' within :data:`POLL_SECONDS`."""
     from aiohttp_sse import sse_response
 
+    from syncd.errors import UsageError
     from syncd.store.changes import CursorGone
 
     ctx = request.app[CONTEXT]
@@ -422,6 +423,8 @@ async def live_changes(request: web.Request) -> web.StreamResponse:
             except CursorGone as exc:
                 after = exc.head  # pruned under a slow page: go on from the head
                 continue
+            except UsageError:  # the dataset was removed: nothing more will come
+                break
             for row in rows:
                 await stream.send(json.dumps(row), event="change", id=str(row["cursor"]))
             # at most one read per STREAM_PAUSE however fast changes come (a sync must not
