@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 import syncd
 from syncd.store.catalog import Catalog
 from syncd.web import data
@@ -56,3 +58,17 @@ def test_totals_count_again_only_when_the_log_moved(tmp_path: Path) -> None:
     _make(src, ["c"])
     syncd.sync(str(src), dataset="d", db=db)
     assert totals.of(catalog, ds) == (3, 3)
+
+
+def test_browser_tests_fail_in_ci_and_skip_elsewhere_without_chromium(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from tests.web import chromium_path
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # no chromium there
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="apt-get install -y chromium"):
+        chromium_path()
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception, match="chromium is not installed"):
+        chromium_path()
