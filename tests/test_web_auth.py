@@ -93,6 +93,9 @@ async def test_a_page_without_a_session_goes_to_sign_in_and_the_api_stays_401(
             assert resp.headers["Location"] == "/login?next=/datasets/files%3Fx%3D1"
         async with s.get(site.base + "/api/v1/datasets") as resp:
             assert resp.status == 401
+        # an htmx refresh of an open page whose session ended: the whole page goes
+        async with s.get(site.base + "/", headers={"HX-Request": "true"}) as resp:
+            assert resp.status == 204 and resp.headers["HX-Redirect"] == "/login"
         async with s.get(site.base + "/login") as resp:
             assert resp.status == 200 and 'name="token"' in await resp.text()
 

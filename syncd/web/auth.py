@@ -106,7 +106,11 @@ def wants_page(request: web.Request) -> bool:
 
 
 def to_sign_in(request: web.Request) -> web.Response:
-    """303 to the sign-in page, remembering where the browser was going (a local path)."""
+    """303 to the sign-in page, remembering where the browser was going (a local path).
+    An htmx refresh (its session expired under an open page) gets ``HX-Redirect`` instead:
+    the whole page goes to sign in, rather than the sign-in form into a table."""
+    if request.headers.get("HX-Request"):
+        return web.Response(status=204, headers={"HX-Redirect": "/login"})
     return see_other(f"/login?next={quote(request.rel_url.path_qs, safe='/')}")
 
 
