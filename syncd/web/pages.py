@@ -53,6 +53,8 @@ async def end_streams(app: web.Application) -> None:
     """``on_shutdown``: end every live stream (they wait on the change signal: wake them)."""
     app[CLOSING].set()
     app[CONTEXT].changed.pulse()
+
+
 OPENAPI = Path(__file__).parent.parent / "server" / "openapi.yaml"
 #: recent changes a dataset page shows at first (then pushed as they come)
 RECENT = 20
