@@ -1,0 +1,297 @@
+"""The item browser's data: a dataset as folders, filtered by the query model, in pages.
+
+Everything here runs on the daemon's catalog thread (``ctx.catalog.call``) and returns plain
+values for the templates; nothing here renders or touches HTTP.
+
+A page of the browser is one of two views of the dataset's items under a ``prefix`` (a key
+prefix; the dataset's own driver path is the root):
+
+* **folders** (no ``where`` expression, not ``flat``): the prefix's children one level down,
+  folders and items in key order (:func:`syncd.store.folders.children`: one index seek per
+  folder, never a read of what is inside it), each folder with its items and bytes counted
+  *bounded* (:func:`counts`): exact up to :data:`COUNT_CAP` items (or
+  :data:`COUNT_CAP_CROWDED` on a page of more than :data:`CROWDED` folders), else shown as
+  "10,000+": counting every item below each folder of a level over a million items costs
+  about 0.1 s per million (sqlite), which a page cannot pay per request. The exact count of
+  the current prefix is one click away (:func:`exact_count`, the query model's count);
+* **flat** (any ``where`` expression, or ``flat``): the items under the prefix matching the
+  query (:mod:`syncd.query`), at every depth, in the query's order
+  (:meth:`~syncd.store.catalog.Catalog.query_page`).
+
+Both page by *keyset*: the next-page link carries the last entry (a folder's prefix or an
+item's key; the query model's cursor in the flat view), so items added or removed while
+someone pages never shift a later page (no entry twice, none that stayed skipped).
+
+Bad input (a ``where`` expression, a cursor that is not one of this view's, a prefix with a
+NUL) raises :class:`~syncd.query.QueryError` with one line for a 400 page.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from syncd.store import folders
+from syncd.store.catalog import Dataset, Item
+
+if TYPE_CHECKING:
+    from syncd.store.catalog import Catalog
+
+#: entries (folders and items) per page
+PAGE = 100
+#: a child folder's items are counted exactly up to this many; past it the page says "10,000+"
+COUNT_CAP = 10_000
+#: on a page of more than :data:`CROWDED` folders, each is counted up to this many instead:
+#: the rows a page reads to count stay below ``CROWDED * COUNT_CAP`` (200,000; about 20 ms on
+#: sqlite) whatever the dataset holds
+COUNT_CAP_CROWDED = 1_000
+CROWDED = 20
+#: image types a browser draws in an ``<img>``: the items shown with a thumbnail
+THUMBNAIL_TYPES = frozenset(
+    {
+        "image/png",
+        "image/jpeg",
+        "image/gif",
+        "image/webp",
+        "image/avif",
+        "image/bmp",
+        "image/svg+xml",
+        "image/x-icon",
+        "image/vnd.microsoft.icon",
+    }
+)
+
+
+def is_image(item: Item) -> bool:
+    """Whether the browser shows ``item`` as a thumbnail (its content type is an image type
+    browsers draw)."""
+    ct = (item.content_type or "").split(";", 1)[0].strip().lower()
+    return ct in THUMBNAIL_TYPES
+
+
+def root_of(dataset: Dataset) -> str:
+    """The key prefix the dataset's items live under: its driver's path (``""`` or ending
+    in ``/``)."""
+    return dataset.driver.path
+
+
+@dataclass(frozen=True)
+class Crumb:
+    """One step of the breadcrumbs: the text shown and the prefix it leads to."""
+
+    label: str
+    prefix: str
+
+
+def crumbs(dataset: Dataset, prefix: str) -> list[Crumb]:
+    """The breadcrumbs from the dataset's root to ``prefix``: the root (the dataset's name),
+    then each folder down to the prefix; a prefix that does not end in ``/`` ends with its
+    last partial name. A prefix outside the root starts from the bucket's top instead."""
+    root = root_of(dataset)
+    start = root if prefix.startswith(root) else ""
+    out = [Crumb(dataset.name, start)]
+    rest = prefix[len(start) :]
+    at = start
+    while rest:
+        slash = rest.find("/")
+        part = rest if slash < 0 else rest[: slash + 1]
+        at += part
+        out.append(Crumb(part, at))
+        rest = rest[len(part) :]
+    return out
+
+
+@dataclass(frozen=True)
+class FolderRow:
+    """A child folder on a page: its prefix, its name (the prefix less the parent's, with
+    the ``/``) and its bounded count (None until counted)."""
+
+    prefix: str
+    name: str
+    count: folders.Count | None = None
+
+
+@dataclass
+class Page:
+    """One page of the browser (see the module docstring)."""
+
+    dataset: Dataset
+    prefix: str
+    where: list[str]
+    flat: bool
+    crumbs: list[Crumb]
+    #: folders and items, in the view's order
+    entries: list[FolderRow | Item] = field(default_factory=list)
+    #: the ``cursor`` parameter of the next page (None on the last page)
+    next_cursor: str | None = None
+    #: this page's own cursor (None on the first page)
+    cursor: str | None = None
+    #: the count cap applied to this page's folders
+    count_cap: int = COUNT_CAP
+    #: the exact items and bytes under the prefix matching the query, when asked for
+    total: tuple[int, int] | None = None
+
+    @property
+    def filtered(self) -> bool:
+        return bool(self.where)
+
+    def name_of(self, item: Item) -> str:
+        """An item's name on this page: its key less the prefix in the folder view (a key equal
+        to the prefix, a folder marker object, is shown whole), its key less the root in the
+        flat view."""
+        if not self.flat:
+            return item.key[len(self.prefix) :] or item.key
+        root = root_of(self.dataset)
+        return item.key[len(root) :] if item.key.startswith(root) and item.key != root else item.key
+
+
+def browse(
+    catalog: Catalog,
+    dataset: Dataset,
+    *,
+    prefix: str | None = None,
+    where: list[str] | None = None,
+    flat: bool = False,
+    cursor: str | None = None,
+    limit: int = PAGE,
+    total: bool = False,
+) -> Page:
+    """A page of the browser (see the module docstring): ``prefix`` None is the dataset's
+    root; ``cursor`` a :attr:`Page.next_cursor` of the same view; ``total``: also count every
+    matching item under the prefix exactly (the query model's count: one read of them all).
+    :class:`~syncd.query.QueryError` for anything a user typed wrong."""
+    from syncd.query import QueryError, parse_where
+
+    where = [w for w in (where or []) if w.strip()]
+    if prefix is None:
+        prefix = root_of(dataset)
+    _check_text(prefix, "the prefix")
+    for expression in where:
+        _check_text(expression, "a where expression")
+    query = parse_where(where, prefix=prefix)  # checks the prefix too (no NUL, not too long)
+    flat = flat or bool(where)
+    page = Page(dataset, prefix, where, flat, crumbs(dataset, prefix), cursor=cursor)
+    if flat:
+        items, nxt = catalog.query_page(dataset.id, query, cursor=cursor, limit=limit)
+        page.entries = list(items)
+        page.next_cursor = nxt
+    else:
+        after = _decode_level(cursor) if cursor else None
+        try:
+            level = folders.children(catalog, dataset.id, prefix, after=after, limit=limit)
+        except ValueError:
+            raise QueryError(_BAD_CURSOR) from None
+        page.entries = [
+            FolderRow(e.prefix, e.prefix[len(prefix) :]) if isinstance(e, folders.Folder) else e
+            for e in level.entries
+        ]
+        page.next_cursor = _encode_level(level.last) if level.more and level.last else None
+        page.count_cap, page.entries = counts(catalog, dataset.id, page.entries)
+    if total:
+        page.total = catalog.count_query(dataset.id, query)
+    return page
+
+
+def counts(
+    catalog: Catalog, dataset_id: int, entries: list[FolderRow | Item]
+) -> tuple[int, list[FolderRow | Item]]:
+    """The entries with each folder's bounded count (see the module docstring), and the cap
+    used."""
+    n = sum(isinstance(e, FolderRow) for e in entries)
+    cap = COUNT_CAP if n <= CROWDED else COUNT_CAP_CROWDED
+    out: list[FolderRow | Item] = []
+    for e in entries:
+        if isinstance(e, FolderRow):
+            e = FolderRow(
+                e.prefix, e.name, folders.bounded_count(catalog, dataset_id, e.prefix, cap)
+            )
+        out.append(e)
+    return cap, out
+
+
+_BAD_CURSOR = "malformed cursor: follow the page's own next-page link"
+
+
+def _encode_level(last: str) -> str:
+    """A folder view's cursor: ``L`` then the last entry, base64url. The flat view's cursors
+    are the query model's (base64 of a JSON array: they start with ``W``), so neither view
+    takes the other's."""
+    return "L" + base64.urlsafe_b64encode(last.encode()).decode().rstrip("=")
+
+
+def _decode_level(cursor: str) -> str:
+    from syncd.query import QueryError
+
+    if not cursor.startswith("L") or len(cursor) > 16384:
+        raise QueryError(_BAD_CURSOR)
+    raw = cursor[1:]
+    try:
+        last = base64.b64decode(raw + "=" * (-len(raw) % 4), altchars=b"-_", validate=True)
+        text = last.decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise QueryError(_BAD_CURSOR) from None
+    if "\x00" in text:
+        raise QueryError(_BAD_CURSOR)
+    return text
+
+
+def _check_text(text: str, what: str) -> None:
+    """Refuse text no key can hold: a URL can carry bytes that decode to unpaired surrogates,
+    which neither store can be asked about."""
+    from syncd.query import QueryError
+
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise QueryError(f"{what} is not valid UTF-8 text") from None
+
+
+# -- one item ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ItemView:
+    """An item as its page shows it: every field, and its metadata in parts."""
+
+    item: Item
+    #: every field of the public item but the metadata and tags, in order, as (name, value)
+    fields: list[tuple[str, Any]]
+    #: the provider's custom metadata and object tags (names to strings)
+    provider: dict[str, Any]
+    object_tags: dict[str, Any]
+    #: any other member of the provider's part (``content_type_guessed``...)
+    other: dict[str, Any]
+    #: the user's metadata (any JSON) and tags
+    user: dict[str, Any]
+    tags: list[str]
+    image: bool
+    #: the whole public item as indented JSON (what ``syncd items ls --json`` prints)
+    raw: str
+
+
+def item_view(catalog: Catalog, dataset: Dataset, key: str) -> ItemView | None:
+    """The page of the dataset's item ``key``; None when it has none."""
+    _check_text(key, "the key")
+    item = catalog.get_item(dataset.id, key)
+    if item is None:
+        return None
+    public = item.public()
+    meta = dict(public.pop("metadata"))
+    tags = public.pop("tags")
+    user = meta.pop("user", {})
+    provider = meta.pop("provider", {})
+    object_tags = meta.pop("object_tags", {})
+    return ItemView(
+        item=item,
+        fields=list(public.items()),
+        provider=provider if isinstance(provider, dict) else {"": provider},
+        object_tags=object_tags if isinstance(object_tags, dict) else {"": object_tags},
+        other=meta,
+        user=user if isinstance(user, dict) else {"": user},
+        tags=list(tags),
+        image=is_image(item),
+        raw=json.dumps(item.public(), indent=2, ensure_ascii=False, sort_keys=False),
+    )
