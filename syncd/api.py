@@ -523,26 +523,38 @@ def dataset_health(catalog: Catalog, dataset: Dataset, *, history: int = 20) -> 
     return {"state": state, "failures": failures, "last_success": last_success}
 
 
-def status(catalog: Catalog) -> dict[str, Any]:
-    """One look at a catalog (``syncd status``): where it is, every dataset with its item
-    count, last run and health (:func:`dataset_health`), failing ones first, and the
-    workers sharing it with how long ago each last heartbeat came."""
+def sort_by_health(rows: list[dict[str, Any]]) -> None:
+    """Sort rows that carry ``name`` and ``health`` (:func:`dataset_health`) in place: failing
+    datasets first, then held, interrupted, the rest; by name within each."""
+    order = {"failing": 0, "held": 1, "interrupted": 2}
+    rows.sort(key=lambda r: (order.get(r["health"]["state"], 3), r["name"]))
+
+
+def workers_with_ages(catalog: Catalog) -> dict[str, Any]:
+    """:func:`syncd.store.workers.listing` with each worker's ``heartbeat_age_seconds``."""
     from datetime import UTC, datetime
 
     from syncd.store.stamps import parse
 
-    rows = []
-    for ds in catalog.list_datasets():
-        row = dataset_summary(catalog, ds)
-        row["health"] = dataset_health(catalog, ds)
-        rows.append(row)
-    order = {"failing": 0, "held": 1, "interrupted": 2}
-    rows.sort(key=lambda r: (order.get(r["health"]["state"], 3), r["name"]))
     found = workers.listing(catalog.db)
     at = datetime.now(UTC)
     for kind in ("workers", "gone"):
         for w in found[kind]:
             w["heartbeat_age_seconds"] = round((at - parse(w["heartbeat_at"])).total_seconds(), 1)
+    return found
+
+
+def status(catalog: Catalog) -> dict[str, Any]:
+    """One look at a catalog (``syncd status``): where it is, every dataset with its item
+    count, last run and health (:func:`dataset_health`), failing ones first, and the
+    workers sharing it with how long ago each last heartbeat came."""
+    rows = []
+    for ds in catalog.list_datasets():
+        row = dataset_summary(catalog, ds)
+        row["health"] = dataset_health(catalog, ds)
+        rows.append(row)
+    sort_by_health(rows)
+    found = workers_with_ages(catalog)
     return {
         "catalog": catalog.db.url,
         "datasets": rows,

@@ -28,6 +28,9 @@ from providers.config import DriverConfig, Integration
 from syncd.store.catalog import Catalog
 from tests import emulators, pg
 
+# the dashboard's browser fixtures (web_browser, web_page): tests/web.py
+pytest_plugins = ["tests.web"]
+
 # moto accepts any key pair; boto3 just needs one to sign with. Never real credentials.
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")

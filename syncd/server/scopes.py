@@ -33,6 +33,12 @@ ORDER = (READ, WRITE, ADMIN)
 RULES: tuple[tuple[str, str, str], ...] = (
     ("GET", "/healthz", PUBLIC),
     ("OPTIONS", "/api/v1/events", PUBLIC),
+    # the dashboard (syncd.web): its sign-in page and static files need no token
+    ("GET", "/login", PUBLIC),
+    ("POST", "/login", PUBLIC),
+    ("GET", "/static/{name}", PUBLIC),
+    ("POST", "/logout", READ),
+    ("POST", "/datasets/{name}/sync", WRITE),
     # datasets and integrations at run time
     ("*", "/api/v1/integrations", ADMIN),
     ("POST", "/api/v1/datasets", ADMIN),
