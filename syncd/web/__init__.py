@@ -37,7 +37,7 @@ def setup(app: web.Application) -> None:
     import aiohttp_jinja2
     import jinja2
 
-    from syncd.web import auth, pages
+    from syncd.web import auth, items, pages
 
     env = aiohttp_jinja2.setup(
         app,
@@ -53,3 +53,4 @@ def setup(app: web.Application) -> None:
     app[pages.TOTALS] = pages.data.Totals()
     app.on_response_prepare.append(pages.security_headers)
     pages.add_routes(app)
+    items.add_routes(app)  # the item browser
