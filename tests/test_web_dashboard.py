@@ -13,6 +13,7 @@ Without Chromium these tests fail when ``CI`` is set and are skipped otherwise
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,12 +24,7 @@ import pytest
 
 from tests.conftest import unique_bucket
 from tests.emulators import Emulator, free_port
-from tests.web import (
-    TOKEN,
-    RunningDaemon,
-    start_daemon,
-    wait_for,
-)
+from tests.web import TOKEN, WAIT_MS, RunningDaemon, sign_in, start_daemon, wait_for
 
 DOCS = Path(__file__).parent.parent / "docs"
 
@@ -137,3 +133,189 @@ def test_sign_in_with_a_wrong_then_the_right_token(dash: Dash, web_page: Any) ->
     page.wait_for_selector("#datasets")
     assert page.url == dash.base + "/"
     assert TOKEN not in page.content() and TOKEN not in page.url
+
+
+def _signed_in(dash: Dash, page: Any) -> Any:
+    sign_in(page, dash.daemon)
+    return page
+
+
+def test_the_overview_lists_every_dataset_with_its_numbers(dash: Dash, web_page: Any) -> None:
+    page = _signed_in(dash, web_page)
+    rows = page.locator("#datasets tbody tr")
+    wait_for(lambda: rows.count() == 2, "two dataset rows")
+    by_name = {
+        page.locator(f"#datasets tr[data-dataset={n}]").get_attribute("data-dataset"): n
+        for n in ("images", "disk")
+    }
+    assert set(by_name) == {"images", "disk"}
+    images = page.locator("#datasets tr[data-dataset=images]")
+    assert f"s3://{dash.bucket}/raw/" in images.inner_text()
+    # the item count is the API's
+    status, body = dash.daemon.api("/api/v1/datasets/images")
+    assert status == 200
+    assert images.locator("td.num").first.inner_text() == f"{body['items']:,}"
+    assert "ok" in images.locator("td.health").inner_text()
+    assert page.locator("#daemon-health").inner_text().startswith("Healthy")
+    # the daemon is a registered worker of the catalog
+    assert page.locator("#workers tbody tr").count() >= 1
+    DOCS.mkdir(exist_ok=True)
+    page.screenshot(path=str(DOCS / "dashboard-overview.png"), full_page=True)
+
+
+def test_a_new_file_appears_in_recent_changes_without_a_reload(dash: Dash, web_page: Any) -> None:
+    page = _signed_in(dash, web_page)
+    page.goto(dash.base + "/datasets/disk")
+    page.wait_for_selector("#recent")
+    # the page's live stream is open before the file is written (the stream's first answer)
+    page.wait_for_function("() => document.getElementById('recent').dataset.live")
+    marker = page.evaluate("() => { window.__same_page = 1; return 1; }")
+    assert marker == 1
+    (dash.folder / "fresh-from-the-test.txt").write_text("new")
+    cell = page.locator("#recent tbody td.key", has_text="fresh-from-the-test.txt")
+    cell.first.wait_for(timeout=WAIT_MS)
+    # no reload happened: the page's own state is still there
+    assert page.evaluate("() => window.__same_page") == 1
+    assert "created" in page.locator("#recent tbody tr").first.inner_text()
+    # the three charts are drawn (uPlot's canvas in each)
+    for chart in ("duration", "changes", "items"):
+        page.locator(f"#chart-{chart} canvas").wait_for()
+    DOCS.mkdir(exist_ok=True)
+    page.screenshot(path=str(DOCS / "dashboard-dataset.png"), full_page=True)
+
+
+def test_sync_now_produces_a_new_run_row(dash: Dash, web_page: Any) -> None:
+    page = _signed_in(dash, web_page)
+    before = {r["id"] for r in dash.runs("images")}
+    page.goto(dash.base + "/datasets/images")
+    rows = page.locator("#runs tr.run")
+    assert rows.count() == len(before)
+    page.click("#sync-now")
+    page.wait_for_selector("#sync-result:has-text('A run was started.')")
+    # the runs table refreshes itself: a row for a run that was not there before
+    selector = ", ".join(f"tr.run:not([data-run='{i}'])" for i in before) or "tr.run"
+    page.locator(f"#runs {selector}" if before else "#runs tr.run").first.wait_for()
+    wait_for(lambda: len(dash.runs("images")) > len(before), "a new run in the API")
+    new = page.locator("#runs tr.run").first.get_attribute("data-run")
+    assert int(new or 0) not in before
+
+
+def test_the_session_cookie_is_httponly_and_samesite_strict(dash: Dash, web_page: Any) -> None:
+    page = _signed_in(dash, web_page)
+    cookies = {c["name"]: c for c in page.context.cookies()}
+    session = cookies["syncd_session"]
+    assert session["httpOnly"] is True
+    assert session["sameSite"] == "Strict"
+    assert TOKEN not in session["value"]
+    # scripts cannot read it
+    assert "syncd_session" not in page.evaluate("() => document.cookie")
+
+
+def test_a_cross_site_form_post_is_refused(dash: Dash, web_page: Any, tmp_path: Path) -> None:
+    """A page of another origin (another port of 127.0.0.1: the same *site*, so SameSite
+    does not stop the cookie) posts the "Sync now" form: refused, no run starts."""
+    page = _signed_in(dash, web_page)
+    before = len(dash.runs("disk"))
+    evil = tmp_path / "evil"
+    evil.mkdir()
+    (evil / "index.html").write_text(
+        "<!doctype html><html lang='en'><title>x</title><link rel='icon' href='data:,'><body>"
+        f"<form id='f' method='post' action='{dash.base}/datasets/disk/sync'>"
+        "<input name='csrf' value='guessed'></form></body></html>"
+    )
+    server = _serve(evil)
+    try:
+        page.goto(f"http://127.0.0.1:{server.server_address[1]}/index.html")
+        with page.expect_response(lambda r: r.url.endswith("/datasets/disk/sync")) as answer:
+            page.evaluate("() => document.getElementById('f').submit()")
+        assert answer.value.status == 403
+        page.wait_for_url("**/datasets/disk/sync")
+        assert "cross-site" in page.locator("body").inner_text()
+        page.errors.clear()  # the refused post's 403 is a console error of that page
+    finally:
+        server.shutdown()
+    # the same post from the dashboard's own origin but without the CSRF token: refused too
+    page.goto(dash.base + "/")
+    status = page.evaluate(
+        """async () => (await fetch('/datasets/disk/sync', {method: 'POST',
+            headers: {'Content-Type': 'application/x-www-form-urlencoded'},
+            body: 'csrf=wrong'})).status"""
+    )
+    assert status == 403
+    page.errors.clear()
+    assert len(dash.runs("disk")) == before
+
+
+def _serve(folder: Path) -> Any:
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(folder))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+PAGES = ["/", "/datasets/disk", "/datasets/images", "/docs"]
+
+
+@pytest.mark.parametrize("path", PAGES)
+def test_every_page_passes_axe_without_critical_violations_or_console_errors(
+    dash: Dash, web_page: Any, path: str
+) -> None:
+    from axe_playwright_python.sync_playwright import Axe
+
+    page = _signed_in(dash, web_page)
+    page.goto(dash.base + path)
+    page.wait_for_load_state("networkidle") if path != "/datasets/disk" else page.wait_for_selector(
+        "#recent"
+    )
+    results = Axe().run(page)
+    critical = [v for v in results.response["violations"] if v.get("impact") == "critical"]
+    assert not critical, json.dumps(critical, indent=1)[:4000]
+
+
+def test_the_sign_in_page_passes_axe(dash: Dash, web_page: Any) -> None:
+    from axe_playwright_python.sync_playwright import Axe
+
+    web_page.goto(dash.base + "/login")
+    results = Axe().run(web_page)
+    critical = [v for v in results.response["violations"] if v.get("impact") == "critical"]
+    assert not critical, json.dumps(critical, indent=1)[:4000]
+
+
+def test_the_docs_page_renders_every_operation_and_serves_the_document(
+    dash: Dash, web_page: Any
+) -> None:
+    import yaml
+
+    page = _signed_in(dash, web_page)
+    page.goto(dash.base + "/docs")
+    spec = yaml.safe_load((Path(__file__).parent.parent / "syncd/server/openapi.yaml").read_text())
+    operations = sum(1 for ops in spec["paths"].values() for m in ops if m != "parameters")
+    assert page.locator("section.op").count() == operations
+    assert page.locator("section.op h2", has_text="/api/v1/datasets/{name}/sync").count() == 1
+    answer = page.request.get(dash.base + "/api/v1/openapi.yaml")
+    assert answer.status == 200 and yaml.safe_load(answer.text())["paths"]
+    # and no script of another origin anywhere: everything is served by the daemon
+    sources = page.evaluate("() => [...document.scripts].map(s => s.src)")
+    assert sources and all(s.startswith(dash.base + "/static/") for s in sources)
+
+
+def test_pages_read_with_javascript_off(dash: Dash, web_browser: Any) -> None:
+    context = web_browser.new_context(java_script_enabled=False)
+    try:
+        page = context.new_page()
+        sign_in(page, dash.daemon)
+        # every row, table and section is in the HTML itself
+        for path, selector in [
+            ("/", "#datasets tr[data-dataset=disk]"),
+            ("/datasets/disk", "#runs table tr.run"),
+            ("/datasets/disk", "#recent tbody tr"),
+            ("/docs", "section.op"),
+        ]:
+            page.goto(dash.base + path)
+            assert page.locator(selector).count() >= 1, path
+    finally:
+        context.close()

@@ -37,6 +37,7 @@ RULES: tuple[tuple[str, str, str], ...] = (
     ("GET", "/login", PUBLIC),
     ("POST", "/login", PUBLIC),
     ("GET", "/static/{name}", PUBLIC),
+    ("GET", "/favicon.ico", PUBLIC),
     ("POST", "/logout", READ),
     ("POST", "/datasets/{name}/sync", WRITE),
     # datasets and integrations at run time

@@ -47,7 +47,7 @@ CSRF_HEADER = "X-CSRF-Token"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 #: paths anyone may load: the sign-in page and the static files (no data in either)
 PUBLIC_PREFIXES = ("/static/",)
-PUBLIC_PATHS = frozenset({"/login"})
+PUBLIC_PATHS = frozenset({"/login", "/favicon.ico"})
 
 
 @dataclass(frozen=True)

@@ -107,7 +107,44 @@ def dataset_page(catalog: Catalog, totals: Totals, name: str) -> dict[str, Any] 
         "health": api.dataset_health(catalog, ds),
         "settings": api.dataset_settings_summary(catalog, ds),
         "runs": runs,
+        "items_history": items_over_time(catalog, ds, items),
     }
+
+
+#: change groups the items-over-time chart reads back (newest first), and the points it draws
+ITEM_HISTORY_GROUPS = 5000
+ITEM_HISTORY_POINTS = 400
+
+
+def items_over_time(catalog: Catalog, dataset: Dataset, items: int) -> list[dict[str, Any]]:
+    """``[{"at": ISO time, "items": n}, ...]``, oldest first: the dataset's item count after
+    each of its latest change groups, walked back from ``items`` (its count now) by each
+    group's creations and deletions (the change log records every item write: listings,
+    events, watches, pushes). Covers what the log still holds (pruning drops the oldest), at
+    most :data:`ITEM_HISTORY_POINTS` points."""
+    rows = catalog.db.execute(
+        "SELECT cursor, last, at, kinds FROM changes WHERE dataset_id = ?"
+        " ORDER BY cursor DESC LIMIT ?",
+        [dataset.id, ITEM_HISTORY_GROUPS],
+    ).fetchall()
+    points: list[dict[str, Any]] = []
+    count = items
+    for cursor, last, at, kinds in rows:
+        points.append({"at": at, "items": count})
+        if len(kinds) == 1:  # one kind for the whole group
+            n = int(last) - int(cursor) + 1
+            net = n if kinds == "c" else -n if kinds == "d" else 0
+        else:
+            net = kinds.count("c") - kinds.count("d")
+        count -= net
+    if rows:
+        points.append({"at": rows[-1][2], "items": count})  # before the oldest group
+    points.reverse()
+    step = max(1, len(points) // ITEM_HISTORY_POINTS)
+    kept = points[::step]
+    if points and kept[-1] is not points[-1]:
+        kept.append(points[-1])
+    return kept
 
 
 def queue_lags(metrics: Any) -> dict[str, float]:

@@ -132,6 +132,13 @@ async def static_file(request: web.Request) -> web.StreamResponse:
     return web.FileResponse(path, headers={"Cache-Control": "public, max-age=86400"})
 
 
+async def favicon(request: web.Request) -> web.StreamResponse:
+    return web.FileResponse(
+        STATIC / "favicon.svg",
+        headers={"Content-Type": "image/svg+xml", "Cache-Control": "public, max-age=86400"},
+    )
+
+
 # -- filters -------------------------------------------------------------------------------
 
 
@@ -345,7 +352,8 @@ async def dataset(request: web.Request) -> dict[str, Any]:
         }
         for r in reversed(found["runs"])
     ]
-    return {"ds": found, "recent": recent, "cursor": cursor, "chart": chart}
+    chart_data = {"runs": chart, "items": found["items_history"]}
+    return {"ds": found, "recent": recent, "cursor": cursor, "chart": chart_data}
 
 
 @page("runs_table.html")
@@ -467,6 +475,8 @@ def _resolve(spec: dict[str, Any], node: Any) -> dict[str, Any]:
 def add_routes(app: web.Application) -> None:
     r = app.router
     r.add_get("/static/{name:.+}", static_file)
+    # what browsers ask for on any answer without an icon link (a JSON error, say)
+    r.add_get("/favicon.ico", favicon)
     r.add_get("/login", login_page)
     r.add_post("/login", login)
     r.add_post("/logout", logout)

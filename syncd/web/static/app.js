@@ -16,25 +16,34 @@ function whenText(iso) {
   return d.toISOString().replace("T", " ").replace(/\.\d+Z$/, " UTC");
 }
 
+// the time axis spans the data, at least an hour (one point alone would spread it over years)
+function timeRange(times) {
+  let lo = Math.min(...times), hi = Math.max(...times);
+  if (hi - lo < 3600) { const mid = (lo + hi) / 2; lo = mid - 1800; hi = mid + 1800; }
+  return [lo, hi];
+}
+
 function drawCharts() {
   const source = document.getElementById("run-chart-data");
   if (!source || typeof uPlot === "undefined") return;
-  const runs = JSON.parse(source.textContent);
-  const times = runs.map((r) => Date.parse(r.started_at) / 1000);
+  const data = JSON.parse(source.textContent);
+  const runTimes = data.runs.map((r) => Date.parse(r.started_at) / 1000);
+  const itemTimes = data.items.map((p) => Date.parse(p.at) / 1000);
   const charts = [
-    ["chart-duration", "seconds", "#0550ae", runs.map((r) => r.seconds)],
-    ["chart-changes", "changes", "#116329", runs.map((r) => r.changes)],
+    ["chart-duration", "seconds", "#0550ae", runTimes, data.runs.map((r) => r.seconds), "No run yet."],
+    ["chart-changes", "changes", "#116329", runTimes, data.runs.map((r) => r.changes), "No run yet."],
+    ["chart-items", "items", "#8250df", itemTimes, data.items.map((p) => p.items), "No change recorded yet."],
   ];
-  for (const [id, label, color, values] of charts) {
+  for (const [id, label, color, times, values, empty] of charts) {
     const el = document.getElementById(id);
     if (!el) continue;
     el.textContent = "";
-    if (!runs.length) { el.textContent = "No run yet."; continue; }
-    const width = Math.max(320, Math.min(640, el.parentElement.clientWidth || 480));
+    if (!times.length) { el.textContent = empty; continue; }
     new uPlot({
-      width, height: 200,
+      width: 360, height: 200,
+      scales: { x: { time: true, auto: false, range: timeRange(times) } },
       series: [{}, { label, stroke: color, width: 2, points: { show: true, size: 6 } }],
-      axes: [{}, { label }],
+      axes: [{}, { label, size: 60 }],
       legend: { show: false },
     }, [times, values], el);
   }
