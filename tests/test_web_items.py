@@ -21,11 +21,12 @@ from __future__ import annotations
 import json
 import os
 import re
+import sqlite3
 import struct
 import subprocess
 import sys
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from html import unescape
 from pathlib import Path
@@ -43,7 +44,7 @@ from syncd.store.db import transaction
 from syncd.store.stamps import now
 from syncd.web import browse
 from tests.conftest import unique_bucket
-from tests.emulators import Emulator
+from tests.emulators import Emulator, free_port
 
 TOKEN = "items-token-0123456789abcdef"
 MTIME = "2026-01-01T00:00:00Z"
@@ -516,8 +517,382 @@ async def test_the_item_page_shows_every_field_and_its_metadata(
     assert "&lt;b&gt;x&lt;/b&gt;" in html and "<b>x</b>" not in html
     assert re.search(r"<th[^>]*><bdi>team</bdi></th><td[^>]*><bdi>vision</bdi>", html)
     assert "content_type_guessed" in html
-    assert "<bdi>berlin</bdi>" in html and "<code>{\"a\": [1, 2]}</code>" in html
+    assert "<bdi>berlin</bdi>" in html and '<code>{"a": [1, 2]}</code>' in html
     assert "<li><bdi>qa</bdi></li><li><bdi>review</bdi></li>" in html
     assert 'id="preview"' in html  # an image: a preview through the object route
     # the item's own folder in the breadcrumbs
     assert 'href="/datasets/meta/items?prefix=x%2F"' in html
+
+
+# -- in the browser ----------------------------------------------------------------------------
+
+#: what a payload sets if it ever runs as script
+PWNED = "window.__pwned"
+SCRIPT_KEY = "hostile/<script>window.__pwned=1</script>.png"
+IMG_KEY = 'hostile/"><img src=x onerror=window.__pwned=2>.png'
+RTL_KEY = "hostile/\u202egnp.exe"
+LONG_KEY = "hostile/" + "n" * 1000 + ".png"
+META_PAYLOAD = '"><img src=x onerror=window.__pwned=3>'
+#: metadata names are letters, digits, _ and - (the edit API refuses others): values carry it
+USER_META = {
+    "script": "<script>alert(4)</script>",
+    "attr": '"><img src=x onerror=window.__pwned=5>',
+    "rtl": "\u202eevil",
+    "long": "m" * 1000,
+}
+USER_TAG = "<script>window.__pwned=6</script>"
+HOSTILE_META = {"<script>alert(9)</script>": {'"><img src=x onerror=alert(10)>': [USER_TAG]}}
+HOSTILE_DATASET = '"><img src=x onerror=window.__pwned=7>'
+DISK_HOSTILE = '"><img src=x onerror=window.__pwned=8>.png'
+DISK_RTL = "\u202eevil.txt"
+#: the JPEG a browser encodes (no imaging library needed to make a real one)
+JPEG_JS = """() => {
+  const c = document.createElement('canvas'); c.width = 20; c.height = 12;
+  const g = c.getContext('2d'); g.fillStyle = '#3050c0'; g.fillRect(0, 0, 20, 12);
+  g.fillStyle = '#f0c020'; g.fillRect(5, 3, 8, 6);
+  return c.toDataURL('image/jpeg', 0.9);
+}"""
+
+
+@dataclass
+class World:
+    daemon: Any
+    folder: Path
+    bucket: str
+    jpeg: bytes
+
+    @property
+    def base(self) -> str:
+        return self.daemon.base
+
+
+@pytest.fixture(scope="module")
+def world(
+    moto: Emulator, web_browser: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[World]:
+    """``syncd run`` on a watched folder (``disk``) and a moto bucket (``bucket``, its
+    provider metadata recorded by HEAD), both holding real PNG and JPEG files, keys and
+    metadata that would run script if rendered as HTML, 130 items in ``many/`` (two pages),
+    and a dataset whose name is such a payload; each synced once before the tests look."""
+    import base64
+    from urllib.parse import quote
+
+    from tests.web import start_daemon, wait_for
+
+    tab = web_browser.new_page()
+    jpeg = base64.b64decode(tab.evaluate(JPEG_JS).split(",", 1)[1])
+    tab.close()
+    assert jpeg[:2] == b"\xff\xd8"
+
+    tmp = tmp_path_factory.mktemp("items")
+    folder = tmp / "folder"
+    (folder / "photos").mkdir(parents=True)
+    (folder / "photos" / "red.png").write_bytes(png(16, 10))
+    (folder / "photos" / "blue.jpg").write_bytes(jpeg)
+    (folder / "notes.txt").write_text("notes")
+    (folder / DISK_HOSTILE).write_bytes(png(6, 6, (10, 160, 10)))
+    (folder / DISK_RTL).write_text("rtl")
+    s3 = boto3.client("s3", endpoint_url=moto.url)
+    bucket = unique_bucket("items")
+    s3.create_bucket(Bucket=bucket)
+    put = s3.put_object
+    put(Bucket=bucket, Key="img/red.png", Body=png(24, 16), ContentType="image/png",
+        Metadata={"note": META_PAYLOAD, "camera": "x100"})  # fmt: skip
+    put(Bucket=bucket, Key="img/blue.jpg", Body=jpeg, ContentType="image/jpeg")
+    for key in (SCRIPT_KEY, IMG_KEY, LONG_KEY):
+        put(Bucket=bucket, Key=key, Body=png(8, 8, (20, 20, 200)), ContentType="image/png")
+    put(Bucket=bucket, Key=RTL_KEY, Body=b"rtl", ContentType="application/octet-stream")
+    for i in range(130):
+        put(Bucket=bucket, Key=f"many/k{i:03d}.txt", Body=b"x" * i, ContentType="text/plain")
+    port = free_port()
+    config = tmp / "syncd.toml"
+    config.write_text(
+        f"""
+[daemon]
+interval = 3600
+
+[drivers.bucket]
+type = "s3"
+bucket = "{bucket}"
+endpoint = "{moto.url}"
+
+[drivers.disk]
+type = "local"
+bucket = "{folder}"
+
+[datasets.bucket]
+driver = "bucket"
+metadata = "head"
+
+[datasets.disk]
+driver = "disk"
+watch = true
+
+[server]
+host = "127.0.0.1"
+port = {port}
+"""
+    )
+    env = {
+        "AWS_ENDPOINT_URL": moto.url,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    daemon = start_daemon(config, tmp / "catalog.db", port, env)
+    try:
+        status, body = daemon.api(
+            "/api/v1/datasets",
+            method="POST",
+            body=json.dumps(
+                {
+                    "name": HOSTILE_DATASET,
+                    "driver": {
+                        "type": "s3",
+                        "bucket": bucket,
+                        "path": "img/",
+                        "endpoint": moto.url,
+                    },
+                }
+            ).encode(),
+        )
+        assert status == 201, body
+
+        def synced(name: str) -> bool:
+            status, body = daemon.api(f"/api/v1/datasets/{quote(name, safe='')}/runs")
+            return status == 200 and any(r["status"] == "completed" for r in body["runs"])
+
+        for name in ("bucket", "disk", HOSTILE_DATASET):
+            wait_for(lambda n=name: synced(n), f"the first reconcile of {name!r}")
+        status, body = daemon.api(
+            "/api/v1/datasets/bucket/items/img/red.png",
+            method="PATCH",
+            body=json.dumps({"metadata": USER_META, "add_tags": ["qa", "site:berlin"]}).encode(),
+        )
+        assert status == 200, body
+        # names and tags the edit API refuses, as another writer of the catalog could leave
+        # them: the pages must show them as text too
+        with sqlite3.connect(tmp / "catalog.db") as db:
+            db.execute(
+                "UPDATE items SET user_metadata = ?, tags = ? WHERE key = ?",
+                [json.dumps(HOSTILE_META), json.dumps(sorted([USER_TAG, "qa"])), RTL_KEY],
+            )
+        yield World(daemon, folder, bucket, jpeg)
+    finally:
+        code = daemon.stop()
+        assert code == 0, "".join(daemon.log[-40:])
+
+
+def signed_in(world: World, page: Any) -> Any:
+    from tests.web import sign_in
+
+    dialogs: list[str] = []
+    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    page.dialogs = dialogs
+    sign_in(page, world.daemon)
+    return page
+
+
+def thumbnails_load(page: Any, at_least: int) -> None:
+    """Wait until every thumbnail of the table has loaded a real image (``naturalWidth``)."""
+    page.wait_for_function(
+        """n => { const imgs = [...document.querySelectorAll('table.items img')];
+                   return imgs.length >= n && imgs.every(i => i.complete && i.naturalWidth > 0); }""",
+        arg=at_least,
+    )
+
+
+def names(page: Any) -> list[str]:
+    return page.eval_on_selector_all("table.items td.key bdi", "els => els.map(e => e.textContent)")
+
+
+def no_script_ran(page: Any) -> None:
+    """Nothing a payload would do happened: no variable set, no dialog, no element it would
+    have made; the only scripts are the page's own files and its JSON data."""
+    assert page.evaluate(f"() => {PWNED}") is None
+    assert page.dialogs == []
+    assert page.locator("img[src=x]").count() == 0
+    inline = page.eval_on_selector_all(
+        "script", "els => els.filter(s => !s.src && s.type !== 'application/json').length"
+    )
+    assert inline == 0
+    assert page.eval_on_selector_all("[onerror], [onload]", "els => els.length") == 0
+
+
+def test_browse_folders_of_a_folder_and_a_bucket_with_thumbnails(
+    world: World, web_page: Any
+) -> None:
+    page = signed_in(world, web_page)
+    for name, folder, images in (("disk", "photos/", 2), ("bucket", "img/", 2)):
+        page.goto(f"{world.base}/datasets/{name}")
+        page.click("#browse-items")
+        page.wait_for_selector("table.items")
+        assert folder in names(page)
+        row = page.locator("tr.folder", has=page.locator(f"bdi:text-is('{folder}')"))
+        assert row.locator("td.count").inner_text() == f"{images} items"
+        row.locator("a").click()
+        page.wait_for_url(f"**prefix={folder.rstrip('/')}%2F")
+        thumbnails_load(page, images)
+        assert sorted(names(page)) == ["blue.jpg", "red.png"]
+        sizes = page.eval_on_selector_all(
+            "table.items img", "els => els.map(e => [e.naturalWidth, e.naturalHeight])"
+        )
+        assert sorted(sizes) == sorted([[20, 12], [24, 16] if name == "bucket" else [16, 10]])
+        # the breadcrumbs lead back to the root
+        page.click(f"nav.crumbs a[href='/datasets/{name}/items']")
+        page.wait_for_selector("tr.folder")
+    # the bucket's thumbnails come from the bucket: presigned URLs, not the daemon's bytes
+    page.goto(f"{world.base}/datasets/bucket/items?prefix=img%2F")
+    with page.expect_response(lambda r: "X-Amz-Signature=" in r.url) as got:
+        page.reload()
+    assert got.value.status == 200 and got.value.url.startswith("http://127.0.0.1")
+
+
+def test_filter_by_a_where_query_and_page_through(world: World, web_page: Any) -> None:
+    page = signed_in(world, web_page)
+    page.goto(f"{world.base}/datasets/bucket/items?prefix=many%2F")
+    assert len(names(page)) == 100 and names(page)[0] == "k000.txt"
+    page.click("#next-page")
+    page.wait_for_selector("#first-page")
+    assert names(page) == [f"k{i:03d}.txt" for i in range(100, 130)]
+    assert page.locator("#next-page").count() == 0
+    # a filter: images at every level below the root
+    page.goto(f"{world.base}/datasets/bucket/items")
+    page.fill("#where-new", "content_type=image/*")
+    page.click("form.filter button[type=submit]")
+    page.wait_for_selector("#summary:has-text('matching the filter')")
+    assert sorted(names(page)) == sorted(
+        ["img/blue.jpg", "img/red.png", SCRIPT_KEY, IMG_KEY, LONG_KEY]
+    )
+    thumbnails_load(page, 5)
+    # and another expression on top: the form keeps the first
+    page.fill("#where-new", "size<300")
+    page.click("form.filter button[type=submit]")
+    page.wait_for_url("**size%3C300**")
+    assert "img/blue.jpg" not in names(page) and len(names(page)) == 4
+    # a bad expression: the one-line error, the form to fix it
+    page.fill("#where-new", "size>>1")
+    page.click("form.filter button[type=submit]")
+    error = page.wait_for_selector("#query-error")
+    assert error.inner_text().startswith("'size>>1'") and "\n" not in error.inner_text()
+    page.errors.clear()  # the 400 answer: Chromium logs it as a console error
+
+
+def test_the_item_page_shows_every_field_and_its_metadata_in_the_browser(
+    world: World, web_page: Any
+) -> None:
+    page = signed_in(world, web_page)
+    page.goto(f"{world.base}/datasets/bucket/items?prefix=img%2F")
+    page.click("td.key a:has-text('red.png')")
+    page.wait_for_selector("#fields")
+    assert page.inner_text("#item-key") == "img/red.png"
+    page.wait_for_function(
+        "() => { const i = document.querySelector('#preview'); return i && i.complete && i.naturalWidth === 24; }"
+    )
+    fields = dict(
+        page.eval_on_selector_all(
+            "#fields tr", "rows => rows.map(r => [r.cells[0].textContent, r.cells[1].textContent])"
+        )
+    )
+    assert fields["key"] == "img/red.png" and fields["uri"] == f"s3://{world.bucket}/img/red.png"
+    assert fields["content_type"] == "image/png" and fields["etag"]
+    provider = dict(
+        page.eval_on_selector_all(
+            "#provider tr:has(td)",
+            "rows => rows.map(r => [r.cells[0].textContent, r.cells[1].textContent])",
+        )
+    )
+    assert provider == {"note": META_PAYLOAD, "camera": "x100"}
+    user = dict(
+        page.eval_on_selector_all(
+            "#user tr:has(td)",
+            "rows => rows.map(r => [r.cells[0].textContent, r.cells[1].textContent])",
+        )
+    )
+    assert user == USER_META
+    assert page.eval_on_selector_all("#tags li", "els => els.map(e => e.textContent)") == [
+        "qa",
+        "site:berlin",
+    ]
+    no_script_ran(page)
+
+
+def test_hostile_keys_metadata_and_names_render_as_text(world: World, web_page: Any) -> None:
+    """Keys, folder names, metadata, tags and a dataset name written to run script (``<script>``,
+    an ``<img onerror>`` breaking out of an attribute), an RTL override and a 1,000-character
+    name: each page shows them as the exact text, and no script runs (no variable set, no
+    dialog, no element made; the fixture fails on any console error, a CSP refusal included)."""
+    from urllib.parse import quote
+
+    page = signed_in(world, web_page)
+    # the overview: the hostile dataset's name is text
+    page.goto(world.base + "/")
+    page.wait_for_selector("#datasets")
+    assert HOSTILE_DATASET in page.inner_text("#datasets")
+    no_script_ran(page)
+    # the bucket's hostile folder
+    page.goto(f"{world.base}/datasets/bucket/items?prefix=hostile%2F")
+    shown = names(page)
+    assert shown == sorted(shown)
+    assert set(shown) == {
+        "<script>window.__pwned=1</",
+        IMG_KEY.removeprefix("hostile/"),
+        RTL_KEY.removeprefix("hostile/"),
+        LONG_KEY.removeprefix("hostile/"),
+    }
+    thumbnails_load(page, 2)
+    no_script_ran(page)
+    # into the folder the <script> key makes, then each hostile item's page
+    page.click("td.key a:has-text('<script>')")
+    page.wait_for_selector("td.key bdi:text-is('script>.png')")
+    thumbnails_load(page, 1)
+    no_script_ran(page)
+    for key in (SCRIPT_KEY, IMG_KEY, RTL_KEY, LONG_KEY):
+        page.goto(f"{world.base}/datasets/bucket/item?key={quote(key, safe='')}")
+        assert page.inner_text("#item-key") == key
+        no_script_ran(page)
+    # the RTL key carries the user's hostile metadata and tags too
+    assert page.inner_text("#item-key") == LONG_KEY
+    page.goto(f"{world.base}/datasets/bucket/item?key={quote(RTL_KEY, safe='')}")
+    assert page.eval_on_selector_all("#tags li", "els => els.map(e => e.textContent)") == sorted(
+        [USER_TAG, "qa"]
+    )
+    user = page.eval_on_selector_all(
+        "#user tr:has(td)",
+        "rows => rows.map(r => [r.cells[0].textContent, r.cells[1].textContent])",
+    )
+    assert [(k, json.loads(v)) for k, v in user] == list(HOSTILE_META.items())
+    no_script_ran(page)
+    # the folder's hostile file names, and the hostile dataset's own pages
+    page.goto(f"{world.base}/datasets/disk/items")
+    assert {DISK_HOSTILE, DISK_RTL, "notes.txt", "photos/"} == set(names(page))
+    thumbnails_load(page, 1)
+    no_script_ran(page)
+    hostile = quote(HOSTILE_DATASET, safe="")
+    page.goto(f"{world.base}/datasets/{hostile}/items")
+    assert sorted(names(page)) == ["blue.jpg", "red.png"]
+    thumbnails_load(page, 2)
+    no_script_ran(page)
+    page.goto(f"{world.base}/datasets/{hostile}/item?key=img%2Fblue.jpg")
+    no_script_ran(page)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/datasets/bucket/items",
+        "/datasets/bucket/items?prefix=img%2F",
+        "/datasets/bucket/items?where=content_type%3Dimage%2F*",
+        "/datasets/bucket/item?key=img%2Fred.png",
+        "/datasets/disk/items?prefix=photos%2F&count=1",
+    ],
+)
+def test_the_item_pages_pass_axe(world: World, web_page: Any, path: str) -> None:
+    from axe_playwright_python.sync_playwright import Axe
+
+    page = signed_in(world, web_page)
+    page.goto(world.base + path)
+    page.wait_for_load_state("networkidle")
+    results = Axe().run(page)
+    critical = [v for v in results.response["violations"] if v.get("impact") == "critical"]
+    assert not critical, json.dumps(critical, indent=1)[:4000]
