@@ -15,11 +15,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from providers.config import DriverConfig
+from syncd.query import Query
 from syncd.reconcile.filters import Filters
 from syncd.store import folders
 from syncd.store.catalog import Catalog, Item
 from syncd.store.db import transaction
 from syncd.store.stamps import now
+from tests import test_item_queries as item_queries
 from tests.conftest import CatalogMaker
 
 #: characters next to "/" in code point order, a multi-byte one, and "%" and "_" (LIKE's)
@@ -220,3 +222,49 @@ def test_a_level_reads_about_one_row_per_folder(catalogs: CatalogMaker) -> None:
         ("item", "a.txt"), ("folder", "a/"), ("item", "b.txt"), ("folder", "b/"), ("folder", "c/")
     ]  # fmt: skip
     assert sum(asked) <= 4 * len(level.entries), asked  # not the 3,000 items in folders
+
+
+@SETTINGS
+@given(
+    case=item_queries.dataset_and_query(),
+    window=st.integers(1, 6),
+    limit=st.integers(1, 5),
+)
+def test_query_windows_equal_a_brute_force_filter(
+    catalogs: CatalogMaker,
+    case: tuple[dict[str, dict[str, Any]], Query],
+    window: int,
+    limit: int,
+) -> None:
+    """Reading window after window (each call at most ``window`` keys, at most ``limit``
+    matches: the next call starts after the last match when the limit was reached, else after
+    the window's end) finds exactly the query's items, in key order, whatever its sort; no
+    call reads more than its window of keys."""
+    data, query = case
+    catalog = catalogs()
+    ds = item_queries.make_dataset(catalog)
+    item_queries.put(catalog, ds, data)
+    want = sorted(item_queries.expected(query, data))
+    under = sorted(k for k in data if k.startswith(query.prefix))
+    found: list[str] = []
+    after = None
+    for _ in range(len(data) + 2):
+        items, end = folders.query_window(
+            catalog, ds, query, after=after, limit=limit, window=window
+        )
+        keys = [i.key for i in items]
+        found += keys
+        # only keys of this window: after `after`, up to its end
+        window_keys = [k for k in under if after is None or k > after][:window]
+        assert set(keys) <= set(window_keys)
+        rest = [k for k in under if after is None or k > after]
+        assert end == (window_keys[-1] if len(rest) > window else None)
+        if len(keys) == limit:
+            after = keys[-1]
+        elif end is not None:
+            after = end
+        else:
+            break
+    else:
+        raise AssertionError("the windows never reached the end")
+    assert found == want

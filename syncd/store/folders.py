@@ -18,6 +18,10 @@ page a quarter of a second per folder.
 
 Both are plain range reads of the ``(dataset_id, key)`` primary key, the same SQL on sqlite
 and PostgreSQL (its ``key`` column compares by code point, ``COLLATE "C"``, as sqlite does).
+
+:func:`query_window` pages through the items matching a query (:mod:`syncd.query`) reading at
+most a *window* of keys per call, so a filter that matches few items or none never holds the
+catalog for a read of the whole dataset.
 """
 
 from __future__ import annotations
@@ -25,9 +29,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from syncd.store.catalog import Item, prefix_upper_bound
+from syncd.store.catalog import Item, key_range, prefix_upper_bound
 
 if TYPE_CHECKING:
+    from syncd.query import Query
     from syncd.store.catalog import Catalog
 
 _COLUMNS = ", ".join(Item.__dataclass_fields__)
@@ -165,3 +170,57 @@ def bounded_count(catalog: Catalog, dataset_id: int, prefix: str, cap: int) -> C
         # the count, and the bytes counted so far as a lower bound (they include the extra)
         return Count(cap, total, True)
     return Count(n, total, False)
+
+
+def query_window(
+    catalog: Catalog,
+    dataset_id: int,
+    query: Query,
+    *,
+    after: str | None,
+    limit: int,
+    window: int,
+) -> tuple[list[Item], str | None]:
+    """The items matching ``query`` (its prefix and conditions; key order, whatever its sort)
+    among the next ``window`` keys under its prefix after ``after``: at most ``limit`` of them,
+    and the last key of that window, or None when the window holds the prefix's last key.
+
+    Each call reads at most ``window`` keys however rare the matches (a filter no item
+    matches would otherwise read every item of the dataset in one statement, holding the
+    catalog for seconds on ten million): a caller scanning further calls again after the
+    returned key, and the catalog serves others in between."""
+    from syncd.store import query_sql
+
+    if limit < 1 or window < 1:
+        raise ValueError("limit and window must be at least 1")
+    catalog.prepare_queries()
+    dialect = catalog.db.dialect
+    bound = " AND key > ?" if after is not None else ""
+    bound_args: list[object] = [after] if after is not None else []
+    prefix_sql, prefix_args = key_range(None, query.prefix)
+    # the window's last key, and whether any key follows it (else the window is the rest)
+    ends = catalog.db.execute(
+        f"SELECT key FROM items WHERE dataset_id = ?{prefix_sql}{bound} ORDER BY key"
+        " LIMIT 2 OFFSET ?",
+        [dataset_id, *prefix_args, *bound_args, window - 1],
+    ).fetchall()
+    end = str(ends[0][0]) if len(ends) == 2 else None
+    terms, args = query_sql.where(query, dialect)
+    terms += bound
+    args += bound_args
+    if end is not None:
+        terms += " AND key <= ?"
+        args.append(end)
+    if dialect == "sqlite":
+        # the keys first, then their rows, as syncd.store.query_sql.page does: the inner
+        # query can run on a partial metadata index alone
+        sql = (
+            f"SELECT {_COLUMNS} FROM items WHERE dataset_id = ? AND key IN"
+            f" (SELECT key FROM items WHERE dataset_id = ?{terms} ORDER BY key LIMIT ?)"
+            " ORDER BY key"
+        )
+        rows = catalog.db.execute(sql, [dataset_id, dataset_id, *args, limit]).fetchall()
+    else:
+        sql = f"SELECT {_COLUMNS} FROM items WHERE dataset_id = ?{terms} ORDER BY key LIMIT ?"
+        rows = catalog.db.execute(sql, [dataset_id, *args, limit]).fetchall()
+    return [Item(*row) for row in rows], end

@@ -15,8 +15,11 @@ prefix; the dataset's own driver path is the root):
   about 0.1 s per million (sqlite), which a page cannot pay per request. The exact count of
   the current prefix is one click away (:func:`exact_count`, the query model's count);
 * **flat** (any ``where`` expression, or ``flat``): the items under the prefix matching the
-  query (:mod:`syncd.query`), at every depth, in the query's order
-  (:meth:`~syncd.store.catalog.Catalog.query_page`).
+  query (:mod:`syncd.query`), at every depth, in key order, read a window of
+  :data:`WINDOW` keys per catalog call (:func:`syncd.store.folders.query_window`): a filter
+  that few items match is searched window by window (:func:`extend`, while the page's time
+  lasts), never in one statement over the whole dataset, and a page that stops before it is
+  full says up to which key it searched.
 
 Both page by *keyset*: the next-page link carries the last entry (a folder's prefix or an
 item's key; the query model's cursor in the flat view), so items added or removed while
@@ -49,6 +52,10 @@ COUNT_CAP = 10_000
 #: sqlite) whatever the dataset holds
 COUNT_CAP_CROWDED = 1_000
 CROWDED = 20
+#: keys of the dataset a flat page's query reads per catalog call (about 5 ms on sqlite): a
+#: filter that matches few items is searched a window at a time, the catalog serving others
+#: in between, and the page says how far it searched when it stops before it is full
+WINDOW = 50_000
 #: image types a browser draws in an ``<img>``: the items shown with a thumbnail
 THUMBNAIL_TYPES = frozenset(
     {
@@ -133,6 +140,12 @@ class Page:
     count_cap: int = COUNT_CAP
     #: the exact items and bytes under the prefix matching the query, when asked for
     total: tuple[int, int] | None = None
+    #: the flat view: its query, the page's size, the windows of keys read so far, and the
+    #: last key read when the page is not full yet but keys are left to search
+    query: Any = None
+    limit: int = PAGE
+    windows: int = 0
+    searched_to: str | None = None
 
     @property
     def filtered(self) -> bool:
@@ -175,9 +188,12 @@ def browse(
     flat = flat or bool(where)
     page = Page(dataset, prefix, where, flat, crumbs(dataset, prefix), cursor=cursor)
     if flat:
-        items, nxt = catalog.query_page(dataset.id, query, cursor=cursor, limit=limit)
-        page.entries = list(items)
-        page.next_cursor = nxt
+        from syncd.query import decode_cursor
+
+        page.query = query
+        page.limit = limit
+        after = decode_cursor(query, cursor)[1] if cursor else None
+        scan(catalog, page, after)
     else:
         after = _decode_level(cursor) if cursor else None
         try:
@@ -192,6 +208,37 @@ def browse(
         page.count_cap, page.entries = counts(catalog, dataset.id, page.entries)
     if total:
         page.total = catalog.count_query(dataset.id, query)
+    return page
+
+
+def scan(catalog: Catalog, page: Page, after: str | None) -> None:
+    """Read one more window (:data:`WINDOW` keys) of a flat page's query after ``after``,
+    adding its matches to the page, and set where the page goes on: after the last entry
+    shown once the page is full; else, while the query has keys left, after the window's
+    end (:attr:`Page.searched_to`: :func:`extend` or the next page scans on from it)."""
+    from syncd.query import encode_cursor
+
+    assert page.query is not None
+    want = page.limit + 1 - len(page.entries)  # one more than shown: is there a next page?
+    items, end = folders.query_window(
+        catalog, page.dataset.id, page.query, after=after, limit=want, window=WINDOW
+    )
+    page.entries += items
+    page.windows += 1
+    if len(page.entries) > page.limit:
+        page.entries = page.entries[: page.limit]
+        last = page.entries[-1].key  # type: ignore[union-attr]
+        page.searched_to, page.next_cursor = None, encode_cursor(page.query, last, last)
+    elif end is not None:
+        page.searched_to, page.next_cursor = end, encode_cursor(page.query, end, end)
+    else:
+        page.searched_to, page.next_cursor = None, None
+
+
+def extend(catalog: Catalog, page: Page) -> Page:
+    """Scan one more window of a flat page that is not full yet (see :func:`scan`)."""
+    if page.searched_to is not None and len(page.entries) < page.limit:
+        scan(catalog, page, page.searched_to)
     return page
 
 

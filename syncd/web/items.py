@@ -5,7 +5,9 @@
   expressions (:mod:`syncd.query`, one per parameter, as ``syncd items ls --where``) or
   ``flat=1``, the matching items at every depth below the prefix; ``cursor`` is the page's
   own next-page link (keyset paging); ``count=1`` adds the exact count of the items under
-  the prefix. A bad expression or cursor is a ``400`` page saying what is wrong in one line.
+  the prefix. A filter is searched a window of keys per catalog call for at most
+  :data:`SEARCH_SECONDS`; a page that is not full by then says how far it searched and links
+  to the search's continuation. A bad expression or cursor is a ``400`` page saying what is wrong in one line.
 * ``GET /datasets/{name}/item?key=``: one item: every field, the provider's metadata and
   object tags, the user's metadata and tags.
 * ``GET /datasets/{name}/object?key=``: the item's object: a ``302`` to a URL presigned with
@@ -48,6 +50,10 @@ log = logging.getLogger("syncd.web")
 #: seconds a thumbnail's presigned URL lives; the redirect to it is cached for less
 PRESIGN_TTL = 900
 REDIRECT_CACHE = 600
+#: seconds a filtered page keeps searching for matches, a window of keys per catalog call
+#: (:data:`syncd.web.browse.WINDOW`), before it shows what it found and a "search further"
+#: link
+SEARCH_SECONDS = 0.25
 #: seconds an opened driver is kept for presigning (its credentials are read again after)
 DRIVER_SECONDS = 300.0
 #: the headers of bytes served from a local folder: never a page of this origin
@@ -157,6 +163,10 @@ async def items_page(request: web.Request) -> dict[str, Any] | web.StreamRespons
                 c, ds, prefix=prefix, where=where, flat=flat, cursor=cursor, total=total
             )
         )
+        # a filter that matches few items: scan on, a window per catalog call, for a while
+        deadline = time.monotonic() + SEARCH_SECONDS
+        while found.searched_to is not None and time.monotonic() < deadline:
+            found = await ctx.catalog.call(lambda c, page=found: browse.extend(c, page))
     except QueryError as exc:
         values.update(error=str(exc), p=None, prefix=prefix or browse.root_of(ds))
         return aiohttp_jinja2.render_template(
