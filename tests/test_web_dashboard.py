@@ -154,7 +154,11 @@ def test_the_overview_lists_every_dataset_with_its_numbers(dash: Dash, web_page:
     # the item count is the API's
     status, body = dash.daemon.api("/api/v1/datasets/images")
     assert status == 200
-    assert images.locator("td.num").first.inner_text() == f"{body['items']:,}"
+    # (the first view may say "counting…": the count comes with the page's next refresh)
+    wait_for(
+        lambda: images.locator("td.num").first.inner_text() == f"{body['items']:,}",
+        "the item count on the overview",
+    )
     assert "ok" in images.locator("td.health").inner_text()
     assert page.locator("#daemon-health").inner_text().startswith("Healthy")
     # the daemon is a registered worker of the catalog

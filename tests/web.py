@@ -4,8 +4,8 @@ driven by Playwright, ``syncd run`` as a real process, signing in.
 * :func:`chromium_path`: ``chromium`` from PATH (``apt-get install -y chromium``; ``make
   test`` installs it when root). Missing, the browser tests *fail* when ``CI`` is set and
   are skipped otherwise; Playwright's own downloaded browsers are never used.
-* ``web_browser`` (session) and ``web_page`` fixtures (import them into a test module:
-  ``from tests.web import web_browser, web_page  # noqa: F401``): each page records the
+* ``web_browser`` (per module) and ``web_page`` fixtures (available to every test through tests/conftest.py:
+  ``pytest_plugins``): each page records the
   browser console's errors and uncaught page errors in ``page.errors`` (a
   :class:`Watched`), and the fixture fails the test if any was seen, unless the test cleared
   them knowingly.
@@ -54,7 +54,9 @@ def chromium_path() -> str:
     pytest.skip(why)
 
 
-@pytest.fixture(scope="session")
+# module scope, not session: while Playwright's sync API runs, this thread has an event loop
+# running (its greenlet's), and pytest-asyncio could not run the async tests of later modules
+@pytest.fixture(scope="module")
 def web_browser() -> Iterator[Any]:
     executable = chromium_path()
     try:

@@ -5,15 +5,18 @@ dataset's health and last run, the workers with their heartbeat ages; the schedu
 the metrics' queue lag), never from a second computation of them.
 
 The one exception to "read it when asked" is an item count and byte total: the catalog keeps
-no running totals, and ``count(*)`` over a 10M-item dataset takes a second. :class:`Totals`
-counts a dataset again only when its change log has moved since the last count (one index
-lookup per dataset: the newest cursor of ``changes_dataset``) and not more often than every
-:data:`RECOUNT_SECONDS`; otherwise the overview shows the count it has, with when it was
-taken. Nothing is counted when nobody looks: the cache is filled by page requests only.
+no running totals, and ``count(*)`` over 10M items takes seconds. :class:`Totals` keeps the
+counts it made; a page shows those at once ("counting" before the first) and has the stale
+ones counted in the background: a dataset whose change log moved since its count (one index
+lookup: the newest cursor of ``changes_dataset``), at most every :data:`RECOUNT_SECONDS`.
+Nothing is counted when nobody looks: only page requests ask for counts.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +25,7 @@ from syncd import api
 from syncd.store.catalog import Catalog, Dataset
 from syncd.store.checkpoint import Checkpoint
 
+log = logging.getLogger("syncd.web")
 #: a dataset whose log moved is counted again at most this often (seconds)
 RECOUNT_SECONDS = 10.0
 #: runs the dataset page charts and lists
@@ -37,26 +41,80 @@ class _Count:
 
 
 class Totals:
-    """Item counts and byte totals per dataset id, counted again when the log moved."""
+    """Item counts and byte totals per dataset id (see the module docstring).
+
+    :meth:`known` (on the catalog thread, in a page's one call) answers at once with the
+    count it has, possibly ``None`` or a few seconds old, and notes the datasets to count
+    (again); :meth:`refresh` (on the event loop, started by the page handler) counts them one
+    dataset per catalog call, so the catalog thread's other work (syncs' writes, API calls)
+    interleaves, and the page's next refresh shows the counts. So no request waits for a count
+    of millions of items, and nothing is counted while nobody looks."""
 
     def __init__(self, *, recount_seconds: float = RECOUNT_SECONDS) -> None:
         self._counts: dict[int, _Count] = {}
+        self._wanted: set[int] = set()
+        self._lock = threading.Lock()  # _wanted: added on the catalog thread, taken on the loop
+        self._task: asyncio.Task[None] | None = None
         self.recount_seconds = recount_seconds
 
-    def of(self, catalog: Catalog, dataset: Dataset) -> tuple[int, int]:
-        """(items, bytes) of ``dataset``; runs on the catalog thread."""
+    @staticmethod
+    def _mark(catalog: Catalog, dataset_id: int) -> int:
         row = catalog.db.execute(
-            "SELECT max(cursor) FROM changes WHERE dataset_id = ?", [dataset.id]
+            "SELECT max(cursor) FROM changes WHERE dataset_id = ?", [dataset_id]
         ).fetchone()
-        mark = int(row[0] or 0)
-        now = time.monotonic()
+        return int(row[0] or 0)
+
+    def known(self, catalog: Catalog, dataset: Dataset) -> tuple[int, int] | None:
+        """(items, bytes) as last counted, None before the first count; notes ``dataset``
+        for :meth:`refresh` when its log moved since (catalog thread)."""
         known = self._counts.get(dataset.id)
-        if known is not None and (known.mark == mark or now - known.at < self.recount_seconds):
-            return known.items, known.bytes
-        items = catalog.count_items(dataset.id)
-        size = catalog.total_size(dataset.id) if items else 0
-        self._counts[dataset.id] = _Count(mark, items, size, now)
-        return items, size
+        stale = known is None or (
+            time.monotonic() - known.at >= self.recount_seconds
+            and known.mark != self._mark(catalog, dataset.id)
+        )
+        if stale:
+            with self._lock:
+                self._wanted.add(dataset.id)
+        return None if known is None else (known.items, known.bytes)
+
+    def count(self, catalog: Catalog, dataset_id: int) -> None:
+        """Count one dataset now (catalog thread)."""
+        mark = self._mark(catalog, dataset_id)
+        items = catalog.count_items(dataset_id)
+        size = catalog.total_size(dataset_id) if items else 0
+        self._counts[dataset_id] = _Count(mark, items, size, time.monotonic())
+
+    def of(self, catalog: Catalog, dataset: Dataset) -> tuple[int, int]:
+        """(items, bytes), counted now if unknown or stale (catalog thread; for tests and
+        one-shot callers)."""
+        if self.known(catalog, dataset) is None or dataset.id in self._wanted:
+            self.count(catalog, dataset.id)
+            with self._lock:
+                self._wanted.discard(dataset.id)
+        found = self._counts[dataset.id]
+        return found.items, found.bytes
+
+    def refresh(self, catalog_thread: Any) -> None:
+        """Count the noted datasets in the background, one per catalog call (event loop;
+        a refresh already under way takes the new ones too)."""
+        if self._task is not None and not self._task.done():
+            return
+        with self._lock:
+            if not self._wanted:
+                return
+
+        async def run() -> None:
+            while True:
+                with self._lock:
+                    if not self._wanted:
+                        return
+                    dataset_id = self._wanted.pop()
+                try:
+                    await catalog_thread.call(lambda c, d=dataset_id: self.count(c, d))
+                except Exception:  # a removed dataset, the catalog away: the next view asks
+                    log.debug("counting dataset %d failed", dataset_id, exc_info=True)
+
+        self._task = asyncio.get_running_loop().create_task(run(), name="web-totals")
 
     def forget(self, keep: set[int]) -> None:
         for gone in set(self._counts) - keep:
@@ -70,7 +128,7 @@ def overview(catalog: Catalog, totals: Totals) -> dict[str, Any]:
     datasets = catalog.list_datasets()
     checkpoint = Checkpoint(catalog.db)
     for ds in datasets:
-        items, size = totals.of(catalog, ds)
+        items, size = totals.known(catalog, ds) or (None, None)
         last = next(iter(checkpoint.history(ds.id, limit=1)), None)
         rows.append(
             {
@@ -88,6 +146,17 @@ def overview(catalog: Catalog, totals: Totals) -> dict[str, Any]:
     return {"datasets": rows, **api.workers_with_ages(catalog)}
 
 
+def dataset_runs(catalog: Catalog, name: str) -> dict[str, Any] | None:
+    """One dataset's latest runs with every attempt (newest first), for the runs table's
+    refresh: nothing counted. None when there is no such dataset."""
+    ds = catalog.find_dataset(name)
+    if ds is None:
+        return None
+    checkpoint = Checkpoint(catalog.db)
+    runs = [api.run_summary(r, checkpoint) for r in checkpoint.history(ds.id, RUN_HISTORY)]
+    return {"name": ds.name, "runs": runs}
+
+
 def dataset_page(catalog: Catalog, totals: Totals, name: str) -> dict[str, Any] | None:
     """One dataset: its summary, health, totals and its latest runs with every attempt
     (newest first); None when there is no such dataset."""
@@ -95,7 +164,7 @@ def dataset_page(catalog: Catalog, totals: Totals, name: str) -> dict[str, Any] 
     if ds is None:
         return None
     checkpoint = Checkpoint(catalog.db)
-    items, size = totals.of(catalog, ds)
+    items, size = totals.known(catalog, ds) or (None, None)
     runs = [api.run_summary(r, checkpoint) for r in checkpoint.history(ds.id, RUN_HISTORY)]
     return {
         "name": ds.name,
@@ -107,7 +176,7 @@ def dataset_page(catalog: Catalog, totals: Totals, name: str) -> dict[str, Any] 
         "health": api.dataset_health(catalog, ds),
         "settings": api.dataset_settings_summary(catalog, ds),
         "runs": runs,
-        "items_history": items_over_time(catalog, ds, items),
+        "items_history": [] if items is None else items_over_time(catalog, ds, items),
     }
 
 

@@ -47,6 +47,8 @@ TOTALS = web.AppKey("web_totals", data.Totals)
 OPENAPI = Path(__file__).parent.parent / "server" / "openapi.yaml"
 #: recent changes a dataset page shows at first (then pushed as they come)
 RECENT = 20
+#: the live stream of changes reads the log at most this often (seconds)
+STREAM_PAUSE = 0.25
 
 #: this origin's scripts, styles and images only (thumbnails: presigned URLs elsewhere)
 CSP = (
@@ -269,6 +271,7 @@ async def overview(request: web.Request) -> web.StreamResponse:
     ctx = request.app[CONTEXT]
     totals = request.app[TOTALS]
     found = await ctx.catalog.call(lambda c: data.overview(c, totals))
+    totals.refresh(ctx.catalog)
     schedules = {}
     if ctx.scheduler is not None:
         schedules = {row["name"]: ctx.scheduler.state(row["name"]) for row in found["datasets"]}
@@ -287,13 +290,16 @@ async def overview(request: web.Request) -> web.StreamResponse:
 # -- a dataset -----------------------------------------------------------------------------
 
 
-async def _dataset(request: web.Request) -> dict[str, Any]:
+async def _dataset(request: web.Request, *, full: bool = True) -> dict[str, Any]:
     ctx = request.app[CONTEXT]
     name = request.match_info["name"]
     totals = request.app[TOTALS]
-    found = await ctx.catalog.call(lambda c: data.dataset_page(c, totals, name))
+    found = await ctx.catalog.call(
+        lambda c: data.dataset_page(c, totals, name) if full else data.dataset_runs(c, name)
+    )
     if found is None:
         raise _not_found(request, f"There is no dataset named {name!r}.")
+    totals.refresh(ctx.catalog)
     found["schedule"] = ctx.scheduler.state(name) if ctx.scheduler is not None else None
     return found
 
@@ -358,7 +364,7 @@ async def dataset(request: web.Request) -> dict[str, Any]:
 
 @page("runs_table.html")
 async def runs_fragment(request: web.Request) -> dict[str, Any]:
-    return {"ds": await _dataset(request)}
+    return {"ds": await _dataset(request, full=False)}
 
 
 async def sync_now(request: web.Request) -> web.StreamResponse:
@@ -400,24 +406,33 @@ async def live_changes(request: web.Request) -> web.StreamResponse:
     if not exists:
         return web.json_response({"error": f"unknown dataset {name!r}"}, status=404)
     after = int(raw)
+
+    def newer(c: Any, after: int) -> tuple[list[dict[str, Any]], int]:
+        found, following = api.read_changes(c, after=after, limit=RECENT, dataset=name)
+        if len(found) == RECENT:
+            # more than a page behind (a first sync writes a change per object): the page
+            # shows the newest only, so skip to them instead of sending every one
+            return _recent(c, name)
+        return [_change_row(ch) for ch in found], following
+
     async with sse_response(request) as stream:
         while stream.is_connected():
             try:
-                found, after = await ctx.catalog.call(
-                    lambda c, a=after: api.read_changes(c, after=a, limit=100, dataset=name)
-                )
+                rows, after = await ctx.catalog.call(lambda c, a=after: newer(c, a))
             except CursorGone as exc:
                 after = exc.head  # pruned under a slow page: go on from the head
                 continue
-            for change in found:
-                await stream.send(
-                    json.dumps(_change_row(change)), event="change", id=str(change.cursor)
-                )
-            if found:
-                continue
+            for row in rows:
+                await stream.send(json.dumps(row), event="change", id=str(row["cursor"]))
+            # at most one read per STREAM_PAUSE however fast changes come (a sync must not
+            # feed the page more than it shows), and within POLL_SECONDS of another
+            # process's commit; this process's own commits wake it at once
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(POLL_SECONDS):
-                    await ctx.changed.wait()
+                    if not rows:
+                        await ctx.changed.wait()
+                    else:
+                        await asyncio.sleep(STREAM_PAUSE)
     return stream
 
 
