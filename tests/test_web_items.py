@@ -915,6 +915,7 @@ async def test_a_rare_filter_is_searched_a_window_at_a_time(
     rare = [k for k, n in sizes.items() if n == 7]
     pages = await app_for(db)
     monkeypatch.setattr(browse, "WINDOW", 50)
+    monkeypatch.setattr(browse, "FIRST_WINDOW", 50)
     monkeypatch.setattr(web_items, "SEARCH_SECONDS", 0.0)  # one window per request
     shown = await pages.browse("rare", where="size=7")
     assert shown.status == 200 and 'id="searched"' in shown.html
@@ -927,8 +928,19 @@ async def test_a_rare_filter_is_searched_a_window_at_a_time(
         requests += 1
         found += [n for _, n in shown.rows()]
     assert found == rare and requests == 1000 // 50
-    # time to spare: the page fills from window after window in one request
+    # time to spare: the page fills from window after window in one request, the windows
+    # growing from the first (10 keys, then 40, then 50 each)
     monkeypatch.setattr(web_items, "SEARCH_SECONDS", 60.0)
+    monkeypatch.setattr(browse, "FIRST_WINDOW", 10)
+    windows: list[int] = []
+    real = browse.folders.query_window
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        windows.append(kwargs["window"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(browse.folders, "query_window", counted)
     shown = await pages.browse("rare", where="size=7")
     assert [n for _, n in shown.rows()] == rare and 'id="searched"' not in shown.html
     assert shown.link("next-page") is None
+    assert windows == [10, 40] + [50] * 19

@@ -52,8 +52,8 @@ PRESIGN_TTL = 900
 REDIRECT_CACHE = 600
 #: seconds a filtered page keeps searching for matches, a window of keys per catalog call
 #: (:data:`syncd.web.browse.WINDOW`), before it shows what it found and a "search further"
-#: link
-SEARCH_SECONDS = 0.25
+#: link: with the last window's read, a page answers in about 0.1 s however rare the matches
+SEARCH_SECONDS = 0.06
 #: seconds an opened driver is kept for presigning (its credentials are read again after)
 DRIVER_SECONDS = 300.0
 #: the headers of bytes served from a local folder: never a page of this origin
