@@ -11,7 +11,8 @@ Two halves:
   (never a 500), paging at the page's edges and while keys change, the count caps, what the
   object route serves and what it refuses (keys outside the dataset, a symlink out of the
   folder, HTML served as a download);
-* **in the browser**: the distribution's Chromium (Playwright, :mod:`tests.web`) on ``syncd
+* **in the browser** (after every async test: Playwright's sync API runs its own event loop
+  while its browser is open): the distribution's Chromium (Playwright, :mod:`tests.web`) on ``syncd
   run`` with a watched folder and a moto bucket holding real PNG and JPEG files and keys,
   metadata and a dataset name built to run script if anything rendered them as HTML.
 """
@@ -524,6 +525,54 @@ async def test_the_item_page_shows_every_field_and_its_metadata(
     assert 'href="/datasets/meta/items?prefix=x%2F"' in html
 
 
+async def test_a_rare_filter_is_searched_a_window_at_a_time(
+    app_for: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A filter few items match reads a window of keys per catalog call: when the page's
+    search time is up before it is full, it says how far it searched and links to the rest
+    of the search, which finds every match exactly once; with time to spare, the windows
+    fill the page in one request."""
+    from syncd.web import items as web_items
+
+    db = tmp_path / "c.db"
+    catalog = Catalog.open(str(db))
+    sizes = {f"k{i:04d}": (7 if i % 97 == 0 else 1) for i in range(1000)}  # 11 rare ones
+    write_items(catalog, "rare", sizes)
+    catalog.close()
+    rare = [k for k, n in sizes.items() if n == 7]
+    pages = await app_for(db)
+    monkeypatch.setattr(browse, "WINDOW", 50)
+    monkeypatch.setattr(browse, "FIRST_WINDOW", 50)
+    monkeypatch.setattr(web_items, "SEARCH_SECONDS", 0.0)  # one window per request
+    shown = await pages.browse("rare", where="size=7")
+    assert shown.status == 200 and 'id="searched"' in shown.html
+    assert "Searched the keys up to <code><bdi>k0049</bdi></code>: 1 match so far" in shown.html
+    assert shown.link("next-page") is not None and "Search further" in shown.html
+    found = [n for _, n in shown.rows()]
+    requests = 1
+    while shown.link("next-page"):
+        shown = await pages.follow(shown)
+        requests += 1
+        found += [n for _, n in shown.rows()]
+    assert found == rare and requests == 1000 // 50
+    # time to spare: the page fills from window after window in one request, the windows
+    # growing from the first (10 keys, then 40, then 50 each)
+    monkeypatch.setattr(web_items, "SEARCH_SECONDS", 60.0)
+    monkeypatch.setattr(browse, "FIRST_WINDOW", 10)
+    windows: list[int] = []
+    real = browse.folders.query_window
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        windows.append(kwargs["window"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(browse.folders, "query_window", counted)
+    shown = await pages.browse("rare", where="size=7")
+    assert [n for _, n in shown.rows()] == rare and 'id="searched"' not in shown.html
+    assert shown.link("next-page") is None
+    assert windows == [10, 40] + [50] * 19
+
+
 # -- in the browser ----------------------------------------------------------------------------
 
 #: what a payload sets if it ever runs as script
@@ -896,51 +945,3 @@ def test_the_item_pages_pass_axe(world: World, web_page: Any, path: str) -> None
     results = Axe().run(page)
     critical = [v for v in results.response["violations"] if v.get("impact") == "critical"]
     assert not critical, json.dumps(critical, indent=1)[:4000]
-
-
-async def test_a_rare_filter_is_searched_a_window_at_a_time(
-    app_for: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A filter few items match reads a window of keys per catalog call: when the page's
-    search time is up before it is full, it says how far it searched and links to the rest
-    of the search, which finds every match exactly once; with time to spare, the windows
-    fill the page in one request."""
-    from syncd.web import items as web_items
-
-    db = tmp_path / "c.db"
-    catalog = Catalog.open(str(db))
-    sizes = {f"k{i:04d}": (7 if i % 97 == 0 else 1) for i in range(1000)}  # 11 rare ones
-    write_items(catalog, "rare", sizes)
-    catalog.close()
-    rare = [k for k, n in sizes.items() if n == 7]
-    pages = await app_for(db)
-    monkeypatch.setattr(browse, "WINDOW", 50)
-    monkeypatch.setattr(browse, "FIRST_WINDOW", 50)
-    monkeypatch.setattr(web_items, "SEARCH_SECONDS", 0.0)  # one window per request
-    shown = await pages.browse("rare", where="size=7")
-    assert shown.status == 200 and 'id="searched"' in shown.html
-    assert "Searched the keys up to <code><bdi>k0049</bdi></code>: 1 match so far" in shown.html
-    assert shown.link("next-page") is not None and "Search further" in shown.html
-    found = [n for _, n in shown.rows()]
-    requests = 1
-    while shown.link("next-page"):
-        shown = await pages.follow(shown)
-        requests += 1
-        found += [n for _, n in shown.rows()]
-    assert found == rare and requests == 1000 // 50
-    # time to spare: the page fills from window after window in one request, the windows
-    # growing from the first (10 keys, then 40, then 50 each)
-    monkeypatch.setattr(web_items, "SEARCH_SECONDS", 60.0)
-    monkeypatch.setattr(browse, "FIRST_WINDOW", 10)
-    windows: list[int] = []
-    real = browse.folders.query_window
-
-    def counted(*args: Any, **kwargs: Any) -> Any:
-        windows.append(kwargs["window"])
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(browse.folders, "query_window", counted)
-    shown = await pages.browse("rare", where="size=7")
-    assert [n for _, n in shown.rows()] == rare and 'id="searched"' not in shown.html
-    assert shown.link("next-page") is None
-    assert windows == [10, 40] + [50] * 19
