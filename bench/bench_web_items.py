@@ -17,7 +17,8 @@ through ``Catalog.write_rows``), shaped to cost the folder view the most in diff
 For each it times, ``--repeat`` times after one warm-up (the median and the slowest), the
 whole ``GET /datasets/NAME/items`` answer of the daemon's app (aiohttp's test server on
 loopback, the bearer token, the catalog thread, the template), and the data function alone
-(:func:`syncd.web.browse.browse`), for: the root page, a folder's page, a next page (through
+(:func:`syncd.web.browse.browse`: a folder level with its counts, or a filtered page's first
+window of keys; the page itself searches on for up to ``SEARCH_SECONDS``), for: the root page, a folder's page, a next page (through
 the page's own cursor), filtered pages (``content_type=image/*``, ``metadata.user.site=
 berlin``, ``size>4999000``: a rare one), and the exact count a user may ask for.
 ``--store postgresql`` uses the tests' throwaway server (tests/pg.py).
