@@ -9,9 +9,9 @@ through ``Catalog.write_rows``), shaped to cost the folder view the most in diff
 
 * ``folders``: bench_query.py's dataset (``d<i // 1000>/obj-<i>.<ext>``: 1,000 folders of
   1,000 items, 10% with user metadata, 10% with provider metadata): the root page shows 100
-  folders, each counted (crowded page: up to 1,000 items each);
+  folders, each counted (to 100: :func:`syncd.web.browse.count_cap`);
 * ``big``: 10 folders of N/10 items (``f<i % 10>/obj-<i>``): each folder's count stops at
-  :data:`syncd.web.browse.COUNT_CAP`;
+  its cap (1,000);
 * ``flat``: N items directly at the root (``obj-<i>``): the page is 100 items.
 
 For each it times, ``--repeat`` times after one warm-up (the median and the slowest), the
@@ -86,7 +86,7 @@ async def timed(fn: Callable[[], Awaitable[Any]], repeat: int) -> tuple[float, f
     return statistics.median(times), max(times), result
 
 
-async def measure(url: str, n: int, repeat: int) -> None:
+async def measure(url: str, n: int, repeat: int, shapes: list[str]) -> None:
     from aiohttp.test_utils import TestClient, TestServer
 
     from syncd.daemon.catalog_thread import CatalogThread
@@ -97,11 +97,14 @@ async def measure(url: str, n: int, repeat: int) -> None:
 
     catalog = Catalog.open(url)
     t0 = time.perf_counter()
-    build(catalog, n)  # the dataset "bench"
-    catalog.db.execute("UPDATE datasets SET name = 'folders' WHERE name = 'bench'")
-    build_keys(catalog, "big", n, lambda i: f"f{i % 10}/obj-{i:09d}")
-    build_keys(catalog, "flat", n, lambda i: f"obj-{i:09d}")
-    print(f"built 3 datasets of {n:,} items in {time.perf_counter() - t0:.0f} s")
+    if "folders" in shapes:
+        build(catalog, n)  # the dataset "bench"
+        catalog.db.execute("UPDATE datasets SET name = 'folders' WHERE name = 'bench'")
+    if "big" in shapes:
+        build_keys(catalog, "big", n, lambda i: f"f{i % 10}/obj-{i:09d}")
+    if "flat" in shapes:
+        build_keys(catalog, "flat", n, lambda i: f"obj-{i:09d}")
+    print(f"built {len(shapes)} datasets of {n:,} items in {time.perf_counter() - t0:.0f} s")
 
     thread = CatalogThread(url, create=False)
     await thread.start()
@@ -123,6 +126,8 @@ async def measure(url: str, n: int, repeat: int) -> None:
     print(f"{'dataset':<8} {'page':<36} {'HTTP median':>11} {'slowest':>9} {'data only':>10}")
     try:
         for ds_name, label, params in cases:
+            if ds_name not in shapes:
+                continue
             params = dict(params)
             path = f"/datasets/{ds_name}/items"
             if params.pop("next", False):
@@ -176,6 +181,9 @@ def main() -> None:
     parser.add_argument("--objects", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--store", choices=["sqlite", "postgresql"], default="sqlite")
+    parser.add_argument(
+        "--shapes", default="folders,big,flat", help="the datasets to build (comma-separated)"
+    )
     opts = parser.parse_args()
     pg = None
     if opts.store == "postgresql":
@@ -186,7 +194,7 @@ def main() -> None:
     try:
         with tempfile.TemporaryDirectory(prefix="bench-web-") as tmp:
             url = str(Path(tmp) / "w.db") if pg is None else pg.create_database("bench_w")
-            asyncio.run(measure(url, opts.objects, opts.repeat))
+            asyncio.run(measure(url, opts.objects, opts.repeat, opts.shapes.split(",")))
     finally:
         if pg is not None:
             pg.stop()

@@ -319,18 +319,19 @@ async def test_folders_with_counts_and_items_one_level_at_a_time(
 
 async def test_paging_at_the_edges_of_a_page(app_for: Any, tmp_path: Path) -> None:
     """A level of exactly one page has no next link; one entry more makes a second page of
-    one; a folder counted to the cap says "10,000+"; more than 20 folders on a page are
-    counted to 1,000 ("1,000+"); an empty level and an empty filter say so."""
+    one; a folder counted to the cap says "10,000+"; 21 folders on a page are counted to
+    100 ("100+"); an empty level and an empty filter say so."""
     db = tmp_path / "c.db"
     catalog = Catalog.open(str(db))
     page = browse.PAGE
     write_items(catalog, "exact", {f"k{i:04d}": 1 for i in range(page)})
     write_items(catalog, "one-more", {f"k{i:04d}": 1 for i in range(page + 1)})
-    big = {f"big/{i:05d}": 2 for i in range(browse.COUNT_CAP + 1)}
+    big = {f"big/{i:05d}": 2 for i in range(10_001)}
     big.update({f"small/{i}": 3 for i in range(5)})
     write_items(catalog, "capped", big)
-    crowded = {f"f{f:02d}/{i:04d}": 1 for f in range(browse.CROWDED + 1) for i in range(3)}
-    crowded.update({f"f00/x{i:04d}": 1 for i in range(browse.COUNT_CAP_CROWDED)})
+    crowded = {f"f{f:02d}/{i:04d}": 1 for f in range(21) for i in range(3)}
+    crowded.update({f"f00/x{i:04d}": 1 for i in range(100)})
+    crowded.update({f"f01/x{i:04d}": 1 for i in range(97)})  # 100 exactly: not capped
     write_items(catalog, "crowded", crowded)
     write_items(catalog, "empty", {})
     catalog.close()
@@ -349,9 +350,12 @@ async def test_paging_at_the_edges_of_a_page(app_for: Any, tmp_path: Path) -> No
     assert capped.counts() == ["10,000+ items", "5 items"]
     assert "&gt; " in capped.html  # bytes of a capped folder are a lower bound
     crowded_page = await pages.browse("crowded")
-    assert crowded_page.counts()[0] == "1,000+ items"
-    assert crowded_page.counts()[1:] == ["3 items"] * browse.CROWDED
-    assert "up to 1,000" in crowded_page.html
+    assert crowded_page.counts()[:2] == ["100+ items", "100 items"]
+    assert crowded_page.counts()[2:] == ["3 items"] * 19
+    assert "up to 100 " in crowded_page.html
+    assert [browse.count_cap(n) for n in (0, 1, 2, 3, 20, 21, 100)] == [
+        10_000, 10_000, 10_000, 1_000, 1_000, 100, 100
+    ]  # fmt: skip
 
     empty = await pages.browse("empty")
     assert empty.status == 200 and empty.rows() == [] and 'id="empty"' in empty.html

@@ -9,10 +9,12 @@ prefix; the dataset's own driver path is the root):
 * **folders** (no ``where`` expression, not ``flat``): the prefix's children one level down,
   folders and items in key order (:func:`syncd.store.folders.children`: one index seek per
   folder, never a read of what is inside it), each folder with its items and bytes counted
-  *bounded* (:func:`counts`): exact up to :data:`COUNT_CAP` items (or
-  :data:`COUNT_CAP_CROWDED` on a page of more than :data:`CROWDED` folders), else shown as
-  "10,000+": counting every item below each folder of a level over a million items costs
-  about 0.1 s per million (sqlite), which a page cannot pay per request. The exact count of
+  *bounded* (:func:`counts`): exact up to a cap, else shown as "10,000+". The cap is the
+  largest of :data:`COUNT_CAPS` (10,000, 1,000, 100) that keeps the rows a page reads to
+  count within :data:`COUNT_BUDGET` (20,000: the cap 10,000 for one or two folders, 1,000
+  for up to 20, 100 for a full page): counting every item below each folder of a level
+  over a million items costs about 0.1 s per million on sqlite and 1.5 s on PostgreSQL,
+  which a page cannot pay per request. The exact count of
   the current prefix is one click away (:func:`exact_count`, the query model's count);
 * **flat** (any ``where`` expression, or ``flat``): the items under the prefix matching the
   query (:mod:`syncd.query`), at every depth, in key order, read a window of
@@ -45,13 +47,12 @@ if TYPE_CHECKING:
 
 #: entries (folders and items) per page
 PAGE = 100
-#: a child folder's items are counted exactly up to this many; past it the page says "10,000+"
-COUNT_CAP = 10_000
-#: on a page of more than :data:`CROWDED` folders, each is counted up to this many instead:
-#: the rows a page reads to count stay below ``CROWDED * COUNT_CAP`` (200,000; about 20 ms on
-#: sqlite) whatever the dataset holds
-COUNT_CAP_CROWDED = 1_000
-CROWDED = 20
+#: the caps a child folder's items are counted to (past it the page says "10,000+"): the
+#: largest one whose rows for all the page's folders stay within :data:`COUNT_BUDGET`
+COUNT_CAPS = (10_000, 1_000, 100)
+#: rows a page reads at most to count its folders (about 3 ms on sqlite, 30 ms on
+#: PostgreSQL, which reads each row from the table's heap)
+COUNT_BUDGET = 20_000
 #: keys of the dataset a flat page's query reads per catalog call: the first window
 #: :data:`FIRST_WINDOW` (a common filter fills a page from it: finding its end costs about
 #: 1 ms per 5,000 keys on sqlite), each next one 4 times larger up to :data:`WINDOW`. A filter
@@ -140,7 +141,7 @@ class Page:
     #: this page's own cursor (None on the first page)
     cursor: str | None = None
     #: the count cap applied to this page's folders
-    count_cap: int = COUNT_CAP
+    count_cap: int = COUNT_CAPS[0]
     #: the exact items and bytes under the prefix matching the query, when asked for
     total: tuple[int, int] | None = None
     #: the flat view: its query, the page's size, the windows of keys read so far, and the
@@ -252,8 +253,7 @@ def counts(
 ) -> tuple[int, list[FolderRow | Item]]:
     """The entries with each folder's bounded count (see the module docstring), and the cap
     used."""
-    n = sum(isinstance(e, FolderRow) for e in entries)
-    cap = COUNT_CAP if n <= CROWDED else COUNT_CAP_CROWDED
+    cap = count_cap(sum(isinstance(e, FolderRow) for e in entries))
     out: list[FolderRow | Item] = []
     for e in entries:
         if isinstance(e, FolderRow):
@@ -262,6 +262,15 @@ def counts(
             )
         out.append(e)
     return cap, out
+
+
+def count_cap(folders: int) -> int:
+    """The cap of each folder's count on a page of ``folders`` folders (see
+    :data:`COUNT_CAPS`)."""
+    for cap in COUNT_CAPS:
+        if folders * cap <= COUNT_BUDGET:
+            return cap
+    return COUNT_CAPS[-1]
 
 
 _BAD_CURSOR = "malformed cursor: follow the page's own next-page link"
