@@ -131,6 +131,12 @@ def test_children_equal_a_brute_force_split(
                 assert count.bytes == sum(under[k] for k in sorted(under)[: cap + 1])
             else:
                 assert count == folders.Count(len(under), sum(under.values()), False)
+    # all of the level's folders at once, as a page counts them
+    named = [e for kind, e in want if kind == "folder"]
+    for cap in (1, 3):
+        assert folders.bounded_counts(catalog, ds, named, cap) == [
+            folders.bounded_count(catalog, ds, p, cap) for p in named
+        ]
     total = folders.bounded_count(catalog, ds, prefix, 10_000)
     under = [n for k, n in sizes.items() if k.startswith(prefix)]
     assert total == folders.Count(len(under), sum(under), False)
@@ -268,3 +274,13 @@ def test_query_windows_equal_a_brute_force_filter(
     else:
         raise AssertionError("the windows never reached the end")
     assert found == want
+
+
+def test_counts_of_more_folders_than_one_statement_holds(catalogs: CatalogMaker) -> None:
+    catalog = catalogs()
+    ds = make_dataset(catalog)
+    put(catalog, ds, {f"f{i:03d}/{j}": i for i in range(150) for j in range(i % 4)})
+    prefixes = [f"f{i:03d}/" for i in range(150)]
+    assert folders.bounded_counts(catalog, ds, prefixes, 2) == [
+        folders.Count(min(i % 4, 2), i * min(i % 4, 3), i % 4 > 2) for i in range(150)
+    ]

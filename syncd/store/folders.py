@@ -172,6 +172,37 @@ def bounded_count(catalog: Catalog, dataset_id: int, prefix: str, cap: int) -> C
     return Count(n, total, False)
 
 
+def bounded_counts(catalog: Catalog, dataset_id: int, prefixes: list[str], cap: int) -> list[Count]:
+    """:func:`bounded_count` of each of ``prefixes``, in one statement (a page counts its
+    folders with one round trip to the catalog, not one per folder)."""
+    if cap < 1:
+        raise ValueError("cap must be at least 1")
+    out: list[Count] = []
+    for start in range(0, len(prefixes), _COUNTS_PER_STATEMENT):
+        chunk = prefixes[start : start + _COUNTS_PER_STATEMENT]
+        parts, args = [], []
+        for n, prefix in enumerate(chunk):
+            sql, more = key_range(None, prefix)
+            parts.append(
+                f"SELECT {n} AS n, count(*) AS items, coalesce(sum(size), 0) AS bytes FROM"
+                f" (SELECT size FROM items WHERE dataset_id = ?{sql} ORDER BY key LIMIT ?)"
+                f" AS under{n}"
+            )
+            args += [dataset_id, *more, cap + 1]
+        rows = dict(
+            (int(r[0]), (int(r[1]), int(r[2])))
+            for r in catalog.db.execute(" UNION ALL ".join(parts), args).fetchall()
+        )
+        for n in range(len(chunk)):
+            items, total = rows[n]
+            out.append(Count(cap, total, True) if items > cap else Count(items, total, False))
+    return out
+
+
+#: subqueries in one counting statement (sqlite allows 500 terms in a compound SELECT)
+_COUNTS_PER_STATEMENT = 100
+
+
 def query_window(
     catalog: Catalog,
     dataset_id: int,

@@ -253,14 +253,12 @@ def counts(
 ) -> tuple[int, list[FolderRow | Item]]:
     """The entries with each folder's bounded count (see the module docstring), and the cap
     used."""
-    cap = count_cap(sum(isinstance(e, FolderRow) for e in entries))
-    out: list[FolderRow | Item] = []
-    for e in entries:
-        if isinstance(e, FolderRow):
-            e = FolderRow(
-                e.prefix, e.name, folders.bounded_count(catalog, dataset_id, e.prefix, cap)
-            )
-        out.append(e)
+    prefixes = [e.prefix for e in entries if isinstance(e, FolderRow)]
+    cap = count_cap(len(prefixes))
+    found = iter(folders.bounded_counts(catalog, dataset_id, prefixes, cap) if prefixes else [])
+    out: list[FolderRow | Item] = [
+        FolderRow(e.prefix, e.name, next(found)) if isinstance(e, FolderRow) else e for e in entries
+    ]
     return cap, out
 
 
