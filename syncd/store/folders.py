@@ -9,10 +9,10 @@ required) are, in key order:
 * an **item** for every key ``P + rest`` whose ``rest`` has no ``/`` (``rest`` may be empty:
   the key ``P`` itself).
 
-:func:`children` reads them with a *skip scan* of the key index: each folder costs one index
-seek (the next key at or after the folder's upper bound), never a read of the items inside
-it, so a page of a level costs about as many index seeks as it shows entries, however many
-items lie below them. :func:`bounded_count` counts a folder's items and bytes reading at
+:func:`children` reads them with a *skip scan* of the key index, one recursive query per
+page: each folder costs one index seek (the next key at or after the folder's upper bound),
+never a read of the items inside it, so a page of a level costs about as many index seeks as
+it shows entries, however many items lie below them, and one round trip to the catalog. :func:`bounded_count` counts a folder's items and bytes reading at
 most ``cap + 1`` rows: a count over a million items below one folder would otherwise cost a
 page a quarter of a second per folder.
 
@@ -75,39 +75,67 @@ def children(
     that is not under ``prefix``, or a folder cursor that is not one level below it."""
     if limit < 1:
         raise ValueError("limit must be at least 1")
-    upper = prefix_upper_bound(prefix)
     if after is None:
         bound, inclusive = prefix, True
     else:
         bound, inclusive = _resume(prefix, after)
+    keys = _walk(catalog, dataset_id, prefix, bound, inclusive, limit + 1)
     entries: list[Folder | Item] = []
-    want = limit + 1  # one more than shown: is there a next page?
-    run = 1  # rows asked for at once: grows along a run of items, 1 after a folder
-    while len(entries) < want:
-        ask = min(want - len(entries), run)
-        rows = _after(catalog, dataset_id, bound, inclusive, upper, ask)
-        jumped = False
-        for row in rows:
-            key = row[0]
-            slash = key.find("/", len(prefix))
-            if slash >= 0:
-                folder = key[: slash + 1]
-                entries.append(Folder(folder))
-                # past every key in the folder: its upper bound (never None: it ends in "/")
-                bound, inclusive = folder[:-1] + "0", True
-                jumped = True
-                break
-            entries.append(Item(*row))
-            bound, inclusive = key, False
-            if len(entries) == want:
-                break
-        if jumped:
-            run = 1
-            continue
-        if len(rows) < ask:
-            break  # the level is exhausted
-        run = min(run * 4, want)
-    return Level(entries[:limit], len(entries) > limit)
+    items: dict[str, Item] = {}
+    item_keys = [k for k in keys if k.find("/", len(prefix)) < 0]
+    if item_keys:
+        marks = ", ".join("?" * len(item_keys))
+        rows = catalog.db.execute(
+            f"SELECT {_COLUMNS} FROM items WHERE dataset_id = ? AND key IN ({marks})",
+            [dataset_id, *item_keys],
+        ).fetchall()
+        items = {row[0]: Item(*row) for row in rows}
+    for key in keys:
+        slash = key.find("/", len(prefix))
+        if slash >= 0:
+            entries.append(Folder(key[: slash + 1]))
+        elif key in items:  # (removed between the two reads: left out)
+            entries.append(items[key])
+    return Level(entries[:limit], len(keys) > limit)
+
+
+def _walk(
+    catalog: Catalog, dataset_id: int, prefix: str, bound: str, inclusive: bool, limit: int
+) -> list[str]:
+    """The first key of each of the level's next ``limit`` entries from ``bound`` (``>=`` or
+    ``>``), in order: a recursive query, one index seek per entry, each starting past the
+    entry before (past its whole folder for a folder), so the catalog is asked once per page.
+    """
+    pg = catalog.db.dialect == "postgresql"
+    n = len(prefix)  # an int made here, the only value written into the SQL
+    find = "strpos" if pg else "instr"
+    collate = ' COLLATE "C"' if pg else ""
+    upper = prefix_upper_bound(prefix)
+    below = " AND key < ?" if upper is not None else ""
+    below_args: list[object] = [upper] if upper is not None else []
+    # past an entry, as one lower bound (the planner seeks on one): a folder's upper bound;
+    # for an item, its key and U+0001, the smallest text above it that a key can be (no key
+    # holds a NUL)
+    rest = f"substr(walk.k, {n + 1})"
+    one = "chr(1)" if pg else "char(1)"
+    past = (
+        f"(CASE WHEN {find}({rest}, '/') > 0"
+        f" THEN substr(walk.k, 1, {n} + {find}({rest}, '/') - 1) || '0'"
+        f" ELSE walk.k || {one} END){collate}"
+    )
+    first_cmp = ">=" if inclusive else ">"
+    sql = (
+        "WITH RECURSIVE walk(k, depth) AS ("
+        f" SELECT (SELECT key FROM items WHERE dataset_id = ? AND key {first_cmp} ?{below}"
+        " ORDER BY key LIMIT 1), 1"
+        " UNION ALL"
+        f" SELECT (SELECT key FROM items WHERE dataset_id = ? AND key >= {past}{below}"
+        " ORDER BY key LIMIT 1), walk.depth + 1"
+        " FROM walk WHERE walk.k IS NOT NULL AND walk.depth < ?"
+        ") SELECT k FROM walk WHERE k IS NOT NULL ORDER BY depth"
+    )
+    args = [dataset_id, bound, *below_args, dataset_id, *below_args, limit]
+    return [str(r[0]) for r in catalog.db.execute(sql, args).fetchall()]
 
 
 def _resume(prefix: str, after: str) -> tuple[str, bool]:
@@ -121,22 +149,6 @@ def _resume(prefix: str, after: str) -> tuple[str, bool]:
     if slash != len(rest) - 1:
         raise ValueError("the cursor is not a folder one level under this prefix")
     return after[:-1] + "0", True  # a folder: at its upper bound ("/" + 1 is "0")
-
-
-def _after(
-    catalog: Catalog, dataset_id: int, bound: str, inclusive: bool, upper: str | None, limit: int
-) -> list[tuple[object, ...]]:
-    """The item rows (``key`` first) from ``bound`` (``>=`` or ``>``) below ``upper``, in key
-    order, at most ``limit``: one range read of the primary key."""
-    cmp = ">=" if inclusive else ">"
-    sql = f"SELECT {_COLUMNS} FROM items WHERE dataset_id = ? AND key {cmp} ?"
-    args: list[object] = [dataset_id, bound]
-    if upper is not None:
-        sql += " AND key < ?"
-        args.append(upper)
-    sql += " ORDER BY key LIMIT ?"
-    args.append(limit)
-    return catalog.db.execute(sql, args).fetchall()
 
 
 @dataclass(frozen=True)
