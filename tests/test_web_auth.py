@@ -93,6 +93,9 @@ async def test_a_page_without_a_session_goes_to_sign_in_and_the_api_stays_401(
             assert resp.headers["Location"] == "/login?next=/datasets/files%3Fx%3D1"
         async with s.get(site.base + "/api/v1/datasets") as resp:
             assert resp.status == 401
+        # an htmx refresh of an open page whose session ended: the whole page goes
+        async with s.get(site.base + "/", headers={"HX-Request": "true"}) as resp:
+            assert resp.status == 204 and resp.headers["HX-Redirect"] == "/login"
         async with s.get(site.base + "/login") as resp:
             assert resp.status == 200 and 'name="token"' in await resp.text()
 
@@ -222,3 +225,46 @@ async def test_sign_in_goes_only_to_a_local_next_page(site: Site) -> None:
                 allow_redirects=False,
             ) as resp:
                 assert resp.headers["Location"] == expected, given
+
+
+async def test_an_open_live_stream_ends_when_the_daemon_stops(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A page left open holds a server-sent-events stream: stopping the daemon ends it at
+    once (before: the shutdown waited out aiohttp's 60 s timeout, then killed it, 500)."""
+    caplog.set_level(logging.INFO, logger="syncd.server")
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("a")
+    (tmp_path / "syncd.toml").write_text(
+        f'[drivers.disk]\ntype = "local"\nbucket = "{src}"\n'
+        '[datasets.files]\ndriver = "disk"\nwatch = false\n'
+        f'[server]\nhost = "127.0.0.1"\nport = {free_port()}\n'
+    )
+    daemon = Daemon(
+        load_daemon_config(str(tmp_path / "syncd.toml")),
+        str(tmp_path / "c.db"),
+        api_token=ADMIN,
+        poll_seconds=1,
+    )
+    task = asyncio.create_task(daemon.run())
+
+    async def ready() -> bool:
+        if task.done():
+            task.result()
+        return daemon.ready.is_set()
+
+    await until(ready, "the daemon to start")
+    base = f"http://127.0.0.1:{daemon.port}"
+    async with ClientSession(headers={"Authorization": f"Bearer {ADMIN}"}) as s:
+        async with s.get(base + "/datasets/files/live?after=0") as stream:
+            assert stream.status == 200
+            assert stream.headers["Content-Type"].startswith("text/event-stream")
+            # the first change (the start's sync of a.txt) arrives: the stream is live
+            while b"a.txt" not in await stream.content.readline():
+                pass
+            daemon.stop.set()
+            # the server ends the stream: the body reaches its end, the daemon stops
+            await asyncio.wait_for(stream.content.read(), 30)
+        await asyncio.wait_for(task, 30)
+    assert "GET /datasets/files/live 200" in caplog.text

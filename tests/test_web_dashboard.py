@@ -5,7 +5,7 @@ Sign-in (wrong then right token), the overview's datasets, a file added to the f
 appearing in the dataset page's recent changes without a reload, "Sync now" producing a new
 run row, CSRF refusals, the session cookie's flags, the docs page, an axe-core check of each
 page, no console error anywhere (the ``web_page`` fixture fails a test on one), and the
-screenshots under docs/.
+screenshots under docs/ (written there with ``SYNCD_UPDATE_SCREENSHOTS=1``).
 
 Without Chromium these tests fail when ``CI`` is set and are skipped otherwise
 (:func:`tests.web.chromium_path`).
@@ -14,6 +14,7 @@ Without Chromium these tests fail when ``CI`` is set and are skipped otherwise
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,6 +136,17 @@ def test_sign_in_with_a_wrong_then_the_right_token(dash: Dash, web_page: Any) ->
     assert TOKEN not in page.content() and TOKEN not in page.url
 
 
+def _screenshot(page: Any, name: str) -> None:
+    """Take the screenshot the README shows; written to docs/ only with
+    ``SYNCD_UPDATE_SCREENSHOTS=1`` (each run's differ: times, paths), so a test run leaves the
+    work tree clean."""
+    png = page.screenshot(full_page=True)
+    assert png.startswith(b"\x89PNG") and len(png) > 10_000
+    if os.environ.get("SYNCD_UPDATE_SCREENSHOTS") == "1":
+        DOCS.mkdir(exist_ok=True)
+        (DOCS / name).write_bytes(png)
+
+
 def _signed_in(dash: Dash, page: Any) -> Any:
     sign_in(page, dash.daemon)
     return page
@@ -163,8 +175,7 @@ def test_the_overview_lists_every_dataset_with_its_numbers(dash: Dash, web_page:
     assert page.locator("#daemon-health").inner_text().startswith("Healthy")
     # the daemon is a registered worker of the catalog
     assert page.locator("#workers tbody tr").count() >= 1
-    DOCS.mkdir(exist_ok=True)
-    page.screenshot(path=str(DOCS / "dashboard-overview.png"), full_page=True)
+    _screenshot(page, "dashboard-overview.png")
 
 
 def test_a_new_file_appears_in_recent_changes_without_a_reload(dash: Dash, web_page: Any) -> None:
@@ -184,8 +195,7 @@ def test_a_new_file_appears_in_recent_changes_without_a_reload(dash: Dash, web_p
     # the three charts are drawn (uPlot's canvas in each)
     for chart in ("duration", "changes", "items"):
         page.locator(f"#chart-{chart} canvas").wait_for()
-    DOCS.mkdir(exist_ok=True)
-    page.screenshot(path=str(DOCS / "dashboard-dataset.png"), full_page=True)
+    _screenshot(page, "dashboard-dataset.png")
 
 
 def test_sync_now_produces_a_new_run_row(dash: Dash, web_page: Any) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 import syncd
 from syncd.store.catalog import Catalog
 from syncd.web import data
@@ -56,3 +58,75 @@ def test_totals_count_again_only_when_the_log_moved(tmp_path: Path) -> None:
     _make(src, ["c"])
     syncd.sync(str(src), dataset="d", db=db)
     assert totals.of(catalog, ds) == (3, 3)
+
+
+def test_browser_tests_fail_in_ci_and_skip_elsewhere_without_chromium(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from tests.web import chromium_path
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # no chromium there
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="apt-get install -y chromium"):
+        chromium_path()
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception, match="chromium is not installed"):
+        chromium_path()
+
+
+def test_the_overview_puts_failing_then_held_datasets_first(tmp_path: Path) -> None:
+    """``syncd serve`` on a catalog whose datasets' latest runs failed twice, held deletes,
+    and completed: the overview's rows in that order, each saying so."""
+    import os
+    import re
+    import subprocess
+    import sys
+    import urllib.request
+
+    from tests.emulators import free_port
+    from tests.web import TOKEN, wait_for
+
+    db = str(tmp_path / "c.db")
+    for name in ("aaa-ok", "mmm-held", "zzz-failing"):
+        _make(tmp_path / name, ["x"])
+        syncd.sync(str(tmp_path / name), dataset=name, db=db)
+    catalog = Catalog.open(db)
+    with catalog.db.transaction():
+        for name, statuses in (("zzz-failing", ["failed", "failed"]), ("mmm-held", ["held"])):
+            ds = catalog.find_dataset(name)
+            assert ds is not None
+            for status in statuses:
+                catalog.db.execute(
+                    "INSERT INTO runs (dataset_id, fingerprint, status, started_at, ended_at,"
+                    " error) VALUES (?, 'f', ?, '2026-12-01T00:00:00.000000Z',"
+                    " '2026-12-01T00:00:01.000000Z', ?)",
+                    [ds.id, status, "listing failed: <boom>" if status == "failed" else None],
+                )
+    catalog.db.close()
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "syncd.cli", "serve", "--db", db, "--port", str(port)],
+        env={**os.environ, "SYNCD_API_TOKEN": TOKEN},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+
+        def overview() -> str | None:
+            request = urllib.request.Request(f"http://127.0.0.1:{port}/")
+            request.add_header("Authorization", f"Bearer {TOKEN}")
+            try:
+                with urllib.request.urlopen(request, timeout=10) as resp:
+                    return resp.read().decode()
+            except OSError:
+                return None
+
+        page = wait_for(overview, "syncd serve to answer")
+        assert re.findall(r'data-dataset="([^"]+)"', page) == ["zzz-failing", "mmm-held", "aaa-ok"]
+        assert "failing 2 times" in page and "held by --max-delete" in page
+        # the error is shown as text
+        assert "listing failed: &lt;boom&gt;" in page
+        assert "not scheduled here" in page  # syncd serve schedules nothing
+    finally:
+        proc.terminate()
+        proc.wait(60)

@@ -25,6 +25,7 @@ Adding a page:
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 from aiohttp import web
@@ -52,5 +53,7 @@ def setup(app: web.Application) -> None:
     app[auth.SESSIONS] = auth.Sessions()
     app[pages.TOTALS] = pages.data.Totals()
     app.on_response_prepare.append(pages.security_headers)
+    app[pages.CLOSING] = asyncio.Event()
+    app.on_shutdown.append(pages.end_streams)
     pages.add_routes(app)
     items.add_routes(app)  # the item browser

@@ -15,8 +15,9 @@ The contract:
 * A request authenticated by the cookie that can change something (any method but ``GET``,
   ``HEAD``, ``OPTIONS``) must carry the session's CSRF token, in the ``X-CSRF-Token`` header
   (htmx, ``fetch``) or the ``csrf`` form field, and must not come from another site: an
-  ``Origin`` header naming another origin, or ``Sec-Fetch-Site`` other than ``same-origin``
-  or ``none``, is refused (``403``) before the handler runs. ``POST /login`` gets the same
+  ``Origin`` header naming another host (or port), or ``Sec-Fetch-Site`` other than
+  ``same-origin`` or ``none``, is refused (``403``) before the handler runs. Behind a reverse
+  proxy, the proxy must pass the ``Host`` header on unchanged. ``POST /login`` gets the same
   origin check (login CSRF).
 * Sessions live in the process's memory (a ``TTLCache``: :data:`SESSION_SECONDS` after
   their last use, at most :data:`MAX_SESSIONS`); a restart signs everyone out.
@@ -32,7 +33,7 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from aiohttp import web
 from cachetools import TTLCache
@@ -105,7 +106,11 @@ def wants_page(request: web.Request) -> bool:
 
 
 def to_sign_in(request: web.Request) -> web.Response:
-    """303 to the sign-in page, remembering where the browser was going (a local path)."""
+    """303 to the sign-in page, remembering where the browser was going (a local path).
+    An htmx refresh (its session expired under an open page) gets ``HX-Redirect`` instead:
+    the whole page goes to sign in, rather than the sign-in form into a table."""
+    if request.headers.get("HX-Request"):
+        return web.Response(status=204, headers={"HX-Redirect": "/login"})
     return see_other(f"/login?next={quote(request.rel_url.path_qs, safe='/')}")
 
 
@@ -120,7 +125,9 @@ def cross_site(request: web.Request) -> str | None:
     if fetch_site is not None and fetch_site not in ("same-origin", "none"):
         return f"a {fetch_site} request"
     origin = request.headers.get("Origin")
-    if origin is not None and origin != f"{request.scheme}://{request.host}":
+    # the host and port only: behind a proxy that ends TLS the scheme seen here is http
+    # while the browser's origin is https (the proxy must pass the Host header on)
+    if origin is not None and urlsplit(origin).netloc != request.host:
         return "a request from another origin"
     return None
 

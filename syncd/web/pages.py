@@ -44,6 +44,15 @@ from syncd.web.auth import see_other
 
 log = logging.getLogger("syncd.web")
 TOTALS = web.AppKey("web_totals", data.Totals)
+#: set when the server shuts down: the live streams end at once instead of holding the
+#: shutdown until its timeout
+CLOSING = web.AppKey("web_closing", asyncio.Event)
+
+
+async def end_streams(app: web.Application) -> None:
+    """``on_shutdown``: end every live stream (they wait on the change signal: wake them)."""
+    app[CLOSING].set()
+    app[CONTEXT].changed.pulse()
 OPENAPI = Path(__file__).parent.parent / "server" / "openapi.yaml"
 #: recent changes a dataset page shows at first (then pushed as they come)
 RECENT = 20
@@ -395,6 +404,7 @@ async def live_changes(request: web.Request) -> web.StreamResponse:
     process's commits at once, by other processes' within :data:`POLL_SECONDS`."""
     from aiohttp_sse import sse_response
 
+    from syncd.errors import UsageError
     from syncd.store.changes import CursorGone
 
     ctx = request.app[CONTEXT]
@@ -415,13 +425,16 @@ async def live_changes(request: web.Request) -> web.StreamResponse:
             return _recent(c, name)
         return [_change_row(ch) for ch in found], following
 
+    closing = request.app[CLOSING]
     async with sse_response(request) as stream:
-        while stream.is_connected():
+        while stream.is_connected() and not closing.is_set():
             try:
                 rows, after = await ctx.catalog.call(lambda c, a=after: newer(c, a))
             except CursorGone as exc:
                 after = exc.head  # pruned under a slow page: go on from the head
                 continue
+            except UsageError:  # the dataset was removed: nothing more will come
+                break
             for row in rows:
                 await stream.send(json.dumps(row), event="change", id=str(row["cursor"]))
             # at most one read per STREAM_PAUSE however fast changes come (a sync must not
