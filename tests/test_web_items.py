@@ -600,9 +600,9 @@ DISK_HOSTILE = '"><img src=x onerror=window.__pwned=8>.png'
 DISK_RTL = "\u202eevil.txt"
 #: the JPEG a browser encodes (no imaging library needed to make a real one)
 JPEG_JS = """() => {
-  const c = document.createElement('canvas'); c.width = 20; c.height = 12;
-  const g = c.getContext('2d'); g.fillStyle = '#3050c0'; g.fillRect(0, 0, 20, 12);
-  g.fillStyle = '#f0c020'; g.fillRect(5, 3, 8, 6);
+  const c = document.createElement('canvas'); c.width = 64; c.height = 40;
+  const g = c.getContext('2d'); g.fillStyle = '#3050c0'; g.fillRect(0, 0, 64, 40);
+  g.fillStyle = '#f0c020'; g.fillRect(16, 10, 24, 16);
   return c.toDataURL('image/jpeg', 0.9);
 }"""
 
@@ -640,7 +640,7 @@ def world(
     tmp = tmp_path_factory.mktemp("items")
     folder = tmp / "folder"
     (folder / "photos").mkdir(parents=True)
-    (folder / "photos" / "red.png").write_bytes(png(16, 10))
+    (folder / "photos" / "red.png").write_bytes(png(56, 40))
     (folder / "photos" / "blue.jpg").write_bytes(jpeg)
     (folder / "notes.txt").write_text("notes")
     (folder / DISK_HOSTILE).write_bytes(png(6, 6, (10, 160, 10)))
@@ -649,7 +649,7 @@ def world(
     bucket = unique_bucket("items")
     s3.create_bucket(Bucket=bucket)
     put = s3.put_object
-    put(Bucket=bucket, Key="img/red.png", Body=png(24, 16), ContentType="image/png",
+    put(Bucket=bucket, Key="img/red.png", Body=png(48, 32), ContentType="image/png",
         Metadata={"note": META_PAYLOAD, "camera": "x100"})  # fmt: skip
     put(Bucket=bucket, Key="img/blue.jpg", Body=jpeg, ContentType="image/jpeg")
     for key in (SCRIPT_KEY, IMG_KEY, LONG_KEY):
@@ -790,7 +790,7 @@ def test_browse_folders_of_a_folder_and_a_bucket_with_thumbnails(
         sizes = page.eval_on_selector_all(
             "table.items img", "els => els.map(e => [e.naturalWidth, e.naturalHeight])"
         )
-        assert sorted(sizes) == sorted([[20, 12], [24, 16] if name == "bucket" else [16, 10]])
+        assert sorted(sizes) == sorted([[64, 40], [48, 32] if name == "bucket" else [56, 40]])
         # the breadcrumbs lead back to the root
         page.click(f"nav.crumbs a[href='/datasets/{name}/items']")
         page.wait_for_selector("tr.folder")
@@ -840,7 +840,7 @@ def test_the_item_page_shows_every_field_and_its_metadata_in_the_browser(
     page.wait_for_selector("#fields")
     assert page.inner_text("#item-key") == "img/red.png"
     page.wait_for_function(
-        "() => { const i = document.querySelector('#preview'); return i && i.complete && i.naturalWidth === 24; }"
+        "() => { const i = document.querySelector('#preview'); return i && i.complete && i.naturalWidth === 48; }"
     )
     fields = dict(
         page.eval_on_selector_all(
@@ -928,6 +928,46 @@ def test_hostile_keys_metadata_and_names_render_as_text(world: World, web_page: 
     no_script_ran(page)
     page.goto(f"{world.base}/datasets/{hostile}/item?key=img%2Fblue.jpg")
     no_script_ran(page)
+
+
+def test_the_item_pages_read_and_filter_with_javascript_off(world: World, web_browser: Any) -> None:
+    """Every part of the browser is HTML: folders, thumbnails, the filter form (a GET),
+    paging links and the item page work with JavaScript off."""
+    from tests.web import sign_in, wait_for
+
+    context = web_browser.new_context(java_script_enabled=False)
+    try:
+        page = context.new_page()
+        sign_in(page, world.daemon)
+        page.goto(f"{world.base}/datasets/bucket/items")
+        page.click("td.key a:has-text('img/')")
+        page.wait_for_selector("td.key bdi:text-is('red.png')")
+        wait_for(
+            lambda: (
+                sorted(
+                    page.eval_on_selector_all(
+                        "table.items img", "els => els.map(e => e.naturalWidth)"
+                    )
+                )
+                == [48, 64]
+            ),
+            "the thumbnails without JavaScript",
+        )
+        page.fill("#where-new", "size<300")
+        page.click("form.filter button[type=submit]")
+        page.wait_for_selector("#summary:has-text('matching the filter')")
+        assert names(page) == ["img/red.png"]  # under img/, named from the root
+        page.goto(f"{world.base}/datasets/bucket/items?prefix=many%2F")
+        page.click("#next-page")
+        page.wait_for_selector("td.key bdi:text-is('k129.txt')")
+        page.click("td.key a:has-text('k129.txt')")
+        assert page.inner_text("#item-key") == "many/k129.txt"
+        if os.environ.get("SYNCD_UPDATE_SCREENSHOTS") == "1":  # as the dashboard's tests do
+            page.goto(f"{world.base}/datasets/disk/items?prefix=photos%2F")
+            shot = page.screenshot(full_page=True)
+            (Path(__file__).parent.parent / "docs" / "dashboard-items.png").write_bytes(shot)
+    finally:
+        context.close()
 
 
 @pytest.mark.parametrize(

@@ -98,12 +98,12 @@ class Crumb:
 
 
 def crumbs(dataset: Dataset, prefix: str) -> list[Crumb]:
-    """The breadcrumbs from the dataset's root to ``prefix``: the root (the dataset's name),
+    """The breadcrumbs from the dataset's root to ``prefix``: the root (``items``),
     then each folder down to the prefix; a prefix that does not end in ``/`` ends with its
     last partial name. A prefix outside the root starts from the bucket's top instead."""
     root = root_of(dataset)
     start = root if prefix.startswith(root) else ""
-    out = [Crumb(dataset.name, start)]
+    out = [Crumb("items", start)]
     rest = prefix[len(start) :]
     at = start
     while rest:
@@ -154,6 +154,10 @@ class Page:
     @property
     def filtered(self) -> bool:
         return bool(self.where)
+
+    @property
+    def has_folders(self) -> bool:
+        return any(isinstance(e, FolderRow) for e in self.entries)
 
     def name_of(self, item: Item) -> str:
         """An item's name on this page: its key less the prefix in the folder view (a key equal
