@@ -38,7 +38,7 @@ def setup(app: web.Application) -> None:
     import aiohttp_jinja2
     import jinja2
 
-    from syncd.web import auth, pages
+    from syncd.web import auth, items, pages
 
     env = aiohttp_jinja2.setup(
         app,
@@ -56,3 +56,4 @@ def setup(app: web.Application) -> None:
     app[pages.CLOSING] = asyncio.Event()
     app.on_shutdown.append(pages.end_streams)
     pages.add_routes(app)
+    items.add_routes(app)  # the item browser
