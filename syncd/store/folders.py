@@ -89,7 +89,8 @@ def children(
             f"SELECT {_COLUMNS} FROM items WHERE dataset_id = ? AND key IN ({marks})",
             [dataset_id, *item_keys],
         ).fetchall()
-        items = {row[0]: Item(*row) for row in rows}
+        make = catalog.item_maker(dataset_id)
+        items = {row[0]: make(*row) for row in rows}
     for key in keys:
         slash = key.find("/", len(prefix))
         if slash >= 0:
@@ -248,7 +249,7 @@ def query_window(
         [dataset_id, *prefix_args, *bound_args, window - 1],
     ).fetchall()
     end = str(ends[0][0]) if len(ends) == 2 else None
-    terms, args = query_sql.where(query, dialect)
+    terms, args = query_sql.where(query, dialect, catalog.guesses_content_types(dataset_id))
     terms += bound
     args += bound_args
     if end is not None:
@@ -266,4 +267,5 @@ def query_window(
     else:
         sql = f"SELECT {_COLUMNS} FROM items WHERE dataset_id = ?{terms} ORDER BY key LIMIT ?"
         rows = catalog.db.execute(sql, [dataset_id, *args, limit]).fetchall()
-    return [Item(*row) for row in rows], end
+    make = catalog.item_maker(dataset_id)
+    return [make(*row) for row in rows], end
