@@ -213,6 +213,7 @@ def test_a_level_is_one_walk_of_the_index_and_one_read_of_its_items(
     sizes = {f"{f}/{i:04d}": 1 for f in ("a", "b", "c") for i in range(1000)}
     sizes.update({"a.txt": 1, "b.txt": 1})
     put(catalog, ds, sizes)
+    catalog.guesses_content_types(ds)  # the dataset's content-type rule, read once per catalog
     statements: list[str] = []
     real = catalog.db.execute
 
