@@ -56,15 +56,31 @@ def make_large(root: Path, mb: int) -> int:
     return mb * 1_000_000
 
 
+#: user + system CPU seconds of each timed command, in order (for the per-round lines)
+CPU: list[float] = []
+
+
 def timed(cmd: list[str], env: dict[str, str]) -> float:
+    """Wall seconds of ``cmd``; its CPU (user + system, from ``wait4``) goes to :data:`CPU`."""
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    _, status, usage = os.wait4(proc.pid, 0)
     elapsed = time.perf_counter() - t0
-    if proc.returncode != 0:
-        raise SystemExit(
-            f"{' '.join(cmd[:4])}... failed ({proc.returncode}): {proc.stderr[-2000:]}"
-        )
+    assert proc.stderr is not None
+    err = proc.stderr.read()
+    proc.stderr.close()
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        raise SystemExit(f"{' '.join(cmd[:4])}... failed ({code}): {err[-2000:]}")
+    CPU.append(usage.ru_utime + usage.ru_stime)
     return elapsed
+
+
+def load() -> str:
+    """The 1-minute load average now (the machine is shared: every figure says its load)."""
+    return Path("/proc/loadavg").read_text().split()[0]
 
 
 def spread(seconds: list[float]) -> str:
@@ -164,20 +180,28 @@ def main() -> None:
                 continue
             up: dict[str, list[float]] = {t: [] for t in tools}
             down: dict[str, list[float]] = {t: [] for t in tools}
+            print(f"\n{name}: every round (wall s, CPU s in brackets), load {load()}")
             for r in range(args.rounds):
+                line = []
                 # each round starts with the next tool: whoever goes first meets the machine
                 # as the last round's writes left it (200 MB of dirty pages, moto's memory)
                 for tool in tools[r % len(tools) :] + tools[: r % len(tools)]:
                     seconds, b = upload(tool, src)
                     up[tool].append(seconds)
+                    push_cpu = CPU[-1]
                     dst = work / f"dst-{name}-{tool}-{r}"
                     down[tool].append(download(tool, b, dst))
+                    line.append(
+                        f"{tool} push {seconds:.2f} ({push_cpu:.2f}) pull {down[tool][-1]:.2f}"
+                        f" ({CPU[-1]:.2f})"
+                    )
                     if not same_tree(src, dst):
                         raise SystemExit(f"{tool} {name}: the downloaded tree differs")
                     shutil.rmtree(dst)
                     s3_objects = s3.list_objects_v2(Bucket=b).get("KeyCount", 0)
                     if s3_objects != min(files, 1000):
                         raise SystemExit(f"{tool} {name}: bucket holds {s3_objects} objects")
+                print(f"  round {r + 1}: " + "; ".join(line) + f"; load {load()}", flush=True)
             print(f"\n{name}: {files:,} file(s), {size / 1e6:,.1f} MB (median of {args.rounds})")
             print(
                 f"  {'tool':8} {'push s':>8} {'MB/s':>8} {'files/s':>9} {'range':>11}   "
@@ -189,6 +213,15 @@ def main() -> None:
                     f"  {tool:8} {u:8.2f} {size / 1e6 / u:8.1f} {files / u:9.1f} "
                     f"{spread(up[tool]):>11}   {d:8.2f} {size / 1e6 / d:8.1f} {files / d:9.1f} "
                     f"{spread(down[tool]):>11}"
+                )
+            if "syncd" in tools and "rclone" in tools:
+                ratio = {
+                    way: statistics.median(times["syncd"]) / statistics.median(times["rclone"])
+                    for way, times in (("push", up), ("pull", down))
+                }
+                print(
+                    f"  ratio syncd / rclone (medians): push {ratio['push']:.2f}x, "
+                    f"pull {ratio['pull']:.2f}x; load {load()}"
                 )
     finally:
         moto.stop()
