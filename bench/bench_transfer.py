@@ -106,7 +106,9 @@ def main() -> None:
     parser.add_argument("--small-kb", type=int, default=16, help="KiB each (default 16)")
     parser.add_argument("--large-mb", type=int, default=200, help="MB of the large file")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--tools", default="syncd,aws,rclone")
+    parser.add_argument(
+        "--tools", default="syncd,aws,rclone", help="also syncd-parts: multipart from 64 MiB"
+    )
     parser.add_argument("--sets", default="small,large", help="which data sets (small,large)")
     args = parser.parse_args()
     peers = Path(args.peers)
@@ -144,12 +146,19 @@ def main() -> None:
         s3.create_bucket(Bucket=name)
         return name
 
+    def syncd_env(tool: str) -> dict[str, str]:
+        """``syncd-parts``: syncd with the multipart cutoff at 64 MiB (a 200 MB file goes in
+        8 MiB parts, 8 at a time, through s3transfer) instead of its default 200 MiB."""
+        if tool == "syncd-parts":
+            return {**env, "SYNCD_S3_MULTIPART_CUTOFF": str(64 * 1024 * 1024)}
+        return env
+
     def upload(tool: str, src: Path) -> tuple[float, str]:
         b = bucket()
-        if tool == "syncd":
+        if tool.startswith("syncd"):
             ds = f"ds-{b}"
             timed([*SYNCD, "sync", f"s3://{b}", "--dataset", ds], env)  # empty: binds the dataset
-            return timed([*SYNCD, "push", str(src), "--dataset", ds], env), b
+            return timed([*SYNCD, "push", str(src), "--dataset", ds], syncd_env(tool)), b
         if tool == "aws":
             return timed(
                 [str(peers / "aws"), "s3", "sync", str(src), f"s3://{b}", "--quiet"], env
@@ -157,10 +166,10 @@ def main() -> None:
         return timed([str(peers / "rclone"), "copy", str(src), f"moto:{b}"], env), b
 
     def download(tool: str, b: str, dst: Path) -> float:
-        if tool == "syncd":
+        if tool.startswith("syncd"):
             ds = f"pull-{b}-{next(counter)}"
             timed([*SYNCD, "sync", f"s3://{b}", "--dataset", ds], env)
-            return timed([*SYNCD, "pull", "--dataset", ds, str(dst)], env)
+            return timed([*SYNCD, "pull", "--dataset", ds, str(dst)], syncd_env(tool))
         if tool == "aws":
             return timed([str(peers / "aws"), "s3", "sync", f"s3://{b}", str(dst), "--quiet"], env)
         return timed([str(peers / "rclone"), "copy", f"moto:{b}", str(dst)], env)
@@ -214,13 +223,13 @@ def main() -> None:
                     f"{spread(up[tool]):>11}   {d:8.2f} {size / 1e6 / d:8.1f} {files / d:9.1f} "
                     f"{spread(down[tool]):>11}"
                 )
-            if "syncd" in tools and "rclone" in tools:
+            for mine in (t for t in tools if t.startswith("syncd") and "rclone" in tools):
                 ratio = {
-                    way: statistics.median(times["syncd"]) / statistics.median(times["rclone"])
+                    way: statistics.median(times[mine]) / statistics.median(times["rclone"])
                     for way, times in (("push", up), ("pull", down))
                 }
                 print(
-                    f"  ratio syncd / rclone (medians): push {ratio['push']:.2f}x, "
+                    f"  ratio {mine} / rclone (medians): push {ratio['push']:.2f}x, "
                     f"pull {ratio['pull']:.2f}x; load {load()}"
                 )
     finally:

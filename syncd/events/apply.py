@@ -153,6 +153,8 @@ class EventApplier:
         #: per (provider, bucket, account) of an event, the datasets on that bucket (a
         #: delivery's events name a few buckets: the driver fields are compared once each)
         self._on_bucket: dict[tuple[str, str, str | None], list[Dataset]] = {}
+        #: per (provider, bucket, account): True when those datasets all cover the whole bucket
+        self._whole: dict[tuple[str, str, str | None], bool] = {}
         #: per (dataset id, provider, bucket, account), what an item's URI is the key after
         self._uri_prefix: dict[tuple[int, str, str, str | None], str] = {}
 
@@ -169,6 +171,9 @@ class EventApplier:
                 and ds.driver.bucket == event.bucket
                 and not (event.account and ds.driver.account and event.account != ds.driver.account)
             ]
+            self._whole[where] = all(ds.driver.path == "" for ds in candidates)
+        if self._whole.get(where):
+            return candidates  # every dataset on the bucket takes every key (shared: read only)
         key = event.key
         return [ds for ds in candidates if key.startswith(ds.driver.path)]
 
@@ -300,11 +305,57 @@ class EventApplier:
             return
         state = _ChunkState.read(self.catalog.db, keys)
         stamp = now()  # one transaction, one time of writing
-        counts = result.counts
+        markers, items, marks, puts = state.markers, state.items, state.marks, state.puts
+        outcomes: list[tuple[str, str]] = []  # (dataset name, outcome): counted once, in C
         for ds, event in routed:
-            outcome = self._decide(ds, event, seq, stamp, state)
-            counts[outcome] += 1
-            result.by_dataset[(ds.name, outcome)] += 1
+            slot = (ds.id, event.key)
+            if (
+                slot in markers
+                or slot in items
+                or event.kind is not EventKind.CREATED
+                or event.size is None
+                or event.etag is None
+                or event.metadata
+                or event.tags
+                or not ds.filters.accepts_all
+            ):
+                outcomes.append((ds.name, self._decide(ds, event, seq, stamp, state)))
+                continue
+            # the common event, a create of a key with neither row: _decide's outcome for it
+            # with its steps written out (not stale, kept, a new item, the marker stamped)
+            rank = "" if event.marker is None else f"{event.marker}/0"
+            when = _stamp(event.event_time) if event.event_time else None
+            markers[slot] = (rank, 0, when)
+            marks[slot] = (rank, 0, seq, when)
+            content_type, meta = item_fields(
+                event.key, event.content_type, guessed=event.provider == "local"
+            )
+            items[slot] = (
+                stamp,
+                event.etag,
+                event.size,
+                when or _stamp(datetime.now(UTC)),
+                event.version,
+            )
+            puts[slot] = (
+                ds.id,
+                event.key,
+                "/" + event.key[len(ds.driver.path) :],
+                self._uri(ds, event),
+                event.size,
+                event.etag,
+                content_type,
+                items[slot][3],
+                event.version,
+                stamp,
+                stamp,
+                meta,
+                None,
+            )
+            outcomes.append((ds.name, "created"))
+        for (name, outcome), count in Counter(outcomes).items():
+            result.counts[outcome] += count
+            result.by_dataset[(name, outcome)] += count
         # a folder watch names its dataset; bucket events are routed
         state.write(self.catalog, stamp, "watch" if self.only is not None else "event")
 
