@@ -5,10 +5,13 @@ record (ASCII text, a key with nothing to decode, a whole-number size) and the f
 ``_s3_record`` for the rest. For any record, hypothesis checks that ``records([rec])`` gives
 the events, skip reasons or error message that ``parse_record(rec)`` (the checked path alone)
 gives; and that the short-cut is taken for the plain records, so the comparison tests it.
+Also: ``syncd events apply``, which turns the cyclic garbage collector off while it applies,
+turns it back on.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from hypothesis import given, settings
@@ -119,3 +122,41 @@ def test_the_short_cut_is_taken_for_a_plain_record() -> None:
     assert fast is not None
     assert [fast] == parse.parse_record(rec).events
     assert records([rec, rec]).events == [fast, fast]
+
+
+def test_events_apply_in_process_leaves_the_garbage_collector_on(tmp_path: Path) -> None:
+    """``syncd events apply`` turns the cyclic collector off while it applies (it collects
+    each batch's young objects itself); whoever runs the command in-process (a script through
+    ``syncd.cli.main``) gets it back on, after a good input and after a refused one."""
+    import gc
+    import json
+
+    from providers.config import DriverConfig
+    from syncd.cli import main
+    from syncd.reconcile.filters import Filters
+    from syncd.store.catalog import Catalog
+
+    db = tmp_path / "c.db"
+    catalog = Catalog.open(str(db))
+    catalog.create_dataset("ds", "s3://bkt/", DriverConfig(type="s3", bucket="bkt"), Filters())
+    catalog.close()
+    rec = {
+        "eventName": "ObjectCreated:Put",
+        "s3": {"bucket": {"name": "bkt"}, "object": {"key": "a", "size": 1, "eTag": "e"}},
+    }
+    good = tmp_path / "good.jsonl"
+    good.write_text(json.dumps({"Records": [rec]}) + "\n")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("{not json\n")
+    assert gc.isenabled()
+    for path, code in ((good, 0), (bad, 2)):
+        try:
+            main(["events", "apply", str(path), "--db", str(db)])
+            exit_code = 0
+        except SystemExit as exc:
+            exit_code = exc.code or 0
+        assert exit_code == code
+        assert gc.isenabled()
+    catalog = Catalog.open(str(db))
+    assert [i.key for i in catalog.iter_items(catalog.get_dataset("ds").id)] == ["a"]
+    catalog.close()
