@@ -20,6 +20,7 @@ their copy, syncd's pull reads its catalog; the sync's own speed is bench_sync.p
 from __future__ import annotations
 
 import argparse
+import compileall
 import os
 import shutil
 import statistics
@@ -61,10 +62,16 @@ CPU: list[float] = []
 
 
 def timed(cmd: list[str], env: dict[str, str]) -> float:
-    """Wall seconds of ``cmd``; its CPU (user + system, from ``wait4``) goes to :data:`CPU`."""
+    """Wall seconds of ``cmd``; its CPU (user + system, from ``wait4``) goes to :data:`CPU`.
+    A ``python -m`` command runs in the checkout ``env["PYTHONPATH"]`` names, if any."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(
-        cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        cmd,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=env.get("PYTHONPATH") or None,
     )
     _, status, usage = os.wait4(proc.pid, 0)
     elapsed = time.perf_counter() - t0
@@ -110,6 +117,7 @@ def main() -> None:
         "--tools", default="syncd,aws,rclone", help="also syncd-parts: multipart from 64 MiB"
     )
     parser.add_argument("--sets", default="small,large", help="which data sets (small,large)")
+    parser.add_argument("--base", help="a commit whose syncd also runs, as tool syncd-base")
     args = parser.parse_args()
     peers = Path(args.peers)
     tools = args.tools.split(",")
@@ -146,18 +154,35 @@ def main() -> None:
         s3.create_bucket(Bucket=name)
         return name
 
+    base = None
+    if args.base:
+        # the --base commit's syncd as the tool syncd-base, from a copy of that commit
+        base = work / "base"
+        base.mkdir()
+        archive = subprocess.run(
+            ["git", "archive", args.base], cwd=ROOT, capture_output=True, check=True
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", str(base)], input=archive, check=True)
+        for package in ("syncd", "providers"):
+            compileall.compile_dir(base / package, quiet=1)
+        tools.append("syncd-base")
+
     def syncd_env(tool: str) -> dict[str, str]:
         """``syncd-parts``: syncd with the multipart cutoff at 64 MiB (a 200 MB file goes in
-        8 MiB parts, 8 at a time, through s3transfer) instead of its default 200 MiB."""
+        8 MiB parts, 8 at a time, through s3transfer) instead of its default 200 MiB;
+        ``syncd-base``: the ``--base`` commit's syncd."""
         if tool == "syncd-parts":
             return {**env, "SYNCD_S3_MULTIPART_CUTOFF": str(64 * 1024 * 1024)}
-        return env
+        if tool == "syncd-base":
+            return {**env, "PYTHONPATH": str(base)}
+        return {**env, "PYTHONPATH": str(ROOT)}
 
     def upload(tool: str, src: Path) -> tuple[float, str]:
         b = bucket()
         if tool.startswith("syncd"):
             ds = f"ds-{b}"
-            timed([*SYNCD, "sync", f"s3://{b}", "--dataset", ds], env)  # empty: binds the dataset
+            # empty: binds the dataset
+            timed([*SYNCD, "sync", f"s3://{b}", "--dataset", ds], syncd_env(tool))
             return timed([*SYNCD, "push", str(src), "--dataset", ds], syncd_env(tool)), b
         if tool == "aws":
             return timed(
@@ -168,7 +193,7 @@ def main() -> None:
     def download(tool: str, b: str, dst: Path) -> float:
         if tool.startswith("syncd"):
             ds = f"pull-{b}-{next(counter)}"
-            timed([*SYNCD, "sync", f"s3://{b}", "--dataset", ds], env)
+            timed([*SYNCD, "sync", f"s3://{b}", "--dataset", ds], syncd_env(tool))
             return timed([*SYNCD, "pull", "--dataset", ds, str(dst)], syncd_env(tool))
         if tool == "aws":
             return timed([str(peers / "aws"), "s3", "sync", f"s3://{b}", str(dst), "--quiet"], env)
