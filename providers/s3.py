@@ -20,6 +20,7 @@ come only from ``head``; object tags only from ``object_tags`` (GetObjectTagging
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import re
 from collections.abc import AsyncIterator
@@ -121,6 +122,30 @@ def multipart_cutoff() -> int:
     return int(raw)
 
 
+#: whether :func:`_freeze_once` has run in this process
+_frozen = False
+
+
+def _freeze_once() -> None:
+    """Move every object alive now into the cyclic garbage collector's permanent generation
+    (``gc.freeze``), once per process: called when the first S3 client is made, by then
+    botocore's modules and its S3 service model, endpoint rules and ``endpoints.json``, a few
+    hundred thousand objects that live as long as the process, are loaded.
+
+    Why: the collector otherwise walks them on every full collection, the last of them at
+    interpreter exit. Measured (bench/README.md, issue 27): importing this module and making
+    one driver used 0.33-0.38 s of user CPU with a normal exit, 0.21-0.24 s with the objects
+    frozen; a 200 MB ``syncd pull`` from moto 0.45 s of CPU and 1.96 s of wall time (medians
+    of 6 on the loaded 2-core machine) against 0.34 s and 1.30 s when it skipped the exit's
+    work. What it costs: cycles that are garbage at this moment are never collected (a
+    bounded, one-time amount, the leftovers of imports); objects made later are collected as
+    before. A long-running ``syncd run`` freezes once, when its first S3 driver opens."""
+    global _frozen
+    if not _frozen:
+        _frozen = True
+        gc.freeze()
+
+
 #: the ETag of a single-part upload is the content's MD5; a multipart one ends in "-<parts>"
 _MD5_ETAG = re.compile(r"[0-9a-f]{32}")
 
@@ -215,6 +240,7 @@ class S3Driver(Driver):
             )
         self._parts: tuple[Any, TransferConfig] | None = None
         self.multipart_cutoff = multipart_cutoff()
+        _freeze_once()  # botocore's objects out of the collector's walks (see the function)
 
     #: None: botocore's setting (environment, config file; by default a CRC32 per upload)
     _checksum: str | None = None

@@ -46,7 +46,7 @@ import logging
 import operator
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from itertools import islice
 from pathlib import Path
@@ -151,20 +151,43 @@ class EventApplier:
         else:
             self.only = None
             self.datasets = [d for d in catalog.list_datasets() if d.driver.type != "local"]
+        #: per (provider, bucket, account) of an event, the datasets on that bucket (a
+        #: delivery's events name a few buckets: the driver fields are compared once each)
+        self._on_bucket: dict[tuple[str, str, str | None], list[Dataset]] = {}
+        #: per (provider, bucket, account): True when those datasets all cover the whole bucket
+        self._whole: dict[tuple[str, str, str | None], bool] = {}
+        #: per (dataset id, provider, bucket, account), what an item's URI is the key after
+        self._uri_prefix: dict[tuple[int, str, str, str | None], str] = {}
 
     def routes(self, event: ObjectEvent) -> list[Dataset]:
         if self.only is not None:
             return [self.only] if event.key.startswith(self.only.driver.path) else []
-        out = []
-        for ds in self.datasets:
-            cfg = ds.driver
-            if cfg.type != event.provider or cfg.bucket != event.bucket:
-                continue
-            if event.account and cfg.account and event.account != cfg.account:
-                continue
-            if event.key.startswith(cfg.path):
-                out.append(ds)
-        return out
+        where = (event.provider, event.bucket, event.account)
+        candidates = self._on_bucket.get(where)
+        if candidates is None:
+            candidates = self._on_bucket[where] = [
+                ds
+                for ds in self.datasets
+                if ds.driver.type == event.provider
+                and ds.driver.bucket == event.bucket
+                and not (event.account and ds.driver.account and event.account != ds.driver.account)
+            ]
+            self._whole[where] = all(ds.driver.path == "" for ds in candidates)
+        if self._whole.get(where):
+            return candidates  # every dataset on the bucket takes every key (shared: read only)
+        key = event.key
+        return [ds for ds in candidates if key.startswith(ds.driver.path)]
+
+    def _uri(self, ds: Dataset, event: ObjectEvent) -> str:
+        """:func:`_uri`, by concatenation: a cloud object's URI is a prefix its dataset,
+        provider, bucket and account decide, then the key."""
+        if ds.driver.type == "local":
+            return _uri(ds, event)
+        where = (ds.id, event.provider, event.bucket, event.account)
+        prefix = self._uri_prefix.get(where)
+        if prefix is None:
+            prefix = self._uri_prefix[where] = _uri(ds, replace(event, key=""))
+        return prefix + event.key
 
     def apply(self, events: Iterable[ObjectEvent]) -> ApplyResult:
         """Apply ``events`` in one transaction under one event sequence value (a queue's
@@ -283,11 +306,57 @@ class EventApplier:
             return
         state = _ChunkState.read(self.catalog.db, keys)
         stamp = now()  # one transaction, one time of writing
-        counts = result.counts
+        markers, items, marks, puts = state.markers, state.items, state.marks, state.puts
+        outcomes: list[tuple[str, str]] = []  # (dataset name, outcome): counted once, in C
         for ds, event in routed:
-            outcome = self._decide(ds, event, seq, stamp, state)
-            counts[outcome] += 1
-            result.by_dataset[(ds.name, outcome)] += 1
+            slot = (ds.id, event.key)
+            if (
+                slot in markers
+                or slot in items
+                or event.kind is not EventKind.CREATED
+                or event.size is None
+                or event.etag is None
+                or event.metadata
+                or event.tags
+                or not ds.filters.accepts_all
+            ):
+                outcomes.append((ds.name, self._decide(ds, event, seq, stamp, state)))
+                continue
+            # the common event, a create of a key with neither row: _decide's outcome for it
+            # with its steps written out (not stale, kept, a new item, the marker stamped)
+            rank = "" if event.marker is None else f"{event.marker}/0"
+            when = _stamp(event.event_time) if event.event_time else None
+            markers[slot] = (rank, 0, when)
+            marks[slot] = (rank, 0, seq, when)
+            content_type, meta = item_fields(
+                event.key, event.content_type, guessed=event.provider == "local"
+            )
+            items[slot] = (
+                stamp,
+                event.etag,
+                event.size,
+                when or _stamp(datetime.now(UTC)),
+                event.version,
+            )
+            puts[slot] = (
+                ds.id,
+                event.key,
+                "/" + event.key[len(ds.driver.path) :],
+                self._uri(ds, event),
+                event.size,
+                event.etag,
+                content_type,
+                items[slot][3],
+                event.version,
+                stamp,
+                stamp,
+                meta,
+                None,
+            )
+            outcomes.append((ds.name, "created"))
+        for (name, outcome), count in Counter(outcomes).items():
+            result.counts[outcome] += count
+            result.by_dataset[(name, outcome)] += count
         # a folder watch names its dataset; bucket events are routed
         state.write(self.catalog, stamp, "watch" if self.only is not None else "event")
 
@@ -352,7 +421,7 @@ class EventApplier:
                 ds.id,
                 event.key,
                 "/" + relative,
-                _uri(ds, event),
+                self._uri(ds, event),
                 event.size,
                 event.etag,
                 content_type,
@@ -390,6 +459,8 @@ class _ChunkState:
     marks: dict[tuple[int, str], tuple[str, int, int, str | None]] = field(default_factory=dict)
     puts: dict[tuple[int, str], tuple[Any, ...]] = field(default_factory=dict)
     deletes: set[tuple[int, str]] = field(default_factory=set)
+    #: the keys that had an item when the chunk was read (a write's change-log kind)
+    stored: frozenset[tuple[int, str]] = frozenset()
 
     @classmethod
     def read(cls, db: Any, keys: dict[int, set[str]]) -> _ChunkState:
@@ -406,7 +477,7 @@ class _ChunkState:
                 dataset_id, ordered,
             ):  # fmt: skip
                 items[(dataset_id, key)] = tuple(row)  # type: ignore[assignment]
-        return cls(markers, items)
+        return cls(markers, items, stored=frozenset(items))
 
     def mark(self, slot: tuple[int, str], marker: str, deleted: int, seq: int, when: str | None):
         """Record the marker upsert of one decision, and its effect on the stored row."""
@@ -437,11 +508,22 @@ class _ChunkState:
         """Write the chunk's marker upserts, deletes, then item upserts (the caller holds the
         transaction); the item changes are recorded in the change log with ``source``."""
         if self.marks:
+            # the time also as microseconds: the listing write guard compares it (a chunk's
+            # events share a few times: each text converted once)
+            us: dict[str, int] = {}
             catalog.db.executemany(
                 _MARKER_UPSERT,
                 [
-                    # the time also as microseconds: the listing write guard compares it
-                    (ds, key, m, d, stamp, s, w, stamp_us(w) if w else None)
+                    (
+                        ds,
+                        key,
+                        m,
+                        d,
+                        stamp,
+                        s,
+                        w,
+                        (us.get(w) or us.setdefault(w, stamp_us(w))) if w else None,
+                    )
                     for (ds, key), (m, d, s, w) in sorted(self.marks.items())
                 ],
             )
@@ -450,12 +532,19 @@ class _ChunkState:
             by_dataset.setdefault(ds, ([], []))[0].append(key)
         for (ds, _key), row in self.puts.items():
             by_dataset.setdefault(ds, ([], []))[1].append(row)
+        stored, deletes = self.stored, self.deletes
         for ds, (gone, written) in by_dataset.items():
             if gone:
                 catalog.delete_items(ds, gone, source=source)
             if written:
                 written.sort(key=_KEY)  # in key order: the index pages are written in turn
-                catalog.write_rows(ds, written, source=source)
+                # the change log's kind, as the key's row is now: the chunk's deletes are
+                # written first, so a key deleted and re-created in it is created again
+                kinds = [
+                    "updated" if (ds, r[1]) in stored and (ds, r[1]) not in deletes else "created"
+                    for r in written
+                ]
+                catalog.write_rows(ds, written, source=source, kinds=kinds)
 
 
 def unrouted(catalog: Catalog) -> list[dict[str, object]]:

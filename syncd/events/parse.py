@@ -73,7 +73,7 @@ class EventKind(enum.StrEnum):
     DELETED = "deleted"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class ObjectEvent:
     """A normalized "object created/deleted" event."""
 
@@ -94,6 +94,58 @@ class ObjectEvent:
     metadata: tuple[tuple[str, str], ...] | None = None
     #: the object's tags, likewise (no event format carries them: a HEAD step adds them)
     tags: tuple[tuple[str, str], ...] | None = None
+
+    # written by hand, not generated: a frozen dataclass's own __init__ sets each field
+    # through object.__setattr__ by name (2 us an event, a third of parsing an S3 record);
+    # the slots' descriptors set them directly (as providers.base.ObjectInfo does)
+    def __init__(
+        self,
+        kind: EventKind,
+        provider: str,
+        bucket: str,
+        key: str,
+        marker: str | None = None,
+        size: int | None = None,
+        etag: str | None = None,
+        content_type: str | None = None,
+        event_time: datetime | None = None,
+        version: str | None = None,
+        account: str | None = None,
+        event_id: str | None = None,
+        metadata: tuple[tuple[str, str], ...] | None = None,
+        tags: tuple[tuple[str, str], ...] | None = None,
+    ) -> None:
+        _SET_KIND(self, kind)
+        _SET_PROVIDER(self, provider)
+        _SET_BUCKET(self, bucket)
+        _SET_KEY(self, key)
+        _SET_MARKER(self, marker)
+        _SET_SIZE(self, size)
+        _SET_ETAG(self, etag)
+        _SET_CONTENT_TYPE(self, content_type)
+        _SET_EVENT_TIME(self, event_time)
+        _SET_VERSION(self, version)
+        _SET_ACCOUNT(self, account)
+        _SET_EVENT_ID(self, event_id)
+        _SET_METADATA(self, metadata)
+        _SET_TAGS(self, tags)
+
+
+# the slots' own setters (they bypass the frozen guard, as dataclass's __init__ does)
+_SET_KIND = ObjectEvent.kind.__set__  # type: ignore[attr-defined]
+_SET_PROVIDER = ObjectEvent.provider.__set__  # type: ignore[attr-defined]
+_SET_BUCKET = ObjectEvent.bucket.__set__  # type: ignore[attr-defined]
+_SET_KEY = ObjectEvent.key.__set__  # type: ignore[attr-defined]
+_SET_MARKER = ObjectEvent.marker.__set__  # type: ignore[attr-defined]
+_SET_SIZE = ObjectEvent.size.__set__  # type: ignore[attr-defined]
+_SET_ETAG = ObjectEvent.etag.__set__  # type: ignore[attr-defined]
+_SET_CONTENT_TYPE = ObjectEvent.content_type.__set__  # type: ignore[attr-defined]
+_SET_EVENT_TIME = ObjectEvent.event_time.__set__  # type: ignore[attr-defined]
+_SET_VERSION = ObjectEvent.version.__set__  # type: ignore[attr-defined]
+_SET_ACCOUNT = ObjectEvent.account.__set__  # type: ignore[attr-defined]
+_SET_EVENT_ID = ObjectEvent.event_id.__set__  # type: ignore[attr-defined]
+_SET_METADATA = ObjectEvent.metadata.__set__  # type: ignore[attr-defined]
+_SET_TAGS = ObjectEvent.tags.__set__  # type: ignore[attr-defined]
 
 
 @dataclass
@@ -313,6 +365,83 @@ def _s3_record(rec: dict[str, Any]) -> Parsed:
             )
         ]
     )
+
+
+def _plain(value: Any) -> bool:
+    """True for text every check of :func:`_text` passes without a second look: a non-empty
+    ASCII ``str`` (encodable, so never a lone surrogate) without a NUL."""
+    return type(value) is str and value.isascii() and value != "" and "\x00" not in value
+
+
+def _s3_fast(rec: Any) -> ObjectEvent | None:
+    """The event of a plain S3 record, the common case, with the checks of
+    :func:`_s3_record` short-cut; None for anything else (another shape, a key to decode,
+    non-ASCII or missing text, a size that is no plain number, an event id): the caller
+    then parses it with :func:`_s3_record`, which decides (or refuses) it exactly as before.
+    Each test below is one of that function's outcomes for the plain case, so both give
+    equal events (tests/test_events_fastpath.py checks that on generated records)."""
+    if type(rec) is not dict or "responseElements" in rec:
+        return None
+    s3 = rec.get("s3")
+    name = rec.get("eventName")
+    if type(s3) is not dict or type(name) is not str:
+        return None
+    obj, bucket = s3.get("object"), s3.get("bucket")
+    if type(obj) is not dict or type(bucket) is not dict:
+        return None
+    bucket, key = bucket.get("name"), obj.get("key")
+    if (
+        not _plain(bucket)
+        or not _plain(key)
+        or "%" in key
+        or "+" in key
+        or len(key) > MAX_KEY_BYTES
+    ):
+        return None
+    if name.startswith("ObjectCreated:"):
+        kind = EventKind.CREATED
+    elif name.startswith("ObjectRemoved:"):
+        kind = EventKind.DELETED
+    else:
+        return None
+    size = obj.get("size")
+    if size is not None and (type(size) is not int or not 0 <= size <= MAX_INT):
+        return None
+    etag = obj.get("eTag") or obj.get("etag")
+    if etag is not None and not _plain(etag):
+        return None
+    seq = obj.get("sequencer")
+    when = rec.get("eventTime")
+    return ObjectEvent(
+        kind,
+        "s3",
+        bucket,
+        key,
+        pad_sequencer(seq) if seq else None,
+        size,
+        etag,
+        None,
+        (_time_text(when) if type(when) is str else _time(when)) if when else None,
+    )
+
+
+def records(recs: list[Any]) -> Parsed:
+    """:func:`parse_record` of each element of a ``Records`` list, as one :class:`Parsed`.
+    Raises ``EventFormatError`` (and nothing else) if any record is malformed."""
+    return _guarded(_records, recs)
+
+
+def _records(recs: list[Any]) -> Parsed:
+    """The plain S3 records through :func:`_s3_fast`, the rest one by one."""
+    events: list[ObjectEvent] = []
+    out = Parsed(events=events)
+    for rec in recs:
+        event = _s3_fast(rec)
+        if event is not None:
+            events.append(event)
+        else:
+            out.extend(_parse_record(rec))
+    return out
 
 
 def _eventbridge(payload: dict[str, Any]) -> Parsed:
@@ -580,10 +709,7 @@ def _parse_object(p: dict[str, Any]) -> Parsed:
         records = p["Records"]
         if not isinstance(records, list):
             raise EventFormatError("Records must be a list")
-        out = Parsed()
-        for rec in records:
-            out.extend(_parse_record(rec))
-        return out
+        return _records(records)
     if p.get("Type") == "Notification" and "Message" in p:  # SNS envelope (SQS raw delivery off)
         return _parse_any(_json_text(p["Message"], "SNS Message"))
     if p.get("Type") in SNS_SUBSCRIPTION_TYPES and "TopicArn" in p:

@@ -15,7 +15,8 @@ One bad record does not refuse the rest. Each *record* is parsed on its own: a l
 a line (or the one payload) each element of a top-level array and each element of a
 ``Records`` list. A record that is not an event payload is yielded as a :class:`Refused` naming
 its position (``line 3``, ``line 3, record 2``, ``item 4``; lines count non-empty lines,
-positions count from 1) and the reason; the records around it are yielded as usual.
+positions count from 1) and the reason; the records around it are yielded as usual. The
+records of a ``Records`` list that are all good come as one :class:`Parsed`.
 
 Only an input with no record to read raises :class:`~syncd.events.parse.EventFormatError`
 (nothing but white space, one payload that is not JSON or not UTF-8, or one nested too deeply
@@ -30,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 from syncd.events.parse import EventFormatError, Parsed, parse, parse_record, parse_text
+from syncd.events.parse import records as parse_records
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +64,13 @@ def _records(payload: Any, where: str, *, top: bool = True) -> Iterator[Parsed |
         return
     records = payload.get("Records") if isinstance(payload, dict) else None
     if isinstance(records, list) and payload.get("Event") != "s3:TestEvent":
+        # the common case, every record good: one Parsed for the list (no object per record);
+        # else each record again on its own, to refuse the bad ones by position
+        try:
+            yield parse_records(records)
+            return
+        except EventFormatError:
+            pass
         for number, record in enumerate(records, 1):
             yield _one(parse_record, record, f"{where}{sep}record {number}")
         return
