@@ -329,7 +329,10 @@ class EventApplier:
             markers[slot] = (rank, 0, when)
             marks[slot] = (rank, 0, seq, when)
             content_type, meta = item_fields(
-                event.key, event.content_type, guessed=event.provider == "local"
+                event.key,
+                event.content_type,
+                rule=guessed_by_default(event.provider),
+                guessed=event.provider == "local",
             )
             items[slot] = (
                 stamp,
