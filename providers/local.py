@@ -30,6 +30,7 @@ import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from itertools import starmap
 from pathlib import Path
 from typing import IO, BinaryIO
 from urllib.parse import quote
@@ -96,24 +97,25 @@ class LocalDriver(Driver):
         if not os.path.isdir(self.root):
             raise errors.BucketNotFound(self.provider, self.bucket, "folder does not exist")
 
-    def _records(
+    def _runs(
         self,
         prefix: str,
         start_after: str | None,
         end_before: str | None,
         mode: str,
         children: list[_Child],
-    ) -> Iterator[Record]:
-        """The listing's records (:func:`providers.localwalk.walk`), walked in this process
-        (``thread``), in a child process (``process``), or (``auto``) the first
+    ) -> Iterator[list[Record]]:
+        """The listing's records in runs (:func:`providers.localwalk.walk`), walked in this
+        process (``thread``), in a child process (``process``), or (``auto``) the first
         :data:`IN_PROCESS` here and the rest, if any, in a child, which is added to
         ``children``. Blocking."""
         after = start_after
         if mode != "process":
-            walked = localwalk.walk(self.root, prefix, start_after, end_before)
-            for taken, record in enumerate(walked, 1):
-                yield record
-                after = record[0]
+            taken = 0
+            for run in localwalk.walk(self.root, prefix, start_after, end_before):
+                yield run
+                after = run[-1][0]
+                taken += len(run)
                 if mode == "auto" and taken >= IN_PROCESS:
                     break
             else:
@@ -123,7 +125,7 @@ class LocalDriver(Driver):
             yield from localwalk.walk(self.root, prefix, after, end_before)
             return
         children.append(child)
-        yield from child.records()
+        yield from child.runs()
 
     # -- interface -----------------------------------------------------------------------
 
@@ -132,20 +134,28 @@ class LocalDriver(Driver):
     ) -> AsyncIterator[list[ObjectInfo]]:
         self._check_root()
         children: list[_Child] = []
-        records = self._records(prefix, start_after, end_before, walk_mode(), children)
+        runs = self._runs(prefix, start_after, end_before, walk_mode(), children)
         size = self.page_size
+        ready: list[ObjectInfo] = []  # objects walked, not yet handed out
+        walked = False  # every run taken
 
         def next_page() -> tuple[list[ObjectInfo], bool]:
             """The next page of objects and whether the listing ended with it."""
-            page: list[ObjectInfo] = []
-            for record in records:
-                if len(record) == 2:
-                    self.skip(*record)  # type: ignore[arg-type]
-                    continue
-                page.append(_object_info(*record))  # type: ignore[arg-type]
-                if len(page) >= size:
-                    return page, False
-            return page, True
+            nonlocal ready, walked
+            while len(ready) < size and not walked:
+                run = next(runs, None)
+                if run is None:
+                    walked = True
+                elif 2 not in map(len, run):  # no skipped entry: (key, reason) pairs
+                    ready += starmap(_object_info, run)  # type: ignore[arg-type]
+                else:
+                    for record in run:
+                        if len(record) == 2:
+                            self.skip(*record)  # type: ignore[arg-type]
+                        else:
+                            ready.append(_object_info(*record))  # type: ignore[arg-type]
+            page, ready = ready[:size], ready[size:]
+            return page, walked and not ready
 
         try:
             while True:
@@ -319,8 +329,8 @@ class _Child:
             pass  # it died at once: its reader says so
         return cls(proc)
 
-    def records(self) -> Iterator[Record]:
-        """The child's records, in order. Raises ``OSError`` for the error that stopped its
+    def runs(self) -> Iterator[list[Record]]:
+        """The child's records, in order, a frame at a time. Raises ``OSError`` for the error that stopped its
         walk, or when its stream ends without the end frame (it died: never taken for a
         complete listing)."""
         out = self.proc.stdout
@@ -332,13 +342,16 @@ class _Child:
                     raise OSError(f"the folder's walker process stopped early: {self._why()}")
                 last = frame[-1] if frame else None
                 if last is not None and last[0] == "end" and len(last) == 1:
-                    yield from frame[:-1]
+                    if len(frame) > 1:
+                        yield frame[:-1]
                     return
                 if last is not None and last[0] == "error" and len(last) == 4:
-                    yield from frame[:-1]
+                    if len(frame) > 1:
+                        yield frame[:-1]
                     _, code, text, filename = last
                     raise OSError(code, text, filename) if filename else OSError(code, text)
-                yield from frame
+                if frame:
+                    yield frame
         finally:
             self.stop()
             # the reading thread's own streams, closed by it (stop() may run on another

@@ -30,6 +30,8 @@ from stat import S_ISREG
 TMP_SUFFIX = ".syncd-tmp"
 #: a listed object: (key, size, mtime_ns); an entry left out and reported: (key, reason)
 Record = tuple[str, int, int] | tuple[str, str]
+#: records per run and per frame of the child's output: a listing page's worth
+FRAME = 1000
 
 
 def _first(entry: tuple[str, bool, os.DirEntry[str]]) -> str:
@@ -38,17 +40,20 @@ def _first(entry: tuple[str, bool, os.DirEntry[str]]) -> str:
 
 def walk(
     root: str, prefix: str = "", start_after: str | None = None, end_before: str | None = None
-) -> Iterator[Record]:
+) -> Iterator[list[Record]]:
     """The records of the folder ``root`` (a real path) for keys that start with ``prefix``
-    and lie strictly between ``start_after`` and ``end_before``, in key order. Memory: the
-    widest directory and the depth, not the tree."""
+    and lie strictly between ``start_after`` and ``end_before``, in key order, in runs (lists
+    of records: a directory's entries between its sub-directories, at most about
+    :data:`FRAME`; never empty), so a step
+    of the caller's costs one resumption per run, not one per file. Memory: the widest
+    directory and the depth, not the tree."""
     return _walk(root, "", prefix, start_after, end_before)
 
 
 def _walk(
     root: str, rel: str, prefix: str, start_after: str | None, end_before: str | None
-) -> Iterator[Record]:
-    """Records under ``rel`` (a key prefix ending in ``/``, or empty) in key order."""
+) -> Iterator[list[Record]]:
+    """Runs of records under ``rel`` (a key prefix ending in ``/``, or empty) in key order."""
     directory = os.path.join(root, *rel.split("/")) if rel else root
     try:
         with os.scandir(directory) as it:
@@ -60,18 +65,27 @@ def _walk(
         return  # removed while we walked: nothing there any more
     # sorted by key (a sub-directory sorts as name + "/"): S3's order
     entries.sort(key=_first)
+    # every key here starts with rel: the prefix and start_after need no look per file when
+    # rel is under the prefix and sorts after start_after
+    bounded = not rel.startswith(prefix) or (start_after is not None and not start_after < rel)
+    run: list[Record] = []
     for key, is_dir, entry in entries:
         if end_before is not None and key >= end_before:
-            return  # everything after this sorts later still
+            break  # everything after this sorts later still
         if is_dir:
             # skip whole sub-trees that cannot hold a key in range or under prefix
             if not (key.startswith(prefix) or prefix.startswith(key)):
                 continue
             if start_after is not None and key < start_after and not start_after.startswith(key):
                 continue
+            if run:
+                yield run
+                run = []
             yield from _walk(root, key, prefix, start_after, end_before)
             continue
-        if not key.startswith(prefix) or (start_after is not None and key <= start_after):
+        if bounded and (
+            not key.startswith(prefix) or (start_after is not None and key <= start_after)
+        ):
             continue
         if not entry.is_symlink() and not key.endswith(TMP_SUFFIX):
             # the common case, a plain entry that is a regular file with a UTF-8 name, in
@@ -81,13 +95,18 @@ def _walk(
             except OSError:
                 st = None
             if st is not None and S_ISREG(st.st_mode) and (key.isascii() or is_utf8(key)):
-                yield (key, st.st_size, st.st_mtime_ns)
+                run.append((key, st.st_size, st.st_mtime_ns))
+                if len(run) >= FRAME:
+                    yield run  # a run stays a page's worth however wide the directory
+                    run = []
                 continue
         found = classify(root, key, entry)
         if isinstance(found, str):
-            yield (key, found)
+            run.append((key, found))
         elif found is not None:
-            yield (key, found.st_size, found.st_mtime_ns)
+            run.append((key, found.st_size, found.st_mtime_ns))
+    if run:
+        yield run
 
 
 def classify(
@@ -156,9 +175,6 @@ def inside(root: str, path: str) -> bool:
 
 # -- the child process ----------------------------------------------------------------------
 
-#: records per frame: a listing page's worth
-FRAME = 1000
-
 
 def write_frame(out: object, records: list[object]) -> None:
     data = marshal.dumps(records)
@@ -173,8 +189,8 @@ def main() -> int:
     out = sys.stdout.buffer
     batch: list[object] = []
     try:
-        for record in walk(root, prefix, start_after, end_before):
-            batch.append(record)
+        for run in walk(root, prefix, start_after, end_before):
+            batch += run
             if len(batch) >= FRAME:
                 write_frame(out, batch)
                 batch = []

@@ -188,8 +188,8 @@ def test_a_child_that_stops_without_its_end_fails_the_listing(tmp_path: Path) ->
     child = child_writing(tmp_path, [[("a", 1, 2), ("b", "not a regular file")]], code=1)
     got: list[object] = []
     with pytest.raises(OSError, match="walker process stopped early: walker broke"):
-        for record in child.records():
-            got.append(record)
+        for run in child.runs():
+            got += run
     assert got == [("a", 1, 2), ("b", "not a regular file")]
     assert child.proc.returncode == 1
 
@@ -197,10 +197,10 @@ def test_a_child_that_stops_without_its_end_fails_the_listing(tmp_path: Path) ->
 def test_the_childs_error_is_raised_as_the_walk_would(tmp_path: Path) -> None:
     child = child_writing(tmp_path, [[("a", 1, 2), ("error", 13, "Permission denied", "/r/d")]])
     with pytest.raises(PermissionError) as info:
-        list(child.records())
+        list(child.runs())
     assert info.value.filename == "/r/d"
     child = child_writing(tmp_path, [[("a", 1, 2)], [("end",)]])
-    assert list(child.records()) == [("a", 1, 2)]
+    assert list(child.runs()) == [[("a", 1, 2)]]
 
 
 def test_a_listing_closed_early_stops_its_child(
