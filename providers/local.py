@@ -22,6 +22,7 @@ import contextlib
 import hashlib
 import logging
 import marshal
+import operator
 import os
 import re
 import shutil
@@ -147,13 +148,13 @@ class LocalDriver(Driver):
                 if run is None:
                     walked = True
                 elif 2 not in map(len, run):  # no skipped entry: (key, reason) pairs
-                    ready += starmap(_object_info, run)  # type: ignore[arg-type]
+                    ready += starmap(_Listed, run)  # type: ignore[arg-type]
                 else:
                     for record in run:
                         if len(record) == 2:
                             self.skip(*record)  # type: ignore[arg-type]
                         else:
-                            ready.append(_object_info(*record))  # type: ignore[arg-type]
+                            ready.append(_Listed(*record))  # type: ignore[arg-type]
             page, ready = ready[:size], ready[size:]
             return page, walked and not ready
 
@@ -438,4 +439,52 @@ def _object_info(key: str, size: int, mtime_ns: int) -> ObjectInfo:
     )
 
 
+class _Listed(ObjectInfo):
+    """The :class:`ObjectInfo` of a listed file, equal to :func:`_object_info`'s, whose
+    ``last_modified`` and ``content_type`` are worked out when read: a re-sync compares most
+    listed files by key, size and ETag only, and never reads them (about a third of the cost
+    of a listed file's record)."""
+
+    __slots__ = ("_mtime_ns",)
+
+    def __init__(self, key: str, size: int, mtime_ns: int) -> None:
+        _set_key(self, key)
+        _set_size(self, size)
+        _set_etag(self, f"{size:x}-{mtime_ns:x}")  # local_etag(st), inlined: once per file
+        _set_mtime_ns(self, mtime_ns)
+        _set_version(self, None)
+        _set_md5(self, None)
+        _set_metadata(self, None)
+        _set_tags(self, None)
+
+    @property  # type: ignore[override]
+    def last_modified(self) -> datetime:
+        return _fromtimestamp(self._mtime_ns / 1e9, UTC)
+
+    @property  # type: ignore[override]
+    def content_type(self) -> str | None:
+        return content_type(self.key)
+
+    def __eq__(self, other: object) -> bool:
+        # equal to the plain ObjectInfo of the same fields (a dataclass compares only its
+        # own class; ObjectInfo's __eq__ gives way to this one for a _Listed)
+        if isinstance(other, ObjectInfo):
+            return _FIELDS(self) == _FIELDS(other)
+        return NotImplemented
+
+    __hash__ = ObjectInfo.__hash__
+
+    def __repr__(self) -> str:
+        return repr(ObjectInfo(*_FIELDS(self)))
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_Listed, (self.key, self.size, self._mtime_ns))
+
+
+_set_key, _set_size, _set_etag, _set_version, _set_md5, _set_metadata, _set_tags = (
+    getattr(ObjectInfo, f).__set__
+    for f in ("key", "size", "etag", "version", "md5", "metadata", "tags")
+)
+_set_mtime_ns = _Listed._mtime_ns.__set__  # type: ignore[attr-defined]
+_FIELDS = operator.attrgetter(*ObjectInfo.__dataclass_fields__)
 _fromtimestamp = datetime.fromtimestamp

@@ -253,3 +253,29 @@ def test_a_wrong_walk_mode_is_one_clear_error(tree: Path, monkeypatch: pytest.Mo
 
     with pytest.raises(ConfigError, match="SYNCD_LOCAL_WALK='fast' is not one of auto"):
         asyncio.run(run())
+
+
+def test_a_listed_file_is_the_object_a_head_gives(
+    tree: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # a listing builds each file's time and content type when read (providers.local._Listed);
+    # it is still the ObjectInfo a HEAD (or the folder watch's stat_object) gives
+    import asyncio
+    import pickle
+
+    from providers.local import stat_object
+
+    pages, _, _ = listing(monkeypatch, caplog, tree, "thread", page_size=1000)
+    driver = LocalDriver(str(tree))
+    for listed in pages[0]:
+        head = asyncio.run(driver.head(listed.key))
+        assert type(head) is ObjectInfo
+        assert listed == head and head == listed
+        assert (listed != head) is False and (head != listed) is False
+        assert hash(listed) == hash(head) and repr(listed) == repr(head)
+        assert (listed.last_modified, listed.content_type) == (
+            head.last_modified,
+            head.content_type,
+        )
+        assert pickle.loads(pickle.dumps(listed)) == head
+        assert stat_object(str(tree), listed.key) == listed
