@@ -309,8 +309,8 @@ class _Child:
     ) -> _Child | None:
         """A child walking ``root`` from ``after``; None if none could be started (no
         interpreter to run, no process to be had), for the caller to walk in-process."""
-        if not sys.executable:
-            return None
+        if not sys.executable or getattr(sys, "frozen", False):
+            return None  # no interpreter to run the walk file with (a frozen app is not one)
         try:
             proc = subprocess.Popen(
                 [sys.executable, "-I", "-S", localwalk.__file__],
