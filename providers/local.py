@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import hashlib
 import logging
 import marshal
@@ -277,6 +278,8 @@ class LocalDriver(Driver):
 #: objects a listing walks in its own process before the rest of the walk moves to a child
 #: process (``auto``): a small folder never starts one
 IN_PROCESS = 5000
+#: the walker's pipe: how far (bytes of frames) it may run ahead of the listing
+PIPE_SIZE = 1 << 20
 #: how a listing walks the folder (``$SYNCD_LOCAL_WALK``): see :func:`walk_mode`
 WALK_MODES = ("auto", "thread", "process")
 
@@ -322,7 +325,11 @@ class _Child:
         except OSError as exc:
             log.debug("walking in-process: no walker process (%s)", exc)
             return None
-        assert proc.stdin is not None
+        assert proc.stdin is not None and proc.stdout is not None
+        # a pipe of 1 MiB (Linux; the default is 64 KiB, about a frame and a half): the
+        # walker runs up to ~25 frames ahead instead of waiting on every page
+        with contextlib.suppress(AttributeError, OSError):
+            fcntl.fcntl(proc.stdout.fileno(), fcntl.F_SETPIPE_SZ, PIPE_SIZE)
         try:
             proc.stdin.write(marshal.dumps((root, prefix, after, end_before)))
             proc.stdin.close()
