@@ -13,6 +13,9 @@
   same size within the filesystem's timestamp resolution is therefore not seen as a change.
 * :func:`stat_object` holds these rules for one key; the listing and the daemon's folder watch
   both use it, so they report the same size, ETag and skips.
+* The walk itself is :mod:`providers.localwalk`: a listing walks its first
+  :data:`IN_PROCESS` entries in this process and the rest of a larger folder in a child
+  process, on another core (:func:`walk_mode`); every mode lists the same.
 """
 
 from __future__ import annotations
@@ -338,9 +341,9 @@ class _Child:
         return cls(proc)
 
     def runs(self) -> Iterator[list[Record]]:
-        """The child's records, in order, a frame at a time. Raises ``OSError`` for the error that stopped its
-        walk, or when its stream ends without the end frame (it died: never taken for a
-        complete listing)."""
+        """The child's records, in order, a frame at a time. Raises ``OSError`` for the error
+        that stopped its walk, or when its stream ends without the end frame (it died: never
+        taken for a complete listing)."""
         out = self.proc.stdout
         assert out is not None
         try:
