@@ -16,7 +16,7 @@ AZURITE := node_modules/.bin/azurite-blob
 DEMO   := build/demo
 DB     ?= $(DEMO)/syncd.db
 
-.PHONY: demo test install clean
+.PHONY: demo test install clean chromium
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -52,10 +52,20 @@ demo: $(DEMO_STAMP)
 ## ruff, then the whole pytest suite in two processes, a test file at a time each (each starts
 ## its own moto, fake-gcs-server, Azurite and PostgreSQL; lints infra/ with cfn-lint and
 ## checkov from .venv-iac)
-test: $(STAMP) $(AZURITE) $(IAC_STAMP)
+test: $(STAMP) $(AZURITE) $(IAC_STAMP) chromium
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+
+## the dashboard's browser tests drive the distribution's Chromium: installed here when missing
+## and we are root; otherwise say how (without it those tests skip, or fail when CI is set)
+chromium:
+	@if command -v chromium >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	else \
+		echo "chromium is missing: install it (e.g. sudo apt-get install -y chromium) for the dashboard's browser tests (tests/test_web_*.py)"; \
+	fi
 
 clean:
 	rm -rf $(VENV) $(IAC) node_modules .pytest_cache dist build

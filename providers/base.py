@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import BinaryIO
 
+from providers import errors
+
 DEFAULT_PAGE_SIZE = 1000
 #: objects this large or larger are moved in parts by the SDK's transfer manager (GCS and Azure,
 #: whose single-request uploads hold the body in memory; S3 streams a single PUT from the file
@@ -112,6 +114,39 @@ _set_version = ObjectInfo.version.__set__  # type: ignore[attr-defined]
 _set_md5 = ObjectInfo.md5.__set__  # type: ignore[attr-defined]
 _set_metadata = ObjectInfo.metadata.__set__  # type: ignore[attr-defined]
 _set_tags = ObjectInfo.tags.__set__  # type: ignore[attr-defined]
+
+
+def _no_versions(provider: str) -> str:
+    """What to do about bytes lost for want of versions, on ``provider``."""
+    if provider == "local":
+        return "a folder keeps no old versions of its files"
+    return "turn on the bucket's versioning so recorded bytes survive deletes and overwrites"
+
+
+def changed_unversioned(
+    provider: str, bucket: str, key: str, recorded: str, now: str | None
+) -> errors.VersionGone:
+    """The error for an object read without a version whose bytes changed since its record
+    (``now``: its ETag now, where known)."""
+    seen = f", {now!r} now" if now else ""
+    return errors.VersionGone(
+        provider,
+        bucket,
+        f"changed since it was recorded (ETag {recorded!r} then{seen}), and no version was "
+        f"recorded to read the old bytes by ({_no_versions(provider)})",
+        key=key,
+    )
+
+
+def deleted_unversioned(provider: str, bucket: str, key: str) -> errors.VersionGone:
+    """The error for an object read without a version that was deleted since its record."""
+    return errors.VersionGone(
+        provider,
+        bucket,
+        "deleted since it was recorded, and no version was recorded to read the old bytes by "
+        f"({_no_versions(provider)})",
+        key=key,
+    )
 
 
 def object_uri(provider: str, bucket: str, key: str, account: str | None = None) -> str:
@@ -213,6 +248,37 @@ class Driver(abc.ABC):
         in parallel); the caller checks the file against the returned record. Raises
         ``NotFound`` if there is no such object."""
 
+    async def download_version(
+        self, key: str, out: BinaryIO, *, version: str | None, etag: str, size: int | None = None
+    ) -> ObjectInfo:
+        """Write into ``out`` (as :meth:`download`) the bytes of the object as it was when it
+        was recorded with ``version`` (:attr:`ObjectInfo.version`, the provider's marker) and
+        ``etag``, and return the record of what was written; the caller checks size and
+        checksum against its record.
+
+        Drivers whose provider keeps versions read that version (S3 ``VersionId``, GCS
+        ``generation``, Azure ``versionid``). Where no version was recorded, only the current
+        bytes can be read, and only while the object's ETag is still ``etag``.
+
+        Raises :class:`~providers.errors.VersionGone` (a ``NotFound``) when that state cannot
+        be read any more: the version deleted or expired, or, without one, the object deleted
+        or changed since. This default serves providers without versions (a local folder): a
+        ``version`` given is refused, and the current bytes are read and checked."""
+        if version is not None:
+            raise errors.VersionGone(
+                self.provider,
+                self.bucket,
+                f"version {version!r} asked for, but a {self.provider} bucket keeps no versions",
+                key=key,
+            )
+        try:
+            info = await self.download(key, out, size=size)
+        except errors.NotFound:
+            raise deleted_unversioned(self.provider, self.bucket, key) from None
+        if info.etag != etag:
+            raise changed_unversioned(self.provider, self.bucket, key, etag, info.etag)
+        return info
+
     @abc.abstractmethod
     async def delete(self, key: str) -> None:
         """Delete the object; deleting a missing key succeeds."""
@@ -220,6 +286,20 @@ class Driver(abc.ABC):
     @abc.abstractmethod
     async def presign(self, key: str, ttl: int = 3600) -> str:
         """Return a URL that reads the object for ``ttl`` seconds (local: a ``file://`` URL)."""
+
+    async def presign_version(self, key: str, version: str | None, ttl: int = 3600) -> str:
+        """A URL that reads the object's ``version`` (as :meth:`download_version` names it)
+        for ``ttl`` seconds; with ``version`` None, :meth:`presign` (the current object).
+        This default, for providers without versions, refuses a version
+        (:class:`~providers.errors.VersionGone`)."""
+        if version is not None:
+            raise errors.VersionGone(
+                self.provider,
+                self.bucket,
+                f"version {version!r} asked for, but a {self.provider} bucket keeps no versions",
+                key=key,
+            )
+        return await self.presign(key, ttl)
 
     @abc.abstractmethod
     def uri(self, key: str) -> str:

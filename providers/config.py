@@ -222,6 +222,10 @@ class DriverConfig:
     allow_external_delete: bool = False
     integration: Integration | None = None
     page_size: int = 1000
+    #: S3: list with ListObjectVersions so each item records its object's VersionId (the
+    #: bucket has versioning on); GCS (generation) and Azure (version id, when the account
+    #: has versioning) record versions without it
+    versioned: bool = False
     name: str | None = None
 
     def __post_init__(self) -> None:
@@ -235,6 +239,11 @@ class DriverConfig:
             raise ConfigError(
                 f"driver of type {self.type} cannot use integration {self.integration.name!r} "
                 f"of type {self.integration.type}"
+            )
+        if self.versioned and self.type != "s3":
+            raise ConfigError(
+                f"versioned = true is an s3 driver setting; a {self.type} listing records"
+                " object versions where the provider has them (GCS generation, Azure version id)"
             )
         object.__setattr__(self, "path", normalize_path(self.path))
 
@@ -256,4 +265,5 @@ PUBLIC_FIELDS = (
     "account",
     "allow_external_delete",
     "integration",
+    "versioned",
 )

@@ -45,6 +45,12 @@ class NotFound(StorageError, FileNotFoundError):
     """The object does not exist."""
 
 
+class VersionGone(NotFound):
+    """The recorded state of an object cannot be read any more: its version was deleted or
+    expired, or (where no version was recorded, or the provider keeps none) the object was
+    deleted or changed since. Retrying cannot help; only the bucket's versioning could have."""
+
+
 class BucketNotFound(StorageError):
     """The bucket or container does not exist (or is not visible to these credentials)."""
 

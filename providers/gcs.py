@@ -282,6 +282,48 @@ class GCSDriver(Driver):
         await call(fetch, translate, self.retry)
         return info
 
+    async def download_version(
+        self, key: str, out: BinaryIO, *, version: str | None, etag: str, size: int | None = None
+    ) -> ObjectInfo:
+        """As :meth:`Driver.download_version`: the object's ``generation`` (the first part of
+        the version marker ``"<generation>.<metageneration>"``; a metadata change makes a new
+        metageneration of the same bytes). An old generation is readable while the bucket's
+        versioning keeps it (noncurrent objects); otherwise the service answers 404."""
+        if version is None:
+            return await super().download_version(key, out, version=None, etag=etag, size=size)
+        generation = version.split(".", 1)[0]
+        if not generation.isdigit():
+            raise errors.VersionGone(
+                self.provider, self.bucket, f"{version!r} is no GCS generation", key=key
+            )
+        base = self._translate(key)
+
+        def translate(exc: BaseException) -> errors.StorageError:
+            err = base(exc)
+            if isinstance(err, errors.NotFound):
+                return errors.VersionGone(
+                    self.provider,
+                    self.bucket,
+                    f"generation {generation} is gone from the bucket (deleted, expired, or "
+                    "overwritten without object versioning on)",
+                    key=key,
+                )
+            return err
+
+        blob = self._bucket.blob(key, generation=int(generation))
+        await call(lambda: blob.reload(retry=None, timeout=TIMEOUT), translate, self.retry)
+        info = self._info(blob)
+        # a fresh blob of that generation, as download() does (no mediaLink host)
+        fresh = self._bucket.blob(key, generation=int(generation))
+
+        def fetch() -> None:
+            out.seek(0)
+            out.truncate()
+            fresh.download_to_file(out, retry=None, timeout=TIMEOUT)
+
+        await call(fetch, translate, self.retry)
+        return info
+
     async def delete(self, key: str) -> None:
         with contextlib.suppress(errors.NotFound):
             await call(
@@ -298,6 +340,28 @@ class GCSDriver(Driver):
         blob = self._bucket.blob(key)
         return await call(
             lambda: blob.generate_signed_url(version="v4", expiration=timedelta(seconds=ttl)),
+            self._translate(key),
+            self.retry,
+        )
+
+    async def presign_version(self, key: str, version: str | None, ttl: int = 3600) -> str:
+        """The URL of the generation in ``version`` (``"<generation>.<metageneration>"``)."""
+        if version is None:
+            return await self.presign(key, ttl)
+        generation = version.split(".", 1)[0]
+        if not generation.isdigit():
+            raise errors.VersionGone(
+                self.provider, self.bucket, f"{version!r} is no GCS generation", key=key
+            )
+        if self.endpoint:
+            return f"{await self.presign(key, ttl)}&generation={generation}"
+        blob = self._bucket.blob(key, generation=int(generation))
+        return await call(
+            lambda: blob.generate_signed_url(
+                version="v4",
+                expiration=timedelta(seconds=ttl),
+                query_parameters={"generation": generation},
+            ),
             self._translate(key),
             self.retry,
         )

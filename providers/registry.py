@@ -50,6 +50,7 @@ def _open(cfg: DriverConfig) -> Driver:
             storage_class=cfg.storage_class,
             page_size=cfg.page_size,
             session=aws_session(creds, region=cfg.region, label=cfg.bucket),
+            versioned=cfg.versioned,
         )
     if cfg.type == "gcs":
         from providers.credentials import gcp_credentials

@@ -34,7 +34,15 @@ from botocore.config import Config
 from botocore.configprovider import ConfiguredEndpointProvider
 
 from providers import errors
-from providers.base import MULTIPART_THRESHOLD, PART_CONCURRENCY, Driver, ObjectInfo, object_uri
+from providers.base import (
+    MULTIPART_THRESHOLD,
+    PART_CONCURRENCY,
+    Driver,
+    ObjectInfo,
+    changed_unversioned,
+    deleted_unversioned,
+    object_uri,
+)
 from providers.config import ConfigError
 from providers.credentials import aws_session
 from providers.retry import NO_RETRY, RetryPolicy, Translate, call
@@ -164,10 +172,14 @@ class S3Driver(Driver):
         page_size: int = 1000,
         retry: RetryPolicy | None = None,
         session: botocore.session.Session | None = None,
+        versioned: bool = False,
     ) -> None:
         """``session``: the botocore session to make clients from (its credentials are the
-        driver's); without one, a session from the key, secret, token and profile given."""
+        driver's); without one, a session from the key, secret, token and profile given.
+        ``versioned``: list with ``ListObjectVersions`` (:meth:`list`), so each object's
+        record carries its VersionId."""
         super().__init__(bucket, page_size=min(page_size, 1000))
+        self.versioned = versioned
         self.retry = retry or RetryPolicy.from_env()
         self.storage_class = storage_class
         if session is None:
@@ -283,6 +295,10 @@ class S3Driver(Driver):
     async def list(
         self, prefix: str = "", start_after: str | None = None, end_before: str | None = None
     ) -> AsyncIterator[list[ObjectInfo]]:
+        if self.versioned:
+            async for page in self._list_versions(prefix, start_after, end_before):
+                yield page
+            return
         params: dict[str, Any] = {
             "Bucket": self.bucket,
             "Prefix": prefix,
@@ -316,6 +332,54 @@ class S3Driver(Driver):
             if not resp.get("IsTruncated") or not token:
                 return
             params["ContinuationToken"] = token
+
+    async def _list_versions(
+        self, prefix: str, start_after: str | None, end_before: str | None
+    ) -> AsyncIterator[list[ObjectInfo]]:
+        """:meth:`list` of a versioned bucket: ``ListObjectVersions``, keeping of each key its
+        latest version (``IsLatest``) with its ``VersionId``; a key whose latest version is a
+        delete marker is gone, as a plain listing shows it. Versions come in key order, the
+        newest first, so the latest is met once whatever the page boundaries. ``KeyMarker``
+        resumes after ``start_after`` (exclusive, as ``StartAfter``)."""
+        params: dict[str, Any] = {
+            "Bucket": self.bucket,
+            "Prefix": prefix,
+            "MaxKeys": self.page_size,
+        }
+        if start_after is not None:
+            params["KeyMarker"] = start_after
+        translate = self._translate()
+        while True:
+            resp = await call(
+                lambda p=dict(params): self._client.list_object_versions(**p), translate, self.retry
+            )
+            page = []
+            for obj in resp.get("Versions", []):
+                if not obj.get("IsLatest"):
+                    continue
+                if end_before is not None and obj["Key"] >= end_before:
+                    if page:
+                        yield page
+                    return
+                page.append(
+                    ObjectInfo(
+                        key=obj["Key"],
+                        size=int(obj["Size"]),
+                        etag=(etag := self._etag(obj["ETag"])),
+                        last_modified=_utc(obj["LastModified"]),
+                        version=obj.get("VersionId"),
+                        md5=_md5_of(etag),
+                    )
+                )
+            if page:
+                yield page
+            if not resp.get("IsTruncated"):
+                return
+            params["KeyMarker"] = resp["NextKeyMarker"]
+            if resp.get("NextVersionIdMarker"):
+                params["VersionIdMarker"] = resp["NextVersionIdMarker"]
+            else:
+                params.pop("VersionIdMarker", None)
 
     async def folders(self, prefix: str = "") -> list[str]:
         def fetch() -> list[str]:
@@ -457,6 +521,120 @@ class S3Driver(Driver):
 
         return self._head_info(key, await call(whole, translate, self.retry))
 
+    async def download_version(
+        self, key: str, out: BinaryIO, *, version: str | None, etag: str, size: int | None = None
+    ) -> ObjectInfo:
+        """As :meth:`Driver.download_version`: ``GetObject`` with the ``VersionId``; without
+        one, with ``If-Match`` on the recorded ETag (the wrong bytes are never fetched). An
+        object recorded without a version that has changed since may still have its bytes in
+        an older version (a versioned bucket listed with ListObjectsV2, which states no
+        version ids): the one whose ETag is the recorded one is read (equal ETags: equal
+        bytes, the MD5 or the parts' MD5s)."""
+        try:
+            return await self._get_pinned(key, out, version, etag, size)
+        except errors.VersionGone:
+            if version is not None:
+                raise
+            found = await self._version_with_etag(key, etag)
+            if found is None:
+                raise
+            return await self._get_pinned(key, out, found, etag, size)
+
+    async def _get_pinned(
+        self, key: str, out: BinaryIO, version: str | None, etag: str, size: int | None
+    ) -> ObjectInfo:
+        pin: dict[str, Any] = {"VersionId": version} if version else {"IfMatch": f'"{etag}"'}
+        translate = self._pinned_translate(key, version, etag)
+        if size is not None and size >= self.multipart_cutoff:
+            head = await call(
+                lambda: self._client.head_object(Bucket=self.bucket, Key=key, **pin),
+                translate,
+                self.retry,
+            )
+            info = self._head_info(key, head)
+            client, config = self._parts_client()
+
+            def ranged() -> None:
+                from s3transfer.manager import TransferManager
+
+                known = _known_object(info.size, info.etag)
+                out.seek(0)
+                out.truncate()
+                with TransferManager(client, config) as tm:
+                    tm.download(
+                        self.bucket, key, out, extra_args=dict(pin), subscribers=[known]
+                    ).result()
+
+            await call(ranged, translate, self.retry)
+            return info
+
+        def whole() -> dict[str, Any]:
+            resp = self._client.get_object(Bucket=self.bucket, Key=key, **pin)
+            body = resp["Body"]
+            out.seek(0)
+            out.truncate()
+            while chunk := body.read(CHUNK):
+                out.write(chunk)
+            return resp
+
+        return self._head_info(key, await call(whole, translate, self.retry))
+
+    def _pinned_translate(self, key: str, version: str | None, etag: str) -> Translate:
+        """:meth:`_translate`, with the answers meaning the recorded state is gone made
+        :class:`~providers.errors.VersionGone`: no such version (or a malformed id, or the
+        id of a delete marker), no such key, or (without a version) a failed If-Match."""
+        base = self._translate(key)
+
+        def translate(exc: BaseException) -> errors.StorageError:
+            err = base(exc)
+            code = ""
+            if isinstance(exc, botocore.exceptions.ClientError):
+                code = str(exc.response.get("Error", {}).get("Code", ""))
+            if version is not None and (
+                isinstance(err, errors.NotFound)
+                or code in ("NoSuchVersion", "InvalidArgument", "MethodNotAllowed", "405")
+            ):
+                return errors.VersionGone(
+                    self.provider,
+                    self.bucket,
+                    f"version {version!r} is gone from the bucket (deleted or expired; "
+                    f"{code or 'not found'})",
+                    key=key,
+                )
+            if version is None and isinstance(err, errors.NotFound):
+                return deleted_unversioned(self.provider, self.bucket, key)
+            if version is None and code in ("PreconditionFailed", "412"):
+                return changed_unversioned(self.provider, self.bucket, key, etag, None)
+            return err
+
+        return translate
+
+    async def _version_with_etag(self, key: str, etag: str) -> str | None:
+        """The id of a version of ``key`` whose ETag is ``etag``, or None (none, an
+        unversioned bucket, or listing versions not allowed to these credentials)."""
+
+        def find() -> str | None:
+            params: dict[str, Any] = {"Bucket": self.bucket, "Prefix": key, "MaxKeys": 1000}
+            while True:
+                resp = self._client.list_object_versions(**params)
+                # versions come in key order (a key's own before the longer keys it
+                # prefixes): past this key, none of its versions can follow
+                for v in resp.get("Versions", []):
+                    if v["Key"] > key:
+                        return None
+                    if v["Key"] == key and self._etag(v["ETag"]) == etag:
+                        vid = v.get("VersionId")
+                        return None if vid in (None, "null") else vid
+                if not resp.get("IsTruncated") or resp.get("NextKeyMarker", key) != key:
+                    return None
+                params["KeyMarker"] = resp["NextKeyMarker"]
+                params["VersionIdMarker"] = resp["NextVersionIdMarker"]
+
+        try:
+            return await call(find, self._translate(), self.retry)
+        except (errors.PermissionDenied, errors.InvalidRequest, errors.ProviderError):
+            return None
+
     async def delete(self, key: str) -> None:
         await call(
             lambda: self._client.delete_object(Bucket=self.bucket, Key=key),
@@ -469,6 +647,16 @@ class S3Driver(Driver):
             lambda: self._client.generate_presigned_url(
                 "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=ttl
             ),
+            self._translate(key),
+            self.retry,
+        )
+
+    async def presign_version(self, key: str, version: str | None, ttl: int = 3600) -> str:
+        if version is None:
+            return await self.presign(key, ttl)
+        params = {"Bucket": self.bucket, "Key": key, "VersionId": version}
+        return await call(
+            lambda: self._client.generate_presigned_url("get_object", Params=params, ExpiresIn=ttl),
             self._translate(key),
             self.retry,
         )

@@ -20,7 +20,18 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["changes", "count", "get_item", "item_url", "items", "pull", "push", "summary", "sync"]
+__all__ = [
+    "changes",
+    "count",
+    "get_item",
+    "item_url",
+    "items",
+    "pull",
+    "push",
+    "snapshot",
+    "summary",
+    "sync",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -11,7 +11,8 @@ import dataclasses
 import json
 import logging
 import os
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from providers import faults, open_driver
 from providers.base import Driver
@@ -523,26 +524,38 @@ def dataset_health(catalog: Catalog, dataset: Dataset, *, history: int = 20) -> 
     return {"state": state, "failures": failures, "last_success": last_success}
 
 
-def status(catalog: Catalog) -> dict[str, Any]:
-    """One look at a catalog (``syncd status``): where it is, every dataset with its item
-    count, last run and health (:func:`dataset_health`), failing ones first, and the
-    workers sharing it with how long ago each last heartbeat came."""
+def sort_by_health(rows: list[dict[str, Any]]) -> None:
+    """Sort rows that carry ``name`` and ``health`` (:func:`dataset_health`) in place: failing
+    datasets first, then held, interrupted, the rest; by name within each."""
+    order = {"failing": 0, "held": 1, "interrupted": 2}
+    rows.sort(key=lambda r: (order.get(r["health"]["state"], 3), r["name"]))
+
+
+def workers_with_ages(catalog: Catalog) -> dict[str, Any]:
+    """:func:`syncd.store.workers.listing` with each worker's ``heartbeat_age_seconds``."""
     from datetime import UTC, datetime
 
     from syncd.store.stamps import parse
 
-    rows = []
-    for ds in catalog.list_datasets():
-        row = dataset_summary(catalog, ds)
-        row["health"] = dataset_health(catalog, ds)
-        rows.append(row)
-    order = {"failing": 0, "held": 1, "interrupted": 2}
-    rows.sort(key=lambda r: (order.get(r["health"]["state"], 3), r["name"]))
     found = workers.listing(catalog.db)
     at = datetime.now(UTC)
     for kind in ("workers", "gone"):
         for w in found[kind]:
             w["heartbeat_age_seconds"] = round((at - parse(w["heartbeat_at"])).total_seconds(), 1)
+    return found
+
+
+def status(catalog: Catalog) -> dict[str, Any]:
+    """One look at a catalog (``syncd status``): where it is, every dataset with its item
+    count, last run and health (:func:`dataset_health`), failing ones first, and the
+    workers sharing it with how long ago each last heartbeat came."""
+    rows = []
+    for ds in catalog.list_datasets():
+        row = dataset_summary(catalog, ds)
+        row["health"] = dataset_health(catalog, ds)
+        rows.append(row)
+    sort_by_health(rows)
+    found = workers_with_ages(catalog)
     return {
         "catalog": catalog.db.url,
         "datasets": rows,
@@ -689,9 +702,13 @@ async def pull(
     on_file: FileHook | None = None,
     sync_first: bool = False,
     wait: bool = False,
+    snapshot: str | None = None,
 ) -> TransferResult:
     """Make ``folder`` mirror dataset ``name`` (see :mod:`syncd.transfer.pull`); the library
     call behind ``syncd pull``. Reads the catalog's items; the bucket is read, never written.
+
+    ``snapshot``: the items of that snapshot of the dataset instead, each read exactly as
+    recorded (its version); an object whose recorded bytes are gone fails with the reason.
 
     ``prefix`` limits it to objects whose key starts with it, as in ``items ls``; a prefix
     no key under the dataset's driver path can start with selects nothing (one warning).
@@ -702,7 +719,13 @@ async def pull(
         raise UsageError("--jobs must be at least 1")
     if sync_first and dry_run:
         raise UsageError("--sync writes the catalog; it cannot be combined with --dry-run")
+    if sync_first and snapshot is not None:
+        raise UsageError(
+            "--sync and --snapshot: a snapshot's items never change, so no sync is needed "
+            "to pull it; drop --sync"
+        )
     dataset = catalog.get_dataset(name)
+    source = None if snapshot is None else snapshot_source(catalog, dataset, snapshot)
     root = _transfer_folder(dataset, folder, must_exist=False)
     relative = _relative_prefix(dataset, prefix)
     if relative is None:
@@ -737,7 +760,21 @@ async def pull(
             meter=meter,
             protect=_catalog_files(catalog),
             on_file=on_file,
+            snapshot=snapshot,
+            items=source,
         ).run()
+
+
+def snapshot_source(
+    catalog: Catalog, dataset: Dataset, tag: str
+) -> Callable[[str], Iterator[Item]]:
+    """``items(prefix)``: the items of snapshot ``tag`` of ``dataset`` whose keys start with
+    ``prefix``, in key order, read in pages (:meth:`Catalog.snapshot_items`). ``NotFound``
+    for a snapshot the dataset does not have, raised here, before any item is asked for."""
+    from syncd.store import snapshots
+
+    snapshots.get(catalog, dataset, tag)
+    return lambda prefix: catalog.snapshot_items(dataset.name, tag, prefix=prefix)
 
 
 async def push(
@@ -932,15 +969,18 @@ def patch_dataset(catalog: Catalog, name: str, body: Any, *, declared: Any = ())
     return catalog.update_dataset(existing, existing.driver, filters, settings=settings)
 
 
-def remove_dataset(catalog: Catalog, name: str, *, declared: Any = ()) -> int:
+def remove_dataset(
+    catalog: Catalog, name: str, *, declared: Any = (), with_snapshots: bool = False
+) -> int:
     """Remove a dataset with its items and run history, as ``syncd datasets rm`` does (the
     bucket is not touched); return how many items it had. ``NotFound`` for an unknown
-    dataset; :class:`Conflict` while a sync of it runs (its lease is held) or for one the
-    config declares."""
+    dataset; :class:`Conflict` while a sync of it runs (its lease is held), for one the
+    config declares, or while it has snapshots (unless ``with_snapshots``: they go too)."""
     existing = catalog.find_dataset(name)
     if existing is None:
         raise NotFound(f"unknown dataset {name!r}")
     _declared_refusal(name, declared, "remove")
+    refuse_snapshots(catalog, existing, with_snapshots)
     count = catalog.count_items(existing.id)
     owner = lease.new_owner()
     with transaction(catalog.db):
@@ -953,8 +993,34 @@ def remove_dataset(catalog: Catalog, name: str, *, declared: Any = ()) -> int:
         raise Conflict(
             f"dataset {name!r} is being synced by {holder.describe()}; try again when it is done"
         )
-    catalog.drop_dataset(existing)  # with its lease
+    drop_leased(catalog, existing, owner, with_snapshots=with_snapshots)
     return count
+
+
+def refuse_snapshots(catalog: Catalog, dataset: Dataset, with_snapshots: bool) -> None:
+    """:class:`Conflict` for removing a dataset that has snapshots without
+    ``with_snapshots`` (checked again when it is removed, in that transaction)."""
+    if with_snapshots:
+        return
+    n = catalog.db.execute(
+        "SELECT count(*) FROM snapshots WHERE dataset_id = ?", [dataset.id]
+    ).fetchone()[0]
+    if n:
+        raise Conflict(
+            f"dataset {dataset.name!r} has {n} snapshot(s); remove them first (`syncd snapshot"
+            " rm`) or pass --with-snapshots (HTTP: with_snapshots=true) to remove them with it"
+        )
+
+
+def drop_leased(catalog: Catalog, dataset: Dataset, owner: str, *, with_snapshots: bool) -> None:
+    """Remove a dataset whose lease ``owner`` holds (with the lease); if that is refused (a
+    snapshot taken meanwhile), the lease is given back."""
+    try:
+        catalog.drop_dataset(dataset, with_snapshots=with_snapshots)  # with its lease
+    except UsageError as exc:
+        with transaction(catalog.db):
+            lease.release(catalog.db, lease.for_dataset(dataset.id), owner)
+        raise Conflict(str(exc)) from None
 
 
 def dataset_settings_summary(catalog: Catalog, dataset: Dataset) -> dict[str, Any] | None:
@@ -984,3 +1050,122 @@ def integration_summary(integration: Any, created_at: str | None = None) -> dict
     if created_at is not None:
         out["created_at"] = created_at
     return out
+
+
+async def export_items(
+    catalog: Catalog,
+    name: str,
+    out: BinaryIO,
+    *,
+    fmt: str = "jsonl",
+    snapshot: str | None = None,
+    where: tuple[str, ...] | list[str] = (),
+    prefix: str = "",
+    urls: bool = False,
+    ttl: int = 3600,
+) -> int:
+    """Write the manifest of dataset ``name``'s items (or of its ``snapshot``'s), those
+    matching ``where`` and ``prefix`` (:mod:`syncd.query`), to ``out`` in format ``fmt``
+    (:mod:`syncd.export`), with a presigned URL per row with ``urls`` (valid ``ttl``
+    seconds; a snapshot's rows signed for their recorded versions). Streams: the items are
+    read in keyset pages and written as they come. Returns the rows written; the library call
+    behind ``syncd items export``."""
+    from syncd import export
+    from syncd.query import QueryError, parse_where
+
+    if fmt not in export.FORMATS:
+        raise UsageError(f"--format must be one of {', '.join(export.FORMATS)}, not {fmt!r}")
+    if fmt == "parquet":
+        export.need_pyarrow()  # before anything is read or written
+    if urls and not 1 <= ttl <= MAX_URL_TTL:
+        raise UsageError(f"--expires must be 1 second to 7 days, not {ttl} seconds")
+    try:
+        query = parse_where(where, prefix=prefix)
+    except QueryError as exc:
+        raise UsageError(f"--where: {exc}") from None
+    dataset = catalog.get_dataset(name)
+    items: Iterator[Item]
+    if snapshot is None:
+        items = catalog.iter_query(dataset.id, query)
+    else:
+        items = _snapshot_matching(catalog, dataset, snapshot, query)
+    if not urls:
+        return await export.write_manifest(items, out, fmt)
+    async with open_dataset_driver(dataset) as driver:
+
+        async def presign(item: Item) -> str:
+            if snapshot is None:
+                return await driver.presign(item.key, ttl)
+            return await driver.presign_version(item.key, item.version, ttl)
+
+        return await export.write_manifest(items, out, fmt, presign=presign)
+
+
+def _snapshot_matching(catalog: Catalog, dataset: Dataset, tag: str, query: Any) -> Iterator[Item]:
+    """The items of snapshot ``tag`` matching ``query``, in key order: the snapshot's items
+    under the query's prefix, read in pages, each tested by :func:`syncd.export.matcher` (a
+    snapshot's items are the live rows and the undo log's, which no SQL query spans)."""
+    from syncd.export import matcher
+
+    source = snapshot_source(catalog, dataset, tag)
+    if not query.where:
+        return source(query.prefix)
+    test = matcher(query)
+    return (item for item in source(query.prefix) if test(item))
+
+
+# -- snapshots (issue 25; storage and contracts in syncd.store.snapshots) ----------------------
+
+
+def create_snapshot(
+    catalog: Catalog, dataset: str, tag: str, *, message: str | None = None
+) -> dict[str, Any]:
+    """Freeze dataset ``dataset`` as snapshot ``tag`` (``syncd snapshot create``); the
+    snapshot as :meth:`~syncd.store.snapshots.Snapshot.public` shows it. ``UsageError`` for an
+    unknown dataset, a bad tag or one the dataset has already (:class:`Conflict`)."""
+    from syncd.store import snapshots
+
+    found = catalog.get_dataset(dataset)
+    snapshots.check_tag(tag)
+    try:
+        return snapshots.create(catalog, found, tag, message).public()
+    except UsageError as exc:
+        if "exists already" in str(exc):
+            raise Conflict(str(exc)) from None
+        raise
+
+
+def list_snapshots(catalog: Catalog, dataset: str) -> list[dict[str, Any]]:
+    """The dataset's snapshots, oldest first (``syncd snapshot ls``)."""
+    from syncd.store import snapshots
+
+    return [s.public() for s in snapshots.list_snapshots(catalog, catalog.get_dataset(dataset))]
+
+
+def get_snapshot(catalog: Catalog, dataset: str, tag: str) -> dict[str, Any]:
+    """One snapshot (``syncd snapshot show``); ``NotFound`` for an unknown tag."""
+    from syncd.store import snapshots
+
+    return snapshots.get(catalog, catalog.get_dataset(dataset), tag).public()
+
+
+def remove_snapshot(catalog: Catalog, dataset: str, tag: str) -> dict[str, Any]:
+    """Remove a snapshot and what only it kept (``syncd snapshot rm``); the removed one."""
+    from syncd.store import snapshots
+
+    found = catalog.get_dataset(dataset)
+    snapshots.check_tag(tag)
+    return snapshots.remove(catalog, found, tag).public()
+
+
+def diff_snapshots(
+    catalog: Catalog, dataset: str, a: str, b: str | None = None, *, keys: int | None = None
+) -> dict[str, Any]:
+    """What changed from snapshot ``a`` to snapshot ``b`` (None: the live dataset), as
+    :func:`syncd.store.snapshots.diff_summary` counts it, with ``dataset``, ``a`` and ``b``
+    (``null``: live); at most ``keys`` keys listed per kind."""
+    from syncd.store import snapshots
+
+    found = catalog.get_dataset(dataset)
+    summary = snapshots.diff_summary(snapshots.differences(catalog, found, a, b), keys=keys)
+    return {"dataset": dataset, "a": a, "b": b, **summary}

@@ -7,6 +7,7 @@ Errors print as one line on stderr; ``--debug`` adds the traceback and debug log
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import itertools
 import json
@@ -548,13 +549,16 @@ def datasets_show(name: str, db_path: str | None, as_json: bool) -> None:
 @click.argument("name")
 @_db_option
 @click.option("--yes", is_flag=True, help="do not ask for confirmation")
-def datasets_rm(name: str, db_path: str | None, yes: bool) -> None:
+@click.option("--with-snapshots", is_flag=True, help="remove the dataset's snapshots with it")
+def datasets_rm(name: str, db_path: str | None, yes: bool, with_snapshots: bool) -> None:
     """Remove a dataset with its items and run history (the bucket is not touched).
 
-    Refuses while a sync of the dataset is running."""
+    Refuses while a sync of the dataset is running, and while it has snapshots unless
+    --with-snapshots."""
     catalog = Catalog.open(db_path or default_db_path(), create=False)
     try:
         ds = catalog.get_dataset(name)
+        api.refuse_snapshots(catalog, ds, with_snapshots)
         count = catalog.count_items(ds.id)
         if not yes:
             if not sys.stdin.isatty():
@@ -570,7 +574,7 @@ def datasets_rm(name: str, db_path: str | None, yes: bool) -> None:
             holder = lease.acquire(catalog.db, lease.for_dataset(ds.id), owner)
         if holder is not None:
             raise DatasetBusy(name, holder)
-        catalog.drop_dataset(ds)
+        api.drop_leased(catalog, ds, owner, with_snapshots=with_snapshots)
         click.echo(f"removed dataset {name!r} ({count:,} items)")
     finally:
         catalog.close()
@@ -615,6 +619,9 @@ def _parse_query(where: tuple[str, ...], prefix: str, sort: str = "key", order: 
 )
 @click.option("--desc", is_flag=True, help="descending order")
 @click.option("--limit", type=click.IntRange(min=1), metavar="N", help="at most N items")
+@click.option(
+    "--snapshot", "snapshot_tag", metavar="TAG", help="the items of snapshot TAG (key order)"
+)
 @_json_option
 def items_ls(
     dataset_name: str,
@@ -624,16 +631,25 @@ def items_ls(
     sort: str,
     desc: bool,
     limit: int | None,
+    snapshot_tag: str | None,
     as_json: bool,
 ) -> None:
-    """List a dataset's items (matching --where), in key order or by --sort (streamed)."""
+    """List a dataset's items (matching --where), in key order or by --sort (streamed);
+    with --snapshot, those of a snapshot (key order, --prefix and --limit only)."""
+    if snapshot_tag is not None and (where or sort != "key" or desc):
+        raise UsageError("--snapshot lists in key order with --prefix and --limit only")
     query = _parse_query(where, prefix, sort, "desc" if desc else "asc")
     catalog = Catalog.open_reader(db_path or default_db_path())
     try:
         ds = catalog.get_dataset(dataset_name)
+        found = (
+            catalog.iter_query(ds.id, query, limit=limit)
+            if snapshot_tag is None
+            else catalog.snapshot_items(ds.name, snapshot_tag, prefix=prefix, limit=limit)
+        )
         if not as_json:
             click.echo("FILENAME\tSIZE\tETAG\tURI")
-        for item in catalog.iter_query(ds.id, query, limit=limit):
+        for item in found:
             if as_json:
                 _emit(item.public())
             else:
@@ -759,6 +775,117 @@ def items_url(dataset_name: str, key: str, db_path: str | None, ttl: int, as_jso
         _emit({"key": key, "url": url, "ttl": ttl})
     else:
         click.echo(url)
+
+
+@items.command("export")
+@click.option("--dataset", "dataset_name", required=True, metavar="NAME")
+@_db_option
+@click.option("--snapshot", metavar="TAG", help="the items of this snapshot of the dataset")
+@_where_options
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["jsonl", "csv", "parquet"]),
+    default="jsonl",
+    show_default=True,
+    help="JSON Lines, CSV, or Parquet (needs pyarrow: pip install 'syncd[parquet]')",
+)
+@click.option("--urls", is_flag=True, help="a presigned URL per row (column url)")
+@click.option(
+    "--expires",
+    default=None,
+    metavar="DURATION",
+    help="how long the URLs work, like 3600, 15m, 1h, 7d (at most 7 days; default 1h)",
+)
+@click.option(
+    "-o",
+    "--output",
+    "output",
+    metavar="FILE",
+    help="write to FILE (complete or not at all: a temp file renamed at the end); default stdout",
+)
+@_json_option
+def items_export(
+    dataset_name: str,
+    db_path: str | None,
+    snapshot: str | None,
+    where: tuple[str, ...],
+    prefix: str,
+    fmt: str,
+    urls: bool,
+    expires: str | None,
+    output: str | None,
+    as_json: bool,
+) -> None:
+    """Write a manifest of a dataset's items (matching --where; of --snapshot TAG) for
+    training loaders: key, uri, size, etag, md5, version, content_type, mtime, metadata,
+    tags and with --urls a presigned url, one row per item in key order (streamed)."""
+    from syncd import export
+
+    if expires is not None and not urls:
+        raise UsageError("--expires sets how long --urls work; add --urls")
+    try:
+        ttl = export.parse_duration(expires or "1h")
+    except ValueError as exc:
+        raise UsageError(f"--expires: {exc}") from None
+    if fmt == "parquet":
+        export.need_pyarrow()
+        if output is None and sys.stdout.isatty():
+            raise UsageError("Parquet is binary: write it to a file (-o FILE) or a pipe")
+    _parse_query(where, prefix)  # a bad --where fails before any file is made
+    catalog = Catalog.open_reader(db_path or default_db_path())
+    try:
+
+        def run(out: Any) -> int:
+            return asyncio.run(
+                api.export_items(
+                    catalog,
+                    dataset_name,
+                    out,
+                    fmt=fmt,
+                    snapshot=snapshot,
+                    where=where,
+                    prefix=prefix,
+                    urls=urls,
+                    ttl=ttl,
+                )
+            )
+
+        if output is None:
+            run(sys.stdout.buffer)
+            sys.stdout.buffer.flush()
+            return
+        rows = _export_to_file(output, run)
+    finally:
+        catalog.close()
+    if as_json:
+        _emit({"rows": rows, "file": output, "format": fmt})
+    else:
+        click.echo(f"exported {rows:,} items of dataset {dataset_name!r} to {output}", err=True)
+
+
+def _export_to_file(output: str, run: Any) -> int:
+    """Run ``run(file)`` into a temp file beside ``output`` and rename it there when done:
+    a failed or interrupted export leaves no partial manifest under the name asked for."""
+    from providers.local import temp_path
+
+    path = os.path.abspath(output)
+    if os.path.isdir(path):
+        raise UsageError(f"-o {output!r} is a folder; name a file")
+    tmp = temp_path(path)
+    try:
+        handle = open(tmp, "wb")  # noqa: SIM115 - closed below, renamed only when complete
+    except OSError as exc:
+        raise UsageError(f"cannot write {output!r}: {exc.strerror}") from None
+    try:
+        with handle:
+            rows = run(handle)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+    return rows
 
 
 # -- item edits (syncd.store.edits) ----------------------------------------------------------
@@ -1121,15 +1248,25 @@ def _transfer(direction: str, db_path: str | None, dry_run: bool, as_json: bool,
         if c["skipped"]:
             parts.append(f"{c['skipped']:,} skipped (each named in a warning)")
         where = "into" if direction == "pull" else "from"
+        of = f" snapshot {result.snapshot!r} of" if result.snapshot is not None else ""
         click.echo(
-            f"{direction} of dataset {result.dataset!r} {where} {result.folder}: "
+            f"{direction} of{of} dataset {result.dataset!r} {where} {result.folder}: "
             f"{', '.join(parts)} in {result.seconds:.2f}s"
         )
     if not result.ok:
         # one closing line however many files failed: what to look at and what to do
         c = result.counts
         advice = "run it again to retry the failed ones"
-        if c["gone"]:
+        if c["gone"] and result.snapshot is not None:
+            # no sync or retry brings those bytes back: the bucket no longer has them
+            advice = (
+                f"{c['gone']:,} of the failed have no recorded bytes left in the bucket "
+                f"(changed or deleted since snapshot {result.snapshot!r} without a version "
+                "kept, or that version deleted); no retry fetches them"
+            )
+            if c["failed"] > c["gone"]:
+                advice += "; run it again to retry the other failed ones"
+        elif c["gone"]:
             # a retry of those can only fail again: the catalog must learn of them first
             name, folder = shlex.quote(result.dataset), shlex.quote(result.folder)
             advice = (
@@ -1172,6 +1309,12 @@ def _transfer(direction: str, db_path: str | None, dry_run: bool, as_json: bool,
     help="sync the dataset with its bucket first (objects gone since the last sync are "
     "then not asked for)",
 )
+@click.option(
+    "--snapshot",
+    metavar="TAG",
+    help="pull that snapshot of the dataset: each object exactly as recorded (its version), "
+    "checked by size and checksum; one whose recorded bytes are gone fails, with why",
+)
 def pull(
     folder: str,
     dataset_name: str,
@@ -1182,6 +1325,7 @@ def pull(
     prefix: str,
     delete: bool,
     sync_first: bool,
+    snapshot: str | None,
 ) -> None:
     """Make folder DIR mirror a dataset: download what is missing or changed.
 
@@ -1206,6 +1350,7 @@ def pull(
             meter=meter,
             on_file=on_file,
             sync_first=sync_first,
+            snapshot=snapshot,
         ),
     )
 
@@ -1860,6 +2005,135 @@ def run(config_path: str | None, db_path: str | None) -> None:
         resolve_catalog(db_path, configured=config.catalog_url or "", announce=False),
         create_catalog=True,
     )
+
+
+@cli.group()
+def snapshot() -> None:
+    """Snapshots: a dataset's items frozen under a tag, read-only (issue 25)."""
+
+
+def _snapshot_line(row: dict[str, Any]) -> str:
+    message = printable(row["message"]) if row["message"] else ""
+    return (
+        f"{row['tag']}\t{row['created_at']}\t{row['items']}\t{row['bytes']}"
+        f"\t{row['cursor']}\t{message}"
+    )
+
+
+_SNAPSHOT_HEADER = "TAG\tCREATED\tITEMS\tBYTES\tCURSOR\tMESSAGE"
+
+
+@snapshot.command("create")
+@click.option("--dataset", "dataset_name", required=True, metavar="NAME")
+@click.argument("tag")
+@click.option("--message", "-m", metavar="TEXT", help="what this snapshot is for")
+@_db_option
+@_json_option
+def snapshot_create(
+    dataset_name: str, tag: str, message: str | None, db_path: str | None, as_json: bool
+) -> None:
+    """Freeze the dataset's items as snapshot TAG (cheap: no item is copied; later writes
+    keep what they replace)."""
+    catalog = Catalog.open(db_path or default_db_path(), create=False)
+    try:
+        row = api.create_snapshot(catalog, dataset_name, tag, message=message)
+    finally:
+        catalog.close()
+    if as_json:
+        _emit(row)
+    else:
+        click.echo(
+            f"created snapshot {tag!r} of dataset {dataset_name!r}: {row['items']:,} items,"
+            f" {row['bytes']:,} bytes (cursor {row['cursor']})"
+        )
+
+
+@snapshot.command("ls")
+@click.option("--dataset", "dataset_name", required=True, metavar="NAME")
+@_db_option
+@_json_option
+def snapshot_ls(dataset_name: str, db_path: str | None, as_json: bool) -> None:
+    """List the dataset's snapshots, oldest first."""
+    catalog = Catalog.open_reader(db_path or default_db_path())
+    try:
+        rows = api.list_snapshots(catalog, dataset_name)
+    finally:
+        catalog.close()
+    if not as_json:
+        click.echo(_SNAPSHOT_HEADER)
+    for row in rows:
+        if as_json:
+            _emit(row)
+        else:
+            click.echo(_snapshot_line(row))
+
+
+@snapshot.command("show")
+@click.option("--dataset", "dataset_name", required=True, metavar="NAME")
+@click.argument("tag")
+@_db_option
+@_json_option
+def snapshot_show(dataset_name: str, tag: str, db_path: str | None, as_json: bool) -> None:
+    """Show one snapshot: when, its message, items, bytes and change-log cursor."""
+    catalog = Catalog.open_reader(db_path or default_db_path())
+    try:
+        row = api.get_snapshot(catalog, dataset_name, tag)
+    finally:
+        catalog.close()
+    if as_json:
+        _emit(row)
+        return
+    for label in ("dataset", "tag", "message", "created_at", "cursor", "items", "bytes"):
+        value = row[label]
+        text = printable(value) if isinstance(value, str) else ("" if value is None else value)
+        click.echo(f"{label + ':':<12} {text}")
+
+
+@snapshot.command("rm")
+@click.option("--dataset", "dataset_name", required=True, metavar="NAME")
+@click.argument("tag")
+@_db_option
+@_json_option
+def snapshot_rm(dataset_name: str, tag: str, db_path: str | None, as_json: bool) -> None:
+    """Remove snapshot TAG (the items are not touched; what only it kept is freed)."""
+    catalog = Catalog.open(db_path or default_db_path(), create=False)
+    try:
+        row = api.remove_snapshot(catalog, dataset_name, tag)
+    finally:
+        catalog.close()
+    if as_json:
+        _emit({**row, "removed": True})
+    else:
+        click.echo(f"removed snapshot {tag!r} of dataset {dataset_name!r}")
+
+
+@snapshot.command("diff")
+@click.option("--dataset", "dataset_name", required=True, metavar="NAME")
+@click.argument("a")
+@click.argument("b", required=False)
+@_db_option
+@_json_option
+def snapshot_diff(
+    dataset_name: str, a: str, b: str | None, db_path: str | None, as_json: bool
+) -> None:
+    """What changed from snapshot A to snapshot B (without B: to the live dataset): added,
+    removed and changed keys, with counts and bytes."""
+    catalog = Catalog.open_reader(db_path or default_db_path())
+    try:
+        found = api.diff_snapshots(catalog, dataset_name, a, b)
+    finally:
+        catalog.close()
+    if as_json:
+        _emit(found)
+        return
+    for kind, mark in (("added", "+"), ("removed", "-"), ("changed", "~")):
+        for key in found[kind]["keys"]:
+            click.echo(f"{mark} {printable(key)}")
+    parts = [
+        f"{kind} {found[kind]['count']:,} ({found[kind]['bytes']:,} bytes)"
+        for kind in ("added", "removed", "changed")
+    ]
+    click.echo(f"{a} -> {b or 'live'}: " + ", ".join(parts), err=True)
 
 
 #: flags of the ``syncd`` group that users also put after the command

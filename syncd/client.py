@@ -124,12 +124,22 @@ def pull(
     delete: bool = False,
     dry_run: bool = False,
     jobs: int = 8,
+    snapshot: str | None = None,
 ) -> TransferResult:
     """Make ``target_dir`` mirror ``dataset``: download what is missing or changed;
-    ``syncd pull``."""
+    ``syncd pull``. ``snapshot``: mirror that snapshot instead, each object exactly as
+    recorded (``syncd pull --snapshot``); objects whose recorded bytes are gone are in the
+    result's ``problems``, with why."""
     return _run(
         lambda catalog: api.pull(
-            catalog, dataset, target_dir, prefix=prefix, delete=delete, dry_run=dry_run, jobs=jobs
+            catalog,
+            dataset,
+            target_dir,
+            prefix=prefix,
+            delete=delete,
+            dry_run=dry_run,
+            jobs=jobs,
+            snapshot=snapshot,
         ),
         db,
         dry_run=dry_run,
@@ -213,13 +223,21 @@ class Items:
         where: str | Sequence[str] = (),
         sort: str = "key",
         order: str = "asc",
+        snapshot: str | None = None,
     ) -> Iterator[Item]:
         """The dataset's items matching ``where`` (one ``--where`` expression or a list of
         them, all of which must hold; see :mod:`syncd.query`) under ``prefix``, ordered by
         ``sort`` (``key``, ``size`` or ``mtime``; ties by key) ``order`` (``asc``/``desc``), at
         most ``limit``, streamed a page at a time as Python values (:class:`syncd.model.Item`);
         ``syncd items ls``. A bad expression raises ``UsageError`` here, when called (not when
-        iterated). Consume it on the thread that started it."""
+        iterated). Consume it on the thread that started it.
+
+        ``snapshot``: the items of that snapshot instead (``syncd items ls --snapshot``), in
+        key order under ``prefix``, at most ``limit`` (``where`` and ``sort`` are refused)."""
+        if snapshot is not None:
+            if where or sort != "key" or order != "asc":
+                raise UsageError("snapshot= lists in key order with prefix= and limit= only")
+            return _iter_snapshot_items(dataset, db, snapshot, prefix, limit)
         query = _query(where, prefix, sort, order)
         return _iter_items(dataset, db, query, limit)
 
@@ -303,6 +321,70 @@ def _iter_items(dataset: str, db: str | None, query: Query, limit: int | None) -
             yield row.value()
     finally:
         catalog.close()
+
+
+def _iter_snapshot_items(
+    dataset: str, db: str | None, tag: str, prefix: str, limit: int | None
+) -> Iterator[Item]:
+    catalog = Catalog.open_reader(db or default_db_path())
+    try:
+        for row in catalog.snapshot_items(dataset, tag, prefix=prefix, limit=limit):
+            yield row.value()
+    finally:
+        catalog.close()
+
+
+class Snapshots:
+    """``syncd.snapshot``: a dataset frozen under a tag (``syncd snapshot``)::
+
+        syncd.snapshot("birds", "v1", message="model 42", db="syncd.db")   # create
+        syncd.snapshot.ls("birds", db="syncd.db")                           # [{tag, ...}]
+        syncd.snapshot.diff("birds", "v1", "v2", db="syncd.db")            # added/removed/...
+        for item in syncd.items("birds", snapshot="v1", db="syncd.db"): ...
+
+    Each returns plain dicts as ``--json`` prints them. ``UsageError`` for an unknown
+    dataset, a bad or taken tag; ``NotFound`` for an unknown tag."""
+
+    def __call__(
+        self, dataset: str, tag: str, *, message: str | None = None, db: str | None = None
+    ) -> dict[str, Any]:
+        """Create snapshot ``tag`` of the dataset (``syncd snapshot create``)."""
+        return _with_catalog(
+            db or default_db_path(),
+            lambda c: api.create_snapshot(c, dataset, tag, message=message),
+        )
+
+    def ls(self, dataset: str, *, db: str | None = None) -> list[dict[str, Any]]:
+        """The dataset's snapshots, oldest first."""
+        return _read_catalog(db, lambda c: api.list_snapshots(c, dataset))
+
+    def show(self, dataset: str, tag: str, *, db: str | None = None) -> dict[str, Any]:
+        """One snapshot."""
+        return _read_catalog(db, lambda c: api.get_snapshot(c, dataset, tag))
+
+    def rm(self, dataset: str, tag: str, *, db: str | None = None) -> dict[str, Any]:
+        """Remove a snapshot (the items are not touched)."""
+        return _with_catalog(
+            db or default_db_path(), lambda c: api.remove_snapshot(c, dataset, tag)
+        )
+
+    def diff(
+        self, dataset: str, a: str, b: str | None = None, *, db: str | None = None
+    ) -> dict[str, Any]:
+        """What changed from snapshot ``a`` to ``b`` (None: the live dataset)."""
+        return _read_catalog(db, lambda c: api.diff_snapshots(c, dataset, a, b))
+
+
+def _read_catalog(db: str | None, work: Callable[[Catalog], T]) -> T:
+    catalog = Catalog.open_reader(db or default_db_path())
+    try:
+        return work(catalog)
+    finally:
+        catalog.close()
+
+
+#: ``syncd.snapshot(dataset, tag)`` creates a snapshot; ``.ls``, ``.show``, ``.rm``, ``.diff``
+snapshot = Snapshots()
 
 
 def count(

@@ -374,6 +374,8 @@ class DriverTable(_Table):
     account: str | None = None
     allow_external_delete: bool = False
     integration: str | None = None
+    #: s3: list object versions, so items record each object's VersionId
+    versioned: bool = False
     # the smallest maximum page size of the providers (S3 and GCS 1000; Azure takes 5000)
     page_size: int = Field(1000, ge=1, le=1000)
 

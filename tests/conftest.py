@@ -28,6 +28,9 @@ from providers.config import DriverConfig, Integration
 from syncd.store.catalog import Catalog
 from tests import emulators, pg
 
+# the dashboard's browser fixtures (web_browser, web_page): tests/web.py
+pytest_plugins = ["tests.web"]
+
 # moto accepts any key pair; boto3 just needs one to sign with. Never real credentials.
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
@@ -159,7 +162,7 @@ class CatalogMaker:
 def wipe(catalog: Catalog) -> None:
     """Empty every table of a catalog but its migrations (the schema stays)."""
     tables = [
-        "deliveries", "changes", "local_copies", "unrouted_events", "range_attempts", "run_ranges", "run_attempts",
+        "snapshots", "item_undo", "deliveries", "changes", "local_copies", "unrouted_events", "range_attempts", "run_ranges", "run_attempts",
         "pending_deletes", "runs",
         "key_markers", "leases", "workers", "items", "datasets", "drivers", "integrations",
     ]  # fmt: skip

@@ -21,7 +21,7 @@ import pytest
 
 from providers import open_driver
 from providers.config import DriverConfig
-from providers.content_types import guess
+from providers.content_types import UNKNOWN, guess
 from syncd import api
 from syncd.config import DatasetSpec
 from syncd.daemon.catalog_thread import CatalogThread
@@ -32,7 +32,7 @@ from syncd.events.parse import EventFormatError, EventKind, ObjectEvent, parse
 from syncd.reconcile.filters import Filters
 from syncd.reconcile.sync import SyncOptions, SyncResult
 from syncd.store.catalog import Catalog
-from tests.conftest import Backend
+from tests.conftest import Backend, CatalogMaker
 
 
 def write_object(
@@ -195,6 +195,58 @@ def test_head_mode_reads_s3_metadata_content_type_and_tags(s3: Backend, tmp_path
             # no metadata, no tags: nothing but the real content type
             "img/b.jpg": ("image/jpeg", {}),
         }
+
+
+def test_a_guess_is_the_sources_rule_and_rows_store_only_the_exceptions(
+    s3: Backend, tmp_path: Path
+) -> None:
+    """On S3 a type is a guess unless a HEAD read it: a listed item's row stores ``{}`` (not
+    the marker in every row, which cost a 1M first sync 8%), a HEADed one says ``false``;
+    every reader (items, the change feed in both forms, queries) sees the public form, where
+    ``content_type_guessed`` is ``true`` or absent."""
+    from syncd.query import parse_where
+    from syncd.store import changes
+
+    bucket = s3.new_bucket()
+    write_object(s3, bucket, "a.jpg", b"a", content_type="image/png", metadata={"k": "v"})
+    write_object(s3, bucket, "b", b"b", content_type="text/plain")
+
+    def stored(catalog: Catalog) -> dict[str, str]:
+        rows = catalog.db.execute("SELECT key, metadata FROM items").fetchall()
+        return dict(rows)
+
+    def feed(catalog: Catalog) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        records = [c.item["metadata"] for c in changes.read(catalog.db) if c.item]
+        lines, _ = changes.read_json(catalog.db)
+        return records, [json.loads(line)["item"]["metadata"] for line in lines]
+
+    def count(catalog: Catalog, where: str) -> int:
+        ds = catalog.find_dataset("ds")
+        assert ds is not None
+        return catalog.count_query(ds.id, parse_where([where]))[0]
+
+    guessed = {"content_type_guessed": True}
+    with closing(Catalog.open(str(tmp_path / "listing.db"))) as listing:
+        sync(listing, s3, bucket)
+        assert stored(listing) == {"a.jpg": "{}", "b": "{}"}
+        assert items(listing) == {"a.jpg": ("image/jpeg", guessed), "b": (UNKNOWN, guessed)}
+        assert feed(listing) == ([guessed, guessed], [guessed, guessed])
+        assert count(listing, "metadata.content_type_guessed=true") == 2
+        assert count(listing, "metadata.content_type_guessed") == 2
+        assert count(listing, "metadata.content_type_guessed=false") == 0
+    with closing(Catalog.open(str(tmp_path / "head.db"))) as head:
+        sync(head, s3, bucket, metadata="head")
+        assert stored(head) == {
+            "a.jpg": '{"provider": {"k": "v"}, "content_type_guessed": false}',
+            "b": '{"content_type_guessed": false}',
+        }
+        assert items(head) == {
+            "a.jpg": ("image/png", {"provider": {"k": "v"}}),
+            "b": ("text/plain", {}),
+        }
+        assert feed(head) == ([{"provider": {"k": "v"}}, {}], [{"provider": {"k": "v"}}, {}])
+        assert count(head, "metadata.content_type_guessed") == 0
+        assert count(head, "metadata.content_type_guessed=true") == 0
 
 
 def test_head_mode_without_tags_reads_no_tags(s3: Backend, catalog: Catalog) -> None:
@@ -478,7 +530,7 @@ def test_metadata_entries_no_store_can_hold_are_left_out() -> None:
     entry, not the sync; events with one are refused by the parser already."""
     from syncd.reconcile.metadata import provider_part
 
-    text = provider_part(False, {"a\x00": "1", "b": "2", "c": "x\x00"}, {"t": "\x00"})
+    text = provider_part(None, {"a\x00": "1", "b": "2", "c": "x\x00"}, {"t": "\x00"})
     assert text == '{"provider": {"b": "2"}}'
     assert provider_part(True, {"k": "v"}, None) == (
         '{"provider": {"k": "v"}, "content_type_guessed": true}'
@@ -509,3 +561,65 @@ def test_folder_watch_event_type_is_marked_guessed(catalog: Catalog, tmp_path: P
     )
     assert apply_events(catalog, [event], dataset="ds").counts["created"] == 1
     assert items(catalog) == {"a/b.png": ("image/png", {"content_type_guessed": True})}
+
+
+def test_migration_0017_keeps_every_items_guess_as_it_was(catalogs: CatalogMaker) -> None:
+    """Rows written before ``0017_content_type_rule`` marked every guess; after it an S3 or
+    local row marks only a stated type (``false``), so the migration must turn the old
+    marks into the new ones without changing what any item says, on both stores."""
+    from providers.config import DriverConfig
+    from syncd.store.catalog import Item
+    from syncd.store.db import transaction
+    from syncd.store.stamps import now
+
+    before = {
+        # (source type, key): stored metadata before 0017, public metadata after it
+        ("s3", "guessed"): ('{"content_type_guessed": true}', {"content_type_guessed": True}),
+        ("s3", "headed"): ("{}", {}),
+        ("s3", "headed-meta"): ('{"provider": {"k": "v"}}', {"provider": {"k": "v"}}),
+        ("s3", "guessed-meta"): (
+            '{"provider": {"k": "v"}, "content_type_guessed": true}',
+            {"provider": {"k": "v"}, "content_type_guessed": True},
+        ),
+        ("gcs", "stated"): ("{}", {}),
+        ("gcs", "guessed"): ('{"content_type_guessed": true}', {"content_type_guessed": True}),
+    }
+    url = catalogs.new_url()
+    catalog = Catalog.open(url)
+    ids = {
+        t: catalog.create_dataset(t, f"{t}://b/", DriverConfig(type=t, bucket="b"), Filters()).id
+        for t in ("s3", "gcs")
+    }
+    with transaction(catalog.db):
+        for (t, key), (stored, _) in before.items():
+            catalog.write_items(
+                ids[t],
+                [
+                    Item(
+                        key,
+                        "/" + key,
+                        f"x://{key}",
+                        1,
+                        "e",
+                        "a/b",
+                        now(),
+                        None,
+                        now(),
+                        now(),
+                        stored,
+                    )
+                ],
+            )
+        catalog.db.execute("DELETE FROM _syncd_migrations WHERE name = '0017_content_type_rule'")
+    catalog.close()
+    with closing(Catalog.open(url)) as migrated:
+        got = {
+            (t, i.key): json.loads(i.metadata)
+            for t, ds in ids.items()
+            for i in migrated.iter_items(ds)
+        }
+        assert got == {k: public for k, (_, public) in before.items()}
+        stored_now = dict(
+            migrated.db.execute("SELECT key, metadata FROM items WHERE dataset_id = ?", [ids["s3"]])
+        )
+        assert stored_now["guessed"] == "{}"  # the mark every row carried is gone

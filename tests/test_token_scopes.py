@@ -36,7 +36,7 @@ TOKENS = {
     "admin": ADMIN,  # SYNCD_API_TOKEN
 }
 #: what a path parameter is filled with: a dataset and an item that do not exist
-PARAMS = {"name": "nope", "key": "k"}
+PARAMS = {"name": "nope", "key": "k", "tag": "v1"}
 
 
 def _routes() -> list[tuple[str, str]]:

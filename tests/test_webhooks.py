@@ -332,8 +332,12 @@ async def test_every_change_arrives_in_order_through_a_flaky_receiver(
             None,
             False,
         )
-        metric = daemon.metrics.webhook_delivered.labels("all")._value.get()
-        assert metric == head and daemon.metrics.webhook_failures.labels("all")._value.get() > 0
+        # the counter moves after the cursor is stored (the catalog's thread commits it first):
+        # wait for it, not for a moment
+        delivered = daemon.metrics.webhook_delivered.labels("all")._value.get
+        await until(lambda: delivered() >= head, "the delivered counter to reach the head")
+        assert delivered() == head
+        assert daemon.metrics.webhook_failures.labels("all")._value.get() > 0
     finally:
         daemon.stop.set()
         await asyncio.wait_for(task, 60)

@@ -54,6 +54,7 @@ from typing import Any
 
 from providers import faults
 from providers.base import object_uri
+from providers.content_types import guessed_by_default
 from syncd.events.parse import EventKind, ObjectEvent
 from syncd.reconcile.metadata import item_fields
 from syncd.store.catalog import Catalog, Dataset
@@ -339,6 +340,7 @@ class EventApplier:
         content_type, meta = item_fields(
             event.key,
             event.content_type,
+            rule=guessed_by_default(event.provider),
             guessed=event.provider == "local",
             metadata=dict(event.metadata) if event.metadata else None,
             tags=dict(event.tags) if event.tags else None,

@@ -7,7 +7,8 @@ Modes, per dataset (``[datasets.X] metadata``, ``syncd sync --metadata``):
 * ``listing`` (the default): what the listing states. GCS and Azure listings give the content
   type and custom metadata (Azure also index tags, with ``tags = true``); S3 listings and
   local folders give neither, so the content type is guessed from the key
-  (:mod:`providers.content_types`) and marked ``content_type_guessed``.
+  (:mod:`providers.content_types`, which also says how an item records that its type is a
+  guess: by its source's rule, with the exceptions marked in its metadata).
 * ``head``: as ``listing``, and every object the listing shows new or changed (its ETag, size
   or version differ from the item's: :func:`syncd.reconcile.march.diff_page`) is HEADed, at
   most :data:`HEAD_CONCURRENCY` at a time, each call retried like every provider call
@@ -25,7 +26,7 @@ import operator
 from typing import Literal
 
 from providers.base import Driver, ObjectInfo
-from providers.content_types import UNKNOWN, guess
+from providers.content_types import GUESSED, UNKNOWN, guess, guessed_by_default, marker
 from providers.errors import NotFound
 from syncd.reconcile.march import PageDiff
 
@@ -38,8 +39,6 @@ MODES: tuple[str, ...] = ("listing", "head")
 #: HEADs (and tag reads) in flight at once per sync: enough to hide a round trip of tens of
 #: milliseconds, few enough that a throttling service sees a steady client
 HEAD_CONCURRENCY = 16
-#: ``metadata`` of an item whose content type was guessed and that has nothing else
-GUESSED = '{"content_type_guessed": true}'
 
 
 def _jsonb_order(value: object) -> object:
@@ -58,16 +57,18 @@ def to_json(value: object) -> str:
 
 
 def provider_part(
-    guessed: bool, metadata: dict[str, str] | None, tags: dict[str, str] | None
+    guessed: bool | None, metadata: dict[str, str] | None, tags: dict[str, str] | None
 ) -> str:
-    """The JSON text of an item's ``metadata`` column: ``content_type_guessed``, ``provider``
-    and ``object_tags``, each only when there is something to say (``{}`` for nothing)."""
+    """The JSON text of an item's ``metadata`` column: ``content_type_guessed`` (``guessed``
+    where the item is the exception to its source's rule, :func:`providers.content_types.marker`;
+    None: nothing to say), ``provider`` and ``object_tags``, each only when there is something
+    to say (``{}`` for nothing)."""
     if not metadata and not tags:
-        return GUESSED if guessed else "{}"
+        return "{}" if guessed is None else to_json({"content_type_guessed": guessed})
     metadata, tags = _storable(metadata), _storable(tags)
     out: dict[str, object] = {}
-    if guessed:
-        out["content_type_guessed"] = True
+    if guessed is not None:
+        out["content_type_guessed"] = guessed
     if metadata:
         out["provider"] = metadata
     if tags:
@@ -79,21 +80,26 @@ def page_fields(driver: Driver, objs: list[ObjectInfo]) -> list[tuple[str, str]]
     """:func:`item_fields` of each listed object, ``driver`` having listed them. Built for a
     page at a time: the common page (no custom metadata, no tags) costs a guess per key where
     the listing stated no type, and nothing else."""
+    rule = guessed_by_default(driver.provider)
     if not any(map(_CT, objs)) and not any(map(_META, objs)) and not any(map(_TAGS, objs)):
         # an S3 or synthetic page: nothing stated but keys (C-level passes, one guess each)
-        return [(t or UNKNOWN, GUESSED) for t in map(guess, map(_KEY, objs))]
+        meta = "{}" if rule else GUESSED
+        return [(t or UNKNOWN, meta) for t in map(guess, map(_KEY, objs))]
     guessed = driver.guesses_content_type
     out: list[tuple[str, str]] = []
     append = out.append
-    plain = "{}" if not guessed else GUESSED
+    stated = provider_part(marker(guessed, rule), None, None)
+    unstated = provider_part(marker(True, rule), None, None)
     for o in objs:
         ct = o.content_type
         if o.metadata or o.tags:
-            append(item_fields(o.key, ct, guessed=guessed, metadata=o.metadata, tags=o.tags))
+            append(
+                item_fields(o.key, ct, rule=rule, guessed=guessed, metadata=o.metadata, tags=o.tags)
+            )
         elif ct:
-            append((ct, plain))
+            append((ct, stated))
         else:
-            append((guess(o.key) or UNKNOWN, GUESSED))
+            append((guess(o.key) or UNKNOWN, unstated))
     return out
 
 
@@ -112,16 +118,18 @@ def item_fields(
     key: str,
     content_type: str | None,
     *,
+    rule: bool,
     guessed: bool = False,
     metadata: dict[str, str] | None = None,
     tags: dict[str, str] | None = None,
 ) -> tuple[str, str]:
     """``(content_type, metadata JSON)`` of an item for an object named ``key`` whose source
     stated ``content_type`` (None: it stated none, so it is guessed from the key; ``guessed``:
-    the stated one is itself a guess, as a local folder's)."""
+    the stated one is itself a guess, as a local folder's). ``rule``: the source's types are
+    guesses unless an item says otherwise (:func:`providers.content_types.guessed_by_default`)."""
     if not content_type:
-        return guess(key) or UNKNOWN, provider_part(True, metadata, tags)
-    return content_type, provider_part(guessed, metadata, tags)
+        return guess(key) or UNKNOWN, provider_part(marker(True, rule), metadata, tags)
+    return content_type, provider_part(marker(guessed, rule), metadata, tags)
 
 
 async def head_objects(

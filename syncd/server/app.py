@@ -1,6 +1,7 @@
 """The HTTP server of ``syncd run`` and ``syncd serve`` (its API-only mode): one aiohttp app.
 
-* Every path but ``GET /healthz`` (and Event Grid's ``OPTIONS`` handshake) needs
+* Every path but ``GET /healthz`` (and Event Grid's ``OPTIONS`` handshake, the dashboard's
+  sign-in page and static files) needs
   ``Authorization: Bearer <SYNCD_API_TOKEN>``, compared in constant time; a wrong or missing
   token is ``401``. After :data:`~syncd.server.lockout.LIMIT` of those from one address within
   :data:`~syncd.server.lockout.WINDOW` seconds, that address gets ``429`` with ``Retry-After``
@@ -21,6 +22,11 @@
   (:mod:`syncd.server.connections`): slow clients cannot take every descriptor.
 * Binds to 127.0.0.1 unless told otherwise. The catalog is only reached through the daemon's
   catalog thread, so the event loop never blocks on sqlite.
+
+* The dashboard (:mod:`syncd.web`) is served by the same app: its sign-in page and static
+  files need no token; its pages take the bearer header or the session cookie of
+  :mod:`syncd.web.auth` (which also works for the API, with a CSRF token on every request
+  that changes something); a page asked for without either is ``303`` to ``/login``.
 
 The routes are in :mod:`syncd.server.routes`.
 """
@@ -52,6 +58,7 @@ from syncd.server.connections import (
 from syncd.server.lockout import AuthLockout
 from syncd.server.routes import CONTEXT, Context, add_routes
 from syncd.store.db import catalog_error
+from syncd.web import auth as web_auth
 
 log = logging.getLogger("syncd.server")
 MAX_BODY = 10 * 1024 * 1024
@@ -97,7 +104,8 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
     try:
         return await handler(request)
     except web.HTTPException as exc:
-        if exc.status < 400 or exc.content_type == "application/json":
+        # the dashboard's pages answer their errors as pages (syncd.web)
+        if exc.status < 400 or exc.content_type in ("application/json", "text/html"):
             raise
         reason = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else exc.reason
         return web.json_response({"error": reason}, status=exc.status, headers=_keep(exc))
@@ -116,8 +124,10 @@ def _keep(exc: web.HTTPException) -> dict[str, str]:
 async def bearer_token(request: web.Request, handler: Handler) -> web.StreamResponse:
     # the liveness probe, and Event Grid's webhook handshake (it cannot send our token; the
     # answer only echoes its own origin header and writes nothing)
-    if request.path == "/healthz" or (
-        request.method == "OPTIONS" and request.path == "/api/v1/events"
+    if (
+        request.path == "/healthz"
+        or (request.method == "OPTIONS" and request.path == "/api/v1/events")
+        or web_auth.is_public(request)  # the sign-in page and static files
     ):
         return await handler(request)
     lockout = request.app[LOCKOUT]
@@ -138,6 +148,14 @@ async def bearer_token(request: web.Request, handler: Handler) -> web.StreamResp
         # every token is compared, whichever matches: the time says nothing about which
         if hmac.compare_digest(given, token.header) and matched is None:
             matched = token
+    if matched is None and not given:
+        # the dashboard's session cookie (syncd.web.auth), with its CSRF checks
+        found = await web_auth.session_token(request, request.app[TOKENS])
+        if isinstance(found, web.StreamResponse):
+            return found
+        if found is None and web_auth.wants_page(request):
+            return web_auth.to_sign_in(request)  # a browser without a session: no guess
+        matched = found
     if matched is None:
         lockout.failed(address)
         return web.json_response({"error": "missing or wrong bearer token"}, status=401)
@@ -152,6 +170,7 @@ async def bearer_token(request: web.Request, handler: Handler) -> web.StreamResp
                 },
                 status=403,
             )
+    request[web_auth.TOKEN] = matched
     return await handler(request)
 
 
@@ -226,6 +245,9 @@ def make_app(
     app[LOCKOUT] = lockout if lockout is not None else AuthLockout()
     app.router.add_get("/healthz", healthz)
     add_routes(app)
+    from syncd.web import setup as setup_web  # the dashboard, on the API's port
+
+    setup_web(app)
     return app
 
 

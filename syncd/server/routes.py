@@ -711,12 +711,18 @@ async def patch_dataset(request: web.Request) -> web.Response:
 
 async def delete_dataset(request: web.Request) -> web.Response:
     """``DELETE /api/v1/datasets/{name}``: remove the dataset with its items and runs (the
-    bucket is not touched), as ``syncd datasets rm``; ``409`` while it is being synced."""
+    bucket is not touched), as ``syncd datasets rm``; ``409`` while it is being synced, or
+    while it has snapshots unless ``with_snapshots=true``."""
     ctx = request.app[CONTEXT]
     name = request.match_info["name"]
     try:
-        _only_params(request)
-        count = await ctx.catalog.call(lambda c: api.remove_dataset(c, name, declared=ctx.declared))
+        _only_params(request, "with_snapshots")
+        with_snapshots = _bool_param(request, "with_snapshots")
+        count = await ctx.catalog.call(
+            lambda c: api.remove_dataset(
+                c, name, declared=ctx.declared, with_snapshots=with_snapshots
+            )
+        )
     except (UsageError, NotFound) as exc:
         return _refusal(exc)
     ctx.changed.pulse()
@@ -749,6 +755,133 @@ async def create_integration(request: web.Request) -> web.Response:
     return web.json_response(row, status=201)
 
 
+# -- snapshots (issue 25) -------------------------------------------------------------------
+
+
+def _bool_param(request: web.Request, name: str) -> bool:
+    """``name=true`` / ``false`` (absent: false); anything else is a 400."""
+    raw = request.query.get(name)
+    if raw is None or raw == "false":
+        return False
+    if raw == "true":
+        return True
+    raise _bad_request(f"{name} must be true or false")
+
+
+def _snapshot_refusal(exc: Exception) -> web.Response:
+    """404 for an unknown snapshot, 409 for a tag taken, else 400 (a bad tag)."""
+    return _refusal(exc)
+
+
+async def list_snapshots(request: web.Request) -> web.Response:
+    """``GET .../snapshots``: the dataset's snapshots, oldest first."""
+    ctx = request.app[CONTEXT]
+    ds = await _dataset_or_404(request)
+    _only_params(request)
+    rows = await ctx.catalog.call(lambda c: api.list_snapshots(c, ds.name))
+    return web.json_response({"snapshots": rows})
+
+
+async def create_snapshot(request: web.Request) -> web.Response:
+    """``POST .../snapshots`` with ``{"tag": ..., "message": ...}``: freeze the dataset;
+    ``201`` with the snapshot, ``409`` for a tag it has, ``400`` for a bad body or tag."""
+    ctx = request.app[CONTEXT]
+    ds = await _dataset_or_404(request)
+    try:
+        _only_params(request)
+        body = await _json_body(request)
+        if not isinstance(body, dict) or set(body) - {"tag", "message"} or "tag" not in body:
+            raise UsageError('the body must be {"tag": "v1"} with an optional "message"')
+        tag, message = body["tag"], body.get("message")
+        if not isinstance(tag, str) or not (message is None or isinstance(message, str)):
+            raise UsageError("tag and message must be strings")
+        row = await ctx.catalog.call(
+            lambda c: api.create_snapshot(c, ds.name, tag, message=message)
+        )
+    except (UsageError, NotFound) as exc:
+        return _snapshot_refusal(exc)
+    return web.json_response(
+        row,
+        status=201,
+        headers={
+            "Location": f"/api/v1/datasets/{quote(ds.name, safe='')}/snapshots/"
+            f"{quote(row['tag'], safe='')}"
+        },
+    )
+
+
+async def get_snapshot(request: web.Request) -> web.Response:
+    """``GET .../snapshots/{tag}``: one snapshot; 404 if the dataset has none of that tag."""
+    ctx = request.app[CONTEXT]
+    ds = await _dataset_or_404(request)
+    tag = request.match_info["tag"]
+    try:
+        _only_params(request)
+        row = await ctx.catalog.call(lambda c: api.get_snapshot(c, ds.name, tag))
+    except (UsageError, NotFound) as exc:
+        return _snapshot_refusal(exc)
+    return web.json_response(row)
+
+
+async def delete_snapshot(request: web.Request) -> web.Response:
+    """``DELETE .../snapshots/{tag}``: remove a snapshot (the items are not touched)."""
+    ctx = request.app[CONTEXT]
+    ds = await _dataset_or_404(request)
+    tag = request.match_info["tag"]
+    try:
+        _only_params(request)
+        row = await ctx.catalog.call(lambda c: api.remove_snapshot(c, ds.name, tag))
+    except (UsageError, NotFound) as exc:
+        return _snapshot_refusal(exc)
+    return web.json_response({**row, "removed": True})
+
+
+async def snapshot_items(request: web.Request) -> web.Response:
+    """``GET .../snapshots/{tag}/items``: the snapshot's items in key order, ``limit`` at a
+    time (``prefix``): ``next_cursor`` is passed back as ``cursor`` (None on the last page),
+    as for live items."""
+    ctx = request.app[CONTEXT]
+    ds = await _dataset_or_404(request)
+    tag = request.match_info["tag"]
+    try:
+        _only_params(request, "prefix", "limit", "cursor")
+        limit = _int_param(request, "limit", DEFAULT_PAGE, MAX_PAGE)
+        prefix = request.query.get("prefix", "")
+        raw = request.query.get("cursor") or None
+        after = decode_cursor(raw) if raw is not None else None
+
+        def page(c: Catalog) -> tuple[list[dict[str, Any]], str | None]:
+            found = list(
+                c.snapshot_items(ds.name, tag, after_key=after, limit=limit + 1, prefix=prefix)
+            )
+            nxt = encode_cursor(found[limit - 1].key) if len(found) > limit else None
+            return [i.public() for i in found[:limit]], nxt
+
+        rows, nxt = await ctx.catalog.call(page)
+    except (UsageError, NotFound) as exc:
+        return _snapshot_refusal(exc)
+    return web.json_response({"items": rows, "next_cursor": nxt})
+
+
+async def diff_snapshot(request: web.Request) -> web.Response:
+    """``GET .../snapshots/{tag}/diff``: what changed from the snapshot to snapshot
+    ``against`` (absent: the live dataset): counts, bytes and at most ``limit`` keys per
+    kind (``truncated`` when more)."""
+    ctx = request.app[CONTEXT]
+    ds = await _dataset_or_404(request)
+    tag = request.match_info["tag"]
+    try:
+        _only_params(request, "against", "limit")
+        limit = _int_param(request, "limit", MAX_PAGE, 100_000)
+        against = request.query.get("against")
+        found = await ctx.catalog.call(
+            lambda c: api.diff_snapshots(c, ds.name, tag, against, keys=limit)
+        )
+    except (UsageError, NotFound) as exc:
+        return _snapshot_refusal(exc)
+    return web.json_response(found)
+
+
 def add_routes(app: web.Application) -> None:
     """Register the API's routes (the auth, size and error middlewares are the app's)."""
     r = app.router
@@ -777,5 +910,11 @@ def add_routes(app: web.Application) -> None:
     r.add_post("/api/v1/datasets", create_dataset)
     r.add_patch("/api/v1/datasets/{name}", patch_dataset)
     r.add_delete("/api/v1/datasets/{name}", delete_dataset)
+    r.add_get("/api/v1/datasets/{name}/snapshots", list_snapshots)
+    r.add_post("/api/v1/datasets/{name}/snapshots", create_snapshot)
+    r.add_get("/api/v1/datasets/{name}/snapshots/{tag}", get_snapshot)
+    r.add_delete("/api/v1/datasets/{name}/snapshots/{tag}", delete_snapshot)
+    r.add_get("/api/v1/datasets/{name}/snapshots/{tag}/items", snapshot_items)
+    r.add_get("/api/v1/datasets/{name}/snapshots/{tag}/diff", diff_snapshot)
     r.add_get("/api/v1/integrations", list_integrations)
     r.add_post("/api/v1/integrations", create_integration)

@@ -4,8 +4,9 @@ Scopes are ordered, each allowing what the ones before it allow:
 
 * ``read``: every ``GET`` (datasets, items, runs, changes, workers, webhooks, sinks,
   metrics), except integrations;
-* ``write``: and syncs (``POST .../sync``), bucket events (``POST /api/v1/events``) and item
-  metadata edits (``PATCH .../items/{key}``, ``POST .../items:update``);
+* ``write``: and syncs (``POST .../sync``), bucket events (``POST /api/v1/events``), item
+  metadata edits (``PATCH .../items/{key}``, ``POST .../items:update``) and snapshots
+  created or removed (``POST .../snapshots``, ``DELETE .../snapshots/{tag}``);
 * ``admin``: and creating, changing and removing datasets and integrations (their references
   say where secrets live, so even reading them is ``admin``).
 
@@ -33,6 +34,13 @@ ORDER = (READ, WRITE, ADMIN)
 RULES: tuple[tuple[str, str, str], ...] = (
     ("GET", "/healthz", PUBLIC),
     ("OPTIONS", "/api/v1/events", PUBLIC),
+    # the dashboard (syncd.web): its sign-in page and static files need no token
+    ("GET", "/login", PUBLIC),
+    ("POST", "/login", PUBLIC),
+    ("GET", "/static/{name}", PUBLIC),
+    ("GET", "/favicon.ico", PUBLIC),
+    ("POST", "/logout", READ),
+    ("POST", "/datasets/{name}/sync", WRITE),
     # datasets and integrations at run time
     ("*", "/api/v1/integrations", ADMIN),
     ("POST", "/api/v1/datasets", ADMIN),
@@ -43,6 +51,9 @@ RULES: tuple[tuple[str, str, str], ...] = (
     ("POST", "/api/v1/events", WRITE),
     ("PATCH", "/api/v1/datasets/{name}/items/*", WRITE),
     ("POST", "/api/v1/datasets/{name}/items:update", WRITE),
+    # snapshots: creating and removing one (their items are never written)
+    ("POST", "/api/v1/datasets/{name}/snapshots", WRITE),
+    ("DELETE", "/api/v1/datasets/{name}/snapshots/{tag}", WRITE),
     # everything else that only reads
     ("GET", "*", READ),
     ("HEAD", "*", READ),

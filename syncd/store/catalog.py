@@ -20,12 +20,13 @@ from __future__ import annotations
 import json
 import operator
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from providers import faults
 from providers.config import PUBLIC_FIELDS, DriverConfig, Integration
+from providers.content_types import guessed_by_default, public_metadata
 from syncd import model
 from syncd.errors import UsageError
 from syncd.reconcile.filters import Filters
@@ -155,6 +156,7 @@ class Catalog:
     def __init__(self, db: Database) -> None:
         self.db = db
         self._queries_ready = False  # prepare_queries ran on this connection
+        self._guessing: dict[int, bool] = {}  # guesses_content_types, per dataset id
 
     @classmethod
     def open(cls, path: str, *, create: bool = True) -> Catalog:
@@ -212,12 +214,12 @@ class Catalog:
             self._ensure_integration(cfg.integration)
         values = cfg.public()
         values["allow_external_delete"] = int(values["allow_external_delete"])
+        values["versioned"] = int(values["versioned"])
         row = self.db.execute("SELECT id FROM drivers WHERE name = ?", [name]).fetchone()
         if row is None:
             cur = self.db.execute(
-                "INSERT INTO drivers (name, type, bucket, path, region, endpoint, storage_class,"
-                " account, allow_external_delete, integration, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                f"INSERT INTO drivers (name, {', '.join(_DRIVER_COLUMNS)}, created_at)"
+                f" VALUES ({', '.join('?' * (len(_DRIVER_COLUMNS) + 2))}) RETURNING id",
                 [name, *(values[k] for k in _DRIVER_COLUMNS), now()],
             )
             return int(cur.fetchone()[0])
@@ -370,10 +372,16 @@ class Catalog:
         ).fetchall()
         return [(Integration(r[0], r[1], json.loads(r[2] or "{}")), r[3]) for r in rows]
 
-    def drop_dataset(self, dataset: Dataset, *, source: str = "admin") -> None:
+    def drop_dataset(
+        self, dataset: Dataset, *, source: str = "admin", with_snapshots: bool = False
+    ) -> None:
         """Remove a dataset with its items and runs (and its driver if nothing else uses it),
-        recorded in the change log as one ``dataset_removed`` record."""
+        recorded in the change log as one ``dataset_removed`` record. ``UsageError`` while it
+        has snapshots, unless ``with_snapshots`` (they go with it)."""
+        from syncd.store import snapshots
+
         with transaction(self.db):
+            snapshots.check_drop(self.db, dataset, with_snapshots=with_snapshots)
             # one record in the change log, not one per item (a follower drops the dataset)
             self.db.record_changes("dataset_removed", source, now(), [(dataset.id, dataset.name)])
             ranges.clear(self.db, "SELECT id FROM runs WHERE dataset_id = ?", [dataset.id])
@@ -509,8 +517,7 @@ class Catalog:
             where, args = key_range(cursor, prefix)
             sql = f"SELECT {cols} FROM items WHERE dataset_id = ?{where} ORDER BY key LIMIT ?"
             rows = self.db.execute(sql, [dataset_id, *args, size]).fetchall()
-            for row in rows:
-                yield Item(*row)
+            yield from self._items(dataset_id, rows)
             if left is not None:
                 left -= len(rows)
             if len(rows) < size:
@@ -531,7 +538,7 @@ class Catalog:
         row = self.db.execute(
             f"SELECT {cols} FROM items WHERE dataset_id = ? AND key = ?", [dataset_id, key]
         ).fetchone()
-        return None if row is None else Item(*row)
+        return None if row is None else self._items(dataset_id, [row])[0]
 
     # -- item queries (syncd.query; SQL in syncd.store.query_sql) -----------------------
 
@@ -589,7 +596,13 @@ class Catalog:
         while True:
             self.prepare_queries()
             sql, args = query_sql.page(
-                query, self.db.dialect, dataset_id, "key", after=after, limit=page
+                query,
+                self.db.dialect,
+                dataset_id,
+                "key",
+                after=after,
+                limit=page,
+                guesses=self.guesses_content_types(dataset_id),
             )
             keys = [r[0] for r in self.db.execute(sql, args).fetchall()]
             if keys:
@@ -603,7 +616,9 @@ class Catalog:
         from syncd.store import query_sql
 
         self.prepare_queries()
-        sql, args = query_sql.count(query, self.db.dialect, dataset_id)
+        sql, args = query_sql.count(
+            query, self.db.dialect, dataset_id, self.guesses_content_types(dataset_id)
+        )
         n, total = self.db.execute(sql, args).fetchone()
         return int(n), int(total)
 
@@ -622,7 +637,14 @@ class Catalog:
         if by not in GROUPS:
             raise QueryError(f"cannot summarize by {by!r}; use one of {', '.join(GROUPS)}")
         n, total = self.count_query(dataset_id, query)
-        sql, args = query_sql.summary(query, self.db.dialect, dataset_id, by, limit + 1)
+        sql, args = query_sql.summary(
+            query,
+            self.db.dialect,
+            dataset_id,
+            by,
+            limit + 1,
+            self.guesses_content_types(dataset_id),
+        )
         rows = self.db.execute(sql, args).fetchall()
         groups = [{"group": g, "items": int(c), "bytes": int(b)} for g, c, b in rows[:limit]]
         return {
@@ -641,9 +663,47 @@ class Catalog:
         self.prepare_queries()
         cols = ", ".join(Item.__dataclass_fields__)
         sql, args = query_sql.page(
-            query, self.db.dialect, dataset_id, cols, after=after, limit=limit
+            query,
+            self.db.dialect,
+            dataset_id,
+            cols,
+            after=after,
+            limit=limit,
+            guesses=self.guesses_content_types(dataset_id),
         )
-        return [Item(*row) for row in self.db.execute(sql, args).fetchall()]
+        return self._items(dataset_id, self.db.execute(sql, args).fetchall())
+
+    def _items(self, dataset_id: int, rows: Sequence[Sequence[Any]]) -> list[Item]:
+        """``items`` rows (the :class:`Item` columns) of one dataset as Items
+        (:meth:`item_maker`)."""
+        make = self.item_maker(dataset_id)
+        return [make(*r) for r in rows]
+
+    def item_maker(self, dataset_id: int) -> Callable[..., Item]:
+        """A function making an :class:`Item` of the dataset from its stored columns (those of
+        ``items``, in :class:`Item` order), its provider metadata in the public form
+        (:func:`providers.content_types.public_metadata`: a guessed type is marked by its
+        source's rule, not in every row)."""
+        rule = self.guesses_content_types(dataset_id)
+
+        def make(*r: Any) -> Item:
+            return Item(*r[:10], public_metadata(r[10], rule), *r[11:])
+
+        return make
+
+    def guesses_content_types(self, dataset_id: int) -> bool:
+        """Whether the content types of the dataset's items are guesses unless an item says
+        otherwise (:func:`providers.content_types.guessed_by_default` of its provider; True
+        for a dataset that is gone). Looked up once per dataset and catalog."""
+        found = self._guessing.get(dataset_id)
+        if found is None:
+            row = self.db.execute(
+                "SELECT d.type FROM datasets ds JOIN drivers d ON d.id = ds.driver_id"
+                " WHERE ds.id = ?",
+                [dataset_id],
+            ).fetchone()
+            found = self._guessing[dataset_id] = guessed_by_default(row[0] if row else "")
+        return found
 
     def prepare_queries(self) -> None:
         """Make the query functions known to this connection (sqlite: ``syncd_glob``)."""
@@ -713,10 +773,10 @@ class Catalog:
         if source is not None and kinds is None:
             there = self._existing(dataset_id, [r[1] for r in rows])
             kinds = ["updated" if r[1] in there else "created" for r in rows]
-        self.db.upsert_items(rows)
-        if source is not None:
+        if source is not None:  # first: it keeps what the rows replace for snapshots
             assert kinds is not None
             self.db.record_changes(kinds, source, now(), rows)
+        self.db.upsert_items(rows)
 
     def _unguarded(
         self,
@@ -817,6 +877,28 @@ class Catalog:
             self.db.record_changes("deleted", source, now(), self.item_rows(dataset_id, keys))
         return self.db.executemany(
             "DELETE FROM items WHERE dataset_id = ? AND key = ?", [(dataset_id, k) for k in keys]
+        )
+
+    def snapshot_items(
+        self,
+        dataset: str,
+        tag: str,
+        *,
+        after_key: str | None = None,
+        limit: int | None = None,
+        prefix: str = "",
+    ) -> Iterator[Item]:
+        """The items of snapshot ``tag`` of dataset ``dataset`` (a name), as :meth:`iter_items`
+        gives live ones: :class:`Item` s in key order after ``after_key`` (under ``prefix``),
+        at most ``limit``, in constant memory (:func:`syncd.store.snapshots.iter_items`).
+        ``UsageError`` for an unknown dataset or a bad tag, ``NotFound`` for an unknown tag
+        (raised by the call, before any item)."""
+        from syncd.store import snapshots
+
+        found = self.get_dataset(dataset)
+        snap = snapshots.get(self, found, tag)
+        return snapshots.items_at(
+            self, found.id, snap.cursor, after_key=after_key, limit=limit, prefix=prefix
         )
 
 
@@ -938,6 +1020,7 @@ def _dataset_from_row(row: tuple[Any, ...]) -> Dataset:
     values = dict(zip(_DRIVER_COLUMNS, driver_values, strict=True))
     integ_name = values.pop("integration")
     values["allow_external_delete"] = bool(values["allow_external_delete"])
+    values["versioned"] = bool(values["versioned"])
     # references and plain values only: the secrets are read when the driver opens
     integration = (
         Integration(integ_name, integ_type, json.loads(integ_fields or "{}"))

@@ -39,6 +39,7 @@ from typing import Any
 from urllib.parse import quote
 
 from providers.base import object_uri
+from providers.content_types import guessed_by_default, public_metadata
 from syncd.errors import SyncdError
 from syncd.store.sql import ITEM_COLUMNS, Database
 
@@ -271,7 +272,7 @@ class _Bindings:
                 "mtime": mtime,
                 "version": version,
                 "md5": md5,
-                "metadata": json.loads(metadata) if metadata and metadata != "{}" else {},
+                "metadata": json.loads(public_metadata(metadata or "{}", place.guesses)),
             }
             _user_part(item, rest)  # item edits
             found.append(Change(i, kind, source, at, name or place.name, key, item))
@@ -279,11 +280,14 @@ class _Bindings:
                 break
         return found
 
-    def metadata_json(self, metadata: str | None, ascii: bool) -> str:
-        """An entry's metadata text as the feed prints it. Most entries share a few texts
-        (``{}``, a guessed content type's marker): each is decoded and encoded once, not once
-        per change (a million changes with the marker read at 235,000/s instead of 520,000)."""
-        if not metadata or metadata == "{}":
+    def metadata_json(self, metadata: str | None, ascii: bool, guesses: bool) -> str:
+        """An entry's metadata text as the feed prints it, in its public form
+        (:func:`providers.content_types.public_metadata`; ``guesses``: the dataset's rule).
+        Most entries share a few texts (``{}``, a guessed content type's marker): each is
+        decoded and encoded once, not once per change (a million changes with the marker read
+        at 235,000/s instead of 520,000)."""
+        metadata = public_metadata(metadata or "{}", guesses)
+        if metadata == "{}":
             return "{}"
         memo = self.memo[ascii]
         found = memo.get(metadata)
@@ -351,7 +355,7 @@ class _Bindings:
                 f' "etag": {value(etag)}, "content_type": {value(content_type)},'
                 f' "mtime": {value(mtime)}, "version": {value(version)}, "md5": {value(md5)},'
                 ' "metadata": '
-                + self.metadata_json(metadata, ascii)
+                + self.metadata_json(metadata, ascii, place.guesses)
                 # an item edit's tags (its user part is inside the metadata already)
                 + (f', "tags": {dumps(json.loads(rest[0]))}' if rest else "")
                 + "}}"
@@ -368,10 +372,13 @@ class _Place:
     the key needs it, as the drivers do); ``path`` and ``prefix`` are None once the dataset
     is removed."""
 
-    __slots__ = ("name", "path", "prefix", "quoting")
+    __slots__ = ("guesses", "name", "path", "prefix", "quoting")
 
     def __init__(self, name: str, driver: Any) -> None:
         self.name = name
+        #: the dataset's content types are guesses unless an item says otherwise
+        #: (:func:`providers.content_types.guessed_by_default`)
+        self.guesses = guessed_by_default(driver.type) if driver is not None else True
         self.path: str | None = driver.path if driver is not None else None
         self.prefix: str | None = None
         self.quoting = False

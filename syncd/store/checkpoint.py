@@ -302,11 +302,11 @@ class Checkpoint:
             gone = [
                 row for row in item_rows(self.db, dataset_id, list(guard)) if row[1] not in held
             ]
+            self.db.record_changes("deleted", "listing", written, gone)  # first (snapshots)
             deleted += self.db.executemany(
                 "DELETE FROM items WHERE dataset_id = ? AND key = ?",
                 [(dataset_id, row[1]) for row in gone],
             )
-            self.db.record_changes("deleted", "listing", written, gone)
             self.db.executemany(
                 _TOMBSTONE,
                 [

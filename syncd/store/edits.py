@@ -179,7 +179,9 @@ class Selection:
         matching, margs = "", []
         if self.where is not None:
             catalog.prepare_queries()
-            matching, margs = query_sql.where(self.where, db.dialect)
+            matching, margs = query_sql.where(
+                self.where, db.dialect, catalog.guesses_content_types(dataset_id)
+            )
         if self.keys is not None:
             listed = self.candidates(after)
             following = listed[-1] if len(listed) == BATCH else None
@@ -336,12 +338,13 @@ def _write(catalog: Catalog, rows: Sequence[tuple[Any, ...]], edit: Edit) -> int
         item_row[_UPDATED_AT] = at
         records.append((*item_row, new_meta, new_tags))
     if writes:
+        # first: it keeps what the edit replaces for the dataset's snapshots
+        catalog.db.record_changes("updated", "edit", at, records)
         catalog.db.executemany(
             "UPDATE items SET user_metadata = ?, tags = ?, updated_at = ?"
             " WHERE dataset_id = ? AND key = ?",
             writes,
         )
-        catalog.db.record_changes("updated", "edit", at, records)
     return len(writes)
 
 

@@ -7,7 +7,7 @@ names :func:`~syncd.query.check_segment` accepted, each in double quotes, passed
 ``text[]`` path for ``#>``, both parameters). The only text this module puts in SQL comes from
 its own constants, chosen by the query's shape.
 
-The indexes these queries use (migration ``0015_item_queries``, :mod:`syncd.store.schema`) are
+The indexes these queries use (migrations ``0015_item_queries`` and ``0017_content_type_rule``, :mod:`syncd.store.schema`) are
 chosen for what they cost a sync (every index is written with every item) as much as for
 what they give queries:
 
@@ -52,43 +52,43 @@ SORT_SQL = {
 _CT = {"sqlite": "content_type", "postgresql": 'content_type COLLATE "C"'}
 _OPS = frozenset({"=", "<", "<=", ">", ">="})
 
-_PROVIDER_SQLITE = "instr(metadata, '\"provider\"') + instr(metadata, '\"object_tags\"') > 0"
-
 #: the predicate of each partial index over the items with metadata (the same text as in the
 #: migration: a planner uses a partial index only when the query repeats its predicate)
 HAS = {
     "sqlite": {
         "user_metadata": "user_metadata <> '{}'",
         "tags": "tags <> '[]'",
-        # a text test, not the JSON functions: every item a sync writes is tested (a JSON
-        # parse per row measurably slowed a 1M first sync); a value "provider" only adds a row
-        "provider": _PROVIDER_SQLITE,
-        "object_tags": _PROVIDER_SQLITE,
+        # a comparison with a constant, not the JSON functions: every item a sync writes is
+        # tested (migration 0017: the rows with any provider metadata, a few more than need it)
+        "provider": "metadata <> '{}'",
+        "object_tags": "metadata <> '{}'",
     },
     "postgresql": {
         "user_metadata": "user_metadata <> '{}'::jsonb",
         "tags": "tags <> '[]'::jsonb",
-        "provider": "(metadata -> 'provider') IS NOT NULL",
-        "object_tags": "(metadata -> 'object_tags') IS NOT NULL",
+        "provider": "metadata <> '{}'::jsonb",
+        "object_tags": "metadata <> '{}'::jsonb",
     },
 }
 
 
-def where(query: Query, dialect: str) -> tuple[str, list[Any]]:
+def where(query: Query, dialect: str, guesses: bool = True) -> tuple[str, list[Any]]:
     """The ``WHERE`` terms (each starting `` AND``) and their parameters for ``query``'s
-    prefix and conditions, after ``dataset_id = ?``."""
+    prefix and conditions, after ``dataset_id = ?``. ``guesses``: the dataset's content types
+    are guesses unless an item says otherwise (:func:`providers.content_types.guessed_by_default`),
+    which ``metadata.content_type_guessed`` reads."""
     from syncd.store.catalog import key_range  # the one prefix-as-range rule
 
     sql, args = key_range(None, query.prefix)
     terms = [sql] if sql else []
     for cond in query.where:
-        term, more = _condition(cond, dialect)
+        term, more = _condition(cond, dialect, guesses)
         terms.append(term)
         args.extend(more)
     return "".join(terms), args
 
 
-def _condition(cond: Any, dialect: str) -> tuple[str, list[Any]]:
+def _condition(cond: Any, dialect: str, guesses: bool) -> tuple[str, list[Any]]:
     from syncd.store.catalog import key_range
 
     if isinstance(cond, KeyGlob):
@@ -118,6 +118,8 @@ def _condition(cond: Any, dialect: str) -> tuple[str, list[Any]]:
     if isinstance(cond, Tags):
         return _tags(cond, dialect)
     if isinstance(cond, Meta):
+        if cond.column == "metadata" and list(cond.path) == ["content_type_guessed"]:
+            return _guessed(cond, dialect, guesses)
         return _meta(cond, dialect)
     raise TypeError(f"not a query condition: {cond!r}")
 
@@ -142,6 +144,19 @@ def _tags(cond: Tags, dialect: str) -> tuple[str, list[Any]]:
         return f" AND {has} AND tags @> ?::jsonb", [json.dumps(tags)]
     ors = " OR ".join(["tags @> ?::jsonb"] * len(tags))
     return f" AND {has} AND ({ors})", [json.dumps([t]) for t in tags]
+
+
+def _guessed(cond: Meta, dialect: str, guesses: bool) -> tuple[str, list[Any]]:
+    """``metadata.content_type_guessed`` as the public item has it: ``true`` where the type
+    is a guess, absent where it is not, while the row stores only the exceptions to its
+    dataset's rule (``guesses``; :mod:`providers.content_types`)."""
+    if cond.values and not any(v is True for v in cond.scalars()):
+        return " AND 1 = 0", []  # the member is never anything but true
+    if dialect == "sqlite":
+        rule = "1" if guesses else "0"
+        return f" AND coalesce(json_extract(metadata, '$.content_type_guessed'), {rule}) = 1", []
+    rule = "TRUE" if guesses else "FALSE"
+    return f" AND coalesce((metadata -> 'content_type_guessed') = 'true'::jsonb, {rule})", []
 
 
 def _meta(cond: Meta, dialect: str) -> tuple[str, list[Any]]:
@@ -203,11 +218,12 @@ def page(
     *,
     after: tuple[Any, str] | None,
     limit: int,
+    guesses: bool = True,
 ) -> tuple[str, list[Any]]:
     """``SELECT columns`` of the next at most ``limit`` matching items of the dataset in the query's order, after ``after`` (``(sort value, key)`` of the last
     item of the previous page): keyset pagination, so rows added or removed elsewhere never
     shift a page."""
-    terms, args = where(query, dialect)
+    terms, args = where(query, dialect, guesses)
     sort = SORT_SQL[dialect][query.sort]
     direction = "DESC" if query.order == "desc" else "ASC"
     if after is not None:
@@ -234,9 +250,11 @@ def page(
     return sql, [dataset_id, *args, limit]
 
 
-def count(query: Query, dialect: str, dataset_id: int) -> tuple[str, list[Any]]:
+def count(
+    query: Query, dialect: str, dataset_id: int, guesses: bool = True
+) -> tuple[str, list[Any]]:
     """``SELECT count, total bytes`` of the dataset's matching items."""
-    terms, args = where(query, dialect)
+    terms, args = where(query, dialect, guesses)
     return (
         f"SELECT count(*), coalesce(sum(size), 0) FROM items WHERE dataset_id = ?{terms}",
         [dataset_id, *args],
@@ -244,13 +262,13 @@ def count(query: Query, dialect: str, dataset_id: int) -> tuple[str, list[Any]]:
 
 
 def summary(
-    query: Query, dialect: str, dataset_id: int, by: str, limit: int
+    query: Query, dialect: str, dataset_id: int, by: str, limit: int, guesses: bool = True
 ) -> tuple[str, list[Any]]:
     """``SELECT group, count, bytes`` of the matching items grouped ``by`` ``content_type``
     or ``folder`` (the part of the key after the query's prefix up to and including the next
     ``/``, with the prefix; NULL for an object directly under the prefix), in group order,
     at most ``limit`` groups."""
-    terms, args = where(query, dialect)
+    terms, args = where(query, dialect, guesses)
     if by == "content_type":
         group, gargs = _CT[dialect], []
     elif by == "folder":

@@ -22,12 +22,19 @@ skips it.
 from __future__ import annotations
 
 TYPES: dict[str, dict[str, str]] = {
-    "sqlite": {"bigint": "INTEGER", "key": "TEXT", "rowid": "INTEGER PRIMARY KEY", "json": "TEXT"},
+    "sqlite": {
+        "bigint": "INTEGER",
+        "key": "TEXT",
+        "rowid": "INTEGER PRIMARY KEY",
+        "json": "TEXT",
+        "without_rowid": " WITHOUT ROWID",
+    },
     "postgresql": {
         "bigint": "BIGINT",
         "key": 'TEXT COLLATE "C"',
         "rowid": "BIGINT PRIMARY KEY",
         "json": "JSONB",
+        "without_rowid": "",
     },
 }
 
@@ -93,6 +100,43 @@ DELIVERIES = """CREATE TABLE deliveries (
     paused INTEGER NOT NULL DEFAULT 0,
     updated_at TEXT NOT NULL
 )"""
+
+#: a dataset frozen at change-log cursor ``cursor`` (:mod:`syncd.store.snapshots`), with the
+#: count and bytes of its items then
+SNAPSHOTS = """CREATE TABLE snapshots (
+    dataset_id {bigint} NOT NULL,
+    tag TEXT NOT NULL,
+    message TEXT,
+    created_at TEXT NOT NULL,
+    cursor {bigint} NOT NULL,
+    items {bigint} NOT NULL,
+    bytes {bigint} NOT NULL,
+    PRIMARY KEY (dataset_id, tag)
+)"""
+
+#: what item writes replaced while the dataset had snapshots: the key's state before the
+#: change at ``cursor`` (``present`` 0: the key did not exist; the other columns are null);
+#: the columns are the ``items`` columns of the same names (:mod:`syncd.store.snapshots`)
+ITEM_UNDO = """CREATE TABLE item_undo (
+    dataset_id {bigint} NOT NULL,
+    key {key} NOT NULL,
+    cursor {bigint} NOT NULL,
+    present INTEGER NOT NULL,
+    filename TEXT,
+    uri TEXT,
+    size {bigint},
+    etag TEXT,
+    content_type TEXT,
+    mtime TEXT,
+    version TEXT,
+    created_at TEXT,
+    updated_at TEXT,
+    metadata {json},
+    md5 TEXT,
+    user_metadata {json},
+    tags {json},
+    PRIMARY KEY (dataset_id, key, cursor)
+){without_rowid}"""
 
 SHARED: list[tuple[str, list[Statement]]] = [
     (
@@ -184,6 +228,56 @@ SHARED: list[tuple[str, list[Statement]]] = [
     tags INTEGER NOT NULL DEFAULT 0,
     updated_at TEXT NOT NULL
 )""",
+        ],
+    ),
+    (
+        # Whether an item's content type is a guess follows its source's rule
+        # (providers.content_types: S3, local folders and synthetic sources guess, GCS and Azure
+        # state), and a row stores only the exceptions, so a sync of an S3 bucket writes "{}"
+        # rather than the same marker in every row. Rows written before: on a guessing source
+        # the marker alone becomes "{}"; a row without the marker had a stated type (a HEAD, a
+        # push) and now says "false". On GCS and Azure nothing changes.
+        # The provider-metadata index then takes the rows whose metadata is not "{}": those
+        # with provider metadata or object tags, and the few exceptions. Its predicate was two
+        # instr() calls per row, evaluated for every item a sync writes; a comparison with a
+        # constant costs a 1M first sync about half as much (bench/README.md).
+        "0017_content_type_rule",
+        [
+            "DROP INDEX items_provider_metadata",
+            {
+                "sqlite": """UPDATE items SET metadata = CASE
+    WHEN metadata = '{{"content_type_guessed": true}}' THEN '{{}}'
+    WHEN metadata = '{{}}' THEN '{{"content_type_guessed": false}}'
+    ELSE json_set(metadata, '$.content_type_guessed', json('false')) END
+WHERE (metadata = '{{"content_type_guessed": true}}'
+       OR instr(metadata, '"content_type_guessed"') = 0)
+  AND dataset_id IN (SELECT ds.id FROM datasets ds JOIN drivers d ON d.id = ds.driver_id
+                     WHERE d.type NOT IN ('gcs', 'azure'))""",
+                "postgresql": """UPDATE items SET metadata = CASE
+    WHEN metadata = '{{"content_type_guessed": true}}'::jsonb THEN '{{}}'::jsonb
+    ELSE metadata || '{{"content_type_guessed": false}}'::jsonb END
+WHERE (metadata = '{{"content_type_guessed": true}}'::jsonb
+       OR NOT jsonb_exists(metadata, 'content_type_guessed'))
+  AND dataset_id IN (SELECT ds.id FROM datasets ds JOIN drivers d ON d.id = ds.driver_id
+                     WHERE d.type NOT IN ('gcs', 'azure'))""",
+            },
+            {
+                "sqlite": "CREATE INDEX items_provider_metadata"
+                " ON items (dataset_id, key, size, metadata) WHERE metadata <> '{{}}'",
+                "postgresql": "CREATE INDEX items_provider_metadata"
+                " ON items USING gin (metadata jsonb_path_ops) WHERE metadata <> '{{}}'::jsonb",
+            },
+        ],
+    ),
+    (
+        # snapshots (issue 25): the snapshot rows and the undo log of what item writes
+        # replaced while a dataset had one; see syncd.store.snapshots for the design
+        "0018_snapshots",
+        [
+            SNAPSHOTS,
+            ITEM_UNDO,
+            # an s3 driver that lists object versions (providers.config.DriverConfig.versioned)
+            "ALTER TABLE drivers ADD COLUMN versioned INTEGER NOT NULL DEFAULT 0",
         ],
     ),
 ]

@@ -138,7 +138,8 @@ class Database(ABC):
     # -- the change log (syncd.store.changes) ----------------------------------------------
 
     #: change records of the open transaction, written by :meth:`flush_changes` at commit, in
-    #: groups: ``(kinds, source, at, rows)`` with ``kinds`` one per row (or one for all) and
+    #: groups: ``(kinds, source, at, rows, undo)`` (``undo``: the group's snapshot undo
+    #: entries or None, :func:`syncd.store.snapshots.capture`) with ``kinds`` one per row (or one for all) and
     #: each row an item row in :data:`ITEM_COLUMNS` order (``dataset_id`` first); a removed
     #: dataset is ``("dataset_removed", source, at, [(dataset_id, name)])``
     pending_changes: list[tuple[Any, ...]]
@@ -146,9 +147,16 @@ class Database(ABC):
     def record_changes(
         self, kinds: str | list[str], source: str, at: str, rows: list[tuple[Any, ...]]
     ) -> None:
-        """Buffer change records for the open transaction (see :data:`pending_changes`)."""
+        """Buffer change records for the open transaction (see :data:`pending_changes`).
+        Called *before* the rows are written: while a dataset has snapshots, the states the
+        rows replace are read here and kept (:func:`syncd.store.snapshots.capture`)."""
         if rows:
-            self.pending_changes.append((kinds, source, at, rows))
+            undo = None
+            if kinds != "dataset_removed":
+                from syncd.store.snapshots import capture
+
+                undo = capture(self, rows)
+            self.pending_changes.append((kinds, source, at, rows, undo))
 
     def flush_changes(self) -> None:
         """Give the buffered records their cursors and write them, one row per group. The
@@ -169,7 +177,11 @@ class Database(ABC):
             ).fetchone()[0]
         )
         cursor = end - total + 1
-        for kinds, source, at, rows in groups:
+        for kinds, source, at, rows, undo in groups:
+            if undo:  # what the group replaced, for the dataset's snapshots
+                from syncd.store.snapshots import write_undo
+
+                write_undo(self, cursor, undo)
             for dataset_id, kind_letters, name, entries, n in pack(kinds, rows):
                 self.execute(
                     INSERT,

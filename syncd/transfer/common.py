@@ -59,6 +59,9 @@ class TransferResult:
     #: the first :data:`KEEP_PROBLEMS` refused or failed keys: ``(kind, key, reason)``
     problems: list[tuple[str, str, str]] = field(default_factory=list)
     seconds: float = 0.0
+    #: the snapshot pulled (``pull --snapshot``), else None; its ``gone`` are objects whose
+    #: recorded bytes no longer exist in the bucket (no retry or sync brings them back)
+    snapshot: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -77,6 +80,7 @@ class TransferResult:
             "dataset": self.dataset,
             "folder": self.folder,
             "dry_run": self.dry_run,
+            **({"snapshot": self.snapshot} if self.snapshot is not None else {}),
             **self.counts,
             "seconds": round(self.seconds, 3),
         }

@@ -107,6 +107,11 @@ class Transfer:
     async def move(self, row: Row) -> None:
         raise NotImplementedError
 
+    def source_items(self) -> Iterable[Item]:
+        """The items to mirror or compare with, in key order, each under the driver path and
+        ``prefix``: the dataset's live items (a pull of a snapshot: the snapshot's)."""
+        return self.catalog.iter_items(self.dataset.id, prefix=self.path + self.prefix)
+
     def total_bytes(self) -> int | None:
         """The bytes the run may move, if known before it starts (for the progress ETA)."""
         return None
@@ -120,10 +125,7 @@ class Transfer:
         if self.meter is not None and total is not None:
             self.meter.plan(total)
         path_len = len(self.path)
-        items = (
-            (item.key[path_len:], item)
-            for item in self.catalog.iter_items(self.dataset.id, prefix=self.path + self.prefix)
-        )
+        items = ((item.key[path_len:], item) for item in self.source_items())
         keeper = (
             asyncio.create_task(
                 lease.keep(self.catalog.db, lease.for_dataset(self.dataset.id), self.owner)

@@ -23,6 +23,14 @@ Contracts:
   catalog is stale, and only a sync (``syncd pull --sync``) makes the retry succeed.
 * A folder marker (a key ending in ``/``) names a folder; one holding bytes is ``skipped``
   with a warning (a folder cannot hold them).
+* A pull of a snapshot (``snapshot`` and ``items``: the snapshot's items, in key order) reads
+  exactly the recorded state of each object (:meth:`providers.base.Driver.download_version`:
+  its version, or without one the current bytes only while their ETag is the recorded one) and
+  checks the file before the rename: the recorded size, the recorded ETag (GCS: a metadata
+  change gives the same bytes a new one, so its generation and MD5 stand for it) and the MD5
+  where the provider states one. A local file of the same size is taken as the same only when
+  proven (a record or an equal MD5). An object whose recorded bytes are gone fails and is
+  counted ``gone``, with one line saying why; nothing is written under its final name.
 """
 
 from __future__ import annotations
@@ -32,14 +40,17 @@ import contextlib
 import logging
 import os
 import stat
+from collections.abc import Callable, Iterable
 from typing import Any, BinaryIO, cast
 
 from providers import errors
 from providers.base import ObjectInfo
 from providers.local import local_etag, temp_path
+from syncd.store.catalog import Item
+from syncd.transfer.common import file_md5
 from syncd.transfer.engine import Transfer
 from syncd.transfer.paths import UnsafePath, check_relative, is_folder_marker, local_path
-from syncd.transfer.plan import Row, Verdict
+from syncd.transfer.plan import Row, Verdict, expected_md5
 from syncd.transfer.writer import open_writer, trim
 
 log = logging.getLogger("syncd")
@@ -101,9 +112,18 @@ class _LazyTemp:
         return getattr(self.open(), name)
 
 
-def _finish(out: BinaryIO, tmp: str, final: str, info: ObjectInfo) -> str:
-    """Check the temp file against the object's size, give it the object's modification time,
-    close it and rename it to its final name; return the local ETag to record."""
+def _finish(
+    out: BinaryIO,
+    tmp: str,
+    final: str,
+    info: ObjectInfo,
+    *,
+    size: int | None = None,
+    md5: str | None = None,
+) -> str:
+    """Check the temp file against the object's size (and, for a snapshot, the recorded
+    ``size`` and ``md5``), give it the object's modification time, close it and rename it
+    to its final name; return the local ETag to record."""
     with out:
         trim(out)  # before utime: a truncate sets the mtime
         mtime = int(info.last_modified.timestamp() * 1_000_000_000)
@@ -113,6 +133,15 @@ def _finish(out: BinaryIO, tmp: str, final: str, info: ObjectInfo) -> str:
         st = os.fstat(out.fileno())
         if st.st_size != info.size:
             raise ValueError(f"wrote {st.st_size} bytes of an object of {info.size}")
+        if size is not None and st.st_size != size:
+            raise ValueError(f"read {st.st_size} bytes where the snapshot recorded {size}")
+        if md5 is not None:
+            out.flush()
+            got = file_md5(tmp)
+            if got != md5:
+                raise ValueError(
+                    f"the bytes read fail the snapshot's MD5 (recorded {md5}, read {got})"
+                )
     try:
         os.replace(tmp, final)
     except IsADirectoryError:
@@ -135,7 +164,30 @@ def _discard(out: BinaryIO | None, tmp: str) -> None:
 class Pull(Transfer):
     direction = "pull"
 
-    def total_bytes(self) -> int:
+    def __init__(
+        self,
+        *args: Any,
+        snapshot: str | None = None,
+        items: Callable[[str], Iterable[Item]] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """As :class:`Transfer`; with ``snapshot`` (its tag, for messages) and ``items``
+        (``items(prefix)``: the snapshot's items whose keys start with ``prefix``, in key
+        order), a pull of exactly those recorded objects (see the module docstring)."""
+        super().__init__(*args, **kwargs)
+        if (snapshot is None) != (items is None):
+            raise ValueError("a snapshot pull needs both the snapshot's tag and its items")
+        self.snapshot, self._source = snapshot, items
+        self.result.snapshot = snapshot
+
+    def source_items(self) -> Iterable[Item]:
+        if self._source is None:
+            return super().source_items()
+        return self._source(self.path + self.prefix)
+
+    def total_bytes(self) -> int | None:
+        if self._source is not None:
+            return None  # the meter's total grows as the snapshot's items are judged
         return self.catalog.total_size(self.dataset.id, prefix=self.path + self.prefix)
 
     async def row(self, row: Row) -> None:
@@ -169,7 +221,10 @@ class Pull(Transfer):
             self.unplan(row.item.size)
             return
         if row.local is not None:
-            same = await self.matches(row, unproven=Verdict.SAME)
+            # a snapshot's bytes must be proven in place: a file of the same size may well be
+            # the object's later state
+            unproven = Verdict.SAME if self.snapshot is None else Verdict.MOVE
+            same = await self.matches(row, unproven=unproven)
             if same is None or same:
                 if same:
                     self.result.counts["up_to_date"] += 1
@@ -180,6 +235,11 @@ class Pull(Transfer):
     def report(self, row: Row, exc: Exception) -> None:
         """As :meth:`Transfer.report`; an object not found is ``gone`` (and failed): it left
         the bucket after the last sync, so only a sync makes a retry succeed."""
+        if isinstance(exc, errors.VersionGone) and row.item is not None:
+            # the snapshot's bytes of this object no longer exist: the reason is the line
+            self.result.counts["gone"] += 1
+            self.result.problem("failed", row.item.key, exc.cause, self.on_problem)
+            return
         if isinstance(exc, errors.NotFound) and row.item is not None:
             self.result.counts["gone"] += 1
             self.result.problem(
@@ -203,17 +263,44 @@ class Pull(Transfer):
         temp = _LazyTemp(self.root, row.rel, item.size)
         try:
             try:
-                info = await self.driver.download(item.key, cast(BinaryIO, temp), size=item.size)
+                if self.snapshot is None:
+                    info = await self.driver.download(
+                        item.key, cast(BinaryIO, temp), size=item.size
+                    )
+                else:
+                    info = await self.driver.download_version(
+                        item.key,
+                        cast(BinaryIO, temp),
+                        version=item.version,
+                        etag=item.etag,
+                        size=item.size,
+                    )
             except Exception:
                 if temp.error is not None:
                     raise temp.error from None
                 raise
             out = temp.file or await asyncio.to_thread(temp.open)  # a driver that wrote nothing
-            copy_etag = await asyncio.to_thread(_finish, out, temp.tmp, temp.final, info)
+            if self.snapshot is None:
+                copy_etag = await asyncio.to_thread(_finish, out, temp.tmp, temp.final, info)
+            else:
+                if info.etag != item.etag and not (item.version and self.md5_provider == "gcs"):
+                    raise ValueError(
+                        f"read ETag {info.etag!r} where the snapshot recorded {item.etag!r}"
+                    )
+                copy_etag = await asyncio.to_thread(
+                    _finish,
+                    out,
+                    temp.tmp,
+                    temp.final,
+                    info,
+                    size=item.size,
+                    md5=expected_md5(item, self.md5_provider),
+                )
         except BaseException:
             await asyncio.shield(asyncio.to_thread(_discard, temp.file, temp.tmp))
             raise
-        self.record(row.rel, copy_etag, info.etag, info.size)
+        # the record names the bytes the file holds: the snapshot's ETag for a snapshot's
+        self.record(row.rel, copy_etag, item.etag if self.snapshot else info.etag, info.size)
         self.done(info.size)
 
     async def extra(self, row: Row) -> None:
