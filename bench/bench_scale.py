@@ -2,7 +2,7 @@
 
     python bench/bench_scale.py synthetic --objects 1000000
     python bench/bench_scale.py latency --objects 1000000 --latency 80ms --concurrency 1 32
-    python bench/bench_scale.py folder --files 100000 --rclone .venv-peers/bin/rclone
+    python bench/bench_scale.py folder --files 100000 --rclone .venv-peers/bin/rclone [--base f0d106b]
     python bench/bench_scale.py moto --objects 10000 --concurrency 1 8 --rclone .venv-peers/bin/rclone
     python bench/bench_scale.py events --events 100000
 
@@ -12,7 +12,8 @@
 * ``latency``: the same source answering each 1,000-key page after ``--latency``: a first sync,
   the floor being pages x latency for one listing stream.
 * ``folder``: a local folder of ``--files`` files: ``syncd sync`` first and idle against
-  ``rclone lsf -R --files-only --format pst`` of the same folder, interleaved.
+  ``rclone lsf -R --files-only --format pst`` of the same folder, interleaved (with ``--base``,
+  also that commit's syncd, from a temporary git worktree).
 * ``moto``: a ``--objects`` bucket on moto server: ``syncd sync`` (at each listing
   ``--concurrency``) against a bare boto3 paginator listing and ``rclone lsf -R`` (names only,
   its folders listed 8 at a time), interleaved.
@@ -45,9 +46,11 @@ from bench.bytecode import compile_checkout  # noqa: E402
 SYNCD = [sys.executable, "-m", "syncd.cli"]
 
 
-def run(cmd: list[str], env: dict[str, str] | None = None, cwd: Path = ROOT) -> tuple[float, float]:
-    """Run ``cmd`` in ``cwd`` (the checkout whose syncd ``python -m`` runs); return (wall
-    seconds, peak RSS MiB) of that one process."""
+def run(
+    cmd: list[str], env: dict[str, str] | None = None, cwd: Path = ROOT
+) -> tuple[float, float, float]:
+    """Run ``cmd`` (``python -m syncd.cli`` runs the checkout at ``cwd``); return (wall
+    seconds, peak RSS MiB, CPU seconds) of that one process."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(
         cmd,
@@ -61,18 +64,23 @@ def run(cmd: list[str], env: dict[str, str] | None = None, cwd: Path = ROOT) -> 
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"{' '.join(cmd[:5])}... failed: {proc.stderr.read().decode()[-2000:]}")
     proc.stderr.close()
+    # CPU: the child's and its own children's (a walker process), user + system
     CPU.append(usage.ru_utime + usage.ru_stime)
-    return wall, usage.ru_maxrss / 1024
+    return wall, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime
 
 
 #: user + system CPU seconds of each process :func:`run` ran, in order
 CPU: list[float] = []
 
 
-def report(label: str, samples: list[tuple[float, float]], objects: int) -> float:
+def report(label: str, samples: list[tuple[float, float, float]], objects: int) -> float:
     wall = statistics.median(s[0] for s in samples)
     rss = max(s[1] for s in samples)
-    print(f"  {label:<44} {wall:8.2f} s {objects / wall:>11,.0f} obj/s  peak RSS {rss:7.1f} MiB")
+    cpu = statistics.median(s[2] for s in samples)
+    print(
+        f"  {label:<44} {wall:8.2f} s {objects / wall:>11,.0f} obj/s  peak RSS {rss:7.1f} MiB"
+        f"  CPU {cpu:5.2f} s"
+    )
     return wall
 
 
@@ -152,6 +160,24 @@ def latency(args: argparse.Namespace, work: Path) -> None:
         )
 
 
+def load() -> str:
+    return "load average " + " / ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def base_checkout(commit: str, where: Path) -> Path:
+    """``commit`` checked out (detached) in a temporary git worktree, bytecode compiled."""
+    import compileall
+
+    path = where / "base"
+    subprocess.run(
+        ["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(path), commit],
+        check=True,
+    )
+    for package in ("syncd", "providers"):
+        compileall.compile_dir(path / package, quiet=1)
+    return path
+
+
 def folder(args: argparse.Namespace, work: Path) -> None:
     n, db, root = args.files, work / "bench.db", work / "folder"
     for i in range(n):
@@ -159,18 +185,38 @@ def folder(args: argparse.Namespace, work: Path) -> None:
         if i % 1000 == 0:
             d.mkdir(parents=True)
         (d / f"obj-{i:08d}.bin").write_bytes(b"x" * (i % 97))
-    print(f"local folder, {n:,} files, medians of {args.repeat}, interleaved")
-    first, idle, lsf = [], [], []
-    for _ in range(args.repeat):
-        for p in work.glob("bench.db*"):
-            p.unlink()
-        first.append(run(sync_cmd(str(root), db)))
-        idle.append(run(sync_cmd(str(root), db)))
-        lsf.append(run([args.rclone, "lsf", "-R", "--files-only", "--format", "pst", str(root)]))
-    f = report("syncd sync, first", first, n)
-    i = report("syncd sync, no change", idle, n)
+    trees = {"head": ROOT}
+    if args.base:
+        trees[f"base {args.base}"] = base_checkout(args.base, work)
+    print(
+        f"local folder, {n:,} files, medians of {args.repeat}, interleaved "
+        f"({', '.join(trees)}, rclone); {load()}"
+    )
+    first: dict[str, list[tuple[float, float, float]]] = {t: [] for t in trees}
+    idle: dict[str, list[tuple[float, float, float]]] = {t: [] for t in trees}
+    lsf = []
+    try:
+        for _ in range(args.repeat):
+            for name, tree in trees.items():
+                for p in work.glob("bench.db*"):
+                    p.unlink()
+                first[name].append(run(sync_cmd(str(root), db), cwd=tree))
+                idle[name].append(run(sync_cmd(str(root), db), cwd=tree))
+            lsf.append(
+                run([args.rclone, "lsf", "-R", "--files-only", "--format", "pst", str(root)])
+            )
+    finally:
+        if args.base:
+            subprocess.run(
+                ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(trees.popitem()[1])],
+                check=False,
+            )
     r = report("rclone lsf -R --files-only --format pst", lsf, n)
-    print(f"  ratios to rclone lsf: first {f / r:.2f}x, no change {i / r:.2f}x")
+    for name in first:
+        f = report(f"syncd sync, first ({name})", first[name], n)
+        i = report(f"syncd sync, no change ({name})", idle[name], n)
+        print(f"  ratios to rclone lsf ({name}): first {f / r:.2f}x, no change {i / r:.2f}x")
+    print(f"  {load()}")
 
 
 def moto(args: argparse.Namespace, work: Path) -> None:
@@ -214,7 +260,7 @@ def moto(args: argparse.Namespace, work: Path) -> None:
         )
         db = work / "bench.db"
         print(f"moto server, {args.objects:,} objects, medians of {args.repeat}, interleaved")
-        firsts: dict[int, list[tuple[float, float]]] = {c: [] for c in args.concurrency}
+        firsts: dict[int, list[tuple[float, float, float]]] = {c: [] for c in args.concurrency}
         bare, lsf = [], []
         print(f"load at start {load()}")
         for r in range(args.repeat):
@@ -316,7 +362,7 @@ def events(args: argparse.Namespace, work: Path) -> None:
         line = []
         for name, cwd in order:
             fresh()
-            wall, rss = run(cmd, {**env, "PYTHONPATH": str(cwd)}, cwd=cwd)
+            wall, rss, _ = run(cmd, {**env, "PYTHONPATH": str(cwd)}, cwd=cwd)
             walls[name].append(wall)
             cpus[name].append(CPU[-1])
             line.append(
@@ -340,11 +386,6 @@ def events(args: argparse.Namespace, work: Path) -> None:
     )
 
 
-def load() -> str:
-    """The 1-minute load average now (the machine is shared: every figure says its load)."""
-    return Path("/proc/loadavg").read_text().split()[0]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="scenario", required=True)
@@ -362,6 +403,7 @@ def main() -> None:
             p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
         if name == "folder":
             p.add_argument("--files", type=int, default=100_000)
+            p.add_argument("--base", help="also run this commit's syncd, interleaved")
         if name == "events":
             p.add_argument("--events", type=int, default=100_000)
             p.add_argument(

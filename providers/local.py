@@ -13,36 +13,46 @@
   same size within the filesystem's timestamp resolution is therefore not seen as a change.
 * :func:`stat_object` holds these rules for one key; the listing and the daemon's folder watch
   both use it, so they report the same size, ETag and skips.
+* The walk itself is :mod:`providers.localwalk`: a listing walks its first
+  :data:`IN_PROCESS` entries in this process and the rest of a larger folder in a child
+  process, on another core (:func:`walk_mode`); every mode lists the same.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
+import fcntl
 import hashlib
+import logging
+import marshal
 import operator
 import os
 import re
 import shutil
-import stat
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from itertools import starmap
 from pathlib import Path
-from stat import S_ISREG
-from typing import BinaryIO
+from typing import IO, BinaryIO
 from urllib.parse import quote
 
-from providers import errors
+from providers import errors, localwalk
 from providers.base import Driver, ObjectInfo
+from providers.config import ConfigError
 from providers.content_types import guess as content_type
+from providers.localwalk import TMP_SUFFIX, Record, classify, inside
+from providers.localwalk import is_utf8 as is_utf8  # the folder watch's, from here
+
+log = logging.getLogger("syncd")
 
 CHUNK = 1024 * 1024
 #: a character urllib.parse.quote (safe="/") would percent-encode: keys without one are
 #: their own quoted form (checked in C, not quoted character by character)
 _NEEDS_QUOTING = re.compile(r"[^A-Za-z0-9_.~/-]")
-TMP_SUFFIX = ".syncd-tmp"
 #: the longest file name (bytes) most file systems take (ext4, XFS, btrfs, APFS, NTFS)
 NAME_MAX = 255
 
@@ -77,10 +87,10 @@ class LocalDriver(Driver):
         return os.path.join(self.root, *key.split("/"))
 
     def _inside_root(self, path: str) -> bool:
-        return _inside(self.root, path)
+        return inside(self.root, path)
 
     def _info(self, key: str, st: os.stat_result) -> ObjectInfo:
-        return _object_info(key, st)
+        return _object_info(key, st.st_size, st.st_mtime_ns)
 
     def observed_at(self) -> None:
         """None: a folder watch stamps a created file with its modification time, which a
@@ -92,53 +102,35 @@ class LocalDriver(Driver):
         if not os.path.isdir(self.root):
             raise errors.BucketNotFound(self.provider, self.bucket, "folder does not exist")
 
-    def _walk(
-        self, rel: str, prefix: str, start_after: str | None, end_before: str | None
-    ) -> Iterator[ObjectInfo]:
-        """Yield files under ``rel`` (a key prefix ending in ``/`` or empty) in key order."""
-        directory = os.path.join(self.root, *rel.split("/")) if rel else self.root
-        try:
-            with os.scandir(directory) as it:
-                entries = []
-                for entry in it:
-                    is_dir = entry.is_dir(follow_symlinks=False)
-                    entries.append((rel + entry.name + ("/" if is_dir else ""), is_dir, entry))
-        except FileNotFoundError:
-            return  # removed while we walked: nothing there any more
-        entries.sort(key=_FIRST)
-        for key, is_dir, entry in entries:
-            if end_before is not None and key >= end_before:
-                return  # everything after this sorts later still
-            if is_dir:
-                # skip whole sub-trees that cannot hold a key in range or under prefix
-                if not (key.startswith(prefix) or prefix.startswith(key)):
-                    continue
-                if (
-                    start_after is not None
-                    and key < start_after
-                    and not start_after.startswith(key)
-                ):
-                    continue
-                yield from self._walk(key, prefix, start_after, end_before)
-                continue
-            if not key.startswith(prefix) or (start_after is not None and key <= start_after):
-                continue
-            if not entry.is_symlink() and not key.endswith(TMP_SUFFIX):
-                # the common case, a plain entry that is a regular file with a UTF-8 name,
-                # in one stat; anything else (links, odd files, races) takes stat_object's
-                # full rules below
-                try:
-                    st = entry.stat()
-                except OSError:
-                    st = None
-                if st is not None and S_ISREG(st.st_mode) and (key.isascii() or is_utf8(key)):
-                    yield _object_info(key, st)
-                    continue
-            found = stat_object(self.root, key, entry)
-            if isinstance(found, Skipped):
-                self.skip(key, found.reason)
-            elif found is not None:
-                yield found
+    def _runs(
+        self,
+        prefix: str,
+        start_after: str | None,
+        end_before: str | None,
+        mode: str,
+        children: list[_Child],
+    ) -> Iterator[list[Record]]:
+        """The listing's records in runs (:func:`providers.localwalk.walk`), walked in this
+        process (``thread``), in a child process (``process``), or (``auto``) the first
+        :data:`IN_PROCESS` here and the rest, if any, in a child, which is added to
+        ``children``. Blocking."""
+        after = start_after
+        if mode != "process":
+            taken = 0
+            for run in localwalk.walk(self.root, prefix, start_after, end_before):
+                yield run
+                after = run[-1][0]
+                taken += len(run)
+                if mode == "auto" and taken >= IN_PROCESS:
+                    break
+            else:
+                return  # the whole listing, in this process
+        child = _Child.start(self.root, prefix, after, end_before)
+        if child is None:
+            yield from localwalk.walk(self.root, prefix, after, end_before)
+            return
+        children.append(child)
+        yield from child.runs()
 
     # -- interface -----------------------------------------------------------------------
 
@@ -146,23 +138,42 @@ class LocalDriver(Driver):
         self, prefix: str = "", start_after: str | None = None, end_before: str | None = None
     ) -> AsyncIterator[list[ObjectInfo]]:
         self._check_root()
-        walker = self._walk("", prefix, start_after, end_before)
+        children: list[_Child] = []
+        runs = self._runs(prefix, start_after, end_before, walk_mode(), children)
+        size = self.page_size
+        ready: list[ObjectInfo] = []  # objects walked, not yet handed out
+        walked = False  # every run taken
 
-        def next_page() -> list[ObjectInfo]:
-            page: list[ObjectInfo] = []
-            for info in walker:
-                page.append(info)
-                if len(page) >= self.page_size:
-                    break
-            return page
+        def next_page() -> tuple[list[ObjectInfo], bool]:
+            """The next page of objects and whether the listing ended with it."""
+            nonlocal ready, walked
+            while len(ready) < size and not walked:
+                run = next(runs, None)
+                if run is None:
+                    walked = True
+                elif 2 not in map(len, run):  # no skipped entry: (key, reason) pairs
+                    ready += starmap(_Listed, run)  # type: ignore[arg-type]
+                else:
+                    for record in run:
+                        if len(record) == 2:
+                            self.skip(*record)  # type: ignore[arg-type]
+                        else:
+                            ready.append(_Listed(*record))  # type: ignore[arg-type]
+            page, ready = ready[:size], ready[size:]
+            return page, walked and not ready
 
-        while True:
-            page = await asyncio.to_thread(next_page)
-            if not page:
-                return
-            yield page
-            if len(page) < self.page_size:
-                return
+        try:
+            while True:
+                page, ended = await asyncio.to_thread(next_page)
+                if page:
+                    yield page
+                if ended:
+                    return
+        finally:
+            # a listing closed early (or failed) stops its walker process; a reading
+            # thread still blocked on it meets the end of the stream
+            for child in children:
+                child.stop()
 
     async def folders(self, prefix: str = "") -> list[str]:
         if prefix and not prefix.endswith("/"):
@@ -267,6 +278,124 @@ class LocalDriver(Driver):
         return [base + (quote(k) if unsafe(k) else k) for k in keys]
 
 
+#: objects a listing walks in its own process before the rest of the walk moves to a child
+#: process (``auto``): a small folder never starts one
+IN_PROCESS = 5000
+#: the walker's pipe: how far (bytes of frames) it may run ahead of the listing
+PIPE_SIZE = 1 << 20
+#: how a listing walks the folder (``$SYNCD_LOCAL_WALK``): see :func:`walk_mode`
+WALK_MODES = ("auto", "thread", "process")
+
+
+def walk_mode() -> str:
+    """``$SYNCD_LOCAL_WALK``: ``auto`` (the default: the first :data:`IN_PROCESS` entries in
+    this process, the rest of a larger folder in a child process, on another core), ``thread``
+    (all in this process, on a worker thread) or ``process`` (all in a child). Every mode lists
+    the same records (``tests/test_local_walk.py``); a child that cannot be started falls
+    back to this process."""
+    mode = os.environ.get("SYNCD_LOCAL_WALK", "").strip().lower() or "auto"
+    if mode not in WALK_MODES:
+        raise ConfigError(
+            f"SYNCD_LOCAL_WALK={mode!r} is not one of {', '.join(WALK_MODES)}; "
+            "unset it for the default (auto)"
+        )
+    return mode
+
+
+class _Child:
+    """A walker process (``python -I -S providers/localwalk.py``) and the reading of its
+    frames (see :mod:`providers.localwalk`)."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        self.proc = proc
+
+    @classmethod
+    def start(
+        cls, root: str, prefix: str, after: str | None, end_before: str | None
+    ) -> _Child | None:
+        """A child walking ``root`` from ``after``; None if none could be started (no
+        interpreter to run, no process to be had), for the caller to walk in-process."""
+        if not sys.executable or getattr(sys, "frozen", False):
+            return None  # no interpreter to run the walk file with (a frozen app is not one)
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-I", "-S", localwalk.__file__],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                close_fds=True,
+            )
+        except OSError as exc:
+            log.debug("walking in-process: no walker process (%s)", exc)
+            return None
+        assert proc.stdin is not None and proc.stdout is not None
+        # a pipe of 1 MiB (Linux; the default is 64 KiB, about a frame and a half): the
+        # walker runs up to ~25 frames ahead instead of waiting on every page
+        with contextlib.suppress(AttributeError, OSError):
+            fcntl.fcntl(proc.stdout.fileno(), fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+        try:
+            proc.stdin.write(marshal.dumps((root, prefix, after, end_before)))
+            proc.stdin.close()
+        except OSError:
+            pass  # it died at once: its reader says so
+        return cls(proc)
+
+    def runs(self) -> Iterator[list[Record]]:
+        """The child's records, in order, a frame at a time. Raises ``OSError`` for the error
+        that stopped its walk, or when its stream ends without the end frame (it died: never
+        taken for a complete listing)."""
+        out = self.proc.stdout
+        assert out is not None
+        try:
+            while True:
+                frame = _read_frame(out)
+                if frame is None:
+                    raise OSError(f"the folder's walker process stopped early: {self._why()}")
+                last = frame[-1] if frame else None
+                if last is not None and last[0] == "end" and len(last) == 1:
+                    if len(frame) > 1:
+                        yield frame[:-1]
+                    return
+                if last is not None and last[0] == "error" and len(last) == 4:
+                    if len(frame) > 1:
+                        yield frame[:-1]
+                    _, code, text, filename = last
+                    raise OSError(code, text, filename) if filename else OSError(code, text)
+                if frame:
+                    yield frame
+        finally:
+            self.stop()
+            # the reading thread's own streams, closed by it (stop() may run on another
+            # thread while this one reads)
+            out.close()
+            if self.proc.stderr is not None:
+                self.proc.stderr.close()
+
+    def _why(self) -> str:
+        self.stop()
+        err = self.proc.stderr.read().decode(errors="replace").strip() if self.proc.stderr else ""
+        last = err.splitlines()[-1] if err else ""
+        return last or f"exit status {self.proc.returncode}"
+
+    def stop(self) -> None:
+        """End the child (it may be done already) and reap it. Idempotent."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+
+
+def _read_frame(stream: IO[bytes]) -> list[Record] | None:
+    """The next frame's records, or None at the end of the stream (or a cut frame)."""
+    head = stream.read(4)
+    if len(head) < 4:
+        return None
+    size = int.from_bytes(head, "big")
+    data = stream.read(size)
+    if len(data) < size:
+        return None
+    return marshal.loads(data)  # type: ignore[no-any-return]
+
+
 @dataclass(frozen=True, slots=True)
 class Skipped:
     """An entry a listing leaves out and reports (``Driver.skip``), with why."""
@@ -297,57 +426,12 @@ def stat_object(
     must be a well-formed key (``/``-separated, no empty, ``.`` or ``..`` part): it is not
     validated here. Blocking: call it from a worker thread in async code.
     """
-    if key.endswith(TMP_SUFFIX):
-        return None  # a put() in progress
-    if entry is not None:
-        path = entry.path
-        is_link = entry.is_symlink()
-    else:
-        path = os.path.join(root, *key.split("/"))
-        parent = os.path.dirname(path)
-        # a key reached through a linked folder is not in any listing (which never follows
-        # one); checking the parent chain also stops a watcher's stale path from escaping
-        if parent != root and os.path.realpath(parent) != parent:
-            return None
-        try:
-            is_link = stat.S_ISLNK(os.lstat(path).st_mode)
-        except (FileNotFoundError, NotADirectoryError):
-            return None
-    if is_link and not _inside(root, path):
-        return Skipped("symlink to a path outside the folder")
-    try:
-        st = entry.stat(follow_symlinks=True) if entry is not None else os.stat(path)
-    except (FileNotFoundError, NotADirectoryError):
-        return None  # removed (or a dangling link) while we looked
-    except OSError as exc:
-        # a link loop (ELOOP), a file the stat cannot reach: left out and reported, like
-        # any entry no key can stand for; raising would fail every listing of the folder
-        if exc.errno == errno.ELOOP:
-            return Skipped("symbolic link loop (never followed)")
-        return Skipped(f"cannot read it: {exc.strerror or exc}")
-    if stat.S_ISDIR(st.st_mode):
-        return Skipped("symlink to a folder (never followed)") if is_link else None
-    if not stat.S_ISREG(st.st_mode):
-        return Skipped("not a regular file")  # sockets, fifos, devices
-    if not is_utf8(key):
-        # os.scandir and inotify hand undecodable bytes back as lone surrogates; no
-        # catalog, URI or JSON can hold such a key
-        return Skipped("file name is not valid UTF-8")
-    return _object_info(key, st)
-
-
-def is_utf8(name: str) -> bool:
-    """True when ``name`` encodes to UTF-8 (it holds no lone surrogates from bad bytes)."""
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def _inside(root: str, path: str) -> bool:
-    real = os.path.realpath(path)
-    return real == root or real.startswith(root + os.sep)
+    found = classify(root, key, entry)
+    if isinstance(found, str):
+        return Skipped(found)
+    if found is None:
+        return None
+    return _object_info(key, found.st_size, found.st_mtime_ns)
 
 
 def local_etag(st: os.stat_result) -> str:
@@ -355,15 +439,62 @@ def local_etag(st: os.stat_result) -> str:
     return f"{st.st_size:x}-{st.st_mtime_ns:x}"
 
 
-def _object_info(key: str, st: os.stat_result) -> ObjectInfo:
+def _object_info(key: str, size: int, mtime_ns: int) -> ObjectInfo:
     return ObjectInfo(
         key,
-        st.st_size,
-        f"{st.st_size:x}-{st.st_mtime_ns:x}",  # local_etag(st), inlined: once per file
-        _fromtimestamp(st.st_mtime_ns / 1e9, UTC),
+        size,
+        f"{size:x}-{mtime_ns:x}",  # local_etag(st), inlined: once per file
+        _fromtimestamp(mtime_ns / 1e9, UTC),
         content_type(key),
     )
 
 
-_FIRST = operator.itemgetter(0)
+class _Listed(ObjectInfo):
+    """The :class:`ObjectInfo` of a listed file, equal to :func:`_object_info`'s, whose
+    ``last_modified`` and ``content_type`` are worked out when read: a re-sync compares most
+    listed files by key, size and ETag only, and never reads them (about a third of the cost
+    of a listed file's record)."""
+
+    __slots__ = ("_mtime_ns",)
+
+    def __init__(self, key: str, size: int, mtime_ns: int) -> None:
+        _set_key(self, key)
+        _set_size(self, size)
+        _set_etag(self, f"{size:x}-{mtime_ns:x}")  # local_etag(st), inlined: once per file
+        _set_mtime_ns(self, mtime_ns)
+        _set_version(self, None)
+        _set_md5(self, None)
+        _set_metadata(self, None)
+        _set_tags(self, None)
+
+    @property  # type: ignore[override]
+    def last_modified(self) -> datetime:
+        return _fromtimestamp(self._mtime_ns / 1e9, UTC)
+
+    @property  # type: ignore[override]
+    def content_type(self) -> str | None:
+        return content_type(self.key)
+
+    def __eq__(self, other: object) -> bool:
+        # equal to the plain ObjectInfo of the same fields (a dataclass compares only its
+        # own class; ObjectInfo's __eq__ gives way to this one for a _Listed)
+        if isinstance(other, ObjectInfo):
+            return _FIELDS(self) == _FIELDS(other)
+        return NotImplemented
+
+    __hash__ = ObjectInfo.__hash__
+
+    def __repr__(self) -> str:
+        return repr(ObjectInfo(*_FIELDS(self)))
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_Listed, (self.key, self.size, self._mtime_ns))
+
+
+_set_key, _set_size, _set_etag, _set_version, _set_md5, _set_metadata, _set_tags = (
+    getattr(ObjectInfo, f).__set__
+    for f in ("key", "size", "etag", "version", "md5", "metadata", "tags")
+)
+_set_mtime_ns = _Listed._mtime_ns.__set__  # type: ignore[attr-defined]
+_FIELDS = operator.attrgetter(*ObjectInfo.__dataclass_fields__)
 _fromtimestamp = datetime.fromtimestamp
