@@ -324,19 +324,20 @@ def events(args: argparse.Namespace, work: Path) -> None:
     print(f"{n:,} S3 events (JSON lines, 10 records per line), medians of {args.repeat}")
     env = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench"}
 
-    def fresh() -> None:
+    def fresh(tree: Path = ROOT) -> None:
         for p in work.glob("bench.db*"):
             p.unlink()
         # the dataset the events are for (a sync of an empty bucket would need S3: bind it
-        # through the catalog API instead)
-        from providers.config import DriverConfig
-        from syncd.reconcile.filters import Filters
-        from syncd.store.catalog import Catalog
-
-        cfg = DriverConfig(type="s3", bucket="bench-events")
-        catalog = Catalog.open(str(db))
-        catalog.create_dataset("bench", "s3://bench-events/", cfg, Filters())
-        catalog.close()
+        # through the catalog API instead), made by ``tree``'s code: a catalog of a newer
+        # schema is refused by an older syncd
+        make = (
+            "import sys; from providers.config import DriverConfig;"
+            " from syncd.reconcile.filters import Filters; from syncd.store.catalog import Catalog;"
+            " c = Catalog.open(sys.argv[1]); c.create_dataset('bench', 's3://bench-events/',"
+            " DriverConfig(type='s3', bucket='bench-events'), Filters()); c.close()"
+        )
+        env = {**os.environ, "PYTHONPATH": str(tree)}
+        subprocess.run([sys.executable, "-c", make, str(db)], cwd=tree, env=env, check=True)
 
     cmd = [*SYNCD, "events", "apply", str(path), "--db", str(db)]
     if not args.base:
@@ -361,7 +362,7 @@ def events(args: argparse.Namespace, work: Path) -> None:
             order.reverse()  # each goes first every other round
         line = []
         for name, cwd in order:
-            fresh()
+            fresh(cwd)
             wall, rss, _ = run(cmd, {**env, "PYTHONPATH": str(cwd)}, cwd=cwd)
             walls[name].append(wall)
             cpus[name].append(CPU[-1])
