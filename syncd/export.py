@@ -13,7 +13,13 @@ Contracts:
   they were. Parquet: ``size`` int64, ``tags`` a list of strings, ``metadata`` JSON text,
   the rest strings (null for none); written in row groups of :data:`ROW_GROUP` rows.
 * Constant memory: the items come from an iterator (keyset pages of the catalog) and at most
-  one row group (Parquet) or one row (JSON Lines, CSV) is held at a time.
+  one row group (Parquet) or one row (JSON Lines, CSV) is held at a time; the fast path
+  (:func:`write_pages`) holds one page of :data:`ROW_GROUP` raw rows.
+* Two paths, one output: a whole live dataset (or a prefix of it) without ``--where`` or
+  URLs is read as raw stored columns in pages and built a column at a time
+  (:func:`write_pages`: about 3x less CPU for Parquet); everything else goes through
+  :class:`Item` rows (:func:`write_manifest`). The tests hold the two to the same bytes
+  (JSON Lines, CSV) and the same table (Parquet).
 * Parquet needs pyarrow (``pip install 'syncd[parquet]'``); without it, one line says so
   before anything is written.
 * A URL (``url``) reads the object for the ``ttl`` asked; a snapshot's rows are signed for the
@@ -29,7 +35,7 @@ import json
 import operator
 import re
 from collections.abc import Awaitable, Callable, Iterable
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple, cast
 
 from syncd.errors import UsageError
 from syncd.store.catalog import Item
@@ -228,18 +234,25 @@ def metadata_text(metadata: str, user_metadata: str) -> str:
     stored) with the user's object under ``user``, spliced as text (no parse: a Parquet
     export writes a million of these). The provider's part never has a member ``user``
     (:class:`~syncd.store.catalog.Item`), so the object stays one without duplicates."""
+    return _head(metadata) + user_metadata + "}"
+
+
+def _head(metadata: str) -> str:
+    """What :func:`metadata_text` puts before the user's part: the provider's object opened
+    for one more member ``user`` (the fast path joins it to the user's text a column at a
+    time, so both paths splice alike)."""
     body = metadata.strip()
     if body == "{}":
-        return '{"user":' + user_metadata + "}"
-    return body[:-1].rstrip() + ',"user":' + user_metadata + "}"
+        return '{"user":'
+    return body[:-1].rstrip() + ',"user":'
 
 
 def _tag_list(tags: str) -> list[str]:
     return [] if tags == "[]" else json.loads(tags)
 
 
-async def _parquet(items: Iterable[Item], out: BinaryIO, presign: Presign | None) -> int:
-    pa, pq = need_pyarrow()
+def _schema(pa: Any, urls: bool) -> Any:
+    """The Parquet schema of a manifest (with ``url`` when ``urls``)."""
     fields = [
         pa.field("key", pa.string(), nullable=False),
         pa.field("uri", pa.string()),
@@ -252,13 +265,30 @@ async def _parquet(items: Iterable[Item], out: BinaryIO, presign: Presign | None
         pa.field("metadata", pa.string()),
         pa.field("tags", pa.list_(pa.string())),
     ]
-    if presign is not None:
+    if urls:
         fields.append(pa.field("url", pa.string()))
-    schema = pa.schema(fields)
-    plain = [operator.attrgetter(f.name) for f in fields[:8]]
+    return pa.schema(fields)
+
+
+def _parquet_writer(pq: Any, pa: Any, out: BinaryIO, schema: Any) -> Any:
+    """A Parquet writer of ``schema`` to ``out``: zstd; dictionary pages only for the
+    columns whose values repeat (keys, URIs, ETags are unique: a dictionary of them is
+    built, overflows and is thrown away, which costs time and doubles the file)."""
+    return pq.ParquetWriter(
+        pa.PythonFile(out, mode="w"),
+        schema,
+        compression="zstd",
+        use_dictionary=["content_type", "metadata", "tags.list.element"],
+    )
+
+
+async def _parquet(items: Iterable[Item], out: BinaryIO, presign: Presign | None) -> int:
+    pa, pq = need_pyarrow()
+    schema = _schema(pa, presign is not None)
+    plain = [operator.attrgetter(f.name) for f in list(schema)[:8]]
     n = 0
     source = iter(items)
-    with pq.ParquetWriter(pa.PythonFile(out, mode="w"), schema, compression="zstd") as writer:
+    with _parquet_writer(pq, pa, out, schema) as writer:
         # one row group at a time: its items, then each column in one pass (a comprehension
         # per column costs far less than a dict per row)
         while chunk := list(itertools.islice(source, ROW_GROUP)):
@@ -270,4 +300,86 @@ async def _parquet(items: Iterable[Item], out: BinaryIO, presign: Presign | None
                 columns.append([await presign(i) for i in chunk])
             writer.write_batch(pa.record_batch(columns, schema=schema), row_group_size=ROW_GROUP)
             n += len(chunk)
+    return n
+
+
+# -- the fast path: raw stored columns, transformed a column at a time ---------------------
+
+#: the stored ``items`` columns :func:`write_pages` takes, in this order
+STORED = (*COLUMNS[:8], "metadata", "user_metadata", "tags")
+
+
+class _Stored(NamedTuple):
+    """One raw row of :data:`STORED` with its provider metadata made public: what
+    :func:`row_of` reads of an :class:`Item`, for JSON Lines and CSV, at the cost of a
+    tuple."""
+
+    key: str
+    uri: str
+    size: int
+    etag: str
+    md5: str | None
+    version: str | None
+    content_type: str | None
+    mtime: str
+    metadata: str
+    user_metadata: str
+    tags: str
+
+
+async def write_pages(
+    pages: Iterable[list[tuple[Any, ...]]], out: BinaryIO, fmt: str, *, guesses: bool
+) -> int:
+    """Write the manifest of items given as pages of raw stored rows (the columns
+    :data:`STORED`, as :meth:`~syncd.store.catalog.Catalog.iter_item_pages` reads them; the
+    provider metadata as stored, made public here with
+    :func:`providers.content_types.public_metadata` under the dataset's rule ``guesses``)
+    to ``out`` in format ``fmt``: the same bytes (JSON Lines, CSV) or the same table
+    (Parquet) as :func:`write_manifest` of those items, without an :class:`Item` per row.
+    Parquet is built a column at a time in Arrow (a row group per page; the per-row work in
+    Python is only on the distinct metadata and tag texts of a page). One page is held at a
+    time. Returns the rows written."""
+    if fmt == "parquet":
+        return _parquet_pages(pages, out, guesses)
+    from providers.content_types import public_metadata
+
+    rows = (_Stored(*r[:8], public_metadata(r[8], guesses), *r[9:]) for page in pages for r in page)
+    # a _Stored has every attribute of an Item that the writers read (row_of)
+    return await write_manifest(cast(Iterable[Item], rows), out, fmt)
+
+
+def _parquet_pages(pages: Iterable[list[tuple[Any, ...]]], out: BinaryIO, guesses: bool) -> int:
+    pa, pq = need_pyarrow()
+    import pyarrow.compute as pc
+
+    from providers.content_types import public_metadata
+
+    schema = _schema(pa, False)
+    stored = pa.struct([pa.field(c, pa.int64() if c == "size" else pa.string()) for c in STORED])
+    n = 0
+    with _parquet_writer(pq, pa, out, schema) as writer:
+        for rows in pages:
+            # the rows' tuples straight into Arrow (one C pass), then columns of it
+            batch = pa.RecordBatch.from_struct_array(pa.array(rows, type=stored))
+            # metadata: each distinct stored text of the page made public and opened once,
+            # then joined to the user's texts in Arrow (as metadata_text splices them)
+            meta = batch.column("metadata").dictionary_encode()
+            heads = [_head(public_metadata(t, guesses)) for t in meta.dictionary.to_pylist()]
+            metadata = pc.binary_join_element_wise(
+                pa.array(heads, pa.string()).take(meta.indices),
+                batch.column("user_metadata"),
+                "}",
+                "",
+            )
+            # tags: each distinct text of the page parsed once
+            tags = batch.column("tags").dictionary_encode()
+            lists = pa.array(
+                [_tag_list(t) for t in tags.dictionary.to_pylist()], pa.list_(pa.string())
+            )
+            columns = [batch.column(c) for c in COLUMNS[:8]]
+            columns += [metadata, lists.take(tags.indices)]
+            writer.write_batch(
+                pa.RecordBatch.from_arrays(columns, schema=schema), row_group_size=ROW_GROUP
+            )
+            n += len(rows)
     return n

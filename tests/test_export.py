@@ -46,11 +46,12 @@ HOSTILE = {
 del HOSTILE[""]
 
 
-def fill(catalog: Catalog, name: str = "ds") -> int:
+def fill(catalog: Catalog, name: str = "ds", provider: str = "s3") -> int:
     """Dataset ``name`` holding the HOSTILE items (provider metadata, user metadata, tags),
-    one with a version and an MD5, one with no content type."""
+    one with a version and an MD5, one with no content type, on ``provider`` (whose rule
+    says whether content types are guesses)."""
     ds = catalog.create_dataset(
-        name, "s3://bkt/", DriverConfig(type="s3", bucket="bkt"), Filters()
+        name, f"{provider}://bkt/", DriverConfig(type=provider, bucket="bkt"), Filters()
     ).id
     cast = "CAST(? AS JSONB)" if catalog.db.dialect == "postgresql" else "?"
     with transaction(catalog.db):
@@ -233,6 +234,108 @@ def test_the_exporter_streams_what_it_is_given(fmt: str) -> None:
     else:
         # the text is buffered a little; never the whole: well under a thousand rows behind
         assert max(behind) < 1000
+
+
+# -- the fast path (raw columns, a column at a time) equals the Item path -----------------
+
+
+def awkward(catalog: Catalog, provider: str) -> int:
+    """The HOSTILE items plus rows whose stored provider metadata is each case of
+    :func:`providers.content_types.public_metadata` (the rule's exception either way, custom
+    metadata and object tags, unicode, nesting), some with a user part and tags, some not."""
+    ds = fill(catalog, provider=provider)
+    provider_parts = [
+        {"content_type_guessed": False},
+        {"content_type_guessed": True},
+        {"provider": {"a": "1", "ü": "日本"}, "object_tags": {"k": 'v,"q"'}},
+        {"provider": {"team": "vision"}, "content_type_guessed": False},
+        {"object_tags": {"t": "x"}},
+    ]
+    users = [{}, {"label": "dog", "n": [1, 2.5, None, True]}, {}, {"user": {"x": 1}}, {}]
+    tags = [[], ["a", "b"], ["ü"], [], ["train"]]
+    cast = "CAST(? AS JSONB)" if catalog.db.dialect == "postgresql" else "?"
+    with transaction(catalog.db):
+        catalog.write_items(
+            ds,
+            [
+                Item(
+                    f"more/{n}.jpg",
+                    f"/more/{n}.jpg",
+                    f"{provider}://bkt/more/{n}.jpg",
+                    n,
+                    f'"etag {n}"',
+                    "image/jpeg" if n % 2 else None,
+                    "2026-01-01T00:00:00Z",
+                    None,
+                    now(),
+                    now(),
+                    json.dumps(part),
+                )
+                for n, part in enumerate(provider_parts)
+            ],
+        )
+        for n in range(len(provider_parts)):
+            catalog.db.execute(
+                f"UPDATE items SET user_metadata = {cast}, tags = {cast}"
+                " WHERE dataset_id = ? AND key = ?",
+                [json.dumps(users[n]), json.dumps(tags[n]), ds, f"more/{n}.jpg"],
+            )
+    return ds
+
+
+@pytest.mark.parametrize("provider", ["s3", "gcs"])  # content types guessed or stated
+@pytest.mark.parametrize("fmt", export.FORMATS)
+def test_the_fast_path_writes_what_the_item_path_writes(
+    catalogs: CatalogMaker, fmt: str, provider: str
+) -> None:
+    """The raw-column path (:func:`syncd.export.write_pages`, pages small enough that
+    every page and row group boundary is crossed) gives the same bytes (JSON Lines, CSV) or
+    the same table, types and all (Parquet), as :func:`syncd.export.write_manifest` of the
+    catalog's Items, for hostile keys, provider and user metadata, tags and nulls; and the
+    whole live dataset, or a prefix of it, takes that path."""
+    from syncd.query import parse_where
+
+    catalog = catalogs()
+    ds = awkward(catalog, provider)
+    guesses = catalog.guesses_content_types(ds)
+    for prefix, page in [("", 2), ("", export.ROW_GROUP), ("more/", 3)]:
+        items = catalog.iter_query(ds, parse_where([], prefix=prefix))
+        slow = io.BytesIO()
+        asyncio.run(export.write_manifest(items, slow, fmt))
+        fast = io.BytesIO()
+        pages = catalog.iter_item_pages(ds, export.STORED, prefix=prefix, page=page)
+        rows = asyncio.run(export.write_pages(pages, fast, fmt, guesses=guesses))
+        assert rows == (len(HOSTILE) + 5 if not prefix else 5)
+        if fmt == "parquet":
+            import pyarrow.parquet as pq
+
+            want = pq.read_table(io.BytesIO(slow.getvalue()))
+            got = pq.read_table(io.BytesIO(fast.getvalue()))
+            assert got.schema == want.schema
+            assert got.to_pylist() == want.to_pylist()
+            assert got.equals(want)
+        else:
+            assert fast.getvalue() == slow.getvalue()
+        assert read_back(fast.getvalue(), fmt) == expected_rows(
+            i for i in catalog.iter_items(ds) if i.key.startswith(prefix)
+        )
+
+    def no_items(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the live export made Items")
+
+    catalog.iter_query = no_items  # type: ignore[method-assign]
+    _, data = run_export(catalog, fmt, prefix="more/")
+    assert [r["key"] for r in read_back(data, fmt)] == [f"more/{n}.jpg" for n in range(5)]
+
+
+def test_item_pages_refuse_columns_that_are_not_items_columns(catalogs: CatalogMaker) -> None:
+    """Column names go into the SQL: only ``items`` columns, key first, are taken."""
+    catalog = catalogs()
+    ds = fill(catalog)
+    for columns in [("uri", "key"), ("key", "uri; DROP TABLE items"), ("key", "dataset_id")]:
+        with pytest.raises(ValueError, match="not a key-first list of items columns"):
+            next(catalog.iter_item_pages(ds, columns))
+    assert [len(p) for p in catalog.iter_item_pages(ds, ("key",), page=4)] == [4, 2]
 
 
 # -- the command -------------------------------------------------------------------------

@@ -524,6 +524,31 @@ class Catalog:
                 return
             cursor = rows[-1][0]
 
+    def iter_item_pages(
+        self, dataset_id: int, columns: Sequence[str], *, prefix: str = "", page: int = 1000
+    ) -> Iterator[list[tuple[Any, ...]]]:
+        """The raw stored ``columns`` (names of ``items`` columns, the first ``key``) of the
+        dataset's items under ``prefix``, in key order, in lists of at most ``page`` rows:
+        what a bulk reader (``syncd items export``) transforms a column at a time instead of
+        making an :class:`Item` per row. ``metadata`` is the *stored* text, not the public
+        one (:meth:`item_maker`). Keyset pages as :meth:`iter_items`: bounded memory on both
+        stores (no client-side result of the whole dataset), no row twice or skipped."""
+        if columns[0] != "key" or not set(columns) <= _READABLE:
+            raise ValueError(f"not a key-first list of items columns: {columns!r}")
+        if "\x00" in prefix:
+            return  # no key holds a NUL byte (as iter_items)
+        cols = ", ".join(columns)
+        cursor: str | None = None
+        while True:
+            where, args = key_range(cursor, prefix)
+            sql = f"SELECT {cols} FROM items WHERE dataset_id = ?{where} ORDER BY key LIMIT ?"
+            rows = self.db.execute(sql, [dataset_id, *args, page]).fetchall()
+            if rows:
+                yield rows
+            if len(rows) < page:
+                return
+            cursor = rows[-1][0]
+
     def get_item(self, dataset_id: int, key: str) -> Item | None:
         """The dataset's item ``key``, or None (also for a key no item can have: a NUL byte,
         or an unpaired surrogate that a URL path or JSON body can smuggle in, which neither
@@ -905,6 +930,8 @@ class Catalog:
 #: an Item as the row a sync writes: the user's metadata and tags are not part of it (a sync
 #: never writes them)
 _ITEM_VALUES = operator.attrgetter(*ITEM_COLUMNS[1:])
+#: the columns :meth:`Catalog.iter_item_pages` may read (never one spliced into SQL unchecked)
+_READABLE = frozenset(Item.__dataclass_fields__)
 _ITEM_ROW = ("dataset_id", *Item.__dataclass_fields__)[: len(ITEM_COLUMNS)]
 assert _ITEM_ROW == ITEM_COLUMNS, "items columns drifted"
 _EVENT_SINCE = "SELECT EXISTS (SELECT 1 FROM key_markers WHERE dataset_id = ? AND seq > ?)"
