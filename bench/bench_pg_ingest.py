@@ -89,7 +89,7 @@ def run(tree: Path, args: list[str], env: dict[str, str]) -> tuple[float, float]
 
 def spread(values: list[float], fmt: str = "{:.2f}") -> str:
     """``median (min..max)``."""
-    return f"{fmt.format(statistics.median(values))} ({fmt.format(min(values))}..{fmt.format(max(values))})"  # noqa: E501
+    return f"{fmt.format(statistics.median(values))} ({fmt.format(min(values))}..{fmt.format(max(values))})"
 
 
 def load() -> str:
@@ -143,7 +143,9 @@ def main() -> None:
                         db = server.create_database(f"bench_{n}")
                     for step, env in STEPS:
                         cpu0 = server_cpu(postmaster) if store != "sqlite" else 0.0
-                        wall, cpu = run(trees[label], ["sync", source, "--dataset", "b", "--db", db], env)
+                        wall, cpu = run(
+                            trees[label], ["sync", source, "--dataset", "b", "--db", db], env
+                        )
                         srv = server_cpu(postmaster) - cpu0 if store != "sqlite" else 0.0
                         figures.setdefault((label, store, step), []).append((wall, cpu, srv))
                     if store == "sqlite":
