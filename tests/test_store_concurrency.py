@@ -238,15 +238,12 @@ class Running:
             self.future = self.store.submit(sync_gated, self.side.op + 1, ops, self.gate)
 
 
-def waits_on_pg_lock(observer: Catalog, store: Store, blocker: Store | None = None) -> bool:
+def waits_on_pg_lock(observer: Catalog, store: Store) -> bool:
     """Whether ``store``'s PostgreSQL connection is waiting for a lock (seen from
-    ``observer``, a connection of its own); with ``blocker``, also whether any connection
-    waits for ``blocker``'s: a sync on PostgreSQL commits its batches on a second connection
-    of its own (``Catalog.batch_writer``), whose wait is then the store's."""
+    ``observer``, a connection of its own)."""
     row = observer.db.execute(
-        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-        " AND (pid = ? OR ? = ANY(pg_blocking_pids(pid)))",
-        [store.backend_pid, blocker.backend_pid if blocker is not None else 0],
+        "SELECT count(*) FROM pg_stat_activity WHERE pid = ? AND wait_event_type = 'Lock'",
+        [store.backend_pid],
     ).fetchone()
     return bool(row[0])
 
@@ -260,7 +257,7 @@ def waits_on_a_lock(side: Running, other: Running, observer: Catalog | None) -> 
         # cannot take one, and it must before it reads (an event) or writes (a sync)
         return other.holds_transaction
     assert observer is not None
-    return waits_on_pg_lock(observer, side.store, other.store)
+    return waits_on_pg_lock(observer, side.store)
 
 
 def wait_for(condition: Callable[[], bool], what: str) -> None:
