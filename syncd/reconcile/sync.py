@@ -36,7 +36,7 @@ import threading
 import time
 from bisect import bisect_right
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from providers import faults
@@ -258,11 +258,6 @@ class _Applier:
         self.since_save = 0
         self.plen = len(dataset.driver.path)
         self.batch = self._new_batch()
-        #: PostgreSQL: batches commit on a connection of their own, on a thread, while the
-        #: next one is listed and built, so the server's work runs beside this process's;
-        #: at most one batch is in flight (None: commit in line, as on sqlite)
-        self.writer = catalog.batch_writer()
-        self.pending: asyncio.Future[bool] | None = None
 
     def _new_batch(self) -> Batch:
         return Batch(self.dataset.id, self.run, self.owner, key_range=self.key_range)
@@ -322,46 +317,16 @@ class _Applier:
             await self.close_batch()
 
     async def close_batch(self) -> None:
-        """Commit the batch (one ``Catalog.commit_batch``): in line, or handed to the writer
-        once the batch before it has committed (a lost lease is raised here, then)."""
-        batch = self.batch
+        """Commit the batch (one ``Catalog.commit_batch``)."""
+        ok = self.catalog.commit_batch(self.batch)
         self.batch = self._new_batch()
         self.since_save = 0
-        await self.settle()
-        if self.writer is None:
-            if not self.catalog.commit_batch(batch):
-                raise self._lost()
-            return
-        # the progress as of this batch: the listing moves the run's (the range's) on
-        # while the batch commits
-        batch.run = replace(batch.run, counts=dict(batch.run.counts))
-        if batch.key_range is not None:
-            batch.key_range = replace(batch.key_range, counts=dict(batch.key_range.counts))
-        self.pending = asyncio.get_running_loop().run_in_executor(
-            None, self.writer.commit_batch, batch
-        )
-
-    async def settle(self) -> None:
-        """Wait for the batch in flight; ``LeaseLost`` if it found the lease taken over."""
-        pending, self.pending = self.pending, None
-        if pending is not None and not await pending:
+        if not ok:
             raise self._lost()
 
     async def flush(self) -> None:
-        """Commit the open batch, and wait until every batch has committed."""
+        """Commit the open batch."""
         await self.close_batch()
-        await self.settle()
-
-    async def close(self) -> None:
-        """Whatever happened: let the batch in flight finish (its thread uses the writer's
-        connection), then give that connection back. Its outcome is the caller's error path's
-        concern, not this one's."""
-        if self.pending is not None:
-            await asyncio.wait([self.pending])
-            self.pending = None
-        if self.writer is not None:
-            self.writer.close()
-            self.writer = None
 
     def _lost(self) -> LeaseLost:
         what = f"dataset {self.dataset.name!r}"
@@ -578,8 +543,6 @@ async def sync_dataset(
             f"sync of dataset {dataset.name!r} failed, nothing was deleted: {error}"
         ) from exc
     finally:
-        if applier is not None:
-            await applier.close()
         if keeper:
             keeper.cancel()
             await asyncio.gather(keeper, return_exceptions=True)

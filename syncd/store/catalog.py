@@ -184,14 +184,6 @@ class Catalog:
     def close(self) -> None:
         self.db.close()
 
-    def batch_writer(self) -> Catalog | None:
-        """A catalog on a second connection, for committing a sync's batches on another
-        thread while the next batch is listed (:meth:`~syncd.store.sql.Database.sibling`):
-        on PostgreSQL the server's work then runs beside the client's. None: commit in line
-        (sqlite). The caller closes it."""
-        db = self.db.sibling()
-        return None if db is None else Catalog(db)
-
     # -- integrations and drivers -----------------------------------------------------
 
     def _ensure_integration(self, integ: Integration) -> None:

@@ -135,13 +135,6 @@ class Database(ABC):
         """The local files that hold the catalog (empty for a server)."""
         return []
 
-    def sibling(self) -> Database | None:
-        """Another connection to the same catalog, for a writer working beside this one on
-        another thread (:meth:`syncd.store.catalog.Catalog.batch_writer`); None where that
-        does not pay (sqlite: one writer at a time, in this process) or no connection is
-        free now. The caller closes it."""
-        return None
-
     # -- the change log (syncd.store.changes) ----------------------------------------------
 
     #: change records of the open transaction, written by :meth:`flush_changes` at commit, in
