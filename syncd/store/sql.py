@@ -10,7 +10,7 @@ handful of methods below:
   front; PostgreSQL runs READ COMMITTED and relies on row locks, conditional writes and
   :meth:`Database.lock_writes`);
 * :meth:`Database.upsert_items`: a batch of item rows in one go (sqlite ``executemany``;
-  PostgreSQL ``COPY`` into a temporary table and one merge statement); the newer-state-wins
+  PostgreSQL one merge statement whose rows travel as one JSON parameter); the newer-state-wins
   guard is decided before, on the rows' markers (:meth:`syncd.store.catalog.Catalog.write_rows`),
   so the rows written are known for the change log;
 * :meth:`Database.lock_writes`: on PostgreSQL, an event batch (which decides in Python from
