@@ -438,6 +438,11 @@ class PostgresDatabase(Database):
         (its row stays locked until the commit), so the records cost no round trip."""
         if not self.pending_changes:
             return
+        if any(group[4] for group in self.pending_changes):
+            # a snapshotted dataset's undo entries are written with their cursors: read the
+            # counter back, as every store does (syncd.store.snapshots)
+            super().flush_changes()
+            return
         from syncd.store.changes import pack
 
         groups, self.pending_changes = self.pending_changes, []
@@ -448,7 +453,7 @@ class PostgresDatabase(Database):
         # the counter now holds the last cursor of the transaction: a group starting ``done``
         # records after the first has cursors ``value - total + 1 + done`` onwards
         done = 0
-        for kinds, source, at, rows in groups:
+        for kinds, source, at, rows, _undo in groups:
             for dataset_id, kind_letters, name, entries, n in pack(kinds, rows):
                 first_back = total - 1 - done  # how far the group's first cursor is below
                 self.conn.execute(
