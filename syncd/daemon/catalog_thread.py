@@ -130,6 +130,22 @@ class CatalogThread:
         self._mark_lost()
         raise CatalogUnavailable(self.problem or "the catalog is unavailable")
 
+    def share_loss(self, other: CatalogThread) -> None:
+        """``other`` is a second connection to the same catalog: when either finds the file
+        gone or replaced, both are unusable from then on, and it is said once (not once per
+        connection)."""
+        self.on_lost.append(lambda: other._lose(self.problem))
+        other.on_lost.append(lambda: self._lose(other.problem))
+
+    def _lose(self, problem: str | None) -> None:
+        """Unusable from now on, for ``problem`` another connection has said already."""
+        with self._lost_lock:
+            if self.lost:
+                return
+            self.problem, self.lost = problem, True
+        for callback in self.on_lost:
+            callback()
+
     def _mark_lost(self) -> None:
         """The sqlite file is gone or another: say so once; unusable from now on."""
         with self._lost_lock:

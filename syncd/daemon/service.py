@@ -160,6 +160,8 @@ class Daemon:
         self.scheduler.on_change = self.changed.pulse
         #: the connection webhook deliveries and retention use (``syncd run`` only)
         self.feed_catalog = CatalogThread(db_path, create=False) if register else None
+        if self.feed_catalog is not None:
+            self.catalog.share_loss(self.feed_catalog)
         #: set when this daemon's API created, changed or removed a dataset: look at once
         self._datasets_nudge = asyncio.Event()
 
@@ -406,7 +408,10 @@ class Daemon:
                         "retention: pruned %d change(s), %d event tombstone(s)", removed, tombstones
                     )
             except Exception as exc:
-                log.warning("pruning the change log failed (%s); trying later", redact(str(exc)))
+                if not self.feed_catalog.lost:  # a lost catalog was reported when it was lost
+                    log.warning(
+                        "pruning the change log failed (%s); trying later", redact(str(exc))
+                    )
             await wait_at_most(self.stop, RETENTION_SECONDS)
 
     async def _stop_or(self, waiting: Awaitable[Any]) -> None:
