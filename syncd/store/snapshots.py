@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 from providers import faults
 from syncd.errors import NotFound, UsageError
-from syncd.store.sql import Database, select_keys
+from syncd.store.sql import ITEM_COLUMNS, Database, select_keys
 from syncd.store.stamps import now
 
 if TYPE_CHECKING:
@@ -55,22 +55,9 @@ _LOCK_CLASS = 0x736E6170
 #: a tag: a letter or digit, then letters, digits, ``.``, ``_``, ``-`` (a URL path segment, a
 #: file name, a git-like tag), at most 100 characters
 TAG = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
-#: the columns of ``Item`` after its key, as both ``items`` and ``item_undo`` name them
-STATE = (
-    "filename",
-    "uri",
-    "size",
-    "etag",
-    "content_type",
-    "mtime",
-    "version",
-    "created_at",
-    "updated_at",
-    "metadata",
-    "md5",
-    "user_metadata",
-    "tags",
-)
+#: the columns of ``Item`` after its key, as both ``items`` and ``item_undo`` name them: a
+#: sync's row after dataset id and key, then the user's two
+STATE = (*ITEM_COLUMNS[2:], "user_metadata", "tags")
 #: what a diff compares (an item whose filename or uri alone differ is the same object; the
 #: times say when syncd saw it, not what it is)
 COMPARED = (
