@@ -25,7 +25,7 @@ import pytest
 
 from tests.conftest import unique_bucket
 from tests.emulators import Emulator, free_port
-from tests.web import TOKEN, WAIT_MS, RunningDaemon, sign_in, start_daemon, wait_for
+from tests.web import TOKEN, WAIT_MS, RunningDaemon, moto_env, sign_in, start_daemon, wait_for
 
 DOCS = Path(__file__).parent.parent / "docs"
 
@@ -97,12 +97,7 @@ host = "127.0.0.1"
 port = {port}
 """
     )
-    env = {
-        "AWS_ENDPOINT_URL": moto.url,
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }
+    env = moto_env(moto)
     daemon = start_daemon(config, tmp / "catalog.db", port, env)
     made = Dash(daemon, folder, bucket, s3)
     try:

@@ -630,7 +630,7 @@ def world(
     import base64
     from urllib.parse import quote
 
-    from tests.web import start_daemon, wait_for
+    from tests.web import moto_env, start_daemon, wait_for
 
     tab = web_browser.new_page()
     jpeg = base64.b64decode(tab.evaluate(JPEG_JS).split(",", 1)[1])
@@ -686,12 +686,7 @@ host = "127.0.0.1"
 port = {port}
 """
     )
-    env = {
-        "AWS_ENDPOINT_URL": moto.url,
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }
+    env = moto_env(moto)
     daemon = start_daemon(config, tmp / "catalog.db", port, env)
     try:
         status, body = daemon.api(
