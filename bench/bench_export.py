@@ -13,7 +13,9 @@ exports that (the snapshot's items are read through the undo log).
 
 The floor: a fresh process that only reads the same columns of the same rows in key order
 (one ``SELECT``, ``fetchmany`` of a row group at a time), what any exporter through Python's
-sqlite3 pays before it writes a byte. The machine may be shared: the ratio export / floor
+sqlite3 pays before it writes a byte. Since the Parquet export of a live dataset reads
+through the ADBC SQLite driver instead (no Python object per value,
+``syncd/store/arrow_read.py``), it can beat that floor. The machine may be shared: the ratio export / floor
 (wall and CPU, each run next to its floor, medians of ``--repeat``) says more than rows/s.
 """
 

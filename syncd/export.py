@@ -349,19 +349,29 @@ async def write_pages(
 
 
 def _parquet_pages(pages: Iterable[list[tuple[Any, ...]]], out: BinaryIO, guesses: bool) -> int:
+    pa, _ = need_pyarrow()
+    stored = pa.struct([pa.field(c, pa.int64() if c == "size" else pa.string()) for c in STORED])
+    # each page's tuples straight into Arrow (one C pass), then columns of it
+    batches = (pa.RecordBatch.from_struct_array(pa.array(rows, type=stored)) for rows in pages)
+    return write_batches(batches, out, guesses=guesses)
+
+
+def write_batches(batches: Iterable[Any], out: BinaryIO, *, guesses: bool) -> int:
+    """Write the Parquet manifest of items given as Arrow record batches of the raw stored
+    columns :data:`STORED` (as :func:`syncd.store.arrow_read.sqlite_item_batches` reads
+    them) to ``out``: the same table as :func:`write_pages` of those rows (a row group per
+    batch; the per-row work in Python is only on the distinct metadata and tag texts of a
+    batch). Returns the rows written."""
     pa, pq = need_pyarrow()
     import pyarrow.compute as pc
 
     from providers.content_types import public_metadata
 
     schema = _schema(pa, False)
-    stored = pa.struct([pa.field(c, pa.int64() if c == "size" else pa.string()) for c in STORED])
     n = 0
     with _parquet_writer(pq, pa, out, schema) as writer:
-        for rows in pages:
-            # the rows' tuples straight into Arrow (one C pass), then columns of it
-            batch = pa.RecordBatch.from_struct_array(pa.array(rows, type=stored))
-            # metadata: each distinct stored text of the page made public and opened once,
+        for batch in batches:
+            # metadata: each distinct stored text of the batch made public and opened once,
             # then joined to the user's texts in Arrow (as metadata_text splices them)
             meta = batch.column("metadata").dictionary_encode()
             heads = [_head(public_metadata(t, guesses)) for t in meta.dictionary.to_pylist()]
@@ -371,7 +381,7 @@ def _parquet_pages(pages: Iterable[list[tuple[Any, ...]]], out: BinaryIO, guesse
                 "}",
                 "",
             )
-            # tags: each distinct text of the page parsed once
+            # tags: each distinct text of the batch parsed once
             tags = batch.column("tags").dictionary_encode()
             lists = pa.array(
                 [_tag_list(t) for t in tags.dictionary.to_pylist()], pa.list_(pa.string())
@@ -381,5 +391,5 @@ def _parquet_pages(pages: Iterable[list[tuple[Any, ...]]], out: BinaryIO, guesse
             writer.write_batch(
                 pa.RecordBatch.from_arrays(columns, schema=schema), row_group_size=ROW_GROUP
             )
-            n += len(rows)
+            n += batch.num_rows
     return n

@@ -549,6 +549,24 @@ class Catalog:
                 return
             cursor = rows[-1][0]
 
+    def item_batches(
+        self, dataset_id: int, columns: Sequence[str], *, prefix: str = "", page: int = 16384
+    ) -> Iterator[Any] | None:
+        """What :meth:`iter_item_pages` reads, as Arrow record batches filled without a
+        Python object per value (:mod:`syncd.store.arrow_read`), in one read transaction;
+        or None where that reader is not to be had (a PostgreSQL or in-memory catalog, no
+        ``adbc-driver-sqlite``): then the caller reads pages."""
+        from syncd.store import arrow_read
+
+        path = getattr(self.db, "path", ":memory:")
+        if self.db.dialect != "sqlite" or path == ":memory:" or not arrow_read.available():
+            return None
+        if columns[0] != "key" or not set(columns) <= _READABLE:
+            raise ValueError(f"not a key-first list of items columns: {columns!r}")
+        return arrow_read.sqlite_item_batches(
+            path, dataset_id, columns, prefix=prefix, batch_rows=page
+        )
+
     def get_item(self, dataset_id: int, key: str) -> Item | None:
         """The dataset's item ``key``, or None (also for a key no item can have: a NUL byte,
         or an unpaired surrogate that a URL path or JSON body can smuggle in, which neither
