@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.required import missing
+
 ROOT = Path(__file__).resolve().parent.parent
 IAC_BIN = ROOT / ".venv-iac" / "bin"
 
@@ -27,9 +29,7 @@ def tool(name: str) -> str:
     found = shutil.which(name)
     if found:
         return found
-    if os.environ.get("CI"):
-        pytest.fail(f"{name} is required in CI: run `make test` (it builds .venv-iac)")
-    pytest.skip(f"{name} not installed: run `make test` to build .venv-iac")
+    missing(f"{name} not installed: run `make test` (it builds .venv-iac)")
 
 
 @pytest.mark.parametrize(

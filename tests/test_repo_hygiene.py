@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.required import missing
+
 ROOT = Path(__file__).resolve().parent.parent
 # "../x" or "..\\x" as a path (not "..." nor a version range like "1..3")
 RELATIVE = re.compile(r"(?<![\w./])((?:\.\./|\.\.\\)+)([\w.-]*)")
@@ -52,9 +54,7 @@ def tracked_files() -> list[str]:
             ["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True
         ).stdout
     except (OSError, subprocess.CalledProcessError) as exc:
-        if os.environ.get("CI"):
-            pytest.fail(f"git is needed to list the tracked files: {exc}")
-        pytest.skip(f"not a git checkout: {exc}")
+        missing(f"git cannot list the tracked files (not a git checkout?): {exc}")
     return [name for name in out.decode().split("\0") if name]
 
 

@@ -37,6 +37,8 @@ from typing import Any
 
 import pytest
 
+from tests.required import missing
+
 TOKEN = "dashboard-token-0123456789abcdef"
 RUN = (sys.executable, "-m", "syncd.cli", "run")
 #: milliseconds a browser wait may take on a loaded 2-core machine
@@ -58,10 +60,7 @@ def chromium_path() -> str:
     found = shutil.which("chromium") or shutil.which("chromium-browser")
     if found:
         return found
-    why = "chromium is not installed (apt-get install -y chromium; make test does it as root)"
-    if os.environ.get("CI"):
-        pytest.fail(why)
-    pytest.skip(why)
+    missing("chromium is not installed (apt-get install -y chromium; make test does it as root)")
 
 
 # module scope, not session: while Playwright's sync API runs, this thread has an event loop
@@ -72,10 +71,7 @@ def web_browser() -> Iterator[Any]:
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
-        why = "playwright is not installed (pip install -e '.[test]')"
-        if os.environ.get("CI"):
-            pytest.fail(why)
-        pytest.skip(why)
+        missing("playwright is not installed (pip install -e '.[test]')")
     with sync_playwright() as pw:
         # --no-sandbox: CI runs as root, where Chromium's sandbox refuses to start
         launched = pw.chromium.launch(
