@@ -401,13 +401,7 @@ def backend(
         auth = request.getfixturevalue("moto_auth")
         os.environ["SYNCD_TEST_BAD_KEY"] = "AKIAWRONGWRONGWRONG1"
         os.environ["SYNCD_TEST_BAD_SECRET"] = BAD_SECRET
-        env = {
-            "AWS_ENDPOINT_URL": emu.url,
-            "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_DEFAULT_REGION": "us-east-1",
-        }
-        yield Backend(name, emu, tmp, env, auth_emulator=auth)
+        yield Backend(name, emu, tmp, emulators.moto_env(emu), auth_emulator=auth)
     elif name == "gcs":
         emu = request.getfixturevalue("fake_gcs")
         bad_sa = str(request.getfixturevalue("rejected_service_account"))

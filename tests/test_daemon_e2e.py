@@ -32,7 +32,14 @@ import boto3
 import pytest
 
 from tests.conftest import unique_bucket
-from tests.emulators import AZURITE_ACCOUNT, AZURITE_KEY, Emulator, free_port, notify_queue
+from tests.emulators import (
+    AZURITE_ACCOUNT,
+    AZURITE_KEY,
+    Emulator,
+    free_port,
+    moto_env,
+    notify_queue,
+)
 
 TOKEN = "e2e-token-0123456789abcdef"
 RUN = (sys.executable, "-m", "syncd.cli", "run")
@@ -240,10 +247,7 @@ def make_world(
     )
     env = {
         **os.environ,
-        "AWS_ENDPOINT_URL": moto.url,
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
+        **moto_env(moto),
         "AZURE_STORAGE_CONNECTION_STRING": conn,
         "SYNCD_API_TOKEN": TOKEN,
     }

@@ -25,7 +25,7 @@ from syncd.config import load_daemon_config
 from syncd.daemon.service import Daemon
 from syncd.store.catalog import Catalog
 from tests.conftest import unique_bucket
-from tests.emulators import Emulator, free_port, notify_queue
+from tests.emulators import Emulator, free_port, moto_env, notify_queue
 
 TOKEN = "runtime-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -68,12 +68,7 @@ class Running:
 def aws(moto: Emulator, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, Any, str, str]:
     """A moto bucket holding :data:`KEYS` whose notifications go to a fresh SQS queue:
     ``(s3, sqs, bucket, queue_url)``."""
-    for name, value in {
-        "AWS_ENDPOINT_URL": moto.url,
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }.items():
+    for name, value in moto_env(moto).items():
         monkeypatch.setenv(name, value)
     s3 = boto3.client("s3", endpoint_url=moto.url)
     sqs = boto3.client("sqs", endpoint_url=moto.url)

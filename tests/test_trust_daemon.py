@@ -31,7 +31,7 @@ import pytest
 from syncd.store.stamps import parse, stamp
 from tests import pg
 from tests.conftest import unique_bucket
-from tests.emulators import Emulator, free_port, notify_queue
+from tests.emulators import Emulator, free_port, moto_env, notify_queue
 from tests.test_daemon_e2e import TOKEN, Daemon, wait_for
 
 CLI = (sys.executable, "-m", "syncd.cli")
@@ -137,10 +137,7 @@ def s3_world(moto: Emulator, tmp_path: Path) -> S3World:
     )
     env = {
         **os.environ,
-        "AWS_ENDPOINT_URL": moto.url,
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
+        **moto_env(moto),
         "SYNCD_API_TOKEN": TOKEN,
     }
     return S3World(s3, sqs, bucket, queue_url, env, config, port)

@@ -35,7 +35,7 @@ from syncd.server.connections import (
 )
 from syncd.server.lockout import LIMIT
 from tests.conftest import unique_bucket
-from tests.emulators import Emulator, _wait_http, free_port, notify_queue
+from tests.emulators import Emulator, _wait_http, free_port, moto_env, notify_queue
 from tests.test_cli_errors import one_line_error
 from tests.test_daemon_api import AUTH, TOKEN, Api, api, until  # noqa: F401 (the fixture)
 from tests.test_events_parse import SAMPLES
@@ -76,10 +76,7 @@ def low_fd_daemon(moto: Emulator, tmp_path: Path) -> Iterator[tuple[str, Path, s
     )
     env = {
         **os.environ,
-        "AWS_ENDPOINT_URL": moto.url,
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
+        **moto_env(moto),
         "SYNCD_API_TOKEN": TOKEN,
     }
     log = tmp_path / "daemon.log"

@@ -24,8 +24,8 @@ import boto3
 import pytest
 
 from tests.conftest import unique_bucket
-from tests.emulators import Emulator, free_port
-from tests.web import TOKEN, WAIT_MS, RunningDaemon, moto_env, sign_in, start_daemon, wait_for
+from tests.emulators import Emulator, free_port, moto_env
+from tests.web import TOKEN, WAIT_MS, RunningDaemon, sign_in, start_daemon, wait_for
 
 DOCS = Path(__file__).parent.parent / "docs"
 

@@ -630,7 +630,8 @@ def world(
     import base64
     from urllib.parse import quote
 
-    from tests.web import moto_env, start_daemon, wait_for
+    from tests.emulators import moto_env
+    from tests.web import start_daemon, wait_for
 
     tab = web_browser.new_page()
     jpeg = base64.b64decode(tab.evaluate(JPEG_JS).split(",", 1)[1])

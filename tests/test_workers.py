@@ -52,7 +52,7 @@ from providers.local import local_etag
 from syncd.store.catalog import Catalog
 from syncd.store.pg import close_pools
 from tests.conftest import STORES, catalog_state, unique_bucket
-from tests.emulators import Emulator, free_port, notify_queue
+from tests.emulators import Emulator, free_port, moto_env, notify_queue
 from tests.test_daemon_e2e import wait_for
 
 T = TypeVar("T")
@@ -280,10 +280,7 @@ def fleet(moto: Emulator, tmp_path: Path, catalog_url: str) -> Iterator[Fleet]:
         (folder / f"{i:06d}.txt").write_text(str(i))
     env = {
         **os.environ,
-        "AWS_ENDPOINT_URL": moto.url,
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
+        **moto_env(moto),
         "SYNCD_API_TOKEN": TOKEN,
         "SYNCD_FAULT_LIST_HANG_AFTER": str(HANG_AFTER),
         "SYNCD_FAULT_LIST_PREFIX": "big/",  # the other datasets list normally

@@ -45,16 +45,6 @@ RUN = (sys.executable, "-m", "syncd.cli", "run")
 WAIT_MS = 60_000
 
 
-def moto_env(moto: Any) -> dict[str, str]:
-    """The environment of a daemon whose S3 drivers reach the ``moto`` emulator."""
-    return {
-        "AWS_ENDPOINT_URL": moto.url,
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }
-
-
 def chromium_path() -> str:
     """The system Chromium; fails (CI) or skips the test without it."""
     found = shutil.which("chromium") or shutil.which("chromium-browser")
