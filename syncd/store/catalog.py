@@ -462,6 +462,45 @@ class Catalog:
         ).fetchall()
         return [r[0] for r in rows]
 
+    def _keyset_pages(
+        self,
+        dataset_id: int,
+        cols: str,
+        *,
+        after: str | None = None,
+        prefix: str = "",
+        since: str | None = None,
+        before: str | None = None,
+        page: int,
+        limit: int | None = None,
+    ) -> Iterator[list[tuple[Any, ...]]]:
+        """The raw rows (``cols``, the first ``key``) of the dataset's items after ``after``,
+        under ``prefix`` and in ``[since, before)`` where given, in key order, in lists of at
+        most ``page`` rows, at most ``limit`` rows in all. Keyset pages: each page is a fresh
+        query starting after the last key returned, so memory stays bounded on both stores,
+        and rows written behind the cursor (the reconciler writes only keys it has already
+        passed) are never returned twice and never skipped."""
+        if "\x00" in prefix or (after is not None and "\x00" in after):
+            return  # no key holds a NUL byte (listings skip such keys, events refuse them)
+        cursor = after
+        left = limit
+        while left is None or left > 0:
+            size = page if left is None else min(page, left)
+            where, args = key_range(cursor, prefix)
+            if since is not None:
+                where, args = where + " AND key >= ?", [*args, since]
+            if before is not None:
+                where, args = where + " AND key < ?", [*args, before]
+            sql = f"SELECT {cols} FROM items WHERE dataset_id = ?{where} ORDER BY key LIMIT ?"
+            rows = self.db.execute(sql, [dataset_id, *args, size]).fetchall()
+            if rows:
+                yield rows
+            if left is not None:
+                left -= len(rows)
+            if len(rows) < size:
+                return
+            cursor = rows[-1][0]
+
     def iter_known_rows(
         self,
         dataset_id: int,
@@ -473,24 +512,15 @@ class Catalog:
     ) -> Iterator[list[KnownRow]]:
         """The rows of :meth:`known_range` for every key after ``after`` (and, when given, at
         least ``since`` and below ``before``: one key range of a split run), in pages of at
-        most ``page`` (each a fresh query after the last key returned; memory stays
-        bounded)."""
-        cursor = after
-        while True:
-            where, args = key_range(cursor, "")
-            if since is not None:
-                where, args = where + " AND key >= ?", [*args, since]
-            if before is not None:
-                where, args = where + " AND key < ?", [*args, before]
-            sql = f"SELECT key, size, etag, version FROM items WHERE dataset_id = ?{where}"
-            rows = self.db.execute(
-                sql + " ORDER BY key LIMIT ?", (dataset_id, *args, page)
-            ).fetchall()
-            if rows:
-                yield rows
-            if len(rows) < page:
-                return
-            cursor = rows[-1][0]
+        most ``page`` (memory stays bounded)."""
+        return self._keyset_pages(
+            dataset_id,
+            "key, size, etag, version",
+            after=after,
+            since=since,
+            before=before,
+            page=page,
+        )
 
     def iter_items(
         self,
@@ -501,28 +531,13 @@ class Catalog:
         page: int = 1000,
         limit: int | None = None,
     ) -> Iterator[Item]:
-        """Items in key order (at most ``limit``), read in pages so memory stays bounded.
-
-        Each page is a fresh query starting after the last key returned, so rows written
-        behind the cursor (the reconciler writes only keys it has already passed) are never
-        returned twice and never skipped.
-        """
-        if "\x00" in prefix or (after is not None and "\x00" in after):
-            return  # no key holds a NUL byte (listings skip such keys, events refuse them)
-        cursor = after
+        """Items in key order (at most ``limit``), read in keyset pages (:meth:`_keyset_pages`):
+        memory stays bounded, no row returned twice or skipped."""
         cols = ", ".join(Item.__dataclass_fields__)
-        left = limit
-        while left is None or left > 0:
-            size = page if left is None else min(page, left)
-            where, args = key_range(cursor, prefix)
-            sql = f"SELECT {cols} FROM items WHERE dataset_id = ?{where} ORDER BY key LIMIT ?"
-            rows = self.db.execute(sql, [dataset_id, *args, size]).fetchall()
+        for rows in self._keyset_pages(
+            dataset_id, cols, after=after, prefix=prefix, page=page, limit=limit
+        ):
             yield from self._items(dataset_id, rows)
-            if left is not None:
-                left -= len(rows)
-            if len(rows) < size:
-                return
-            cursor = rows[-1][0]
 
     def iter_item_pages(
         self, dataset_id: int, columns: Sequence[str], *, prefix: str = "", page: int = 1000
@@ -531,23 +546,10 @@ class Catalog:
         dataset's items under ``prefix``, in key order, in lists of at most ``page`` rows:
         what a bulk reader (``syncd items export``) transforms a column at a time instead of
         making an :class:`Item` per row. ``metadata`` is the *stored* text, not the public
-        one (:meth:`item_maker`). Keyset pages as :meth:`iter_items`: bounded memory on both
-        stores (no client-side result of the whole dataset), no row twice or skipped."""
+        one (:meth:`item_maker`). Keyset pages (:meth:`_keyset_pages`)."""
         if columns[0] != "key" or not set(columns) <= _READABLE:
             raise ValueError(f"not a key-first list of items columns: {columns!r}")
-        if "\x00" in prefix:
-            return  # no key holds a NUL byte (as iter_items)
-        cols = ", ".join(columns)
-        cursor: str | None = None
-        while True:
-            where, args = key_range(cursor, prefix)
-            sql = f"SELECT {cols} FROM items WHERE dataset_id = ?{where} ORDER BY key LIMIT ?"
-            rows = self.db.execute(sql, [dataset_id, *args, page]).fetchall()
-            if rows:
-                yield rows
-            if len(rows) < page:
-                return
-            cursor = rows[-1][0]
+        return self._keyset_pages(dataset_id, ", ".join(columns), prefix=prefix, page=page)
 
     def item_batches(
         self, dataset_id: int, columns: Sequence[str], *, prefix: str = "", page: int = 16384
