@@ -18,7 +18,6 @@ import asyncio
 import base64
 import json
 import threading
-import time
 import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -46,6 +45,7 @@ from tests.strategies import (
     positions,
 )
 from tests.test_events_fuzz import PAYLOADS
+from tests.waiting import wait_for
 
 TOKEN = "fuzz-token-0123456789abcdef"
 #: what a wrong input may be answered with; 500 never
@@ -82,15 +82,6 @@ class Served:
             assert set(body) == {"error"} and isinstance(body["error"], str), body
             assert "\n" not in body["error"] and "Traceback" not in body["error"]
         return resp
-
-
-def _wait(condition: Any, what: str, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +124,7 @@ def served(moto: Emulator, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 
     thread = threading.Thread(target=run, name="fuzz-daemon", daemon=True)
     thread.start()
-    _wait(lambda: failed or (daemon and daemon[0].ready.is_set()), "the daemon to start")
+    wait_for(lambda: failed or (daemon and daemon[0].ready.is_set()), "the daemon to start")
     assert not failed, failed
     session = requests.Session()
     session.headers["Authorization"] = f"Bearer {TOKEN}"
@@ -144,7 +135,7 @@ def served(moto: Emulator, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         counts = {r["name"]: (r["items"], r["schedule"]["running"]) for r in rows}
         return counts == {"files": (len(FILES), False), "objects": (len(OBJECTS), False)}
 
-    _wait(synced, "the first reconciles")
+    wait_for(synced, "the first reconciles")
     yield api
     session.close()
     loop.call_soon_threadsafe(daemon[0].stop.set)

@@ -54,8 +54,9 @@ from providers.faults import PAUSE_VARIABLE
 from syncd.store.catalog import Catalog
 from tests.conftest import catalog_state
 from tests.emulators import Emulator, notify_queue
-from tests.test_daemon_e2e import Daemon, World, make_world, under, wait_for
+from tests.test_daemon_e2e import Daemon, World, make_world, under
 from tests.test_sync_cli import syncd
+from tests.waiting import wait_for
 
 SEED = int(os.environ.get("SYNCD_CRASH_SEED", "1202"))
 #: objects under raw/bulk/: with 50-key pages, a listing of the images dataset has 12+ pages

@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -40,24 +40,11 @@ from tests.emulators import (
     moto_env,
     notify_queue,
 )
+from tests.waiting import wait_for
 
 TOKEN = "e2e-token-0123456789abcdef"
 RUN = (sys.executable, "-m", "syncd.cli", "run")
 LS = (sys.executable, "-m", "syncd.cli", "workers", "ls")
-
-
-def wait_for(
-    condition: Callable[[], Any], what: str, timeout: float = 120, log: list[str] | None = None
-) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = condition()
-        if last:
-            return last
-        time.sleep(0.1)
-    tail = "".join((log or [])[-40:])
-    raise AssertionError(f"timed out waiting for {what} (last: {last!r})\ndaemon log:\n{tail}")
 
 
 @dataclass

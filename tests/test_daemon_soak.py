@@ -31,7 +31,8 @@ import pytest
 from tests.emulators import Emulator
 from tests.proxy import FaultProxy
 from tests.test_daemon_crash import attempts, datasets, pending, reconciled_since, sources
-from tests.test_daemon_e2e import Daemon, World, make_world, wait_for
+from tests.test_daemon_e2e import Daemon, World, make_world
+from tests.waiting import wait_for
 
 SECONDS = float(os.environ.get("SYNCD_SOAK_SECONDS") or (600 if os.environ.get("CI") else 60))
 SEED = int(os.environ.get("SYNCD_SOAK_SEED", "1202"))

@@ -13,8 +13,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,6 +25,7 @@ from syncd.store.db import transaction
 from tests.conftest import CatalogMaker
 from tests.test_cli_errors import one_line_error
 from tests.test_sync_cli import summary, syncd
+from tests.waiting import wait_for
 
 SYNC = (sys.executable, "-m", "syncd.cli", "sync")
 
@@ -36,20 +36,6 @@ def make_folder(root: Path, n: int) -> Path:
         sub.mkdir(parents=True, exist_ok=True)
         (sub / f"f{i:04d}").write_bytes(b"x" * (i % 7))
     return root
-
-
-def wait_for(condition: Callable[[], object], what: str, timeout: float = 60) -> object:
-    """Poll ``condition`` until it returns something truthy; fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            value = condition()
-        except sqlite3.OperationalError:
-            value = None  # the catalog is being created
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def query(db: Path, sql: str, *args: object) -> list[tuple]:
@@ -85,11 +71,15 @@ def hanging(tmp_path: Path) -> Iterator[tuple[Path, Path, subprocess.Popen]]:
     wait_for(
         lambda: query(db, "SELECT pid FROM leases WHERE pid = ?", proc.pid),
         "the first sync to take the lease",
+        60,
+        tolerate=(sqlite3.OperationalError,),  # the catalog is being created
     )
     # progress recorded past the first batch: the run is well under way
     wait_for(
         lambda: query(db, "SELECT 1 FROM runs WHERE status = 'running' AND resume_key IS NOT NULL"),
         "the first sync to record progress",
+        60,
+        tolerate=(sqlite3.OperationalError,),
     )
     yield src, db, proc
     if proc.poll() is None:

@@ -56,7 +56,8 @@ from tests.conftest import (
 )
 from tests.emulators import Emulator, free_port, start_azurite, start_process
 from tests.test_sinks import sqs_target
-from tests.test_webhooks import Receiver, Request, head_and_state, wait_until
+from tests.test_webhooks import Receiver, Request, head_and_state
+from tests.waiting import wait_for
 
 PYTHON_SYNCD = (sys.executable, "-m", "syncd.cli")
 
@@ -470,9 +471,9 @@ port = {api_port}
     daemon = start_process("planted-daemon", argv, tmp, "/healthz", api_port, env)
     try:
         # the feed's consumers reach their states before the API is asked about them
-        wait_until(lambda: (s := head_and_state(db, "hook")[1]) and s.paused, "the 401")
-        wait_until(lambda: (s := head_and_state(db, "missing")[1]) and s.paused, "no queue")
-        wait_until(lambda: (h := head_and_state(db, "queue"))[1] and h[1].cursor == h[0] > 0,
+        wait_for(lambda: (s := head_and_state(db, "hook")[1]) and s.paused, "the 401")
+        wait_for(lambda: (s := head_and_state(db, "missing")[1]) and s.paused, "no queue")
+        wait_for(lambda: (h := head_and_state(db, "queue"))[1] and h[1].cursor == h[0] > 0,
                    "the sink to deliver")  # fmt: skip
         _exercise_api(w, api_port)
         w.read_catalog("while the daemon runs")
@@ -758,10 +759,8 @@ def test_an_integration_created_over_the_api_leaks_nowhere(
             status, text = call("GET", f"/api/v1/datasets/{name}/runs")
             return json.loads(text)["runs"] if status == 200 else []
 
-        wait_until(
-            lambda: any(r["status"] == "completed" for r in runs("rtok")), "rtok to be synced"
-        )
-        wait_until(lambda: any(r["status"] == "failed" for r in runs("rtrefused")), "the refusal")
+        wait_for(lambda: any(r["status"] == "completed" for r in runs("rtok")), "rtok to be synced")
+        wait_for(lambda: any(r["status"] == "failed" for r in runs("rtrefused")), "the refusal")
         for path in (
             "/api/v1/integrations",
             "/api/v1/datasets",

@@ -23,9 +23,9 @@ from providers.base import MULTIPART_THRESHOLD
 from syncd.transfer.writer import RESERVE_FROM
 from tests.conftest import Backend, dataset_state
 from tests.proxy import FaultProxy
-from tests.test_one_sync_per_dataset import wait_for
 from tests.test_sync_cli import summary
 from tests.test_sync_cli import syncd as run_syncd
+from tests.waiting import wait_for
 
 PREFIX = "data/"
 

@@ -44,8 +44,8 @@ from tests.test_webhooks import (
     head_and_state,
     items,
     until,
-    wait_until,
 )
+from tests.waiting import wait_for
 
 #: one received message: its batch id and its JSON body
 Message = tuple[str, dict[str, Any]]
@@ -270,7 +270,7 @@ def test_kill_9_after_the_send_sends_the_same_batch_again(tmp_path: Path, aws: E
     proc = subprocess.Popen(command, env={**env, "SYNCD_FAULT_PAUSE_AT": "webhook-sent:2"},
                             stdout=subprocess.DEVNULL, stderr=log.open("wb"))  # fmt: skip
     try:
-        wait_until(lambda: b"paused at webhook-sent" in log.read_bytes() or proc.poll() is not None,
+        wait_for(lambda: b"paused at webhook-sent" in log.read_bytes() or proc.poll() is not None,
                    "the daemon to reach the pause point")  # fmt: skip
         assert proc.poll() is None, log.read_text()
     finally:
@@ -283,7 +283,7 @@ def test_kill_9_after_the_send_sends_the_same_batch_again(tmp_path: Path, aws: E
     proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
                             stderr=(tmp_path / "after.log").open("wb"))  # fmt: skip
     try:
-        wait_until(lambda: (h := head_and_state(db, "out"))[1] and h[1].cursor == h[0],
+        wait_for(lambda: (h := head_and_state(db, "out"))[1] and h[1].cursor == h[0],
                    "every change to be delivered")  # fmt: skip
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -396,14 +396,14 @@ def test_the_api_lists_each_sinks_state_as_sinks_ls_does(tmp_path: Path, aws: Em
         stderr=log.open("wb"),
     )  # fmt: skip
     try:
-        wait_until(lambda: (h := head_and_state(db, "good"))[1] and h[1].cursor == h[0] > 0,
+        wait_for(lambda: (h := head_and_state(db, "good"))[1] and h[1].cursor == h[0] > 0,
                    "the good sink to deliver")  # fmt: skip
-        state = wait_until(lambda: (s := head_and_state(db, "missing")[1]) and s.paused and s,
+        state = wait_for(lambda: (s := head_and_state(db, "missing")[1]) and s.paused and s,
                            "the missing queue to pause its sink")  # fmt: skip
         assert "NonExistentQueue" in (state.last_error or "") or "QueueDoesNotExist" in (
             state.last_error or ""
         ), state.last_error
-        metrics = wait_until(lambda: scrape(port), "the metrics")
+        metrics = wait_for(lambda: scrape(port), "the metrics")
         assert 'syncd_sink_delivered_total{sink="good"} 1.0' in metrics
         assert 'syncd_sink_failures_total{sink="missing"} 1.0' in metrics
         listed = scrape(port, "/api/v1/sinks")

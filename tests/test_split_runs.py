@@ -22,8 +22,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import boto3
@@ -43,6 +41,7 @@ from syncd.store.db import transaction
 from tests.conftest import CatalogMaker, catalog_state, unique_bucket
 from tests.test_cli_errors import one_line_error
 from tests.test_sync_cli import summary, syncd
+from tests.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 SYNC = (sys.executable, "-m", "syncd.cli", "sync")
@@ -58,17 +57,6 @@ def catalog_url(catalogs: CatalogMaker) -> str:
     """The catalog all workers of a test share: a sqlite file, then a PostgreSQL database
     (the test runs on each store)."""
     return catalogs.new_url()
-
-
-def wait_for(condition: Callable[[], object], what: str, timeout: float = 120) -> object:
-    """Poll ``condition`` until it is truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def query(url: str, sql: str, *args: object) -> list[tuple]:

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -49,6 +48,7 @@ from syncd.store.catalog import Catalog
 from syncd.store.db import transaction
 from tests.conftest import STORES, catalog_state
 from tests.test_events_vs_listing import event_of, play, snapshot
+from tests.waiting import wait_for
 
 KEY = "raw/a"
 #: how long any one step may take on a loaded machine before the test gives up
@@ -258,14 +258,6 @@ def waits_on_a_lock(side: Running, other: Running, observer: Catalog | None) -> 
         return other.holds_transaction
     assert observer is not None
     return waits_on_pg_lock(observer, side.store)
-
-
-def wait_for(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + DEADLINE
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)  # polling a condition, under a deadline
 
 
 def run_schedule(

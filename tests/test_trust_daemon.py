@@ -32,7 +32,8 @@ from syncd.store.stamps import parse, stamp
 from tests import pg
 from tests.conftest import unique_bucket
 from tests.emulators import Emulator, free_port, moto_env, notify_queue
-from tests.test_daemon_e2e import TOKEN, Daemon, wait_for
+from tests.test_daemon_e2e import TOKEN, Daemon
+from tests.waiting import wait_for
 
 CLI = (sys.executable, "-m", "syncd.cli")
 

@@ -25,7 +25,8 @@ import pytest
 
 from tests.conftest import unique_bucket
 from tests.emulators import Emulator, free_port, moto_env
-from tests.web import TOKEN, WAIT_MS, RunningDaemon, sign_in, start_daemon, wait_for
+from tests.waiting import wait_for
+from tests.web import TOKEN, WAIT_MS, RunningDaemon, sign_in, start_daemon
 
 DOCS = Path(__file__).parent.parent / "docs"
 

@@ -84,7 +84,8 @@ def test_the_overview_puts_failing_then_held_datasets_first(tmp_path: Path) -> N
     import urllib.request
 
     from tests.emulators import free_port
-    from tests.web import TOKEN, wait_for
+    from tests.waiting import wait_for
+    from tests.web import TOKEN
 
     db = str(tmp_path / "c.db")
     for name in ("aaa-ok", "mmm-held", "zzz-failing"):

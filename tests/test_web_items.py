@@ -631,7 +631,8 @@ def world(
     from urllib.parse import quote
 
     from tests.emulators import moto_env
-    from tests.web import start_daemon, wait_for
+    from tests.waiting import wait_for
+    from tests.web import start_daemon
 
     tab = web_browser.new_page()
     jpeg = base64.b64decode(tab.evaluate(JPEG_JS).split(",", 1)[1])
@@ -931,7 +932,8 @@ def test_hostile_keys_metadata_and_names_render_as_text(world: World, web_page: 
 def test_the_item_pages_read_and_filter_with_javascript_off(world: World, web_browser: Any) -> None:
     """Every part of the browser is HTML: folders, thumbnails, the filter form (a GET),
     paging links and the item page work with JavaScript off."""
-    from tests.web import sign_in, wait_for
+    from tests.waiting import wait_for
+    from tests.web import sign_in
 
     context = web_browser.new_context(java_script_enabled=False)
     try:

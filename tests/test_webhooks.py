@@ -20,7 +20,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -38,6 +37,7 @@ from syncd.feed import delivery
 from syncd.store import changes
 from syncd.store.catalog import Catalog
 from tests.emulators import free_port
+from tests.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "whsec_" + base64.b64encode(b"a test secret of 32 bytes, fixed").decode()
@@ -205,17 +205,6 @@ async def until(condition: Callable[[], Any], what: str, timeout: float = 90) ->
         if value:
             return value
         await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def wait_until(condition: Callable[[], Any], what: str, timeout: float = 90) -> Any:
-    deadline = time.monotonic() + timeout
-    pause = threading.Event()
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        pause.wait(0.05)
     raise AssertionError(f"timed out waiting for {what}")
 
 
@@ -499,7 +488,7 @@ def test_kill_9_at_20_seeded_moments_mid_delivery_loses_nothing(tmp_path: Path) 
                 return len(receiver.of("/hook")) >= before + nth  # held, or answered 200
 
             try:
-                wait_until(there, f"the kill point {moment}:{nth} of run {kill}")
+                wait_for(there, f"the kill point {moment}:{nth} of run {kill}")
                 assert proc.poll() is None, log.read_text()
             finally:
                 proc.send_signal(signal.SIGKILL)
@@ -519,7 +508,7 @@ def test_kill_9_at_20_seeded_moments_mid_delivery_loses_nothing(tmp_path: Path) 
         last_log = tmp_path / "last.log"
         proc = run_daemon(config, db, last_log)
         try:
-            wait_until(
+            wait_for(
                 lambda: b"syncd: running on catalog" in last_log.read_bytes() and delivered(),
                 "every change to be delivered",
             )

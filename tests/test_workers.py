@@ -53,7 +53,7 @@ from syncd.store.catalog import Catalog
 from syncd.store.pg import close_pools
 from tests.conftest import STORES, catalog_state, unique_bucket
 from tests.emulators import Emulator, free_port, moto_env, notify_queue
-from tests.test_daemon_e2e import wait_for
+from tests.waiting import wait_for
 
 T = TypeVar("T")
 TOKEN = "workers-token-0123456789abcdef"

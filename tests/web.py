@@ -27,10 +27,9 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -155,18 +154,6 @@ def start_daemon(config: Path, db: Path, port: int, env: dict[str, str]) -> Runn
 
     threading.Thread(target=drain, daemon=True).start()
     return daemon
-
-
-def wait_for(condition: Callable[[], Any], what: str, timeout: float = 120) -> Any:
-    """Poll ``condition`` until it is truthy (returned) or ``timeout`` seconds pass."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = condition()
-        if last:
-            return last
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
 
 
 def sign_in(page: Any, daemon: RunningDaemon, token: str = TOKEN) -> None:
