@@ -1700,6 +1700,28 @@ def _replay(ctx: click.Context, kind: str, name: str, start: int, db_path: str) 
     click.echo(f"{kind} {name!r} delivers again from cursor {state.cursor}")
 
 
+def _consumer_table(
+    kind: str, rows: list[dict[str, Any]], as_json: bool, described_by: tuple[str, ...]
+) -> None:
+    """Print ``syncd webhooks|sinks ls``: a JSON object per consumer, or a tab-separated
+    table of name, the ``described_by`` columns (a webhook's URL; a sink's type and target),
+    cursor, lag, state and last error, or a hint how to declare one when there is none."""
+    if as_json:
+        for row in rows:
+            _emit(row)
+        return
+    if not rows:
+        click.echo(f"no {kind}s: declare [{kind}s.NAME] in syncd.toml")
+        return
+    head = ["NAME", *(c.upper() for c in described_by), "CURSOR", "LAG", "STATE", "LAST ERROR"]
+    click.echo("\t".join(head))
+    for row in rows:
+        state = row["state"] + ("" if row["configured"] else " (not in the config)")
+        cells = [row["name"], *(row[c] or "-" for c in described_by), row["cursor"]]
+        cells += [f"{row['lag']:,}", state, row["last_error"] or "-"]
+        click.echo("\t".join(printable(str(c)) for c in cells))
+
+
 _FROM = click.option(
     "--from",
     "start",
@@ -1726,20 +1748,7 @@ def webhooks_ls(ctx: click.Context, db_path: str, as_json: bool) -> None:
         found = listing(catalog.db, shown, KIND)
     finally:
         catalog.close()
-    if as_json:
-        for row in found:
-            _emit(row)
-        return
-    if not found:
-        click.echo("no webhooks: declare [webhooks.NAME] in syncd.toml")
-        return
-    click.echo("NAME\tURL\tCURSOR\tLAG\tSTATE\tLAST ERROR")
-    for row in found:
-        state = row["state"] + ("" if row["configured"] else " (not in the config)")
-        click.echo(
-            f"{printable(row['name'])}\t{printable(row['url'] or '-')}\t{row['cursor']}\t"
-            f"{row['lag']:,}\t{state}\t{printable(row['last_error'] or '-')}"
-        )
+    _consumer_table("webhook", found, as_json, ("url",))
 
 
 @webhooks.command("resume")
@@ -1784,20 +1793,7 @@ def sinks_ls(ctx: click.Context, db_path: str, as_json: bool) -> None:
         rows = sink_rows(catalog.db, configured)
     finally:
         catalog.close()
-    if as_json:
-        for row in rows:
-            _emit(row)
-        return
-    if not rows:
-        click.echo("no sinks: declare [sinks.NAME] in syncd.toml")
-        return
-    click.echo("NAME\tTYPE\tTARGET\tCURSOR\tLAG\tSTATE\tLAST ERROR")
-    for row in rows:
-        state = row["state"] + ("" if row["configured"] else " (not in the config)")
-        click.echo(
-            f"{printable(row['name'])}\t{row['type'] or '-'}\t{printable(row['target'] or '-')}"
-            f"\t{row['cursor']}\t{row['lag']:,}\t{state}\t{printable(row['last_error'] or '-')}"
-        )
+    _consumer_table("sink", rows, as_json, ("type", "target"))
 
 
 @sinks.command("resume")

@@ -338,6 +338,14 @@ async def test_a_batch_over_the_message_size_limit_pauses_the_sink(
         target.fields["queue"],
     )
     assert "lower batch" in row["last_error"]
+    table = cli("sinks", "ls", "--db", db, "--config", str(config_file)).stdout.splitlines()
+    assert table[0].split("\t") == [
+        "NAME", "TYPE", "TARGET", "CURSOR", "LAG", "STATE", "LAST ERROR"
+    ]  # fmt: skip
+    cells = table[1].split("\t")
+    assert cells[:6] == ["out", "azure-queue", target.fields["queue"], "0", f"{row['lag']:,}",
+                         "paused"]  # fmt: skip
+    assert "lower batch" in cells[6] and len(table) == 2
     resumed = cli("sinks", "resume", "out", "--db", db)
     assert resumed.returncode == 0, resumed.stderr
     daemon = Daemon(load_daemon_config(str(config_file)), db, poll_seconds=1)

@@ -581,6 +581,11 @@ async def test_a_4xx_pauses_the_webhook_until_resume_and_replay_resends(
         (refused,) = receiver.of("/hook")
         listed = json.loads(webhooks_cli("ls", "--json").stdout)
         assert (listed["state"], listed["cursor"], listed["lag"]) == ("paused", 0, 5)
+        table = webhooks_cli("ls").stdout.splitlines()
+        assert table[0].split("\t") == ["NAME", "URL", "CURSOR", "LAG", "STATE", "LAST ERROR"]
+        cells = table[1].split("\t")
+        assert cells[:5] == ["w", receiver.url(), "0", "5", "paused"], table
+        assert "HTTP 410" in cells[5] and len(table) == 2
         # paused, it sends nothing more, however the log grows (the lag shows it)
         (src / "late.txt").write_text("late")
         daemon.scheduler.trigger("files")
