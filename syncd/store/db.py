@@ -2,8 +2,10 @@
 transactional migrations.
 
 Each engine has its list of migrations, each a name and a list of SQL statements: sqlite's is
-:data:`MIGRATIONS` below, PostgreSQL's ``PG_MIGRATIONS`` in :mod:`syncd.store.pg` (the same
-schema in that engine's types; a new migration is added to both under one name).
+:data:`MIGRATIONS` below, PostgreSQL's ``PG_MIGRATIONS`` in :mod:`syncd.store.pg`. Their
+first migrations (sqlite's 0001-0007, PostgreSQL's consolidated ``0007_schema``) are each
+engine's own; from ``0008`` on a migration is declared once for both, with the dialects'
+differences in one place (:mod:`syncd.store.schema`), and a new one is added there.
 :func:`migrate` applies, in order, those not yet recorded in ``_syncd_migrations``, in one
 transaction together with the rows that record them, so a crash leaves them applied or not at
 all. Migrations are append-only: never edit one that has shipped, add a new one.
@@ -19,7 +21,6 @@ from typing import TYPE_CHECKING, Any
 
 from syncd.errors import CatalogUnavailable, UsageError
 from syncd.store import schema
-from syncd.store.sql import CATALOG_INFO
 from syncd.store.stamps import now
 
 if TYPE_CHECKING:
@@ -213,91 +214,7 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
             "CREATE INDEX key_markers_seq ON key_markers (dataset_id, seq)",
         ],
     ),
-    (
-        "0008_run_ranges",
-        [
-            # a split run (syncd.store.ranges): one large dataset's run cut into key ranges
-            # [lo, hi), each leased ("range:<run>:<idx>"), listed and resumed on its own; the
-            # run's parked deletes are applied once every range is completed. ``runs.ranges``
-            # is how many (0: a run that is not split)
-            "ALTER TABLE runs ADD COLUMN ranges INTEGER NOT NULL DEFAULT 0",
-            """CREATE TABLE run_ranges (
-                run_id INTEGER NOT NULL REFERENCES runs(id),
-                idx INTEGER NOT NULL,
-                lo TEXT,
-                hi TEXT,
-                status TEXT NOT NULL,
-                resume_key TEXT,
-                owner TEXT,
-                attempts INTEGER NOT NULL DEFAULT 0,
-                started_at TEXT,
-                ended_at TEXT,
-                error TEXT,
-                listed INTEGER NOT NULL DEFAULT 0,
-                created INTEGER NOT NULL DEFAULT 0,
-                updated INTEGER NOT NULL DEFAULT 0,
-                deleted INTEGER NOT NULL DEFAULT 0,
-                unchanged INTEGER NOT NULL DEFAULT 0,
-                filtered INTEGER NOT NULL DEFAULT 0,
-                skipped INTEGER NOT NULL DEFAULT 0,
-                PRIMARY KEY (run_id, idx)
-            )""",
-            # every attempt at a range: who, when, from where, how far (no two attempts of one
-            # range may overlap in time; tests check it)
-            """CREATE TABLE range_attempts (
-                run_id INTEGER NOT NULL REFERENCES runs(id),
-                idx INTEGER NOT NULL,
-                attempt INTEGER NOT NULL,
-                owner TEXT NOT NULL,
-                started_at TEXT NOT NULL,
-                ended_at TEXT,
-                status TEXT NOT NULL,
-                resumed_after TEXT,
-                last_key TEXT,
-                error TEXT,
-                PRIMARY KEY (run_id, idx, attempt)
-            )""",
-        ],
-    ),
-    (
-        "0009_workers",
-        [
-            # the `syncd run` processes sharing this catalog (syncd.store.workers): one row per
-            # worker while it runs, its expiry renewed by its heartbeat; deleted on a clean
-            # stop, so a row whose expiry passed (or whose process is gone, same host) is a
-            # worker that died. Its dataset leases are the ones owned by "<id>/...".
-            """CREATE TABLE workers (
-                id TEXT PRIMARY KEY,
-                host TEXT NOT NULL,
-                pid INTEGER NOT NULL,
-                started_at TEXT NOT NULL,
-                heartbeat_at TEXT NOT NULL,
-                expires_at TEXT NOT NULL,
-                api TEXT
-            )""",
-            # the catalog-wide daemon lease is gone: several workers share a catalog
-            "DELETE FROM leases WHERE name = 'daemon'",
-        ],
-    ),
-    (
-        "0010_key_marker_times",
-        [
-            # the event's time as microseconds since the epoch (event_time is ISO text of
-            # varying precision, which does not compare as text): a listing that saw a version
-            # written after the event's change is newer than the event (the write guard)
-            "ALTER TABLE key_markers ADD COLUMN event_us INTEGER",
-        ],
-    ),
-    (
-        "0011_listing_times",
-        [
-            # when the listing page that showed a parked key gone was requested (microseconds,
-            # the provider's clock): an older event does not keep the key (Seen, apply_parked)
-            "ALTER TABLE pending_deletes ADD COLUMN seen_us INTEGER NOT NULL DEFAULT 0",
-        ],
-    ),
-    ("0012_catalog_info", [CATALOG_INFO]),
-    # tables declared once for both stores
+    # 0008 on: tables declared once for both stores
     *schema.migrations("sqlite"),
 ]
 

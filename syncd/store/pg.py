@@ -37,7 +37,6 @@ from providers.redact import redact, register
 from syncd.errors import CatalogUnavailable, UsageError
 from syncd.store import schema
 from syncd.store.sql import (
-    CATALOG_INFO,
     ITEM_COLUMNS,
     ITEM_UPDATES,
     Database,
@@ -184,70 +183,7 @@ PG_MIGRATIONS: list[tuple[str, list[str]]] = [
             )""",
         ],
     ),
-    (
-        # sqlite's 0008_run_ranges: split runs (syncd.store.ranges)
-        "0008_run_ranges",
-        [
-            "ALTER TABLE runs ADD COLUMN ranges INTEGER NOT NULL DEFAULT 0",
-            f"""CREATE TABLE run_ranges (
-                run_id BIGINT NOT NULL REFERENCES runs(id),
-                idx INTEGER NOT NULL,
-                lo {_KEY},
-                hi {_KEY},
-                status TEXT NOT NULL,
-                resume_key {_KEY},
-                owner TEXT,
-                attempts INTEGER NOT NULL DEFAULT 0,
-                started_at TEXT,
-                ended_at TEXT,
-                error TEXT,
-                listed BIGINT NOT NULL DEFAULT 0,
-                created BIGINT NOT NULL DEFAULT 0,
-                updated BIGINT NOT NULL DEFAULT 0,
-                deleted BIGINT NOT NULL DEFAULT 0,
-                unchanged BIGINT NOT NULL DEFAULT 0,
-                filtered BIGINT NOT NULL DEFAULT 0,
-                skipped BIGINT NOT NULL DEFAULT 0,
-                PRIMARY KEY (run_id, idx)
-            )""",
-            f"""CREATE TABLE range_attempts (
-                run_id BIGINT NOT NULL REFERENCES runs(id),
-                idx INTEGER NOT NULL,
-                attempt INTEGER NOT NULL,
-                owner TEXT NOT NULL,
-                started_at TEXT NOT NULL,
-                ended_at TEXT,
-                status TEXT NOT NULL,
-                resumed_after {_KEY},
-                last_key {_KEY},
-                error TEXT,
-                PRIMARY KEY (run_id, idx, attempt)
-            )""",
-        ],
-    ),
-    (
-        # the worker registry (syncd.store.workers), as sqlite's 0009_workers
-        "0009_workers",
-        [
-            """CREATE TABLE workers (
-                id TEXT PRIMARY KEY,
-                host TEXT NOT NULL,
-                pid BIGINT NOT NULL,
-                started_at TEXT NOT NULL,
-                heartbeat_at TEXT NOT NULL,
-                expires_at TEXT NOT NULL,
-                api TEXT
-            )""",
-            "DELETE FROM leases WHERE name = 'daemon'",
-        ],
-    ),
-    ("0010_key_marker_times", ["ALTER TABLE key_markers ADD COLUMN event_us BIGINT"]),
-    (
-        "0011_listing_times",
-        ["ALTER TABLE pending_deletes ADD COLUMN seen_us BIGINT NOT NULL DEFAULT 0"],
-    ),
-    ("0012_catalog_info", [CATALOG_INFO]),
-    # tables declared once for both stores
+    # 0008 on: tables declared once for both stores
     *schema.migrations("postgresql"),
 ]
 

@@ -1,9 +1,9 @@
 """Tables declared once for both stores: SQL written with a few placeholders that each
 dialect fills in.
 
-The migrations before ``0013`` declare every table twice, once per store
-(:data:`syncd.store.db.MIGRATIONS`, :data:`syncd.store.pg.PG_MIGRATIONS`); tables added since
-are written here once, and :func:`render` turns a statement into each store's SQL. The few
+The first migrations (sqlite's ``0001``-``0007``, PostgreSQL's consolidated ``0007_schema``)
+are each store's own (:data:`syncd.store.db.MIGRATIONS`, :data:`syncd.store.pg.PG_MIGRATIONS`);
+every migration from ``0008`` on is written here once, and :func:`render` turns a statement into each store's SQL. The few
 differences between the dialects live in :data:`TYPES`:
 
 * ``{bigint}``: a 64-bit integer (sqlite's INTEGER is 64-bit already);
@@ -20,6 +20,8 @@ skips it.
 """
 
 from __future__ import annotations
+
+from syncd.store.sql import CATALOG_INFO
 
 TYPES: dict[str, dict[str, str]] = {
     "sqlite": {
@@ -139,6 +141,90 @@ ITEM_UNDO = """CREATE TABLE item_undo (
 ){without_rowid}"""
 
 SHARED: list[tuple[str, list[Statement]]] = [
+    (
+        "0008_run_ranges",
+        [
+            # a split run (syncd.store.ranges): one large dataset's run cut into key ranges
+            # [lo, hi), each leased ("range:<run>:<idx>"), listed and resumed on its own; the
+            # run's parked deletes are applied once every range is completed. ``runs.ranges``
+            # is how many (0: a run that is not split)
+            "ALTER TABLE runs ADD COLUMN ranges INTEGER NOT NULL DEFAULT 0",
+            """CREATE TABLE run_ranges (
+                run_id {bigint} NOT NULL REFERENCES runs(id),
+                idx INTEGER NOT NULL,
+                lo {key},
+                hi {key},
+                status TEXT NOT NULL,
+                resume_key {key},
+                owner TEXT,
+                attempts INTEGER NOT NULL DEFAULT 0,
+                started_at TEXT,
+                ended_at TEXT,
+                error TEXT,
+                listed {bigint} NOT NULL DEFAULT 0,
+                created {bigint} NOT NULL DEFAULT 0,
+                updated {bigint} NOT NULL DEFAULT 0,
+                deleted {bigint} NOT NULL DEFAULT 0,
+                unchanged {bigint} NOT NULL DEFAULT 0,
+                filtered {bigint} NOT NULL DEFAULT 0,
+                skipped {bigint} NOT NULL DEFAULT 0,
+                PRIMARY KEY (run_id, idx)
+            )""",
+            # every attempt at a range: who, when, from where, how far (no two attempts of one
+            # range may overlap in time; tests check it)
+            """CREATE TABLE range_attempts (
+                run_id {bigint} NOT NULL REFERENCES runs(id),
+                idx INTEGER NOT NULL,
+                attempt INTEGER NOT NULL,
+                owner TEXT NOT NULL,
+                started_at TEXT NOT NULL,
+                ended_at TEXT,
+                status TEXT NOT NULL,
+                resumed_after {key},
+                last_key {key},
+                error TEXT,
+                PRIMARY KEY (run_id, idx, attempt)
+            )""",
+        ],
+    ),
+    (
+        "0009_workers",
+        [
+            # the `syncd run` processes sharing this catalog (syncd.store.workers): one row per
+            # worker while it runs, its expiry renewed by its heartbeat; deleted on a clean
+            # stop, so a row whose expiry passed (or whose process is gone, same host) is a
+            # worker that died. Its dataset leases are the ones owned by "<id>/...".
+            """CREATE TABLE workers (
+                id TEXT PRIMARY KEY,
+                host TEXT NOT NULL,
+                pid {bigint} NOT NULL,
+                started_at TEXT NOT NULL,
+                heartbeat_at TEXT NOT NULL,
+                expires_at TEXT NOT NULL,
+                api TEXT
+            )""",
+            # the catalog-wide daemon lease is gone: several workers share a catalog
+            "DELETE FROM leases WHERE name = 'daemon'",
+        ],
+    ),
+    (
+        "0010_key_marker_times",
+        [
+            # the event's time as microseconds since the epoch (event_time is ISO text of
+            # varying precision, which does not compare as text): a listing that saw a version
+            # written after the event's change is newer than the event (the write guard)
+            "ALTER TABLE key_markers ADD COLUMN event_us {bigint}",
+        ],
+    ),
+    (
+        "0011_listing_times",
+        [
+            # when the listing page that showed a parked key gone was requested (microseconds,
+            # the provider's clock): an older event does not keep the key (Seen, apply_parked)
+            "ALTER TABLE pending_deletes ADD COLUMN seen_us {bigint} NOT NULL DEFAULT 0",
+        ],
+    ),
+    ("0012_catalog_info", [CATALOG_INFO]),
     (
         "0013_changes",
         [
