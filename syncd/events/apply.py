@@ -61,6 +61,7 @@ from syncd.store.catalog import Catalog, Dataset
 from syncd.store.checkpoint import LISTED_GONE
 from syncd.store.db import transaction
 from syncd.store.sql import select_keys
+from syncd.store.sqlite import insert_rows
 from syncd.store.stamps import now, stamp_us
 
 log = logging.getLogger("syncd.events")
@@ -545,7 +546,13 @@ class _ChunkState:
             # the time also as microseconds: the listing write guard compares it (a chunk's
             # events share a few times: each text converted once)
             us: dict[str, int] = {}
-            catalog.db.executemany(
+            db = catalog.db
+            write = (
+                functools.partial(insert_rows, db.conn)  # several rows per statement
+                if db.dialect == "sqlite"
+                else db.executemany
+            )
+            write(
                 _MARKER_UPSERT,
                 [
                     (
