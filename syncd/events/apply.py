@@ -44,7 +44,7 @@ from __future__ import annotations
 import functools
 import logging
 import operator
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -313,16 +313,17 @@ class EventApplier:
         ``executemany`` per table. Several events for one key see each other's effect: the
         decisions run on an in-memory copy of the rows that every decision updates."""
         routed: list[tuple[Dataset, ObjectEvent]] = []
-        keys: dict[int, set[str]] = {}
+        keys: defaultdict[int, set[str]] = defaultdict(set)
+        routes = self.routes
         for event in events:
-            targets = self.routes(event)
+            targets = routes(event)
             if not targets:
                 result.counts["unrouted"] += 1
                 where = (event.provider, event.bucket, event.account or "")
                 unrouted[where] = (unrouted.get(where, (0, ""))[0] + 1, event.key)
             for ds in targets:
                 routed.append((ds, event))
-                keys.setdefault(ds.id, set()).add(event.key)
+                keys[ds.id].add(event.key)
         if not routed:
             return
         state = _ChunkState.read(self.catalog.db, keys)

@@ -386,14 +386,16 @@ def _s3_fast(rec: Any) -> ObjectEvent | None:
     form: upper-case hex (so ASCII, without space), at most :data:`SEQUENCER_WIDTH` long."""
     if type(rec) is not dict or "responseElements" in rec:
         return None
-    s3 = rec.get("s3")
-    name = rec.get("eventName")
-    if type(s3) is not dict or type(name) is not str:
+    try:  # the fields every plain record has, read by subscript (a missing one: not plain)
+        s3, name = rec["s3"], rec["eventName"]
+        if type(s3) is not dict or type(name) is not str:
+            return None
+        obj, bucket = s3["object"], s3["bucket"]
+        if type(obj) is not dict or type(bucket) is not dict:
+            return None
+        bucket, key = bucket["name"], obj["key"]
+    except KeyError:
         return None
-    obj, bucket = s3.get("object"), s3.get("bucket")
-    if type(obj) is not dict or type(bucket) is not dict:
-        return None
-    bucket, key = bucket.get("name"), obj.get("key")
     if (
         type(bucket) is not str
         or type(key) is not str
