@@ -10,6 +10,8 @@ rows here, so a batch spans several statements and a remainder.
 
 from __future__ import annotations
 
+import sqlite3
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -95,6 +97,22 @@ def test_item_upserts_equal_a_statement_per_row(before: list[tuple], rows: list[
 @given(before=st.lists(MARKER, max_size=3), rows=st.lists(MARKER, max_size=11))
 def test_marker_upserts_equal_a_statement_per_row(before: list[tuple], rows: list[tuple]) -> None:
     _both(_MARKER_UPSERT, "key_markers", before, rows)
+
+
+def test_a_row_of_the_wrong_width_is_refused_not_shifted_into_its_neighbours() -> None:
+    """A row one value short beside one a value long add up to whole rows (6 values, 3 rows of
+    2): sent together they would be written with every value after the gap in the wrong
+    column."""
+    catalog = _catalog()
+    sql = "INSERT INTO counters (name, value) VALUES (?, ?)"
+    try:
+        with pytest.raises(sqlite3.ProgrammingError), transaction(catalog.db):
+            sqlite_store.insert_rows(catalog.db.conn, sql, [("a",), ("b", 1, "c"), ("d", 2)])
+        assert catalog.db.execute(
+            "SELECT count(*) FROM counters WHERE name IN ('a', 'b', 'd', 1)"
+        ).fetchone() == (0,)
+    finally:
+        catalog.close()
 
 
 def test_only_an_insert_of_one_row_of_placeholders_is_repeated() -> None:

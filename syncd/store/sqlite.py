@@ -112,6 +112,11 @@ def insert_rows(conn: sqlite3.Connection, sql: str, rows: Sequence[Sequence[Any]
     of CPU, bench/README.md)."""
     per = ROWS_PER_STATEMENT
     full = len(rows) - len(rows) % per
+    width = sql.count("?")  # the placeholders of the one row
+    if full and any(len(r) != width for r in rows):
+        # a row of the wrong width would shift its neighbours' values into other columns
+        # of a shared statement: executemany refuses it instead (ProgrammingError)
+        full = 0
     if full:
         many = _many(sql, per)
         for start in range(0, full, per):
