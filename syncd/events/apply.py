@@ -44,7 +44,7 @@ from __future__ import annotations
 import functools
 import logging
 import operator
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -54,13 +54,14 @@ from typing import Any
 
 from providers import faults
 from providers.base import object_uri
-from providers.content_types import guessed_by_default
+from providers.content_types import UNKNOWN, guess, guessed_by_default
 from syncd.events.parse import EventKind, ObjectEvent
 from syncd.reconcile.metadata import item_fields
 from syncd.store.catalog import Catalog, Dataset
 from syncd.store.checkpoint import LISTED_GONE
 from syncd.store.db import transaction
 from syncd.store.sql import select_keys
+from syncd.store.sqlite import insert_rows
 from syncd.store.stamps import now, stamp_us
 
 log = logging.getLogger("syncd.events")
@@ -157,7 +158,27 @@ class EventApplier:
         #: per (provider, bucket, account): True when those datasets all cover the whole bucket
         self._whole: dict[tuple[str, str, str | None], bool] = {}
         #: per (dataset id, provider, bucket, account), what an item's URI is the key after
+        #: (cloud datasets only: a local item's URI is a quoted path)
         self._uri_prefix: dict[tuple[int, str, str, str | None], str] = {}
+        #: per dataset id: True when its filters accept every object (read once per dataset)
+        self._plain: dict[int, bool] = {}
+        #: per provider, an item's metadata text for a type the event did not state
+        self._meta_unstated: dict[str, str] = {}
+
+    def _accepts_all(self, ds: Dataset) -> bool:
+        """Whether ``ds``'s filters accept every object, remembered per dataset."""
+        plain = self._plain[ds.id] = ds.filters.accepts_all
+        return plain
+
+    def _guessed_meta(self, provider: str) -> str:
+        """The metadata text :func:`item_fields` gives an item of ``provider`` whose event
+        stated no content type (the type is guessed from the key), remembered per provider."""
+        meta = self._meta_unstated.get(provider)
+        if meta is None:
+            meta = self._meta_unstated[provider] = item_fields(
+                "", None, rule=guessed_by_default(provider)
+            )[1]
+        return meta
 
     def routes(self, event: ObjectEvent) -> list[Dataset]:
         if self.only is not None:
@@ -292,71 +313,82 @@ class EventApplier:
         ``executemany`` per table. Several events for one key see each other's effect: the
         decisions run on an in-memory copy of the rows that every decision updates."""
         routed: list[tuple[Dataset, ObjectEvent]] = []
-        keys: dict[int, set[str]] = {}
+        keys: defaultdict[int, set[str]] = defaultdict(set)
+        routes = self.routes
         for event in events:
-            targets = self.routes(event)
+            targets = routes(event)
             if not targets:
                 result.counts["unrouted"] += 1
                 where = (event.provider, event.bucket, event.account or "")
                 unrouted[where] = (unrouted.get(where, (0, ""))[0] + 1, event.key)
             for ds in targets:
                 routed.append((ds, event))
-                keys.setdefault(ds.id, set()).add(event.key)
+                keys[ds.id].add(event.key)
         if not routed:
             return
         state = _ChunkState.read(self.catalog.db, keys)
         stamp = now()  # one transaction, one time of writing
         markers, items, marks, puts = state.markers, state.items, state.marks, state.puts
         outcomes: list[tuple[str, str]] = []  # (dataset name, outcome): counted once, in C
+        created: list[str] = []  # the dataset names of the common creates, likewise
+        plain, uri_prefix = self._plain, self._uri_prefix
         for ds, event in routed:
-            slot = (ds.id, event.key)
+            key = event.key
+            slot = (ds.id, key)
+            size, etag = event.size, event.etag
             if (
                 slot in markers
                 or slot in items
-                or event.kind is not EventKind.CREATED
-                or event.size is None
-                or event.etag is None
+                or event.kind is not _CREATED
+                or size is None
+                or etag is None
                 or event.metadata
                 or event.tags
-                or not ds.filters.accepts_all
+                or not (plain.get(ds.id) or self._accepts_all(ds))
             ):
                 outcomes.append((ds.name, self._decide(ds, event, seq, stamp, state)))
                 continue
             # the common event, a create of a key with neither row: _decide's outcome for it
             # with its steps written out (not stale, kept, a new item, the marker stamped)
-            rank = "" if event.marker is None else f"{event.marker}/0"
+            rank = "" if event.marker is None else event.marker + "/0"
             when = _stamp(event.event_time) if event.event_time else None
             markers[slot] = (rank, 0, when)
             marks[slot] = (rank, 0, seq, when)
-            content_type, meta = item_fields(
-                event.key,
-                event.content_type,
-                rule=guessed_by_default(event.provider),
-                guessed=event.provider == "local",
-            )
-            items[slot] = (
-                stamp,
-                event.etag,
-                event.size,
-                when or _stamp(datetime.now(UTC)),
-                event.version,
-            )
+            if event.content_type is None:
+                # item_fields of an unstated type: a guess from the key, and the provider's
+                # constant metadata text
+                content_type = guess(key) or UNKNOWN
+                meta = self._guessed_meta(event.provider)
+            else:
+                content_type, meta = item_fields(
+                    key,
+                    event.content_type,
+                    rule=guessed_by_default(event.provider),
+                    guessed=event.provider == "local",
+                )
+            mtime = when or _stamp(datetime.now(UTC))
+            version = event.version
+            items[slot] = (stamp, etag, size, mtime, version)
+            prefix = uri_prefix.get((ds.id, event.provider, event.bucket, event.account))
             puts[slot] = (
                 ds.id,
-                event.key,
-                "/" + event.key[len(ds.driver.path) :],
-                self._uri(ds, event),
-                event.size,
-                event.etag,
+                key,
+                "/" + key[len(ds.driver.path) :],
+                prefix + key if prefix is not None else self._uri(ds, event),
+                size,
+                etag,
                 content_type,
-                items[slot][3],
-                event.version,
+                mtime,
+                version,
                 stamp,
                 stamp,
                 meta,
                 None,
             )
-            outcomes.append((ds.name, "created"))
+            created.append(ds.name)
+        for name, count in Counter(created).items():
+            result.counts["created"] += count
+            result.by_dataset[(name, "created")] += count
         for (name, outcome), count in Counter(outcomes).items():
             result.counts[outcome] += count
             result.by_dataset[(name, outcome)] += count
@@ -440,6 +472,7 @@ class EventApplier:
 
 
 _KEY = operator.itemgetter(1)
+_CREATED = EventKind.CREATED
 #: (marker, deleted, event_time) of a key_markers row
 MarkerRow = tuple[str, int, str | None]
 #: (created_at, etag, size, mtime, version) of an items row
@@ -514,7 +547,13 @@ class _ChunkState:
             # the time also as microseconds: the listing write guard compares it (a chunk's
             # events share a few times: each text converted once)
             us: dict[str, int] = {}
-            catalog.db.executemany(
+            db = catalog.db
+            write = (
+                functools.partial(insert_rows, db.conn)  # several rows per statement
+                if db.dialect == "sqlite"
+                else db.executemany
+            )
+            write(
                 _MARKER_UPSERT,
                 [
                     (
@@ -542,11 +581,18 @@ class _ChunkState:
             if written:
                 written.sort(key=_KEY)  # in key order: the index pages are written in turn
                 # the change log's kind, as the key's row is now: the chunk's deletes are
-                # written first, so a key deleted and re-created in it is created again
-                kinds = [
-                    "updated" if (ds, r[1]) in stored and (ds, r[1]) not in deletes else "created"
-                    for r in written
-                ]
+                # written first, so a key deleted and re-created in it is created again (one
+                # kind for all when no key had an item: the common chunk of new objects)
+                kinds: str | list[str] = (
+                    [
+                        "updated"
+                        if (ds, r[1]) in stored and (ds, r[1]) not in deletes
+                        else "created"
+                        for r in written
+                    ]
+                    if stored
+                    else "created"
+                )
                 catalog.write_rows(ds, written, source=source, kinds=kinds)
 
 

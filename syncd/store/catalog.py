@@ -786,7 +786,7 @@ class Catalog:
         *,
         seen_seq: Iterable[int] | None = None,
         source: str | None = None,
-        kinds: list[str] | None = None,
+        kinds: str | list[str] | None = None,
     ) -> None:
         """Upsert items given as plain tuples of the ``items`` columns: ``dataset_id`` (equal
         to ``dataset_id``), then the :class:`Item` fields in order, in one bulk write
@@ -801,8 +801,8 @@ class Catalog:
         :meth:`~syncd.store.sql.Database.lock_writes` (no event commits in between).
 
         With ``source``, each row written is recorded in the change log (:mod:`.changes`) as
-        ``created`` or ``updated``: ``kinds`` (one per row) when the caller knows, else by
-        which keys exist now.
+        ``created`` or ``updated``: ``kinds`` (one per row, or one for all) when the caller
+        knows, else by which keys exist now.
         """
         if not rows:
             return
@@ -812,6 +812,8 @@ class Catalog:
             # written (the guard costs a marker lookup per key)
             since = self.db.execute(_EVENT_SINCE, (dataset_id, min(seen_seq, default=0)))
             if seen_seq and since.fetchone()[0]:
+                if isinstance(kinds, str):
+                    kinds = [kinds] * len(rows)
                 rows, kinds = self._unguarded(dataset_id, rows, seen_seq, kinds)
                 if not rows:
                     return

@@ -7,9 +7,11 @@ other process, and :meth:`~syncd.store.sql.Database.lock_writes` has nothing to 
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from itertools import chain
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -65,7 +67,7 @@ class SqliteDatabase(Database):
         """Nothing to do: ``BEGIN IMMEDIATE`` already made this the only writer."""
 
     def upsert_items(self, rows: list[tuple[Any, ...]]) -> None:
-        self.conn.executemany(UPSERT, rows)
+        insert_rows(self.conn, UPSERT, rows)
 
     def check_writable(self) -> None:
         """A no-op write: sqlite opens a file it may not write (permissions, an immutable
@@ -83,6 +85,44 @@ class SqliteDatabase(Database):
 
     def close(self) -> None:
         self.conn.close()
+
+
+#: rows per statement of :func:`insert_rows`: 100 rows of 13 columns are 1,300 variables, far
+#: below sqlite's limit (32,766 since 3.32; 999 before, which 76 rows would reach)
+ROWS_PER_STATEMENT = 100 if sqlite3.sqlite_version_info >= (3, 32) else 50
+
+
+@functools.lru_cache(maxsize=16)
+def _many(sql: str, count: int) -> str:
+    """``sql`` (``INSERT ... VALUES (?, ...)`` and an optional tail such as ``ON CONFLICT``)
+    with its one group of values repeated ``count`` times."""
+    head, values, rest = sql.partition(" VALUES (")
+    group, close, tail = rest.partition(")")
+    if not values or not close or group.replace("?", "").replace(",", "").strip():
+        raise ValueError(f"not an INSERT of one row of placeholders: {sql[:60]!r}")
+    return f"{head} VALUES " + ",".join([f"({group})"] * count) + tail
+
+
+def insert_rows(conn: sqlite3.Connection, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+    """``conn.executemany(sql, rows)`` for an ``INSERT`` of one row of placeholders (an upsert
+    too), with the same effect: the rows in order, as if one at a time (sqlite applies a
+    multi-row ``VALUES`` row by row, each row's ``ON CONFLICT`` seeing the rows before it).
+    Sent :data:`ROWS_PER_STATEMENT` rows per statement: one statement of many rows costs
+    sqlite about a third less than a statement run per row (100k item rows: 0.32 -> 0.23 s
+    of CPU, bench/README.md)."""
+    per = ROWS_PER_STATEMENT
+    full = len(rows) - len(rows) % per
+    width = sql.count("?")  # the placeholders of the one row
+    if full and any(len(r) != width for r in rows):
+        # a row of the wrong width would shift its neighbours' values into other columns
+        # of a shared statement: executemany refuses it instead (ProgrammingError)
+        full = 0
+    if full:
+        many = _many(sql, per)
+        for start in range(0, full, per):
+            conn.execute(many, list(chain.from_iterable(rows[start : start + per])))
+    if full < len(rows):
+        conn.executemany(sql, rows[full:])
 
 
 def open_sqlite(path: str, *, create: bool, write: bool, busy_timeout: float) -> SqliteDatabase:
