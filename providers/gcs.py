@@ -218,8 +218,15 @@ class GCSDriver(Driver):
             self.retry,
         )
         try:
-            while chunk := await call(lambda: reader.read(CHUNK), translate, NO_RETRY):
+            # the first read is the object's first ranged GET, and the reader moves its
+            # position only once a GET has answered: a failed one leaves it where it was, so
+            # it is retried as any request (a reset on a pooled connection, issue 27). A later
+            # read is not: the reader has already moved past the bytes it buffered, which a
+            # failed GET loses (a retry would skip them)
+            chunk = await call(lambda: reader.read(CHUNK), translate, self.retry)
+            while chunk:
                 yield chunk
+                chunk = await call(lambda: reader.read(CHUNK), translate, NO_RETRY)
         finally:
             reader.close()
 

@@ -28,12 +28,6 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-import botocore.exceptions
-import botocore.session
-import botocore.utils
-from botocore.config import Config
-from botocore.configprovider import ConfiguredEndpointProvider
-
 from providers import errors
 from providers.base import (
     MULTIPART_THRESHOLD,
@@ -47,6 +41,23 @@ from providers.base import (
 from providers.config import ConfigError
 from providers.credentials import aws_session
 from providers.retry import NO_RETRY, RetryPolicy, Translate, call
+
+# botocore's import makes about a hundred thousand objects, none of them garbage, and every
+# few hundred of them would start a collection walking those made so far: with the collector
+# off meanwhile the import takes about a tenth less CPU (120 -> 110 ms, issue 27)
+_collecting = gc.isenabled()
+gc.disable()
+try:
+    import botocore.exceptions
+    import botocore.session
+    import botocore.utils
+    from botocore.config import Config
+    from botocore.configprovider import ConfiguredEndpointProvider
+
+    from providers.botomodels import use_model_loader
+finally:
+    if _collecting:
+        gc.enable()
 
 if TYPE_CHECKING:
     from s3transfer.manager import TransferConfig
@@ -216,6 +227,7 @@ class S3Driver(Driver):
             }
             session = aws_session({k: v for k, v in keys.items() if v}, region=region, label=bucket)
         self._session = session
+        use_model_loader(session)  # botocore's models parsed once per user, not per command
         parsers = self._session.get_component("response_parser_factory")
         parsers.set_parser_defaults(timestamp_parser=_timestamp)
         # credentials come from the session (keys, profile, chain or an assumed role)

@@ -156,3 +156,16 @@ async def test_authentication_errors_are_never_retried(backend: Backend) -> None
         assert list_calls(proxy, backend.name) == 1
     finally:
         proxy.close()
+
+
+async def test_a_read_whose_first_request_is_reset_is_retried(cloud: Backend, proxied) -> None:
+    """A read (``Driver.get``/``read``) whose first request meets a dropped connection (a
+    pooled keep-alive connection the server has reset: what failed
+    test_pull_push.py's final read against fake-gcs-server under load) is sent again, as any
+    other request: nothing of the object was consumed yet."""
+    proxy, driver = proxied
+    await driver.put("reset-me.bin", b"the bytes")
+    proxy.arm(fail=1, reply=None, only="reset-me.bin")
+    assert await driver.read("reset-me.bin") == b"the bytes"
+    proxy.wait_idle()
+    assert proxy.fail == 0  # the reset was given

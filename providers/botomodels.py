@@ -1,0 +1,168 @@
+"""botocore's data loader, made cheaper to start: the same files, the same data, read once.
+
+Every ``syncd`` command that talks to S3 makes a botocore client, and making the first one
+costs about 0.1 s of CPU (bench/README.md, issue 27), three quarters of it in botocore's
+loader: it lists every service folder it ships (about 400 ``listdir`` and 900 ``stat``
+calls) to learn whether ``s3`` is one of them, then decompresses and parses about 3.6 MB of
+JSON (the S3 model, its endpoint rules, ``endpoints.json``) into ``OrderedDict`` objects.
+
+:class:`ModelLoader` is botocore's own :class:`~botocore.loaders.Loader` with two changes:
+
+* whether a service exists is answered by its own folder (``list_api_versions``, which
+  botocore calls next anyway), not by listing all of them; an unknown service still gets
+  botocore's own error, naming the known ones;
+* a data file, once parsed, is kept in a per-user cache (``$XDG_CACHE_HOME/syncd/botocore``,
+  else ``~/.cache/syncd/botocore``) in :mod:`marshal` form, which loads about five times
+  faster than the JSON parse and, unlike pickle, cannot run code. An entry is named by the
+  file's path, size and modification time and the botocore and Python versions, so an
+  upgrade or an edited model (``~/.aws/models``) is parsed again. The data is the same
+  except for the mapping type: plain ``dict`` (which keeps the order, as the ``OrderedDict``
+  botocore asks its parser for; botocore only iterates and indexes them), cached or not. Any failure to read or write the cache (no home
+  folder, a read-only disk, a damaged entry) falls back to botocore's parse: the cache is
+  never needed to be right.
+
+Search paths are botocore's (its ``data_path`` setting, ``~/.aws/models``, its own data).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import hashlib
+import json
+import marshal
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
+from typing import Any
+
+import botocore
+from botocore.exceptions import DataNotFoundError
+from botocore.loaders import JSONFileLoader, Loader, instance_cache
+
+#: bumped when what an entry holds changes
+_FORMAT = 1
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """The cyclic garbage collector off while a model is built: a model is a few hundred
+    thousand dicts, lists and strings made at once, none of them garbage, and each few
+    hundred of them would start a collection walking all made so far (measured: loading
+    the S3 models took about twice as long with it on)."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+def cache_dir() -> str:
+    """Where parsed model files are kept: ``$XDG_CACHE_HOME/syncd/botocore``, else
+    ``~/.cache/syncd/botocore``."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "syncd", "botocore")
+
+
+class CachedJSONFileLoader(JSONFileLoader):
+    """botocore's JSON file loader, keeping what it parses in :func:`cache_dir`."""
+
+    def __init__(self, root: str | None = None) -> None:
+        self.root = root or cache_dir()
+
+    def _entry(self, full_path: str, st: os.stat_result) -> tuple[str, str]:
+        """The cache entry of ``full_path`` as it stands now, and the prefix every entry of
+        that path shares (older ones are removed when a new one is written)."""
+        where = hashlib.sha256(full_path.encode("utf-8", "surrogateescape")).hexdigest()[:24]
+        what = f"{_FORMAT}|{st.st_size}|{st.st_mtime_ns}|{botocore.__version__}|{sys.version}"
+        version = hashlib.sha256(what.encode()).hexdigest()[:16]
+        return os.path.join(self.root, f"{where}.{version}.marshal"), where + "."
+
+    def _load_file(self, full_path: str, open_method: Any) -> Any:
+        try:
+            st = os.stat(full_path)
+        except OSError:
+            return None  # as botocore's: not there, try the next extension
+        entry, prefix = self._entry(full_path, st)
+        with contextlib.suppress(OSError, ValueError, EOFError, TypeError):
+            with open(entry, "rb") as cached:
+                blob = cached.read()
+            with _collector_paused():
+                return marshal.loads(blob)
+        # botocore's parse, into plain dicts (marshal stores no OrderedDict): the same data
+        # whether it came from the cache or not
+        with open_method(full_path, "rb") as fp:
+            payload = fp.read().decode("utf-8")
+        with _collector_paused():
+            data = json.loads(payload)
+        self._store(entry, prefix, data)
+        return data
+
+    def _store(self, entry: str, prefix: str, data: Any) -> None:
+        """Write ``data`` as ``entry`` (atomically: a reader sees a whole entry or none),
+        removing older entries of the same file. Failures are ignored (see the module)."""
+        try:
+            os.makedirs(self.root, mode=0o700, exist_ok=True)
+            blob = marshal.dumps(data)
+            fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".tmp-")
+            try:
+                with os.fdopen(fd, "wb") as out:
+                    out.write(blob)
+                os.replace(tmp, entry)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
+            name = os.path.basename(entry)
+            for other in os.listdir(self.root):
+                if other.startswith(prefix) and other != name:
+                    with contextlib.suppress(OSError):
+                        os.unlink(os.path.join(self.root, other))
+        except (OSError, ValueError):
+            pass
+
+
+class ModelLoader(Loader):
+    """botocore's loader with the two changes the module describes."""
+
+    FILE_LOADER_CLASS = CachedJSONFileLoader
+
+    @instance_cache
+    def load_service_model(
+        self, service_name: str, type_name: str, api_version: str | None = None
+    ) -> Any:
+        # botocore's own steps, less the listing of every service: the service's folder
+        # holding a file of this type (list_api_versions) is what that listing checked
+        try:
+            versions = self.list_api_versions(service_name, type_name)
+        except DataNotFoundError:
+            # unknown here: botocore's method raises its own error (UnknownServiceError)
+            return super().load_service_model(service_name, type_name, api_version)
+        if api_version is None:
+            api_version = max(versions)
+        model = self.load_data(os.path.join(service_name, api_version, type_name))
+        extras = self._find_extras(service_name, type_name, api_version)
+        self._extras_processor.process(model, extras)
+        return model
+
+
+#: one loader per search-path setting, shared by every session of the process: the models it
+#: holds are read-only to botocore, and a second driver need not parse them again
+_LOADERS: dict[str | None, ModelLoader] = {}
+
+
+def use_model_loader(session: Any) -> None:
+    """Make ``session`` (a ``botocore.session.Session`` that has made no client yet) load
+    its models through a :class:`ModelLoader` with the search paths its own would have
+    (botocore's ``create_loader`` of the ``data_path`` setting)."""
+    data_path = session.get_config_variable("data_path")
+    loader = _LOADERS.get(data_path)
+    if loader is None:
+        extra = None
+        if data_path is not None:
+            extra = [os.path.expanduser(os.path.expandvars(p)) for p in data_path.split(os.pathsep)]
+        loader = _LOADERS[data_path] = ModelLoader(extra_search_paths=extra)
+    session.register_component("data_loader", loader)
