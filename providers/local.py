@@ -26,6 +26,7 @@ import fcntl
 import hashlib
 import logging
 import marshal
+import math
 import operator
 import os
 import re
@@ -144,30 +145,38 @@ class LocalDriver(Driver):
         ready: list[ObjectInfo] = []  # objects walked, not yet handed out
         walked = False  # every run taken
 
-        def next_page() -> tuple[list[ObjectInfo], bool]:
-            """The next page of objects and whether the listing ended with it."""
-            nonlocal ready, walked
-            while len(ready) < size and not walked:
+        def take(wanted: int) -> list[list[Record]]:
+            """Runs of at least ``wanted`` records in all, or the rest of the walk (blocking:
+            a worker thread's; it only walks or reads the walker's pipe, so the objects are
+            built on the loop's thread: a worker thread building them contends for the GIL
+            with the catalog writes, which release it for every row)."""
+            nonlocal walked
+            runs_taken: list[list[Record]] = []
+            while wanted > 0:
                 run = next(runs, None)
                 if run is None:
                     walked = True
-                elif 2 not in map(len, run):  # no skipped entry: (key, reason) pairs
-                    ready += starmap(_Listed, run)  # type: ignore[arg-type]
-                else:
-                    for record in run:
-                        if len(record) == 2:
-                            self.skip(*record)  # type: ignore[arg-type]
-                        else:
-                            ready.append(_Listed(*record))  # type: ignore[arg-type]
-            page, ready = ready[:size], ready[size:]
-            return page, walked and not ready
+                    break
+                runs_taken.append(run)
+                wanted -= len(run)
+            return runs_taken
 
         try:
             while True:
-                page, ended = await asyncio.to_thread(next_page)
+                while len(ready) < size and not walked:
+                    for run in await asyncio.to_thread(take, size - len(ready)):
+                        if 2 not in map(len, run):  # no skipped entry: (key, reason) pairs
+                            ready += starmap(_Listed, run)  # type: ignore[arg-type]
+                            continue
+                        for record in run:
+                            if len(record) == 2:
+                                self.skip(*record)  # type: ignore[arg-type]
+                            else:
+                                ready.append(_Listed(*record))  # type: ignore[arg-type]
+                page, ready = ready[:size], ready[size:]
                 if page:
                     yield page
-                if ended:
+                if walked and not ready:
                     return
         finally:
             # a listing closed early (or failed) stops its walker process; a reading
@@ -276,6 +285,17 @@ class LocalDriver(Driver):
             base += "/"
         unsafe = _NEEDS_QUOTING.search
         return [base + (quote(k) if unsafe(k) else k) for k in keys]
+
+    def mtime_texts(self, objs: list[ObjectInfo]) -> list[str]:
+        # a listed file's text straight from its mtime_ns (mtime_text), without the
+        # datetime the base class formats: a third of building a first sync's row
+        listed = _Listed
+        return [
+            mtime_text(o._mtime_ns)
+            if o.__class__ is listed
+            else o.last_modified.isoformat().replace("+00:00", "Z")
+            for o in objs
+        ]
 
 
 #: objects a listing walks in its own process before the rest of the walk moves to a child
@@ -449,6 +469,36 @@ def _object_info(key: str, size: int, mtime_ns: int) -> ObjectInfo:
     )
 
 
+#: the text of each whole second seen (``YYYY-MM-DDTHH:MM:SS``), for :func:`mtime_text`:
+#: files written together share seconds; bounded, cleared when full
+_SECONDS: dict[int, str] = {}
+#: the seconds mtime_text formats itself: years 1970 to 9999 (others take datetime's path)
+_LAST_SECOND = 253402300799
+
+
+def mtime_text(mtime_ns: int) -> str:
+    """``datetime.fromtimestamp(mtime_ns / 1e9, UTC)`` as the catalog's text
+    (``isoformat()`` with ``Z``), character for character, without building the datetime:
+    the same float, split into whole seconds and microseconds as ``fromtimestamp`` splits it
+    (``modf``, round half to even), the seconds' text looked up once per second, the
+    microseconds left out when zero as ``isoformat`` leaves them (``tests/test_local_walk.py``
+    compares the two)."""
+    frac, whole = _modf(mtime_ns / 1e9)
+    us = round(frac * 1e6)
+    sec = int(whole)
+    if us >= 1000000:
+        us -= 1000000
+        sec += 1
+    if not 0 <= sec <= _LAST_SECOND or us < 0:
+        return _fromtimestamp(mtime_ns / 1e9, UTC).isoformat().replace("+00:00", "Z")
+    text = _SECONDS.get(sec)
+    if text is None:
+        if len(_SECONDS) >= 4096:
+            _SECONDS.clear()
+        text = _SECONDS[sec] = _fromtimestamp(sec, UTC).isoformat()[:19]
+    return f"{text}.{us:06d}Z" if us else text + "Z"
+
+
 class _Listed(ObjectInfo):
     """The :class:`ObjectInfo` of a listed file, equal to :func:`_object_info`'s, whose
     ``last_modified`` and ``content_type`` are worked out when read: a re-sync compares most
@@ -498,3 +548,4 @@ _set_key, _set_size, _set_etag, _set_version, _set_md5, _set_metadata, _set_tags
 _set_mtime_ns = _Listed._mtime_ns.__set__  # type: ignore[attr-defined]
 _FIELDS = operator.attrgetter(*ObjectInfo.__dataclass_fields__)
 _fromtimestamp = datetime.fromtimestamp
+_modf = math.modf
