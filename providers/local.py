@@ -538,16 +538,18 @@ class _Listed(ObjectInfo):
     of a listed file's record)."""
 
     __slots__ = ("_mtime_ns",)
+    # a listed file has none of these: read from the class, never set per object (their
+    # slots stay empty; ObjectInfo's own methods read them by attribute, as every caller)
+    version = None
+    md5 = None
+    metadata = None
+    tags = None
 
     def __init__(self, key: str, size: int, mtime_ns: int) -> None:
         _set_key(self, key)
         _set_size(self, size)
         _set_etag(self, f"{size:x}-{mtime_ns:x}")  # local_etag(st), inlined: once per file
         _set_mtime_ns(self, mtime_ns)
-        _set_version(self, None)
-        _set_md5(self, None)
-        _set_metadata(self, None)
-        _set_tags(self, None)
 
     @property  # type: ignore[override]
     def last_modified(self) -> datetime:
@@ -573,10 +575,7 @@ class _Listed(ObjectInfo):
         return (_Listed, (self.key, self.size, self._mtime_ns))
 
 
-_set_key, _set_size, _set_etag, _set_version, _set_md5, _set_metadata, _set_tags = (
-    getattr(ObjectInfo, f).__set__
-    for f in ("key", "size", "etag", "version", "md5", "metadata", "tags")
-)
+_set_key, _set_size, _set_etag = (getattr(ObjectInfo, f).__set__ for f in ("key", "size", "etag"))
 _set_mtime_ns = _Listed._mtime_ns.__set__  # type: ignore[attr-defined]
 _FIELDS = operator.attrgetter(*ObjectInfo.__dataclass_fields__)
 _fromtimestamp = datetime.fromtimestamp
