@@ -26,6 +26,7 @@ import fcntl
 import hashlib
 import logging
 import marshal
+import math
 import operator
 import os
 import re
@@ -102,35 +103,43 @@ class LocalDriver(Driver):
         if not os.path.isdir(self.root):
             raise errors.BucketNotFound(self.provider, self.bucket, "folder does not exist")
 
-    def _runs(
-        self,
-        prefix: str,
-        start_after: str | None,
-        end_before: str | None,
-        mode: str,
-        children: list[_Child],
-    ) -> Iterator[list[Record]]:
-        """The listing's records in runs (:func:`providers.localwalk.walk`), walked in this
-        process (``thread``), in a child process (``process``), or (``auto``) the first
-        :data:`IN_PROCESS` here and the rest, if any, in a child, which is added to
-        ``children``. Blocking."""
+    async def _runs(
+        self, prefix: str, start_after: str | None, end_before: str | None, mode: str
+    ) -> AsyncIterator[list[Record]]:
+        """The listing's records in runs (:func:`providers.localwalk.walk`), at least about
+        a page at a time: walked in this process on a worker thread (``thread``), in a child
+        process (``process``), or (``auto``) the first :data:`IN_PROCESS` here and the rest,
+        if any, in a child.
+
+        The child's pipe is read by the event loop, not by a worker thread: a thread reading
+        it took the GIL back for every frame while this thread's catalog reads and writes
+        give it up for every row, and the two handing it over cost a fifth of a no-change
+        re-sync's time (bench/README.md)."""
         after = start_after
         if mode != "process":
-            taken = 0
-            for run in localwalk.walk(self.root, prefix, start_after, end_before):
-                yield run
-                after = run[-1][0]
-                taken += len(run)
-                if mode == "auto" and taken >= IN_PROCESS:
-                    break
-            else:
-                return  # the whole listing, in this process
+            walk = localwalk.walk(self.root, prefix, start_after, end_before)
+            taken, limit = 0, IN_PROCESS if mode == "auto" else None
+            while limit is None or taken < limit:
+                runs = await asyncio.to_thread(_take, walk, self.page_size)
+                if not runs:
+                    return  # the whole listing, in this process
+                for run in runs:
+                    yield run
+                taken += sum(map(len, runs))
+                after = runs[-1][-1][0]
         child = _Child.start(self.root, prefix, after, end_before)
         if child is None:
-            yield from localwalk.walk(self.root, prefix, after, end_before)
+            walk = localwalk.walk(self.root, prefix, after, end_before)
+            while runs := await asyncio.to_thread(_take, walk, self.page_size):
+                for run in runs:
+                    yield run
             return
-        children.append(child)
-        yield from child.runs()
+        reading = child.read()
+        try:
+            async for run in reading:
+                yield run
+        finally:
+            await reading.aclose()  # stops the child now, not when collected
 
     # -- interface -----------------------------------------------------------------------
 
@@ -138,20 +147,12 @@ class LocalDriver(Driver):
         self, prefix: str = "", start_after: str | None = None, end_before: str | None = None
     ) -> AsyncIterator[list[ObjectInfo]]:
         self._check_root()
-        children: list[_Child] = []
-        runs = self._runs(prefix, start_after, end_before, walk_mode(), children)
         size = self.page_size
         ready: list[ObjectInfo] = []  # objects walked, not yet handed out
-        walked = False  # every run taken
-
-        def next_page() -> tuple[list[ObjectInfo], bool]:
-            """The next page of objects and whether the listing ended with it."""
-            nonlocal ready, walked
-            while len(ready) < size and not walked:
-                run = next(runs, None)
-                if run is None:
-                    walked = True
-                elif 2 not in map(len, run):  # no skipped entry: (key, reason) pairs
+        runs = self._runs(prefix, start_after, end_before, walk_mode())
+        try:
+            async for run in runs:
+                if 2 not in map(len, run):  # no skipped entry: (key, reason) pairs
                     ready += starmap(_Listed, run)  # type: ignore[arg-type]
                 else:
                     for record in run:
@@ -159,21 +160,14 @@ class LocalDriver(Driver):
                             self.skip(*record)  # type: ignore[arg-type]
                         else:
                             ready.append(_Listed(*record))  # type: ignore[arg-type]
-            page, ready = ready[:size], ready[size:]
-            return page, walked and not ready
-
-        try:
-            while True:
-                page, ended = await asyncio.to_thread(next_page)
-                if page:
+                while len(ready) >= size:
+                    page, ready = ready[:size], ready[size:]
                     yield page
-                if ended:
-                    return
+            if ready:
+                yield ready
         finally:
-            # a listing closed early (or failed) stops its walker process; a reading
-            # thread still blocked on it meets the end of the stream
-            for child in children:
-                child.stop()
+            # a listing closed early (or failed) stops its walker process
+            await runs.aclose()
 
     async def folders(self, prefix: str = "") -> list[str]:
         if prefix and not prefix.endswith("/"):
@@ -277,6 +271,17 @@ class LocalDriver(Driver):
         unsafe = _NEEDS_QUOTING.search
         return [base + (quote(k) if unsafe(k) else k) for k in keys]
 
+    def mtime_texts(self, objs: list[ObjectInfo]) -> list[str]:
+        # a listed file's text straight from its mtime_ns (mtime_text), without the
+        # datetime the base class formats: a third of building a first sync's row
+        listed = _Listed
+        return [
+            mtime_text(o._mtime_ns)
+            if o.__class__ is listed
+            else o.last_modified.isoformat().replace("+00:00", "Z")
+            for o in objs
+        ]
+
 
 #: objects a listing walks in its own process before the rest of the walk moves to a child
 #: process (``auto``): a small folder never starts one
@@ -341,35 +346,69 @@ class _Child:
         return cls(proc)
 
     def runs(self) -> Iterator[list[Record]]:
-        """The child's records, in order, a frame at a time. Raises ``OSError`` for the error
-        that stopped its walk, or when its stream ends without the end frame (it died: never
-        taken for a complete listing)."""
+        """The child's records, in order, a frame at a time (blocking reads; a listing uses
+        :meth:`read`). Raises ``OSError`` for the error that stopped its walk, or when its
+        stream ends without the end frame (it died: never taken for a complete listing)."""
         out = self.proc.stdout
         assert out is not None
         try:
             while True:
-                frame = _read_frame(out)
-                if frame is None:
-                    raise OSError(f"the folder's walker process stopped early: {self._why()}")
-                last = frame[-1] if frame else None
-                if last is not None and last[0] == "end" and len(last) == 1:
-                    if len(frame) > 1:
-                        yield frame[:-1]
+                records, done, error = self._frame(_read_frame(out))
+                if records:
+                    yield records
+                if error is not None:
+                    raise error
+                if done:
                     return
-                if last is not None and last[0] == "error" and len(last) == 4:
-                    if len(frame) > 1:
-                        yield frame[:-1]
-                    _, code, text, filename = last
-                    raise OSError(code, text, filename) if filename else OSError(code, text)
-                if frame:
-                    yield frame
         finally:
             self.stop()
-            # the reading thread's own streams, closed by it (stop() may run on another
-            # thread while this one reads)
             out.close()
             if self.proc.stderr is not None:
                 self.proc.stderr.close()
+
+    async def read(self) -> AsyncIterator[list[Record]]:
+        """:meth:`runs`, the pipe read by the running event loop (no thread, never blocking
+        it); the pipe's and the reader's buffers bound how far the child runs ahead."""
+        out = self.proc.stdout
+        assert out is not None
+        reader = asyncio.StreamReader(limit=PIPE_SIZE)
+        transport, _ = await asyncio.get_running_loop().connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), out
+        )
+        try:
+            while True:
+                try:
+                    size = int.from_bytes(await reader.readexactly(4), "big")
+                    frame: list[Record] | None = marshal.loads(await reader.readexactly(size))
+                except asyncio.IncompleteReadError:
+                    frame = None  # the stream ended, or ended in a frame
+                records, done, error = self._frame(frame)
+                if records:
+                    yield records
+                if error is not None:
+                    raise error
+                if done:
+                    return
+        finally:
+            transport.close()  # no longer watched by the loop
+            self.stop()
+            out.close()
+            if self.proc.stderr is not None:
+                self.proc.stderr.close()
+
+    def _frame(self, frame: list[Record] | None) -> tuple[list[Record], bool, OSError | None]:
+        """What one frame (None: the stream ended without one) gives: its records, whether
+        it ended the walk, and the error to raise after its records."""
+        if frame is None:
+            return [], True, OSError(f"the folder's walker process stopped early: {self._why()}")
+        last = frame[-1] if frame else None
+        if last is not None and last[0] == "end" and len(last) == 1:
+            return frame[:-1], True, None
+        if last is not None and last[0] == "error" and len(last) == 4:
+            _, code, text, filename = last
+            error = OSError(code, text, filename) if filename else OSError(code, text)
+            return frame[:-1], True, error
+        return frame, False, None
 
     def _why(self) -> str:
         self.stop()
@@ -382,6 +421,19 @@ class _Child:
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait()
+
+
+def _take(walk: Iterator[list[Record]], wanted: int) -> list[list[Record]]:
+    """Runs of ``walk`` holding at least ``wanted`` records in all, or the rest of it
+    (empty at its end). Blocking: a worker thread's."""
+    runs: list[list[Record]] = []
+    while wanted > 0:
+        run = next(walk, None)
+        if run is None:
+            break
+        runs.append(run)
+        wanted -= len(run)
+    return runs
 
 
 def _read_frame(stream: IO[bytes]) -> list[Record] | None:
@@ -449,6 +501,36 @@ def _object_info(key: str, size: int, mtime_ns: int) -> ObjectInfo:
     )
 
 
+#: the text of each whole second seen (``YYYY-MM-DDTHH:MM:SS``), for :func:`mtime_text`:
+#: files written together share seconds; bounded, cleared when full
+_SECONDS: dict[int, str] = {}
+#: the seconds mtime_text formats itself: years 1970 to 9999 (others take datetime's path)
+_LAST_SECOND = 253402300799
+
+
+def mtime_text(mtime_ns: int) -> str:
+    """``datetime.fromtimestamp(mtime_ns / 1e9, UTC)`` as the catalog's text
+    (``isoformat()`` with ``Z``), character for character, without building the datetime:
+    the same float, split into whole seconds and microseconds as ``fromtimestamp`` splits it
+    (``modf``, round half to even), the seconds' text looked up once per second, the
+    microseconds left out when zero as ``isoformat`` leaves them (``tests/test_local_walk.py``
+    compares the two)."""
+    frac, whole = _modf(mtime_ns / 1e9)
+    us = round(frac * 1e6)
+    sec = int(whole)
+    if us >= 1000000:
+        us -= 1000000
+        sec += 1
+    if not 0 <= sec <= _LAST_SECOND or us < 0:
+        return _fromtimestamp(mtime_ns / 1e9, UTC).isoformat().replace("+00:00", "Z")
+    text = _SECONDS.get(sec)
+    if text is None:
+        if len(_SECONDS) >= 4096:
+            _SECONDS.clear()
+        text = _SECONDS[sec] = _fromtimestamp(sec, UTC).isoformat()[:19]
+    return f"{text}.{us:06d}Z" if us else text + "Z"
+
+
 class _Listed(ObjectInfo):
     """The :class:`ObjectInfo` of a listed file, equal to :func:`_object_info`'s, whose
     ``last_modified`` and ``content_type`` are worked out when read: a re-sync compares most
@@ -456,16 +538,18 @@ class _Listed(ObjectInfo):
     of a listed file's record)."""
 
     __slots__ = ("_mtime_ns",)
+    # a listed file has none of these: read from the class, never set per object (their
+    # slots stay empty; ObjectInfo's own methods read them by attribute, as every caller)
+    version = None
+    md5 = None
+    metadata = None
+    tags = None
 
     def __init__(self, key: str, size: int, mtime_ns: int) -> None:
         _set_key(self, key)
         _set_size(self, size)
         _set_etag(self, f"{size:x}-{mtime_ns:x}")  # local_etag(st), inlined: once per file
         _set_mtime_ns(self, mtime_ns)
-        _set_version(self, None)
-        _set_md5(self, None)
-        _set_metadata(self, None)
-        _set_tags(self, None)
 
     @property  # type: ignore[override]
     def last_modified(self) -> datetime:
@@ -491,10 +575,8 @@ class _Listed(ObjectInfo):
         return (_Listed, (self.key, self.size, self._mtime_ns))
 
 
-_set_key, _set_size, _set_etag, _set_version, _set_md5, _set_metadata, _set_tags = (
-    getattr(ObjectInfo, f).__set__
-    for f in ("key", "size", "etag", "version", "md5", "metadata", "tags")
-)
+_set_key, _set_size, _set_etag = (getattr(ObjectInfo, f).__set__ for f in ("key", "size", "etag"))
 _set_mtime_ns = _Listed._mtime_ns.__set__  # type: ignore[attr-defined]
 _FIELDS = operator.attrgetter(*ObjectInfo.__dataclass_fields__)
 _fromtimestamp = datetime.fromtimestamp
+_modf = math.modf

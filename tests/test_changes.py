@@ -721,3 +721,30 @@ def test_a_prune_during_a_read_is_a_cursor_gone_not_a_skip(tmp_path: Path) -> No
         pruner.close()
     finally:
         catalog.close()
+
+
+def test_a_large_sync_batch_is_logged_in_rows_of_bounded_size(
+    catalogs: CatalogMaker, tmp_path: Path
+) -> None:
+    # a sync commits up to 5,000 writes at once (syncd.reconcile.sync.BATCH_SIZE); a reader
+    # decodes a whole changes row to take a few of its entries, so each row holds at most
+    # ROW_ENTRIES, and the log still has every change once, in cursor order
+    src = tmp_path / "src"
+    src.mkdir()
+    n = 2 * changes.ROW_ENTRIES + 500
+    for i in range(n):
+        (src / f"f{i:05d}").write_bytes(b"x" * (i % 5))
+    catalog = catalogs()
+    try:
+        sync(catalog, "ds", str(src))
+        sizes = [
+            r[0] for r in catalog.db.execute("SELECT last - cursor + 1 FROM changes").fetchall()
+        ]
+        assert sum(sizes) == n and max(sizes) <= changes.ROW_ENTRIES
+        state, cursors = replay(catalog)
+        assert cursors == list(range(1, n + 1))
+        assert state["ds"] == items_of(catalog, "ds")
+        first = changes.read(catalog.db, after=changes.ROW_ENTRIES - 2, limit=3)
+        assert [c.key for c in first] == [f"f{i:05d}" for i in range(998, 1001)]
+    finally:
+        catalog.close()

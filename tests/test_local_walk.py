@@ -279,3 +279,63 @@ def test_a_listed_file_is_the_object_a_head_gives(
         )
         assert pickle.loads(pickle.dumps(listed)) == head
         assert stat_object(str(tree), listed.key) == listed
+
+
+#: modification times where the text of a time is easy to get wrong: the epoch, whole
+#: seconds (no fraction in ``isoformat``), half microseconds (rounded half to even on the
+#: float ``fromtimestamp`` is given), a fraction that rounds up to the next second, before
+#: 1970, and the last second datetime can hold
+EDGE_MTIMES = [
+    0,
+    1,
+    499,
+    500,
+    501,
+    1500,
+    2500,
+    10**9 - 500,
+    10**9 - 1,
+    10**9,
+    -1,
+    -500,
+    -(10**9),
+    1_765_000_000_000_000_000,
+    1_765_000_000_000_000_500,
+    1_765_000_000_999_999_500,
+    1_765_000_000_999_999_499,
+    253_402_300_799_000_000_000,
+    253_402_300_799_999_999_000,
+]
+
+
+@settings(max_examples=2000, deadline=None)
+@given(
+    st.one_of(
+        st.sampled_from(EDGE_MTIMES),
+        st.integers(-(2 * 10**18), 253_402_300_799 * 10**9),
+        st.builds(
+            lambda s, ns: s * 10**9 + ns,
+            st.integers(1_600_000_000, 1_900_000_000),
+            st.sampled_from([0, 500, 1500, 999_999_500, 999_999_499]) | st.integers(0, 10**9 - 1),
+        ),
+    )
+)
+def test_a_listed_files_time_text_is_its_datetimes(mtime_ns: int) -> None:
+    # a sync writes a listed file's time with mtime_text (no datetime per file): the very
+    # text of the datetime a HEAD gives, for any time
+    from datetime import UTC, datetime
+
+    from providers.local import _Listed, mtime_text
+
+    try:
+        want = datetime.fromtimestamp(mtime_ns / 1e9, UTC).isoformat().replace("+00:00", "Z")
+    except (OverflowError, ValueError, OSError):
+        with pytest.raises((OverflowError, ValueError, OSError)):
+            mtime_text(mtime_ns)
+        return
+    assert mtime_text(mtime_ns) == want
+    listed = _Listed("k", 1, mtime_ns)
+    assert LocalDriver("/").mtime_texts([listed]) == [want]
+    assert LocalDriver("/").mtime_texts([listed]) == super(
+        LocalDriver, LocalDriver("/")
+    ).mtime_texts([listed])

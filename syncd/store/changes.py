@@ -80,12 +80,18 @@ _SELECT = (
 )
 
 
+#: entries per ``changes`` row at most: a reader decodes a whole row to take a few of its
+#: entries, so a sync batch of 5,000 writes is logged in rows of this many
+ROW_ENTRIES = 1000
+
+
 def pack(
     kinds: str | list[str], rows: list[tuple[Any, ...]]
 ) -> Iterator[tuple[int, str, str | None, str, int]]:
     """The rows of ``changes`` for one buffered group (see
     :meth:`~syncd.store.sql.Database.record_changes`): ``(dataset_id, kinds, name, entries,
-    count)``, one per dataset in the group, in the group's order."""
+    count)``, one per dataset in the group and at most :data:`ROW_ENTRIES` each, in the
+    group's order."""
     if kinds == "dataset_removed":
         ((dataset_id, name),) = rows
         yield dataset_id, "r", name, "[]", 1
@@ -93,8 +99,8 @@ def pack(
     start = 0
     while start < len(rows):
         dataset_id = rows[start][0]
-        stop = start + 1
-        while stop < len(rows) and rows[stop][0] == dataset_id:
+        stop, most = start + 1, min(start + ROW_ENTRIES, len(rows))
+        while stop < most and rows[stop][0] == dataset_id:
             stop += 1
         part = rows[start:stop]
         if isinstance(kinds, str):
