@@ -41,6 +41,8 @@ from syncd.errors import UsageError
 from syncd.store.catalog import Item
 
 if TYPE_CHECKING:  # the query model loads pydantic: only an export with --where needs it
+    import pyarrow as pa
+
     from syncd.query import Query
 
 FORMATS = ("jsonl", "csv", "parquet")
@@ -349,6 +351,7 @@ async def write_pages(
 
 
 def _parquet_pages(pages: Iterable[list[tuple[Any, ...]]], out: BinaryIO, guesses: bool) -> int:
+    """:func:`write_batches` of pages of raw stored rows (:data:`STORED`)."""
     pa, _ = need_pyarrow()
     stored = pa.struct([pa.field(c, pa.int64() if c == "size" else pa.string()) for c in STORED])
     # each page's tuples straight into Arrow (one C pass), then columns of it
@@ -356,7 +359,7 @@ def _parquet_pages(pages: Iterable[list[tuple[Any, ...]]], out: BinaryIO, guesse
     return write_batches(batches, out, guesses=guesses)
 
 
-def write_batches(batches: Iterable[Any], out: BinaryIO, *, guesses: bool) -> int:
+def write_batches(batches: Iterable[pa.RecordBatch], out: BinaryIO, *, guesses: bool) -> int:
     """Write the Parquet manifest of items given as Arrow record batches of the raw stored
     columns :data:`STORED` (as :func:`syncd.store.arrow_read.sqlite_item_batches` reads
     them) to ``out``: the same table as :func:`write_pages` of those rows (a row group per

@@ -332,40 +332,76 @@ def test_the_fast_path_writes_what_the_item_path_writes(
 def test_the_arrow_reader_writes_what_the_item_path_writes(
     catalogs: CatalogMaker, provider: str
 ) -> None:
-    """On a sqlite catalog the Parquet export reads Arrow batches without a Python object
-    per value (:mod:`syncd.store.arrow_read`), and writes the same table as the Item path:
-    batches of one row make a first batch whose nullable columns are all NULL (the reader
-    must not take them for integers) followed by text, and a read with no value at all in
-    ``md5`` and ``version``. PostgreSQL has no such reader: the caller reads pages."""
+    """On a sqlite catalog opened to read, the Parquet export reads Arrow batches without a
+    Python object per value (:mod:`syncd.store.arrow_read`), and writes the same table as
+    the Item path: pages of one row make a first page whose nullable columns are all NULL
+    (the driver must not take them for integers) followed by text; a read with no value at
+    all in ``md5`` and ``version``; a stored value that is a lone NUL stays one, not a null.
+    PostgreSQL, or a catalog opened to write, has no such reader: the caller reads pages."""
     import pyarrow.parquet as pq
 
     from syncd.query import parse_where
 
     catalog = catalogs()
     ds = awkward(catalog, provider)
-    batches = catalog.item_batches(ds, export.STORED, page=1)
+    assert catalog.item_batches(ds, export.STORED, page=1) is None  # postgresql, or a writer
     if catalog.db.dialect == "postgresql":
-        assert batches is None
         return
-    assert batches is not None
-    guesses = catalog.guesses_content_types(ds)
-    for prefix, page in [("", 1), ("", 3), ("more/", 1), ("more/", export.ROW_GROUP)]:
-        slow = io.BytesIO()
-        items = catalog.iter_query(ds, parse_where([], prefix=prefix))
-        asyncio.run(export.write_manifest(items, slow, "parquet"))
-        fast = io.BytesIO()
-        found = catalog.item_batches(ds, export.STORED, prefix=prefix, page=page)
-        assert found is not None
-        rows = export.write_batches(found, fast, guesses=guesses)
-        assert rows == (len(HOSTILE) + 5 if not prefix else 5)
-        want = pq.read_table(io.BytesIO(slow.getvalue()))
-        got = pq.read_table(io.BytesIO(fast.getvalue()))
-        assert got.schema == want.schema
-        assert got.to_pylist() == want.to_pylist()
-    # a prefix nothing has, and one no key can have, read nothing
-    for prefix in ("nothing/", "a\x00"):
-        found = catalog.item_batches(ds, export.STORED, prefix=prefix)
-        assert found is not None and list(found) == []
+    with transaction(catalog.db):
+        catalog.db.execute(
+            "UPDATE items SET content_type = ? WHERE dataset_id = ? AND key = ?",
+            ["\x00", ds, "more/3.jpg"],
+        )
+    # "//" before the path: a path, not a host, in the driver's file: URI
+    reader = Catalog.open_reader("/" + catalog.db.path)  # type: ignore[attr-defined]
+    try:
+        guesses = reader.guesses_content_types(ds)
+        for prefix, page in [("", 1), ("", 3), ("more/", 1), ("more/", export.ROW_GROUP)]:
+            slow = io.BytesIO()
+            items = reader.iter_query(ds, parse_where([], prefix=prefix))
+            asyncio.run(export.write_manifest(items, slow, "parquet"))
+            fast = io.BytesIO()
+            found = reader.item_batches(ds, export.STORED, prefix=prefix, page=page)
+            assert found is not None
+            rows = export.write_batches(found, fast, guesses=guesses)
+            assert rows == (len(HOSTILE) + 5 if not prefix else 5)
+            want = pq.read_table(io.BytesIO(slow.getvalue()))
+            got = pq.read_table(io.BytesIO(fast.getvalue()))
+            assert got.schema == want.schema
+            assert got.to_pylist() == want.to_pylist()
+            assert "\x00" in got.column("content_type").to_pylist()
+        # a prefix nothing has, and one no key can have, read nothing
+        for prefix in ("nothing/", "a\x00"):
+            found = reader.item_batches(ds, export.STORED, prefix=prefix)
+            assert found is not None and list(found) == []
+    finally:
+        reader.close()
+
+
+def test_the_arrow_reader_holds_no_read_transaction_between_pages(tmp_path: Path) -> None:
+    """A page read by the Arrow reader is one short statement: while the export waits on its
+    consumer between pages, a writer's checkpoint moves every WAL frame into the file."""
+    import sqlite3
+
+    path = str(tmp_path / "c.db")
+    writer = Catalog.open(path)
+    ds = fill(writer)
+    writer.close()
+    reader = Catalog.open_reader(path)
+    try:
+        batches = reader.item_batches(ds, export.STORED, page=2)
+        assert batches is not None
+        first = next(batches)
+        assert first.num_rows == 2
+        other = sqlite3.connect(path)
+        other.execute("UPDATE items SET size = size + 1 WHERE dataset_id = ?", [ds])
+        other.commit()
+        busy, frames, moved = other.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        other.close()
+        assert busy == 0 and frames == moved > 0
+        assert sum(b.num_rows for b in batches) == len(HOSTILE) - 2
+    finally:
+        reader.close()
 
 
 def test_item_pages_refuse_columns_that_are_not_items_columns(catalogs: CatalogMaker) -> None:

@@ -7,29 +7,36 @@ driver (``adbc-driver-sqlite``, the Apache Arrow project's, installed with the `
 extra) steps the statement in C and fills Arrow arrays without a Python object per value
 (bench/README.md, "Export": 0.84 s of CPU for 1M rows against 1.46 s through sqlite3).
 
-The driver infers each column's Arrow type from the values of its first batch, and a column
-whose first batch is all NULL is taken for INT64: a text value after that fails the read.
-So every nullable text column is read as ``ifnull(column, char(0))`` (a text value in every
-row) and the NUL marker is turned back into a null here. No stored value is a lone NUL: keys
-cannot hold one (:meth:`~syncd.store.catalog.Catalog.get_item`) and the nullable columns are
-content types, versions and MD5 digests.
+Three things shape the reader:
 
-One ``SELECT`` in one read transaction: the batches are one consistent state of the items
-(WAL readers do not block the writers, nor are they blocked by them). Memory: one batch.
+* **Keyset pages**, as :meth:`~syncd.store.catalog.Catalog.iter_item_pages`: one short
+  statement per page, so no read transaction spans the export (a long one would stop every
+  WAL checkpoint of a daemon writing meanwhile, and the WAL would grow while a slow consumer
+  of the export's pipe held it open).
+* **Typed reads**: the driver infers each column's Arrow type from the values of its first
+  batch, and takes a column that is all NULL there for INT64, so a text value after that
+  fails the read. Every nullable text column is read as ``ifnull(column, '')`` (text in every
+  row) beside a flag ``column IS NULL``, and the nulls are put back from the flags.
+* **Only in a process that does not write the catalog**: the driver brings its own copy of
+  SQLite, and two copies in one process do not see each other's file locks, so a writer in
+  the same process could checkpoint under a page being read. The CLI's export opens the
+  catalog to read only; :meth:`~syncd.store.catalog.Catalog.item_batches` refuses otherwise.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from syncd.errors import CatalogUnavailable
 from syncd.store.catalog import key_range
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
 #: the ``items`` columns that may be NULL (the rest are NOT NULL)
-NULLABLE = frozenset({"content_type", "version", "md5"})
+NULLABLE = ("content_type", "version", "md5")
 #: the ``items`` columns of integers (the rest are text)
 INTEGERS = frozenset({"size"})
 
@@ -45,37 +52,75 @@ def available() -> bool:
 
 
 def sqlite_item_batches(
-    path: str, dataset_id: int, columns: Sequence[str], *, prefix: str = "", batch_rows: int
-) -> Iterator[pa.RecordBatch]:
+    path: str, dataset_id: int, columns: Sequence[str], *, prefix: str = "", page: int
+) -> Iterator[pa.RecordBatch] | None:
     """The stored ``columns`` of the dataset's items under ``prefix`` in the sqlite catalog
-    file ``path``, in key order, as record batches of at most ``batch_rows`` rows with the
+    file ``path``, in key order, as record batches of at most ``page`` rows with the
     columns' types (int64 for :data:`INTEGERS`, string for the rest, nulls where the row has
-    NULL). The caller checks :func:`available` first. Opens its own read-only connection for
-    the duration of the iteration."""
+    NULL); or None if the driver cannot open the file (the caller reads pages instead). The
+    caller checks :func:`available` first. Opens its own read-only connection, closed when
+    the iteration ends; an error part-way is a :class:`~syncd.errors.CatalogUnavailable`."""
+    import adbc_driver_manager
     import adbc_driver_sqlite.dbapi as adbc
+
+    # an absolute path after "file://" (so "//var/x.db" is not read as a host "var");
+    # mode=ro: never creates a file, never writes
+    uri = "file://" + _uri_path(os.path.abspath(path)) + "?mode=ro"
+    try:
+        conn = adbc.connect(uri)
+    except adbc_driver_manager.Error:
+        return None
+    return _pages(conn, path, dataset_id, columns, prefix, page)
+
+
+def _pages(
+    conn: object, path: str, dataset_id: int, columns: Sequence[str], prefix: str, page: int
+) -> Iterator[pa.RecordBatch]:
+    import adbc_driver_manager
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    if "\x00" in prefix:
-        return  # no key holds a NUL byte
-    exprs = [f"ifnull({c}, char(0))" if c in NULLABLE else c for c in columns]
-    where, args = key_range(None, prefix)
-    sql = f"SELECT {', '.join(exprs)} FROM items WHERE dataset_id = ?{where} ORDER BY key"
+    nullable = [c for c in columns if c in NULLABLE]
+    exprs = [f"ifnull({c}, '')" if c in NULLABLE else c for c in columns]
+    exprs += [f"{c} IS NULL" for c in nullable]
     types = [pa.int64() if c in INTEGERS else pa.string() for c in columns]
-    # mode=ro: never creates a file, never writes; the URI keeps odd characters of the path
-    uri = "file:" + _uri_path(path) + "?mode=ro"
-    with adbc.connect(uri) as conn, conn.cursor() as cur:
-        cur.adbc_statement.set_options(**{"adbc.sqlite.query.batch_rows": str(batch_rows)})
-        cur.execute(sql, [dataset_id, *args])
-        for batch in cur.fetch_record_batch():
-            arrays: list[Any] = []
-            for name, want, array in zip(columns, types, batch.columns, strict=True):
-                if array.type != want:
-                    array = array.cast(want)  # an empty or all-NULL read: no value to type
-                if name in NULLABLE:
-                    array = pc.if_else(pc.equal(array, "\x00"), pa.scalar(None, want), array)
-                arrays.append(array)
-            yield pa.RecordBatch.from_arrays(arrays, names=list(columns))
+    cursor: str | None = None
+    try:
+        with conn, conn.cursor() as cur:  # type: ignore[attr-defined]
+            cur.adbc_statement.set_options(**{"adbc.sqlite.query.batch_rows": str(page)})
+            while True:
+                where, args = key_range(cursor, prefix)
+                cur.execute(
+                    f"SELECT {', '.join(exprs)} FROM items WHERE dataset_id = ?{where}"
+                    " ORDER BY key LIMIT ?",
+                    [dataset_id, *args, page],
+                )
+                table = cur.fetch_arrow_table()
+                if table.num_rows == 0:
+                    return
+                arrays = []
+                for name, want, array in zip(columns, types, table.columns, strict=False):
+                    array = array.combine_chunks()
+                    if array.type != want:
+                        array = array.cast(want)
+                    if name in NULLABLE:
+                        flag = table.column(len(columns) + nullable.index(name))
+                        nulls = pc.sum(flag).as_py() or 0
+                        if nulls == len(array):  # the common case of md5 and version
+                            array = pa.nulls(len(array), want)
+                        elif nulls:
+                            is_null = pc.cast(flag.combine_chunks(), pa.bool_())
+                            array = pc.if_else(is_null, pa.scalar(None, want), array)
+                    arrays.append(array)
+                yield pa.RecordBatch.from_arrays(arrays, names=list(columns))
+                if table.num_rows < page:
+                    return
+                cursor = table.column(0)[-1].as_py()
+    except adbc_driver_manager.Error as exc:
+        raise CatalogUnavailable(
+            f"cannot read the catalog {path} ({exc}); run the command again, or export"
+            " --format jsonl, which reads it through Python's sqlite3"
+        ) from None
 
 
 def _uri_path(path: str) -> str:

@@ -39,6 +39,8 @@ from syncd.store.sql import ITEM_COLUMNS, MTIME, Database, Seen, item_rows, sele
 from syncd.store.stamps import now, stamp_us
 
 if TYPE_CHECKING:  # the query model loads pydantic: only commands that query pay for it
+    import pyarrow as pa
+
     from syncd.query import Query
 
 ITEM_FIELDS = (
@@ -553,21 +555,28 @@ class Catalog:
 
     def item_batches(
         self, dataset_id: int, columns: Sequence[str], *, prefix: str = "", page: int = 16384
-    ) -> Iterator[Any] | None:
+    ) -> Iterator[pa.RecordBatch] | None:
         """What :meth:`iter_item_pages` reads, as Arrow record batches filled without a
-        Python object per value (:mod:`syncd.store.arrow_read`), in one read transaction;
-        or None where that reader is not to be had (a PostgreSQL or in-memory catalog, no
-        ``adbc-driver-sqlite``): then the caller reads pages."""
+        Python object per value (:mod:`syncd.store.arrow_read`), in the same keyset pages;
+        or None where that reader is not to be had: a PostgreSQL or in-memory catalog, one
+        opened to write (the reader's own copy of SQLite must not share a process with a
+        writer of the file), no ``adbc-driver-sqlite``, a file it cannot open. Then the
+        caller reads pages."""
         from syncd.store import arrow_read
 
         path = getattr(self.db, "path", ":memory:")
-        if self.db.dialect != "sqlite" or path == ":memory:" or not arrow_read.available():
+        if (
+            self.db.dialect != "sqlite"
+            or path == ":memory:"
+            or getattr(self.db, "writes", True)
+            or not arrow_read.available()
+        ):
             return None
         if columns[0] != "key" or not set(columns) <= _READABLE:
             raise ValueError(f"not a key-first list of items columns: {columns!r}")
-        return arrow_read.sqlite_item_batches(
-            path, dataset_id, columns, prefix=prefix, batch_rows=page
-        )
+        if "\x00" in prefix:
+            return iter(())  # no key holds a NUL byte
+        return arrow_read.sqlite_item_batches(path, dataset_id, columns, prefix=prefix, page=page)
 
     def get_item(self, dataset_id: int, key: str) -> Item | None:
         """The dataset's item ``key``, or None (also for a key no item can have: a NUL byte,

@@ -29,6 +29,8 @@ class SqliteDatabase(Database):
 
         self.migrations = MIGRATIONS
         self.path = path
+        #: opened to write (a reader's connection never writes the file)
+        self.writes = write
         self.url = path
         self.pending_changes = []
         # autocommit mode: transactions are explicit, see transaction()
