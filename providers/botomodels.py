@@ -13,9 +13,13 @@ JSON (the S3 model, its endpoint rules, ``endpoints.json``) into ``OrderedDict``
   botocore's own error, naming the known ones;
 * a data file, once parsed, is kept in a per-user cache (``$XDG_CACHE_HOME/syncd/botocore``,
   else ``~/.cache/syncd/botocore``) in :mod:`marshal` form, which loads about five times
-  faster than the JSON parse and, unlike pickle, cannot run code. An entry is named by the
-  file's path, size and modification time and the botocore and Python versions, so an
-  upgrade or an edited model (``~/.aws/models``) is parsed again. The data is the same
+  faster than the JSON parse and, unlike pickle, builds only plain values (no code runs; a
+  crafted entry could still crash the interpreter, so the cache folder and its entries are
+  used only when they are the user's own and writable by nobody else: a relative
+  ``XDG_CACHE_HOME`` is ignored, as the XDG spec says, and entries are opened without
+  following links). An entry is named by the file's path, device, inode, size,
+  modification and change times and the botocore and Python versions, so an upgrade or an
+  edited model (``~/.aws/models``, even one restored with its old time) is parsed again. The data is the same
   except for the mapping type: plain ``dict`` (which keeps the order, as the ``OrderedDict``
   botocore asks its parser for; botocore only iterates and indexes them), cached or not. Any failure to read or write the cache (no home
   folder, a read-only disk, a damaged entry) falls back to botocore's parse: the cache is
@@ -32,6 +36,8 @@ import hashlib
 import json
 import marshal
 import os
+import re
+import stat
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -61,10 +67,18 @@ def _collector_paused() -> Iterator[None]:
 
 
 def cache_dir() -> str:
-    """Where parsed model files are kept: ``$XDG_CACHE_HOME/syncd/botocore``, else
-    ``~/.cache/syncd/botocore``."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    """Where parsed model files are kept: ``$XDG_CACHE_HOME/syncd/botocore`` when that is an
+    absolute path, else ``~/.cache/syncd/botocore``."""
+    base = os.environ.get("XDG_CACHE_HOME") or ""
+    if not os.path.isabs(base):
+        base = os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(base, "syncd", "botocore")
+
+
+def _own(st: os.stat_result) -> bool:
+    """Whether a cache folder or entry with status ``st`` is this user's and writable by no
+    one else (what another user could have planted is never read)."""
+    return st.st_uid == os.geteuid() and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
 
 
 class CachedJSONFileLoader(JSONFileLoader):
@@ -77,19 +91,38 @@ class CachedJSONFileLoader(JSONFileLoader):
         """The cache entry of ``full_path`` as it stands now, and the prefix every entry of
         that path shares (older ones are removed when a new one is written)."""
         where = hashlib.sha256(full_path.encode("utf-8", "surrogateescape")).hexdigest()[:24]
-        what = f"{_FORMAT}|{st.st_size}|{st.st_mtime_ns}|{botocore.__version__}|{sys.version}"
+        # the botocore version in the shared prefix: two installs reading one data file (an
+        # AWS_DATA_PATH, ~/.aws/models) keep an entry each instead of replacing each other's
+        where += "." + hashlib.sha256(botocore.__version__.encode()).hexdigest()[:8]
+        what = (
+            f"{_FORMAT}|{st.st_dev}|{st.st_ino}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}"
+            f"|{sys.version}"
+        )
         version = hashlib.sha256(what.encode()).hexdigest()[:16]
         return os.path.join(self.root, f"{where}.{version}.marshal"), where + "."
+
+    def _read(self, entry: str) -> bytes:
+        """The bytes of ``entry`` if it is a plain file of this user's in a folder of this
+        user's (:func:`_own`), not reached through a link; ``OSError`` otherwise."""
+        if not _own(os.lstat(self.root)) or not os.path.isdir(self.root):
+            raise OSError(f"not a cache folder of this user's: {self.root}")
+        fd = os.open(entry, os.O_RDONLY | os.O_NOFOLLOW)
+        with os.fdopen(fd, "rb") as cached:
+            st = os.fstat(cached.fileno())
+            if not stat.S_ISREG(st.st_mode) or not _own(st):
+                raise OSError(f"not a cache entry of this user's: {entry}")
+            return cached.read()
 
     def _load_file(self, full_path: str, open_method: Any) -> Any:
         try:
             st = os.stat(full_path)
         except OSError:
             return None  # as botocore's: not there, try the next extension
+        if not stat.S_ISREG(st.st_mode):
+            return None  # botocore's isfile(): a folder of that name is skipped
         entry, prefix = self._entry(full_path, st)
         with contextlib.suppress(OSError, ValueError, EOFError, TypeError):
-            with open(entry, "rb") as cached:
-                blob = cached.read()
+            blob = self._read(entry)
             with _collector_paused():
                 return marshal.loads(blob)
         # botocore's parse, into plain dicts (marshal stores no OrderedDict): the same data
@@ -106,6 +139,8 @@ class CachedJSONFileLoader(JSONFileLoader):
         removing older entries of the same file. Failures are ignored (see the module)."""
         try:
             os.makedirs(self.root, mode=0o700, exist_ok=True)
+            if not _own(os.lstat(self.root)) or not os.path.isdir(self.root):
+                return  # someone else's folder, or a link: not written, never read
             blob = marshal.dumps(data)
             fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".tmp-")
             try:
@@ -125,6 +160,10 @@ class CachedJSONFileLoader(JSONFileLoader):
             pass
 
 
+#: a service's folder name (no separator, no "..": it is joined to the search paths)
+_SERVICE_NAME = re.compile(r"[a-z0-9][a-z0-9-]*")
+
+
 class ModelLoader(Loader):
     """botocore's loader with the two changes the module describes."""
 
@@ -134,8 +173,12 @@ class ModelLoader(Loader):
     def load_service_model(
         self, service_name: str, type_name: str, api_version: str | None = None
     ) -> Any:
-        # botocore's own steps, less the listing of every service: the service's folder
-        # holding a file of this type (list_api_versions) is what that listing checked
+        """botocore's method, less its listing of every service folder: the service's
+        folder holding a file of this type (``list_api_versions``) is what that listing
+        checked. A name that is not a plain service name, or one not found, takes botocore's
+        own method (its checks, its ``UnknownServiceError``)."""
+        if not _SERVICE_NAME.fullmatch(service_name):
+            return super().load_service_model(service_name, type_name, api_version)
         try:
             versions = self.list_api_versions(service_name, type_name)
         except DataNotFoundError:

@@ -64,6 +64,19 @@ def _start(starter, *args, **kwargs) -> emulators.Emulator:
         missing(f"emulator unavailable: {exc}")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def own_cache_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The suite's caches (botocore's parsed models, providers/botomodels.py) in a folder of
+    its own, for this process and every syncd it starts: never the developer's or CI's home."""
+    before = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg-cache"))
+    yield
+    if before is None:
+        del os.environ["XDG_CACHE_HOME"]
+    else:
+        os.environ["XDG_CACHE_HOME"] = before
+
+
 @pytest.fixture(scope="session")
 def emu_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("emulators")

@@ -8,6 +8,7 @@ botocore's own error."""
 from __future__ import annotations
 
 import json
+import marshal
 import os
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import pytest
 from botocore.exceptions import UnknownServiceError
 from botocore.loaders import Loader
 
-from providers.botomodels import CachedJSONFileLoader, ModelLoader, use_model_loader
+from providers.botomodels import CachedJSONFileLoader, ModelLoader, cache_dir, use_model_loader
 
 
 def loader(cache: Path, extra: list[str] | None = None) -> ModelLoader:
@@ -107,3 +108,57 @@ def test_a_session_makes_a_working_client_through_it(
     )
     url = client.generate_presigned_url("get_object", Params={"Bucket": "bkt", "Key": "k"})
     assert url.startswith("https://bkt.s3.amazonaws.com/k?")
+
+
+def _planted(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """A model file, its cache folder holding the entry of its first version, and that
+    entry, rewritten to say "planted": what another user would put there to be read."""
+    models = tmp_path / "models"
+    file = models / "syncdtest" / "2020-01-01" / "service-2.json"
+    _model(file, "real")
+    cache = tmp_path / "cache"
+    loader(cache, [str(models)]).load_service_model("syncdtest", "service-2")
+    (entry,) = cache.glob("*.marshal")
+    data = marshal.loads(entry.read_bytes())
+    data["metadata"]["documentation"] = "planted"
+    entry.write_bytes(marshal.dumps(data))
+    assert (
+        loader(cache, [str(models)]).load_service_model("syncdtest", "service-2")["metadata"][
+            "documentation"
+        ]
+        == "planted"
+    )  # an entry of the user's own is read
+    return models, cache, entry
+
+
+def _doc(models: Path, cache: Path) -> str:
+    got = loader(cache, [str(models)]).load_service_model("syncdtest", "service-2")
+    return got["metadata"]["documentation"]
+
+
+@pytest.mark.parametrize("open_to_others", ["entry", "folder"])
+def test_an_entry_others_could_write_is_not_read(tmp_path: Path, open_to_others: str) -> None:
+    models, cache, entry = _planted(tmp_path)
+    (entry if open_to_others == "entry" else cache).chmod(0o666 if open_to_others == "entry"
+                                                           else 0o777)  # fmt: skip
+    assert _doc(models, cache) == "real"
+
+
+def test_an_entry_reached_through_a_link_is_not_read(tmp_path: Path) -> None:
+    models, cache, entry = _planted(tmp_path)
+    elsewhere = tmp_path / "elsewhere.marshal"
+    entry.rename(elsewhere)
+    entry.symlink_to(elsewhere)
+    assert _doc(models, cache) == "real"
+
+
+def test_a_relative_xdg_cache_home_is_ignored(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", "cache")
+    assert cache_dir() == os.path.join(os.path.expanduser("~"), ".cache", "syncd", "botocore")
+    monkeypatch.setenv("XDG_CACHE_HOME", "/abs/cache")
+    assert cache_dir() == "/abs/cache/syncd/botocore"
+
+
+def test_a_service_name_with_a_path_in_it_takes_botocores_checks(tmp_path: Path) -> None:
+    with pytest.raises(UnknownServiceError):
+        loader(tmp_path).load_service_model("../s3", "service-2")

@@ -344,7 +344,11 @@ class EventApplier:
                 or etag is None
                 or event.metadata
                 or event.tags
-                or not (plain.get(ds.id) or self._accepts_all(ds))
+                or not (
+                    accepts_all
+                    if (accepts_all := plain.get(ds.id)) is not None
+                    else self._accepts_all(ds)
+                )
             ):
                 outcomes.append((ds.name, self._decide(ds, event, seq, stamp, state)))
                 continue

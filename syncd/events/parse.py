@@ -367,12 +367,6 @@ def _s3_record(rec: dict[str, Any]) -> Parsed:
     )
 
 
-def _plain(value: Any) -> bool:
-    """True for text every check of :func:`_text` passes without a second look: a non-empty
-    ASCII ``str`` (encodable, so never a lone surrogate) without a NUL."""
-    return type(value) is str and value.isascii() and value != "" and "\x00" not in value
-
-
 def _s3_fast(rec: Any) -> ObjectEvent | None:
     """The event of a plain S3 record, the common case, with the checks of
     :func:`_s3_record` short-cut; None for anything else (another shape, a key to decode,
@@ -381,8 +375,9 @@ def _s3_fast(rec: Any) -> ObjectEvent | None:
     Each test below is one of that function's outcomes for the plain case, so both give
     equal events (tests/test_events_fastpath.py checks that on generated records).
 
-    :func:`_plain`'s test is written out for each text (a call per field was a tenth of
-    parsing a record), and so is :func:`pad_sequencer` for a sequencer already in its
+    A text passes every check of :func:`_text` without a second look when it is a non-empty
+    ASCII ``str`` (encodable, so never a lone surrogate) without a NUL: that test is written
+    out for each text (a call per field was a tenth of parsing a record), and so is :func:`pad_sequencer` for a sequencer already in its
     form: upper-case hex (so ASCII, without space), at most :data:`SEQUENCER_WIDTH` long."""
     if type(rec) is not dict or "responseElements" in rec:
         return None

@@ -9,7 +9,8 @@ handful of methods below:
 * :meth:`Database.transaction`: one write transaction (sqlite takes the file's write lock up
   front; PostgreSQL runs READ COMMITTED and relies on row locks, conditional writes and
   :meth:`Database.lock_writes`);
-* :meth:`Database.upsert_items`: a batch of item rows in one go (sqlite ``executemany``;
+* :meth:`Database.upsert_items`: a batch of item rows in one go (sqlite multi-row
+  ``INSERT`` statements of 100 rows, ``SqliteDatabase.insert_rows``;
   PostgreSQL one merge statement whose rows travel as one JSON parameter); the newer-state-wins
   guard is decided before, on the rows' markers (:meth:`syncd.store.catalog.Catalog.write_rows`),
   so the rows written are known for the change log;
