@@ -55,9 +55,6 @@ from syncd.store.ranges import KeyRange
 from syncd.store.sql import NEVER, Seen
 from syncd.store.stamps import now, stamp_us
 
-#: writes (item rows + parked deletes) per batch, one transaction each (at most this many
-#: decided changes are lost by a crash)
-BATCH_SIZE = 500
 #: save progress at least this often (in listed keys) even when nothing changes
 PROGRESS_EVERY = 50000
 PREFETCH_PAGES = 2
@@ -151,7 +148,8 @@ class SyncOptions:
     restart: bool = False
     #: resume an interrupted run only if it started at most this many seconds ago
     resume_within: float = DEFAULT_RESUME_WITHIN
-    batch_size: int = BATCH_SIZE
+    #: writes per batch; None: the catalog store's (:attr:`syncd.store.sql.Database.sync_batch`)
+    batch_size: int | None = None
     #: hold back every delete of a run that would delete more than this (rclone --max-delete)
     max_delete: DeleteLimit | None = None
     #: set (from any thread) to stop the sync at the next listing page: the batch in flight is
@@ -364,6 +362,7 @@ async def sync_dataset(
     A failed or stopped range is left ``failed`` and resumable; its run applies no delete.
     """
     options = options or SyncOptions()
+    batch_size = options.batch_size or catalog.db.sync_batch
     started = time.monotonic()
     checkpoint = Checkpoint(catalog.db)
     run: Run | None = None
@@ -444,9 +443,7 @@ async def sync_dataset(
             yield item
 
     applier = (
-        _Applier(catalog, dataset, driver, run, options.batch_size, owner or "", key_range)
-        if run
-        else None
+        _Applier(catalog, dataset, driver, run, batch_size, owner or "", key_range) if run else None
     )
     # renewed while a listing page or a retry takes long (batches renew it too)
     keeper = (
@@ -492,7 +489,7 @@ async def sync_dataset(
                     kept = page
                 # compared (and written) in pieces of at most a batch: a batch still closes
                 # every batch_size writes, so a crash loses no more than before
-                last, step = page[-1].key, options.batch_size
+                last, step = page[-1].key, batch_size
                 counted = 0  # objects of the page up to the last piece, counted as listed
                 for lo in range(0, max(len(kept), 1), step):
                     piece = kept[lo : lo + step]

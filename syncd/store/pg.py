@@ -474,6 +474,9 @@ class PostgresDatabase(Database):
     """
 
     dialect: ClassVar[str] = "postgresql"
+    #: a batch's commit costs 4 round trips and a few statements whatever its size: 2,000
+    #: rows a batch instead of 500 took a 300k first sync 12-20% less CPU on both sides
+    sync_batch: ClassVar[int] = 2000
 
     def __init__(self, url: str, *, timeout: float) -> None:
         self.migrations = PG_MIGRATIONS
