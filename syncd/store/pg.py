@@ -68,8 +68,10 @@ _KEY = 'TEXT COLLATE "C"'
 #:
 #: sqlite keeps its foreign key: its check is an in-process lookup per row.
 _ITEMS_DATASET_GUARD = [
+    # functions ``OR REPLACE``: they outlive the tables (a database emptied by dropping its
+    # tables, then migrated again), the triggers go with them
     "ALTER TABLE items DROP CONSTRAINT IF EXISTS items_dataset_id_fkey",
-    """CREATE FUNCTION syncd_items_dataset_exists() RETURNS trigger LANGUAGE plpgsql AS $$
+    """CREATE OR REPLACE FUNCTION syncd_items_dataset_exists() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
     missing BIGINT;
 BEGIN
@@ -96,7 +98,7 @@ END $$""",
     "CREATE TRIGGER items_dataset_moved AFTER UPDATE OF dataset_id ON items FOR EACH ROW"
     " WHEN (NEW.dataset_id IS DISTINCT FROM OLD.dataset_id)"
     " EXECUTE FUNCTION syncd_items_dataset_exists()",
-    """CREATE FUNCTION syncd_dataset_has_no_items() RETURNS trigger LANGUAGE plpgsql AS $$
+    """CREATE OR REPLACE FUNCTION syncd_dataset_has_no_items() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF EXISTS (SELECT 1 FROM items WHERE dataset_id = OLD.id) THEN
         RAISE foreign_key_violation USING MESSAGE = 'delete or update on table "datasets"'
@@ -109,7 +111,7 @@ END $$""",
     "CREATE TRIGGER datasets_id_changed AFTER UPDATE OF id ON datasets FOR EACH ROW"
     " WHEN (NEW.id IS DISTINCT FROM OLD.id) EXECUTE FUNCTION syncd_dataset_has_no_items()",
     # _INSERT_OR_MERGE: the statements are the caller's (no column list kept in the catalog)
-    """CREATE FUNCTION syncd_insert_or_merge(insert_sql TEXT, merge_sql TEXT, batch JSONB)
+    """CREATE OR REPLACE FUNCTION syncd_insert_or_merge(insert_sql TEXT, merge_sql TEXT, batch JSONB)
 RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
     BEGIN
