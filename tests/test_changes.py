@@ -726,7 +726,8 @@ def test_a_prune_during_a_read_is_a_cursor_gone_not_a_skip(tmp_path: Path) -> No
 def test_a_large_sync_batch_is_logged_in_rows_of_bounded_size(
     catalogs: CatalogMaker, tmp_path: Path
 ) -> None:
-    # a sync commits up to 5,000 writes at once (syncd.reconcile.sync.BATCH_SIZE); a reader
+    # a sync commits up to 5,000 writes at once (Database.sync_batch: sqlite 5,000, PostgreSQL
+    # 2,000); a reader
     # decodes a whole changes row to take a few of its entries, so each row holds at most
     # ROW_ENTRIES, and the log still has every change once, in cursor order
     src = tmp_path / "src"

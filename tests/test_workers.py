@@ -2,14 +2,15 @@
 
 Three real ``syncd run`` subprocesses share one catalog (the ``catalog_url`` fixture) and one
 moto SQS queue that receives the notifications of one moto S3 bucket. The bucket holds 20
-small datasets (``dNN/``, 30 objects each) and one larger one (``big/``, 1,000 objects in
-100-key pages, so its run commits a batch, and with it a checkpoint, after 500 keys).
+small datasets (``dNN/``, 30 objects each) and one larger one (``big/``, 3,000 objects in
+100-key pages, so its run commits a batch, and with it a checkpoint, after 500 keys on sqlite
+and 2,000 on PostgreSQL: the store's batch size, ``Database.sync_batch``).
 
 A local folder of 100,000 files (4,000 on sqlite), ``huge``, is a split dataset: its run is cut
 into four key ranges, each leased and listed on its own by whichever worker is free.
 
-Every worker runs with ``SYNCD_FAULT_LIST_HANG_AFTER=700`` (for listings under ``big/`` only): the small datasets never reach
-it, and whichever worker takes ``big`` stops answering in its listing after 700 keys, with a
+Every worker runs with ``SYNCD_FAULT_LIST_HANG_AFTER=2700`` (for listings under ``big/`` only): the small datasets never reach
+it, and whichever worker takes ``big`` stops answering in its listing after 2,700 keys, with a
 checkpoint committed and its lease renewed. That worker (found from the catalog: the owner of
 ``big``'s lease) is killed with SIGKILL. Then, every wait on a condition:
 
@@ -59,9 +60,10 @@ T = TypeVar("T")
 TOKEN = "workers-token-0123456789abcdef"
 SMALL = 20
 SMALL_OBJECTS = 30
-BIG_OBJECTS = 1000
-#: the listing of big stops here (a batch of 500 is committed before)
-HANG_AFTER = 700
+BIG_OBJECTS = 3000
+#: the listing of big stops here (a batch is committed before: 500 rows on sqlite, 2,000 on
+#: PostgreSQL)
+HANG_AFTER = 2700
 #: seconds a lease (and a worker's registration) lives without renewal
 LEASE_TTL = 4
 VISIBILITY = 3

@@ -58,12 +58,8 @@ from syncd.store.ranges import KeyRange
 from syncd.store.sql import NEVER, Seen
 from syncd.store.stamps import now, stamp_us
 
-#: writes (item rows + parked deletes) per batch, one transaction each (at most this many
-#: decided changes are lost by a crash, to be decided again by the next run). Each commit
-#: costs sqlite its WAL frames and the run's progress row: 5,000 rather than 500 took 6% off
-#: the CPU of a 100k-file first sync (bench/README.md)
-BATCH_SIZE = 5000
-#: the rows a listing page is compared with the catalog in (a piece of at most this many)
+#: the rows a listing page is compared with the catalog in (a piece of at most this many);
+#: a batch's size is the catalog store's (:attr:`syncd.store.sql.Database.sync_batch`)
 PIECE = 500
 #: seconds the writer waits for the next listing page before it commits the batch in hand
 STALL = 0.05
@@ -160,7 +156,8 @@ class SyncOptions:
     restart: bool = False
     #: resume an interrupted run only if it started at most this many seconds ago
     resume_within: float = DEFAULT_RESUME_WITHIN
-    batch_size: int = BATCH_SIZE
+    #: writes per batch; None: the catalog store's (:attr:`syncd.store.sql.Database.sync_batch`)
+    batch_size: int | None = None
     #: hold back every delete of a run that would delete more than this (rclone --max-delete)
     max_delete: DeleteLimit | None = None
     #: set (from any thread) to stop the sync at the next listing page: the batch in flight is
@@ -381,6 +378,7 @@ async def sync_dataset(
     A failed or stopped range is left ``failed`` and resumable; its run applies no delete.
     """
     options = options or SyncOptions()
+    batch_size = options.batch_size or catalog.db.sync_batch
     started = time.monotonic()
     checkpoint = Checkpoint(catalog.db)
     run: Run | None = None
@@ -461,9 +459,7 @@ async def sync_dataset(
             yield item
 
     applier = (
-        _Applier(catalog, dataset, driver, run, options.batch_size, owner or "", key_range)
-        if run
-        else None
+        _Applier(catalog, dataset, driver, run, batch_size, owner or "", key_range) if run else None
     )
     # renewed while a listing page or a retry takes long (batches renew it too)
     keeper = (
@@ -527,7 +523,7 @@ async def sync_dataset(
                     kept = page
                 # compared (and written) in pieces of at most a batch: a batch still closes
                 # every batch_size writes, so a crash loses no more than before
-                last, step = page[-1].key, min(options.batch_size, PIECE)
+                last, step = page[-1].key, min(batch_size, PIECE)
                 counted = 0  # objects of the page up to the last piece, counted as listed
                 for lo in range(0, max(len(kept), 1), step):
                     piece = kept[lo : lo + step]
