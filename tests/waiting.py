@@ -12,8 +12,8 @@ def wait_for(
     condition: Callable[[], Any],
     what: str,
     timeout: float = 120,
-    *,
     log: list[str] | None = None,
+    *,
     interval: float = 0.05,
     tolerate: tuple[type[BaseException], ...] = (),
 ) -> Any:
