@@ -1094,7 +1094,7 @@ async def export_items(
                 dataset.id, export.STORED, prefix=query.prefix, page=export.ROW_GROUP
             )
             if batches is not None:
-                return export.write_batches(batches, out, guesses=guesses)
+                return export.write_batches(export.read_ahead(batches), out, guesses=guesses)
         pages = catalog.iter_item_pages(
             dataset.id, export.STORED, prefix=query.prefix, page=export.ROW_GROUP
         )

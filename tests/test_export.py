@@ -542,3 +542,36 @@ def test_export_urls_fetch_the_bytes_from_moto(moto: Any, tmp_path: Path) -> Non
             with urllib.request.urlopen(row["url"], timeout=30) as resp:
                 got = resp.read()
             assert got == (files[row["key"]] if snap else b"overwritten"), row["key"]
+
+
+def test_read_ahead_keeps_the_order_raises_in_order_and_closes_on_an_early_stop() -> None:
+    """export.read_ahead: the consumer sees every batch in order; the reader's error after
+    its good batches; a consumer that stops early stops the thread, which closes the source
+    (the Arrow reader's connection)."""
+    assert list(export.read_ahead(iter(range(50)), depth=2)) == list(range(50))
+
+    def failing() -> Any:
+        yield from (1, 2)
+        raise OSError("the catalog went away")
+
+    got: list[int] = []
+    with pytest.raises(OSError, match="went away"):
+        for value in export.read_ahead(failing()):
+            got.append(value)
+    assert got == [1, 2]
+
+    closed: list[bool] = []
+
+    def endless() -> Any:
+        try:
+            n = 0
+            while True:
+                yield n
+                n += 1
+        finally:
+            closed.append(True)
+
+    reader = export.read_ahead(endless(), depth=2)
+    assert [next(reader) for _ in range(3)] == [0, 1, 2]
+    reader.close()  # joins the thread, which closed the source on its way out
+    assert closed == [True]
