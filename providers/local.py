@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import starmap
 from pathlib import Path
-from typing import IO, BinaryIO
+from typing import BinaryIO
 from urllib.parse import quote
 
 from providers import errors, localwalk
@@ -345,30 +345,12 @@ class _Child:
             pass  # it died at once: its reader says so
         return cls(proc)
 
-    def runs(self) -> Iterator[list[Record]]:
-        """The child's records, in order, a frame at a time (blocking reads; a listing uses
-        :meth:`read`). Raises ``OSError`` for the error that stopped its walk, or when its
-        stream ends without the end frame (it died: never taken for a complete listing)."""
-        out = self.proc.stdout
-        assert out is not None
-        try:
-            while True:
-                records, done, error = self._frame(_read_frame(out))
-                if records:
-                    yield records
-                if error is not None:
-                    raise error
-                if done:
-                    return
-        finally:
-            self.stop()
-            out.close()
-            if self.proc.stderr is not None:
-                self.proc.stderr.close()
-
     async def read(self) -> AsyncIterator[list[Record]]:
-        """:meth:`runs`, the pipe read by the running event loop (no thread, never blocking
-        it); the pipe's and the reader's buffers bound how far the child runs ahead."""
+        """The child's records, in order, a frame at a time, the pipe read by the running
+        event loop (no thread, never blocking it); the pipe's and the reader's buffers bound
+        how far the child runs ahead. Raises ``OSError`` for the error that stopped its walk,
+        or when its stream ends without the end frame (it died: never taken for a complete
+        listing)."""
         out = self.proc.stdout
         assert out is not None
         reader = asyncio.StreamReader(limit=PIPE_SIZE)
@@ -434,18 +416,6 @@ def _take(walk: Iterator[list[Record]], wanted: int) -> list[list[Record]]:
         runs.append(run)
         wanted -= len(run)
     return runs
-
-
-def _read_frame(stream: IO[bytes]) -> list[Record] | None:
-    """The next frame's records, or None at the end of the stream (or a cut frame)."""
-    head = stream.read(4)
-    if len(head) < 4:
-        return None
-    size = int.from_bytes(head, "big")
-    data = stream.read(size)
-    if len(data) < size:
-        return None
-    return marshal.loads(data)  # type: ignore[no-any-return]
 
 
 @dataclass(frozen=True, slots=True)
