@@ -31,7 +31,6 @@ Search paths are botocore's (its ``data_path`` setting, ``~/.aws/models``, its o
 from __future__ import annotations
 
 import contextlib
-import gc
 import hashlib
 import json
 import marshal
@@ -40,30 +39,16 @@ import re
 import stat
 import sys
 import tempfile
-from collections.abc import Iterator
 from typing import Any
 
 import botocore
 from botocore.exceptions import DataNotFoundError
 from botocore.loaders import JSONFileLoader, Loader, instance_cache
 
+from providers.collector import paused
+
 #: bumped when what an entry holds changes
 _FORMAT = 1
-
-
-@contextlib.contextmanager
-def _collector_paused() -> Iterator[None]:
-    """The cyclic garbage collector off while a model is built: a model is a few hundred
-    thousand dicts, lists and strings made at once, none of them garbage, and each few
-    hundred of them would start a collection walking all made so far (measured: loading
-    the S3 models took about twice as long with it on)."""
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
 
 
 def cache_dir() -> str:
@@ -123,13 +108,13 @@ class CachedJSONFileLoader(JSONFileLoader):
         entry, prefix = self._entry(full_path, st)
         with contextlib.suppress(OSError, ValueError, EOFError, TypeError):
             blob = self._read(entry)
-            with _collector_paused():
+            with paused():
                 return marshal.loads(blob)
         # botocore's parse, into plain dicts (marshal stores no OrderedDict): the same data
         # whether it came from the cache or not
         with open_method(full_path, "rb") as fp:
             payload = fp.read().decode("utf-8")
-        with _collector_paused():
+        with paused():
             data = json.loads(payload)
         self._store(entry, prefix, data)
         return data
