@@ -149,6 +149,12 @@ def deleted_unversioned(provider: str, bucket: str, key: str) -> errors.VersionG
     )
 
 
+def mtime_text_of(when: datetime) -> str:
+    """An object's modification time as the catalog's text: ISO 8601 as ``isoformat()``
+    gives it, with ``Z`` for ``+00:00``."""
+    return when.isoformat().replace("+00:00", "Z")
+
+
 def object_uri(provider: str, bucket: str, key: str, account: str | None = None) -> str:
     """Canonical URI of a cloud object: ``s3://b/k``, ``gs://b/k``, ``az://account/container/k``."""
     if provider == "s3":
@@ -311,10 +317,10 @@ class Driver(abc.ABC):
         return list(map(self.uri, keys))
 
     def mtime_texts(self, objs: list[ObjectInfo]) -> list[str]:
-        """Each object's ``last_modified`` as the catalog's text (ISO 8601, ``Z``: what
-        ``last_modified.isoformat()`` gives with ``+00:00`` as ``Z``); a sync asks for a page
-        at a time. Drivers that know a cheaper way to the same text override it."""
-        return [o.last_modified.isoformat().replace("+00:00", "Z") for o in objs]
+        """Each object's ``last_modified`` as the catalog's text (:func:`mtime_text_of`); a
+        sync asks for a page at a time. Drivers that know a cheaper way to the same text
+        override it."""
+        return [mtime_text_of(o.last_modified) for o in objs]
 
     async def folders(self, prefix: str = "") -> list[str]:
         """The "folders" one level under ``prefix`` (which is empty or ends in ``/``): the

@@ -42,7 +42,7 @@ from typing import BinaryIO
 from urllib.parse import quote
 
 from providers import errors, localwalk
-from providers.base import Driver, ObjectInfo
+from providers.base import Driver, ObjectInfo, mtime_text_of
 from providers.config import ConfigError
 from providers.content_types import guess as content_type
 from providers.localwalk import TMP_SUFFIX, Record, classify, inside
@@ -128,11 +128,9 @@ class LocalDriver(Driver):
                 taken += sum(map(len, runs))
                 after = runs[-1][-1][0]
         child = _Child.start(self.root, prefix, after, end_before)
-        if child is None:
-            walk = localwalk.walk(self.root, prefix, after, end_before)
-            while runs := await asyncio.to_thread(_take, walk, self.page_size):
-                for run in runs:
-                    yield run
+        if child is None:  # no process to be had: the rest in this one
+            async for run in self._runs(prefix, after, end_before, "thread"):
+                yield run
             return
         reading = child.read()
         try:
@@ -276,9 +274,7 @@ class LocalDriver(Driver):
         # datetime the base class formats: a third of building a first sync's row
         listed = _Listed
         return [
-            mtime_text(o._mtime_ns)
-            if o.__class__ is listed
-            else o.last_modified.isoformat().replace("+00:00", "Z")
+            mtime_text(o._mtime_ns) if o.__class__ is listed else mtime_text_of(o.last_modified)
             for o in objs
         ]
 
@@ -492,7 +488,7 @@ def mtime_text(mtime_ns: int) -> str:
         us -= 1000000
         sec += 1
     if not 0 <= sec <= _LAST_SECOND or us < 0:
-        return _fromtimestamp(mtime_ns / 1e9, UTC).isoformat().replace("+00:00", "Z")
+        return mtime_text_of(_fromtimestamp(mtime_ns / 1e9, UTC))
     text = _SECONDS.get(sec)
     if text is None:
         if len(_SECONDS) >= 4096:

@@ -126,6 +126,34 @@ def test_every_walk_lists_the_same(
         assert skipped == 6 and len(warnings) == 6
 
 
+@pytest.mark.parametrize(("prefix", "start_after", "end_before"), BOUNDS)
+def test_a_walk_with_no_process_to_be_had_lists_the_same_in_process(
+    tree: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    prefix: str,
+    start_after: str | None,
+    end_before: str | None,
+) -> None:
+    # a frozen app (or no interpreter) cannot start the walker: process and auto (after its
+    # 3 entries in-process) walk the rest here, from where they were
+    monkeypatch.setattr("providers.local.IN_PROCESS", 3)
+    want = listing(monkeypatch, caplog, tree, "thread", prefix, start_after, end_before)
+    monkeypatch.setattr(sys, "frozen", True, raising=False)
+    started: list[object] = []
+    real_start = _Child.start
+
+    def start(*args: object) -> _Child | None:
+        child = real_start(*args)  # type: ignore[arg-type]
+        started.append(child)
+        return child
+
+    monkeypatch.setattr(_Child, "start", staticmethod(start))
+    for mode in ("process", "auto"):
+        assert listing(monkeypatch, caplog, tree, mode, prefix, start_after, end_before) == want
+    assert started and not any(started)  # asked for a process, given none
+
+
 @settings(
     max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )

@@ -27,6 +27,7 @@ import mimetypes
 import os
 
 from providers import errors
+from providers.base import mtime_text_of
 from providers.local import local_etag
 from syncd.store.catalog import Item
 from syncd.store.stamps import now
@@ -95,7 +96,7 @@ class Push(Transfer):
                 size=info.size,
                 etag=info.etag,
                 content_type=info.content_type,
-                mtime=info.last_modified.isoformat().replace("+00:00", "Z"),
+                mtime=mtime_text_of(info.last_modified),
                 version=info.version,
                 created_at=stamp,  # kept as it was for an item that existed
                 updated_at=stamp,
