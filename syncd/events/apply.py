@@ -54,7 +54,7 @@ from typing import Any
 
 from providers import faults
 from providers.base import object_uri
-from providers.content_types import UNKNOWN, guess, guessed_by_default
+from providers.content_types import guessed_by_default
 from syncd.events.parse import EventKind, ObjectEvent
 from syncd.reconcile.metadata import item_fields
 from syncd.store.catalog import Catalog, Dataset
@@ -162,23 +162,11 @@ class EventApplier:
         self._uri_prefix: dict[tuple[int, str, str, str | None], str] = {}
         #: per dataset id: True when its filters accept every object (read once per dataset)
         self._plain: dict[int, bool] = {}
-        #: per provider, an item's metadata text for a type the event did not state
-        self._meta_unstated: dict[str, str] = {}
 
     def _accepts_all(self, ds: Dataset) -> bool:
         """Whether ``ds``'s filters accept every object, remembered per dataset."""
         plain = self._plain[ds.id] = ds.filters.accepts_all
         return plain
-
-    def _guessed_meta(self, provider: str) -> str:
-        """The metadata text :func:`item_fields` gives an item of ``provider`` whose event
-        stated no content type (the type is guessed from the key), remembered per provider."""
-        meta = self._meta_unstated.get(provider)
-        if meta is None:
-            meta = self._meta_unstated[provider] = item_fields(
-                "", None, rule=guessed_by_default(provider)
-            )[1]
-        return meta
 
     def routes(self, event: ObjectEvent) -> list[Dataset]:
         if self.only is not None:
@@ -358,18 +346,12 @@ class EventApplier:
             when = _stamp(event.event_time) if event.event_time else None
             markers[slot] = (rank, 0, when)
             marks[slot] = (rank, 0, seq, when)
-            if event.content_type is None:
-                # item_fields of an unstated type: a guess from the key, and the provider's
-                # constant metadata text
-                content_type = guess(key) or UNKNOWN
-                meta = self._guessed_meta(event.provider)
-            else:
-                content_type, meta = item_fields(
-                    key,
-                    event.content_type,
-                    rule=guessed_by_default(event.provider),
-                    guessed=event.provider == "local",
-                )
+            content_type, meta = item_fields(
+                key,
+                event.content_type,
+                rule=guessed_by_default(event.provider),
+                guessed=event.provider == "local",
+            )
             mtime = when or _stamp(datetime.now(UTC))
             version = event.version
             items[slot] = (stamp, etag, size, mtime, version)

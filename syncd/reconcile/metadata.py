@@ -64,7 +64,7 @@ def provider_part(
     None: nothing to say), ``provider`` and ``object_tags``, each only when there is something
     to say (``{}`` for nothing)."""
     if not metadata and not tags:
-        return "{}" if guessed is None else to_json({"content_type_guessed": guessed})
+        return _BARE[guessed]  # the common item: one of three texts, made once
     metadata, tags = _storable(metadata), _storable(tags)
     out: dict[str, object] = {}
     if guessed is not None:
@@ -74,6 +74,14 @@ def provider_part(
     if tags:
         out["object_tags"] = tags
     return to_json(out)
+
+
+#: :func:`provider_part` of an item with no metadata and no tags, per ``guessed``
+_BARE: dict[bool | None, str] = {
+    None: "{}",
+    True: to_json({"content_type_guessed": True}),
+    False: to_json({"content_type_guessed": False}),
+}
 
 
 def page_fields(driver: Driver, objs: list[ObjectInfo]) -> list[tuple[str, str]]:
