@@ -160,13 +160,6 @@ class EventApplier:
         #: per (dataset id, provider, bucket, account), what an item's URI is the key after
         #: (cloud datasets only: a local item's URI is a quoted path)
         self._uri_prefix: dict[tuple[int, str, str, str | None], str] = {}
-        #: per dataset id: True when its filters accept every object (read once per dataset)
-        self._plain: dict[int, bool] = {}
-
-    def _accepts_all(self, ds: Dataset) -> bool:
-        """Whether ``ds``'s filters accept every object, remembered per dataset."""
-        plain = self._plain[ds.id] = ds.filters.accepts_all
-        return plain
 
     def routes(self, event: ObjectEvent) -> list[Dataset]:
         if self.only is not None:
@@ -319,7 +312,7 @@ class EventApplier:
         markers, items, marks, puts = state.markers, state.items, state.marks, state.puts
         outcomes: list[tuple[str, str]] = []  # (dataset name, outcome): counted once, in C
         created: list[str] = []  # the dataset names of the common creates, likewise
-        plain, uri_prefix = self._plain, self._uri_prefix
+        uri_prefix = self._uri_prefix
         for ds, event in routed:
             key = event.key
             slot = (ds.id, key)
@@ -332,11 +325,7 @@ class EventApplier:
                 or etag is None
                 or event.metadata
                 or event.tags
-                or not (
-                    accepts_all
-                    if (accepts_all := plain.get(ds.id)) is not None
-                    else self._accepts_all(ds)
-                )
+                or not ds.filters.accepts_all
             ):
                 outcomes.append((ds.name, self._decide(ds, event, seq, stamp, state)))
                 continue
