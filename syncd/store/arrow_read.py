@@ -30,7 +30,7 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from syncd.errors import CatalogUnavailable
-from syncd.store.catalog import key_range
+from syncd.store.catalog import page_query
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -89,12 +89,7 @@ def _pages(
         with conn, conn.cursor() as cur:  # type: ignore[attr-defined]
             cur.adbc_statement.set_options(**{"adbc.sqlite.query.batch_rows": str(page)})
             while True:
-                where, args = key_range(cursor, prefix)
-                cur.execute(
-                    f"SELECT {', '.join(exprs)} FROM items WHERE dataset_id = ?{where}"
-                    " ORDER BY key LIMIT ?",
-                    [dataset_id, *args, page],
-                )
+                cur.execute(*page_query(", ".join(exprs), dataset_id, cursor, prefix, page))
                 table = cur.fetch_arrow_table()
                 if table.num_rows == 0:
                     return

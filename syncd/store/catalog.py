@@ -488,13 +488,8 @@ class Catalog:
         left = limit
         while left is None or left > 0:
             size = page if left is None else min(page, left)
-            where, args = key_range(cursor, prefix)
-            if since is not None:
-                where, args = where + " AND key >= ?", [*args, since]
-            if before is not None:
-                where, args = where + " AND key < ?", [*args, before]
-            sql = f"SELECT {cols} FROM items WHERE dataset_id = ?{where} ORDER BY key LIMIT ?"
-            rows = self.db.execute(sql, [dataset_id, *args, size]).fetchall()
+            sql, args = page_query(cols, dataset_id, cursor, prefix, size, since, before)
+            rows = self.db.execute(sql, args).fetchall()
             if rows:
                 yield rows
             if left is not None:
@@ -1023,6 +1018,28 @@ def check_dataset_name(name: str) -> None:
         what = "must be valid Unicode text"
     if what is not None:
         raise UsageError(f"dataset name {name!r}: {what}; pick a name like 'raw-images'")
+
+
+def page_query(
+    cols: str,
+    dataset_id: int,
+    after: str | None,
+    prefix: str,
+    size: int,
+    since: str | None = None,
+    before: str | None = None,
+) -> tuple[str, list[Any]]:
+    """One keyset page's ``SELECT`` of ``cols`` and its arguments: the dataset's first
+    ``size`` items in key order after ``after``, under ``prefix`` and in ``[since, before)``
+    where given (every keyset reader of items pages with it: ``Catalog._keyset_pages``,
+    :mod:`syncd.store.arrow_read`)."""
+    where, args = key_range(after, prefix)
+    if since is not None:
+        where, args = where + " AND key >= ?", [*args, since]
+    if before is not None:
+        where, args = where + " AND key < ?", [*args, before]
+    sql = f"SELECT {cols} FROM items WHERE dataset_id = ?{where} ORDER BY key LIMIT ?"
+    return sql, [dataset_id, *args, size]
 
 
 def key_range(after: str | None, prefix: str) -> tuple[str, list[str]]:
